@@ -153,9 +153,7 @@ def test_export_peft_of_an_mla_model_is_refused_before_training(in_tmp, capsys):
             router_norm_topk=False,
         ),
     )  # fmt: skip (DeepSeek-V2's shape)
-    nn.save_hf(
-        nn.Llama(nn.make_config(nn.LlamaConfig, mla), rngs=nnx.Rngs(0)), in_tmp / "deepseek"
-    )
+    nn.save_hf(nn.Llama(nn.make_config(nn.LlamaConfig, mla), rngs=nnx.Rngs(0)), in_tmp / "deepseek")
     from_hf = _argv(
         in_tmp, "--init-from", str(in_tmp / "deepseek"), "--set", "model.num_kv_heads=null"
     )

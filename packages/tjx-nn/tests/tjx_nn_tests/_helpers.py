@@ -14,7 +14,9 @@ def gpt2_tiny(**kw) -> tnn.GPT2Config:
 
 
 def llama_tiny(**kw) -> tnn.LlamaConfig:
-    return tnn.make_config(tnn.LlamaConfig, {**TINY, "num_kv_heads": 2, "mlp": tnn.MLPConfig(dim=48), **kw})
+    return tnn.make_config(
+        tnn.LlamaConfig, {**TINY, "num_kv_heads": 2, "mlp": tnn.MLPConfig(dim=48), **kw}
+    )
 
 
 def build(cfg, seed: int = 0):

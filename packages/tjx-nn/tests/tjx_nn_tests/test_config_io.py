@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.families.gemma4 import Gemma4Options
 from tjx.nn.configs import FLAT_SECTION_KEYS
+from tjx.nn.families.gemma4 import Gemma4Options
 from tjx.nn.families.llama4.options import Llama4Options
 from tjx_nn_tests import _written_0_28 as written
 
@@ -50,9 +50,7 @@ CONFIGS = [
     ),
     tnn.make_config(tnn.BertConfig, {**SMALL, "precision": "pure_bf16"}),
     tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
-    tnn.make_config(
-        tnn.EncoderDecoderConfig, {**SMALL, "num_decoder_layers": 2, "position": "t5"}
-    ),
+    tnn.make_config(tnn.EncoderDecoderConfig, {**SMALL, "num_decoder_layers": 2, "position": "t5"}),
     tnn.make_config(tnn.TransformerConfig, {**SMALL, "precision": "fp16"}),
     tnn.make_config(
         tnn.LlamaConfig,
@@ -237,7 +235,8 @@ def test_a_gemma4_model_json_of_tjx_0_29_loads_its_flat_switches_into_their_sect
                             kv_shared_mlp_dim=24, per_layer_input_dim=4, per_layer_vocab_size=20,
                             layer_scale=True)  # fmt: skip
     config = tnn.LlamaConfig(num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, d_model=16,
-                             sliding_window=3, window_pattern=["local", "global"],
+                             attention=tnn.AttentionConfig(sliding_window=3,
+                                                           window_pattern=["local", "global"]),
                              gemma4=options)  # fmt: skip
     today = tnn.config_to_dict(config)
     section = today["fields"].pop("gemma4")

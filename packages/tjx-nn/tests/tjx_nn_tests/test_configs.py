@@ -314,7 +314,8 @@ def test_gemma4s_switches_are_its_familys_option_section():
     assert fields["gemma4"].default_factory is Gemma4Options
     assert not {f.name for f in dataclasses.fields(Gemma4Options)} & set(fields)
     assert "gemma4" in tnn.SECTIONS
-    config = tnn.LlamaConfig(num_layers=4, sliding_window=4, window_pattern=["local", "global"])
+    window = tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"])
+    config = tnn.LlamaConfig(num_layers=4, attention=window)
     changed = config.replace(**{"gemma4.kv_shared_layers": 2, "gemma4.value_norm": True})
     assert (changed.gemma4.kv_shared_layers, changed.gemma4.value_norm) == (2, True)
     assert tnn.setting_value(changed, "gemma4.kv_shared_layers") == 2

@@ -316,7 +316,9 @@ def test_a_model_given_its_resolved_kernels_resolves_nothing_and_another_configs
     from tjx.nn import attention as attention_module
     from tjx.nn import stack as stack_module
 
-    cfg = llama_tiny(num_layers=2, precision="bf16", attn_logit_softcap=30.0)
+    cfg = llama_tiny(
+        num_layers=2, precision="bf16", attention=tnn.AttentionConfig(logit_softcap=30.0)
+    )
     resolved = tnn.resolve_attention(cfg, build=lambda kernel: None, say=lambda line: None)
     assert resolved.serves(cfg) and resolved.kernel("causal") is kernels.AttentionKernel.XLA
 
@@ -333,7 +335,7 @@ def test_a_model_given_its_resolved_kernels_resolves_nothing_and_another_configs
         if kernel == "cudnn":
             raise RuntimeError("cuDNN failed to compile")
 
-    plain = cfg.replace(attn_logit_softcap=None)
+    plain = cfg.replace(**{"attention.logit_softcap": None})
     fell = tnn.resolve_attention(plain, build=no_cudnn, say=lambda line: None)
     assert (fell.name, fell.fell_back) == ("xla", True)
     assert fell.serves(plain.replace(attention_impl="xla")) and not fell.serves(plain)

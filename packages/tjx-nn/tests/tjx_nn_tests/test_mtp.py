@@ -232,7 +232,9 @@ def _copying_model(**changes):
     the current token alone; embedding rows of RMS 1 (``enorm(e) = e`` up to eps); and depth 1
     is the main layer behind ``eh_proj = [I; 0]`` (the embedding passed, the hidden state
     dropped) with the final norm: its prediction at i is the main model's at i + 1."""
-    c = tnn.make_config(tnn.LlamaConfig, {**TINY, "num_layers": 1, "mtp": tnn.MTPConfig(depths=1), **changes})
+    c = tnn.make_config(
+        tnn.LlamaConfig, {**TINY, "num_layers": 1, "mtp": tnn.MTPConfig(depths=1), **changes}
+    )
     model = tnn.Llama(c, rngs=nnx.Rngs(3))
     flat = tnn.get_flat_params(model)
     e = flat["embed.embedding"]
@@ -305,7 +307,9 @@ def test_each_step_verifies_its_draft_in_one_pass_of_the_main_model(monkeypatch)
 )
 def test_bad_mtp_settings_are_refused_by_name(mtp, fields, needle):
     with pytest.raises(ValueError, match=needle):
-        tnn.make_config(tnn.LlamaConfig, {**TINY, **fields, "mtp": tnn.MTPConfig(**{"depths": 2, **mtp})})
+        tnn.make_config(
+            tnn.LlamaConfig, {**TINY, **fields, "mtp": tnn.MTPConfig(**{"depths": 2, **mtp})}
+        )
 
 
 def test_mtp_is_refused_where_it_cannot_run():

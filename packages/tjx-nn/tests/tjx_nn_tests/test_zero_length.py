@@ -134,9 +134,7 @@ def test_generation_needs_a_prompt_token_and_serves_zero_rows():
     out = tnn.generate(model, np.zeros((0, 3), np.int32), max_new_tokens=2)
     chex.assert_shape(out, (0, 5))
     chex.assert_type(out, jnp.int32)
-    encdec = build(
-        tnn.make_config(tnn.EncoderDecoderConfig, {**{**TINY, "num_layers": 1}}), seed=5
-    )
+    encdec = build(tnn.make_config(tnn.EncoderDecoderConfig, {**{**TINY, "num_layers": 1}}), seed=5)
     with pytest.raises(ValueError, match="src has length 0.*source token"):
         tnn.generate_seq2seq(encdec, np.zeros((2, 0), np.int32), max_new_tokens=2)
     with pytest.raises(ValueError, match="decoder_prompts has length 0.*decoder_start_id"):

@@ -4,13 +4,13 @@ Apps kept a flat model section before its settings were tjx.nn's configs (tjx-nn
 precision as two top keys, and a saved section listed every key of every kind. tjx-nn 0.11 held
 Llama 3's RoPE scaling as four numbers. Before tjx-nn 0.29 the MoE, MLA and Gated DeltaNet
 settings were flat keys of the section (``num_experts``, ``kv_latent_dim``, ``delta_key_heads``
-...), now the ``moe``, ``mla`` and ``delta`` sections; before tjx-nn 0.30 Gemma 4's switches
+...), now the ``moe``, ``mla`` and ``delta`` sections; before tjx-nn 0.30 a family's switches
 (``kv_shared_layers`` ...), now that family's option section (`FLAT_FAMILY_KEYS`), and the
 multi-token prediction, init, MLP and norm settings (``mtp_depths``, ``init_std``, ``mlp_dim``,
 ``norm_eps`` ...: the ``mtp``, ``init``, ``mlp`` and ``norm`` sections; ``norm``, a name then,
 is ``norm.kind``); until tjx-nn 0.30 the attention settings (``sliding_window``,
-``attn_logit_softcap`` ...), now the ``attention`` section, and Llama 4's (``global_nope`` ...),
-now its option section ``llama4`` (`tjx.nn.configs.FLAT_SECTION_KEYS`). Files written then
+``attn_logit_softcap`` ...), now the ``attention`` section, and another family's switches
+(``global_nope`` ...), now its option section (`tjx.nn.configs.FLAT_SECTION_KEYS`). Files written then
 (presets, users' files, a run's saved config, a checkpoint's model.json) still read: their keys
 are moved to where they are now, and the flat defaults a kind never read are dropped.
 """
@@ -39,7 +39,8 @@ _PRE_08_KEYS = {
     "compute_dtype": "precision.compute_dtype",
 }
 #: The component sections' flat keys → their key in the section (moe, mla, delta: before
-#: tjx-nn 0.29; gemma4, mtp, init, mlp, norm: before 0.30; attention, llama4: until 0.30).
+#: tjx-nn 0.29; mtp, init, mlp, norm and a family's: before 0.30; attention and another
+#: family's: until 0.30).
 _SECTION_KEYS = {
     **{old: f"moe.{new}" for old, new in FLAT_MOE_KEYS.items()},
     **{old: f"mla.{new}" for old, new in FLAT_MLA_KEYS.items()},
@@ -85,8 +86,8 @@ def nest_section_keys(fields: dict[str, Any], key: str) -> dict[str, Any]:
     """A copy of ``fields`` (a model section's keys or a config's fields) whose flat keys of a
     component section (MoE, MLA, Gated DeltaNet, attention, MTP, init, MLP, norm, a family's
     options) are moved into it (``moe``, ``mla``, ``delta``, ``attention``, ``mtp``, ``init``,
-    ``mlp``, ``norm``, ``gemma4``, ``llama4``; ``key``: its path in messages; an old key beside its
-    new one: a ``ValueError``)."""
+    ``mlp``, ``norm``, the family's; ``key``: its path in messages; an old key beside its new one:
+    a ``ValueError``)."""
     out = copy.deepcopy(fields)
     for old, new in _SECTION_KEYS.items():
         _move(out, old, new, key)

@@ -255,7 +255,12 @@ DEFAULTS = {
     ),
     "phi3": (
         {},
-        dict(max_seq_len=4096, **{"norm.eps": 1e-5}, dropout=0.0, **{"attention.sliding_window": None}),
+        dict(
+            max_seq_len=4096,
+            **{"norm.eps": 1e-5},
+            dropout=0.0,
+            **{"attention.sliding_window": None},
+        ),
     ),
     "gemma2": (
         {},

@@ -280,7 +280,9 @@ def test_the_config_refuses_what_the_layers_cannot_run(change, message):
         if "moe" in change:
             change = dict(change, moe=tnn.MoEConfig(**change["moe"]))
         plain = {k: v for k, v in change.items() if "." not in k}
-        tnn.make_config(tnn.LlamaConfig, GEMMA4 | plain).replace(**{k: v for k, v in change.items() if "." in k})
+        tnn.make_config(tnn.LlamaConfig, GEMMA4 | plain).replace(
+            **{k: v for k, v in change.items() if "." in k}
+        )
 
 
 def _rms(x: np.ndarray, w: np.ndarray | float = 1.0) -> np.ndarray:

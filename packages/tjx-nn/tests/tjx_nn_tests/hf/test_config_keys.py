@@ -96,7 +96,7 @@ def _valid(model_type: str) -> dict:
     if model_type in OSS_GLM:
         fields = {**OSS_GLM_SIZES, **OSS_GLM[model_type]}
         write = gpt_oss_config_to_hf if model_type == "gpt_oss" else glm4_moe_config_to_hf
-        return write(tnn.make_config(config, fields))  # gpt_oss: a dotted mlp.activation
+        return write(config(**fields))  # gpt_oss: a dotted mlp.activation
     writers = {
         "qwen3_5_text": (qwen3_5_config_to_hf, QWEN3_5),
         "qwen3_next": (qwen3_next_config_to_hf, QWEN3_NEXT),

@@ -284,7 +284,10 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
     the same tensors."""
     from safetensors.numpy import load_file
 
-    model = tnn.Llama(tnn.LlamaConfig(**V3, mtp=tnn.MTPConfig(depths=1)), rngs=nnx.Rngs(1))
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**V3, "mtp": tnn.MTPConfig(depths=1)}),
+        rngs=nnx.Rngs(1),
+    )
     assert model.mtp is not None and model.mtp.layers[0].block.moe is not None
     tnn.save_hf(model, tmp_path / "a")
     assert json.loads((tmp_path / "a" / "config.json").read_text())["num_nextn_predict_layers"] == 1
@@ -316,7 +319,10 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
 
 
 def test_a_model_with_mtp_is_not_saved_where_hf_has_no_place_for_it(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**V2, mtp=tnn.MTPConfig(depths=1)), rngs=nnx.Rngs(0))
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**V2, "mtp": tnn.MTPConfig(depths=1)}),
+        rngs=nnx.Rngs(0),
+    )
     with pytest.raises(ValueError, match="mtp.depths=1: model_type 'deepseek_v2' stores no"):
         tnn.save_hf(model, tmp_path / "ck")
 

@@ -10,9 +10,9 @@ multi-token prediction, init, MLP and norm settings (``mtp_depths``, ``init_std`
 ``norm_eps`` ...: the ``mtp``, ``init``, ``mlp`` and ``norm`` sections; ``norm``, a name then,
 is ``norm.kind``); until tjx-nn 0.30 the attention settings (``sliding_window``,
 ``attn_logit_softcap`` ...), now the ``attention`` section, and another family's switches
-(``global_nope`` ...), now its option section (`tjx.nn.configs.FLAT_SECTION_KEYS`). Files written then
-(presets, users' files, a run's saved config, a checkpoint's model.json) still read: their keys
-are moved to where they are now, and the flat defaults a kind never read are dropped.
+(``global_nope`` ...), now its option section (`tjx.nn.configs.FLAT_SECTION_KEYS`). Files
+written then (presets, users' files, a run's saved config, a checkpoint's model.json) still read:
+their keys are moved to where they are now, and the flat defaults a kind never read are dropped.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
             {"gemma4.global_rope_proportion": 1.5},
             "^Gemma4Options.global_rope_proportion must be a number in",
         ),
-        (dict(**{"attention.decode_topk": 2}), "decode_topk 2 is not supported"),
+        ({"attention.decode_topk": 2}, "attention.decode_topk 2 is not supported with gemma4"),
         (dict(moe=dict(beside_mlp=True)), "MoEConfig.beside_mlp: only MoE models use it"),
     ],
 )

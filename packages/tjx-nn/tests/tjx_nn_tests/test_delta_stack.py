@@ -29,7 +29,7 @@ def _config(**kw):
         attention_output_gate=True,
         qk_norm=True,
         norm=tnn.NormConfig(plus_one=True),
-        rope_fraction=0.25,
+        position=tnn.PositionConfig(rope_fraction=0.25),
     )
 
 

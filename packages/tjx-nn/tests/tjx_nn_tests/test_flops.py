@@ -69,15 +69,22 @@ CASES = [
         6,
         10,
     ),
-    ("encdec-tied-rope", tnn.EncoderDecoderConfig(**TINY, position="rope"), 8, None),
+    (
+        "encdec-tied-rope",
+        tnn.EncoderDecoderConfig(**TINY, position=tnn.PositionConfig(kind="rope")),
+        8,
+        None,
+    ),
     # T5 relative bias tables are lookups (leaf "table", not a kernel): excluded like positions.
     (
         "encdec-t5-scan",
-        tnn.EncoderDecoderConfig(**TINY, position="t5", scan_layers=True, num_kv_heads=2),
+        tnn.EncoderDecoderConfig(
+            **TINY, position=tnn.PositionConfig(kind="t5"), scan_layers=True, num_kv_heads=2
+        ),
         6,
         10,
     ),
-    ("llama-t5", llama_tiny(position="t5"), 8, None),
+    ("llama-t5", llama_tiny(position=tnn.PositionConfig(kind="t5")), 8, None),
 ]
 #: Qwen3.5's layout: delta layers (no score matrix) around a gated attention layer.
 QWEN3_5 = dict(

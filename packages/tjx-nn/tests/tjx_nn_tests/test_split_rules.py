@@ -83,7 +83,7 @@ DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_
             "use auto, pallas or xla",
         ),
         (
-            gpt2_tiny(position="alibi"),
+            gpt2_tiny(position=tnn.PositionConfig(kind="alibi")),
             "model.position: a split sequence takes no additive attention bias (alibi, t5) and no "
             f"attention dropout {SPLIT}; set model.position=rope and model.attention_dropout=0",
         ),

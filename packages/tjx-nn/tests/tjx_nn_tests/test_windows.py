@@ -114,7 +114,10 @@ def test_windows_cut_the_attention_flops():
         (dict(window_pattern=["local"]), "LlamaConfig.window_pattern: it says which layers"),
         (dict(sliding_window=4, window_pattern=[]), "window_pattern must be a non-empty list"),
         (dict(sliding_window=4, window_pattern=["near"]), "window_pattern must be one of"),
-        (dict(sliding_window=4, position="t5"), "sliding_window: position 't5' is not"),
+        (
+            dict(sliding_window=4, position=tnn.PositionConfig(kind="t5")),
+            "sliding_window: position 't5' is not",
+        ),
     ],
 )
 def test_bad_window_settings_are_refused_by_name(kw, match):

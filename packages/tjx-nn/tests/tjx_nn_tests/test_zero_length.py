@@ -24,8 +24,10 @@ MODELS = {
     "llama-mla": lambda: llama_tiny(
         attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), num_layers=1
     ),
-    "alibi": lambda: gpt2_tiny(position="alibi", num_layers=1),
-    "t5-decoder": lambda: tnn.TransformerConfig(**{**TINY, "num_layers": 1}, position="t5"),
+    "alibi": lambda: gpt2_tiny(position=tnn.PositionConfig(kind="alibi"), num_layers=1),
+    "t5-decoder": lambda: tnn.TransformerConfig(
+        **{**TINY, "num_layers": 1}, position=tnn.PositionConfig(kind="t5")
+    ),
     "bert": lambda: tnn.BertConfig(**TINY, dropout=0.1),
 }
 #: Gradients are checked on these (between them: dropout, scan + remat, an additive bias, BERT).
@@ -95,7 +97,9 @@ def test_decoder_forward_cached_with_no_tokens_leaves_the_cache():
 
 @pytest.mark.parametrize("position", ["sinusoidal", "t5"])
 def test_encoder_decoder_empty_source_equals_all_padding_source(position):
-    cfg = tnn.EncoderDecoderConfig(**{**TINY, "num_layers": 1}, position=position)
+    cfg = tnn.EncoderDecoderConfig(
+        **{**TINY, "num_layers": 1}, position=tnn.PositionConfig(kind=position)
+    )
     model = build(cfg, seed=6)
     src, tgt = _toks((2, 5), 7), _toks((2, 4), 8)
     got = model(src[:, :0], tgt)

@@ -29,10 +29,9 @@ from tjx.nn.moe.config import MoEConfig
 from tjx.nn.mtp_config import MTPConfig
 from tjx.nn.norm_config import NormConfig
 from tjx.nn.params import InitConfig
+from tjx.nn.position_config import PositionConfig
 from tjx.nn.precision import Precision, as_precision
-from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
 #: The vocabulary head's loss: chunked XLA or the fused Pallas kernel (tjx.kernels.ce_choice).
@@ -43,7 +42,7 @@ ATTENTION_TYPES = ("mha", "mla")
 LAYER_KINDS = ("local", "global")
 #: The component sections of a model config (their own config classes): a setting in one is named
 #: by a dotted key, ``moe.num_experts``.
-SECTIONS = ("moe", "mla", "delta", "gemma4", "mtp", "init", "mlp", "norm")
+SECTIONS = ("moe", "mla", "delta", "gemma4", "mtp", "init", "mlp", "norm", "position")
 C = TypeVar("C", bound="TransformerConfig")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
@@ -57,12 +56,9 @@ class TransformerConfig:
     ``num_kv_heads``/``head_dim``/``mlp.dim`` default to ``num_heads``, ``d_model // num_heads``
     and ``4 * d_model``. ``precision`` accepts a ``Precision`` or a preset name (``"bf16"`` …).
     ``remat`` is one of ``REMAT_POLICIES``; ``scan_layers`` stacks layers under ``nnx.scan``.
-    ``position="t5"`` adds T5's bucketed relative position bias (``relative_buckets`` buckets,
-    log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
-    absolute position embedding.
-
-    ``rope_scaling`` is a `RopeScaling` (:mod:`tjx.nn.rope_scaling`; a mapping with a ``type``,
-    or Llama 3's four legacy numbers, is read into one). It needs ``position="rope"``.
+    ``position`` (`PositionConfig`, :mod:`tjx.nn.position_config`) is the position encoding:
+    its ``kind``, RoPE's base, share and scaling, Gemma 3's local base and T5's buckets (a
+    scaling needs ``position.kind="rope"``).
     ``qkv_bias`` gives the query/key/value projections a bias even when ``use_bias`` is off
     (Qwen2's layout).
 
@@ -110,6 +106,7 @@ class TransformerConfig:
         "norm.kind": "layernorm",
         "norm.eps": 1e-5,
         "norm.position": "pre",
+        "position.kind": "learned",
     }
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
@@ -125,16 +122,8 @@ class TransformerConfig:
     norm: NormConfig = setting(
         NormConfig, factory=True, help="the normalisation layers: kind, eps, position"
     )
-    position: str = setting(
-        "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
-    )
-    rope_theta: float = setting(10000.0, help="rope's base wavelength (Llama 3: 500000)")
-    rope_fraction: float = setting(
-        1.0, help="share of each q/k head RoPE rotates, its first dims (GLM-4.5: 0.5)"
-    )
-    rope_scaling: RopeScaling | None = setting(
-        None,
-        help=f"rope frequency scaling (type: {', '.join(ROPE_SCALINGS)}); None: plain rope",
+    position: PositionConfig = setting(
+        PositionConfig, factory=True, help="the position encoding: kind, RoPE's settings, T5's"
     )
     sliding_window: int | None = setting(
         None, help="self-attention window (keys a query sees, itself included); None: full"
@@ -144,8 +133,6 @@ class TransformerConfig:
         each_choices=LAYER_KINDS,
         help="layers' kinds, repeated over the stack (local: windowed); None: all local",
     )
-    relative_buckets: int = setting(32, help="position=t5: buckets (even, >= 4)")
-    relative_max_distance: int = setting(128, help="position=t5: longest bucketed distance")
     use_bias: bool = setting(True, help="biases of dense layers and LayerNorms")
     qkv_bias: bool = setting(False, help="query/key/value biases even without use_bias (Qwen2)")
     dropout: float = setting(
@@ -200,9 +187,6 @@ class TransformerConfig:
     query_pre_attn_scalar: float | None = setting(None, help="attention scale 1/sqrt(it) (Gemma)")
     attn_logit_softcap: float | None = setting(None, help="attention logits c·tanh(x/c) (Gemma 2)")
     final_logit_softcap: float | None = setting(None, help="output logits c·tanh(x/c) (Gemma 2)")
-    rope_local_theta: float | None = setting(
-        None, help="RoPE base of windowed layers, unscaled (Gemma 3); None: as the others"
-    )
     attention_sinks: bool = setting(
         False, help="a learned logit per head in each softmax's denominator (gpt-oss)"
     )
@@ -249,7 +233,6 @@ class TransformerConfig:
             positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
         check_sizes(self, cls)
-        choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
         choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
@@ -261,7 +244,6 @@ class TransformerConfig:
         check_window(self, cls)
         check_llama4(self, cls)
         check_mixers(self, cls)
-        check_relative(self, cls)
         check_mla(self, cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
@@ -344,6 +326,7 @@ class LlamaConfig(TransformerConfig):
         "init.scaled_residual": False,
         "norm.kind": "rmsnorm",
         "norm.eps": 1e-6,
+        "position.kind": "rope",
     }
 
     vocab_size: int = 32000
@@ -351,7 +334,6 @@ class LlamaConfig(TransformerConfig):
     d_model: int = 512
     num_layers: int = 8
     num_heads: int = 8
-    position: str = "rope"
     use_bias: bool = False
     tie_embeddings: bool = False
 
@@ -401,27 +383,28 @@ def check_sizes(config: Any, cls: str) -> None:
 
 
 def check_rope(config: Any, cls: str) -> None:
-    """With position ``rope``: an even ``head_dim`` and a positive ``rope_theta``."""
-    if config.position == "rope":
+    """With position ``rope``: an even ``head_dim`` and a positive ``position.rope_theta``."""
+    if config.position.kind == "rope":
         if config.head_dim % 2:
             raise ValueError(
                 f"{cls}.head_dim: rope needs an even head_dim; got {config.head_dim} "
                 f"({cls}.d_model // {cls}.num_heads unless head_dim is given)"
             )
-        if not config.rope_theta > 0:
-            raise ValueError(f"{cls}.rope_theta must be > 0; got {config.rope_theta!r}")
+        theta = config.position.rope_theta
+        if not theta > 0:
+            raise ValueError(f"{cls}.position.rope_theta must be > 0; got {theta!r}")
 
 
 def check_rope_scaling(config: Any, cls: str) -> None:
-    """A `RopeScaling` (read from a mapping or Llama 3's legacy four numbers), with rope."""
-    value = RopeScaling.parse(config.rope_scaling, f"{cls}.rope_scaling")
-    object.__setattr__(config, "rope_scaling", value)  # an unset section (all null) is None
+    """A `RopeScaling` (``position.rope_scaling``, read by its section) only with rope, with
+    factors for ``head_dim // 2`` frequencies."""
+    value = config.position.rope_scaling
     if value is None:
         return
-    if config.position != "rope":
+    if config.position.kind != "rope":
         raise ValueError(
-            f"{cls}.rope_scaling: only position 'rope' uses it (got position "
-            f"{config.position!r}); set it to None"
+            f"{cls}.position.rope_scaling: only position.kind 'rope' uses it (got "
+            f"{config.position.kind!r}); set it to None"
         )
     assert config.head_dim is not None
     half = config.head_dim // 2
@@ -429,10 +412,9 @@ def check_rope_scaling(config: Any, cls: str) -> None:
         factors = getattr(value, name)
         if factors is not None and len(factors) != half:
             raise ValueError(
-                f"{cls}.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
+                f"{cls}.position.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
                 f"{len(factors)}"
             )
-    object.__setattr__(config, "rope_scaling", value)
 
 
 def check_window(config: Any, cls: str) -> None:
@@ -445,7 +427,7 @@ def check_window(config: Any, cls: str) -> None:
                 f"{cls}.attention_impl: 'cudnn' cannot apply a bidirectional sliding_window "
                 "(cuDNN's window looks back only); use 'auto', 'xla' or 'pallas'"
             )
-        if config.position == "t5":
+        if config.position.kind == "t5":
             raise ValueError(
                 f"{cls}.sliding_window: position 't5' is not supported with a window (its "
                 "relative bias reads the cache by slot); set it to None"
@@ -466,23 +448,23 @@ def check_llama4(config: Any, cls: str) -> None:
     c = config
     if c.attention_chunk is not None:
         positive(cls, "attention_chunk", c.attention_chunk)
-        if c.sliding_window is not None or c.position == "t5":
+        if c.sliding_window is not None or c.position.kind == "t5":
             raise ValueError(
                 f"{cls}.attention_chunk: a local layer has a chunk or a sliding_window, not both, "
                 f"and position 't5' has neither (got sliding_window {c.sliding_window}, position "
-                f"{c.position!r}); set attention_chunk to None"
+                f"{c.position.kind!r}); set attention_chunk to None"
             )
-    rotated = c.position == "rope" and c.attention_type == "mha"
+    rotated = c.position.kind == "rope" and c.attention_type == "mha"
     if c.global_nope and (not rotated or False not in c.layer_locals()):
         raise ValueError(
             f"{cls}.global_nope: needs position 'rope', attention_type 'mha' and a global layer "
-            f"in window_pattern (got {c.position!r}, {c.attention_type!r}, "
+            f"in window_pattern (got {c.position.kind!r}, {c.attention_type!r}, "
             f"{c.window_pattern}); set global_nope to False"
         )
     if c.qk_l2_norm and not rotated:
         raise ValueError(
             f"{cls}.qk_l2_norm: only rotated (position 'rope', attention_type 'mha') layers have "
-            f"it; got {c.position!r}, {c.attention_type!r}"
+            f"it; got {c.position.kind!r}, {c.attention_type!r}"
         )
     floor = _positive_float(cls, "nope_temperature_floor", c.nope_temperature_floor)
     object.__setattr__(c, "nope_temperature_floor", floor)
@@ -558,12 +540,12 @@ def check_deepseek_mla(config: Any, cls: str) -> None:
             f"{cls}.mla.qk_rope_head_dim must be even and at most head_dim ({c.head_dim}); got "
             f"{rope}"
         )
-    needs = {"position": "rope", "num_kv_heads": c.num_heads, "qk_norm": False}
+    needs = {"position.kind": "rope", "num_kv_heads": c.num_heads, "qk_norm": False}
     for name, want in needs.items():
-        if getattr(c, name) != want:
+        if setting_value(c, name) != want:
             raise ValueError(
                 f"{cls}.{name}: DeepSeek's MLA (mla.qk_rope_head_dim set) needs {name}={want!r}; "
-                f"got {getattr(c, name)!r}"
+                f"got {setting_value(c, name)!r}"
             )
 
 
@@ -584,26 +566,11 @@ def check_mla(config: Any, cls: str) -> None:
         )
 
 
-def check_relative(config: Any, cls: str) -> None:
-    """T5 bias sizes (checked whatever ``position`` is, so a typo fails early)."""
-    nb, md = config.relative_buckets, config.relative_max_distance
-    if isinstance(nb, bool) or not isinstance(nb, int) or nb < 4 or nb % 2:
-        # Even: the encoder splits the buckets in half per direction (T5's layout).
-        raise ValueError(f"{cls}.relative_buckets must be an even int >= 4; got {nb!r}")
-    # The causal decoder's exact range is nb // 2 distances; log-spaced buckets start there.
-    if isinstance(md, bool) or not isinstance(md, int) or md <= nb // 2:
-        raise ValueError(
-            f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = {nb // 2}; "
-            f"got {md!r}"
-        )
-
-
 #: The family switches that are a positive number or None (``check_family``).
 _POSITIVE = (
     "query_pre_attn_scalar",
     "attn_logit_softcap",
     "final_logit_softcap",
-    "rope_local_theta",
 )
 
 
@@ -633,13 +600,13 @@ def check_family(config: Any, cls: str) -> None:
             f"{cls}.norm.position {config.norm.position!r} is implemented by decoders only; "
             "choose 'pre' or 'post'"
         )
-    if config.rope_local_theta is not None and (
-        config.sliding_window is None or config.position != "rope"
+    if config.position.rope_local_theta is not None and (
+        config.sliding_window is None or config.position.kind != "rope"
     ):
         raise ValueError(
-            f"{cls}.rope_local_theta: only windowed RoPE layers use it (sliding_window "
-            f"{config.sliding_window}, position {config.position!r}); set sliding_window (and "
-            "position 'rope') or leave rope_local_theta None"
+            f"{cls}.position.rope_local_theta: only windowed RoPE layers use it (sliding_window "
+            f"{config.sliding_window}, position.kind {config.position.kind!r}); set "
+            "sliding_window (and position.kind 'rope') or leave position.rope_local_theta None"
         )
     if config.attn_logit_softcap is not None and config.attention_impl == "cudnn":
         raise ValueError(
@@ -680,35 +647,34 @@ def check_sinks(config: Any, cls: str) -> None:
 
 
 def check_rope_fraction(config: Any, cls: str) -> None:
-    """``rope_fraction`` in ``(0, 1]``, rotating an even number of dims; below 1 only with
-    RoPE on multi-head attention (MLA rotates its own ``qk_rope_head_dim``)."""
-    f = config.rope_fraction
-    if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
-        raise ValueError(f"{cls}.rope_fraction must be a number in (0, 1]; got {f!r}")
-    object.__setattr__(config, "rope_fraction", float(f))
+    """``position.rope_fraction`` (in ``(0, 1]``, its section checks) below 1 only with RoPE on
+    multi-head attention (MLA rotates its own ``qk_rope_head_dim``), rotating an even number of
+    dims."""
+    pos = config.position
+    f = pos.rope_fraction
     if f == 1.0:
         return
-    if config.position != "rope" or config.attention_type != "mha":
+    if pos.kind != "rope" or config.attention_type != "mha":
         raise ValueError(
-            f"{cls}.rope_fraction {f} needs position 'rope' and attention_type 'mha' (got "
-            f"{config.position!r}, {config.attention_type!r}); set it to 1.0"
+            f"{cls}.position.rope_fraction {f} needs position.kind 'rope' and attention_type "
+            f"'mha' (got {pos.kind!r}, {config.attention_type!r}); set it to 1.0"
         )
     rotated = int(config.head_dim * f)
     if rotated < 2 or rotated % 2:
         raise ValueError(
-            f"{cls}.rope_fraction {f} rotates int(head_dim {config.head_dim} x {f}) = {rotated} "
-            "dims; RoPE needs an even number, at least 2"
+            f"{cls}.position.rope_fraction {f} rotates int(head_dim {config.head_dim} x {f}) = "
+            f"{rotated} dims; RoPE needs an even number, at least 2"
         )
-    if config.rope_scaling is not None and config.rope_scaling.type == "longrope":
+    if pos.rope_scaling is not None and pos.rope_scaling.type == "longrope":
         raise ValueError(
-            f"{cls}.rope_fraction {f} with a longrope rope_scaling is not supported (its factors "
-            "are per frequency of the whole head); set rope_fraction to 1.0"
+            f"{cls}.position.rope_fraction {f} with a longrope rope_scaling is not supported "
+            "(its factors are per frequency of the whole head); set rope_fraction to 1.0"
         )
 
 
 def rotated_dims(config: Any) -> int:
-    """The dims of each q/k head RoPE rotates: ``int(head_dim · rope_fraction)``."""
-    return int(config.head_dim * config.rope_fraction)
+    """The dims of each q/k head RoPE rotates: ``int(head_dim · position.rope_fraction)``."""
+    return int(config.head_dim * config.position.rope_fraction)
 
 
 def field_defaults(config: Any) -> dict[str, Any]:

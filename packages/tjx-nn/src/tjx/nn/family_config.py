@@ -170,8 +170,10 @@ def check_mtp(config: Any, cls: str) -> None:
     if not config.mtp.depths:
         return
     local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
-    for name, off in (*local, ("position", "t5")):
-        value = getattr(config, name, None)
+    for name, off in (*local, ("position.kind", "t5")):
+        value = config
+        for part in name.split("."):  # a dotted key: a setting of a section
+            value = getattr(value, part, None)
         if (value is not None) if off is None else value == off:
             raise ValueError(
                 f"{cls}.mtp.depths: multi-token prediction is implemented for full-attention "

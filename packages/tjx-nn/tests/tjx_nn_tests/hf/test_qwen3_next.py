@@ -21,7 +21,7 @@ QWEN3_NEXT = dict(
     head_dim=8, mlp=tnn.MLPConfig(dim=8), mixer_pattern=("delta", "delta", "delta", "attention"),
     delta=tnn.DeltaConfig(key_heads=2, value_heads=6, key_dim=4, value_dim=6),
     attention_output_gate=True, qk_norm=True, norm=tnn.NormConfig(plus_one=True),
-    rope_fraction=0.25,
+    position=tnn.PositionConfig(rope_fraction=0.25),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=4, num_shared_experts=1,
                       shared_expert_mlp_dim=12, shared_expert_gate=True, first_dense=1),
 )  # fmt: skip

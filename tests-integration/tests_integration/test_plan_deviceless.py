@@ -113,7 +113,7 @@ HYBRID = [
     "data.batch_size=4", "eval.batch_size=4", "model.delta.key_heads=6",
     "model.delta.value_heads=12", "model.delta.key_dim=128", "model.delta.value_dim=64",
     "model.attention_output_gate=true", "model.qk_norm=true", "model.norm.plus_one=true",
-    "model.rope_fraction=0.25", "model.head_dim=64",
+    "model.position.rope_fraction=0.25", "model.head_dim=64",
 ]  # fmt: skip
 
 

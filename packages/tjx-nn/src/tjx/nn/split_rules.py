@@ -90,7 +90,7 @@ def check_sequence_split(config: Any, ways: int) -> None:
         )
     if config.position.kind in ("alibi", "t5") or config.attention_dropout > 0:
         key = (
-            "model.position"
+            "model.position.kind"
             if config.position.kind in ("alibi", "t5")
             else "model.attention_dropout"
         )

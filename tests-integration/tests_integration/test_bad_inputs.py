@@ -53,6 +53,11 @@ def _attention_key_both_ways(d):
     (d / "both.yaml").write_text(both)
 
 
+def _position_key_both_ways(d):
+    both = "base: tiny\nmodel:\n  rope_theta: 5.0e+5\n  position: {rope_theta: 1.0e+4}\n"
+    (d / "both.yaml").write_text(both)
+
+
 def _empty_text(d):
     (d / "empty.txt").write_text("")
 
@@ -188,7 +193,7 @@ def _hf_qwen3_5(d):
     shape = dict(vocab_size=257, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
                  mlp=nn.MLPConfig(dim=24), head_dim=8, mixer_pattern=("delta", "attention"),
                  delta=nn.DeltaConfig(key_heads=2, value_heads=2, key_dim=8, value_dim=8),
-                 rope_fraction=0.25, norm=nn.NormConfig(plus_one=True),
+                 position=nn.PositionConfig(rope_fraction=0.25), norm=nn.NormConfig(plus_one=True),
                  attention=nn.AttentionConfig(output_gate=True, qk_norm=True))  # fmt: skip
     nn.save_hf(nn.build_model(nn.LlamaConfig(**shape), rngs=nnx.Rngs(0)), d / "hf")
 
@@ -344,6 +349,20 @@ CASES = [
         [*TINY, "--set", "model.norm.kind=batchnorm"],
         None,
         "model.norm.kind",
+    ),
+    (
+        "position-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _position_key_both_ways,
+        "model.rope_theta: is model.position.rope_theta now, which is set too",
+    ),
+    (
+        "position-section-value",
+        T,
+        [*TINY, "--set", "model.position.relative_buckets=7"],
+        None,
+        "model.position.relative_buckets must be an even int >= 4",
     ),
     (
         "mlp-section-value",

@@ -495,7 +495,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
         }
         if case.get("short"):
             short = jnp.asarray(tokens[:, : case["short"]])
-            plain, _ = nn.load_hf(root / name, rope_scaling=None)
+            plain, _ = nn.load_hf(root / name, **{"position.rope_scaling": None})
             out[name] |= {
                 "tjx_short": np.asarray(model(short)),
                 "plain": np.asarray(plain(jnp.asarray(tokens))),
@@ -549,7 +549,7 @@ def test_phi3_longrope_factors_change_both_calls(results):
     """Phi-3's LongRoPE read as such: the short and long calls each need their own factors (the
     unscaled model is far off in both), and the export keeps Phi-3's published form."""
     r = results["phi3-longrope"]
-    scaling = r["config"].rope_scaling
+    scaling = r["config"].position.rope_scaling
     assert (scaling.type, scaling.factor, scaling.original_max_position_embeddings) == (
         "longrope",
         8.0,
@@ -589,10 +589,10 @@ def test_the_cases_exercise_each_switch(results):
     assert cfg["qwen3"].layer_windows() == (full, local)
     assert cfg["phi3"].layer_windows() == (local, local)
     assert g2.layer_windows() == g3.layer_windows() == (local, full)
-    assert (g3.rope_theta, g3.rope_local_theta) == (10000.0, 100.0)
+    assert (g3.position.rope_theta, g3.position.rope_local_theta) == (10000.0, 100.0)
     assert cfg["olmo2"].attention.sliding_window is None
     assert cfg["olmo3"].layer_windows() == (local, local, local, full)
-    assert cfg["olmo3"].rope_theta == 500.0 and cfg["olmo3"].norm.position == "output"
+    assert cfg["olmo3"].position.rope_theta == 500.0 and cfg["olmo3"].norm.position == "output"
     assert results["olmo3"]["saved"]["layer_types"][3] == "full_attention"
     logits = results["gemma2"]["peer"]["logits"]
     assert 0.5 * 3.0 < np.abs(logits).max() < 3.0  # within the cap, and near it
@@ -635,7 +635,7 @@ def test_the_deepseek_cases_exercise_each_piece(results):
         2,
         2.5,
     )
-    assert v3.rope_scaling is not None and v3.rope_scaling.mscale_all_dim == 1.0
+    assert v3.position.rope_scaling is not None and v3.position.rope_scaling.mscale_all_dim == 1.0
     names = results["deepseek_v3"]["tensors"]
     assert "model.layers.1.mlp.gate.e_score_correction_bias" in names
     assert "model.layers.0.self_attn.q_a_layernorm.weight" in names
@@ -658,17 +658,17 @@ def test_the_gpt_oss_and_glm_cases_exercise_each_piece(results):
         4,
     )
     assert oss.layer_windows() == (WINDOW, None)
-    assert oss.rope_scaling is not None and oss.rope_scaling.type == "yarn"
-    assert oss.rope_scaling.truncate is False
+    assert oss.position.rope_scaling is not None and oss.position.rope_scaling.type == "yarn"
+    assert oss.position.rope_scaling.truncate is False
     names = results["gpt_oss"]["tensors"]
     assert {"model.layers.0.self_attn.sinks", "model.layers.1.mlp.router.bias"} <= names
     assert "model.layers.0.mlp.experts.gate_up_proj_bias" in names
-    assert (glm.rope_fraction, glm.attention.qk_norm, glm.attention.qkv_bias, glm.use_bias) == (
-        0.25,
-        True,
-        True,
-        False,
-    )
+    assert (
+        glm.position.rope_fraction,
+        glm.attention.qk_norm,
+        glm.attention.qkv_bias,
+        glm.use_bias,
+    ) == (0.25, True, True, False)
     assert (
         glm.moe.router,
         glm.moe.router_groups,
@@ -694,7 +694,7 @@ def test_the_qwen3_5_case_exercises_each_piece(results):
         c.attention.output_gate
         and c.norm.plus_one
         and c.attention.qk_norm
-        and c.rope_fraction == 0.25
+        and c.position.rope_fraction == 0.25
     )
     assert (c.delta.key_heads, c.delta.value_heads, c.delta.key_dim) == (2, 4, 8)
     names = r["tensors"]
@@ -743,7 +743,7 @@ def test_the_llama4_case_exercises_each_piece(results):
         c.llama4.nope_temperature_floor,
         c.llama4.nope_temperature_scale,
     ) == (5, 3.0, 0.5)
-    assert c.rope_scaling is not None and c.rope_scaling.type == "llama3"
+    assert c.position.rope_scaling is not None and c.position.rope_scaling.type == "llama3"
     assert (c.moe.num_experts, c.moe.experts_per_token, c.moe.layer_step, c.moe.router) == (
         4,
         1,
@@ -776,7 +776,11 @@ def test_the_gemma4_case_exercises_each_piece(results):
     g = c.gemma4
     assert (g.global_head_dim, g.global_kv_heads, g.global_values_from_keys) == (32, 1, True)
     assert (g.kv_shared_layers, g.kv_shared_mlp_dim, g.per_layer_input_dim) == (2, 96, 8)
-    assert (g.global_rope_proportion, c.rope_local_theta, c.final_logit_softcap) == (0.25, 100, 5)
+    assert (g.global_rope_proportion, c.position.rope_local_theta, c.final_logit_softcap) == (
+        0.25,
+        100,
+        5,
+    )
     assert g.value_norm and g.layer_scale and g.per_layer_vocab_size is None
     names = r["tensors"]
     assert {"model.embed_tokens_per_layer.weight", "model.per_layer_model_projection.weight",

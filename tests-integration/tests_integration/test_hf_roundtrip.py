@@ -223,16 +223,16 @@ def test_windows_and_scalings_are_read_as_their_configs_say(results):
     assert mistral.attention.sliding_window == 5 and mistral.attention.window_pattern is None
     assert nn.cache_slots(mistral, 24) == 5
     assert qwen.layer_windows() == (None, 6) and nn.cache_slots(qwen, 24) == 24
-    assert qwen.rope_scaling.type == "yarn" and qwen.max_seq_len == 64  # max(64, 4 x 16)
+    assert qwen.position.rope_scaling.type == "yarn" and qwen.max_seq_len == 64  # max(64, 4 x 16)
     dynamic = results["llama-dynamic"]["config"]
-    assert dynamic.rope_scaling.original_max_position_embeddings == 8
+    assert dynamic.position.rope_scaling.original_max_position_embeddings == 8
     assert dynamic.max_seq_len == 32  # 8 x factor 4: dynamic NTK scales past 8
-    assert results["llama-longrope"]["config"].rope_scaling.factor == 8.0  # 64 / 8
+    assert results["llama-longrope"]["config"].position.rope_scaling.factor == 8.0  # 64 / 8
 
 
 def test_the_cases_cover_what_the_configs_carry(results):
     llama, mistral, qwen = (results[k]["config"] for k in ("llama", "mistral", "qwen2"))
-    assert llama.num_kv_heads == 2 and llama.rope_scaling == nn.RopeScaling.parse(
+    assert llama.num_kv_heads == 2 and llama.position.rope_scaling == nn.RopeScaling.parse(
         [8.0, 1.0, 4.0, 16]
     )
     assert not llama.tie_embeddings and mistral.tie_embeddings

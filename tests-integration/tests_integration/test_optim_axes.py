@@ -23,7 +23,7 @@ _DECODER_VARIANTS: list[dict[str, Any]] = [
     {},
     {"tie_embeddings": False},
     {"tie_embeddings": True},
-    {"position": "t5"},
+    {"position": tnn.PositionConfig(kind="t5")},
     {"use_bias": True, "attention": tnn.AttentionConfig(qkv_bias=True)},
     {"attention": tnn.AttentionConfig(type="mla"), "mla": tnn.MLAConfig(kv_latent_dim=8)},
     {"num_kv_heads": 1},

@@ -113,7 +113,7 @@ HYBRID = [
     "data.batch_size=4", "eval.batch_size=4", "model.delta.key_heads=6",
     "model.delta.value_heads=12", "model.delta.key_dim=128", "model.delta.value_dim=64",
     "model.attention_output_gate=true", "model.qk_norm=true", "model.norm.plus_one=true",
-    "model.rope_fraction=0.25", "model.head_dim=64",
+    "model.position.rope_fraction=0.25", "model.head_dim=64",
 ]  # fmt: skip
 
 
@@ -330,12 +330,14 @@ FAMILIES = {
         moe=nn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True),
         **{"attention.sliding_window": 16},
         **{"attention.window_pattern": ("local", "global")},
-        rope_scaling=dict(
-            type="yarn", factor=4.0, original_max_position_embeddings=16, truncate=False
-        ),
+        **{
+            "position.rope_scaling": dict(
+                type="yarn", factor=4.0, original_max_position_embeddings=16, truncate=False
+            )
+        },
     ),
     "glm4_moe": dict(
-        rope_fraction=0.5,
+        position=nn.PositionConfig(rope_fraction=0.5),
         **{"attention.qk_norm": True},
         **{"attention.qkv_bias": True},
         moe=nn.MoEConfig(
@@ -380,7 +382,7 @@ FAMILIES = {
         **{"attention.qk_norm": True},
         **{"attention.query_pre_attn_scalar": 1.0},
         tie_embeddings=True,
-        rope_local_theta=100.0,
+        **{"position.rope_local_theta": 100.0},
         final_logit_softcap=30.0,
         gemma4=Gemma4Options(
             global_head_dim=32,
@@ -417,7 +419,7 @@ FAMILIES = {
         **{"attention.output_gate": True},
         **{"attention.qk_norm": True},
         norm=nn.NormConfig(plus_one=True),
-        rope_fraction=0.25,
+        position=nn.PositionConfig(rope_fraction=0.25),
         moe=nn.MoEConfig(
             num_experts=4,
             experts_per_token=2,

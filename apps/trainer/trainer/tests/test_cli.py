@@ -131,6 +131,24 @@ def test_a_flat_section_key_is_its_sections_now_and_a_null_there_the_kinds_own(i
     assert tiny.init == nn.InitConfig(std=0.01, scaled_residual=True)
 
 
+def test_the_flat_position_keys_are_the_position_sections_now(in_tmp, capsys):
+    """``model.position`` (a name then) is ``model.position.kind`` and ``model.rope_theta`` ...
+    the section's: by their old names they reach it, with one note each naming the new key."""
+    plan = _plan(
+        *["--config", "llama_small", "--set", "model.position=alibi"],
+        *["--set", "model.rope_theta=5e5", "--set", "model.position.relative_buckets=16"],
+    )
+    assert plan.config.model.position == nn.PositionConfig(
+        kind="alibi", rope_theta=5e5, relative_buckets=16
+    )
+    assert capsys.readouterr().err.splitlines() == [
+        "trainer: note: --set model.position is model.position.kind now (the old name still "
+        "works)",
+        "trainer: note: --set model.rope_theta is model.position.rope_theta now (the old name "
+        "still works)",
+    ]
+
+
 def test_only_the_launch_flags_reach_tjx_parallel_and_they_read_as_from_the_whole_line(in_tmp):
     launch = ["--num-processes", "1", "--process-id", "0", "--init-timeout", "9"]
     argv = ["--config", "tiny", "--set", "train.steps=7", *launch]
@@ -175,7 +193,7 @@ def test_parse_profile_rejects(text):
         ),
         (
             ["--config", "gpt2_small", "--init-from", "gpt2", "--set", "model.position=rope"],
-            "GPT-2 weights fix the architecture, so model.position 'rope' cannot apply",
+            "GPT-2 weights fix the architecture, so model.position.kind 'rope' cannot apply",
         ),
         (  # silently dropped before tjx.nn's hf_gpt2_conflicts said what GPT-2 weights fix
             [

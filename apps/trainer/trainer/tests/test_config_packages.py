@@ -34,7 +34,7 @@ OWN_DEFAULTS = ("b1", "b2", "eps", "weight_decay", "momentum", "nesterov")
 OWNED_LISTS = [
     ("model.attention_impl", nn.ATTENTION_IMPLS),
     ("model.remat", nn.REMAT_POLICIES),
-    ("model.position", nn.POSITIONS),
+    ("model.position.kind", nn.POSITIONS),
     ("model.norm.kind", nn.NORMS),
     ("model.precision.compute_dtype", nn.DTYPE_NAMES),
     ("optimizer.name", optim.OPTIMIZER_NAMES),
@@ -168,7 +168,7 @@ def _package_keys() -> list[tuple[str, str]]:
             key = f"{path}.{f.name}"
             inner = {
                 "model.precision": nn.Precision,
-                "model.rope_scaling": nn.RopeScaling,
+                "model.position.rope_scaling": nn.RopeScaling,
                 "model.moe": nn.MoEConfig,
                 "model.mla": nn.MLAConfig,
                 "model.delta": nn.DeltaConfig,
@@ -178,6 +178,7 @@ def _package_keys() -> list[tuple[str, str]]:
                 "model.mlp": nn.MLPConfig,
                 "model.norm": nn.NormConfig,
                 "model.attention": nn.AttentionConfig,
+                "model.position": nn.PositionConfig,
                 "model.llama4": Llama4Options,
                 "optimizer.schedule": optim.ScheduleConfig,
             }.get(key)
@@ -200,7 +201,7 @@ def test_every_package_field_is_settable_listed_and_explained():
         assert key in listed, key
     # Llama 3's rope base, which the trainer's own copy of the model section could not reach
     cfg = read_config(apply_overrides({"model": {"kind": "llama"}}, ["model.rope_theta=5e5"]))
-    assert cfg.model.rope_theta == 500000.0
+    assert cfg.model.position.rope_theta == 500000.0
 
 
 def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):

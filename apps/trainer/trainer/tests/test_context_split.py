@@ -90,7 +90,7 @@ def test_a_context_split_trains_as_the_unsplit_run(in_tmp, corpus, capsys):
             ("model.attention_impl=cudnn",),
             "model.attention_impl: cudnn cannot attend across a split sequence",
         ),
-        (("model.position=alibi",), "model.position: a split sequence takes no additive"),
+        (("model.position.kind=alibi",), "model.position.kind: a split sequence takes no additive"),
         (
             ("model.attention.dropout=0.1",),
             "model.attention.dropout: a split sequence takes no additive attention bias",

@@ -79,12 +79,18 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
         # Gemma's local layers: query i sees keys i - window < j <= i, rotated at their own base.
         window = c.layer_windows()[i]
         seen = causal if window is None else causal & (rows - cols < window)
-        theta = c.rope_local_theta if window is not None and c.rope_local_theta else c.rope_theta
+        theta = (
+            c.position.rope_local_theta
+            if window is not None and c.position.rope_local_theta
+            else c.position.rope_theta
+        )
         a = norm(t + "attn_norm", x)
         q = qk(t + "attn.q_norm", lin(a, t + "attn.query", "bsd,dhk->bshk"), h)
         k = qk(t + "attn.k_norm", lin(a, t + "attn.key", "bsd,dhk->bshk"), hk)
         v = lin(a, t + "attn.value", "bsd,dhk->bshk")
-        q, k = _rope(q, pos, theta, c.rope_fraction), _rope(k, pos, theta, c.rope_fraction)
+        q, k = _rope(q, pos, theta, c.position.rope_fraction), _rope(
+            k, pos, theta, c.position.rope_fraction
+        )
         k, v = np.repeat(k, h // hk, axis=2), np.repeat(v, h // hk, axis=2)
         logits = _cap(np.einsum("bqhd,bkhd->bhqk", q, k) * scale, c.attention.logit_softcap)
         logits = np.where(seen, logits, -np.inf)

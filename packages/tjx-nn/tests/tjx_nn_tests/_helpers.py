@@ -9,6 +9,8 @@ from tjx import nn as tnn
 TINY = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
 
 
+# Built by make_config: a dotted key (``"position.kind"``) sets one setting of a section over the
+# section given whole, so overlays of different settings of one section do not replace each other.
 def gpt2_tiny(**kw) -> tnn.GPT2Config:
     return tnn.make_config(tnn.GPT2Config, {**TINY, **kw})
 

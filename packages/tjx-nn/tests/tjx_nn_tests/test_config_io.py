@@ -50,7 +50,9 @@ CONFIGS = [
     ),
     tnn.make_config(tnn.BertConfig, {**SMALL, "precision": "pure_bf16"}),
     tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
-    tnn.make_config(tnn.EncoderDecoderConfig, {**SMALL, "num_decoder_layers": 2, "position": "t5"}),
+    tnn.make_config(
+        tnn.EncoderDecoderConfig, {**SMALL, "num_decoder_layers": 2, "position.kind": "t5"}
+    ),
     tnn.make_config(tnn.TransformerConfig, {**SMALL, "precision": "fp16"}),
     tnn.make_config(
         tnn.LlamaConfig,
@@ -80,7 +82,7 @@ def test_a_model_json_of_tjx_0_1_loads():
     # cross_entropy_impl; #42's sliding_window, window_pattern; #41's MoE settings, at their dense
     # defaults; #44's family switches and DeepSeek's MLA fields; #56's gpt-oss and GLM switches),
     # the MoE, MLA and delta settings as their sections (its flat kv_latent_dim moved in),
-    newer = {"rope_scaling": None, "qkv_bias": False, "cross_entropy_impl": "auto",
+    newer = {"qkv_bias": False, "cross_entropy_impl": "auto",
              "sliding_window": None, "window_pattern": None,
              "moe": dataclasses.asdict(tnn.MoEConfig())}  # fmt: skip
     newer |= {
@@ -90,14 +92,12 @@ def test_a_model_json_of_tjx_0_1_loads():
         "query_pre_attn_scalar": None,
         "attn_logit_softcap": None,
         "final_logit_softcap": None,
-        "rope_local_theta": None,
         "mla": {
             "kv_latent_dim": None,
             "q_lora_rank": None,
             "qk_rope_head_dim": None,
             "v_head_dim": None,
         },
-        "rope_fraction": 1.0,
         "attention_sinks": False,
         # #56's Qwen3.5 settings: the gated attention output, the delta layers and their sizes.
         "attention_output_gate": False,
@@ -141,6 +141,12 @@ def test_a_model_json_of_tjx_0_1_loads():
     newer["norm"] = {"kind": "rmsnorm", "eps": 1e-06, "position": "pre", "plus_one": False}
     moved = ("kv_latent_dim", "init_std", "scaled_residual_init", "mlp_dim", "mlp_activation")
     moved += ("norm", "norm_eps", "norm_position")
+    # The position settings as their section (its flat keys moved in; rope_scaling,
+    # rope_fraction and rope_local_theta came later, at their defaults).
+    newer["position"] = {"kind": "rope", "rope_theta": 10000.0, "rope_fraction": 1.0}
+    newer["position"] |= {"rope_scaling": None, "rope_local_theta": None}
+    newer["position"] |= {"relative_buckets": 32, "relative_max_distance": 128}
+    moved += ("position", "rope_theta", "relative_buckets", "relative_max_distance")
     old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k not in moved}
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**old, **newer}}
     # ... and the attention settings and Llama 4's in their sections (at their defaults here).

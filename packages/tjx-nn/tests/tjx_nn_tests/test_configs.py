@@ -43,7 +43,6 @@ def test_gpt2_config_overrides_and_unknown_preset():
     [
         (dict(d_model=30, num_heads=4), "d_model"),
         (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
-        (dict(position="relative"), "position"),
         (dict(num_layers=-1), "num_layers"),
         (dict(vocab_size=0), "vocab_size"),
         (dict(dropout=1.5), "dropout"),
@@ -51,7 +50,7 @@ def test_gpt2_config_overrides_and_unknown_preset():
         (dict(attention_impl="triton"), "attention_impl"),
         (dict(precision="fp8"), "precision"),
         (dict(**{"attention.type": "mla"}), "kv_latent_dim"),
-        (dict(position="rope", d_model=36, num_heads=4), "head_dim"),
+        (dict(position=tnn.PositionConfig(kind="rope"), d_model=36, num_heads=4), "head_dim"),
         (dict(**{"attention.decode_topk": 0}), "decode_topk"),
     ],
 )
@@ -65,7 +64,7 @@ def test_bad_config_messages_list_allowed_values():
     with pytest.raises(ValueError, match="swiglu"):
         tnn.LlamaConfig(mlp=tnn.MLPConfig(activation="tanh"))
     with pytest.raises(ValueError, match="alibi"):
-        tnn.LlamaConfig(position="xpos")
+        tnn.LlamaConfig(position=tnn.PositionConfig(kind="xpos"))
     with pytest.raises(ValueError, match="patch_size"):
         tnn.ViTConfig(image_size=30, patch_size=8)
     with pytest.raises(ValueError, match="type_vocab_size"):
@@ -107,7 +106,7 @@ def test_precision_helpers_and_more_bad_fields():
         tnn.GPT2Config(precision=3)
     assert tnn.GPT2Config(precision=None).precision == tnn.Precision()
     with pytest.raises(ValueError, match="rope_theta"):
-        tnn.LlamaConfig(rope_theta=0.0)
+        tnn.LlamaConfig(position=tnn.PositionConfig(rope_theta=0.0))
     with pytest.raises(ValueError, match="NormConfig.eps"):
         tnn.GPT2Config(norm=tnn.NormConfig(eps=0.0))
     with pytest.raises(ValueError, match="InitConfig.std"):
@@ -115,7 +114,7 @@ def test_precision_helpers_and_more_bad_fields():
     with pytest.raises(ValueError, match="num_labels"):
         tnn.BertConfig(num_labels=0)
     with pytest.raises(ValueError, match="position"):
-        tnn.ViTConfig(image_size=8, patch_size=4, position="rope")
+        tnn.ViTConfig(image_size=8, patch_size=4, position=tnn.PositionConfig(kind="rope"))
 
 
 def test_attention_impls_are_the_kernel_dispatchers_own():
@@ -253,6 +252,10 @@ def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
         tnn.NormConfig(kind="batchnorm")
     with pytest.raises(ValueError, match=r"^NormConfig.position must be one of"):
         tnn.NormConfig(position="peri")
+    with pytest.raises(ValueError, match=r"^PositionConfig.kind must be one of"):
+        tnn.PositionConfig(kind="relative")
+    assert tnn.EncoderDecoderConfig().position.kind == "sinusoidal"
+    assert tnn.LlamaConfig(position=tnn.PositionConfig(rope_theta=5e5)).position.kind == "rope"
     llama_norm = tnn.LlamaConfig(norm=tnn.NormConfig(plus_one=True)).norm
     assert llama_norm == tnn.NormConfig(kind="rmsnorm", eps=1e-6, position="pre", plus_one=True)
     bert_norm = tnn.BertConfig().norm
@@ -287,7 +290,7 @@ def test_the_model_config_holds_its_components_as_sections():
         "llama4": Llama4Options,
     }
     sections |= {"mtp": tnn.MTPConfig, "init": tnn.InitConfig, "mlp": tnn.MLPConfig}
-    sections |= {"norm": tnn.NormConfig}
+    sections |= {"norm": tnn.NormConfig, "position": tnn.PositionConfig}
     defaults = tnn.LlamaConfig()
     for name, cls in sections.items():
         assert type(getattr(defaults, name)) is cls
@@ -295,6 +298,7 @@ def test_the_model_config_holds_its_components_as_sections():
     gone = {"num_experts", "router", "kv_latent_dim", "delta_impl", "scaled_residual_init"}
     gone |= {"mlp_dim", "mlp_activation", "norm_eps", "norm_position", "norm_plus_one"}
     gone |= {"sliding_window", "attention_type", "qk_norm", "global_nope"}
+    gone |= {"rope_theta", "rope_scaling", "rope_fraction", "relative_buckets"}
     assert not gone & set(fields)
     assert not defaults.init.scaled_residual and tnn.GPT2Config().init.scaled_residual
     assert set(sections) | {"gemma4"} == set(tnn.SECTIONS)  # gemma4: its family's, tested there

@@ -28,7 +28,7 @@ def _config(**kw):
         delta=DELTA,
         attention=tnn.AttentionConfig(output_gate=True, qk_norm=True),
         norm=tnn.NormConfig(plus_one=True),
-        rope_fraction=0.25,
+        position=tnn.PositionConfig(rope_fraction=0.25),
     )
 
 

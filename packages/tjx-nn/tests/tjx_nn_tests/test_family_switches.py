@@ -47,7 +47,7 @@ FAMILIES = {
     "gemma3-local": dict(
         **{"attention.sliding_window": 3},
         **{"attention.window_pattern": ("local", "global")},
-        rope_local_theta=100.0,
+        position=tnn.PositionConfig(rope_local_theta=100.0),
         num_layers=3,
     ),
     "qwen3": dict(**{"attention.qk_norm": True}, head_dim=10),
@@ -67,7 +67,7 @@ FAMILIES = {
     ),
     # GLM-4.5: RoPE on each head's first 4 of 10 dims (int(10 · 0.4)), q/k norms, q/k/v biases.
     "glm": dict(
-        rope_fraction=0.4,
+        **{"position.rope_fraction": 0.4},
         **{"attention.qk_norm": True},
         **{"attention.qkv_bias": True},
         head_dim=10,
@@ -135,12 +135,12 @@ def test_local_layers_rotate_at_their_own_base_and_see_only_their_window():
     model, config = _model("gemma3-local")
     base = np.asarray(model(tokens))
     flat = tnn.get_flat_params(model)
-    no_window = dict(
-        rope_local_theta=None,
-        **{"attention.sliding_window": None},
-        **{"attention.window_pattern": None},
-    )
-    for change in (dict(rope_local_theta=None), no_window):
+    no_window = {
+        "position.rope_local_theta": None,
+        "attention.sliding_window": None,
+        "attention.window_pattern": None,
+    }
+    for change in ({"position.rope_local_theta": None}, no_window):
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
         tnn.set_flat_params(other, flat)
         assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
@@ -274,13 +274,20 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
             dict(final_logit_softcap=30.0, cross_entropy_impl="pallas"),
             "cross_entropy_impl 'pallas' cannot soft-cap the output logits",
         ),
-        (dict(rope_local_theta=1e4), "rope_local_theta: only windowed RoPE layers use it"),
         (
-            dict(rope_local_theta=1e4, **{"attention.sliding_window": 8}, position="alibi"),
+            {"position.rope_local_theta": 1e4},
+            "rope_local_theta: only windowed RoPE layers use it",
+        ),
+        (
+            {
+                "position.rope_local_theta": 1e4,
+                "position.kind": "alibi",
+                "attention.sliding_window": 8,
+            },
             "rope_local_theta: only windowed RoPE layers",
         ),
         (
-            dict(rope_local_theta=0, **{"attention.sliding_window": 8}),
+            {"position.rope_local_theta": 0, "attention.sliding_window": 8},
             "rope_local_theta must be a positive",
         ),
         (
@@ -304,20 +311,31 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
             ),
             "attention sinks need full decoding .*type 'mla'",
         ),
-        (dict(rope_fraction=0.0), "rope_fraction must be a number in \\(0, 1\\]"),
-        (dict(rope_fraction=1.5), "rope_fraction must be a number in"),
-        (dict(rope_fraction=0.3), "rotates int\\(head_dim 6 x 0.3\\) = 1 dims"),
-        (dict(rope_fraction=0.5, position="alibi"), "rope_fraction 0.5 needs position 'rope'"),
+        (
+            {"position.rope_fraction": 0.0},
+            "rope_fraction must be a number in \\(0, 1\\]",
+        ),
+        ({"position.rope_fraction": 1.5}, "rope_fraction must be a number in"),
+        (
+            dict(position=tnn.PositionConfig(rope_fraction=0.3)),
+            "rotates int\\(head_dim 6 x 0.3\\) = 1 dims",
+        ),
+        (
+            dict(position=tnn.PositionConfig(rope_fraction=0.5, kind="alibi")),
+            "rope_fraction 0.5 needs position.kind 'rope'",
+        ),
         (
             dict(
                 head_dim=8,
-                rope_fraction=0.5,
-                rope_scaling=dict(
-                    type="longrope",
-                    factor=2.0,
-                    original_max_position_embeddings=8,
-                    short_factor=[1.0] * 4,
-                    long_factor=[1.0] * 4,
+                position=tnn.PositionConfig(
+                    rope_fraction=0.5,
+                    rope_scaling=dict(
+                        type="longrope",
+                        factor=2.0,
+                        original_max_position_embeddings=8,
+                        short_factor=[1.0] * 4,
+                        long_factor=[1.0] * 4,
+                    ),
                 ),
             ),
             "with a longrope rope_scaling is not supported",
@@ -336,7 +354,7 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
     for family, change in (
         ("gptoss", dict(**{"attention.sinks": False})),
         ("gptoss", dict(mlp=tnn.MLPConfig(activation="swiglu"))),
-        ("glm", dict(rope_fraction=1.0)),
+        ("glm", dict(position=tnn.PositionConfig(rope_fraction=1.0))),
     ):
         model, config = _model(family, init=tnn.InitConfig(std=1.0))
         flat = tnn.get_flat_params(model)

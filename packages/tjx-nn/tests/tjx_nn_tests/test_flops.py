@@ -77,7 +77,7 @@ CASES = [
     ),
     (
         "encdec-tied-rope",
-        tnn.make_config(tnn.EncoderDecoderConfig, {**TINY, "position": "rope"}),
+        tnn.make_config(tnn.EncoderDecoderConfig, {**TINY, "position.kind": "rope"}),
         8,
         None,
     ),
@@ -86,12 +86,12 @@ CASES = [
         "encdec-t5-scan",
         tnn.make_config(
             tnn.EncoderDecoderConfig,
-            {**TINY, "position": "t5", "scan_layers": True, "num_kv_heads": 2},
+            {**TINY, "position.kind": "t5", "scan_layers": True, "num_kv_heads": 2},
         ),
         6,
         10,
     ),
-    ("llama-t5", llama_tiny(position="t5"), 8, None),
+    ("llama-t5", llama_tiny(position=tnn.PositionConfig(kind="t5")), 8, None),
 ]
 #: Qwen3.5's layout: delta layers (no score matrix) around a gated attention layer.
 QWEN3_5 = dict(

@@ -254,7 +254,7 @@ def test_gpt2_attention_with_pallas_reads_qkv_as_one_tensor_and_matches_the_thre
 
 def test_layers_with_something_per_head_between_projection_and_kernel_keep_three_arrays():
     """RoPE (Llama), ALiBi, q/k norms, GQA, another kernel: chosen when the layer is built."""
-    assert not _pallas_gpt2(position="alibi").stacked_qkv
+    assert not _pallas_gpt2(position=tnn.PositionConfig(kind="alibi")).stacked_qkv
     assert not _pallas_gpt2(attention=tnn.AttentionConfig(qk_norm=True)).stacked_qkv
     assert not _gpt2_attention()[0].stacked_qkv  # auto on CPU: XLA
     for kv_heads in (4, 2):  # RoPE; RoPE and grouped keys/values

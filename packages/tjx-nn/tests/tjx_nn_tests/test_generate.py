@@ -35,7 +35,7 @@ def _reference_greedy(model, prompts, lengths, max_new):
         gpt2_tiny(),
         llama_tiny(scan_layers=True),
         llama_tiny(mla=tnn.MLAConfig(kv_latent_dim=8), attention=tnn.AttentionConfig(type="mla")),
-        gpt2_tiny(position="alibi", num_layers=1),
+        gpt2_tiny(position=tnn.PositionConfig(kind="alibi"), num_layers=1),
     ],
     ids=["gpt2", "llama-gqa-scan", "llama-mla", "alibi"],
 )

@@ -63,14 +63,15 @@ DEEPSEEK = dict(
     MLA, mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1,
                       first_dense=1, capacity_factor=0.5),
-    rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
-                      mscale_all_dim=1.0),
+    position=tnn.PositionConfig(rope_scaling=dict(
+        type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
+        mscale_all_dim=1.0)),
 )  # fmt: skip
 # Gemma 4: shared-KV layers reading their sources, global layers of their own geometry.
 GEMMA4 = dict(
     num_layers=4, head_dim=8, **{"attention.sliding_window": 3},
     **{"attention.window_pattern": ("local", "global")}, **{"attention.qk_norm": True},
-    rope_local_theta=100.0,
+    position=tnn.PositionConfig(rope_local_theta=100.0),
     gemma4=Gemma4Options(global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
                          global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2,
                          per_layer_input_dim=4, per_layer_vocab_size=32),
@@ -83,8 +84,8 @@ HYBRID = dict(
 #: Each flavour of the cached path: its config fields (Llama's unless ``gpt2``).
 FLAVOURS = {
     "gqa-scanned": dict(scan_layers=True),
-    "gpt2-alibi": dict(gpt2=True, position="alibi"),
-    "t5-bias": dict(position="t5"),
+    "gpt2-alibi": dict(gpt2=True, position=tnn.PositionConfig(kind="alibi")),
+    "t5-bias": dict(position=tnn.PositionConfig(kind="t5")),
     # Every layer windowed: a rolling cache of the window's 3 slots, which the 3-token step fills.
     "rolling-window": dict(**{"attention.sliding_window": 3}),
     "sinks-softcap-window": SINKS,
@@ -187,7 +188,8 @@ def test_a_step_of_more_tokens_than_slots_is_refused_in_one_line():
 def test_a_length_dependent_rope_scaling_is_refused_for_several_tokens():
     scaling = dict(type="dynamic", factor=2.0, original_max_position_embeddings=8)
     model = tnn.Llama(
-        tnn.make_config(tnn.LlamaConfig, {**BASE, "rope_scaling": scaling}), rngs=nnx.Rngs(0)
+        tnn.make_config(tnn.LlamaConfig, {**BASE, "position.rope_scaling": scaling}),
+        rngs=nnx.Rngs(0),
     )
     cache = model.init_cache(1, 8)
     tokens = jnp.zeros((1, 2), jnp.int32)

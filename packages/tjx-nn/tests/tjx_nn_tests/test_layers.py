@@ -134,7 +134,7 @@ def test_attention_module_matches_numpy_gqa(kv_heads):
         num_layers=1,
         num_heads=4,
         num_kv_heads=kv_heads,
-        position="none",
+        position=tnn.PositionConfig(kind="none"),
     )
     attn = tnn.Attention(cfg, rngs=nnx.Rngs(0), causal=True)
     x = RS.randn(2, 5, 16).astype(np.float32)

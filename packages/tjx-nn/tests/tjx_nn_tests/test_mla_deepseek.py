@@ -63,7 +63,9 @@ def _reference(attn, config, x):
     p = {k: np.asarray(v, np.float64) for k, v in tnn.get_flat_params(attn).items()}
     s, rope = x.shape[0], config.mla.qk_rope_head_dim
     pos = np.arange(s, dtype=np.float64)
-    inv, attention = tnn.rope_parameters(rope, config.rope_theta, config.rope_scaling)
+    inv, attention = tnn.rope_parameters(
+        rope, config.position.rope_theta, config.position.rope_scaling
+    )
     q_in = x
     if config.mla.q_lora_rank:
         q_in = _rms(x @ p["query_down.kernel"], p["query_latent_norm.scale"])
@@ -76,8 +78,8 @@ def _reference(attn, config, x):
     k = np.concatenate([k_nope, np.broadcast_to(k_rope[:, None], (*k_nope.shape[:2], rope))], -1)
     v = np.einsum("sr,rhd->shd", latent, p["value.kernel"])
     scale = config.head_dim**-0.5
-    if config.rope_scaling is not None:
-        scale *= (0.1 * math.log(config.rope_scaling.factor) + 1.0) ** 2
+    if config.position.rope_scaling is not None:
+        scale *= (0.1 * math.log(config.position.rope_scaling.factor) + 1.0) ** 2
     logits = np.einsum("qhd,khd->hqk", q, k) * scale
     logits = np.where(np.tril(np.ones((s, s), bool)), logits, -np.inf)
     w = np.exp(logits - logits.max(-1, keepdims=True))
@@ -88,7 +90,7 @@ def _reference(attn, config, x):
 
 @pytest.mark.parametrize(
     "extra",
-    [MLA, dict(_mla(q_lora_rank=10), rope_scaling=YARN)],
+    [MLA, dict(_mla(q_lora_rank=10), position=tnn.PositionConfig(rope_scaling=YARN))],
     ids=["v2-lite query", "v3 low-rank query, yarn mscale"],
 )
 def test_deepseek_attention_matches_a_float64_reference(extra):
@@ -208,7 +210,7 @@ def test_deepseek_settings_out_of_place_are_refused_by_name(fields, needle):
 
 V3 = dict(
     _mla(q_lora_rank=10),
-    rope_scaling=YARN,
+    position=tnn.PositionConfig(rope_scaling=YARN),
     moe=_moe(router="sigmoid", router_groups=4, router_topk_groups=2, router_scale=2.5),
 )
 V2 = dict(MLA, moe=_moe(num_shared_experts=2, router_norm_topk=False, router_scale=1.5))
@@ -415,7 +417,7 @@ def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
     assert (config.mla.q_lora_rank, config.head_dim, config.mla.v_head_dim) == (None, 12, 6)
     moe = config.moe
     assert (moe.experts_per_token, moe.router, moe.router_groups) == (6, "softmax", 1)
-    assert config.rope_scaling.type == "yarn" and config.max_seq_len == 1280
+    assert config.position.rope_scaling.type == "yarn" and config.max_seq_len == 1280
     attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
     mscale = 0.1 * 0.707 * math.log(40) + 1  # transformers' yarn_get_mscale(40, 0.707)
     assert attn.scale == pytest.approx(12**-0.5 * mscale**2, rel=1e-12)
@@ -457,7 +459,9 @@ def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monke
     assert most_reads_alive(monkeypatch, tmp_path / "ck") == (8, 0)
 
 
-@pytest.mark.parametrize("extra", [MLA, dict(_mla(q_lora_rank=10), rope_scaling=YARN)])
+@pytest.mark.parametrize(
+    "extra", [MLA, dict(_mla(q_lora_rank=10), position=tnn.PositionConfig(rope_scaling=YARN))]
+)
 def test_the_absorbed_decode_step_equals_up_projecting_every_latent(monkeypatch, extra):
     """DeepSeek's inference form (key folded into the query, value into the output) attends to
     the same cache with the same result, to float32 rounding."""

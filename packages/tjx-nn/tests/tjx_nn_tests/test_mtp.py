@@ -199,13 +199,16 @@ MOE = dict(moe=tnn.MoEConfig(
 DEEPSEEK_V3 = dict(
     **MOE, num_kv_heads=4, head_dim=8, **{"attention.type": "mla"},
     mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
-    rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
-                      mscale_all_dim=1.0),
+    position=tnn.PositionConfig(rope_scaling=dict(
+        type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
+        mscale_all_dim=1.0)),
 )  # fmt: skip
 MTP_FAMILIES = {
     "gqa": {},
     "deepseek-v3": DEEPSEEK_V3,
-    "glm-4.5": dict(**MOE, head_dim=8, rope_fraction=0.5, **{"attention.qkv_bias": True}),
+    "glm-4.5": dict(
+        **MOE, head_dim=8, **{"position.rope_fraction": 0.5}, **{"attention.qkv_bias": True}
+    ),
 }
 
 
@@ -303,6 +306,7 @@ def test_each_step_verifies_its_draft_in_one_pass_of_the_main_model(monkeypatch)
         (dict(depths=-1), {}, "MTPConfig.depths must be a non-negative int"),
         (dict(loss_weight=-0.1), {}, "MTPConfig.loss_weight must be >= 0"),
         ({}, {"attention.sliding_window": 4}, "mtp.depths: multi-token prediction is implemented"),
+        ({}, dict(position=tnn.PositionConfig(kind="t5")), "got position.kind='t5'"),
     ],
 )
 def test_bad_mtp_settings_are_refused_by_name(mtp, fields, needle):

@@ -56,7 +56,8 @@ def test_an_old_vit_read_grey_images():
 
 def test_llama3s_four_numbers_read_as_the_rope_scaling_section():
     got = tnn.migrate_model_section({"kind": "llama", "rope_scaling": [8, 1, 4, 8192]})
-    assert got["rope_scaling"]["type"] == "llama3" and got["rope_scaling"]["factor"] == 8
+    scaling = got["position"]["rope_scaling"]
+    assert scaling["type"] == "llama3" and scaling["factor"] == 8
     with pytest.raises(ValueError, match="^m.rope_scaling"):
         tnn.migrate_model_section({"rope_scaling": [8, 4, 1, 16]}, key="m")
     assert "model.param_dtype" in {f"model.{k}" for k in tnn.RENAMED_MODEL_KEYS}
@@ -154,6 +155,39 @@ def test_the_flat_mtp_init_and_mlp_keys_move_into_their_sections():
     config = tnn.config_from_dict({"class": "LlamaConfig", "fields": {**fields, "mlp_dim": 32}})
     assert config.init == tnn.InitConfig(std=0.01, scaled_residual=False)
     assert config.mlp == tnn.MLPConfig(dim=32, activation="swiglu")
+
+
+def test_the_flat_position_keys_move_into_the_position_section():
+    """A section written before the ``position`` section reads as it: ``position``, a name then,
+    is ``position.kind``, a mapping there is today's; a model.json reads them alike."""
+    old = {"kind": "llama", "position": "alibi", "rope_theta": 5e5, "rope_fraction": 1.0}
+    old |= {"rope_local_theta": None, "relative_buckets": 16, "relative_max_distance": 64}
+    got = tnn.migrate_model_section(old)
+    assert got == {
+        "kind": "llama",
+        "position": {
+            "kind": "alibi",
+            "rope_theta": 5e5,
+            "rope_fraction": 1.0,
+            "rope_local_theta": None,
+            "relative_buckets": 16,
+            "relative_max_distance": 64,
+        },
+    }
+    today = {"position": {"kind": "rope", "rope_theta": 5e5}}
+    assert tnn.migrate_model_section(today) == today
+    assert tnn.RENAMED_MODEL_KEYS["position"] == "position.kind"
+    with pytest.raises(ValueError, match=r"^model.rope_theta: is model.position.rope_theta now"):
+        tnn.migrate_model_section({"rope_theta": 5e5, "position": {"rope_theta": 1e4}})
+    fields = {"vocab_size": 40, "d_model": 16, "num_heads": 2, "num_layers": 1}
+    fields |= {"position": "t5", "relative_buckets": 8, "relative_max_distance": 16}
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": fields})
+    assert config.position == tnn.PositionConfig(
+        kind="t5", relative_buckets=8, relative_max_distance=16
+    )
+    # A model.json of today's version reads back the same config.
+    again = tnn.config_from_dict(tnn.config_to_dict(config))
+    assert again == config
 
 
 def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:

@@ -46,7 +46,7 @@ UNROLLED = _encdec(
     attention=tnn.AttentionConfig(type="mla"),
 )
 SCANNED = _encdec(
-    position="rope",
+    position=tnn.PositionConfig(kind="rope"),
     scan_layers=True,
     num_kv_heads=2,
     tie_embeddings=False,

@@ -75,7 +75,7 @@ def test_a_sequence_the_split_cannot_divide_is_refused_by_its_words():
             llama_tiny(attention_impl="pallas", attention=tnn.AttentionConfig(sliding_window=3)),
             "'pallas' cannot apply slid",
         ),
-        (gpt2_tiny(position="alibi"), "no additive attention bias"),
+        (gpt2_tiny(position=tnn.PositionConfig(kind="alibi")), "no additive attention bias"),
     ],
 )
 def test_what_a_split_cannot_run_is_refused_naming_the_setting(cfg, match):

@@ -85,14 +85,15 @@ DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_
             "use auto, pallas or xla",
         ),
         (
-            gpt2_tiny(position="alibi"),
-            "model.position: a split sequence takes no additive attention bias (alibi, t5) and no "
-            f"attention dropout {SPLIT}; set model.position=rope and model.attention.dropout=0",
+            gpt2_tiny(position=tnn.PositionConfig(kind="alibi")),
+            "model.position.kind: a split sequence takes no additive attention bias (alibi, t5) "
+            f"and no attention dropout {SPLIT}; set model.position.kind=rope and "
+            "model.attention.dropout=0",
         ),
         (
             llama_tiny(attention=tnn.AttentionConfig(dropout=0.1)),
             "model.attention.dropout: a split sequence takes no additive attention bias (alibi, "
-            f"t5) and no attention dropout {SPLIT}; set model.position=rope and "
+            f"t5) and no attention dropout {SPLIT}; set model.position.kind=rope and "
             "model.attention.dropout=0",
         ),
         (

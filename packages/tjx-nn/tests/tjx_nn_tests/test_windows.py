@@ -145,7 +145,7 @@ def test_windows_cut_the_attention_flops():
             "window_pattern must be one of",
         ),
         (
-            dict(**{"attention.sliding_window": 4}, position="t5"),
+            {"attention.sliding_window": 4, "position.kind": "t5"},
             "sliding_window: position 't5' is not",
         ),
     ],

@@ -24,9 +24,9 @@ MODELS = {
     "llama-mla": lambda: llama_tiny(
         mla=tnn.MLAConfig(kv_latent_dim=8), num_layers=1, attention=tnn.AttentionConfig(type="mla")
     ),
-    "alibi": lambda: gpt2_tiny(position="alibi", num_layers=1),
+    "alibi": lambda: gpt2_tiny(**{"position.kind": "alibi"}, num_layers=1),
     "t5-decoder": lambda: tnn.make_config(
-        tnn.TransformerConfig, {**{**TINY, "num_layers": 1}, "position": "t5"}
+        tnn.TransformerConfig, {**{**TINY, "num_layers": 1}, "position.kind": "t5"}
     ),
     "bert": lambda: tnn.make_config(tnn.BertConfig, {**TINY, "dropout": 0.1}),
 }
@@ -98,7 +98,7 @@ def test_decoder_forward_cached_with_no_tokens_leaves_the_cache():
 @pytest.mark.parametrize("position", ["sinusoidal", "t5"])
 def test_encoder_decoder_empty_source_equals_all_padding_source(position):
     cfg = tnn.make_config(
-        tnn.EncoderDecoderConfig, {**{**TINY, "num_layers": 1}, "position": position}
+        tnn.EncoderDecoderConfig, {**{**TINY, "num_layers": 1}, "position.kind": position}
     )
     model = build(cfg, seed=6)
     src, tgt = _toks((2, 5), 7), _toks((2, 4), 8)

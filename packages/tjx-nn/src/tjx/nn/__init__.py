@@ -24,7 +24,6 @@ from tjx.nn.block import Block, residual_std
 from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ATTENTION_IMPLS,
-    POSITIONS,
     REMAT_POLICIES,
     SECTIONS,
     GPT2Config,
@@ -117,6 +116,7 @@ from tjx.nn.old_layout import RENAMED_MODEL_KEYS, migrate_model_section
 from tjx.nn.params import LOGICAL_AXES, InitConfig, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.peft_io import check_peft_export, save_peft
+from tjx.nn.position_config import POSITIONS, PositionConfig
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision, idle_fp8_settings
 from tjx.nn.preference.losses import (
@@ -219,6 +219,7 @@ __all__ = [
     "Objective",
     "ObjectiveLoss",
     "POSITIONS",
+    "PositionConfig",
     "PREFERENCE_LOSSES",
     "Precision",
     "PreferenceConfig",

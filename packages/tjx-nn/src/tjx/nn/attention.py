@@ -108,12 +108,16 @@ class Attention(nnx.Module):
         self.norm_eps = c.norm.eps
         self.rope_proportion = 1.0 if layer is None else layer.rope_proportion
         self.causal, self.cross = causal, cross
-        self.position = "none" if cross else c.position
-        self.rope_theta = c.rope_theta
-        self.rope_scaling = c.rope_scaling
-        self.rope_local_theta = c.rope_local_theta  # Gemma 3's windowed layers (family_config)
-        if self.rope_proportion < 1.0 and c.rope_local_theta is None:
-            self.rope_local_theta = c.rope_theta  # only the global layers turn proportionally
+        self.position = "none" if cross else c.position.kind
+        self.rope_theta = c.position.rope_theta
+        self.rope_scaling = c.position.rope_scaling
+        self.rope_local_theta = (
+            c.position.rope_local_theta
+        )  # Gemma 3's windowed layers (family_config)
+        if self.rope_proportion < 1.0 and c.position.rope_local_theta is None:
+            self.rope_local_theta = (
+                c.position.rope_theta
+            )  # only the global layers turn proportionally
         self.impl = c.attention_impl  # the name: a split sequence's blocks resolve their own
         self.attention_dropout = c.attention.dropout
         self.decode_topk = c.attention.decode_topk

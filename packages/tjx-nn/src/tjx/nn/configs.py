@@ -31,10 +31,9 @@ from tjx.nn.moe.config import MoEConfig
 from tjx.nn.mtp_config import MTPConfig
 from tjx.nn.norm_config import NormConfig
 from tjx.nn.params import InitConfig
+from tjx.nn.position_config import FLAT_POSITION_KEYS, PositionConfig
 from tjx.nn.precision import Precision, as_precision
-from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
 #: The vocabulary head's loss: chunked XLA or the fused Pallas kernel (tjx.kernels.ce_choice).
@@ -42,12 +41,25 @@ CE_IMPLS: tuple[str, ...] = CE_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 #: The component sections of a model config (their own config classes): a setting in one is named
 #: by a dotted key, ``moe.num_experts``; a family folder's option section (``llama4``) likewise.
-SECTIONS = ("attention", "moe", "mla", "delta", "mtp", "init", "mlp", "norm", "gemma4", "llama4")
+SECTIONS = (
+    "attention",
+    "position",
+    "moe",
+    "mla",
+    "delta",
+    "mtp",
+    "init",
+    "mlp",
+    "norm",
+    "gemma4",
+    "llama4",
+)
 C = TypeVar("C", bound="TransformerConfig")
 #: The sections' old flat keys (a model section's, before they were sections) → their dotted key
 #: (:mod:`tjx.nn.old_layout` moves them); the family folders' with the shared parts'.
 FLAT_SECTION_KEYS = {
     **{old: f"attention.{new}" for old, new in FLAT_ATTENTION_KEYS.items()},
+    **{old: f"position.{new}" for old, new in FLAT_POSITION_KEYS.items()},
     **{old: f"llama4.{new}" for old, new in FLAT_LLAMA4_KEYS.items()},
 }
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
@@ -62,12 +74,9 @@ class TransformerConfig:
     ``num_kv_heads``/``head_dim``/``mlp.dim`` default to ``num_heads``, ``d_model // num_heads``
     and ``4 * d_model``. ``precision`` accepts a ``Precision`` or a preset name (``"bf16"`` …).
     ``remat`` is one of ``REMAT_POLICIES``; ``scan_layers`` stacks layers under ``nnx.scan``.
-    ``position="t5"`` adds T5's bucketed relative position bias (``relative_buckets`` buckets,
-    log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
-    absolute position embedding.
-
-    ``rope_scaling`` is a `RopeScaling` (:mod:`tjx.nn.rope_scaling`; a mapping with a ``type``,
-    or Llama 3's four legacy numbers, is read into one). It needs ``position="rope"``.
+    ``position`` (`PositionConfig`, :mod:`tjx.nn.position_config`) is the position encoding:
+    its ``kind``, RoPE's base, share and scaling, Gemma 3's local base and T5's buckets (a
+    scaling needs ``position.kind="rope"``).
 
     Self-attention's settings but its heads and kernel are a component section, ``attention``
     (`AttentionConfig`, :mod:`tjx.nn.attention_config`: its window, q/k norm, soft cap, sinks,
@@ -110,6 +119,7 @@ class TransformerConfig:
         "norm.kind": "layernorm",
         "norm.eps": 1e-5,
         "norm.position": "pre",
+        "position.kind": "learned",
     }
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
@@ -125,19 +135,9 @@ class TransformerConfig:
     norm: NormConfig = setting(
         NormConfig, factory=True, help="the normalisation layers: kind, eps, position"
     )
-    position: str = setting(
-        "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
+    position: PositionConfig = setting(
+        PositionConfig, factory=True, help="the position encoding: kind, RoPE's settings, T5's"
     )
-    rope_theta: float = setting(10000.0, help="rope's base wavelength (Llama 3: 500000)")
-    rope_fraction: float = setting(
-        1.0, help="share of each q/k head RoPE rotates, its first dims (GLM-4.5: 0.5)"
-    )
-    rope_scaling: RopeScaling | None = setting(
-        None,
-        help=f"rope frequency scaling (type: {', '.join(ROPE_SCALINGS)}); None: plain rope",
-    )
-    relative_buckets: int = setting(32, help="position=t5: buckets (even, >= 4)")
-    relative_max_distance: int = setting(128, help="position=t5: longest bucketed distance")
     use_bias: bool = setting(True, help="biases of dense layers and LayerNorms")
     dropout: float = setting(
         0.0, resumable=True, help="dropout rate of the residual branches and embeddings"
@@ -179,9 +179,6 @@ class TransformerConfig:
     )
     scale_embeddings: bool = setting(False, help="token embeddings times sqrt(d_model) (Gemma)")
     final_logit_softcap: float | None = setting(None, help="output logits c·tanh(x/c) (Gemma 2)")
-    rope_local_theta: float | None = setting(
-        None, help="RoPE base of windowed layers, unscaled (Gemma 3); None: as the others"
-    )
     qk_l2_norm: bool = setting(
         False, help="q and k over their RMS, no weight, after RoPE, on rotated layers (Llama 4)"
     )
@@ -213,7 +210,6 @@ class TransformerConfig:
             positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
         check_sizes(self, cls)
-        choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
         choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
@@ -223,7 +219,6 @@ class TransformerConfig:
         check_window(self, cls)
         check_llama4(self, cls)
         check_mixers(self, cls)
-        check_relative(self, cls)
         check_mla(self, cls)
         defaults = field_defaults(self)
         # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
@@ -305,6 +300,7 @@ class LlamaConfig(TransformerConfig):
         "init.scaled_residual": False,
         "norm.kind": "rmsnorm",
         "norm.eps": 1e-6,
+        "position.kind": "rope",
     }
 
     vocab_size: int = 32000
@@ -312,7 +308,6 @@ class LlamaConfig(TransformerConfig):
     d_model: int = 512
     num_layers: int = 8
     num_heads: int = 8
-    position: str = "rope"
     use_bias: bool = False
     tie_embeddings: bool = False
 
@@ -362,27 +357,28 @@ def check_sizes(config: Any, cls: str) -> None:
 
 
 def check_rope(config: Any, cls: str) -> None:
-    """With position ``rope``: an even ``head_dim`` and a positive ``rope_theta``."""
-    if config.position == "rope":
+    """With position ``rope``: an even ``head_dim`` and a positive ``position.rope_theta``."""
+    if config.position.kind == "rope":
         if config.head_dim % 2:
             raise ValueError(
                 f"{cls}.head_dim: rope needs an even head_dim; got {config.head_dim} "
                 f"({cls}.d_model // {cls}.num_heads unless head_dim is given)"
             )
-        if not config.rope_theta > 0:
-            raise ValueError(f"{cls}.rope_theta must be > 0; got {config.rope_theta!r}")
+        theta = config.position.rope_theta
+        if not theta > 0:
+            raise ValueError(f"{cls}.position.rope_theta must be > 0; got {theta!r}")
 
 
 def check_rope_scaling(config: Any, cls: str) -> None:
-    """A `RopeScaling` (read from a mapping or Llama 3's legacy four numbers), with rope."""
-    value = RopeScaling.parse(config.rope_scaling, f"{cls}.rope_scaling")
-    object.__setattr__(config, "rope_scaling", value)  # an unset section (all null) is None
+    """A `RopeScaling` (``position.rope_scaling``, read by its section) only with rope, with
+    factors for ``head_dim // 2`` frequencies."""
+    value = config.position.rope_scaling
     if value is None:
         return
-    if config.position != "rope":
+    if config.position.kind != "rope":
         raise ValueError(
-            f"{cls}.rope_scaling: only position 'rope' uses it (got position "
-            f"{config.position!r}); set it to None"
+            f"{cls}.position.rope_scaling: only position.kind 'rope' uses it (got "
+            f"{config.position.kind!r}); set it to None"
         )
     assert config.head_dim is not None
     half = config.head_dim // 2
@@ -390,10 +386,9 @@ def check_rope_scaling(config: Any, cls: str) -> None:
         factors = getattr(value, name)
         if factors is not None and len(factors) != half:
             raise ValueError(
-                f"{cls}.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
+                f"{cls}.position.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
                 f"{len(factors)}"
             )
-    object.__setattr__(config, "rope_scaling", value)
 
 
 def check_window(config: Any, cls: str) -> None:
@@ -407,12 +402,12 @@ def check_window(config: Any, cls: str) -> None:
                 "attention.sliding_window (cuDNN's window looks back only); use 'auto', 'xla' or "
                 "'pallas'"
             )
-        if config.position == "t5":
+        if config.position.kind == "t5":
             raise ValueError(
                 f"{cls}.attention.sliding_window: position 't5' is not supported with a window "
                 "(its relative bias reads the cache by slot); set it to None"
             )
-    if chunk is not None and config.position == "t5":
+    if chunk is not None and config.position.kind == "t5":
         raise ValueError(
             f"{cls}.attention.chunk: position 't5' has no local layers (got chunk {chunk}); set "
             "attention.chunk to None"
@@ -424,17 +419,17 @@ def check_llama4(config: Any, cls: str) -> None:
     they act: rotated (RoPE, multi-head) layers, and a global layer in
     ``attention.window_pattern``."""
     c, nope = config, config.llama4.global_nope
-    rotated = c.position == "rope" and c.attention.type == "mha"
+    rotated = c.position.kind == "rope" and c.attention.type == "mha"
     if nope and (not rotated or False not in c.layer_locals()):
         raise ValueError(
             f"{cls}.llama4.global_nope: needs position 'rope', attention.type 'mha' and a global "
-            f"layer in attention.window_pattern (got {c.position!r}, {c.attention.type!r}, "
+            f"layer in attention.window_pattern (got {c.position.kind!r}, {c.attention.type!r}, "
             f"{c.attention.window_pattern}); set llama4.global_nope to False"
         )
     if c.qk_l2_norm and not rotated:
         raise ValueError(
             f"{cls}.qk_l2_norm: only rotated (position 'rope', attention.type 'mha') layers have "
-            f"it; got {c.position!r}, {c.attention.type!r}"
+            f"it; got {c.position.kind!r}, {c.attention.type!r}"
         )
 
 
@@ -499,7 +494,7 @@ def check_deepseek_mla(config: Any, cls: str) -> None:
             f"{cls}.mla.qk_rope_head_dim must be even and at most head_dim ({c.head_dim}); got "
             f"{rope}"
         )
-    needs = {"position": "rope", "num_kv_heads": c.num_heads, "attention.qk_norm": False}
+    needs = {"position.kind": "rope", "num_kv_heads": c.num_heads, "attention.qk_norm": False}
     for name, want in needs.items():
         if setting_value(c, name) != want:
             raise ValueError(
@@ -525,39 +520,25 @@ def check_mla(config: Any, cls: str) -> None:
         )
 
 
-def check_relative(config: Any, cls: str) -> None:
-    """T5 bias sizes (checked whatever ``position`` is, so a typo fails early)."""
-    nb, md = config.relative_buckets, config.relative_max_distance
-    if isinstance(nb, bool) or not isinstance(nb, int) or nb < 4 or nb % 2:
-        # Even: the encoder splits the buckets in half per direction (T5's layout).
-        raise ValueError(f"{cls}.relative_buckets must be an even int >= 4; got {nb!r}")
-    # The causal decoder's exact range is nb // 2 distances; log-spaced buckets start there.
-    if isinstance(md, bool) or not isinstance(md, int) or md <= nb // 2:
-        raise ValueError(
-            f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = {nb // 2}; "
-            f"got {md!r}"
-        )
-
-
 def check_family(config: Any, cls: str) -> None:
     """Check (and normalise: numbers become floats) a config's family switches (the attention
     section's check themselves)."""
-    for name in ("final_logit_softcap", "rope_local_theta"):
-        object.__setattr__(config, name, positive_float(cls, name, getattr(config, name)))
+    name = "final_logit_softcap"
+    object.__setattr__(config, name, positive_float(cls, name, getattr(config, name)))
     decoder = "scale_embeddings" not in type(config).unused_fields
     if not decoder and config.norm.position in DECODER_NORM_POSITIONS:
         raise ValueError(
             f"{cls}.norm.position {config.norm.position!r} is implemented by decoders only; "
             "choose 'pre' or 'post'"
         )
-    if config.rope_local_theta is not None and (
-        config.attention.sliding_window is None or config.position != "rope"
+    if config.position.rope_local_theta is not None and (
+        config.attention.sliding_window is None or config.position.kind != "rope"
     ):
         raise ValueError(
-            f"{cls}.rope_local_theta: only windowed RoPE layers use it (attention.sliding_window "
-            f"{config.attention.sliding_window}, position {config.position!r}); set "
-            "attention.sliding_window (and "
-            "position 'rope') or leave rope_local_theta None"
+            f"{cls}.position.rope_local_theta: only windowed RoPE layers use it "
+            f"(attention.sliding_window {config.attention.sliding_window}, position.kind "
+            f"{config.position.kind!r}); set attention.sliding_window (and position.kind 'rope') "
+            "or leave position.rope_local_theta None"
         )
     if config.attention.logit_softcap is not None and config.attention_impl == "cudnn":
         raise ValueError(
@@ -587,35 +568,34 @@ def check_sinks(config: Any, cls: str) -> None:
 
 
 def check_rope_fraction(config: Any, cls: str) -> None:
-    """``rope_fraction`` in ``(0, 1]``, rotating an even number of dims; below 1 only with
-    RoPE on multi-head attention (MLA rotates its own ``qk_rope_head_dim``)."""
-    f = config.rope_fraction
-    if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
-        raise ValueError(f"{cls}.rope_fraction must be a number in (0, 1]; got {f!r}")
-    object.__setattr__(config, "rope_fraction", float(f))
+    """``position.rope_fraction`` (in ``(0, 1]``, its section checks) below 1 only with RoPE on
+    multi-head attention (MLA rotates its own ``qk_rope_head_dim``), rotating an even number of
+    dims."""
+    pos = config.position
+    f = pos.rope_fraction
     if f == 1.0:
         return
-    if config.position != "rope" or config.attention.type != "mha":
+    if pos.kind != "rope" or config.attention.type != "mha":
         raise ValueError(
-            f"{cls}.rope_fraction {f} needs position 'rope' and attention.type 'mha' (got "
-            f"{config.position!r}, {config.attention.type!r}); set it to 1.0"
+            f"{cls}.position.rope_fraction {f} needs position.kind 'rope' and attention.type "
+            f"'mha' (got {pos.kind!r}, {config.attention.type!r}); set it to 1.0"
         )
     rotated = int(config.head_dim * f)
     if rotated < 2 or rotated % 2:
         raise ValueError(
-            f"{cls}.rope_fraction {f} rotates int(head_dim {config.head_dim} x {f}) = {rotated} "
-            "dims; RoPE needs an even number, at least 2"
+            f"{cls}.position.rope_fraction {f} rotates int(head_dim {config.head_dim} x {f}) = "
+            f"{rotated} dims; RoPE needs an even number, at least 2"
         )
-    if config.rope_scaling is not None and config.rope_scaling.type == "longrope":
+    if pos.rope_scaling is not None and pos.rope_scaling.type == "longrope":
         raise ValueError(
-            f"{cls}.rope_fraction {f} with a longrope rope_scaling is not supported (its factors "
-            "are per frequency of the whole head); set rope_fraction to 1.0"
+            f"{cls}.position.rope_fraction {f} with a longrope rope_scaling is not supported "
+            "(its factors are per frequency of the whole head); set rope_fraction to 1.0"
         )
 
 
 def rotated_dims(config: Any) -> int:
-    """The dims of each q/k head RoPE rotates: ``int(head_dim · rope_fraction)``."""
-    return int(config.head_dim * config.rope_fraction)
+    """The dims of each q/k head RoPE rotates: ``int(head_dim · position.rope_fraction)``."""
+    return int(config.head_dim * config.position.rope_fraction)
 
 
 def setting_default(config: Any, key: str) -> Any:

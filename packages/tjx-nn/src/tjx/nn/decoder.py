@@ -238,7 +238,7 @@ class DecoderLM(nnx.Module):
             x,
             positions,
             self.pos_embed,
-            self.config.position,
+            self.config.position.kind,
             amplitude=sinusoid_amplitude(self.config.init.std),
         )
 

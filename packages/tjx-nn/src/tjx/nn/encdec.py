@@ -95,7 +95,7 @@ class EncoderDecoder(nnx.Module):
             self.embed(tokens),
             positions,
             self.pos_embed,
-            self.config.position,
+            self.config.position.kind,
             amplitude=sinusoid_amplitude(self.config.init.std),
         )
         return dropout(x, self.config.dropout, key, deterministic=deterministic), positions

@@ -186,7 +186,7 @@ def check_mtp(config: Any, cls: str) -> None:
     if not config.mtp.depths:
         return
     local = (("attention.sliding_window", None), ("attention.chunk", None), ("mixer_pattern", None))
-    for name, off in (*local, ("position", "t5")):
+    for name, off in (*local, ("position.kind", "t5")):
         value = _setting(config, name)
         if (value is not None) if off is None else value == off:
             raise ValueError(

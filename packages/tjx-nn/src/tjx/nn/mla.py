@@ -65,7 +65,7 @@ def value_dim(config: TransformerConfig) -> int:
 
 def softmax_scale_factor(config: TransformerConfig) -> float:
     """DeepSeek's yarn correction of the softmax scale: ``mscale²`` (1 without it)."""
-    s = config.rope_scaling
+    s = config.position.rope_scaling
     if not is_deepseek(config) or s is None or not s.mscale_all_dim or s.factor is None:
         return 1.0
     mscale = 1.0 if s.factor <= 1 else 0.1 * s.mscale_all_dim * math.log(s.factor) + 1.0

@@ -88,11 +88,15 @@ def check_sequence_split(config: Any, ways: int) -> None:
             f"tokamax's kernel whole, with no separate forward and backward halves) {split}; "
             "use auto, pallas or xla"
         )
-    if config.position in ("alibi", "t5") or config.attention.dropout > 0:
-        key = "model.position" if config.position in ("alibi", "t5") else "model.attention.dropout"
+    if config.position.kind in ("alibi", "t5") or config.attention.dropout > 0:
+        key = (
+            "model.position.kind"
+            if config.position.kind in ("alibi", "t5")
+            else "model.attention.dropout"
+        )
         raise ValueError(
             f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
-            f"attention dropout {split}; set model.position=rope and model.attention.dropout=0"
+            f"attention dropout {split}; set model.position.kind=rope and model.attention.dropout=0"
         )
     if config.mtp.depths:
         raise ValueError(

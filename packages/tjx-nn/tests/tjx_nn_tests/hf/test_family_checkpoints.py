@@ -57,7 +57,7 @@ CONFIGS = {
         **{"attention.qk_norm": True},
         **{"attention.sliding_window": 8},
         **{"attention.window_pattern": ("local", "global")},
-        rope_local_theta=100.0,
+        position=tnn.PositionConfig(rope_local_theta=100.0),
     ),
 }
 #: Tensors of layer 0 each family's checkpoint holds beyond the shared o_proj and down_proj.
@@ -211,7 +211,7 @@ def test_published_shapes_load_or_are_refused_in_one_line_naming_why():
         True, 128, 8, True,
     )  # fmt: skip
     olmo2 = family_config_from_hf(PUBLISHED["olmo2"])
-    assert olmo2.norm.position == "output" and olmo2.rope_theta == 500000.0
+    assert olmo2.norm.position == "output" and olmo2.position.rope_theta == 500000.0
     # Phi-3-mini-4k: its window (2047 of 4096) slides in every layer.
     phi3 = family_config_from_hf(PUBLISHED["phi3"])
     assert (phi3.attention.sliding_window, phi3.attention.window_pattern, phi3.max_seq_len) == (
@@ -233,7 +233,11 @@ def test_published_shapes_load_or_are_refused_in_one_line_naming_why():
         gemma3.attention.qk_norm and gemma3.final_logit_softcap is None and gemma3.num_kv_heads == 1
     )
     assert gemma3.attention.window_pattern == ("local",) * 5 + ("global",)
-    assert (gemma3.attention.sliding_window, gemma3.rope_theta, gemma3.rope_local_theta) == (
+    assert (
+        gemma3.attention.sliding_window,
+        gemma3.position.rope_theta,
+        gemma3.position.rope_local_theta,
+    ) == (
         512,
         1e6,
         1e4,
@@ -252,13 +256,16 @@ def test_transformers_defaults_fill_what_a_gemma_config_leaves_out():
     assert (config.num_kv_heads, config.max_seq_len) == (4, 8192)
     # Gemma 3's three layers are local (pattern 6): the default bases 1e6 global, 1e4 local.
     g3 = family_config_from_hf({**small, "model_type": "gemma3_text"})
-    assert g3.attention.logit_softcap is None and (g3.rope_theta, g3.rope_local_theta) == (1e6, 1e4)
+    assert g3.attention.logit_softcap is None and (
+        g3.position.rope_theta,
+        g3.position.rope_local_theta,
+    ) == (1e6, 1e4)
     assert (g3.num_kv_heads, g3.max_seq_len) == (4, 131_072)
     assert (g3.attention.sliding_window, g3.attention.window_pattern) == (4096, None)
     # Only global layers: no window, and the local base has nothing to rotate.
     full = ["full_attention"] * 3
     g3 = family_config_from_hf({**small, "model_type": "gemma3_text", "layer_types": full})
-    assert (g3.attention.sliding_window, g3.rope_local_theta) == (None, None)
+    assert (g3.attention.sliding_window, g3.position.rope_local_theta) == (None, None)
 
 
 def test_qwen3_slides_from_max_window_layers_on_as_transformers_does():
@@ -276,9 +283,9 @@ def test_v5_rope_parameters_are_read_per_layer_type():
     rope = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e6}}  # fmt: skip
     config = family_config_from_hf({**base, "rope_parameters": rope})
-    assert config.rope_theta == 1e6 and config.rope_local_theta == 1e6
+    assert config.position.rope_theta == 1e6 and config.position.rope_local_theta == 1e6
     rope["sliding_attention"]["rope_theta"] = 1e4
-    assert family_config_from_hf({**base, "rope_parameters": rope}).rope_local_theta == 1e4
+    assert family_config_from_hf({**base, "rope_parameters": rope}).position.rope_local_theta == 1e4
     rope["full_attention"] = {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
     with pytest.raises(ValueError, match="rope_scaling of type 'linear' is not supported"):
         family_config_from_hf({**base, "rope_parameters": rope})
@@ -328,7 +335,7 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
         ("qwen3", "llama", {}, "model_type 'llama' cannot express attention.qk_norm=True"),
         ("gemma2", "phi3", {}, "save as model_type='gemma2'"),
         ("olmo2", "qwen3", {}, "norm.position='output'"),
-        ("qwen3", None, {"rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
+        ("qwen3", None, {"position.rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
         (
             "gemma3_text",
             None,
@@ -342,16 +349,25 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
             {"attention.window_pattern": ("local", "global")},
             "slides the window in every",
         ),
-        ("gemma2", None, {"rope_local_theta": 10.0}, "'gemma2' cannot express rope_local_theta"),
-        ("phi3", None, {"rope_local_theta": 10.0}, "no Hugging Face family tjx writes computes"),
+        (
+            "gemma2",
+            None,
+            {"position.rope_local_theta": 10.0},
+            "'gemma2' cannot express position.rope_local_theta",
+        ),
+        (
+            "phi3",
+            None,
+            {"position.rope_local_theta": 10.0},
+            "no Hugging Face family tjx writes computes",
+        ),
     ],
 )
 def test_an_export_that_cannot_express_the_config_writes_nothing(
     tmp_path, family, model_type, extra, needle
 ):
-    model = tnn.Llama(
-        tnn.make_config(tnn.LlamaConfig, {**BASE, **CONFIGS[family], **extra}), rngs=nnx.Rngs(0)
-    )
+    config = tnn.make_config(tnn.LlamaConfig, {**BASE, **CONFIGS[family], **extra})
+    model = tnn.Llama(config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)
     assert needle in str(info.value)

@@ -35,7 +35,8 @@ GEMMA4 = dict(
     window_pattern=("local", "global"),
                                   qk_norm=True, query_pre_attn_scalar=1.0),
     norm=tnn.NormConfig(position="sandwich"), scale_embeddings=True,
-    tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
+    tie_embeddings=True,
+    position=tnn.PositionConfig(rope_theta=10_000.0, rope_local_theta=100.0),
     gemma4=Gemma4Options(
         global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
         global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=24,
@@ -133,7 +134,11 @@ def test_the_default_config_is_read_as_transformers_reads_it():
         config.attention.window_pattern == ("local",) * 5 + ("global",)
         and config.attention.sliding_window == 512
     )
-    assert (config.rope_theta, config.rope_local_theta, g.global_rope_proportion) == (
+    assert (
+        config.position.rope_theta,
+        config.position.rope_local_theta,
+        g.global_rope_proportion,
+    ) == (
         1e6,
         1e4,
         0.25,

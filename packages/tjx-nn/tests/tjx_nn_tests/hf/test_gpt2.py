@@ -162,7 +162,7 @@ def test_conflicts_are_the_settings_gpt2_weights_fix():
     # Each fixed field set to another value conflicts; the answer follows HF_GPT2_FIXED's order.
     other = {
         "use_bias": False,
-        "position": "rope",
+        "position.kind": "rope",
         "attention.type": "mla",
         "norm.kind": "rmsnorm",
         "norm.position": "post",
@@ -188,8 +188,8 @@ def test_conflicts_are_the_settings_gpt2_weights_fix():
 
 def test_load_refuses_overrides_the_weights_cannot_take(tmp_path):
     _write_checkpoint(tmp_path / "ckpt", _hf_weights())
-    with pytest.raises(ValueError, match=r"fix the architecture.*'position': 'rope'.*learned"):
-        tnn.load_hf_gpt2(tmp_path / "ckpt", position="rope")
+    with pytest.raises(ValueError, match=r"fix the architecture.*'position.kind': 'rope'.*learned"):
+        tnn.load_hf_gpt2(tmp_path / "ckpt", **{"position.kind": "rope"})
     # Training settings apply to the loaded weights.
     model = tnn.load_hf_gpt2(tmp_path / "ckpt", remat="full", **{"attention.decode_topk": 2})
     assert (model.config.remat, model.config.attention.decode_topk) == ("full", 2)

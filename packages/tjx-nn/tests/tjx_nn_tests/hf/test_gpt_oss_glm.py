@@ -24,14 +24,14 @@ GPT_OSS = dict(
                       router_aux_loss=0.001),
     **{"mlp.activation": "swiglu_clamped"},  # over SIZES' mlp.dim
     **{"attention.sliding_window": 4}, **{"attention.window_pattern": ("local", "global")},
-    rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=4,
-                      truncate=False),
+    position=tnn.PositionConfig(rope_scaling=dict(
+        type="yarn", factor=4.0, original_max_position_embeddings=4, truncate=False)),
 )  # fmt: skip
 GLM = dict(
     num_layers=3,
     num_kv_heads=2,
     head_dim=8,
-    rope_fraction=0.5,
+    **{"position.rope_fraction": 0.5},
     **{"attention.qk_norm": True},
     **{"attention.qkv_bias": True},
     moe=tnn.MoEConfig(
@@ -128,22 +128,22 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     for key in ("rope_parameters", "layer_types"):
         del oss[key]
     config = gpt_oss_config_from_hf(oss)
-    scaling = config.rope_scaling
+    scaling = config.position.rope_scaling
     assert (scaling.type, scaling.factor, scaling.original_max_position_embeddings) == (
         "yarn",
         32.0,
         4096,
     )
-    assert scaling.truncate is False and config.rope_theta == 150000.0
+    assert scaling.truncate is False and config.position.rope_theta == 150000.0
     assert config.layer_windows() == (4, None, 4, None)
     glm = glm4_moe_config_to_hf(
-        tnn.make_config(tnn.LlamaConfig, {**SIZES, **GLM, "rope_fraction": 0.25})
+        tnn.make_config(tnn.LlamaConfig, {**SIZES, **GLM, "position.rope_fraction": 0.25})
     )
-    assert glm4_moe_config_from_hf(glm).rope_fraction == 0.25
+    assert glm4_moe_config_from_hf(glm).position.rope_fraction == 0.25
     del glm["rope_parameters"]["partial_rotary_factor"]
-    assert glm4_moe_config_from_hf(glm).rope_fraction == 0.5
+    assert glm4_moe_config_from_hf(glm).position.rope_fraction == 0.5
     top = glm | {"partial_rotary_factor": 0.25}
-    assert glm4_moe_config_from_hf(top).rope_fraction == 0.25  # the legacy top-level key
+    assert glm4_moe_config_from_hf(top).position.rope_fraction == 0.25  # the legacy top-level key
     for partial in (0, 1.5, "half"):  # 0 would rotate nothing: no positions at all
         with pytest.raises(ValueError) as err:
             glm4_moe_config_from_hf(glm | {"partial_rotary_factor": partial})

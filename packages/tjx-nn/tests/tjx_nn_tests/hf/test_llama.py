@@ -28,8 +28,7 @@ def _config(**kw):
         num_heads=4,
         num_kv_heads=2,
         mlp=tnn.MLPConfig(dim=40),
-        rope_theta=5e5,
-        rope_scaling=SCALING,
+        position=tnn.PositionConfig(rope_theta=5e5, rope_scaling=SCALING),
         **{"attention.qkv_bias": True},
     )
     return tnn.make_config(tnn.LlamaConfig, base | kw)
@@ -88,14 +87,17 @@ def test_llama3_rope_matches_a_float64_reference():
 
 
 def test_rope_scaling_is_refused_without_rope_and_checked():
-    with pytest.raises(ValueError, match="only position 'rope' uses it"):
-        tnn.GPT2Config(rope_scaling=SCALING)
+    with pytest.raises(ValueError, match="only position.kind 'rope' uses it"):
+        tnn.GPT2Config(position=tnn.PositionConfig(rope_scaling=SCALING))
     with pytest.raises(ValueError, match="rope_scaling: RopeScaling.high_freq_factor must exceed"):
-        _config(rope_scaling=(8.0, 4.0, 1.0, 16))
+        _config(position=tnn.PositionConfig(rope_scaling=(8.0, 4.0, 1.0, 16)))
     # Llama 3's four numbers (configs saved before the typed form) read as the typed form.
     want = tnn.RopeScaling(type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                            original_max_position_embeddings=16)  # fmt: skip
-    assert _config(rope_scaling=[8, 1, 4, 16]).rope_scaling == want
+    assert (
+        _config(position=tnn.PositionConfig(rope_scaling=[8, 1, 4, 16])).position.rope_scaling
+        == want
+    )
 
 
 def test_qwen2_layout_has_biases_on_qkv_only():

@@ -114,7 +114,12 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     hf = dict(model_type="llama4_text", vocab_size=32, hidden_size=32, num_hidden_layers=8,
               num_attention_heads=16, intermediate_size=8192)  # fmt: skip
     c = llama4_config_from_hf(hf)
-    assert (c.head_dim, c.num_kv_heads, c.rope_theta, c.rope_scaling) == (128, 8, 500000.0, None)
+    assert (c.head_dim, c.num_kv_heads, c.position.rope_theta, c.position.rope_scaling) == (
+        128,
+        8,
+        500000.0,
+        None,
+    )
     moe = c.moe
     got = (moe.num_experts, moe.experts_per_token, moe.layer_step, moe.first_dense)
     assert got == (16, 1, 1, 0)
@@ -213,7 +218,7 @@ def test_llama4_switches_where_they_cannot_act_are_refused_by_name(change, messa
     with pytest.raises(ValueError, match=message):
         tnn.make_config(tnn.LlamaConfig, LLAMA4 | change)
     with pytest.raises(ValueError, match="qk_l2_norm: only rotated"):
-        tnn.LlamaConfig(position="learned", qk_l2_norm=True)
+        tnn.LlamaConfig(position=tnn.PositionConfig(kind="learned"), qk_l2_norm=True)
 
 
 def test_input_scaled_experts_weigh_each_experts_input():

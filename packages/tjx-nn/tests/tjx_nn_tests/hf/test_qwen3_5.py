@@ -26,7 +26,7 @@ QWEN3_5 = dict(
     mixer_pattern=("delta", "delta", "delta", "attention"),
     delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=4, value_dim=6),
     **{"attention.output_gate": True}, **{"attention.qk_norm": True},
-    norm=tnn.NormConfig(plus_one=True), rope_fraction=0.25,
+    norm=tnn.NormConfig(plus_one=True), position=tnn.PositionConfig(rope_fraction=0.25),
 )  # fmt: skip
 
 
@@ -70,7 +70,11 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
                              "mrope_section": [11, 11, 10], "mrope_interleaved": True}  # fmt: skip
     config = qwen3_5_config_from_hf(hf)
     assert config.layer_mixers() == ("delta", "delta", "delta", "attention") * 2
-    assert (config.head_dim, config.rope_fraction, config.rope_theta) == (256, 0.25, 1e7)
+    assert (config.head_dim, config.position.rope_fraction, config.position.rope_theta) == (
+        256,
+        0.25,
+        1e7,
+    )
     delta = config.delta
     assert (delta.key_heads, delta.key_dim, delta.value_heads) == (16, 128, 32)
 

@@ -28,7 +28,7 @@ QWEN3_NEXT = dict(
     mixer_pattern=("delta", "delta", "delta", "attention"),
     delta=tnn.DeltaConfig(key_heads=2, value_heads=6, key_dim=4, value_dim=6),
     **{"attention.output_gate": True}, **{"attention.qk_norm": True},
-    norm=tnn.NormConfig(plus_one=True), rope_fraction=0.25,
+    norm=tnn.NormConfig(plus_one=True), position=tnn.PositionConfig(rope_fraction=0.25),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=4, num_shared_experts=1,
                       shared_expert_mlp_dim=12, shared_expert_gate=True, first_dense=1),
 )  # fmt: skip

@@ -18,8 +18,8 @@ def _llama(**kw: object) -> tnn.LlamaConfig:
 
 
 def test_a_gpt2_checkpoint_or_a_gpt2_hub_name_is_checked_against_what_gpt2_fixes():
-    asked = {"position": "rope", "d_model": 7, "dropout": 0.1}
-    assert tnn.hf_conflicts(asked, None) == {"position": "rope"}
+    asked = {"position.kind": "rope", "d_model": 7, "dropout": 0.1}
+    assert tnn.hf_conflicts(asked, None) == {"position.kind": "rope"}
     gpt2 = tnn.GPT2Config(vocab_size=40, max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
     assert tnn.hf_conflicts(asked, gpt2) == tnn.hf_gpt2_conflicts(asked)
 

@@ -269,14 +269,13 @@ def llama_fields(
             num_heads=heads,
             num_kv_heads=hf["num_key_value_heads"] or heads,
             head_dim=hf["head_dim"],
-            rope_theta=theta,
-            rope_scaling=scaling,
             **{"attention.sliding_window": window},
             **{"attention.window_pattern": pattern},
             use_bias=attn_bias,
             tie_embeddings=hf["tie_word_embeddings"],
             **{"attention.dropout": float(hf["attention_dropout"])},
         )
+        | {"position.rope_theta": theta, "position.rope_scaling": scaling}
         | {"norm.eps": float(hf["rms_norm_eps"])}
         | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
     )
@@ -301,15 +300,16 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
 
 def check_llama_shape(config: LlamaConfig) -> None:
     """Raise ``ValueError`` unless ``config`` is LLaMA-shaped (what every HF Llama type is)."""
-    shaped = config.attention.type == "mha" and config.position == "rope"
+    shaped = config.attention.type == "mha" and config.position.kind == "rope"
     if not shaped or config.norm.kind != "rmsnorm":
         raise ValueError(
-            "only LLaMA-shaped configs export (attention.type 'mha', position 'rope', norm "
-            f"'rmsnorm'); got {config.attention.type!r}, {config.position!r}, {config.norm.kind!r}"
+            "only LLaMA-shaped configs export (attention.type 'mha', position.kind 'rope', "
+            f"norm.kind 'rmsnorm'); got {config.attention.type!r}, {config.position.kind!r}, "
+            f"{config.norm.kind!r}"
         )
     # gpt-oss's and GLM-4.5's switches: their own model types (gpt_oss, glm4_moe) write them.
     for name, plain in (("attention.sinks", False), ("moe.router_logit_bias", False),
-                        ("rope_fraction", 1.0)):  # fmt: skip
+                        ("position.rope_fraction", 1.0)):  # fmt: skip
         if setting_value(config, name) != plain:
             raise ValueError(
                 f"this config cannot be saved as a LLaMA-family checkpoint: {name}="
@@ -392,14 +392,14 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "max_position_embeddings": _max_position(config),
         "rms_norm_eps": config.norm.eps,
-        "rope_theta": config.rope_theta,
+        "rope_theta": config.position.rope_theta,
         "hidden_act": "silu",
         "tie_word_embeddings": config.tie_embeddings,
         "attention_dropout": config.attention.dropout,
         "initializer_range": config.init.std,
     }
-    if config.rope_scaling is not None:
-        fields = config.rope_scaling.as_dict()
+    if config.position.rope_scaling is not None:
+        fields = config.position.rope_scaling.as_dict()
         kind = fields.pop("type")
         if kind == "dynamic":  # its original length is max_position_embeddings (written above)
             fields.pop("original_max_position_embeddings")
@@ -410,7 +410,7 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
 def _max_position(config: LlamaConfig) -> int:
     """``max_position_embeddings`` to write: tjx's ``max_seq_len``, except for dynamic NTK,
     whose formula scales from it (tjx keeps that length in the scaling's original)."""
-    scaling = config.rope_scaling
+    scaling = config.position.rope_scaling
     if scaling is not None and scaling.type == "dynamic":
         assert scaling.original_max_position_embeddings is not None
         return scaling.original_max_position_embeddings

@@ -155,11 +155,11 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
     fields = base_fields(hf)
     if model_type == "phi3":
-        fields["rope_theta"], fields["rope_scaling"] = phi3_rope(hf)
+        fields["position.rope_theta"], fields["position.rope_scaling"] = phi3_rope(hf)
     elif model_type == "olmo3":
-        fields["rope_theta"] = _olmo3_theta(hf)
+        fields["position.rope_theta"] = _olmo3_theta(hf)
     else:
-        fields["rope_theta"] = rope_theta(hf, model_type)
+        fields["position.rope_theta"] = rope_theta(hf, model_type)
     if model_type in ("qwen3", "phi3", "olmo3"):
         fields |= windows(hf.get("sliding_window"), _sliding(hf, model_type, fields["num_layers"]))
     if model_type == "phi3":
@@ -234,7 +234,7 @@ def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
             "as model_type='olmo3')"
         )
     if model_type == "olmo3":
-        entry = {"rope_type": "default", "rope_theta": config.rope_theta}
+        entry = {"rope_type": "default", "rope_theta": config.position.rope_theta}
         del out["rope_theta"]
         return out | {
             "attention_bias": False,

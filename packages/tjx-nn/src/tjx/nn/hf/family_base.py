@@ -24,8 +24,8 @@ LLAMA_SWITCHES: dict[str, Any] = (
         **{"attention.query_pre_attn_scalar": None},
         **{"attention.logit_softcap": None},
         final_logit_softcap=None,
-        rope_local_theta=None,
     )
+    | {"position.rope_local_theta": None}
     | {"norm.position": "pre", "norm.plus_one": False}
     | {"mlp.activation": "swiglu"}
 )
@@ -141,17 +141,20 @@ def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
 def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> None:
     """What every family's export needs: MHA with RoPE, RMSNorm, no biases, no RoPE scaling but
     of ``rope_types`` (those the family writes)."""
-    scaling = config.rope_scaling
+    scaling = config.position.rope_scaling
     if scaling is not None and scaling.type in rope_types:
         scaling = None
     needs = {
         "attention.type": (config.attention.type, "mha"),
-        "position": (config.position, "rope"),
+        "position.kind": (config.position.kind, "rope"),
         "norm.kind": (config.norm.kind, "rmsnorm"),
         "use_bias": (config.use_bias, False),
         "attention.qkv_bias": (config.attention.qkv_bias, False),
-        "rope_scaling": (scaling, None),
-        "rope_fraction": (config.rope_fraction, 1.0),  # GLM-4.5's partial RoPE: glm4_moe
+        "position.rope_scaling": (scaling, None),
+        "position.rope_fraction": (
+            config.position.rope_fraction,
+            1.0,
+        ),  # GLM-4.5's partial RoPE: glm4_moe
         "attention.sinks": (config.attention.sinks, False),  # gpt-oss's: gpt_oss
     }
     refuse_mismatches(
@@ -215,7 +218,7 @@ def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm.eps,
-        "rope_theta": config.rope_theta,
+        "rope_theta": config.position.rope_theta,
         "tie_word_embeddings": config.tie_embeddings,
         "attention_dropout": config.attention.dropout,
         "initializer_range": config.init.std,

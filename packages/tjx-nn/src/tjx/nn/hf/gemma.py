@@ -95,14 +95,14 @@ GEMMA_SWITCHES: dict[str, dict[str, Any]] = {
         scale_embeddings=True,
         **{"attention.qk_norm": False},
         **{"attention.qk_norm_scope": "head"},
-        rope_local_theta=None,
     )
+    | {"position.rope_local_theta": None}
     | {"norm.position": "sandwich", "norm.plus_one": True}
     | {"mlp.activation": "geglu"}
 }
 #: Gemma 3: q/k norms; its local RoPE base is the config's (any value).
 GEMMA_SWITCHES["gemma3_text"] = {
-    **{k: v for k, v in GEMMA_SWITCHES["gemma2"].items() if k != "rope_local_theta"},
+    **{k: v for k, v in GEMMA_SWITCHES["gemma2"].items() if k != "position.rope_local_theta"},
     "attention.qk_norm": True,
 }
 
@@ -150,11 +150,11 @@ def gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     sliding = _sliding_layers(hf, model_type, fields["num_layers"])
     fields |= windows(hf["sliding_window"], sliding)
     if model_type == "gemma2":
-        fields["rope_theta"] = rope_theta(hf, model_type)
+        fields["position.rope_theta"] = rope_theta(hf, model_type)
     else:
-        fields["rope_theta"], local = _gemma3_thetas(hf)
+        fields["position.rope_theta"], local = _gemma3_thetas(hf)
         # Only the local layers read it (none: leave it unset, as a config without a window).
-        fields["rope_local_theta"] = local if any(sliding) else None
+        fields["position.rope_local_theta"] = local if any(sliding) else None
     return {
         **fields,
         **GEMMA_SWITCHES[model_type],
@@ -192,5 +192,5 @@ def gemma_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
         "use_bidirectional_attention": False,
     }
     if model_type == "gemma3_text":
-        out["rope_local_base_freq"] = config.rope_local_theta or config.rope_theta
+        out["rope_local_base_freq"] = config.position.rope_local_theta or config.position.rope_theta
     return out

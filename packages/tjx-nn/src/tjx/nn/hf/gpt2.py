@@ -39,7 +39,7 @@ HF_GPT2_NAMES: tuple[str, ...] = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"
 #: What every HF GPT-2 checkpoint fixes besides the sizes in its ``config.json``: a ``GPT2Config``
 #: field → GPT-2's value (``None``: the checkpoint's own, e.g. ``num_kv_heads`` = its head count).
 HF_GPT2_FIXED: Mapping[str, Any] = {
-    "position": "learned",
+    "position.kind": "learned",
     "attention.type": "mha",
     "use_bias": True,
     "norm.kind": "layernorm",

@@ -98,7 +98,6 @@ SPEC = LLAMA.but(
 NEEDS: dict[str, Any] = (
     dict(
         **{"attention.type": "mha"},
-        position="rope",
         use_bias=True,
         **{"attention.sinks": True},
         **{"attention.qk_norm": False},
@@ -106,9 +105,8 @@ NEEDS: dict[str, Any] = (
         **{"attention.query_pre_attn_scalar": None},
         **{"attention.logit_softcap": None},
         final_logit_softcap=None,
-        rope_local_theta=None,
-        rope_fraction=1.0,
     )
+    | {"position.kind": "rope", "position.rope_local_theta": None, "position.rope_fraction": 1.0}
     | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
     | {"mlp.activation": "swiglu_clamped"}
 )

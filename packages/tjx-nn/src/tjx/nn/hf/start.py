@@ -52,7 +52,7 @@ TRAINING_FIELDS = (
 #: switches of the families built on it (Qwen3, OLMo 2, Gemma, ..., the family folders'), its MLA,
 #: its experts and its delta layers (a component section's settings by their dotted keys).
 HF_LLAMA_FIXED = (
-    "position",
+    "position.kind",
     "attention.type",
     "norm.position",
     "use_bias",
@@ -66,7 +66,7 @@ HF_LLAMA_FIXED = (
     "attention.query_pre_attn_scalar",
     "attention.logit_softcap",
     "final_logit_softcap",
-    "rope_local_theta",
+    "position.rope_local_theta",
     "mla.kv_latent_dim",
     "mla.q_lora_rank",
     "mla.qk_rope_head_dim",
@@ -77,7 +77,7 @@ HF_LLAMA_FIXED = (
     "moe.router_topk_groups",
     "attention.sinks",
     "moe.router_logit_bias",
-    "rope_fraction",
+    "position.rope_fraction",
     # Qwen3.5's and Qwen3-Next's delta layers and gated attention, the family folders' switches
     # (`tjx.nn.families.base.Family.fixed`), DeepSeek-V3's and GLM-4.5's multi-token prediction.
     "mixer_pattern",

@@ -224,7 +224,7 @@ def _rope(get: Mapping[str, Any], types: list[str]) -> dict[str, Any]:
     if get.get("rope_scaling"):
         raise ValueError("config.json rope_scaling is not supported for gemma4_text")
     params = get.get("rope_parameters") or ROPE_DEFAULTS
-    out: dict[str, Any] = {"rope_local_theta": None, "global_rope_proportion": 1.0}
+    out: dict[str, Any] = {"position.rope_local_theta": None, "global_rope_proportion": 1.0}
     for kind in sorted(set(types)):
         entry = params.get(kind) if isinstance(params, Mapping) else None
         if not isinstance(entry, Mapping):
@@ -242,9 +242,9 @@ def _rope(get: Mapping[str, Any], types: list[str]) -> dict[str, Any]:
             )
         theta = float(entry.get("rope_theta", 10_000.0))
         if kind == "sliding_attention":
-            out["rope_local_theta"] = theta
+            out["position.rope_local_theta"] = theta
             continue
-        out["rope_theta"] = theta
+        out["position.rope_theta"] = theta
         if rope_type == "proportional":  # the default RoPE ignores partial_rotary_factor
             partial = entry.get("partial_rotary_factor", 1.0)
             out["global_rope_proportion"] = partial_rotary_factor(partial)
@@ -414,9 +414,10 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     full: dict[str, Any] = {
         "rope_type": "proportional",
         "partial_rotary_factor": g.global_rope_proportion,
-        "rope_theta": c.rope_theta,
+        "rope_theta": c.position.rope_theta,
     }
-    local = {"rope_type": "default", "rope_theta": c.rope_local_theta or c.rope_theta}
+    local_theta = c.position.rope_local_theta or c.position.rope_theta
+    local = {"rope_type": "default", "rope_theta": local_theta}
     out = {
         "architectures": [ARCHITECTURE],
         "model_type": GEMMA4,

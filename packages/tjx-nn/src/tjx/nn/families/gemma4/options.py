@@ -145,14 +145,16 @@ def check_model(config: Any, cls: str) -> None:
             f"({c.num_heads})"
         )
     p = g.global_rope_proportion
-    if g.global_head_dim is not None and c.position == "rope" and g.global_head_dim % 2:
+    if g.global_head_dim is not None and c.position.kind == "rope" and g.global_head_dim % 2:
         raise ValueError(
             f"{key}.global_head_dim: rope needs an even width; got {g.global_head_dim}"
         )
-    if p < 1.0 and (c.position != "rope" or int(p * (g.global_head_dim or c.head_dim) // 2) < 1):
+    if p < 1.0 and (
+        c.position.kind != "rope" or int(p * (g.global_head_dim or c.head_dim) // 2) < 1
+    ):
         raise ValueError(
             f"{key}.global_rope_proportion {p} needs position 'rope' and at least one turning "
-            f"pair (int(p · head_dim / 2) >= 1); got position {c.position!r}"
+            f"pair (int(p · head_dim / 2) >= 1); got position {c.position.kind!r}"
         )
     if g.kv_shared_layers >= c.num_layers:
         raise ValueError(

@@ -140,18 +140,22 @@ SPEC = BASE.but(
 #: Llama 4's RoPE base where a config.json names none (``Llama4TextConfig.default_theta``).
 LLAMA4_THETA = 500000.0
 #: What a config must have to be written as Llama 4 (beside its MoE layers' `MOE_NEEDS`).
-NEEDS: dict[str, Any] = dict(
-    LLAMA_SWITCHES,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
-    **{"attention.type": "mha"},
-    position="rope",
-    use_bias=False,
-    **{"attention.qkv_bias": False},
-    rope_fraction=1.0,
-    **{"attention.sinks": False},
-    **{"attention.output_gate": False},
-    mixer_pattern=None,
-    **{"attention.sliding_window": None},
-) | {"norm.kind": "rmsnorm"}
+NEEDS: dict[str, Any] = (
+    dict(
+        LLAMA_SWITCHES,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
+        use_bias=False,
+        mixer_pattern=None,
+    )
+    | {
+        "attention.type": "mha",
+        "attention.qkv_bias": False,
+        "attention.sinks": False,
+        "attention.output_gate": False,
+        "attention.sliding_window": None,
+    }
+    | {"position.kind": "rope", "position.rope_fraction": 1.0}
+    | {"norm.kind": "rmsnorm"}
+)
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid_plain",
     router_norm_topk=False,
@@ -240,12 +244,11 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             num_kv_heads=get["num_key_value_heads"] or heads,
             # Left out: 128; null: hidden_size // heads (transformers' __post_init__).
             head_dim=get["head_dim"] or get["hidden_size"] // heads,
-            rope_theta=theta,
-            rope_scaling=scaling,
             tie_embeddings=get["tie_word_embeddings"],
             **{"attention.dropout": float(get["attention_dropout"])},
             qk_l2_norm=get["use_qk_norm"],
         )
+        | {"position.rope_theta": theta, "position.rope_scaling": scaling}
         | {"norm.eps": float(get["rms_norm_eps"])}
         | {"mlp.dim": get["intermediate_size_mlp"], "init.std": float(get["initializer_range"])}
     )
@@ -332,8 +335,10 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     c = config
     what = f"model_type {LLAMA4!r} cannot express this model"
     refuse_mismatches(mismatches(c, NEEDS), what)
-    if c.rope_scaling is not None and c.rope_scaling.type != "llama3":
-        refuse_mismatches({"rope_scaling": (c.rope_scaling.type, "llama3 or None")}, what)
+    if c.position.rope_scaling is not None and c.position.rope_scaling.type != "llama3":
+        refuse_mismatches(
+            {"position.rope_scaling": (c.position.rope_scaling.type, "llama3 or None")}, what
+        )
     kinds = moe_layers(c)
     if c.moe.num_experts:
         refuse_mismatches(mismatches(c, MOE_NEEDS, "moe"), what)
@@ -346,11 +351,11 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     if c.attention.chunk is not None and any(r != on for r, on in zip(rope, locals_, strict=True)):
         # transformers chunks exactly the RoPE layers: a global layer must be a NoPE one.
         refuse_mismatches({"llama4.global_nope": (c.llama4.global_nope, True)}, what)
-    rope_params: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
-    if c.rope_scaling is not None:
-        fields = c.rope_scaling.as_dict()
+    rope_params: dict[str, Any] = {"rope_type": "default", "rope_theta": c.position.rope_theta}
+    if c.position.rope_scaling is not None:
+        fields = c.position.rope_scaling.as_dict()
         del fields["type"]
-        rope_params = {"rope_type": "llama3", "rope_theta": c.rope_theta, **fields}
+        rope_params = {"rope_type": "llama3", "rope_theta": c.position.rope_theta, **fields}
     floor = c.llama4.nope_temperature_floor
     return {
         "architectures": [ARCHITECTURE],

@@ -149,8 +149,9 @@ def test_a_model_json_of_tjx_0_1_loads():
     moved += ("position", "rope_theta", "relative_buckets", "relative_max_distance")
     old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k not in moved}
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**old, **newer}}
-    # ... and the attention settings and Llama 4's in their sections (at their defaults here).
-    for flat in FLAT_SECTION_KEYS:
+    # ... and the attention settings and Llama 4's in their sections (at their defaults here;
+    # the position section's are above: the file predates some of them).
+    for flat in [k for k, v in FLAT_SECTION_KEYS.items() if not v.startswith("position.")]:
         assert want["fields"].pop(flat) == tnn.setting_value(config, FLAT_SECTION_KEYS[flat])
     want["fields"]["attention"] = dataclasses.asdict(tnn.AttentionConfig())
     want["fields"]["llama4"] = dataclasses.asdict(Llama4Options())

@@ -235,9 +235,9 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
     window = tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"])
     assert window.window_pattern == ("local", "global") and hash(window)  # a jit's static arg
     with pytest.raises(ValueError, match=r"^LlamaConfig.attention.sliding_window: position 't5'"):
-        tnn.LlamaConfig(position="t5", attention=window)
+        tnn.LlamaConfig(position=tnn.PositionConfig(kind="t5"), attention=window)
     with pytest.raises(ValueError, match=r"^LlamaConfig.llama4.global_nope: needs position"):
-        tnn.LlamaConfig(position="learned", llama4=Llama4Options(global_nope=True))
+        tnn.LlamaConfig(position=tnn.PositionConfig(kind="learned"), llama4=Llama4Options(global_nope=True))
 
 
 def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():

@@ -91,7 +91,7 @@ def _valid(model_type: str) -> dict:
     if model_type in MOE_TYPES:
         return moe_config_to_hf(config(**MOE_SIZES, **MOE_TYPES[model_type]), model_type)
     if model_type in deepseek.DEEPSEEK_TYPES:
-        fields = V2 if model_type == "deepseek_v2" else {**V3, "rope_scaling": None}
+        fields = V2 if model_type == "deepseek_v2" else {**V3, "position": tnn.PositionConfig()}
         return deepseek_config_to_hf(config(**fields), model_type)
     if model_type in OSS_GLM:
         fields = {**OSS_GLM_SIZES, **OSS_GLM[model_type]}
@@ -326,7 +326,7 @@ DEFAULTS = {
             "moe.num_experts": 128,
             "moe.experts_per_token": 8,
             "moe.expert_mlp_dim": 1408,
-            "rope_fraction": 0.5,
+            "position.rope_fraction": 0.5,
             "norm.eps": 1e-5,
         },
     ),

@@ -349,6 +349,8 @@ def _longrope_original(model: DecoderLM | EncoderDecoder) -> int | None:
     scaling = model.config.position.rope_scaling
     if scaling is None or scaling.type != "longrope":
         return None
+    # RopeScaling refuses a longrope scaling without its pretraining length.
+    assert scaling.original_max_position_embeddings is not None
     return int(scaling.original_max_position_embeddings)
 
 

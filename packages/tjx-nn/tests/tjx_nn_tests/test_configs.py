@@ -237,7 +237,9 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
     with pytest.raises(ValueError, match=r"^LlamaConfig.attention.sliding_window: position 't5'"):
         tnn.LlamaConfig(position=tnn.PositionConfig(kind="t5"), attention=window)
     with pytest.raises(ValueError, match=r"^LlamaConfig.llama4.global_nope: needs position"):
-        tnn.LlamaConfig(position=tnn.PositionConfig(kind="learned"), llama4=Llama4Options(global_nope=True))
+        tnn.LlamaConfig(
+            position=tnn.PositionConfig(kind="learned"), llama4=Llama4Options(global_nope=True)
+        )
 
 
 def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():

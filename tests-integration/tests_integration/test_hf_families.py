@@ -87,7 +87,7 @@ COMMON = dict(
     num_key_value_heads=2,
 )
 WINDOW = 5
-GEMMA = dict(**{"attention.sliding_window": WINDOW}, initializer_range=0.2, head_dim=16)
+GEMMA = dict(sliding_window=WINDOW, initializer_range=0.2, head_dim=16)
 DEEPSEEK = dict(
     COMMON,
     num_hidden_layers=3,

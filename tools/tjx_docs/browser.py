@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -43,6 +44,10 @@ FLAGS = (
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 )
+
+
+#: DevTools' answers to an evaluation that a navigation interrupted.
+NAVIGATING = ("Inspected target navigated or closed", "Cannot find context with specified id")
 
 
 class BrowserError(RuntimeError):
@@ -202,7 +207,14 @@ class Page:
         """
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except BrowserError as err:
+                # A navigation (the click being waited for) can replace the document while the
+                # expression runs: not yet, poll again in the new one.
+                if not any(reason in str(err) for reason in NAVIGATING):
+                    raise
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -264,10 +276,32 @@ def chromium(executable: str, timeout: float = 30.0) -> Iterator[Page]:
             finally:
                 page.close()
         finally:
-            proc.terminate()
+            # The whole session (renderer, GPU and crash-handler children write to the profile
+            # too): terminating the main process alone left a child writing into the profile
+            # while it was removed ("Directory not empty") on a loaded machine.
+            _signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            _signal_group(proc.pid, signal.SIGKILL)
+            _wait_group(proc.pid, timeout=5.0)
             log.close()
+
+
+def _wait_group(pgid: int, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds until no process of group ``pgid`` is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; one already gone is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

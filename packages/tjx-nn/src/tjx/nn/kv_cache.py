@@ -328,8 +328,8 @@ def kv_cache_bytes(
     Standard attention stores ``2 · L · kv_heads · head_dim`` values per token (``L``: the
     attention layers; a delta layer keeps a fixed-size state, see `init_cache`); MLA stores
     ``L · mla.kv_latent_dim`` (DeepSeek's: ``+ mla.qk_rope_head_dim``). Compare
-    ``kv_cache_bytes(cfg)`` with ``kv_cache_bytes(cfg.replace(attention_type="mha",
-    mla=MLAConfig()))`` for the saving.
+    ``kv_cache_bytes(cfg)`` with ``kv_cache_bytes(cfg.replace(attention=cfg.attention.replace(
+    type="mha"), mla=MLAConfig()))`` for the saving.
 
     Parameters
     ----------

@@ -160,7 +160,7 @@ def rope_from_hf(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScalin
 
 def partial_rotary_factor(value: Any) -> float:
     """config.json's ``partial_rotary_factor`` (the share of each query/key head RoPE rotates,
-    tjx's ``rope_fraction``) where a family reads it: a number in ``(0, 1]``.
+    tjx's ``position.rope_fraction``) where a family reads it: a number in ``(0, 1]``.
 
     Raises
     ------

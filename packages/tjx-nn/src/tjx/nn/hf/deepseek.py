@@ -5,10 +5,10 @@ DeepSeek's MLA (:mod:`tjx.nn.mla`) and MoE layers.
 config.json                                tjx config
 =========================================  =================================================
 ``q_lora_rank`` (null: a full ``q_proj``)  ``mla.q_lora_rank``
-``kv_lora_rank``                           ``mla.kv_latent_dim`` (``attention_type="mla"``)
+``kv_lora_rank``                           ``mla.kv_latent_dim`` (``attention.type="mla"``)
 ``qk_nope_head_dim + qk_rope_head_dim``    ``head_dim``; ``mla.qk_rope_head_dim`` its rotated tail
 ``v_head_dim``                             ``mla.v_head_dim``
-``rope_parameters`` yarn with ``mscale*``  ``rope_scaling`` (and the softmax's ``mscale²``)
+``rope_parameters`` yarn with ``mscale*``  ``position.rope_scaling`` (and ``mscale²``)
 ``n_routed_experts``, ``num_experts_per    ``moe.num_experts``, ``moe.experts_per_token``,
 _tok``, ``moe_intermediate_size``          ``moe.expert_mlp_dim``
 ``n_shared_experts``                       ``moe.num_shared_experts`` (no gate)

@@ -31,11 +31,13 @@ from tjx.optim import OptimizerConfig, build_optimizer
 SHAPES: dict[str, dict[str, Any]] = {
     # Llama 3.1 8B's shape.
     "8b": dict(vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-               mlp=nn.MLPConfig(dim=14336), max_seq_len=8192, rope_theta=500000.0,
+               mlp=nn.MLPConfig(dim=14336), max_seq_len=8192,
+               position=nn.PositionConfig(rope_theta=500000.0),
                tie_embeddings=False),
     # Llama 3.2 1B's shape.
     "1b": dict(vocab_size=128256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8,
-               mlp=nn.MLPConfig(dim=8192), max_seq_len=8192, rope_theta=500000.0,
+               mlp=nn.MLPConfig(dim=8192), max_seq_len=8192,
+               position=nn.PositionConfig(rope_theta=500000.0),
                tie_embeddings=True),
     "tiny": dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                  mlp=nn.MLPConfig(dim=128), max_seq_len=256),

@@ -48,6 +48,16 @@ def _norm_key_both_ways(d):
     (d / "both.yaml").write_text(both)
 
 
+def _attention_key_both_ways(d):
+    both = "base: tiny\nmodel:\n  sliding_window: 8\n  attention: {sliding_window: 4}\n"
+    (d / "both.yaml").write_text(both)
+
+
+def _position_key_both_ways(d):
+    both = "base: tiny\nmodel:\n  rope_theta: 5.0e+5\n  position: {rope_theta: 1.0e+4}\n"
+    (d / "both.yaml").write_text(both)
+
+
 def _empty_text(d):
     (d / "empty.txt").write_text("")
 
@@ -183,8 +193,8 @@ def _hf_qwen3_5(d):
     shape = dict(vocab_size=257, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
                  mlp=nn.MLPConfig(dim=24), head_dim=8, mixer_pattern=("delta", "attention"),
                  delta=nn.DeltaConfig(key_heads=2, value_heads=2, key_dim=8, value_dim=8),
-                 rope_fraction=0.25, attention_output_gate=True, qk_norm=True,
-                 norm=nn.NormConfig(plus_one=True))  # fmt: skip
+                 position=nn.PositionConfig(rope_fraction=0.25), norm=nn.NormConfig(plus_one=True),
+                 attention=nn.AttentionConfig(output_gate=True, qk_norm=True))  # fmt: skip
     nn.save_hf(nn.build_model(nn.LlamaConfig(**shape), rngs=nnx.Rngs(0)), d / "hf")
 
 
@@ -213,8 +223,8 @@ DELTA = [
 ]
 KV_SHARED = [
     "model.num_layers=3",
-    "model.sliding_window=16",
-    "model.window_pattern=[local,global]",
+    "model.attention.sliding_window=16",
+    "model.attention.window_pattern=[local,global]",
     "model.gemma4.kv_shared_layers=1",
 ]
 
@@ -341,11 +351,39 @@ CASES = [
         "model.norm.kind",
     ),
     (
+        "position-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _position_key_both_ways,
+        "model.rope_theta: is model.position.rope_theta now, which is set too",
+    ),
+    (
+        "position-section-value",
+        T,
+        [*TINY, "--set", "model.position.relative_buckets=7"],
+        None,
+        "model.position.relative_buckets must be an even int >= 4",
+    ),
+    (
         "mlp-section-value",
         T,
         [*TINY, "--set", "model.mlp.dim=0"],
         None,
         "model.mlp.dim",
+    ),
+    (
+        "attention-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _attention_key_both_ways,
+        "model.sliding_window: is model.attention.sliding_window now, which is set too",
+    ),
+    (
+        "attention-section-value",
+        T,
+        [*TINY, "--set", "model.attention.chunk=4", "--set", "model.attention.sliding_window=4"],
+        None,
+        "model.attention.chunk: a local layer has a chunk or a sliding_window, not both",
     ),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),

@@ -150,7 +150,7 @@ CASES = [
         "param_dtype",
     ),
     ("resume-vocab", T, resume_with("model.vocab_size=300"), None, "model.vocab_size None → 300"),
-    ("resume-position", T, resume_with("model.position=rope"), None, "model.position"),
+    ("resume-position", T, resume_with("model.position.kind=rope"), None, "model.position"),
     ("resume-batch", T, resume_with("data.batch_size=16"), None, "data.batch_size 8 → 16"),
     ("resume-seq-len", T, resume_with("data.seq_len=16"), None, "data.seq_len 32 → 16"),
     ("resume-tokenizer", T, resume_with("data.tokenizer=bpe"), None, "data.tokenizer"),

@@ -132,7 +132,8 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     # Fused qkv_proj / gate_up_proj; a window in every layer (Phi-3-mini-4k's 2047 of 4096).
     "phi3": dict(
-        config=dict(model_type="phi3", **COMMON, sliding_window=WINDOW), model_type="phi3"
+        config=dict(model_type="phi3", **COMMON, sliding_window=WINDOW),
+        model_type="phi3",
     ),
     # LongRoPE (Phi-3-mini-128k's form: the pretraining length beside rope_scaling, no factor):
     # long factors for the 12-token call, short ones for the SHORT-token call.
@@ -494,7 +495,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
         }
         if case.get("short"):
             short = jnp.asarray(tokens[:, : case["short"]])
-            plain, _ = nn.load_hf(root / name, rope_scaling=None)
+            plain, _ = nn.load_hf(root / name, **{"position.rope_scaling": None})
             out[name] |= {
                 "tjx_short": np.asarray(model(short)),
                 "plain": np.asarray(plain(jnp.asarray(tokens))),
@@ -548,7 +549,7 @@ def test_phi3_longrope_factors_change_both_calls(results):
     """Phi-3's LongRoPE read as such: the short and long calls each need their own factors (the
     unscaled model is far off in both), and the export keeps Phi-3's published form."""
     r = results["phi3-longrope"]
-    scaling = r["config"].rope_scaling
+    scaling = r["config"].position.rope_scaling
     assert (scaling.type, scaling.factor, scaling.original_max_position_embeddings) == (
         "longrope",
         8.0,
@@ -565,26 +566,33 @@ def test_phi3_longrope_factors_change_both_calls(results):
 def test_the_cases_exercise_each_switch(results):
     """The configs carry what each case is for, and Gemma's caps bent the logits."""
     cfg = {name: r["config"] for name, r in results.items()}
-    assert cfg["qwen3"].qk_norm and cfg["qwen3"].head_dim == 16 != 32 // 4
-    assert cfg["olmo2"].norm.position == "output" and cfg["olmo2"].qk_norm_scope == "projection"
-    assert cfg["phi3"].num_kv_heads == 2 and not cfg["phi3"].qk_norm
+    assert cfg["qwen3"].attention.qk_norm and cfg["qwen3"].head_dim == 16 != 32 // 4
+    assert (
+        cfg["olmo2"].norm.position == "output"
+        and cfg["olmo2"].attention.qk_norm_scope == "projection"
+    )
+    assert cfg["phi3"].num_kv_heads == 2 and not cfg["phi3"].attention.qk_norm
     g2, g3 = cfg["gemma2"], cfg["gemma3_text"]
-    assert (g2.attn_logit_softcap, g2.final_logit_softcap, g2.query_pre_attn_scalar) == (
+    assert (
+        g2.attention.logit_softcap,
+        g2.final_logit_softcap,
+        g2.attention.query_pre_attn_scalar,
+    ) == (
         2.0,
         3.0,
         12.0,
     )
     assert g2.norm.plus_one and g2.scale_embeddings and g2.mlp.activation == "geglu"
-    assert g3.qk_norm and g3.final_logit_softcap is None and not g3.tie_embeddings
+    assert g3.attention.qk_norm and g3.final_logit_softcap is None and not g3.tie_embeddings
     # Each family's windows as transformers places them (the logits above prove they slide).
     local, full = WINDOW, None
     assert cfg["qwen3"].layer_windows() == (full, local)
     assert cfg["phi3"].layer_windows() == (local, local)
     assert g2.layer_windows() == g3.layer_windows() == (local, full)
-    assert (g3.rope_theta, g3.rope_local_theta) == (10000.0, 100.0)
-    assert cfg["olmo2"].sliding_window is None
+    assert (g3.position.rope_theta, g3.position.rope_local_theta) == (10000.0, 100.0)
+    assert cfg["olmo2"].attention.sliding_window is None
     assert cfg["olmo3"].layer_windows() == (local, local, local, full)
-    assert cfg["olmo3"].rope_theta == 500.0 and cfg["olmo3"].norm.position == "output"
+    assert cfg["olmo3"].position.rope_theta == 500.0 and cfg["olmo3"].norm.position == "output"
     assert results["olmo3"]["saved"]["layer_types"][3] == "full_attention"
     logits = results["gemma2"]["peer"]["logits"]
     assert 0.5 * 3.0 < np.abs(logits).max() < 3.0  # within the cap, and near it
@@ -602,7 +610,7 @@ def test_the_deepseek_cases_exercise_each_piece(results):
     """DeepSeek's MLA and routing as the configs read them, and the tensors tjx wrote."""
     v2, v3 = results["deepseek_v2"]["config"], results["deepseek_v3"]["config"]
     for c in (v2, v3):
-        assert (c.attention_type, c.mla.kv_latent_dim, c.head_dim) == ("mla", 16, 12)
+        assert (c.attention.type, c.mla.kv_latent_dim, c.head_dim) == ("mla", 16, 12)
         assert (c.mla.qk_rope_head_dim, c.mla.v_head_dim, c.moe.first_dense) == (4, 6, 1)
     assert v2.mla.q_lora_rank is None and v3.mla.q_lora_rank == 12
     assert (
@@ -627,7 +635,7 @@ def test_the_deepseek_cases_exercise_each_piece(results):
         2,
         2.5,
     )
-    assert v3.rope_scaling is not None and v3.rope_scaling.mscale_all_dim == 1.0
+    assert v3.position.rope_scaling is not None and v3.position.rope_scaling.mscale_all_dim == 1.0
     names = results["deepseek_v3"]["tensors"]
     assert "model.layers.1.mlp.gate.e_score_correction_bias" in names
     assert "model.layers.0.self_attn.q_a_layernorm.weight" in names
@@ -643,19 +651,24 @@ def test_the_deepseek_cases_exercise_each_piece(results):
 def test_the_gpt_oss_and_glm_cases_exercise_each_piece(results):
     """gpt-oss's and GLM-4.5's switches as the configs read them, and the tensors tjx wrote."""
     oss, glm = results["gpt_oss"]["config"], results["glm4_moe"]["config"]
-    assert oss.attention_sinks and oss.use_bias and oss.moe.router_logit_bias
+    assert oss.attention.sinks and oss.use_bias and oss.moe.router_logit_bias
     assert (oss.mlp.activation, oss.moe.router, oss.moe.num_experts) == (
         "swiglu_clamped",
         "softmax",
         4,
     )
     assert oss.layer_windows() == (WINDOW, None)
-    assert oss.rope_scaling is not None and oss.rope_scaling.type == "yarn"
-    assert oss.rope_scaling.truncate is False
+    assert oss.position.rope_scaling is not None and oss.position.rope_scaling.type == "yarn"
+    assert oss.position.rope_scaling.truncate is False
     names = results["gpt_oss"]["tensors"]
     assert {"model.layers.0.self_attn.sinks", "model.layers.1.mlp.router.bias"} <= names
     assert "model.layers.0.mlp.experts.gate_up_proj_bias" in names
-    assert (glm.rope_fraction, glm.qk_norm, glm.qkv_bias, glm.use_bias) == (0.25, True, True, False)
+    assert (
+        glm.position.rope_fraction,
+        glm.attention.qk_norm,
+        glm.attention.qkv_bias,
+        glm.use_bias,
+    ) == (0.25, True, True, False)
     assert (
         glm.moe.router,
         glm.moe.router_groups,
@@ -677,7 +690,12 @@ def test_the_qwen3_5_case_exercises_each_piece(results):
     r = results["qwen3_5"]
     c = r["config"]
     assert c.layer_mixers() == ("delta", "delta", "delta", "attention")
-    assert c.attention_output_gate and c.norm.plus_one and c.qk_norm and c.rope_fraction == 0.25
+    assert (
+        c.attention.output_gate
+        and c.norm.plus_one
+        and c.attention.qk_norm
+        and c.position.rope_fraction == 0.25
+    )
     assert (c.delta.key_heads, c.delta.value_heads, c.delta.key_dim) == (2, 4, 8)
     names = r["tensors"]
     assert "model.layers.0.linear_attn.conv1d.weight" in names
@@ -719,9 +737,13 @@ def test_the_llama4_case_exercises_each_piece(results):
     scaling 35 % of the largest logit), so the 1e-4 agreement holds each to transformers'."""
     r = results["llama4"]
     c = r["config"]
-    assert c.layer_locals() == (True, True, True, False) and c.global_nope and c.qk_l2_norm
-    assert (c.attention_chunk, c.nope_temperature_floor, c.nope_temperature_scale) == (5, 3.0, 0.5)
-    assert c.rope_scaling is not None and c.rope_scaling.type == "llama3"
+    assert c.layer_locals() == (True, True, True, False) and c.llama4.global_nope and c.qk_l2_norm
+    assert (
+        c.attention.chunk,
+        c.llama4.nope_temperature_floor,
+        c.llama4.nope_temperature_scale,
+    ) == (5, 3.0, 0.5)
+    assert c.position.rope_scaling is not None and c.position.rope_scaling.type == "llama3"
     assert (c.moe.num_experts, c.moe.experts_per_token, c.moe.layer_step, c.moe.router) == (
         4,
         1,
@@ -754,7 +776,11 @@ def test_the_gemma4_case_exercises_each_piece(results):
     g = c.gemma4
     assert (g.global_head_dim, g.global_kv_heads, g.global_values_from_keys) == (32, 1, True)
     assert (g.kv_shared_layers, g.kv_shared_mlp_dim, g.per_layer_input_dim) == (2, 96, 8)
-    assert (g.global_rope_proportion, c.rope_local_theta, c.final_logit_softcap) == (0.25, 100, 5)
+    assert (g.global_rope_proportion, c.position.rope_local_theta, c.final_logit_softcap) == (
+        0.25,
+        100,
+        5,
+    )
     assert g.value_norm and g.layer_scale and g.per_layer_vocab_size is None
     names = r["tensors"]
     assert {"model.embed_tokens_per_layer.weight", "model.per_layer_model_projection.weight",

@@ -155,4 +155,4 @@ def test_the_folders_are_quantized_as_the_releases_are(results):
             name = f"model.layers.{layer}.mlp.experts.{proj}"
             assert name not in oss["dtypes"]
             assert oss["dtypes"][name + "_blocks"] == oss["dtypes"][name + "_scales"] == "U8"
-    assert oss["config"].attention_sinks and oss["config"].moe.num_experts == 4
+    assert oss["config"].attention.sinks and oss["config"].moe.num_experts == 4

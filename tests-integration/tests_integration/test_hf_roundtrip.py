@@ -64,7 +64,11 @@ CASES: dict[str, dict[str, Any]] = {
     # so tjx decodes with a rolling cache of 5 slots.
     "mistral-window": dict(
         config=dict(
-            model_type="mistral", **SIZES, **COMMON, num_key_value_heads=2, sliding_window=5
+            model_type="mistral",
+            **SIZES,
+            **COMMON,
+            num_key_value_heads=2,
+            sliding_window=5,
         ),
         model_type="mistral",
     ),
@@ -216,24 +220,24 @@ def test_windows_and_scalings_are_read_as_their_configs_say(results):
     greedy tokens compared above are those of a window that slides (a rolling cache for
     mistral, whose every layer is windowed)."""
     mistral, qwen = results["mistral-window"]["config"], results["qwen2-yarn"]["config"]
-    assert mistral.sliding_window == 5 and mistral.window_pattern is None
+    assert mistral.attention.sliding_window == 5 and mistral.attention.window_pattern is None
     assert nn.cache_slots(mistral, 24) == 5
     assert qwen.layer_windows() == (None, 6) and nn.cache_slots(qwen, 24) == 24
-    assert qwen.rope_scaling.type == "yarn" and qwen.max_seq_len == 64  # max(64, 4 x 16)
+    assert qwen.position.rope_scaling.type == "yarn" and qwen.max_seq_len == 64  # max(64, 4 x 16)
     dynamic = results["llama-dynamic"]["config"]
-    assert dynamic.rope_scaling.original_max_position_embeddings == 8
+    assert dynamic.position.rope_scaling.original_max_position_embeddings == 8
     assert dynamic.max_seq_len == 32  # 8 x factor 4: dynamic NTK scales past 8
-    assert results["llama-longrope"]["config"].rope_scaling.factor == 8.0  # 64 / 8
+    assert results["llama-longrope"]["config"].position.rope_scaling.factor == 8.0  # 64 / 8
 
 
 def test_the_cases_cover_what_the_configs_carry(results):
     llama, mistral, qwen = (results[k]["config"] for k in ("llama", "mistral", "qwen2"))
-    assert llama.num_kv_heads == 2 and llama.rope_scaling == nn.RopeScaling.parse(
+    assert llama.num_kv_heads == 2 and llama.position.rope_scaling == nn.RopeScaling.parse(
         [8.0, 1.0, 4.0, 16]
     )
     assert not llama.tie_embeddings and mistral.tie_embeddings
     assert mistral.num_kv_heads == 1 and mistral.head_dim == 16 != mistral.d_model // 4
-    assert qwen.qkv_bias and not qwen.use_bias
+    assert qwen.attention.qkv_bias and not qwen.use_bias
     # transformers wrote the Llama checkpoint in shards, and tjx did too.
     assert "model.safetensors.index.json" in results["llama"]["source_files"]
     assert "model.safetensors.index.json" in results["llama"]["files"]
@@ -243,4 +247,4 @@ def test_the_cases_cover_what_the_configs_carry(results):
     assert moe.num_experts == 4 and moe.router_norm_topk and not moe.num_shared_experts
     assert nn.moe_layers(qwen2_moe) == (False, True) and not qwen2_moe.moe.router_norm_topk
     assert qwen2_moe.moe.shared_expert_gate and qwen2_moe.moe.shared_expert_mlp_dim == 40
-    assert qwen2_moe.qkv_bias and qwen3_moe.qk_norm and qwen3_moe.head_dim == 16
+    assert qwen2_moe.attention.qkv_bias and qwen3_moe.attention.qk_norm and qwen3_moe.head_dim == 16

@@ -26,7 +26,7 @@ CASES: dict[str, dict[str, Any]] = {
         lora=dict(rank=4, alpha=8.0, targets=nn.LORA_ROLES),
     ),
     "qwen2-unrolled": dict(
-        model=dict(num_kv_heads=2, qkv_bias=True, tie_embeddings=True),
+        model=dict(num_kv_heads=2, **{"attention.qkv_bias": True}, tie_embeddings=True),
         lora=dict(rank=3, alpha=3.0, rslora=True, targets=("q", "k", "v", "down")),
     ),
 }
@@ -44,8 +44,11 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     np.save(work / "tokens.npy", tokens)
     jobs, ours = [], {}
     for name, case in CASES.items():
-        config = nn.LlamaConfig(vocab_size=VOCAB, max_seq_len=32, d_model=32, num_layers=2,
-                                num_heads=4, mlp=nn.MLPConfig(dim=48), **case["model"])  # fmt: skip
+        config = nn.make_config(
+            nn.LlamaConfig,
+            {"vocab_size": VOCAB, "max_seq_len": 32, "d_model": 32, "num_layers": 2,
+             "num_heads": 4, "mlp": nn.MLPConfig(dim=48), **case["model"]},
+        )  # fmt: skip
         model = nn.Llama(config, rngs=nnx.Rngs(int(rng.integers(1 << 20))))
         folder = work / name
         nn.save_hf(model, folder / "base")

@@ -23,9 +23,9 @@ _DECODER_VARIANTS: list[dict[str, Any]] = [
     {},
     {"tie_embeddings": False},
     {"tie_embeddings": True},
-    {"position": "t5"},
-    {"use_bias": True, "qkv_bias": True},
-    {"attention_type": "mla", "mla": tnn.MLAConfig(kv_latent_dim=8)},
+    {"position": tnn.PositionConfig(kind="t5")},
+    {"use_bias": True, "attention": tnn.AttentionConfig(qkv_bias=True)},
+    {"attention": tnn.AttentionConfig(type="mla"), "mla": tnn.MLAConfig(kv_latent_dim=8)},
     {"num_kv_heads": 1},
     # MoE: routed experts after a dense layer, shared experts with a gate, a balancing bias.
     {

@@ -76,8 +76,8 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
 def test_inverse_frequencies_and_attention_factor_equal_transformers(peer, index):
     _, hf, seq_len = _entries()[index]
     config = llama_config_from_hf(hf)
-    inv, factor = nn.rope_parameters(config.head_dim, config.rope_theta, config.rope_scaling,
-                                     seq_len)  # fmt: skip
+    p = config.position
+    inv, factor = nn.rope_parameters(config.head_dim, p.rope_theta, p.rope_scaling, seq_len)
     np.testing.assert_allclose(inv, peer[f"inv_{index}"], rtol=1e-6)
     assert factor == pytest.approx(float(peer[f"factor_{index}"]), rel=1e-6)
 
@@ -94,4 +94,4 @@ def test_the_cases_reach_every_branch(peer):
     assert not np.allclose(long[1], long[2])
     assert float(peer[f"factor_{names.index('yarn qwen2.5 @ None')}"]) > 1.0
     no_factor = llama_config_from_hf(_entries()[names.index("yarn no factor @ None")][1])
-    assert no_factor.rope_scaling.factor == 4.0
+    assert no_factor.position.rope_scaling.factor == 4.0

@@ -39,7 +39,7 @@ def test_init_from_a_hf_folder(tmp_path):
         "optimizer.schedule.warmup_steps=0",
         "optimizer.weight_decay=0.0",
         "logging.sinks=[jsonl]",
-        "model.decode_topk=4",  # a decoding setting: applies to the loaded weights too
+        "model.attention.decode_topk=4",  # a decoding setting: applies to the loaded weights too
     ]
     proc = train(
         tmp_path, "ft", sets, "--init-from", str(tmp_path / "hf"), "--profile-steps", "0:1"
@@ -48,7 +48,7 @@ def test_init_from_a_hf_folder(tmp_path):
     run = tmp_path / "ft"
     desc = json.loads((run / "model.json").read_text())
     assert desc["fields"]["d_model"] == 32 and desc["fields"]["vocab_size"] == 50257
-    assert desc["fields"]["decode_topk"] == 4
+    assert desc["fields"]["attention"]["decode_topk"] == 4
     assert any((run / "profile").rglob("*")), "no profiler trace written"
     want = nnx.to_pure_dict(nnx.state(source, nnx.Param))
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), want)

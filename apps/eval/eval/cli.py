@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="K",
         help="with --generate: each new token attends to only its K highest-scoring cached keys "
-        "(tjx.nn's top-k decode attention; default: the run's model.decode_topk, else all)",
+        "(tjx.nn's top-k decode attention; default: the run's model.attention.decode_topk, "
+        "else all)",
     )
     parser.add_argument(
         "--speculative",
@@ -279,7 +280,7 @@ def decoding_model(run: Any, sparse_top_k: int | None) -> Any:
     """
     if sparse_top_k is None:
         return run.model
-    return rebuilt(run, run.nn_config.replace(decode_topk=sparse_top_k))
+    return rebuilt(run, run.nn_config.replace(**{"attention.decode_topk": sparse_top_k}))
 
 
 def _generate(run: Any, args: argparse.Namespace) -> None:
@@ -330,7 +331,7 @@ def _how(run: Any, args: argparse.Namespace) -> str:
             ("top-k", args.top_k),
             ("top-p", args.top_p),
             # The run's own setting when the flag leaves it: the sample says how it was decoded.
-            ("sparse top-k", args.sparse_top_k or run.nn_config.decode_topk),
+            ("sparse top-k", args.sparse_top_k or run.nn_config.attention.decode_topk),
         )
         if value is not None
     )

@@ -39,7 +39,7 @@ def positions_runs(scale: str) -> list[RunSpec]:
         # accepts 4× the training length (the model is only told it may see that many).
         longest = seq if pos == "learned" else 4 * seq
         runs.append(
-            RunSpec(pos, base(scale, f"model.position={pos}", f"model.max_seq_len={longest}"))
+            RunSpec(pos, base(scale, f"model.position.kind={pos}", f"model.max_seq_len={longest}"))
         )
     return smoke_pick(scale, runs, "learned", "rope")
 
@@ -63,7 +63,7 @@ POSITIONS_STUDY = Study(
     title="Position schemes and length extrapolation",
     question="Which position scheme trains best, and which still works at 2× and 4× the length "
     "it was trained at?",
-    varied="model.position: learned, sinusoidal, RoPE, ALiBi, T5 relative bias, none (NoPE)",
+    varied="model.position.kind: learned, sinusoidal, RoPE, ALiBi, T5 relative bias, none (NoPE)",
     fixed="GPT-2-style model, data, optimizer (AdamW, cosine), steps; 3 seeds per scheme; models "
     "other than learned are built with max_seq_len = 4× the training length",
     runs=positions_runs,

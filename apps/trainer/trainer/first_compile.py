@@ -100,7 +100,7 @@ def step_key(cfg: StepConfig) -> str:
         if cfg.attention is not None:  # the run's one resolution: no second ranking
             kernel = cfg.attention.name
         else:
-            capped = model.attn_logit_softcap is not None
+            capped = model.attention.logit_softcap is not None
             dtype = model.precision.compute_dtype
             kernel = kernels.auto_order(dtype, model.head_dim, softcap=capped).kernel
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(model, attention_impl=kernel))

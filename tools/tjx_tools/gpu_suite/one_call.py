@@ -177,7 +177,7 @@ def llama_peer_spec(smoke: bool) -> dict[str, Any]:
     return {
         "batch": cfg.data.batch_size, "seq": cfg.data.seq_len, "vocab": m.vocab_size,
         "d": m.d_model, "layers": m.num_layers, "heads": m.num_heads, "kv_heads": m.num_kv_heads,
-        "mlp": m.mlp.dim, "rope_theta": m.rope_theta, "norm_eps": m.norm.eps,
+        "mlp": m.mlp.dim, "rope_theta": m.position.rope_theta, "norm_eps": m.norm.eps,
         "lr": opt.schedule.peak_lr, "betas": [opt.b1, opt.b2], "weight_decay": opt.weight_decay,
         "clip": opt.clip_norm or 0.0, "warmup": 1 if smoke else 4, "steps": 3 if smoke else 30,
         "compile": not smoke, "device": "cpu" if smoke else "cuda",

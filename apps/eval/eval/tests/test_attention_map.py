@@ -43,7 +43,12 @@ def test_weights_are_the_ones_the_model_used(position, rng):
     """Each layer's captured probabilities times its values give that layer's attention output
     (so ALiBi and T5 biases are in them), and no query looks across a document boundary."""
     cfg = nn.GPT2Config(
-        vocab_size=50, max_seq_len=16, d_model=16, num_layers=2, num_heads=2, position=position
+        vocab_size=50,
+        max_seq_len=16,
+        d_model=16,
+        num_layers=2,
+        num_heads=2,
+        position=nn.PositionConfig(kind=position),
     )
     model = nn.build_model(cfg, rngs=nnx.Rngs(0))
     tokens = rng.integers(0, 50, (2, 12)).astype(np.int32)

@@ -41,7 +41,7 @@ def _llama(vocab: int) -> Any:
         ),  # large enough that the tiny model's tokens vary with its input
         "precision": "fp32",
     }
-    return nn.LlamaConfig(**fields)
+    return nn.make_config(nn.LlamaConfig, fields)
 
 
 @pytest.fixture(scope="module")

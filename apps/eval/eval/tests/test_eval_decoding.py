@@ -98,7 +98,7 @@ def test_sparse_top_k_decodes_as_tjx_nn_top_k_attention(make_run, capsys):
     out = capsys.readouterr().out
     assert "greedy, sparse top-k 1;" in out
     sparse = _sample(out)
-    assert sparse == _reference(model, decode_topk=1)
+    assert sparse == _reference(model, **{"attention.decode_topk": 1})
     # Without the flag the run decodes with every cached key (its model.json has no top-k).
     assert main(_argv(run)) == 0
     dense = _sample(capsys.readouterr().out)
@@ -125,19 +125,21 @@ def _attentions(model: Any) -> list[Any]:
 
 
 def test_the_runs_own_decode_topk_is_used_and_the_flag_overrides_it(make_run, capsys):
-    run, model = make_run(decode_topk=1)
+    run, model = make_run(attention={"decode_topk": 1})
     assert main(_argv(run)) == 0
     out = capsys.readouterr().out
-    assert "sparse top-k 1;" in out and _sample(out) == _reference(model, decode_topk=1)
+    assert "sparse top-k 1;" in out and _sample(out) == _reference(
+        model, **{"attention.decode_topk": 1}
+    )
     assert main(_argv(run, "--sparse-top-k", "2")) == 0
-    assert _sample(capsys.readouterr().out) == _reference(model, decode_topk=2)
+    assert _sample(capsys.readouterr().out) == _reference(model, **{"attention.decode_topk": 2})
 
 
 def test_an_mla_run_generates_from_its_latent_cache(make_run, capsys):
-    run, model = make_run(attention_type="mla", mla={"kv_latent_dim": 4})
+    run, model = make_run(attention={"type": "mla"}, mla={"kv_latent_dim": 4})
     assert main(_argv(run, "--sparse-top-k", "2")) == 0
     out = capsys.readouterr().out
-    assert _sample(out) == _reference(model, decode_topk=2)
+    assert _sample(out) == _reference(model, **{"attention.decode_topk": 2})
     assert "loss" in out  # the held-out metrics ran on the MLA model too
 
 

@@ -131,6 +131,24 @@ def test_a_flat_section_key_is_its_sections_now_and_a_null_there_the_kinds_own(i
     assert tiny.init == nn.InitConfig(std=0.01, scaled_residual=True)
 
 
+def test_the_flat_position_keys_are_the_position_sections_now(in_tmp, capsys):
+    """``model.position`` (a name then) is ``model.position.kind`` and ``model.rope_theta`` ...
+    the section's: by their old names they reach it, with one note each naming the new key."""
+    plan = _plan(
+        *["--config", "llama_small", "--set", "model.position=alibi"],
+        *["--set", "model.rope_theta=5e5", "--set", "model.position.relative_buckets=16"],
+    )
+    assert plan.config.model.position == nn.PositionConfig(
+        kind="alibi", rope_theta=5e5, relative_buckets=16
+    )
+    assert capsys.readouterr().err.splitlines() == [
+        "trainer: note: --set model.position is model.position.kind now (the old name still "
+        "works)",
+        "trainer: note: --set model.rope_theta is model.position.rope_theta now (the old name "
+        "still works)",
+    ]
+
+
 def test_only_the_launch_flags_reach_tjx_parallel_and_they_read_as_from_the_whole_line(in_tmp):
     launch = ["--num-processes", "1", "--process-id", "0", "--init-timeout", "9"]
     argv = ["--config", "tiny", "--set", "train.steps=7", *launch]
@@ -171,11 +189,11 @@ def test_parse_profile_rejects(text):
                 *["--set", "model.attention_type=mla", "--set", "model.mla.kv_latent_dim=8"],
                 *["--set", "model.use_bias=false"],
             ],
-            "model.attention_type 'mla', model.use_bias False cannot apply",
+            "model.attention.type 'mla', model.use_bias False cannot apply",
         ),
         (
             ["--config", "gpt2_small", "--init-from", "gpt2", "--set", "model.position=rope"],
-            "GPT-2 weights fix the architecture, so model.position 'rope' cannot apply",
+            "GPT-2 weights fix the architecture, so model.position.kind 'rope' cannot apply",
         ),
         (  # silently dropped before tjx.nn's hf_gpt2_conflicts said what GPT-2 weights fix
             [
@@ -204,15 +222,21 @@ def test_a_family_switch_or_window_the_llama_checkpoint_lacks_is_refused(in_tmp,
     from tjx import nn
 
     config = nn.LlamaConfig(
-        vocab_size=64, d_model=16, num_layers=2, num_heads=4, num_kv_heads=4, qkv_bias=True,
-        sliding_window=4, window_pattern=("local", "global"),
-    )  # fmt: skip
+        vocab_size=64,
+        d_model=16,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        attention=nn.AttentionConfig(
+            qkv_bias=True, sliding_window=4, window_pattern=("local", "global")
+        ),
+    )
     nn.save_hf(nn.Llama(config, rngs=nnx.Rngs(0)), in_tmp / "ck", model_type="qwen2")
     base = ["--config", "llama_small", "--init-from", str(in_tmp / "ck")]
     asked = ["--set", "model.qk_norm=true", "--set", "model.sliding_window=8"]
     assert main([*base, *asked]) == 2
     err = capsys.readouterr().err
-    assert "model.sliding_window 8, model.qk_norm True cannot apply" in err
+    assert "model.attention.sliding_window 8, model.attention.qk_norm True cannot apply" in err
     assert err.count("\n") == 1 and sorted(p.name for p in in_tmp.iterdir()) == ["ck"]
     from trainer.init_from import check_init_from
 
@@ -228,7 +252,12 @@ def hf_saved(tmp_path_factory):
     from tjx import nn
 
     config = nn.LlamaConfig(
-        vocab_size=64, d_model=16, num_layers=1, num_heads=4, num_kv_heads=4, qkv_bias=True
+        vocab_size=64,
+        d_model=16,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=4,
+        attention=nn.AttentionConfig(qkv_bias=True),
     )
     root = tmp_path_factory.mktemp("hf")
     model = nn.Llama(config, rngs=nnx.Rngs(0))

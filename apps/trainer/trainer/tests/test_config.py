@@ -186,7 +186,7 @@ def test_optional_fields_accept_null():
     cfg = read_config({"optimizer": {"clip_norm": None}, "model": {"vocab_size": None}})
     assert cfg.optimizer.clip_norm is None and cfg.vocab_size is None
     # a field that takes no null: null is the class's own default (the kind's)
-    assert read_config({"model": {"kind": "llama", "position": None}}).model.position == "rope"
+    assert read_config({"model": {"kind": "llama", "position": None}}).model.position.kind == "rope"
 
 
 def test_to_dict_is_plain_data_that_reads_back():
@@ -289,16 +289,23 @@ def test_position_reaches_the_model_and_is_checked_per_kind():
     base = load_config_data("tiny")
     cfg = read_config(apply_overrides(base, ["model.position=t5", "model.relative_buckets=16"]))
     c = resolve(cfg, 300).model
-    assert (c.position, c.relative_buckets, c.relative_max_distance) == ("t5", 16, 128)
+    assert (c.position.kind, c.position.relative_buckets, c.position.relative_max_distance) == (
+        "t5",
+        16,
+        128,
+    )
     model = nn.build_model(c, rngs=nnx.Rngs(0))
     assert model(jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, 300)
     # null keeps each family's default
     assert resolve(read_config(base), 300).model.position == nn.GPT2Config().position
     bad = [
         # tjx.nn's own rules, reported at config time with the model section named
-        (["model.kind=bert", "model.position=t5"], r"^model\.position must be one of"),
-        (["model.kind=vit", "model.position=rope"], r"^model\.position must be one of"),
-        (["model.position=t5", "model.relative_buckets=7"], r"^model\.relative_buckets must be"),
+        (["model.kind=bert", "model.position=t5"], r"^model\.position\.kind must be one of"),
+        (["model.kind=vit", "model.position=rope"], r"^model\.position\.kind must be one of"),
+        (
+            ["model.position=t5", "model.relative_buckets=7"],
+            r"^model\.position\.relative_buckets must be",
+        ),
         (["model.position=spiral"], "model.position"),
     ]
     for sets, message in bad:

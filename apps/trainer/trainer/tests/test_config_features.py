@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn, optim
-from tjx.nn.configs import ATTENTION_TYPES
+from tjx.nn.attention_config import ATTENTION_TYPES
 from tjx.optim.schedules import WSD_DECAY_SHAPES
 from trainer.cli import main
 from trainer.config import read_config, resolve, step_config
@@ -23,7 +23,7 @@ from trainer.schema import ConfigError, choices
 from trainer.settings import apply_overrides, field_at, load_config_data
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp": {"dim": 32}}
-MLA = {"attention_type": "mla", "mla": {"kv_latent_dim": 4}}
+MLA = {"attention": {"type": "mla"}, "mla": {"kv_latent_dim": 4}}
 WSD = {"name": "wsd", "warmup_steps": 0}
 
 
@@ -38,13 +38,13 @@ def _opt(optimizer: dict[str, Any], steps: int = 100) -> Any:
 @pytest.mark.parametrize(
     ("model", "field", "value"),
     [
-        (MLA, "attention_type", "mla"),
+        (MLA, "attention.type", "mla"),
         (MLA, "mla.kv_latent_dim", 4),
         ({"kind": "llama", "moe": {"num_experts": 4}}, "moe.num_experts", 4),
         ({"use_bias": False}, "use_bias", False),
         ({"kind": "llama", "use_bias": True}, "use_bias", True),
-        ({"decode_topk": 3}, "decode_topk", 3),
-        ({"kind": "llama", "decode_topk": 5}, "decode_topk", 5),
+        ({"attention": {"decode_topk": 3}}, "attention.decode_topk", 3),
+        ({"kind": "llama", "attention": {"decode_topk": 5}}, "attention.decode_topk", 5),
     ],
 )
 def test_model_keys_reach_the_tjx_nn_config(model, field, value):
@@ -70,8 +70,8 @@ def test_optimizer_keys_reach_the_tjx_optim_config(optimizer, get, value):
 def test_null_keeps_the_packages_own_defaults():
     assert _nn({}).use_bias is True and _nn({"kind": "llama"}).use_bias is False
     assert _nn({"kind": "bert"}).use_bias is nn.BertConfig().use_bias
-    assert _nn({}).attention_type == nn.TransformerConfig().attention_type
-    assert _nn({}).decode_topk is None and _nn({}).mla.kv_latent_dim is None
+    assert _nn({}).attention.type == nn.TransformerConfig().attention.type
+    assert _nn({}).attention.decode_topk is None and _nn({}).mla.kv_latent_dim is None
     assert _nn({"kind": "llama"}).moe == nn.MoEConfig() and _nn({}).delta == nn.DeltaConfig()
     sgd = _opt({"name": "sgd"})
     own = optim.OptimizerConfig(name="sgd").resolved()
@@ -82,7 +82,7 @@ def test_null_keeps_the_packages_own_defaults():
 
 
 def test_choice_lists_are_the_packages_own():
-    assert choices(field_at("model.attention_type")[0]) == ATTENTION_TYPES
+    assert choices(field_at("model.attention.type")[0]) == ATTENTION_TYPES
     assert choices(field_at("optimizer.schedule.decay_shape")[0]) == WSD_DECAY_SHAPES
     for shape in WSD_DECAY_SHAPES:
         assert _opt({"schedule": {**WSD, "decay_shape": shape}}).schedule.decay_shape == shape
@@ -91,12 +91,12 @@ def test_choice_lists_are_the_packages_own():
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
-        ({"model": {"attention_type": "gqa"}}, "model.attention_type: 'gqa' is not allowed"),
+        ({"model": {"attention": {"type": "gqa"}}}, "model.attention.type: 'gqa' is not allowed"),
         (
-            {"model": {"attention_type": "mla"}},
-            "model.mla.kv_latent_dim: attention_type 'mla' needs",
+            {"model": {"attention": {"type": "mla"}}},
+            "model.mla.kv_latent_dim: attention.type 'mla' needs",
         ),
-        ({"model": {"mla": {"kv_latent_dim": 8}}}, "model.mla.kv_latent_dim: only attention_type"),
+        ({"model": {"mla": {"kv_latent_dim": 8}}}, "model.mla.kv_latent_dim: only attention.type"),
         (
             {"model": {**MLA, "mla": {"kv_latent_dim": 0}}},
             "model.mla.kv_latent_dim must be a positive int; got 0",
@@ -117,8 +117,14 @@ def test_choice_lists_are_the_packages_own():
         ),
         ({"model": {"kind": "bert", "moe": {"num_experts": 2}}}, "model.moe: only decoders"),
         ({"model": {"use_bias": "maybe"}}, "model.use_bias: expected true/false, got 'maybe'"),
-        ({"model": {"decode_topk": 0}}, "model.decode_topk must be a positive int; got 0"),
-        ({"model": {"kind": "bert", "decode_topk": 2}}, "model.decode_topk: only decoders"),
+        (
+            {"model": {"attention": {"decode_topk": 0}}},
+            "model.attention.decode_topk must be a positive int; got 0",
+        ),
+        (
+            {"model": {"kind": "bert", "attention": {"decode_topk": 2}}},
+            "model.attention.decode_topk: only decoders",
+        ),
         ({"optimizer": {"name": "sgd", "momentum": 1.0}}, "optimizer.momentum=1.0 is out of range"),
         (
             {"optimizer": {"name": "sgd", "momentum": -0.1}},
@@ -258,9 +264,9 @@ WSD_SETS = ("optimizer.schedule.name=wsd",)
         (SGD, "optimizer.momentum=0.0", False),  # momentum 0 is plain SGD: no velocity state
         (WSD_SETS, "optimizer.schedule.decay_fraction=0.5", True),
         (WSD_SETS, "optimizer.schedule.decay_shape=cosine", True),
-        ((), "model.decode_topk=2", True),
+        ((), "model.attention.decode_topk=2", True),
         ((), "model.use_bias=false", False),
-        ((), "model.attention_type=mla --set model.mla.kv_latent_dim=8", False),
+        ((), "model.attention.type=mla --set model.mla.kv_latent_dim=8", False),
         ((), "model.moe.num_experts=2", False),
     ],
 )
@@ -275,8 +281,13 @@ def test_a_run_with_every_new_key_trains_and_records_them(in_tmp, capsys):
     sets = [
         *("model.d_model=16", "model.num_layers=1", "model.num_heads=2", "model.mlp.dim=32"),
         *("model.max_seq_len=16", "data.seq_len=16", "data.batch_size=8", "eval.batch_size=8"),
-        *("model.attention_type=mla", "model.mla.kv_latent_dim=4", "model.use_bias=false"),
-        *("model.decode_topk=2", *SGD, "optimizer.momentum=0.8", "optimizer.nesterov=true"),
+        *("model.attention.type=mla", "model.mla.kv_latent_dim=4", "model.use_bias=false"),
+        *(
+            "model.attention.decode_topk=2",
+            *SGD,
+            "optimizer.momentum=0.8",
+            "optimizer.nesterov=true",
+        ),
         *WSD_SETS,
         *("optimizer.schedule.warmup_steps=0", "optimizer.schedule.decay_fraction=0.5"),
         *("optimizer.schedule.decay_shape=sqrt", "train.steps=2", "train.eval_batches=1"),
@@ -287,6 +298,6 @@ def test_a_run_with_every_new_key_trains_and_records_them(in_tmp, capsys):
     assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
     assert "done: 2 steps" in capsys.readouterr().out
     fields = json.loads((in_tmp / "run" / "model.json").read_text())["fields"]
-    assert (fields["attention_type"], fields["mla"]["kv_latent_dim"]) == ("mla", 4)
-    assert (fields["use_bias"], fields["decode_topk"]) == (False, 2)
+    assert (fields["attention"]["type"], fields["mla"]["kv_latent_dim"]) == ("mla", 4)
+    assert (fields["use_bias"], fields["attention"]["decode_topk"]) == (False, 2)
     assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2

@@ -13,6 +13,7 @@ from tjx import kernels, metrics, nn, optim, parallel
 from tjx.core.fields import setting
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
 from tjx.nn.families.gemma4 import Gemma4Options
+from tjx.nn.families.llama4.options import Llama4Options
 from tjx.optim.config import LOSS_SCALES
 from trainer.config import read_config, resolve
 from trainer.schema import KINDS, ConfigError, choices
@@ -33,7 +34,7 @@ OWN_DEFAULTS = ("b1", "b2", "eps", "weight_decay", "momentum", "nesterov")
 OWNED_LISTS = [
     ("model.attention_impl", nn.ATTENTION_IMPLS),
     ("model.remat", nn.REMAT_POLICIES),
-    ("model.position", nn.POSITIONS),
+    ("model.position.kind", nn.POSITIONS),
     ("model.norm.kind", nn.NORMS),
     ("model.precision.compute_dtype", nn.DTYPE_NAMES),
     ("optimizer.name", optim.OPTIMIZER_NAMES),
@@ -167,7 +168,7 @@ def _package_keys() -> list[tuple[str, str]]:
             key = f"{path}.{f.name}"
             inner = {
                 "model.precision": nn.Precision,
-                "model.rope_scaling": nn.RopeScaling,
+                "model.position.rope_scaling": nn.RopeScaling,
                 "model.moe": nn.MoEConfig,
                 "model.mla": nn.MLAConfig,
                 "model.delta": nn.DeltaConfig,
@@ -176,6 +177,9 @@ def _package_keys() -> list[tuple[str, str]]:
                 "model.init": nn.InitConfig,
                 "model.mlp": nn.MLPConfig,
                 "model.norm": nn.NormConfig,
+                "model.attention": nn.AttentionConfig,
+                "model.position": nn.PositionConfig,
+                "model.llama4": Llama4Options,
                 "optimizer.schedule": optim.ScheduleConfig,
             }.get(key)
             out += walk(inner, key) if inner is not None else [key]
@@ -197,7 +201,7 @@ def test_every_package_field_is_settable_listed_and_explained():
         assert key in listed, key
     # Llama 3's rope base, which the trainer's own copy of the model section could not reach
     cfg = read_config(apply_overrides({"model": {"kind": "llama"}}, ["model.rope_theta=5e5"]))
-    assert cfg.model.rope_theta == 500000.0
+    assert cfg.model.position.rope_theta == 500000.0
 
 
 def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
@@ -220,7 +224,11 @@ def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
 @pytest.mark.parametrize(
     ("sets", "field", "value"),
     [  # what the old lists dropped without a word now reaches tjx.nn, which decides
-        (("model.kind=encdec", "model.decode_topk=3"), "decode_topk", 3),  # its decoder decodes
+        (
+            ("model.kind=encdec", "model.attention.decode_topk=3"),
+            "attention.decode_topk",
+            3,
+        ),  # its decoder decodes
         # Grouped-query attention is tjx.nn's in every model, not llama's alone.
         (("model.num_kv_heads=2",), "num_kv_heads", 2),
         (("model.kind=bert", "model.num_kv_heads=1"), "num_kv_heads", 1),
@@ -229,7 +237,7 @@ def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
 )
 def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
     cfg = read_config(apply_overrides(load_config_data("tiny"), list(sets)))
-    assert getattr(cfg.model, field) == value
+    assert nn.setting_value(cfg.model, field) == value
 
 
 @pytest.mark.parametrize(
@@ -241,8 +249,9 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
             "set it to True",
         ),
         (
-            ("model.kind=vit", "model.decode_topk=2"),
-            "model.decode_topk: only decoders decode (ViT does not); got 2, set it to null",
+            ("model.kind=vit", "model.attention.decode_topk=2"),
+            "model.attention.decode_topk: only decoders decode (ViT does not); got 2, set it to "
+            "null",
         ),
         (  # ViT has no tokens: a vocabulary set is refused, no longer silently ignored
             ("model.kind=vit", "model.vocab_size=77"),

@@ -90,14 +90,14 @@ def test_a_context_split_trains_as_the_unsplit_run(in_tmp, corpus, capsys):
             ("model.attention_impl=cudnn",),
             "model.attention_impl: cudnn cannot attend across a split sequence",
         ),
-        (("model.position=alibi",), "model.position: a split sequence takes no additive"),
+        (("model.position.kind=alibi",), "model.position.kind: a split sequence takes no additive"),
         (
-            ("model.attention_dropout=0.1",),
-            "model.attention_dropout: a split sequence takes no additive attention bias",
+            ("model.attention.dropout=0.1",),
+            "model.attention.dropout: a split sequence takes no additive attention bias",
         ),
         (
-            ("model.attention_impl=pallas", "model.sliding_window=8"),
-            "model.attention_impl: pallas cannot apply model.sliding_window across a split",
+            ("model.attention_impl=pallas", "model.attention.sliding_window=8"),
+            "model.attention_impl: pallas cannot apply model.attention.sliding_window across a",
         ),
         (
             ("mesh.pipeline=2", "mesh.data=2"),

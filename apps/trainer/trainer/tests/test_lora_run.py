@@ -142,7 +142,7 @@ def test_export_peft_of_an_mla_model_is_refused_before_training(in_tmp, capsys):
         num_kv_heads=4,
         head_dim=12,
         mlp=nn.MLPConfig(dim=40),
-        attention_type="mla",
+        **{"attention.type": "mla"},
         mla=nn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
         moe=nn.MoEConfig(
             num_experts=4,
@@ -153,7 +153,7 @@ def test_export_peft_of_an_mla_model_is_refused_before_training(in_tmp, capsys):
             router_norm_topk=False,
         ),
     )  # fmt: skip (DeepSeek-V2's shape)
-    nn.save_hf(nn.Llama(nn.LlamaConfig(**mla), rngs=nnx.Rngs(0)), in_tmp / "deepseek")
+    nn.save_hf(nn.Llama(nn.make_config(nn.LlamaConfig, mla), rngs=nnx.Rngs(0)), in_tmp / "deepseek")
     from_hf = _argv(
         in_tmp, "--init-from", str(in_tmp / "deepseek"), "--set", "model.num_kv_heads=null"
     )

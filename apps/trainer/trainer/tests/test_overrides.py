@@ -15,9 +15,9 @@ from trainer.settings import apply_overrides, field_at, load_config_data, parse_
         # the old layout's key, read as today's
         ("optimizer.lr=3e-4", "optimizer.schedule.peak_lr", 3e-4),
         ("optimizer.schedule.peak_lr=1", "optimizer.schedule.peak_lr", 1.0),
-        ("model.rope_theta=500000", "model.rope_theta", 500000.0),
-        ("model.rope_scaling.factor=8", "model.rope_scaling.factor", 8.0),
-        ("model.rope_scaling.type=llama3", "model.rope_scaling.type", "llama3"),
+        ("model.rope_theta=500000", "model.position.rope_theta", 500000.0),
+        ("model.position.rope_scaling.factor=8", "model.position.rope_scaling.factor", 8.0),
+        ("model.position.rope_scaling.type=llama3", "model.position.rope_scaling.type", "llama3"),
         ("model.precision.compute_dtype=bfloat16", "model.precision.compute_dtype", "bfloat16"),
         ("mesh.strategy=fsdp", "mesh.strategy", "fsdp"),
         ("train.steps=1_000", "train.steps", 1000),
@@ -30,8 +30,8 @@ from trainer.settings import apply_overrides, field_at, load_config_data, parse_
         ("optimizer.clip_norm=null", "optimizer.clip_norm", None),
         ("optimizer.clip_norm=0.5", "optimizer.clip_norm", 0.5),
         ("sampling.top_k=none", "sampling.top_k", None),
-        ("model.position=none", "model.position", "none"),  # a choice: no position encoding
-        ("model.position=null", "model.position", None),  # the family's own
+        ("model.position=none", "model.position.kind", "none"),  # a choice: no position encoding
+        ("model.position=null", "model.position.kind", None),  # the family's own
         ("optimizer.loss_scale=none", "optimizer.loss_scale", None),  # no such choice: null
         ("data.cache_dir=none", "data.cache_dir", None),
         ("sampling.prompts=a=b", "sampling.prompts", ["a=b"]),
@@ -90,10 +90,10 @@ def test_llama3s_four_numbers_in_an_old_file_read_as_the_rope_scaling_section():
     from trainer.settings import migrate
 
     old = {"model": {"kind": "llama", "rope_scaling": [8, 1, 4, 8192]}}
-    section = migrate(old)["model"]["rope_scaling"]
+    section = migrate(old)["model"]["position"]["rope_scaling"]
     assert section["type"] == "llama3" and section["factor"] == 8
     assert section["original_max_position_embeddings"] == 8192
-    scaling = read_config(migrate(old)).model.rope_scaling
+    scaling = read_config(migrate(old)).model.position.rope_scaling
     assert (scaling.low_freq_factor, scaling.high_freq_factor) == (1.0, 4.0)
     assert old["model"]["rope_scaling"] == [8, 1, 4, 8192]  # the input is not modified
     with pytest.raises(ConfigError, match="model.rope_scaling"):

@@ -40,7 +40,7 @@ TRAINING_ONLY_VALUES = [
     "model.remat=full",
     "model.precision.compute_dtype=bfloat16",
     "model.dropout=0.2",
-    "model.decode_topk=4",
+    "model.attention.decode_topk=4",
     "optimizer.schedule.peak_lr=1e-4",
     "optimizer.b1=0.8",
     "optimizer.b2=0.9",
@@ -332,7 +332,7 @@ def test_a_hugging_face_start_resumes_again_and_again_with_the_same_command(tmp_
         init_from.check_resumed_start(_config("model.kind=llama", "model.qk_norm=true"), run)
     assert str(err.value) == (
         "--resume: the run started from a Hugging Face checkpoint, whose weights fix the "
-        "architecture, so model.qk_norm True cannot apply; leave those settings unset"
+        "architecture, so model.attention.qk_norm True cannot apply; leave those settings unset"
     )
     with pytest.raises(ConfigError, match="cannot continue with data.seq_len 128 → 64"):
         resume.check_resume(run, _config("model.kind=llama", "data.seq_len=64").to_dict())
@@ -369,4 +369,35 @@ def test_a_config_yaml_with_flat_moe_mla_and_delta_keys_resumes_unchanged(tmp_pa
     }
     other = apply_overrides(load_config_data("moe_tiny"), [*new, "model.moe.layer_step=1"])
     with pytest.raises(ConfigError, match=r"cannot continue with model\.moe\.layer_step 2 → 1"):
+        resume.check_resume(tmp_path, read_config(other).to_dict())
+
+
+def test_a_config_yaml_with_flat_attention_keys_resumes_unchanged(tmp_path):
+    """A run saved with the attention settings flat (tjx-nn 0.29's config.yaml, here with a
+    window on every other layer, a soft cap and top-k decoding set): the same command resumes
+    with no change by the old names or the new (``model.attention.*``); the resumable top-k is
+    let through, a real change is named in the new keys."""
+    saved = yaml.safe_load((SAVED_BEFORE_SECTIONS / "moe_tiny.yaml").read_text())
+    flat = {"sliding_window": 8, "window_pattern": ["local", "global"]}
+    flat |= {"attn_logit_softcap": 30.0, "decode_topk": 2}
+    saved["model"] |= flat
+    RunDir(tmp_path).create(saved)
+    moe = ["model.num_experts=4", "model.moe_layer_step=2", "model.router=sigmoid"]
+    moe += ["model.router_bias_rate=0.002", "model.capacity_factor=2.0"]
+    old = [*moe, "model.sliding_window=8", "model.window_pattern=[local, global]"]
+    old += ["model.attn_logit_softcap=30.0", "model.decode_topk=2"]
+    new = [f"model.{nn.RENAMED_MODEL_KEYS[s.split('=')[0][6:]]}={s.split('=')[1]}" for s in old]
+    assert new[-2:] == ["model.attention.logit_softcap=30.0", "model.attention.decode_topk=2"]
+    for sets in (old, new):
+        cfg = read_config(apply_overrides(load_config_data("moe_tiny"), sets))
+        assert cfg.model.layer_windows(2) == (8, None)
+        assert resume.check_resume(tmp_path, cfg.to_dict()) == {}
+    topk = read_config(apply_overrides(load_config_data("moe_tiny"), [*new[:-1]]))
+    assert resume.check_resume(tmp_path, topk.to_dict()) == {
+        "model.attention.decode_topk": (2, None)
+    }
+    other = apply_overrides(
+        load_config_data("moe_tiny"), [*new, "model.attention.sliding_window=4"]
+    )
+    with pytest.raises(ConfigError, match=r"model\.attention\.sliding_window 8 → 4"):
         resume.check_resume(tmp_path, read_config(other).to_dict())

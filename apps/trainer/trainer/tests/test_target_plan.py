@@ -244,7 +244,10 @@ def test_a_plan_of_an_init_from_start_compiles_the_checkpoints_architecture(
     shape = dict(vocab_size=40, d_model=24, num_layers=3, num_heads=2, num_kv_heads=1, head_dim=12)
     nn.save_hf(
         nn.build_model(
-            nn.LlamaConfig(**shape, mlp=nn.MLPConfig(dim=32), qk_norm=True), rngs=nnx.Rngs(0)
+            nn.LlamaConfig(
+                **shape, mlp=nn.MLPConfig(dim=32), attention=nn.AttentionConfig(qk_norm=True)
+            ),
+            rngs=nnx.Rngs(0),
         ),
         folder,
     )
@@ -259,7 +262,7 @@ def test_a_plan_of_an_init_from_start_compiles_the_checkpoints_architecture(
     assert main([*argv, "--plan", "v5e", "--init-from", str(folder)]) == 0
     assert "train step: compiles" in capsys.readouterr().out
     (model,) = planned
-    assert {k: getattr(model, k) for k in shape} == shape and model.qk_norm
+    assert {k: getattr(model, k) for k in shape} == shape and model.attention.qk_norm
     assert model.remat == "full"  # how it trains: the config's
     # A family other than model.kind is refused as a run refuses it, in one line.
     assert main(["--config", "tiny", *sets, "--plan", "v5e", "--init-from", str(folder)]) == 2

@@ -64,29 +64,35 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
         return out + p[name + ".bias"] if name + ".bias" in p else out
 
     def qk(name, y, heads):
-        if not c.qk_norm:
+        if not c.attention.qk_norm:
             return y
-        if c.qk_norm_scope == "head":
+        if c.attention.qk_norm_scope == "head":
             return _rms(y, p[name + ".scale"], eps, c.norm.plus_one)
         flat = _rms(y.reshape(b, s, heads * hd), p[name + ".scale"], eps, c.norm.plus_one)
         return flat.reshape(y.shape)
 
     causal = np.tril(np.ones((s, s), bool))
     rows, cols = np.arange(s)[:, None], np.arange(s)[None, :]
-    scale = 1.0 / math.sqrt(c.query_pre_attn_scalar or hd)
+    scale = 1.0 / math.sqrt(c.attention.query_pre_attn_scalar or hd)
     for i in range(c.num_layers):
         t = f"stack.layers.{i}."
         # Gemma's local layers: query i sees keys i - window < j <= i, rotated at their own base.
         window = c.layer_windows()[i]
         seen = causal if window is None else causal & (rows - cols < window)
-        theta = c.rope_local_theta if window is not None and c.rope_local_theta else c.rope_theta
+        theta = (
+            c.position.rope_local_theta
+            if window is not None and c.position.rope_local_theta
+            else c.position.rope_theta
+        )
         a = norm(t + "attn_norm", x)
         q = qk(t + "attn.q_norm", lin(a, t + "attn.query", "bsd,dhk->bshk"), h)
         k = qk(t + "attn.k_norm", lin(a, t + "attn.key", "bsd,dhk->bshk"), hk)
         v = lin(a, t + "attn.value", "bsd,dhk->bshk")
-        q, k = _rope(q, pos, theta, c.rope_fraction), _rope(k, pos, theta, c.rope_fraction)
+        q, k = _rope(q, pos, theta, c.position.rope_fraction), _rope(
+            k, pos, theta, c.position.rope_fraction
+        )
         k, v = np.repeat(k, h // hk, axis=2), np.repeat(v, h // hk, axis=2)
-        logits = _cap(np.einsum("bqhd,bkhd->bhqk", q, k) * scale, c.attn_logit_softcap)
+        logits = _cap(np.einsum("bqhd,bkhd->bhqk", q, k) * scale, c.attention.logit_softcap)
         logits = np.where(seen, logits, -np.inf)
         # gpt-oss's sinks: a column of logit sink[h] in every row's softmax, with no value.
         sink = p.get(t + "attn.sinks", np.full(h, -np.inf))[None, :, None, None]

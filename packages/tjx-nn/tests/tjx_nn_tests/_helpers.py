@@ -9,12 +9,16 @@ from tjx import nn as tnn
 TINY = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
 
 
+# Built by make_config: a dotted key (``"position.kind"``) sets one setting of a section over the
+# section given whole, so overlays of different settings of one section do not replace each other.
 def gpt2_tiny(**kw) -> tnn.GPT2Config:
-    return tnn.GPT2Config(**{**TINY, **kw})
+    return tnn.make_config(tnn.GPT2Config, {**TINY, **kw})
 
 
 def llama_tiny(**kw) -> tnn.LlamaConfig:
-    return tnn.LlamaConfig(**{**TINY, "num_kv_heads": 2, "mlp": tnn.MLPConfig(dim=48), **kw})
+    return tnn.make_config(
+        tnn.LlamaConfig, {**TINY, "num_kv_heads": 2, "mlp": tnn.MLPConfig(dim=48), **kw}
+    )
 
 
 def build(cfg, seed: int = 0):

@@ -8,7 +8,9 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.configs import FLAT_SECTION_KEYS
 from tjx.nn.families.gemma4 import Gemma4Options
+from tjx.nn.families.llama4.options import Llama4Options
 from tjx_nn_tests import _written_0_28 as written
 
 #: A ``model.json`` exactly as the trainer wrote it before tjx-nn owned the format (tjx-nn 0.1):
@@ -30,17 +32,31 @@ WRITTEN_BY_TJX_0_1 = {
 
 SMALL = dict(vocab_size=50, max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
 CONFIGS = [
-    tnn.GPT2Config(**SMALL, precision="bf16", scan_layers=True, remat="full"),
-    tnn.GPT2Config(**SMALL, precision=tnn.Precision(jnp.float32, jnp.bfloat16, jnp.bfloat16)),
-    tnn.LlamaConfig(
-        **SMALL, num_kv_heads=1, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)
+    tnn.make_config(
+        tnn.GPT2Config, {**SMALL, "precision": "bf16", "scan_layers": True, "remat": "full"}
     ),
-    tnn.BertConfig(**SMALL, precision="pure_bf16"),
+    tnn.make_config(
+        tnn.GPT2Config,
+        {**SMALL, "precision": tnn.Precision(jnp.float32, jnp.bfloat16, jnp.bfloat16)},
+    ),
+    tnn.make_config(
+        tnn.LlamaConfig,
+        {
+            **SMALL,
+            "num_kv_heads": 1,
+            "mla": tnn.MLAConfig(kv_latent_dim=8),
+            "attention": tnn.AttentionConfig(type="mla"),
+        },
+    ),
+    tnn.make_config(tnn.BertConfig, {**SMALL, "precision": "pure_bf16"}),
     tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
-    tnn.EncoderDecoderConfig(**SMALL, num_decoder_layers=2, position="t5"),
-    tnn.TransformerConfig(**SMALL, precision="fp16"),
-    tnn.LlamaConfig(
-        **SMALL, moe=tnn.MoEConfig(num_experts=4, capacity_factor=1.25, router="sigmoid")
+    tnn.make_config(
+        tnn.EncoderDecoderConfig, {**SMALL, "num_decoder_layers": 2, "position.kind": "t5"}
+    ),
+    tnn.make_config(tnn.TransformerConfig, {**SMALL, "precision": "fp16"}),
+    tnn.make_config(
+        tnn.LlamaConfig,
+        {**SMALL, "moe": tnn.MoEConfig(num_experts=4, capacity_factor=1.25, router="sigmoid")},
     ),
 ]
 
@@ -65,8 +81,8 @@ def test_a_model_json_of_tjx_0_1_loads():
     # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #39's
     # cross_entropy_impl; #42's sliding_window, window_pattern; #41's MoE settings, at their dense
     # defaults; #44's family switches and DeepSeek's MLA fields; #56's gpt-oss and GLM switches),
-    # the MoE, MLA and delta settings as their sections (its flat kv_latent_dim moved in).
-    newer = {"rope_scaling": None, "qkv_bias": False, "cross_entropy_impl": "auto",
+    # the MoE, MLA and delta settings as their sections (its flat kv_latent_dim moved in),
+    newer = {"qkv_bias": False, "cross_entropy_impl": "auto",
              "sliding_window": None, "window_pattern": None,
              "moe": dataclasses.asdict(tnn.MoEConfig())}  # fmt: skip
     newer |= {
@@ -76,14 +92,12 @@ def test_a_model_json_of_tjx_0_1_loads():
         "query_pre_attn_scalar": None,
         "attn_logit_softcap": None,
         "final_logit_softcap": None,
-        "rope_local_theta": None,
         "mla": {
             "kv_latent_dim": None,
             "q_lora_rank": None,
             "qk_rope_head_dim": None,
             "v_head_dim": None,
         },
-        "rope_fraction": 1.0,
         "attention_sinks": False,
         # #56's Qwen3.5 settings: the gated attention output, the delta layers and their sizes.
         "attention_output_gate": False,
@@ -127,12 +141,26 @@ def test_a_model_json_of_tjx_0_1_loads():
     newer["norm"] = {"kind": "rmsnorm", "eps": 1e-06, "position": "pre", "plus_one": False}
     moved = ("kv_latent_dim", "init_std", "scaled_residual_init", "mlp_dim", "mlp_activation")
     moved += ("norm", "norm_eps", "norm_position")
+    # The position settings as their section (its flat keys moved in; rope_scaling,
+    # rope_fraction and rope_local_theta came later, at their defaults).
+    newer["position"] = {"kind": "rope", "rope_theta": 10000.0, "rope_fraction": 1.0}
+    newer["position"] |= {"rope_scaling": None, "rope_local_theta": None}
+    newer["position"] |= {"relative_buckets": 32, "relative_max_distance": 128}
+    moved += ("position", "rope_theta", "relative_buckets", "relative_max_distance")
     old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k not in moved}
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**old, **newer}}
+    # ... and the attention settings and Llama 4's in their sections (at their defaults here;
+    # the position section's are above: the file predates some of them).
+    for flat in [k for k, v in FLAT_SECTION_KEYS.items() if not v.startswith("position.")]:
+        assert want["fields"].pop(flat) == tnn.setting_value(config, FLAT_SECTION_KEYS[flat])
+    want["fields"]["attention"] = dataclasses.asdict(tnn.AttentionConfig())
+    want["fields"]["llama4"] = dataclasses.asdict(Llama4Options())
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.
     short = {"class": "GPT2Config", "fields": {**SMALL, "precision": "bf16"}}
-    assert tnn.config_from_dict(short) == tnn.GPT2Config(**SMALL, precision="bf16")
+    assert tnn.config_from_dict(short) == tnn.make_config(
+        tnn.GPT2Config, {**SMALL, "precision": "bf16"}
+    )
 
 
 @pytest.mark.parametrize(
@@ -214,7 +242,8 @@ def test_a_gemma4_model_json_of_tjx_0_29_loads_its_flat_switches_into_their_sect
                             kv_shared_mlp_dim=24, per_layer_input_dim=4, per_layer_vocab_size=20,
                             layer_scale=True)  # fmt: skip
     config = tnn.LlamaConfig(num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, d_model=16,
-                             sliding_window=3, window_pattern=["local", "global"],
+                             attention=tnn.AttentionConfig(sliding_window=3,
+                                                           window_pattern=["local", "global"]),
                              gemma4=options)  # fmt: skip
     today = tnn.config_to_dict(config)
     section = today["fields"].pop("gemma4")

@@ -8,6 +8,7 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.families.gemma4 import Gemma4Options
+from tjx.nn.families.llama4.options import Llama4Options
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
 from tjx.nn.norm_config import filled
@@ -42,29 +43,28 @@ def test_gpt2_config_overrides_and_unknown_preset():
     [
         (dict(d_model=30, num_heads=4), "d_model"),
         (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
-        (dict(position="relative"), "position"),
         (dict(num_layers=-1), "num_layers"),
         (dict(vocab_size=0), "vocab_size"),
         (dict(dropout=1.5), "dropout"),
         (dict(remat="everything"), "remat"),
         (dict(attention_impl="triton"), "attention_impl"),
         (dict(precision="fp8"), "precision"),
-        (dict(attention_type="mla"), "kv_latent_dim"),
-        (dict(position="rope", d_model=36, num_heads=4), "head_dim"),
-        (dict(decode_topk=0), "decode_topk"),
+        (dict(**{"attention.type": "mla"}), "kv_latent_dim"),
+        (dict(position=tnn.PositionConfig(kind="rope"), d_model=36, num_heads=4), "head_dim"),
+        (dict(**{"attention.decode_topk": 0}), "decode_topk"),
     ],
 )
 def test_bad_configs_raise_naming_the_field(kwargs, field):
     base = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
     with pytest.raises(ValueError, match=re.escape(field)):
-        tnn.GPT2Config(**{**base, **kwargs})
+        tnn.make_config(tnn.GPT2Config, {**base, **kwargs})
 
 
 def test_bad_config_messages_list_allowed_values():
     with pytest.raises(ValueError, match="swiglu"):
         tnn.LlamaConfig(mlp=tnn.MLPConfig(activation="tanh"))
     with pytest.raises(ValueError, match="alibi"):
-        tnn.LlamaConfig(position="xpos")
+        tnn.LlamaConfig(position=tnn.PositionConfig(kind="xpos"))
     with pytest.raises(ValueError, match="patch_size"):
         tnn.ViTConfig(image_size=30, patch_size=8)
     with pytest.raises(ValueError, match="type_vocab_size"):
@@ -106,7 +106,7 @@ def test_precision_helpers_and_more_bad_fields():
         tnn.GPT2Config(precision=3)
     assert tnn.GPT2Config(precision=None).precision == tnn.Precision()
     with pytest.raises(ValueError, match="rope_theta"):
-        tnn.LlamaConfig(rope_theta=0.0)
+        tnn.LlamaConfig(position=tnn.PositionConfig(rope_theta=0.0))
     with pytest.raises(ValueError, match="NormConfig.eps"):
         tnn.GPT2Config(norm=tnn.NormConfig(eps=0.0))
     with pytest.raises(ValueError, match="InitConfig.std"):
@@ -114,7 +114,7 @@ def test_precision_helpers_and_more_bad_fields():
     with pytest.raises(ValueError, match="num_labels"):
         tnn.BertConfig(num_labels=0)
     with pytest.raises(ValueError, match="position"):
-        tnn.ViTConfig(image_size=8, patch_size=4, position="rope")
+        tnn.ViTConfig(image_size=8, patch_size=4, position=tnn.PositionConfig(kind="rope"))
 
 
 def test_attention_impls_are_the_kernel_dispatchers_own():
@@ -136,10 +136,13 @@ BASE = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4
     [
         (dict(d_model=30), "GPT2Config.d_model: 30 must be divisible by GPT2Config.num_heads (4)"),
         (dict(num_kv_heads=3), "GPT2Config.num_kv_heads: 3 must divide GPT2Config.num_heads (4)"),
-        (dict(attention_type="mla"), "GPT2Config.mla.kv_latent_dim: attention_type 'mla' needs"),
+        (
+            dict(**{"attention.type": "mla"}),
+            "GPT2Config.mla.kv_latent_dim: attention.type 'mla' needs",
+        ),
         (
             dict(mla=tnn.MLAConfig(kv_latent_dim=8)),
-            "GPT2Config.mla.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
+            "GPT2Config.mla.kv_latent_dim: only attention.type 'mla' uses it (got attention.type "
             "'mha'); set it to None",
         ),
     ],
@@ -147,7 +150,7 @@ BASE = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4
 def test_cross_field_rules_name_both_fields(kwargs, message):
     """Each message starts with the field to fix and names the others by class and field."""
     with pytest.raises(ValueError) as err:
-        tnn.GPT2Config(**{**BASE, **kwargs})
+        tnn.make_config(tnn.GPT2Config, {**BASE, **kwargs})
     assert str(err.value).startswith(message), str(err.value)
 
 
@@ -162,9 +165,9 @@ def test_vit_patch_size_must_divide_the_image():
     ("config_class", "field", "value"),
     [
         (tnn.BertConfig, "tie_embeddings", False),
-        (tnn.BertConfig, "decode_topk", 2),
+        (tnn.BertConfig, "attention.decode_topk", 2),
         (tnn.ViTConfig, "tie_embeddings", True),
-        (tnn.ViTConfig, "decode_topk", 2),
+        (tnn.ViTConfig, "attention.decode_topk", 2),
         (tnn.ViTConfig, "vocab_size", 100),
         (tnn.ViTConfig, "norm.plus_one", True),
         (tnn.BertConfig, "final_logit_softcap", 30.0),
@@ -197,7 +200,7 @@ def test_decoders_read_every_shared_field():
         unused = set(config_class.unused_fields)
         decoder = config_class is not tnn.EncoderDecoderConfig
         assert unused == (set() if decoder else set(DECODER_ONLY) | set(NO_MOE))
-        assert config_class(decode_topk=2).decode_topk == 2
+        assert config_class(attention=tnn.AttentionConfig(decode_topk=2)).attention.decode_topk == 2
     assert dict(tnn.TransformerConfig.unused_fields) == {}
     assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False
 
@@ -221,6 +224,22 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
     assert tnn.LlamaConfig(num_layers=3, moe=moe).moe is moe
     with pytest.raises(ValueError, match=r"^LlamaConfig.delta.key_heads: only delta layers"):
         tnn.LlamaConfig(delta=tnn.DeltaConfig(key_heads=2))
+    # The attention section and Llama 4's options likewise; a window's needs of the model (its
+    # position encoding, a kernel that applies it) are the model config's.
+    with pytest.raises(ValueError, match=r"^AttentionConfig.qk_norm_scope: only qk_norm uses it"):
+        tnn.AttentionConfig(qk_norm_scope="projection")
+    with pytest.raises(ValueError, match=r"^AttentionConfig.chunk: a local layer has a chunk or"):
+        tnn.AttentionConfig(sliding_window=4, chunk=4)
+    with pytest.raises(ValueError, match=r"^Llama4Options.nope_temperature_floor/scale: only NoPE"):
+        Llama4Options(nope_temperature_floor=8.0)
+    window = tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"])
+    assert window.window_pattern == ("local", "global") and hash(window)  # a jit's static arg
+    with pytest.raises(ValueError, match=r"^LlamaConfig.attention.sliding_window: position 't5'"):
+        tnn.LlamaConfig(position=tnn.PositionConfig(kind="t5"), attention=window)
+    with pytest.raises(ValueError, match=r"^LlamaConfig.llama4.global_nope: needs position"):
+        tnn.LlamaConfig(
+            position=tnn.PositionConfig(kind="learned"), llama4=Llama4Options(global_nope=True)
+        )
 
 
 def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
@@ -235,6 +254,10 @@ def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
         tnn.NormConfig(kind="batchnorm")
     with pytest.raises(ValueError, match=r"^NormConfig.position must be one of"):
         tnn.NormConfig(position="peri")
+    with pytest.raises(ValueError, match=r"^PositionConfig.kind must be one of"):
+        tnn.PositionConfig(kind="relative")
+    assert tnn.EncoderDecoderConfig().position.kind == "sinusoidal"
+    assert tnn.LlamaConfig(position=tnn.PositionConfig(rope_theta=5e5)).position.kind == "rope"
     llama_norm = tnn.LlamaConfig(norm=tnn.NormConfig(plus_one=True)).norm
     assert llama_norm == tnn.NormConfig(kind="rmsnorm", eps=1e-6, position="pre", plus_one=True)
     bert_norm = tnn.BertConfig().norm
@@ -257,18 +280,27 @@ def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
 
 
 def test_the_model_config_holds_its_components_as_sections():
-    """MoE, MLA, Gated DeltaNet, multi-token prediction and init are one field each, no flat
-    settings of theirs beside (a family's own value of a setting: ``part_defaults``)."""
+    """Attention, MoE, MLA, Gated DeltaNet, multi-token prediction, init, MLP, norms and Llama
+    4's options are one field each, no flat settings of theirs beside (a family's own value of a
+    setting: ``part_defaults``)."""
     fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
-    sections = {"moe": tnn.MoEConfig, "mla": tnn.MLAConfig, "delta": tnn.DeltaConfig}
+    sections = {
+        "attention": tnn.AttentionConfig,
+        "moe": tnn.MoEConfig,
+        "mla": tnn.MLAConfig,
+        "delta": tnn.DeltaConfig,
+        "llama4": Llama4Options,
+    }
     sections |= {"mtp": tnn.MTPConfig, "init": tnn.InitConfig, "mlp": tnn.MLPConfig}
-    sections |= {"norm": tnn.NormConfig}
+    sections |= {"norm": tnn.NormConfig, "position": tnn.PositionConfig}
     defaults = tnn.LlamaConfig()
     for name, cls in sections.items():
         assert type(getattr(defaults, name)) is cls
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
     gone = {"num_experts", "router", "kv_latent_dim", "delta_impl", "scaled_residual_init"}
     gone |= {"mlp_dim", "mlp_activation", "norm_eps", "norm_position", "norm_plus_one"}
+    gone |= {"sliding_window", "attention_type", "qk_norm", "global_nope"}
+    gone |= {"rope_theta", "rope_scaling", "rope_fraction", "relative_buckets"}
     assert not gone & set(fields)
     assert not defaults.init.scaled_residual and tnn.GPT2Config().init.scaled_residual
     assert set(sections) | {"gemma4"} == set(tnn.SECTIONS)  # gemma4: its family's, tested there
@@ -288,7 +320,8 @@ def test_gemma4s_switches_are_its_familys_option_section():
     assert fields["gemma4"].default_factory is Gemma4Options
     assert not {f.name for f in dataclasses.fields(Gemma4Options)} & set(fields)
     assert "gemma4" in tnn.SECTIONS
-    config = tnn.LlamaConfig(num_layers=4, sliding_window=4, window_pattern=["local", "global"])
+    window = tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"])
+    config = tnn.LlamaConfig(num_layers=4, attention=window)
     changed = config.replace(**{"gemma4.kv_shared_layers": 2, "gemma4.value_norm": True})
     assert (changed.gemma4.kv_shared_layers, changed.gemma4.value_norm) == (2, True)
     assert tnn.setting_value(changed, "gemma4.kv_shared_layers") == 2

@@ -103,7 +103,7 @@ def test_determinism_and_seed_dependence():
 
 
 def test_dropout_uses_explicit_rngs():
-    model = build(gpt2_tiny(num_layers=1, dropout=0.3, attention_dropout=0.1))
+    model = build(gpt2_tiny(num_layers=1, dropout=0.3, attention=tnn.AttentionConfig(dropout=0.1)))
     toks = _toks()
     det = model(toks)
     np.testing.assert_allclose(det, model(toks))  # deterministic by default
@@ -250,7 +250,7 @@ def test_bf16_compute_keeps_f32_params_and_logits():
 
 @pytest.mark.parametrize("position", ["sinusoidal", "alibi", "none"])
 def test_other_positions_run_and_stay_causal(position):
-    model = build(gpt2_tiny(num_layers=1, position=position))
+    model = build(gpt2_tiny(num_layers=1, position=tnn.PositionConfig(kind=position)))
     toks = _toks(1, 6)
     a = model(toks)
     b = model(toks.at[0, 4].set((toks[0, 4] + 1) % 64))

@@ -92,7 +92,7 @@ def test_unscanned_or_other_models_are_refused():
         tnn.decoder_stages(bert)
 
 
-@pytest.mark.parametrize("rates", [{"dropout": 0.1}, {"attention_dropout": 0.2}])
+@pytest.mark.parametrize("rates", [{"dropout": 0.1}, {"attention.dropout": 0.2}])
 def test_dropout_is_refused_not_left_out(rates):
     with pytest.raises(ValueError, match="without dropout") as err:
         tnn.decoder_stages(build(gpt2_tiny(scan_layers=True, **rates)))

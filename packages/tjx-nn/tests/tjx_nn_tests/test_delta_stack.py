@@ -26,10 +26,9 @@ def _config(**kw):
         **{**BASE, **kw},
         mixer_pattern=["delta", "delta", "attention"],
         delta=DELTA,
-        attention_output_gate=True,
-        qk_norm=True,
+        attention=tnn.AttentionConfig(output_gate=True, qk_norm=True),
         norm=tnn.NormConfig(plus_one=True),
-        rope_fraction=0.25,
+        position=tnn.PositionConfig(rope_fraction=0.25),
     )
 
 
@@ -51,21 +50,23 @@ def test_bad_mixer_settings_are_refused_by_name(changes, message):
     with pytest.raises(ValueError, match=message):
         if "delta" in changes:
             changes = dict(changes, delta=tnn.DeltaConfig(**changes["delta"]))
-        tnn.LlamaConfig(**BASE, **changes)
+        tnn.make_config(tnn.LlamaConfig, {**BASE, **changes})
 
 
 def test_delta_layers_are_refused_outside_a_causal_decoder():
     fields = dict(vocab_size=50, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
     with pytest.raises(ValueError, match="BertConfig builds bidirectional attention layers"):
-        tnn.BertConfig(**fields, mixer_pattern=["delta"], delta=DELTA)
+        tnn.make_config(tnn.BertConfig, {**fields, "mixer_pattern": ["delta"], "delta": DELTA})
     with pytest.raises(ValueError, match="builds bidirectional, causal, cross attention layers"):
-        tnn.EncoderDecoderConfig(**fields, mixer_pattern=["delta"], delta=DELTA)
+        tnn.make_config(
+            tnn.EncoderDecoderConfig, {**fields, "mixer_pattern": ["delta"], "delta": DELTA}
+        )
 
 
 def test_the_layers_mixers_repeat_the_pattern_and_only_attention_layers_hold_keys():
     cfg = _config()
     assert cfg.layer_mixers() == ("delta", "delta", "attention", "delta")
-    assert tnn.LlamaConfig(**BASE).layer_mixers() == ("attention",) * 4
+    assert tnn.make_config(tnn.LlamaConfig, BASE).layer_mixers() == ("attention",) * 4
     model = tnn.Llama(cfg, rngs=nnx.Rngs(0))
     layers = model.stack.layers
     assert [b.delta is not None for b in layers] == [True, True, False, True]
@@ -81,8 +82,10 @@ def test_the_gated_output_is_the_heads_output_times_a_sigmoid_of_x():
     """With the gate's weights at zero every gate is one half: the output is half the output of
     the same attention without a gate."""
     seed = int(np.random.default_rng().integers(1 << 20))
-    cfg = tnn.LlamaConfig(**BASE)
-    gated = Attention(cfg.replace(attention_output_gate=True), rngs=nnx.Rngs(seed), causal=True)
+    cfg = tnn.make_config(tnn.LlamaConfig, BASE)
+    gated = Attention(
+        cfg.replace(**{"attention.output_gate": True}), rngs=nnx.Rngs(seed), causal=True
+    )
     plain = Attention(cfg, rngs=nnx.Rngs(seed), causal=True)
     assert plain.gate is None and gated.gate is not None
     for name in ("query", "key", "value", "out"):  # the same weights but the gate's
@@ -201,7 +204,7 @@ def test_the_delta_rules_implementation_is_said_beside_attentions(monkeypatch, t
     assert said[0].startswith("delta rule: xla (auto: no tjx measurement of the gated delta")
     assert "NVIDIA H100 80GB HBM3" in said[0] and said[1] == "attention: xla (model.attention_impl)"
     assert named == "delta rule: pallas (model.delta.impl)"
-    assert tnn.delta_kernel_line(tnn.LlamaConfig(**BASE)) is None  # no delta layer
+    assert tnn.delta_kernel_line(tnn.make_config(tnn.LlamaConfig, BASE)) is None  # no delta layer
     measured = tmp_path / "measured.json"
     table = {"source": "t", "entries": {}, "timings": {"gdelta-bf16": {"pallas": 2.0, "xla": 3.0}}}
     measured.write_text(json.dumps({"schema": 1, "devices": {h100[1]: table}}))

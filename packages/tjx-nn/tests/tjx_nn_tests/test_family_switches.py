@@ -23,8 +23,8 @@ FAMILIES = {
         norm=tnn.NormConfig(position="sandwich", plus_one=True),
         scale_embeddings=True,
         mlp=tnn.MLPConfig(activation="geglu"),
-        query_pre_attn_scalar=9,
-        attn_logit_softcap=2.0,
+        **{"attention.query_pre_attn_scalar": 9},
+        **{"attention.logit_softcap": 2.0},
         final_logit_softcap=3.0,
         tie_embeddings=True,
         head_dim=8,
@@ -34,33 +34,44 @@ FAMILIES = {
         norm=tnn.NormConfig(position="sandwich", plus_one=True),
         scale_embeddings=True,
         mlp=tnn.MLPConfig(activation="geglu"),
-        query_pre_attn_scalar=16,
-        qk_norm=True,
+        **{"attention.query_pre_attn_scalar": 16},
+        **{"attention.qk_norm": True},
         tie_embeddings=True,
     ),
     # Gemma 2's local/global pattern: a window of 4 (the sequences are 9-11 long) in layer 0.
-    "gemma2-local": dict(sliding_window=4, window_pattern=("local", "global")),
+    "gemma2-local": dict(
+        **{"attention.sliding_window": 4}, **{"attention.window_pattern": ("local", "global")}
+    ),
     # Gemma 3's: local layers 0 and 2 rotate at their own base (100, against 10,000), layer 1
     # is global; three layers so that a scan carries a pattern that is not uniform.
     "gemma3-local": dict(
-        sliding_window=3,
-        window_pattern=("local", "global"),
-        rope_local_theta=100.0,
+        **{"attention.sliding_window": 3},
+        **{"attention.window_pattern": ("local", "global")},
+        position=tnn.PositionConfig(rope_local_theta=100.0),
         num_layers=3,
     ),
-    "qwen3": dict(qk_norm=True, head_dim=10),
-    "olmo2": dict(norm=tnn.NormConfig(position="output"), qk_norm=True, qk_norm_scope="projection"),
+    "qwen3": dict(**{"attention.qk_norm": True}, head_dim=10),
+    "olmo2": dict(
+        norm=tnn.NormConfig(position="output"),
+        **{"attention.qk_norm": True},
+        **{"attention.qk_norm_scope": "projection"},
+    ),
     # gpt-oss: attention sinks, biases on every projection, the clamped SwiGLU, alternating
     # windows (its MoE layers: moe/test_layer.py).
     "gptoss": dict(
-        attention_sinks=True,
+        **{"attention.sinks": True},
         use_bias=True,
         mlp=tnn.MLPConfig(activation="swiglu_clamped"),
-        sliding_window=4,
-        window_pattern=("local", "global"),
+        **{"attention.sliding_window": 4},
+        **{"attention.window_pattern": ("local", "global")},
     ),
     # GLM-4.5: RoPE on each head's first 4 of 10 dims (int(10 · 0.4)), q/k norms, q/k/v biases.
-    "glm": dict(rope_fraction=0.4, qk_norm=True, qkv_bias=True, head_dim=10),
+    "glm": dict(
+        **{"position.rope_fraction": 0.4},
+        **{"attention.qk_norm": True},
+        **{"attention.qkv_bias": True},
+        head_dim=10,
+    ),
 }
 
 
@@ -71,7 +82,7 @@ def _switches(family):
 
 
 def _model(family, seed=0, **kw):
-    config = tnn.LlamaConfig(**{**_switches(family), **kw})
+    config = tnn.make_config(tnn.LlamaConfig, {**_switches(family), **kw})
     model = tnn.Llama(config, rngs=nnx.Rngs(seed))
     # Random norms (init makes them 0 or 1): a misplaced or mis-scaled norm changes the logits;
     # weights large enough that the soft caps bend the logits (without saturating them).
@@ -108,8 +119,8 @@ def test_each_switch_changes_the_logits():
     flat = tnn.get_flat_params(model)
     for change in (
         dict(scale_embeddings=False),
-        dict(query_pre_attn_scalar=None),
-        dict(attn_logit_softcap=None),
+        dict(**{"attention.query_pre_attn_scalar": None}),
+        dict(**{"attention.logit_softcap": None}),
         dict(final_logit_softcap=None),
     ):
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
@@ -124,8 +135,12 @@ def test_local_layers_rotate_at_their_own_base_and_see_only_their_window():
     model, config = _model("gemma3-local")
     base = np.asarray(model(tokens))
     flat = tnn.get_flat_params(model)
-    no_window = dict(rope_local_theta=None, sliding_window=None, window_pattern=None)
-    for change in (dict(rope_local_theta=None), no_window):
+    no_window = {
+        "position.rope_local_theta": None,
+        "attention.sliding_window": None,
+        "attention.window_pattern": None,
+    }
+    for change in ({"position.rope_local_theta": None}, no_window):
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
         tnn.set_flat_params(other, flat)
         assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
@@ -146,7 +161,7 @@ def test_scanned_and_remat_stacks_compute_the_same(family):
 def test_cached_decoding_matches_the_full_forward(family):
     # MLA: the key norm acts on keys up-projected from the cached latent at every step; with
     # Gemma 3's windows (gemma3-mla) those keys are re-rotated at the local base.
-    mla = dict(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8))
+    mla = dict(**{"attention.type": "mla"}, mla=tnn.MLAConfig(kv_latent_dim=8))
     mla = mla if family.endswith("mla") else {}
     name = "gemma3-local" if family == "gemma3-mla" else family.removesuffix("-mla")
     model, _ = _model(name, **mla)
@@ -220,10 +235,13 @@ def test_a_cross_attention_block_refuses_the_decoder_only_norm_positions():
 
 def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
     """sqrt(d) to float32, then to the compute dtype (bf16: sqrt(3072) = 55.43 -> 55.5)."""
-    config = tnn.LlamaConfig(
-        **{**BASE, "d_model": 3072, "num_heads": 24, "num_kv_heads": 24, "num_layers": 1},
-        scale_embeddings=True,
-        precision="pure_bf16",
+    config = tnn.make_config(
+        tnn.LlamaConfig,
+        {
+            **{**BASE, "d_model": 3072, "num_heads": 24, "num_kv_heads": 24, "num_layers": 1},
+            "scale_embeddings": True,
+            "precision": "pure_bf16",
+        },
     )
     model = nnx.eval_shape(lambda: tnn.Llama(config, rngs=nnx.Rngs(0)))
     model.embed.embedding.set_value(jnp.ones((40, 3072), jnp.bfloat16))
@@ -234,47 +252,90 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(qk_norm_scope="projection"), "qk_norm_scope: only qk_norm uses it"),
-        (dict(qk_norm=True, qk_norm_scope="heads"), "qk_norm_scope must be one of"),
-        (dict(attn_logit_softcap=0.0), "attn_logit_softcap must be a positive number"),
-        (dict(final_logit_softcap=True), "final_logit_softcap must be a positive number"),
-        (dict(query_pre_attn_scalar=-4), "query_pre_attn_scalar must be a positive number"),
+        (dict(**{"attention.qk_norm_scope": "projection"}), "qk_norm_scope: only qk_norm uses it"),
         (
-            dict(attn_logit_softcap=50.0, attention_impl="cudnn"),
+            dict(**{"attention.qk_norm": True}, **{"attention.qk_norm_scope": "heads"}),
+            "qk_norm_scope must be one of",
+        ),
+        (
+            dict(**{"attention.logit_softcap": 0.0}),
+            "AttentionConfig.logit_softcap must be a positive number",
+        ),
+        (dict(final_logit_softcap=True), "final_logit_softcap must be a positive number"),
+        (
+            dict(**{"attention.query_pre_attn_scalar": -4}),
+            "query_pre_attn_scalar must be a positive number",
+        ),
+        (
+            dict(**{"attention.logit_softcap": 50.0}, attention_impl="cudnn"),
             "attention_impl 'cudnn' cannot soft-cap",
         ),
         (
             dict(final_logit_softcap=30.0, cross_entropy_impl="pallas"),
             "cross_entropy_impl 'pallas' cannot soft-cap the output logits",
         ),
-        (dict(rope_local_theta=1e4), "rope_local_theta: only windowed RoPE layers use it"),
         (
-            dict(rope_local_theta=1e4, sliding_window=8, position="alibi"),
+            {"position.rope_local_theta": 1e4},
+            "rope_local_theta: only windowed RoPE layers use it",
+        ),
+        (
+            {
+                "position.rope_local_theta": 1e4,
+                "position.kind": "alibi",
+                "attention.sliding_window": 8,
+            },
             "rope_local_theta: only windowed RoPE layers",
         ),
-        (dict(rope_local_theta=0, sliding_window=8), "rope_local_theta must be a positive"),
-        (dict(attention_sinks=True, attention_impl="pallas"), "'pallas' cannot add attention"),
-        (dict(attention_sinks=True, attention_impl="cudnn"), "'cudnn' cannot add attention"),
-        (dict(attention_sinks=True, attention_impl="tokamax"), "'tokamax' cannot add attention"),
-        (dict(attention_sinks=True, decode_topk=4), "decode_topk 4 is not supported with"),
         (
-            dict(attention_sinks=True, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)),
-            "attention_type 'mla' is not supported with attention_sinks",
+            {"position.rope_local_theta": 0, "attention.sliding_window": 8},
+            "rope_local_theta must be a positive",
         ),
-        (dict(rope_fraction=0.0), "rope_fraction must be a number in \\(0, 1\\]"),
-        (dict(rope_fraction=1.5), "rope_fraction must be a number in"),
-        (dict(rope_fraction=0.3), "rotates int\\(head_dim 6 x 0.3\\) = 1 dims"),
-        (dict(rope_fraction=0.5, position="alibi"), "rope_fraction 0.5 needs position 'rope'"),
+        (
+            dict(**{"attention.sinks": True}, attention_impl="pallas"),
+            "'pallas' cannot add attention",
+        ),
+        (dict(**{"attention.sinks": True}, attention_impl="cudnn"), "'cudnn' cannot add attention"),
+        (
+            dict(**{"attention.sinks": True}, attention_impl="tokamax"),
+            "'tokamax' cannot add attention",
+        ),
+        (
+            dict(**{"attention.sinks": True}, **{"attention.decode_topk": 4}),
+            "attention sinks need full decoding .*got decode_topk 4",
+        ),
+        (
+            dict(
+                **{"attention.sinks": True},
+                **{"attention.type": "mla"},
+                mla=tnn.MLAConfig(kv_latent_dim=8),
+            ),
+            "attention sinks need full decoding .*type 'mla'",
+        ),
+        (
+            {"position.rope_fraction": 0.0},
+            "rope_fraction must be a number in \\(0, 1\\]",
+        ),
+        ({"position.rope_fraction": 1.5}, "rope_fraction must be a number in"),
+        (
+            dict(position=tnn.PositionConfig(rope_fraction=0.3)),
+            "rotates int\\(head_dim 6 x 0.3\\) = 1 dims",
+        ),
+        (
+            dict(position=tnn.PositionConfig(rope_fraction=0.5, kind="alibi")),
+            "rope_fraction 0.5 needs position.kind 'rope'",
+        ),
         (
             dict(
                 head_dim=8,
-                rope_fraction=0.5,
-                rope_scaling=dict(
-                    type="longrope",
-                    factor=2.0,
-                    original_max_position_embeddings=8,
-                    short_factor=[1.0] * 4,
-                    long_factor=[1.0] * 4,
+                position=tnn.PositionConfig(
+                    rope_fraction=0.5,
+                    rope_scaling=dict(
+                        type="longrope",
+                        factor=2.0,
+                        original_max_position_embeddings=8,
+                        short_factor=[1.0] * 4,
+                        long_factor=[1.0] * 4,
+                    ),
                 ),
             ),
             "with a longrope rope_scaling is not supported",
@@ -283,7 +344,7 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
 )
 def test_bad_switches_raise_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        tnn.LlamaConfig(**BASE, **kwargs)
+        tnn.make_config(tnn.LlamaConfig, {**BASE, **kwargs})
 
 
 def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
@@ -291,9 +352,9 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
     (the same weights otherwise) moves the logits."""
     tokens = jnp.asarray(_tokens())
     for family, change in (
-        ("gptoss", dict(attention_sinks=False)),
+        ("gptoss", dict(**{"attention.sinks": False})),
         ("gptoss", dict(mlp=tnn.MLPConfig(activation="swiglu"))),
-        ("glm", dict(rope_fraction=1.0)),
+        ("glm", dict(position=tnn.PositionConfig(rope_fraction=1.0))),
     ):
         model, config = _model(family, init=tnn.InitConfig(std=1.0))
         flat = tnn.get_flat_params(model)
@@ -304,7 +365,9 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
 
 
 def test_a_model_with_sinks_resolves_the_xla_kernel():
-    resolved = tnn.resolve_attention(tnn.LlamaConfig(**BASE, attention_sinks=True))
+    resolved = tnn.resolve_attention(
+        tnn.make_config(tnn.LlamaConfig, {**BASE, "attention": tnn.AttentionConfig(sinks=True)})
+    )
     assert resolved.kernel("causal") == kernels.AttentionKernel.XLA
 
 
@@ -315,7 +378,12 @@ def test_non_decoders_refuse_the_decoder_only_switches():
         tnn.BertConfig(norm=tnn.NormConfig(position="sandwich"))
     with pytest.raises(ValueError, match="EncoderDecoderConfig.final_logit_softcap"):
         tnn.EncoderDecoderConfig(final_logit_softcap=30.0)
-    with pytest.raises(ValueError, match="BertConfig.attention_sinks: only decoders"):
-        tnn.BertConfig(attention_sinks=True)
+    with pytest.raises(ValueError, match="BertConfig.attention.sinks: only decoders"):
+        tnn.BertConfig(attention=tnn.AttentionConfig(sinks=True))
     assert tnn.GPT2Config(norm=tnn.NormConfig(position="output")).norm.position == "output"
-    assert tnn.LlamaConfig(query_pre_attn_scalar=256).query_pre_attn_scalar == 256.0
+    assert (
+        tnn.LlamaConfig(
+            attention=tnn.AttentionConfig(query_pre_attn_scalar=256)
+        ).attention.query_pre_attn_scalar
+        == 256.0
+    )

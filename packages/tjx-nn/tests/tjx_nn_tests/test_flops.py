@@ -7,6 +7,7 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.families.gemma4 import Gemma4Options
+from tjx.nn.families.llama4.options import Llama4Options
 from tjx_nn_tests._helpers import TINY, gpt2_tiny, llama_tiny
 
 VIT = dict(d_model=32, num_layers=2, num_heads=4, image_size=8, patch_size=4, num_classes=5)
@@ -55,33 +56,46 @@ CASES = [
     ("llama-tied", llama_tiny(tie_embeddings=True), 8, None),
     (
         "llama-mla",
-        llama_tiny(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), head_dim=6),
+        llama_tiny(
+            mla=tnn.MLAConfig(kv_latent_dim=8),
+            head_dim=6,
+            attention=tnn.AttentionConfig(type="mla"),
+        ),
         8,
         None,
     ),
-    ("bert", tnn.BertConfig(**TINY, num_labels=3), 16, None),
-    ("vit", tnn.ViTConfig(**VIT), 5, None),
+    ("bert", tnn.make_config(tnn.BertConfig, {**TINY, "num_labels": 3}), 16, None),
+    ("vit", tnn.make_config(tnn.ViTConfig, VIT), 5, None),
     (
         "encdec-untied",
-        tnn.EncoderDecoderConfig(
-            **TINY, num_encoder_layers=3, tie_embeddings=False, num_kv_heads=2
+        tnn.make_config(
+            tnn.EncoderDecoderConfig,
+            {**TINY, "num_encoder_layers": 3, "tie_embeddings": False, "num_kv_heads": 2},
         ),
         6,
         10,
     ),
-    ("encdec-tied-rope", tnn.EncoderDecoderConfig(**TINY, position="rope"), 8, None),
+    (
+        "encdec-tied-rope",
+        tnn.make_config(tnn.EncoderDecoderConfig, {**TINY, "position.kind": "rope"}),
+        8,
+        None,
+    ),
     # T5 relative bias tables are lookups (leaf "table", not a kernel): excluded like positions.
     (
         "encdec-t5-scan",
-        tnn.EncoderDecoderConfig(**TINY, position="t5", scan_layers=True, num_kv_heads=2),
+        tnn.make_config(
+            tnn.EncoderDecoderConfig,
+            {**TINY, "position.kind": "t5", "scan_layers": True, "num_kv_heads": 2},
+        ),
         6,
         10,
     ),
-    ("llama-t5", llama_tiny(position="t5"), 8, None),
+    ("llama-t5", llama_tiny(position=tnn.PositionConfig(kind="t5")), 8, None),
 ]
 #: Qwen3.5's layout: delta layers (no score matrix) around a gated attention layer.
 QWEN3_5 = dict(
-    mixer_pattern=["delta", "attention", "delta"], attention_output_gate=True,
+    mixer_pattern=["delta", "attention", "delta"], **{"attention.output_gate": True},
     delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=3, value_dim=5),
 )  # fmt: skip
 
@@ -133,15 +147,17 @@ def test_flops_errors():
     with pytest.raises(ValueError, match="src_len"):
         tnn.flops_per_token(gpt2_tiny(), 8, src_len=8)
     with pytest.raises(ValueError, match="src_len"):
-        tnn.flops_per_token(tnn.EncoderDecoderConfig(**TINY), 8, src_len=0)
+        tnn.flops_per_token(tnn.make_config(tnn.EncoderDecoderConfig, TINY), 8, src_len=0)
     with pytest.raises(ValueError, match="num_patches"):
-        tnn.flops_per_token(tnn.ViTConfig(**VIT), 16)
+        tnn.flops_per_token(tnn.make_config(tnn.ViTConfig, VIT), 16)
     with pytest.raises(ValueError, match="causal_half"):
         tnn.flops_per_token(gpt2_tiny(), 8, causal_half=1)
 
 
 def test_flops_per_unit_is_per_image_for_a_vit_and_per_token_otherwise():
-    vit = tnn.ViTConfig(**VIT)  # 8x8 images in 4x4 patches: 4 patches + the class token
+    vit = tnn.make_config(
+        tnn.ViTConfig, VIT
+    )  # 8x8 images in 4x4 patches: 4 patches + the class token
     weighted, _ = _independent(vit, 5, 5)
     per_image = 6 * weighted + 12 * vit.num_heads * vit.head_dim * vit.num_layers * 5 * 5
     assert tnn.flops_per_unit(vit, 123) == per_image  # the sequence is the image's, not 123
@@ -153,7 +169,7 @@ def test_flops_per_unit_of_an_encoder_decoder_is_per_continued_token(seq_len):
     """The trainer counts an encoder-decoder's continued tokens (the window's second half, read
     from its first): one window's FLOPs are those of a ``half``-token source and a
     ``seq_len - half + 1``-token target, spread over that target."""
-    config = tnn.EncoderDecoderConfig(**TINY)
+    config = tnn.make_config(tnn.EncoderDecoderConfig, TINY)
     half = seq_len // 2
     target = seq_len - half + 1
     per_unit = tnn.flops_per_unit(config, seq_len)
@@ -191,7 +207,10 @@ def test_each_mtp_depth_counts_a_layer_and_the_shared_head_once_more():
 def test_a_chunked_layer_counts_its_chunks_score_blocks():
     """Llama 4: a local layer with chunks of 3 over 8 positions scores blocks of 3, 3 and 2
     positions (22 pairs' area, half of it causally); the global layer its whole 8 x 8."""
-    cfg = llama_tiny(attention_chunk=3, window_pattern=["local", "global"], global_nope=True)
+    cfg = llama_tiny(
+        attention=tnn.AttentionConfig(chunk=3, window_pattern=["local", "global"]),
+        llama4=Llama4Options(global_nope=True),
+    )
     s = 8
     weighted, _ = _independent(cfg, s, s)
     A = cfg.num_heads * cfg.head_dim
@@ -206,8 +225,8 @@ def test_gemma4_layers_count_each_at_its_own_shape():
     reading earlier ones' keys and values with a double MLP, per-layer embeddings: the weights
     against the built model's, the score matrices at each layer's width (a window of 4 of 8)."""
     cfg = llama_tiny(
-        num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, sliding_window=4,
-        window_pattern=["local", "global"], tie_embeddings=True,
+        num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, tie_embeddings=True,
+        attention=tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"]),
         gemma4=Gemma4Options(global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
                              kv_shared_layers=2, kv_shared_mlp_dim=2 * 24, per_layer_input_dim=4),
     )  # fmt: skip

@@ -173,10 +173,19 @@ def test_joint_projection_is_the_stacked_projection_as_one_array():
 
 
 def _pallas_gpt2(**kw):
-    cfg = tnn.GPT2Config(
-        vocab_size=8, max_seq_len=16, d_model=32, num_layers=1, num_heads=4,
-        attention_impl="pallas", precision="bf16", **kw,
-    )  # fmt: skip
+    cfg = tnn.make_config(
+        tnn.GPT2Config,
+        {
+            "vocab_size": 8,
+            "max_seq_len": 16,
+            "d_model": 32,
+            "num_layers": 1,
+            "num_heads": 4,
+            "attention_impl": "pallas",
+            "precision": "bf16",
+            **kw,
+        },
+    )
     attn = tnn.Attention(cfg, rngs=nnx.Rngs(0), causal=True)
     rng = np.random.default_rng(16)
     for p in (attn.query, attn.key, attn.value):  # non-zero biases: their gradients matter
@@ -245,8 +254,8 @@ def test_gpt2_attention_with_pallas_reads_qkv_as_one_tensor_and_matches_the_thre
 
 def test_layers_with_something_per_head_between_projection_and_kernel_keep_three_arrays():
     """RoPE (Llama), ALiBi, q/k norms, GQA, another kernel: chosen when the layer is built."""
-    assert not _pallas_gpt2(position="alibi").stacked_qkv
-    assert not _pallas_gpt2(qk_norm=True).stacked_qkv
+    assert not _pallas_gpt2(position=tnn.PositionConfig(kind="alibi")).stacked_qkv
+    assert not _pallas_gpt2(attention=tnn.AttentionConfig(qk_norm=True)).stacked_qkv
     assert not _gpt2_attention()[0].stacked_qkv  # auto on CPU: XLA
     for kv_heads in (4, 2):  # RoPE; RoPE and grouped keys/values
         llama = tnn.LlamaConfig(

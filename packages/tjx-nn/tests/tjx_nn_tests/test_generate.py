@@ -34,8 +34,8 @@ def _reference_greedy(model, prompts, lengths, max_new):
     [
         gpt2_tiny(),
         llama_tiny(scan_layers=True),
-        llama_tiny(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)),
-        gpt2_tiny(position="alibi", num_layers=1),
+        llama_tiny(mla=tnn.MLAConfig(kv_latent_dim=8), attention=tnn.AttentionConfig(type="mla")),
+        gpt2_tiny(position=tnn.PositionConfig(kind="alibi"), num_layers=1),
     ],
     ids=["gpt2", "llama-gqa-scan", "llama-mla", "alibi"],
 )
@@ -147,8 +147,8 @@ def test_topk_decode_attention_matches_numpy():
 
 def test_topk_sparse_decode_in_model_runs_and_equals_dense_when_k_large():
     dense = build(llama_tiny(), seed=2)
-    sparse = build(llama_tiny(decode_topk=16), seed=2)
-    few = build(llama_tiny(decode_topk=2), seed=2)
+    sparse = build(llama_tiny(attention=tnn.AttentionConfig(decode_topk=16)), seed=2)
+    few = build(llama_tiny(attention=tnn.AttentionConfig(decode_topk=2)), seed=2)
     prompts = np.random.RandomState(2).randint(0, 64, (2, 4)).astype(np.int32)
     a = tnn.generate(dense, prompts, max_new_tokens=4)
     b = tnn.generate(sparse, prompts, max_new_tokens=4)
@@ -159,7 +159,7 @@ def test_topk_sparse_decode_in_model_runs_and_equals_dense_when_k_large():
 
 def test_kv_cache_bytes_mla_saves_memory():
     base = tnn.LlamaConfig(d_model=512, num_heads=8, num_kv_heads=8, num_layers=4)
-    mla = base.replace(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=64))
+    mla = base.replace(mla=tnn.MLAConfig(kv_latent_dim=64), **{"attention.type": "mla"})
     full = tnn.kv_cache_bytes(base, batch=2, seq_len=100)
     small = tnn.kv_cache_bytes(mla, batch=2, seq_len=100)
     assert full == 4 * 2 * 100 * 2 * 8 * 64 * 2

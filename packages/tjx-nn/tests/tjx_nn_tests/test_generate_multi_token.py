@@ -28,33 +28,50 @@ BASE = dict(
     head_dim=4, mlp=tnn.MLPConfig(dim=24), precision=F32,
 )  # fmt: skip
 MLA = dict(
-    num_kv_heads=4, head_dim=8, attention_type="mla",
+    num_kv_heads=4, head_dim=8, **{"attention.type": "mla"},
     mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6),
 )  # fmt: skip
 # gpt-oss: sinks, biases, a window on every other layer; Gemma 2's soft cap.
 SINKS = dict(
-    attention_sinks=True, use_bias=True, sliding_window=4, window_pattern=("local", "global"),
-    attn_logit_softcap=2.0,
-)  # fmt: skip
+    **{"attention.sinks": True},
+    use_bias=True,
+    **{"attention.sliding_window": 4},
+    **{"attention.window_pattern": ("local", "global")},
+    **{"attention.logit_softcap": 2.0},
+)
 # Llama 4: chunked RoPE layers, a NoPE global layer with its temperature, an MoE layer.
 LLAMA4 = dict(
-    num_layers=4, attention_chunk=3, window_pattern=("local",) * 3 + ("global",),
-    global_nope=True, qk_l2_norm=True, nope_temperature_floor=2.0, nope_temperature_scale=0.5,
-    moe=tnn.MoEConfig(num_experts=4, experts_per_token=1, expert_mlp_dim=4, layer_step=2,
-                      router="sigmoid_plain", router_norm_topk=False, router_scales_input=True),
-)  # fmt: skip
+    num_layers=4,
+    **{"attention.chunk": 3},
+    **{"attention.window_pattern": ("local",) * 3 + ("global",)},
+    **{"llama4.global_nope": True},
+    qk_l2_norm=True,
+    **{"llama4.nope_temperature_floor": 2.0},
+    **{"llama4.nope_temperature_scale": 0.5},
+    moe=tnn.MoEConfig(
+        num_experts=4,
+        experts_per_token=1,
+        expert_mlp_dim=4,
+        layer_step=2,
+        router="sigmoid_plain",
+        router_norm_topk=False,
+        router_scales_input=True,
+    ),
+)
 # DeepSeek-V3: absorbed MLA, yarn, MoE with a capacity (which a decode step must not apply).
 DEEPSEEK = dict(
     MLA, mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1,
                       first_dense=1, capacity_factor=0.5),
-    rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
-                      mscale_all_dim=1.0),
+    position=tnn.PositionConfig(rope_scaling=dict(
+        type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
+        mscale_all_dim=1.0)),
 )  # fmt: skip
 # Gemma 4: shared-KV layers reading their sources, global layers of their own geometry.
 GEMMA4 = dict(
-    num_layers=4, head_dim=8, sliding_window=3, window_pattern=("local", "global"), qk_norm=True,
-    rope_local_theta=100.0,
+    num_layers=4, head_dim=8, **{"attention.sliding_window": 3},
+    **{"attention.window_pattern": ("local", "global")}, **{"attention.qk_norm": True},
+    position=tnn.PositionConfig(rope_local_theta=100.0),
     gemma4=Gemma4Options(global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
                          global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2,
                          per_layer_input_dim=4, per_layer_vocab_size=32),
@@ -62,22 +79,22 @@ GEMMA4 = dict(
 HYBRID = dict(
     num_layers=3, mixer_pattern=["delta", "delta", "attention"], head_dim=8,
     delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_dim=6),
-    attention_output_gate=True,
+    **{"attention.output_gate": True},
 )  # fmt: skip
 #: Each flavour of the cached path: its config fields (Llama's unless ``gpt2``).
 FLAVOURS = {
     "gqa-scanned": dict(scan_layers=True),
-    "gpt2-alibi": dict(gpt2=True, position="alibi"),
-    "t5-bias": dict(position="t5"),
+    "gpt2-alibi": dict(gpt2=True, position=tnn.PositionConfig(kind="alibi")),
+    "t5-bias": dict(position=tnn.PositionConfig(kind="t5")),
     # Every layer windowed: a rolling cache of the window's 3 slots, which the 3-token step fills.
-    "rolling-window": dict(sliding_window=3),
+    "rolling-window": dict(**{"attention.sliding_window": 3}),
     "sinks-softcap-window": SINKS,
     "llama4-chunks": LLAMA4,
-    "mla-latent": dict(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)),
+    "mla-latent": dict(**{"attention.type": "mla"}, mla=tnn.MLAConfig(kv_latent_dim=8)),
     "deepseek-moe": DEEPSEEK,
     # DeepSeek's MLA with biases on the up-projections: every cached latent up-projected again.
-    "deepseek-unabsorbed": dict(**MLA, qkv_bias=True),
-    "decode-topk": dict(decode_topk=3),
+    "deepseek-unabsorbed": dict(**MLA, **{"attention.qkv_bias": True}),
+    "decode-topk": dict(**{"attention.decode_topk": 3}),
     "gemma4-shared-kv": GEMMA4,
     "delta-hybrid": HYBRID,
 }
@@ -89,9 +106,9 @@ def _model(name: str, seed: int):
     fields = dict(BASE, precision=F64, **FLAVOURS[name])
     if fields.pop("gpt2", False):
         fields = {k: v for k, v in fields.items() if k not in ("num_kv_heads", "head_dim")}
-        config = tnn.GPT2Config(**fields)
+        config = tnn.make_config(tnn.GPT2Config, fields)
     else:
-        config = tnn.LlamaConfig(**fields)
+        config = tnn.make_config(tnn.LlamaConfig, fields)
     model = tnn.build_model(config, rngs=nnx.Rngs(seed))
     # Random norms, biases, sinks and gates (init leaves them 0 or 1), so a misread one shows.
     rs = np.random.default_rng(seed)
@@ -170,7 +187,10 @@ def test_a_step_of_more_tokens_than_slots_is_refused_in_one_line():
 
 def test_a_length_dependent_rope_scaling_is_refused_for_several_tokens():
     scaling = dict(type="dynamic", factor=2.0, original_max_position_embeddings=8)
-    model = tnn.Llama(tnn.LlamaConfig(**BASE, rope_scaling=scaling), rngs=nnx.Rngs(0))
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**BASE, "position.rope_scaling": scaling}),
+        rngs=nnx.Rngs(0),
+    )
     cache = model.init_cache(1, 8)
     tokens = jnp.zeros((1, 2), jnp.int32)
     with pytest.raises(ValueError, match="rope_scaling \\(dynamic or longrope\\) turns"):

@@ -86,7 +86,7 @@ def test_a_named_kernel_that_fails_raises_naming_the_setting(h100):
 
 def test_a_soft_capped_model_leaves_cudnn_out(h100):
     said: list[str] = []
-    cfg = llama_tiny(attn_logit_softcap=50.0, precision="bf16")
+    cfg = llama_tiny(precision="bf16", attention=tnn.AttentionConfig(logit_softcap=50.0))
     kernel, _ = _choose(cfg, lambda k: None, said.append)
     assert kernel != "cudnn" and "cudnn skipped: it cannot soft-cap the logits" in said[0]
 
@@ -102,7 +102,7 @@ def test_a_split_sequence_says_its_block_kernel_and_compiles_nothing(h100):
 
 
 def test_a_windowed_split_takes_the_xla_blocks_and_the_line_names_the_setting():
-    cfg = llama_tiny(sliding_window=4)
+    cfg = llama_tiny(attention=tnn.AttentionConfig(sliding_window=4))
     line = tnn.split_kernel_line(cfg, 2, "ring", named_by="the run's model.attention_impl")
     assert line == (
         "attention: xla blocks, ring across mesh.context=2 (windowed, the run's "
@@ -152,7 +152,7 @@ def test_a_model_resolves_its_kernel_once_when_built_and_its_calls_only_run_it(m
 def test_a_model_built_for_an_h100_holds_the_h100s_kernel(h100):
     layer = tnn.Attention(llama_tiny(precision="bf16"), rngs=nnx.Rngs(0), causal=True)
     assert layer.kernel is kernels.AttentionKernel.CUDNN  # nothing measured: cuDNN serves it
-    capped = llama_tiny(precision="bf16", attn_logit_softcap=50.0)
+    capped = llama_tiny(precision="bf16", attention=tnn.AttentionConfig(logit_softcap=50.0))
     assert tnn.Attention(capped, rngs=nnx.Rngs(0), causal=True).kernel == "xla"
 
 
@@ -193,9 +193,19 @@ ENCDEC = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads
     "config",
     [
         gpt2_tiny(num_layers=1, precision="bf16"),
-        llama_tiny(num_layers=1, precision="bf16", sliding_window=4, attn_logit_softcap=30.0),
-        tnn.BertConfig(**ENCDEC, precision="bf16", sliding_window=4),
-        tnn.EncoderDecoderConfig(**ENCDEC, precision="bf16", sliding_window=4),
+        llama_tiny(
+            num_layers=1,
+            precision="bf16",
+            attention=tnn.AttentionConfig(sliding_window=4, logit_softcap=30.0),
+        ),
+        tnn.make_config(
+            tnn.BertConfig,
+            {**ENCDEC, "precision": "bf16", "attention": tnn.AttentionConfig(sliding_window=4)},
+        ),
+        tnn.make_config(
+            tnn.EncoderDecoderConfig,
+            {**ENCDEC, "precision": "bf16", "attention": tnn.AttentionConfig(sliding_window=4)},
+        ),
     ],
     ids=["gpt2", "gemma-like", "bert-windowed", "encdec-windowed"],
 )
@@ -224,15 +234,15 @@ def test_a_model_built_after_its_kernel_choice_runs_that_resolution(config, h100
             config, rngs=nnx.Rngs(0), causal=kind == "causal", cross=kind == "cross"
         )
         assert layer.kernel is kernel
-    want = {"causal": "xla" if config.attn_logit_softcap else "cudnn", "cross": "cudnn"}
-    want["bidirectional"] = "xla" if config.sliding_window else "cudnn"
+    want = {"causal": "xla" if config.attention.logit_softcap else "cudnn", "cross": "cudnn"}
+    want["bidirectional"] = "xla" if config.attention.sliding_window else "cudnn"
     assert dict(resolved.by_kind) == {kind: want[kind] for kind in kinds}
 
 
 def test_a_deepseek_layer_resolves_for_the_wider_of_its_key_and_value_heads():
     """DeepSeek's MLA runs its kernels at max(head_dim, v_head_dim); the other kinds at head_dim."""
     mla = tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=12)
-    cfg = llama_tiny(attention_type="mla", mla=mla, num_kv_heads=4)
+    cfg = llama_tiny(mla=mla, num_kv_heads=4, attention=tnn.AttentionConfig(type="mla"))
     assert tnn.kernel_choice.attention_width(cfg, "causal") == 12
     layer = tnn.Attention(cfg, rngs=nnx.Rngs(0), causal=True)
     assert layer.width == 12
@@ -306,7 +316,9 @@ def test_a_model_given_its_resolved_kernels_resolves_nothing_and_another_configs
     from tjx.nn import attention as attention_module
     from tjx.nn import stack as stack_module
 
-    cfg = llama_tiny(num_layers=2, precision="bf16", attn_logit_softcap=30.0)
+    cfg = llama_tiny(
+        num_layers=2, precision="bf16", attention=tnn.AttentionConfig(logit_softcap=30.0)
+    )
     resolved = tnn.resolve_attention(cfg, build=lambda kernel: None, say=lambda line: None)
     assert resolved.serves(cfg) and resolved.kernel("causal") is kernels.AttentionKernel.XLA
 
@@ -323,7 +335,7 @@ def test_a_model_given_its_resolved_kernels_resolves_nothing_and_another_configs
         if kernel == "cudnn":
             raise RuntimeError("cuDNN failed to compile")
 
-    plain = cfg.replace(attn_logit_softcap=None)
+    plain = cfg.replace(**{"attention.logit_softcap": None})
     fell = tnn.resolve_attention(plain, build=no_cudnn, say=lambda line: None)
     assert (fell.name, fell.fell_back) == ("xla", True)
     assert fell.serves(plain.replace(attention_impl="xla")) and not fell.serves(plain)

@@ -69,17 +69,19 @@ CASES = {
     "gpt2-unrolled": (gpt2_tiny(num_layers=3), 1 + 3 * 3),  # embed + 3 x (2 residual + attn)
     "llama-scanned": (llama_tiny(num_layers=3, scan_layers=True), 1 + 3 * 3),
     "encoder-decoder": (
-        tnn.EncoderDecoderConfig(**{**TINY, "num_layers": 2}, num_decoder_layers=2),
+        tnn.make_config(
+            tnn.EncoderDecoderConfig, {**{**TINY, "num_layers": 2}, "num_decoder_layers": 2}
+        ),
         2 + 2 * 3 + 2 * 5,  # 2 embeds; encoder 2 + 1, decoder 3 + 2 (cross) per layer
     ),
-    "bert": (tnn.BertConfig(**TINY), 1 + 2 * 3),
+    "bert": (tnn.make_config(tnn.BertConfig, TINY), 1 + 2 * 3),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_dropout_site_gets_its_own_key(monkeypatch, name):
     cfg, expected = CASES[name]
-    model = build(cfg.replace(dropout=0.5, attention_dropout=0.5), seed=3)
+    model = build(cfg.replace(dropout=0.5, **{"attention.dropout": 0.5}), seed=3)
     draws = _record_dropout_keys(monkeypatch)
     toks = jnp.asarray(np.random.RandomState(4).randint(0, V, (2, 6)), jnp.int32)
     args = (toks, toks[:, :5]) if name == "encoder-decoder" else (toks,)
@@ -195,7 +197,7 @@ def test_mlm_mask_selection_and_replacement_kind_are_independent():
 
 
 def test_masked_lm_key_masks_and_dropout_comes_from_the_model_stream():
-    model = build(tnn.BertConfig(**TINY, dropout=0.3), seed=9)
+    model = build(tnn.make_config(tnn.BertConfig, {**TINY, "dropout": 0.3}), seed=9)
     toks = jnp.asarray(np.random.RandomState(9).randint(1, V - 1, (2, 12)), jnp.int32)
     segs = jnp.ones_like(toks)
     key = jax.random.key(1)

@@ -134,7 +134,7 @@ def test_attention_module_matches_numpy_gqa(kv_heads):
         num_layers=1,
         num_heads=4,
         num_kv_heads=kv_heads,
-        position="none",
+        position=tnn.PositionConfig(kind="none"),
     )
     attn = tnn.Attention(cfg, rngs=nnx.Rngs(0), causal=True)
     x = RS.randn(2, 5, 16).astype(np.float32)
@@ -194,7 +194,12 @@ def test_the_stack_builds_one_mask_that_every_layer_refines_for_its_kernel(monke
     import tjx.kernels
 
     cfg = tnn.LlamaConfig(
-        vocab_size=16, max_seq_len=8, d_model=16, num_layers=2, num_heads=2, sliding_window=3
+        vocab_size=16,
+        max_seq_len=8,
+        d_model=16,
+        num_layers=2,
+        num_heads=2,
+        attention=tnn.AttentionConfig(sliding_window=3),
     )
     model = tnn.Llama(cfg, rngs=nnx.Rngs(0))
     ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 0, 0]], jnp.int32)

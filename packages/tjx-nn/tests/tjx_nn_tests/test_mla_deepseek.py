@@ -20,7 +20,7 @@ from tjx_nn_tests._helpers import most_reads_alive
 
 MLA = dict(
     vocab_size=48, max_seq_len=32, d_model=32, num_layers=3, num_heads=4, num_kv_heads=4,
-    head_dim=12, mlp=tnn.MLPConfig(dim=40), attention_type="mla",
+    head_dim=12, mlp=tnn.MLPConfig(dim=40), **{"attention.type": "mla"},
     mla=tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
 )  # fmt: skip
 MOE = tnn.MoEConfig(
@@ -63,7 +63,9 @@ def _reference(attn, config, x):
     p = {k: np.asarray(v, np.float64) for k, v in tnn.get_flat_params(attn).items()}
     s, rope = x.shape[0], config.mla.qk_rope_head_dim
     pos = np.arange(s, dtype=np.float64)
-    inv, attention = tnn.rope_parameters(rope, config.rope_theta, config.rope_scaling)
+    inv, attention = tnn.rope_parameters(
+        rope, config.position.rope_theta, config.position.rope_scaling
+    )
     q_in = x
     if config.mla.q_lora_rank:
         q_in = _rms(x @ p["query_down.kernel"], p["query_latent_norm.scale"])
@@ -76,8 +78,8 @@ def _reference(attn, config, x):
     k = np.concatenate([k_nope, np.broadcast_to(k_rope[:, None], (*k_nope.shape[:2], rope))], -1)
     v = np.einsum("sr,rhd->shd", latent, p["value.kernel"])
     scale = config.head_dim**-0.5
-    if config.rope_scaling is not None:
-        scale *= (0.1 * math.log(config.rope_scaling.factor) + 1.0) ** 2
+    if config.position.rope_scaling is not None:
+        scale *= (0.1 * math.log(config.position.rope_scaling.factor) + 1.0) ** 2
     logits = np.einsum("qhd,khd->hqk", q, k) * scale
     logits = np.where(np.tril(np.ones((s, s), bool)), logits, -np.inf)
     w = np.exp(logits - logits.max(-1, keepdims=True))
@@ -88,11 +90,11 @@ def _reference(attn, config, x):
 
 @pytest.mark.parametrize(
     "extra",
-    [MLA, dict(_mla(q_lora_rank=10), rope_scaling=YARN)],
+    [MLA, dict(_mla(q_lora_rank=10), position=tnn.PositionConfig(rope_scaling=YARN))],
     ids=["v2-lite query", "v3 low-rank query, yarn mscale"],
 )
 def test_deepseek_attention_matches_a_float64_reference(extra):
-    config = tnn.LlamaConfig(**extra)
+    config = tnn.make_config(tnn.LlamaConfig, extra)
     attn = Attention(config, rngs=nnx.Rngs(3), causal=True)
     x = np.random.default_rng(0).normal(size=(1, 10, 32)).astype(np.float32)
     got = np.asarray(attn(jnp.asarray(x))[0])[0]
@@ -102,7 +104,7 @@ def test_deepseek_attention_matches_a_float64_reference(extra):
 
 def test_decoding_with_the_latent_cache_matches_the_full_forward():
     moe = _moe(router="sigmoid", router_groups=4, router_topk_groups=2, router_scale=2.5)
-    config = tnn.LlamaConfig(**_mla(q_lora_rank=10), moe=moe)
+    config = tnn.make_config(tnn.LlamaConfig, {**_mla(q_lora_rank=10), "moe": moe})
     model = tnn.Llama(config, rngs=nnx.Rngs(1))
     prompt = jnp.asarray(np.random.default_rng(2).integers(0, 48, (2, 5)))
     out = tnn.generate(model, prompt, max_new_tokens=8, temperature=0)
@@ -112,7 +114,7 @@ def test_decoding_with_the_latent_cache_matches_the_full_forward():
 
 
 def test_the_cache_holds_the_normed_latent_and_the_shared_rope_key():
-    config = tnn.LlamaConfig(**MLA)
+    config = tnn.make_config(tnn.LlamaConfig, MLA)
     cache = tnn.init_cache(config, batch=2, max_len=8)
     assert {k: v.shape for k, v in cache.items()} == {
         "latent": (3, 2, 8, 16),
@@ -123,13 +125,15 @@ def test_the_cache_holds_the_normed_latent_and_the_shared_rope_key():
 
 def test_defaults_leave_the_older_mla_and_the_routers_as_they_were():
     """No DeepSeek field set: no new module, the same cache, scale and routing weights."""
-    older = tnn.LlamaConfig(**_mla(qk_rope_head_dim=None, v_head_dim=None))
+    older = tnn.make_config(tnn.LlamaConfig, {**_mla(qk_rope_head_dim=None, v_head_dim=None)})
     attn = Attention(older, rngs=nnx.Rngs(0), causal=True)
     assert attn.key_rope is None and attn.kv_latent_norm is None and attn.width == 12
     assert attn.scale == 1.0 / math.sqrt(12)
     assert set(tnn.init_cache(older, batch=1, max_len=4)) == {"latent"}
     logits = jax.random.normal(jax.random.key(0), (5, 8))
-    routing = ROUTERS["softmax"].fn(logits, None, tnn.LlamaConfig(**MLA, moe=MOE))
+    routing = ROUTERS["softmax"].fn(
+        logits, None, tnn.make_config(tnn.LlamaConfig, {**MLA, "moe": MOE})
+    )
     top, _ = jax.lax.top_k(jax.nn.softmax(logits), 2)
     np.testing.assert_array_equal(routing.weights, top / top.sum(-1, keepdims=True))
 
@@ -150,7 +154,7 @@ def _grouped_reference(scores, steer, groups, keep, k, by):
 def test_grouped_routing_chooses_within_each_tokens_best_groups(router):
     moe = _moe(router=router, router_groups=4, router_topk_groups=2, router_scale=2.5,
                router_norm_topk=router == "sigmoid")  # fmt: skip
-    config = tnn.LlamaConfig(**MLA, moe=moe)
+    config = tnn.make_config(tnn.LlamaConfig, {**MLA, "moe": moe})
     rng = np.random.default_rng(5)
     logits = rng.normal(size=(64, 8)).astype(np.float32)
     bias = rng.normal(size=8).astype(np.float32) * 0.3 if router == "sigmoid" else None
@@ -181,7 +185,7 @@ def test_grouped_routing_chooses_within_each_tokens_best_groups(router):
         (dict(MLA, num_kv_heads=2), "num_kv_heads: DeepSeek's MLA"),
         (_mla(qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
         (
-            dict(MLA, attention_type="mha", mla=dict(q_lora_rank=8, qk_rope_head_dim=4)),
+            dict(MLA, **{"attention.type": "mha"}, mla=dict(q_lora_rank=8, qk_rope_head_dim=4)),
             "mla.q_lora_rank: only",
         ),
         (dict(MLA, moe=dict(router_scale=2.0)), "router_scale: only MoE models"),
@@ -201,12 +205,12 @@ def test_deepseek_settings_out_of_place_are_refused_by_name(fields, needle):
     sections = {"mla": tnn.MLAConfig, "moe": tnn.MoEConfig}
     with pytest.raises(ValueError, match=needle):
         built = {k: sections[k](**v) if isinstance(v, dict) else v for k, v in fields.items()}
-        tnn.LlamaConfig(**built)
+        tnn.make_config(tnn.LlamaConfig, built)
 
 
 V3 = dict(
     _mla(q_lora_rank=10),
-    rope_scaling=YARN,
+    position=tnn.PositionConfig(rope_scaling=YARN),
     moe=_moe(router="sigmoid", router_groups=4, router_topk_groups=2, router_scale=2.5),
 )
 V2 = dict(MLA, moe=_moe(num_shared_experts=2, router_norm_topk=False, router_scale=1.5))
@@ -214,7 +218,7 @@ V2 = dict(MLA, moe=_moe(num_shared_experts=2, router_norm_topk=False, router_sca
 
 @pytest.mark.parametrize("fields, model_type", [(V2, "deepseek_v2"), (V3, "deepseek_v3")])
 def test_a_deepseek_export_loads_back_as_the_same_model(tmp_path, fields, model_type):
-    model = tnn.Llama(tnn.LlamaConfig(**fields), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, fields), rngs=nnx.Rngs(0))
     tnn.save_hf(model, tmp_path / "ck")
     hf = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert hf["model_type"] == model_type and hf["head_dim"] == 4
@@ -230,7 +234,7 @@ def test_a_deepseek_export_loads_back_as_the_same_model(tmp_path, fields, model_
 
 
 def _v3_folder(tmp_path, **hf_changes):
-    model = tnn.Llama(tnn.LlamaConfig(**V3), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, V3), rngs=nnx.Rngs(0))
     folder = tmp_path / "v3"
     tnn.save_hf(model, folder)
     hf = json.loads((folder / "config.json").read_text()) | hf_changes
@@ -282,7 +286,10 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
     the same tensors."""
     from safetensors.numpy import load_file
 
-    model = tnn.Llama(tnn.LlamaConfig(**V3, mtp=tnn.MTPConfig(depths=1)), rngs=nnx.Rngs(1))
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**V3, "mtp": tnn.MTPConfig(depths=1)}),
+        rngs=nnx.Rngs(1),
+    )
     assert model.mtp is not None and model.mtp.layers[0].block.moe is not None
     tnn.save_hf(model, tmp_path / "a")
     assert json.loads((tmp_path / "a" / "config.json").read_text())["num_nextn_predict_layers"] == 1
@@ -314,7 +321,10 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
 
 
 def test_a_model_with_mtp_is_not_saved_where_hf_has_no_place_for_it(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**V2, mtp=tnn.MTPConfig(depths=1)), rngs=nnx.Rngs(0))
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**V2, "mtp": tnn.MTPConfig(depths=1)}),
+        rngs=nnx.Rngs(0),
+    )
     with pytest.raises(ValueError, match="mtp.depths=1: model_type 'deepseek_v2' stores no"):
         tnn.save_hf(model, tmp_path / "ck")
 
@@ -346,7 +356,7 @@ def test_deepseek_upstream_auto_map_loads(tmp_path):
 
 def test_a_model_deepseek_cannot_express_is_not_written(tmp_path):
     gated = replace(V2["moe"], shared_expert_gate=True)
-    model = tnn.Llama(tnn.LlamaConfig(**dict(V2, moe=gated)), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, {**dict(V2, moe=gated)}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="shared_expert_gate=True"):
         tnn.save_hf(model, tmp_path / "no")
     assert not (tmp_path / "no").exists()
@@ -358,12 +368,12 @@ def test_flops_count_every_weight_of_deepseeks_attention_once(q_lora_rank):
     score/value terms use head_dim for q·k and v_head_dim for the values."""
     from tjx.nn.flops import _attention_weights
 
-    config = tnn.LlamaConfig(**_mla(q_lora_rank=q_lora_rank))
+    config = tnn.make_config(tnn.LlamaConfig, {**_mla(q_lora_rank=q_lora_rank)})
     attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
     kernels = {k: v.size for k, v in tnn.get_flat_params(attn).items() if k.endswith("kernel")}
     assert sum(_attention_weights(config)) == sum(kernels.values())
     s = 16
-    older = tnn.LlamaConfig(**_mla(v_head_dim=12, q_lora_rank=q_lora_rank))
+    older = tnn.make_config(tnn.LlamaConfig, {**_mla(v_head_dim=12, q_lora_rank=q_lora_rank)})
     # Narrower values (6 instead of 12 dims a head) save, per token and layer, 6·(their value
     # and output weights) (2 FLOPs a multiply-add, x3 with the backward pass), and 6·(4 heads x
     # 6 dims)·s/2 in the weighted sum (a causal query sees s/2 keys on average).
@@ -407,7 +417,7 @@ def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
     assert (config.mla.q_lora_rank, config.head_dim, config.mla.v_head_dim) == (None, 12, 6)
     moe = config.moe
     assert (moe.experts_per_token, moe.router, moe.router_groups) == (6, "softmax", 1)
-    assert config.rope_scaling.type == "yarn" and config.max_seq_len == 1280
+    assert config.position.rope_scaling.type == "yarn" and config.max_seq_len == 1280
     attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
     mscale = 0.1 * 0.707 * math.log(40) + 1  # transformers' yarn_get_mscale(40, 0.707)
     assert attn.scale == pytest.approx(12**-0.5 * mscale**2, rel=1e-12)
@@ -423,7 +433,7 @@ def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
 def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
     """PEFT's targets would be HF's q/k/v_proj, which DeepSeek's attention does not have (and
     its query rows are permuted): refused, nothing written; ``save_hf`` merges them instead."""
-    model = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, V2), rngs=nnx.Rngs(0))
     lora = tnn.LoraConfig(rank=2, targets=("q", "v"))
     tnn.add_lora(model, lora, rngs=nnx.Rngs(1))
     from tjx.nn.lora import lora_modules
@@ -437,7 +447,7 @@ def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
     tnn.save_hf(model, tmp_path / "merged")  # the adapters merged into the kernels
     loaded, _ = tnn.load_hf(tmp_path / "merged")
     tokens = jnp.asarray([[1, 2, 3, 4, 5]])
-    bare = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
+    bare = tnn.Llama(tnn.make_config(tnn.LlamaConfig, V2), rngs=nnx.Rngs(0))
     assert np.abs(np.asarray(model(tokens) - bare(tokens))).max() > 1e-3  # the adapters act
     np.testing.assert_allclose(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
 
@@ -445,17 +455,19 @@ def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
 def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monkeypatch):
     """Each tensor read is let go before the next, but for the routed experts, which stack one
     layer's projections (8 here) into one kernel: peak memory stays near the weights' bytes."""
-    tnn.save_hf(tnn.Llama(tnn.LlamaConfig(**V3), rngs=nnx.Rngs(0)), tmp_path / "ck")
+    tnn.save_hf(tnn.Llama(tnn.make_config(tnn.LlamaConfig, V3), rngs=nnx.Rngs(0)), tmp_path / "ck")
     assert most_reads_alive(monkeypatch, tmp_path / "ck") == (8, 0)
 
 
-@pytest.mark.parametrize("extra", [MLA, dict(_mla(q_lora_rank=10), rope_scaling=YARN)])
+@pytest.mark.parametrize(
+    "extra", [MLA, dict(_mla(q_lora_rank=10), position=tnn.PositionConfig(rope_scaling=YARN))]
+)
 def test_the_absorbed_decode_step_equals_up_projecting_every_latent(monkeypatch, extra):
     """DeepSeek's inference form (key folded into the query, value into the output) attends to
     the same cache with the same result, to float32 rounding."""
     from tjx.nn import mla
 
-    config = tnn.LlamaConfig(**extra)
+    config = tnn.make_config(tnn.LlamaConfig, extra)
     attn = Attention(config, rngs=nnx.Rngs(4), causal=True)
     rng = np.random.default_rng(1)
     prompt, step = (jnp.asarray(rng.normal(size=(2, n, 32)), jnp.float32) for n in (6, 1))

@@ -88,7 +88,7 @@ def _reference(p, c, tokens, targets):
 
 
 def _model(seed, **changes):
-    model = tnn.Llama(tnn.LlamaConfig(**{**TINY, **changes}), rngs=nnx.Rngs(seed))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, {**TINY, **changes}), rngs=nnx.Rngs(seed))
     rs = np.random.default_rng(seed)  # norms start at 1: random, so a swapped norm shows
     flat = tnn.get_flat_params(model)
     tnn.set_flat_params(
@@ -170,7 +170,7 @@ def test_an_moe_depth_adds_its_router_losses_to_the_mtp_loss():
     """MoE blocks where the stack's layer would be (past ``moe.first_dense``), their router
     penalty in ``MTPLoss.loss`` (the cross-entropy means alone in its sums)."""
     moe = tnn.MoEConfig(num_experts=4, experts_per_token=2, first_dense=1, router_aux_loss=0.5)
-    model = tnn.Llama(tnn.LlamaConfig(**TINY, moe=moe), rngs=nnx.Rngs(5))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, {**TINY, "moe": moe}), rngs=nnx.Rngs(5))
     assert [layer.block.moe is not None for layer in model.mtp.layers] == [True, True]
     tokens = jnp.asarray(np.random.default_rng(5).integers(0, 40, (2, 9)))
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
@@ -197,15 +197,18 @@ MOE = dict(moe=tnn.MoEConfig(
     router="sigmoid",
 ))  # fmt: skip
 DEEPSEEK_V3 = dict(
-    **MOE, num_kv_heads=4, head_dim=8, attention_type="mla",
+    **MOE, num_kv_heads=4, head_dim=8, **{"attention.type": "mla"},
     mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
-    rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
-                      mscale_all_dim=1.0),
+    position=tnn.PositionConfig(rope_scaling=dict(
+        type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
+        mscale_all_dim=1.0)),
 )  # fmt: skip
 MTP_FAMILIES = {
     "gqa": {},
     "deepseek-v3": DEEPSEEK_V3,
-    "glm-4.5": dict(**MOE, head_dim=8, rope_fraction=0.5, qkv_bias=True),
+    "glm-4.5": dict(
+        **MOE, head_dim=8, **{"position.rope_fraction": 0.5}, **{"attention.qkv_bias": True}
+    ),
 }
 
 
@@ -232,7 +235,9 @@ def _copying_model(**changes):
     the current token alone; embedding rows of RMS 1 (``enorm(e) = e`` up to eps); and depth 1
     is the main layer behind ``eh_proj = [I; 0]`` (the embedding passed, the hidden state
     dropped) with the final norm: its prediction at i is the main model's at i + 1."""
-    c = tnn.LlamaConfig(**{**TINY, "num_layers": 1, "mtp": tnn.MTPConfig(depths=1), **changes})
+    c = tnn.make_config(
+        tnn.LlamaConfig, {**TINY, "num_layers": 1, "mtp": tnn.MTPConfig(depths=1), **changes}
+    )
     model = tnn.Llama(c, rngs=nnx.Rngs(3))
     flat = tnn.get_flat_params(model)
     e = flat["embed.embedding"]
@@ -300,12 +305,15 @@ def test_each_step_verifies_its_draft_in_one_pass_of_the_main_model(monkeypatch)
     [
         (dict(depths=-1), {}, "MTPConfig.depths must be a non-negative int"),
         (dict(loss_weight=-0.1), {}, "MTPConfig.loss_weight must be >= 0"),
-        ({}, dict(sliding_window=4), "mtp.depths: multi-token prediction is implemented"),
+        ({}, {"attention.sliding_window": 4}, "mtp.depths: multi-token prediction is implemented"),
+        ({}, dict(position=tnn.PositionConfig(kind="t5")), "got position.kind='t5'"),
     ],
 )
 def test_bad_mtp_settings_are_refused_by_name(mtp, fields, needle):
     with pytest.raises(ValueError, match=needle):
-        tnn.LlamaConfig(**{**TINY, **fields, "mtp": tnn.MTPConfig(**{"depths": 2, **mtp})})
+        tnn.make_config(
+            tnn.LlamaConfig, {**TINY, **fields, "mtp": tnn.MTPConfig(**{"depths": 2, **mtp})}
+        )
 
 
 def test_mtp_is_refused_where_it_cannot_run():
@@ -313,10 +321,14 @@ def test_mtp_is_refused_where_it_cannot_run():
         tnn.BertConfig(
             vocab_size=30, d_model=16, num_layers=1, num_heads=2, mtp=tnn.MTPConfig(depths=1)
         )
-    plain = tnn.Llama(tnn.LlamaConfig(**{**TINY, "mtp": tnn.MTPConfig()}), rngs=nnx.Rngs(0))
+    plain = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**TINY, "mtp": tnn.MTPConfig()}), rngs=nnx.Rngs(0)
+    )
     with pytest.raises(ValueError, match="mtp.depths >= 1"):
         tnn.generate_speculative(plain, [[1, 2]], max_new_tokens=2)
-    model = tnn.Llama(tnn.LlamaConfig(**{**TINY, "mtp": tnn.MTPConfig(depths=1)}), rngs=nnx.Rngs(0))
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**TINY, "mtp": tnn.MTPConfig(depths=1)}), rngs=nnx.Rngs(0)
+    )
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len=32"):
         tnn.generate_speculative(model, [[1, 2]], max_new_tokens=31)
     none = tnn.generate_speculative(model, np.zeros((0, 3)), max_new_tokens=2)

@@ -56,7 +56,8 @@ def test_an_old_vit_read_grey_images():
 
 def test_llama3s_four_numbers_read_as_the_rope_scaling_section():
     got = tnn.migrate_model_section({"kind": "llama", "rope_scaling": [8, 1, 4, 8192]})
-    assert got["rope_scaling"]["type"] == "llama3" and got["rope_scaling"]["factor"] == 8
+    scaling = got["position"]["rope_scaling"]
+    assert scaling["type"] == "llama3" and scaling["factor"] == 8
     with pytest.raises(ValueError, match="^m.rope_scaling"):
         tnn.migrate_model_section({"rope_scaling": [8, 4, 1, 16]}, key="m")
     assert "model.param_dtype" in {f"model.{k}" for k in tnn.RENAMED_MODEL_KEYS}
@@ -84,7 +85,7 @@ def test_the_flat_moe_mla_and_delta_keys_move_into_their_sections():
     assert got == {
         "kind": "llama",
         "d_model": 64,
-        "attention_type": "mha",
+        "attention": {"type": "mha"},
         "moe": {
             "num_experts": 4,
             "experts_per_token": 2,
@@ -156,6 +157,39 @@ def test_the_flat_mtp_init_and_mlp_keys_move_into_their_sections():
     assert config.mlp == tnn.MLPConfig(dim=32, activation="swiglu")
 
 
+def test_the_flat_position_keys_move_into_the_position_section():
+    """A section written before the ``position`` section reads as it: ``position``, a name then,
+    is ``position.kind``, a mapping there is today's; a model.json reads them alike."""
+    old = {"kind": "llama", "position": "alibi", "rope_theta": 5e5, "rope_fraction": 1.0}
+    old |= {"rope_local_theta": None, "relative_buckets": 16, "relative_max_distance": 64}
+    got = tnn.migrate_model_section(old)
+    assert got == {
+        "kind": "llama",
+        "position": {
+            "kind": "alibi",
+            "rope_theta": 5e5,
+            "rope_fraction": 1.0,
+            "rope_local_theta": None,
+            "relative_buckets": 16,
+            "relative_max_distance": 64,
+        },
+    }
+    today = {"position": {"kind": "rope", "rope_theta": 5e5}}
+    assert tnn.migrate_model_section(today) == today
+    assert tnn.RENAMED_MODEL_KEYS["position"] == "position.kind"
+    with pytest.raises(ValueError, match=r"^model.rope_theta: is model.position.rope_theta now"):
+        tnn.migrate_model_section({"rope_theta": 5e5, "position": {"rope_theta": 1e4}})
+    fields = {"vocab_size": 40, "d_model": 16, "num_heads": 2, "num_layers": 1}
+    fields |= {"position": "t5", "relative_buckets": 8, "relative_max_distance": 16}
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": fields})
+    assert config.position == tnn.PositionConfig(
+        kind="t5", relative_buckets=8, relative_max_distance=16
+    )
+    # A model.json of today's version reads back the same config.
+    again = tnn.config_from_dict(tnn.config_to_dict(config))
+    assert again == config
+
+
 def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
     """0.21 moved them to the trainer app, which tjx.nn cannot import: one ImportError line
     naming the new import."""
@@ -165,3 +199,48 @@ def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
         tnn.roofline_inputs  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'batch_shape'"):
         tnn.batch_shape  # noqa: B018  (a typo stays an AttributeError)
+
+
+def test_the_flat_attention_and_llama4_keys_move_into_their_sections():
+    """A section or model.json written before the ``attention`` and ``llama4`` sections reads
+    as them: each key in its section, renamed where the section says it
+    (``attn_logit_softcap`` → ``attention.logit_softcap``); a key beside its new one is
+    refused."""
+    old = {
+        "kind": "llama",
+        "attention_type": "mha",
+        "attention_dropout": 0.1,
+        "sliding_window": 8,
+        "window_pattern": ["local", "global"],
+        "attn_logit_softcap": 30.0,
+        "qk_norm": True,
+        "decode_topk": None,
+        "global_nope": False,
+    }
+    got = tnn.migrate_model_section(old)
+    assert got == {
+        "kind": "llama",
+        "attention": {
+            "type": "mha",
+            "dropout": 0.1,
+            "sliding_window": 8,
+            "window_pattern": ["local", "global"],
+            "logit_softcap": 30.0,
+            "qk_norm": True,
+            "decode_topk": None,
+        },
+        "llama4": {"global_nope": False},
+    }
+    assert tnn.RENAMED_MODEL_KEYS["attention_chunk"] == "attention.chunk"
+    assert tnn.RENAMED_MODEL_KEYS["nope_temperature_floor"] == "llama4.nope_temperature_floor"
+    fields = {k: v for k, v in old.items() if k != "kind"}
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": {**fields, "num_layers": 2}})
+    assert config.layer_windows() == (8, None) and config.attention.logit_softcap == 30.0
+    # Llama 4's flat NoPE switches (a model.json of tjx-nn 0.29) read into its section.
+    llama4 = {"attention_chunk": 4, "window_pattern": ["local", "global"], "global_nope": True,
+              "nope_temperature_floor": 8.0, "nope_temperature_scale": 0.2}  # fmt: skip
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": llama4})
+    assert (config.attention.chunk, config.llama4.temperature()) == (4, (8.0, 0.2))
+    assert tnn.config_from_dict(tnn.config_to_dict(config)) == config
+    with pytest.raises(ValueError, match="model.sliding_window: is model.attention.sliding_window"):
+        tnn.migrate_model_section({"sliding_window": 4, "attention": {"sliding_window": 8}})

@@ -91,7 +91,7 @@ def test_vit_classifier_and_hidden():
     assert np.any(np.asarray(grads["cls_token"].get_value()) != 0)
     with pytest.raises(ValueError, match="images must be"):
         model(jnp.zeros((2, 9, 8, 3)))
-    sin = build(cfg.replace(position="sinusoidal", num_layers=1))
+    sin = build(cfg.replace(**{"position.kind": "sinusoidal"}, num_layers=1))
     assert sin(images).shape == (2, 5)
 
 
@@ -114,5 +114,7 @@ def test_encoder_decoder_causal_decoder_and_source_padding():
     a = model(src, tgt, src_segment_ids=seg)
     b = model(src.at[:, 5].set(2), tgt, src_segment_ids=seg)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    untied = build(cfg.replace(tie_embeddings=False, position="learned", scan_layers=True))
+    untied = build(
+        cfg.replace(tie_embeddings=False, scan_layers=True, **{"position.kind": "learned"})
+    )
     assert untied(src, tgt).shape == (2, 5, 64) and untied.unembedding().shape == (32, 64)

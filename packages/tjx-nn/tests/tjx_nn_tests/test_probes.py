@@ -56,7 +56,7 @@ def test_token_losses_match_a_float64_log_softmax():
 
 @pytest.mark.parametrize(
     "config",
-    [gpt2_tiny(), llama_tiny(sliding_window=5)],
+    [gpt2_tiny(), llama_tiny(attention=tnn.AttentionConfig(sliding_window=5))],
     ids=["gpt2", "llama-gqa-window"],
 )
 def test_a_recording_holds_each_layers_largest_activation_and_logit(monkeypatch, config):
@@ -97,7 +97,7 @@ def test_a_recording_holds_each_layers_largest_activation_and_logit(monkeypatch,
         same = np.asarray(segments)[:, :, None] == np.asarray(segments)[:, None, :]
         want = np.where(seen[None, None] & same[:, None], logits, -np.inf).max()
         assert values["attention_logit_max"][i] == pytest.approx(want, rel=1e-5)
-    if config.sliding_window:
+    if config.attention.sliding_window:
         assert all(kw["mask"].window == 5 for _, _, kw in calls)
 
 

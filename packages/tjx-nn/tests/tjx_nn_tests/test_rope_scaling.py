@@ -20,20 +20,38 @@ def test_every_form_reads_into_one_typed_setting():
     want = tnn.RopeScaling(type="yarn", factor=4.0, original_max_position_embeddings=16)
     assert tnn.RopeScaling.parse(YARN) == want
     assert tnn.RopeScaling.parse({**YARN, "rope_type": "yarn", "type": None}) == want
-    assert llama_tiny(rope_scaling=YARN).rope_scaling == want
-    legacy = llama_tiny(rope_scaling=[8, 1, 4, 16]).rope_scaling
+    assert llama_tiny(position=tnn.PositionConfig(rope_scaling=YARN)).position.rope_scaling == want
+    legacy = llama_tiny(
+        position=tnn.PositionConfig(rope_scaling=[8, 1, 4, 16])
+    ).position.rope_scaling
     assert legacy.type == "llama3" and legacy.original_max_position_embeddings == 16
     assert tnn.RopeScaling.parse(None) is None
     # an app's unset section (every key null) is "no scaling": the config holds None
-    assert llama_tiny(rope_scaling=tnn.RopeScaling()).rope_scaling is None
-    assert llama_tiny(rope_scaling={"type": None, "factor": None}).rope_scaling is None
+    assert (
+        llama_tiny(
+            position=tnn.PositionConfig(rope_scaling=tnn.RopeScaling())
+        ).position.rope_scaling
+        is None
+    )
+    assert (
+        llama_tiny(
+            position=tnn.PositionConfig(rope_scaling={"type": None, "factor": None})
+        ).position.rope_scaling
+        is None
+    )
     cfg = llama_tiny(
-        rope_scaling={"type": "longrope", "factor": 2.0, "original_max_position_embeddings": 8,
-                      "short_factor": [1.0] * 4, "long_factor": [2, 3, 4, 5]}
+        position=tnn.PositionConfig(rope_scaling={
+            "type": "longrope", "factor": 2.0, "original_max_position_embeddings": 8,
+            "short_factor": [1.0] * 4, "long_factor": [2, 3, 4, 5]})
     )  # fmt: skip
     hash(cfg)  # the factor lists are tuples: a config stays hashable (a static model attribute)
     assert tnn.config_from_dict(tnn.config_to_dict(cfg)) == cfg
-    assert tnn.config_to_dict(cfg)["fields"]["rope_scaling"]["long_factor"] == [2, 3, 4, 5]
+    assert tnn.config_to_dict(cfg)["fields"]["position"]["rope_scaling"]["long_factor"] == [
+        2,
+        3,
+        4,
+        5,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -54,20 +72,22 @@ def test_every_form_reads_into_one_typed_setting():
 )
 def test_a_bad_rope_scaling_is_refused_naming_the_field(value, match):
     with pytest.raises(ValueError, match=match) as info:
-        llama_tiny(rope_scaling=value)
-    assert str(info.value).startswith("LlamaConfig.rope_scaling")
+        llama_tiny(position=tnn.PositionConfig(rope_scaling=value))
+    assert str(info.value).startswith("PositionConfig.rope_scaling")
 
 
 def test_longrope_factors_must_fit_the_head():
     with pytest.raises(ValueError, match="short_factor needs head_dim // 2 = 4 numbers; got 2"):
         llama_tiny(
-            rope_scaling={
-                "type": "longrope",
-                "factor": 2.0,
-                "short_factor": [1, 1],
-                "long_factor": [1, 1],
-                "original_max_position_embeddings": 8,
-            }
+            position=tnn.PositionConfig(
+                rope_scaling={
+                    "type": "longrope",
+                    "factor": 2.0,
+                    "short_factor": [1, 1],
+                    "long_factor": [1, 1],
+                    "original_max_position_embeddings": 8,
+                }
+            )
         )
 
 

@@ -34,19 +34,19 @@ def _reference_greedy(model, src, src_lengths, prompts, prompt_lengths, max_new)
 
 
 def _encdec(**kw):
-    return tnn.EncoderDecoderConfig(**{**TINY, **kw})
+    return tnn.make_config(tnn.EncoderDecoderConfig, {**{**TINY, **kw}})
 
 
 # Between them: unrolled and scanned stacks, MHA/MLA/GQA self-attention caches, sinusoidal and
 # rope positions, pre-/post-LN, tied and untied heads, different encoder and decoder depths.
 UNROLLED = _encdec(
     num_layers=1,
-    attention_type="mla",
     mla=tnn.MLAConfig(kv_latent_dim=8),
     norm=tnn.NormConfig(position="post"),
+    attention=tnn.AttentionConfig(type="mla"),
 )
 SCANNED = _encdec(
-    position="rope",
+    position=tnn.PositionConfig(kind="rope"),
     scan_layers=True,
     num_kv_heads=2,
     tie_embeddings=False,

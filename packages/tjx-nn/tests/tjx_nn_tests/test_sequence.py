@@ -41,7 +41,7 @@ def _toks(s=8):
 
 
 def test_a_split_model_runs_its_attention_positions_and_loss_through_the_split():
-    model = build(llama_tiny(sliding_window=3))
+    model = build(llama_tiny(attention=tnn.AttentionConfig(sliding_window=3)))
     toks = _toks()
     batch = {"inputs": toks, "targets": jnp.roll(toks, -1, 1)}
     want_logits, want_loss = model(toks), tnn.objective_loss(model, batch)
@@ -71,8 +71,11 @@ def test_a_sequence_the_split_cannot_divide_is_refused_by_its_words():
             llama_tiny(attention_impl="cudnn", precision="bf16"),
             "attention_impl 'cudnn' cannot run context-parallel",
         ),
-        (llama_tiny(attention_impl="pallas", sliding_window=3), "'pallas' cannot apply slid"),
-        (gpt2_tiny(position="alibi"), "no additive attention bias"),
+        (
+            llama_tiny(attention_impl="pallas", attention=tnn.AttentionConfig(sliding_window=3)),
+            "'pallas' cannot apply slid",
+        ),
+        (gpt2_tiny(position=tnn.PositionConfig(kind="alibi")), "no additive attention bias"),
     ],
 )
 def test_what_a_split_cannot_run_is_refused_naming_the_setting(cfg, match):

@@ -29,7 +29,11 @@ def test_sinusoidal_embedding_is_tokens_plus_sinusoids_at_the_token_scale_float6
     try:
         rng = np.random.default_rng(7)
         std = float(rng.uniform(0.01, 0.05))  # a fresh init scale: the amplitude must follow it
-        cfg_kw = dict(position="sinusoidal", init=tnn.InitConfig(std=std), precision=F64)
+        cfg_kw = dict(
+            position=tnn.PositionConfig(kind="sinusoidal"),
+            init=tnn.InitConfig(std=std),
+            precision=F64,
+        )
         if kind == "decoder":
             model = build(gpt2_tiny(**cfg_kw), seed=3)
         else:
@@ -53,7 +57,14 @@ def test_sinusoidal_embedding_is_tokens_plus_sinusoids_at_the_token_scale_float6
 def test_sinusoids_match_the_token_embeddings_rms_at_initialisation():
     """At initialisation the sinusoids' rms over a window is the token rows' (times the ratio),
     instead of the ~35× excess of amplitude-1 sinusoids at d 64 (they drowned the tokens)."""
-    model = build(gpt2_tiny(d_model=64, vocab_size=4096, position="sinusoidal", max_seq_len=64))
+    model = build(
+        gpt2_tiny(
+            d_model=64,
+            vocab_size=4096,
+            position=tnn.PositionConfig(kind="sinusoidal"),
+            max_seq_len=64,
+        )
+    )
     tokens_rms = float(np.sqrt(np.mean(np.asarray(model.embed.embedding.get_value()) ** 2)))
     amp = sinusoid_amplitude(model.config.init.std)
     waves = amp * np.asarray(tnn.sinusoidal(jnp.arange(64), 64))

@@ -10,13 +10,13 @@ from tjx import nn as tnn
 from tjx.nn.families.gemma4 import Gemma4Options
 from tjx_nn_tests._helpers import TINY, gpt2_tiny, llama_tiny
 
-BERT = tnn.BertConfig(**TINY)
+BERT = tnn.make_config(tnn.BertConfig, TINY)
 PIPELINABLE = llama_tiny(scan_layers=True, dropout=0.0)
 
 
 def test_model_kind_is_the_registry_key_of_the_config_class():
     assert tnn.model_kind(gpt2_tiny()) == "gpt2" and tnn.model_kind(BERT) == "bert"
-    assert tnn.model_kind(tnn.TransformerConfig(**TINY)) == "TransformerConfig"
+    assert tnn.model_kind(tnn.make_config(tnn.TransformerConfig, TINY)) == "TransformerConfig"
 
 
 def test_a_scanned_decoder_without_dropout_or_experts_is_pipelinable():
@@ -55,7 +55,9 @@ def test_what_a_pipeline_cannot_cut_is_refused_naming_the_setting(config, messag
 def test_a_rope_decoder_splits_and_one_way_is_no_split():
     tnn.check_sequence_split(llama_tiny(attention_impl="xla"), 4)
     tnn.check_sequence_split(llama_tiny(attention_impl="pallas"), 2)  # no window: pallas serves
-    tnn.check_sequence_split(llama_tiny(attention_impl="auto", sliding_window=4), 2)
+    tnn.check_sequence_split(
+        llama_tiny(attention_impl="auto", attention=tnn.AttentionConfig(sliding_window=4)), 2
+    )
     tnn.check_sequence_split(BERT, 1)  # context 1: nothing split, nothing to refuse
 
 
@@ -83,24 +85,25 @@ DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_
             "use auto, pallas or xla",
         ),
         (
-            gpt2_tiny(position="alibi"),
-            "model.position: a split sequence takes no additive attention bias (alibi, t5) and no "
-            f"attention dropout {SPLIT}; set model.position=rope and model.attention_dropout=0",
+            gpt2_tiny(position=tnn.PositionConfig(kind="alibi")),
+            "model.position.kind: a split sequence takes no additive attention bias (alibi, t5) "
+            f"and no attention dropout {SPLIT}; set model.position.kind=rope and "
+            "model.attention.dropout=0",
         ),
         (
-            llama_tiny(attention_dropout=0.1),
-            "model.attention_dropout: a split sequence takes no additive attention bias (alibi, "
-            f"t5) and no attention dropout {SPLIT}; set model.position=rope and "
-            "model.attention_dropout=0",
+            llama_tiny(attention=tnn.AttentionConfig(dropout=0.1)),
+            "model.attention.dropout: a split sequence takes no additive attention bias (alibi, "
+            f"t5) and no attention dropout {SPLIT}; set model.position.kind=rope and "
+            "model.attention.dropout=0",
         ),
         (
-            llama_tiny(attention_impl="pallas", sliding_window=4),
-            "model.attention_impl: pallas cannot apply model.sliding_window across a split "
-            f"sequence (its masks use the tile's own positions) {SPLIT}; use auto or xla",
+            llama_tiny(attention_impl="pallas", attention=tnn.AttentionConfig(sliding_window=4)),
+            "model.attention_impl: pallas cannot apply model.attention.sliding_window across a "
+            f"split sequence (its masks use the tile's own positions) {SPLIT}; use auto or xla",
         ),
         (
-            llama_tiny(attention_sinks=True),
-            "model.attention_sinks: the split sequence's block kernels add no attention sinks "
+            llama_tiny(attention=tnn.AttentionConfig(sinks=True)),
+            "model.attention.sinks: the split sequence's block kernels add no attention sinks "
             f"(gpt-oss) {SPLIT}; set mesh.context=1",
         ),
         # Refused while tracing before (tjx.nn.block, attention): said from the config now
@@ -112,15 +115,16 @@ DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_
         ),
         (
             llama_tiny(
-                num_layers=3, sliding_window=4, window_pattern=("local", "global"),
+                num_layers=3,
                 gemma4=Gemma4Options(kv_shared_layers=1),
+                attention=tnn.AttentionConfig(sliding_window=4, window_pattern=("local", "global")),
             ),
             "model.gemma4.kv_shared_layers: layers that read an earlier layer's keys and values "
             f"(1) do not run on a split sequence {SPLIT}; set mesh.context=1",
         ),
         (
-            llama_tiny(attention_chunk=4, window_pattern=("local", "global")),
-            "model.attention_chunk: the split sequence's block kernels attend without chunks "
+            llama_tiny(attention=tnn.AttentionConfig(chunk=4, window_pattern=("local", "global"))),
+            "model.attention.chunk: the split sequence's block kernels attend without chunks "
             f"{SPLIT}; set mesh.context=1",
         ),
     ],
@@ -144,7 +148,11 @@ def test_a_peft_export_goes_to_a_new_or_empty_folder(tmp_path):
 def test_a_peft_export_tjx_cannot_write_is_refused_before_training(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    mla = llama_tiny(num_kv_heads=4, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8))
+    mla = llama_tiny(
+        num_kv_heads=4,
+        mla=tnn.MLAConfig(kv_latent_dim=8),
+        attention=tnn.AttentionConfig(type="mla"),
+    )
     cases = [
         (
             gpt2_tiny(),

@@ -1,4 +1,4 @@
-"""T5 relative position bias (``position="t5"``): buckets, model forward, grads, scan, decoding."""
+"""T5 relative position bias (``position.kind="t5"``): buckets, forward, grads, scan, decoding."""
 
 import re
 
@@ -15,7 +15,7 @@ from tjx_nn_tests._helpers import TINY, build, llama_tiny
 
 DIST = np.arange(-300, 301)
 # Small tables reach the log-spaced and clipped buckets within the tiny models' 16 positions.
-SMALL = dict(relative_buckets=8, relative_max_distance=10)
+SMALL = {"position.relative_buckets": 8, "position.relative_max_distance": 10}
 LLAMA_LIKE = dict(
     norm=tnn.NormConfig(kind="rmsnorm"),
     mlp=tnn.MLPConfig(activation="swiglu", dim=48),
@@ -24,7 +24,8 @@ LLAMA_LIKE = dict(
 
 
 def _encdec(**kw):
-    return tnn.EncoderDecoderConfig(**{**TINY, **LLAMA_LIKE, "position": "t5", **kw})
+    fields = {**TINY, **LLAMA_LIKE, "position.kind": "t5", **kw}
+    return tnn.make_config(tnn.EncoderDecoderConfig, fields)
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
@@ -74,23 +75,35 @@ def test_bucket_argument_errors():
         (dict(relative_buckets=33), r"relative_buckets must be an even int >= 4"),
         (dict(relative_buckets=True), r"relative_buckets must be an even int >= 4"),
         (dict(relative_max_distance=16), r"relative_max_distance must be an int > "),
-        (dict(relative_buckets=8, relative_max_distance=4.5), r"relative_max_distance .* > .* = 4"),
+        (
+            dict(relative_buckets=8, relative_max_distance=4.5),
+            r"relative_max_distance .* > .* = 4",
+        ),
     ],
 )
 def test_bad_relative_config_values_name_field_and_allowed(kw, pattern):
-    for make in (lambda: llama_tiny(position="t5", **kw), lambda: _encdec(**kw)):
-        with pytest.raises(ValueError, match=pattern):
-            make()
+    """The position section checks T5's buckets itself, whatever model holds it."""
+    with pytest.raises(ValueError, match=f"^PositionConfig.{pattern}"):
+        tnn.PositionConfig(kind="t5", **kw)
 
 
 def test_position_choice_per_family():
     assert "t5" in tnn.POSITIONS
-    assert _encdec().position == "t5" and llama_tiny(position="t5").relative_buckets == 32
+    assert (
+        _encdec().position.kind == "t5"
+        and llama_tiny(position=tnn.PositionConfig(kind="t5")).position.relative_buckets == 32
+    )
     # BERT always has a learned table, ViT only absolute positions: no T5 bias there.
-    with pytest.raises(ValueError, match=re.escape("BertConfig.position must be one of")):
-        tnn.BertConfig(**TINY, position="t5")
+    with pytest.raises(ValueError, match=re.escape("BertConfig.position.kind must be one of")):
+        tnn.BertConfig(**TINY, position=tnn.PositionConfig(kind="t5"))
     with pytest.raises(ValueError, match="ViTConfig.position"):
-        tnn.ViTConfig(d_model=32, num_heads=4, image_size=8, patch_size=4, position="t5")
+        tnn.ViTConfig(
+            d_model=32,
+            num_heads=4,
+            image_size=8,
+            patch_size=4,
+            position=tnn.PositionConfig(kind="t5"),
+        )
 
 
 def _bias(p, name, q_pos, k_pos, cfg, bidirectional):
@@ -99,13 +112,13 @@ def _bias(p, name, q_pos, k_pos, cfg, bidirectional):
         q_pos,
         k_pos,
         bidirectional=bidirectional,
-        num_buckets=cfg.relative_buckets,
-        max_distance=cfg.relative_max_distance,
+        num_buckets=cfg.position.relative_buckets,
+        max_distance=cfg.position.relative_max_distance,
     )
 
 
 def test_decoder_forward_equals_naive_reference():
-    cfg = llama_tiny(position="t5", **SMALL)  # GQA: 4 query heads, 2 kv heads
+    cfg = llama_tiny(**{"position.kind": "t5"}, **SMALL)  # GQA: 4 query heads, 2 kv heads
     model = build(cfg, seed=1)
     p = ref.randomize(model, 1)
     toks = np.random.RandomState(2).randint(0, 64, (2, 12)).astype(np.int32)
@@ -167,7 +180,7 @@ def test_one_table_per_stack_axes_and_grads_reach_it():
     spec = nnx.get_partition_spec(nnx.state(model, nnx.Param))
     assert spec["encoder"]["relative_bias"]["table"].get_value() == PartitionSpec(None, "heads")
     # The table is a lookup: the parameter count grows by it, the matmul count does not.
-    plain = cfg.replace(position="none")
+    plain = cfg.replace(**{"position.kind": "none"})
     assert tnn.config_param_count(cfg) == tnn.config_param_count(plain) + 2 * 32 * 4
     assert tnn.matmul_param_count(cfg) == tnn.matmul_param_count(plain)
     assert tnn.flops_per_token(cfg, 8) == tnn.flops_per_token(plain, 8)

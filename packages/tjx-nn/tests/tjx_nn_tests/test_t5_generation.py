@@ -15,7 +15,9 @@ from tjx_nn_tests._helpers import TINY, build, gpt2_tiny, llama_tiny
 from tjx_nn_tests._t5_reference import randomize
 
 V = TINY["vocab_size"]
-SMALL = dict(relative_buckets=8, relative_max_distance=10)  # log and clipped buckets within 16
+# Dotted keys (the helpers' make_config): each sets one setting of the position section.
+T5 = {"position.kind": "t5"}
+SMALL = {"position.relative_buckets": 8, "position.relative_max_distance": 10}  # log, clipped
 
 
 def _recompute(fwd, b, prompts, lengths, max_new):
@@ -36,11 +38,14 @@ def _recompute(fwd, b, prompts, lengths, max_new):
 @pytest.mark.parametrize(
     "cfg",
     [
-        llama_tiny(position="t5", scan_layers=True, **SMALL),
+        llama_tiny(**T5, scan_layers=True, **SMALL),
         llama_tiny(
-            position="t5", attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), **SMALL
+            **T5,
+            mla=tnn.MLAConfig(kv_latent_dim=8),
+            **SMALL,
+            attention=tnn.AttentionConfig(type="mla"),
         ),
-        gpt2_tiny(position="t5", num_layers=1),
+        gpt2_tiny(**T5, num_layers=1),
     ],
     ids=["llama-gqa-scan-small-table", "llama-mla-cache", "gpt2-unrolled-default-table"],
 )
@@ -67,7 +72,9 @@ def test_cached_greedy_equals_recompute_decoder(cfg):
     ids=["scan-gqa-small-table", "unrolled-postln-default-table"],
 )
 def test_cached_greedy_equals_recompute_seq2seq(kw):
-    model = build(tnn.EncoderDecoderConfig(**{**TINY, "position": "t5", **kw}), seed=2)
+    model = build(
+        tnn.make_config(tnn.EncoderDecoderConfig, {**TINY, "position.kind": "t5", **kw}), seed=2
+    )
     randomize(model, 2)
     rs = np.random.RandomState(3)
     src = rs.randint(1, V, (3, 9)).astype(np.int32)

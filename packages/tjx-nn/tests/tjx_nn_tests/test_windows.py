@@ -11,7 +11,7 @@ from tjx import nn as tnn
 
 from ._helpers import build, llama_tiny
 
-WIN = dict(max_seq_len=32, sliding_window=4)
+WIN = dict(max_seq_len=32, **{"attention.sliding_window": 4})
 
 
 def _toks(b=2, s=12, seed=0):
@@ -19,11 +19,17 @@ def _toks(b=2, s=12, seed=0):
 
 
 def test_a_window_pattern_repeats_over_the_layers():
-    gemma2 = llama_tiny(num_layers=5, sliding_window=8, window_pattern=["local", "global"])
+    gemma2 = llama_tiny(
+        num_layers=5,
+        attention=tnn.AttentionConfig(sliding_window=8, window_pattern=["local", "global"]),
+    )
     assert gemma2.layer_windows() == (8, None, 8, None, 8)
-    gemma3 = llama_tiny(num_layers=8, sliding_window=8, window_pattern=["local"] * 5 + ["global"])
+    gemma3 = llama_tiny(
+        num_layers=8,
+        attention=tnn.AttentionConfig(sliding_window=8, window_pattern=["local"] * 5 + ["global"]),
+    )
     assert gemma3.layer_windows() == (8,) * 5 + (None, 8, 8)
-    assert llama_tiny(sliding_window=8).layer_windows() == (8, 8)
+    assert llama_tiny(attention=tnn.AttentionConfig(sliding_window=8)).layer_windows() == (8, 8)
     assert llama_tiny().layer_windows() == (None, None)
 
 
@@ -43,7 +49,12 @@ def test_scanned_mixed_patterns_match_unrolled_ones():
     """Scanned, a mixed pattern picks each layer's window under lax.cond; unrolled, statically:
     the same numbers either way (and remat keeps them)."""
     toks = _toks()
-    kw = dict(num_layers=3, sliding_window=3, window_pattern=["local", "global"], max_seq_len=32)
+    kw = dict(
+        num_layers=3,
+        **{"attention.sliding_window": 3},
+        **{"attention.window_pattern": ["local", "global"]},
+        max_seq_len=32,
+    )
     ref = build(llama_tiny(**kw))
     want = ref(toks)
     for extra in (dict(scan_layers=True), dict(scan_layers=True, remat="full"), dict(remat="full")):
@@ -51,7 +62,7 @@ def test_scanned_mixed_patterns_match_unrolled_ones():
         tnn.set_flat_params(model, tnn.get_flat_params(ref))
         np.testing.assert_allclose(model(toks), want, rtol=1e-5, atol=1e-5, err_msg=str(extra))
     # and the pattern matters: all-local differs
-    local = build(llama_tiny(**{**kw, "window_pattern": None}))
+    local = build(llama_tiny(**{**kw, "attention.window_pattern": None}))
     tnn.set_flat_params(local, tnn.get_flat_params(ref))
     assert np.abs(np.asarray(local(toks) - want)).max() > 1e-4
 
@@ -70,8 +81,12 @@ def _greedy_checked_by_one_forward(model, out, lengths, new):
     "kw",
     [
         dict(),  # every layer local: a rolling cache of 4 slots
-        dict(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)),  # rolling latent cache
-        dict(window_pattern=["global", "local"], scan_layers=True),  # full cache, window masks
+        dict(
+            **{"attention.type": "mla"}, mla=tnn.MLAConfig(kv_latent_dim=8)
+        ),  # rolling latent cache
+        dict(
+            **{"attention.window_pattern": ["global", "local"]}, scan_layers=True
+        ),  # full cache, window masks
     ],
     ids=["rolling", "rolling-mla", "mixed-scanned"],
 )
@@ -81,7 +96,7 @@ def test_cached_generation_equals_recomputing_each_sequence(kw):
     lengths = np.asarray([7, 3])  # right padded; row 0's prompt is longer than the window
     out = tnn.generate(model, prompts, max_new_tokens=6, prompt_lengths=lengths)
     _greedy_checked_by_one_forward(model, out, lengths, 6)
-    expected = 4 if "window_pattern" not in kw else 13
+    expected = 4 if "attention.window_pattern" not in kw else 13
     assert jax.tree.leaves(model.init_cache(2, 13))[0].shape[2] == expected
 
 
@@ -94,7 +109,7 @@ def test_a_rolling_cache_holds_the_window_and_counts_its_bytes():
 
 def test_windows_cut_the_attention_flops():
     cfg, s, w = llama_tiny(max_seq_len=64), 64, 16
-    windowed = llama_tiny(max_seq_len=64, sliding_window=w)
+    windowed = llama_tiny(max_seq_len=64, attention=tnn.AttentionConfig(sliding_window=w))
     area = cfg.num_layers * cfg.num_heads * cfg.head_dim  # L · A
     # PaLM's count (the whole score matrix): per token and layer 12 · A · s_k, with s_k = s
     # without the window and w with it
@@ -109,12 +124,30 @@ def test_windows_cut_the_attention_flops():
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(sliding_window=0), "LlamaConfig.sliding_window must be a positive int; got 0"),
-        (dict(sliding_window=-2), "LlamaConfig.sliding_window must be a positive int"),
-        (dict(window_pattern=["local"]), "LlamaConfig.window_pattern: it says which layers"),
-        (dict(sliding_window=4, window_pattern=[]), "window_pattern must be a non-empty list"),
-        (dict(sliding_window=4, window_pattern=["near"]), "window_pattern must be one of"),
-        (dict(sliding_window=4, position="t5"), "sliding_window: position 't5' is not"),
+        (
+            dict(**{"attention.sliding_window": 0}),
+            "AttentionConfig.sliding_window must be a positive int; got 0",
+        ),
+        (
+            dict(**{"attention.sliding_window": -2}),
+            "AttentionConfig.sliding_window must be a positive int",
+        ),
+        (
+            dict(**{"attention.window_pattern": ["local"]}),
+            "AttentionConfig.window_pattern: it says which layers",
+        ),
+        (
+            dict(**{"attention.sliding_window": 4}, **{"attention.window_pattern": []}),
+            "window_pattern must be a non-empty list",
+        ),
+        (
+            dict(**{"attention.sliding_window": 4}, **{"attention.window_pattern": ["near"]}),
+            "window_pattern must be one of",
+        ),
+        (
+            {"attention.sliding_window": 4, "position.kind": "t5"},
+            "sliding_window: position 't5' is not",
+        ),
     ],
 )
 def test_bad_window_settings_are_refused_by_name(kw, match):
@@ -124,28 +157,44 @@ def test_bad_window_settings_are_refused_by_name(kw, match):
 
 def test_a_kernel_that_cannot_apply_the_window_is_refused_by_name():
     with pytest.raises(ValueError, match="BertConfig.attention_impl: 'cudnn' cannot apply a bidi"):
-        tnn.BertConfig(sliding_window=4, attention_impl="cudnn")
-    assert llama_tiny(sliding_window=4, attention_impl="cudnn").sliding_window == 4  # causal
+        tnn.BertConfig(attention_impl="cudnn", attention=tnn.AttentionConfig(sliding_window=4))
+    assert (
+        llama_tiny(
+            attention_impl="cudnn", attention=tnn.AttentionConfig(sliding_window=4)
+        ).attention.sliding_window
+        == 4
+    )  # causal
 
 
 def test_a_pipeline_refuses_a_mixed_pattern():
     model = build(
-        llama_tiny(scan_layers=True, sliding_window=4, window_pattern=["local", "global"])
+        llama_tiny(
+            scan_layers=True,
+            attention=tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"]),
+        )
     )
     with pytest.raises(ValueError, match="window_pattern that mixes local and global"):
         tnn.decoder_stages(model)
 
 
 def test_window_settings_round_trip_through_config_dicts():
-    cfg = llama_tiny(sliding_window=4, window_pattern=["local", "global"])
+    cfg = llama_tiny(
+        attention=tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"])
+    )
     back = tnn.config_from_dict(tnn.config_to_dict(cfg))
-    assert back == cfg and back.window_pattern == ("local", "global")
+    assert back == cfg and back.attention.window_pattern == ("local", "global")
 
 
 def test_a_bidirectional_window_in_an_encoder():
     """BERT with a window: position i's output ignores tokens 4 or more away, both ways."""
-    cfg = tnn.BertConfig(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4,
-                         sliding_window=4)  # fmt: skip
+    cfg = tnn.BertConfig(
+        vocab_size=64,
+        max_seq_len=16,
+        d_model=32,
+        num_layers=1,
+        num_heads=4,
+        attention=tnn.AttentionConfig(sliding_window=4),
+    )
     model = tnn.BERT(cfg, rngs=nnx.Rngs(0))
     toks = _toks(1, 12)
     other = toks.at[0, 0].set((toks[0, 0] + 1) % 64)

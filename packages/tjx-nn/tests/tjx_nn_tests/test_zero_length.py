@@ -19,14 +19,16 @@ from tjx_nn_tests._helpers import TINY, build, gpt2_tiny, llama_tiny
 V, D = TINY["vocab_size"], TINY["d_model"]
 
 MODELS = {
-    "gpt2": lambda: gpt2_tiny(dropout=0.1, attention_dropout=0.1),
+    "gpt2": lambda: gpt2_tiny(dropout=0.1, attention=tnn.AttentionConfig(dropout=0.1)),
     "llama-scan-remat": lambda: llama_tiny(scan_layers=True, remat="full"),
     "llama-mla": lambda: llama_tiny(
-        attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), num_layers=1
+        mla=tnn.MLAConfig(kv_latent_dim=8), num_layers=1, attention=tnn.AttentionConfig(type="mla")
     ),
-    "alibi": lambda: gpt2_tiny(position="alibi", num_layers=1),
-    "t5-decoder": lambda: tnn.TransformerConfig(**{**TINY, "num_layers": 1}, position="t5"),
-    "bert": lambda: tnn.BertConfig(**TINY, dropout=0.1),
+    "alibi": lambda: gpt2_tiny(**{"position.kind": "alibi"}, num_layers=1),
+    "t5-decoder": lambda: tnn.make_config(
+        tnn.TransformerConfig, {**{**TINY, "num_layers": 1}, "position.kind": "t5"}
+    ),
+    "bert": lambda: tnn.make_config(tnn.BertConfig, {**TINY, "dropout": 0.1}),
 }
 #: Gradients are checked on these (between them: dropout, scan + remat, an additive bias, BERT).
 WITH_GRADS = ("gpt2", "llama-scan-remat", "t5-decoder", "bert")
@@ -95,7 +97,9 @@ def test_decoder_forward_cached_with_no_tokens_leaves_the_cache():
 
 @pytest.mark.parametrize("position", ["sinusoidal", "t5"])
 def test_encoder_decoder_empty_source_equals_all_padding_source(position):
-    cfg = tnn.EncoderDecoderConfig(**{**TINY, "num_layers": 1}, position=position)
+    cfg = tnn.make_config(
+        tnn.EncoderDecoderConfig, {**{**TINY, "num_layers": 1}, "position.kind": position}
+    )
     model = build(cfg, seed=6)
     src, tgt = _toks((2, 5), 7), _toks((2, 4), 8)
     got = model(src[:, :0], tgt)
@@ -110,7 +114,7 @@ def test_encoder_decoder_empty_source_equals_all_padding_source(position):
 
 
 def test_bert_masked_lm_and_classify_at_length_zero():
-    model = build(tnn.BertConfig(**TINY, num_labels=3), seed=2)
+    model = build(tnn.make_config(tnn.BertConfig, {**TINY, "num_labels": 3}), seed=2)
     empty = jnp.zeros((2, 0), jnp.int32)
     logits, labels = model.masked_lm(empty, jax.random.key(0), segment_ids=empty)
     chex.assert_shape(logits, (2, 0, V))
@@ -130,7 +134,7 @@ def test_generation_needs_a_prompt_token_and_serves_zero_rows():
     out = tnn.generate(model, np.zeros((0, 3), np.int32), max_new_tokens=2)
     chex.assert_shape(out, (0, 5))
     chex.assert_type(out, jnp.int32)
-    encdec = build(tnn.EncoderDecoderConfig(**{**TINY, "num_layers": 1}), seed=5)
+    encdec = build(tnn.make_config(tnn.EncoderDecoderConfig, {**{**TINY, "num_layers": 1}}), seed=5)
     with pytest.raises(ValueError, match="src has length 0.*source token"):
         tnn.generate_seq2seq(encdec, np.zeros((2, 0), np.int32), max_new_tokens=2)
     with pytest.raises(ValueError, match="decoder_prompts has length 0.*decoder_start_id"):

@@ -34,15 +34,18 @@ def test_a_gpt2_start_needs_its_tokenizer_and_refuses_what_the_weights_fix():
         check_hf_settings(None, {}, source="gpt2", tokenizer="byte")
     check_hf_settings(None, {"d_model": 8}, source="/ck", tokenizer="/ck")  # its folder
     with pytest.raises(ValueError) as err:
-        check_hf_settings(None, {"position": "rope"}, source="gpt2", tokenizer="gpt2")
+        check_hf_settings(None, {"position.kind": "rope"}, source="gpt2", tokenizer="gpt2")
     assert str(err.value) == (
-        "GPT-2 weights fix the architecture, so model.position 'rope' cannot apply; leave those "
-        "settings unset"
+        "GPT-2 weights fix the architecture, so model.position.kind 'rope' cannot apply; leave "
+        "those settings unset"
     )
     with pytest.raises(
-        ValueError, match="^the checkpoint's weights fix the architecture, so m.qk_norm True"
+        ValueError,
+        match="^the checkpoint's weights fix the architecture, so m.attention.qk_norm True",
     ):
-        check_hf_settings(_llama(), {"qk_norm": True}, source="x", tokenizer="t", section="m")
+        check_hf_settings(
+            _llama(), {"attention.qk_norm": True}, source="x", tokenizer="t", section="m"
+        )
 
 
 def test_another_runs_model_is_named_by_up_to_three_clashes():

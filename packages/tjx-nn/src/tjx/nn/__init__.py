@@ -18,13 +18,12 @@ start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``cl
 from tjx.core.deprecation import moved_out
 from tjx.nn import probes
 from tjx.nn.attention import Attention
+from tjx.nn.attention_config import LAYER_KINDS, AttentionConfig
 from tjx.nn.bert import BERT
 from tjx.nn.block import Block, residual_std
 from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ATTENTION_IMPLS,
-    LAYER_KINDS,
-    POSITIONS,
     REMAT_POLICIES,
     SECTIONS,
     GPT2Config,
@@ -117,6 +116,7 @@ from tjx.nn.old_layout import RENAMED_MODEL_KEYS, migrate_model_section
 from tjx.nn.params import LOGICAL_AXES, InitConfig, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.peft_io import check_peft_export, save_peft
+from tjx.nn.position_config import POSITIONS, PositionConfig
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision, idle_fp8_settings
 from tjx.nn.preference.losses import (
@@ -143,7 +143,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.30.0"
+__version__ = "0.31.0"
 
 _TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
 
@@ -176,6 +176,7 @@ __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
     "Attention",
+    "AttentionConfig",
     "BERT",
     "BertConfig",
     "Block",
@@ -218,6 +219,7 @@ __all__ = [
     "Objective",
     "ObjectiveLoss",
     "POSITIONS",
+    "PositionConfig",
     "PREFERENCE_LOSSES",
     "Precision",
     "PreferenceConfig",

@@ -5,10 +5,11 @@ scale and soft-capped logits, gpt-oss's attention sinks, GLM's partial RoPE, Qwe
 gate, attention chunks, NoPE layers, the weightless q/k norm and temperature (see
 ``family_config``).
 
-A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
-the kernel; when decoding, its cache may be a rolling one of the window's size (slot ``p mod T``
-holds position ``p``, see :func:`slot_positions`). Under ``sequence_parallel`` (a sequence split
-across devices) self-attention runs through the split's own attention (:mod:`tjx.nn.sequence`).
+A windowed layer (``attention.sliding_window``; ``attention.window_pattern`` says which layers)
+passes the window to the kernel; when decoding, its cache may be a rolling one of the window's
+size (slot ``p mod T`` holds position ``p``, see :func:`slot_positions`). Under
+``sequence_parallel`` (a sequence split across devices) self-attention runs through the split's
+own attention (:mod:`tjx.nn.sequence`).
 
 The score/softmax/value step is ``tjx.kernels.attention`` (layout ``[batch, seq, heads,
 head_dim]``), so the kernel is a config switch (``attention_impl``), resolved once before the
@@ -32,7 +33,7 @@ from tjx import kernels
 from tjx.nn import mla as ds
 from tjx.nn import probes
 from tjx.nn.configs import TransformerConfig, rotated_dims
-from tjx.nn.family_config import LayerShape
+from tjx.nn.family_config import LayerShape, nope_layers
 from tjx.nn.kernel_choice import attention_width, layer_kind, resolve_attention
 from tjx.nn.kv_cache import (
     LayerCache,
@@ -51,7 +52,7 @@ from tjx.nn.sequence import current_sequence_parallel, split_self_attention
 
 Array = jax.Array
 #: A layer's window switch: None (the layer's own setting), a bool, or a traced bool (scanned
-#: layers of a mixed ``window_pattern``).
+#: layers of a mixed ``attention.window_pattern``).
 Local = bool | Array | None
 
 
@@ -107,31 +108,33 @@ class Attention(nnx.Module):
         self.norm_eps = c.norm.eps
         self.rope_proportion = 1.0 if layer is None else layer.rope_proportion
         self.causal, self.cross = causal, cross
-        self.position = "none" if cross else c.position
-        self.rope_theta = c.rope_theta
-        self.rope_scaling = c.rope_scaling
-        self.rope_local_theta = c.rope_local_theta  # Gemma 3's windowed layers (family_config)
-        if self.rope_proportion < 1.0 and c.rope_local_theta is None:
-            self.rope_local_theta = c.rope_theta  # only the global layers turn proportionally
+        self.position = "none" if cross else c.position.kind
+        self.rope_theta = c.position.rope_theta
+        self.rope_scaling = c.position.rope_scaling
+        self.rope_local_theta = (
+            c.position.rope_local_theta
+        )  # Gemma 3's windowed layers (family_config)
+        if self.rope_proportion < 1.0 and c.position.rope_local_theta is None:
+            self.rope_local_theta = (
+                c.position.rope_theta
+            )  # only the global layers turn proportionally
         self.impl = c.attention_impl  # the name: a split sequence's blocks resolve their own
-        self.attention_dropout = c.attention_dropout
-        self.decode_topk = c.decode_topk
+        self.attention_dropout = c.attention.dropout
+        self.decode_topk = c.attention.decode_topk
         # Gemma: 1/sqrt(query_pre_attn_scalar) instead of 1/sqrt(head_dim); Gemma 2's soft cap.
-        self.scale = 1.0 / math.sqrt(c.query_pre_attn_scalar or c.head_dim)
+        self.scale = 1.0 / math.sqrt(c.attention.query_pre_attn_scalar or c.head_dim)
         self.scale *= ds.softmax_scale_factor(c)  # DeepSeek's yarn mscale² (else 1)
-        self.softcap = c.attn_logit_softcap
-        self.window = None if cross else c.sliding_window
+        self.softcap = c.attention.logit_softcap
+        self.window = None if cross else c.attention.sliding_window
         # The local layers' chunk; global layers without RoPE (NoPE), their queries
         # tempered by position; the rotated layers' q and k over their RMS (no weight).
-        self.chunk = None if cross else c.attention_chunk
-        self.global_nope = c.global_nope and not cross
+        self.chunk = None if cross else c.attention.chunk
+        nope, temperature = nope_layers(c)
+        self.global_nope = nope and not cross
         self.qk_l2 = c.qk_l2_norm and not cross
         self.l2_eps = filled(c.norm.eps, "norm.eps")
-        self.temperature = (
-            None if cross or c.nope_temperature_floor is None
-            else (c.nope_temperature_floor, c.nope_temperature_scale)
-        )  # fmt: skip
-        self.mla = c.attention_type == "mla" and not cross
+        self.temperature = None if cross else temperature
+        self.mla = c.attention.type == "mla" and not cross
         self.deepseek = self.mla and ds.is_deepseek(c)
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         # DeepSeek: values may be narrower than q/k; the kernels see both at the wider ``width``
@@ -146,8 +149,8 @@ class Attention(nnx.Module):
         self.kernel = resolve_attention(c, kinds=(kind,)).kernel(kind) if kernel is None else kernel
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
         init = normal(c.init.std)
-        # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.
-        qkv: dict[str, Any] = dict(common, use_bias=c.use_bias or c.qkv_bias)
+        # Qwen2 has biases on q/k/v only (``attention.qkv_bias``); ``use_bias``: everywhere.
+        qkv: dict[str, Any] = dict(common, use_bias=c.use_bias or c.attention.qkv_bias)
         modules = ds.deepseek_modules(c, rngs=rngs, common=qkv, init=init) if self.deepseek else {}
         for name in ds.DEEPSEEK_ONLY:  # None in any other attention
             setattr(self, name, modules.pop(name, None))
@@ -190,22 +193,22 @@ class Attention(nnx.Module):
         )
         # q/k norms after the projections, before RoPE: per head (Qwen3, Gemma 3: one head_dim
         # scale shared by the heads) or over the whole projection (OLMo 2).
-        self.qk_scope = c.qk_norm_scope
+        self.qk_scope = c.attention.qk_norm_scope
         norm_kw: dict[str, Any] = dict(
             rngs=rngs, eps=c.norm.eps, precision=c.precision, plus_one=c.norm.plus_one
         )
-        whole = c.qk_norm_scope == "projection"
-        self.q_norm = RMSNorm(h * hd if whole else hd, **norm_kw) if c.qk_norm else None
+        whole = c.attention.qk_norm_scope == "projection"
+        self.q_norm = RMSNorm(h * hd if whole else hd, **norm_kw) if c.attention.qk_norm else None
         self.k_norm = (
             RMSNorm(hk * hd if whole else hd, **norm_kw)
-            if c.qk_norm and not self.reads_kv
+            if c.attention.qk_norm and not self.reads_kv
             else None
         )
         # gpt-oss: one learned logit per query head in every softmax row's denominator
         # (self-attention; tjx.kernels' XLA path, which `resolve_attention` resolves to).
         self.sinks = (
             make_param(rngs, init, (h,), ("heads",), c.precision.param_dtype)
-            if c.attention_sinks and not cross
+            if c.attention.sinks and not cross
             else None
         )
         # GLM-4.5: RoPE rotates each head's first dims only (``rope_fraction``).
@@ -214,7 +217,7 @@ class Attention(nnx.Module):
         # before the output projection (HF stores W_gate in q_proj, beside each head's query).
         self.gate = (
             Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
-            if c.attention_output_gate and not cross
+            if c.attention.output_gate and not cross
             else None
         )
         # q/k/v as one tensor through the kernel: where the kernel reads a stacked qkv in
@@ -285,7 +288,8 @@ class Attention(nnx.Module):
         self, x: Array, positions: Array, local: Local = None, length: Array | None = None
     ) -> Array:
         """``x`` [..., heads, head_dim] with this layer's positions: rotated (`_rope`) and, with
-        ``qk_l2_norm``, over its RMS; a NoPE layer's (``global_nope``: a global one) unchanged."""
+        ``qk_l2_norm``, over its RMS; a NoPE layer's (with ``global_nope``: a global one)
+        unchanged."""
 
         def rotated() -> Array:
             y = self._rope(x, positions, length, local)
@@ -457,8 +461,9 @@ class Attention(nnx.Module):
         lora_rng : Array, optional
             The dropout key of the projections' LoRA adapters (a training call).
         local : bool or Array, optional
-            Whether this layer's ``sliding_window`` applies (a traced bool for scanned layers of
-            a mixed ``window_pattern``); None: it does, when the config has one.
+            Whether this layer's ``attention.sliding_window`` applies (a traced bool for scanned
+            layers of a mixed ``attention.window_pattern``); None: it does, when the config has
+            one.
         lengths : Array, optional
             int ``[b]`` real tokens of a right-padded prefill: a rolling cache shorter than the
             prompt keeps each row's last real tokens (default: every row is full).
@@ -554,7 +559,7 @@ class Attention(nnx.Module):
                 layer_mask = self._mask(mask, near)
                 if split is not None and (self.sinks is not None or layer_mask.chunk is not None):
                     raise ValueError(
-                        "attention_sinks (gpt-oss) and attention_chunk are not "
+                        "attention.sinks (gpt-oss) and attention.chunk are not "
                         "supported under sequence_parallel: the split's block kernels have "
                         "neither; train without the split"
                     )

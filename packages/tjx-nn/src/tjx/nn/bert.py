@@ -78,7 +78,7 @@ class BERT(nnx.Module):
             self.pooler = self.classifier = None
         assert c.mlp.activation is not None  # the config filled it (its family's)
         self.act = activation(c.mlp.activation)
-        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention.dropout > 0)
 
     def encode(
         self,

@@ -34,9 +34,9 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
     dict
         ``{"class": name, "fields": {field: value}}``; ``precision`` is
         ``{"param_dtype": name, "compute_dtype": name, "logits_dtype": name}`` (and the float8
-        settings ``matmul``, ``fp8_*`` where ``matmul="fp8"``), ``rope_scaling``
-        its set fields (``RopeScaling.as_dict``), the ``moe``/``mla``/``delta`` sections
-        mappings of their fields, tuples lists.
+        settings ``matmul``, ``fp8_*`` where ``matmul="fp8"``), the component sections
+        (``attention``, ``position``, ``moe`` ...) mappings of their fields
+        (``position.rope_scaling`` its set fields, ``RopeScaling.as_dict``), tuples lists.
     """
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(config):
@@ -56,9 +56,25 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
         elif isinstance(value, tuple):
             value = list(value)
         elif dataclasses.is_dataclass(value):  # a component section: its fields, plain values
-            value = dataclasses.asdict(value)  # type: ignore[arg-type]
+            value = _section_dict(value)
         fields[f.name] = value
     return {"class": type(config).__name__, "fields": fields}
+
+
+def _section_dict(section: Any) -> dict[str, Any]:
+    """A component section's fields as plain data: a `RopeScaling` its set fields (as the model
+    file always held it), tuples lists."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, RopeScaling):
+            value = value.as_dict()
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)  # type: ignore[arg-type]
+        out[f.name] = value
+    return out
 
 
 def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
@@ -68,7 +84,7 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     ----------
     data : Mapping
         ``{"class": name, "fields": {...}}``, e.g. parsed from JSON; a file written before the
-        ``moe``/``mla``/``delta`` sections (their settings flat fields) reads the same.
+        component sections (their settings flat fields) reads the same.
 
     Returns
     -------

@@ -11,7 +11,6 @@ Subclasses only change defaults and add model-specific fields.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -19,8 +18,11 @@ from typing import Any, ClassVar, TypeVar
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
 from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
+from tjx.nn.attention_config import FLAT_ATTENTION_KEYS, AttentionConfig, positive_float
 from tjx.nn.families.gemma4.options import Gemma4Options, check_model
-from tjx.nn.family_config import DECODER_NORM_POSITIONS, QK_NORM_SCOPES, check_mtp
+from tjx.nn.families.llama4.options import FLAT_KEYS as FLAT_LLAMA4_KEYS
+from tjx.nn.families.llama4.options import Llama4Options
+from tjx.nn.family_config import DECODER_NORM_POSITIONS, check_mtp
 from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DELTA_SIZES, DeltaConfig
 from tjx.nn.mla_config import DEEPSEEK_MLA, MLAConfig
@@ -29,22 +31,37 @@ from tjx.nn.moe.config import MoEConfig
 from tjx.nn.mtp_config import MTPConfig
 from tjx.nn.norm_config import NormConfig
 from tjx.nn.params import InitConfig
+from tjx.nn.position_config import FLAT_POSITION_KEYS, PositionConfig
 from tjx.nn.precision import Precision, as_precision
-from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
 #: The vocabulary head's loss: chunked XLA or the fused Pallas kernel (tjx.kernels.ce_choice).
 CE_IMPLS: tuple[str, ...] = CE_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
-ATTENTION_TYPES = ("mha", "mla")
-#: What each entry of ``window_pattern`` says about a layer: sliding window or full attention.
-LAYER_KINDS = ("local", "global")
 #: The component sections of a model config (their own config classes): a setting in one is named
-#: by a dotted key, ``moe.num_experts``.
-SECTIONS = ("moe", "mla", "delta", "gemma4", "mtp", "init", "mlp", "norm")
+#: by a dotted key, ``moe.num_experts``; a family folder's option section (``llama4``) likewise.
+SECTIONS = (
+    "attention",
+    "position",
+    "moe",
+    "mla",
+    "delta",
+    "mtp",
+    "init",
+    "mlp",
+    "norm",
+    "gemma4",
+    "llama4",
+)
 C = TypeVar("C", bound="TransformerConfig")
+#: The sections' old flat keys (a model section's, before they were sections) → their dotted key
+#: (:mod:`tjx.nn.old_layout` moves them); the family folders' with the shared parts'.
+FLAT_SECTION_KEYS = {
+    **{old: f"attention.{new}" for old, new in FLAT_ATTENTION_KEYS.items()},
+    **{old: f"position.{new}" for old, new in FLAT_POSITION_KEYS.items()},
+    **{old: f"llama4.{new}" for old, new in FLAT_LLAMA4_KEYS.items()},
+}
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
 MIXERS = ("attention", "delta")
@@ -57,37 +74,29 @@ class TransformerConfig:
     ``num_kv_heads``/``head_dim``/``mlp.dim`` default to ``num_heads``, ``d_model // num_heads``
     and ``4 * d_model``. ``precision`` accepts a ``Precision`` or a preset name (``"bf16"`` …).
     ``remat`` is one of ``REMAT_POLICIES``; ``scan_layers`` stacks layers under ``nnx.scan``.
-    ``position="t5"`` adds T5's bucketed relative position bias (``relative_buckets`` buckets,
-    log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
-    absolute position embedding.
+    ``position`` (`PositionConfig`, :mod:`tjx.nn.position_config`) is the position encoding:
+    its ``kind``, RoPE's base, share and scaling, Gemma 3's local base and T5's buckets (a
+    scaling needs ``position.kind="rope"``).
 
-    ``rope_scaling`` is a `RopeScaling` (:mod:`tjx.nn.rope_scaling`; a mapping with a ``type``,
-    or Llama 3's four legacy numbers, is read into one). It needs ``position="rope"``.
-    ``qkv_bias`` gives the query/key/value projections a bias even when ``use_bias`` is off
-    (Qwen2's layout).
-
-    ``sliding_window`` (keys a query sees, itself included) makes self-attention local;
-    ``window_pattern`` says which layers: its entries (``"local"``/``"global"``) repeat over the
-    layers, e.g. ``["local", "global"]`` (Gemma 2) or five ``"local"`` and a ``"global"``
-    (Gemma 3); None with a window: every layer is local. A model whose every layer is local
-    decodes with a rolling KV cache of the window's size.
-
-    Qwen3's, OLMo 2's and Gemma 2/3's switches (``qk_norm`` ... ``rope_local_theta``) are checked
-    by ``check_family`` below (what they are: :mod:`tjx.nn.family_config`). The mixture of
-    experts, multi-head latent attention and Gated DeltaNet are component sections, one field
-    each: ``moe`` (`MoEConfig`, :mod:`tjx.nn.moe.config`), ``mla`` (`MLAConfig`,
-    :mod:`tjx.nn.mla_config`) and ``delta`` (`DeltaConfig`, :mod:`tjx.nn.gated_deltanet`); each
-    checks its own values when built, and this module what it needs of the rest of the model
-    (``check_mla``, ``check_mixers``, the stack's first MoE layer). So are the MLP (``mlp``,
-    `MLPConfig`, :mod:`tjx.nn.mlp`), the norms (``norm``, `NormConfig`,
+    Self-attention's settings but its heads and kernel are a component section, ``attention``
+    (`AttentionConfig`, :mod:`tjx.nn.attention_config`: its window, q/k norm, soft cap, sinks,
+    output gate ...); a model whose every layer is local decodes with a rolling KV cache of the
+    window's size. So are the mixture of experts, multi-head latent attention and Gated
+    DeltaNet: ``moe`` (`MoEConfig`, :mod:`tjx.nn.moe.config`), ``mla`` (`MLAConfig`,
+    :mod:`tjx.nn.mla_config`) and ``delta`` (`DeltaConfig`, :mod:`tjx.nn.gated_deltanet`); so
+    are the MLP (``mlp``, `MLPConfig`, :mod:`tjx.nn.mlp`), the norms (``norm``, `NormConfig`,
     :mod:`tjx.nn.norm_config`), the init (``init``, `InitConfig`, :mod:`tjx.nn.params`) and
     multi-token prediction (``mtp``, `MTPConfig`, :mod:`tjx.nn.mtp_config`); a setting of theirs
-    left None is the family's (``part_defaults``, filled in at construction). Gemma 4's switches
-    are its family's option section ``gemma4`` (`Gemma4Options`,
-    :mod:`tjx.nn.families.gemma4.options`, which also checks what it needs of the model). A
-    setting in a section is named by a dotted key (``"moe.num_experts"``: `replace`,
-    `setting_value`, `make_config`). The single values' checks (``choice``, ``positive``,
-    ``rate``) are tjx-core's, which every tjx-nn config uses.
+    left None is the family's (``part_defaults``, filled in at construction). A family folder's
+    options are its option section: Gemma 4's ``gemma4`` (`Gemma4Options`,
+    :mod:`tjx.nn.families.gemma4.options`, which also checks what it needs of the model) and
+    Llama 4's ``llama4`` (`Llama4Options`, :mod:`tjx.nn.families.llama4.options`). Each checks
+    its own values when built, and this module what it needs of the rest of the model
+    (``check_window``, ``check_mla``, ``check_mixers``, the stack's first MoE layer); the family
+    switches (what they are: :mod:`tjx.nn.family_config`) by ``check_family``. A setting in a
+    section is named by a dotted key (``"moe.num_experts"``: `replace`, `setting_value`,
+    `make_config`). The single values' checks (``choice``, ``positive``, ``rate``) are
+    tjx-core's, which every tjx-nn config uses.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -110,6 +119,7 @@ class TransformerConfig:
         "norm.kind": "layernorm",
         "norm.eps": 1e-5,
         "norm.position": "pre",
+        "position.kind": "learned",
     }
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
@@ -125,34 +135,12 @@ class TransformerConfig:
     norm: NormConfig = setting(
         NormConfig, factory=True, help="the normalisation layers: kind, eps, position"
     )
-    position: str = setting(
-        "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
+    position: PositionConfig = setting(
+        PositionConfig, factory=True, help="the position encoding: kind, RoPE's settings, T5's"
     )
-    rope_theta: float = setting(10000.0, help="rope's base wavelength (Llama 3: 500000)")
-    rope_fraction: float = setting(
-        1.0, help="share of each q/k head RoPE rotates, its first dims (GLM-4.5: 0.5)"
-    )
-    rope_scaling: RopeScaling | None = setting(
-        None,
-        help=f"rope frequency scaling (type: {', '.join(ROPE_SCALINGS)}); None: plain rope",
-    )
-    sliding_window: int | None = setting(
-        None, help="self-attention window (keys a query sees, itself included); None: full"
-    )
-    window_pattern: list[str] | None = setting(
-        None,
-        each_choices=LAYER_KINDS,
-        help="layers' kinds, repeated over the stack (local: windowed); None: all local",
-    )
-    relative_buckets: int = setting(32, help="position=t5: buckets (even, >= 4)")
-    relative_max_distance: int = setting(128, help="position=t5: longest bucketed distance")
     use_bias: bool = setting(True, help="biases of dense layers and LayerNorms")
-    qkv_bias: bool = setting(False, help="query/key/value biases even without use_bias (Qwen2)")
     dropout: float = setting(
         0.0, resumable=True, help="dropout rate of the residual branches and embeddings"
-    )
-    attention_dropout: float = setting(
-        0.0, resumable=True, help="dropout rate of the attention weights (XLA path)"
     )
     tie_embeddings: bool = setting(True, help="the output head reuses the input embedding")
     attention_impl: str = setting(
@@ -180,49 +168,22 @@ class TransformerConfig:
     init: InitConfig = setting(
         InitConfig, factory=True, help="the initial weights' std and residual scaling"
     )
-    attention_type: str = setting(
-        "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
+    attention: AttentionConfig = setting(
+        AttentionConfig, factory=True, help="self-attention: its form, window, norms, caps, gate"
     )
     mla: MLAConfig = setting(
-        MLAConfig, factory=True, help="attention_type=mla: the latent's and DeepSeek's sizes"
-    )
-    decode_topk: int | None = setting(
-        None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
+        MLAConfig, factory=True, help="attention.type=mla: the latent's and DeepSeek's sizes"
     )
     mtp: MTPConfig = setting(
         MTPConfig, factory=True, help="multi-token prediction modules after the decoder"
     )
-    qk_norm: bool = setting(False, help="RMSNorm of queries and keys (Qwen3, Gemma 3, OLMo 2)")
-    qk_norm_scope: str = setting(
-        "head", choices=QK_NORM_SCOPES, help="qk_norm per head, or over all heads (OLMo 2)"
-    )
     scale_embeddings: bool = setting(False, help="token embeddings times sqrt(d_model) (Gemma)")
-    query_pre_attn_scalar: float | None = setting(None, help="attention scale 1/sqrt(it) (Gemma)")
-    attn_logit_softcap: float | None = setting(None, help="attention logits c·tanh(x/c) (Gemma 2)")
     final_logit_softcap: float | None = setting(None, help="output logits c·tanh(x/c) (Gemma 2)")
-    rope_local_theta: float | None = setting(
-        None, help="RoPE base of windowed layers, unscaled (Gemma 3); None: as the others"
-    )
-    attention_sinks: bool = setting(
-        False, help="a learned logit per head in each softmax's denominator (gpt-oss)"
-    )
-    attention_output_gate: bool = setting(
-        False, help="attention output times a sigmoid gate per head from x (Qwen3-Next, Qwen3.5)"
-    )
-    attention_chunk: int | None = setting(
-        None, help="local layers attend within chunks of this many positions (Llama 4)"
-    )
-    global_nope: bool = setting(
-        False, help="global layers (window_pattern) rotate no position: NoPE (Llama 4)"
-    )
     qk_l2_norm: bool = setting(
         False, help="q and k over their RMS, no weight, after RoPE, on rotated layers (Llama 4)"
     )
-    nope_temperature_floor: float | None = setting(
-        None, help="NoPE layers: q x 1 + scale·log(1 + floor((p+1)/floor)) (Llama 4); None: off"
-    )
-    nope_temperature_scale: float = setting(
-        0.1, help="NoPE layers: the temperature's scale (Llama 4's attn_scale)"
+    llama4: Llama4Options = setting(
+        Llama4Options, factory=True, help="Llama 4's NoPE global layers and their temperature"
     )
     mixer_pattern: list[str] | None = setting(
         None,
@@ -249,22 +210,16 @@ class TransformerConfig:
             positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
         check_sizes(self, cls)
-        choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
         choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
-        choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
-        rate(cls, "attention_dropout", self.attention_dropout)
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
         check_llama4(self, cls)
         check_mixers(self, cls)
-        check_relative(self, cls)
         check_mla(self, cls)
-        if self.decode_topk is not None:
-            positive(cls, "decode_topk", self.decode_topk)
         defaults = field_defaults(self)
         # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
         # the gemma4 folder's options, fp8) and apply once one of their settings leaves its
@@ -281,23 +236,24 @@ class TransformerConfig:
             check_fp8(self, cls)
 
     def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
-        """Each layer's self-attention window (None: full attention), ``window_pattern``
+        """Each layer's self-attention window (None: full attention), ``attention.window_pattern``
         repeated over ``num_layers`` (default ``num_layers``) layers."""
         n = self.num_layers if num_layers is None else num_layers
-        if self.sliding_window is None:
+        window = self.attention.sliding_window
+        if window is None:
             return (None,) * n
-        pattern = self.window_pattern or ("local",)
-        return tuple(
-            self.sliding_window if pattern[i % len(pattern)] == "local" else None for i in range(n)
-        )
+        pattern = self.attention.window_pattern or ("local",)
+        return tuple(window if pattern[i % len(pattern)] == "local" else None for i in range(n))
 
     def layer_locals(self, num_layers: int | None = None) -> tuple[bool, ...]:
         """Each layer's ``local`` switch: whether its sliding window or attention chunk applies
-        (and, with ``global_nope``, whether RoPE rotates it), ``window_pattern`` repeated."""
+        (and, with ``llama4.global_nope``, whether RoPE rotates it), ``attention.window_pattern``
+        repeated."""
         n = self.num_layers if num_layers is None else num_layers
-        if self.sliding_window is None and self.attention_chunk is None:
+        a = self.attention
+        if a.sliding_window is None and a.chunk is None:
             return (False,) * n
-        pattern = self.window_pattern or ("local",)
+        pattern = a.window_pattern or ("local",)
         return tuple(pattern[i % len(pattern)] == "local" for i in range(n))
 
     def layer_mixers(self, num_layers: int | None = None) -> tuple[str, ...]:
@@ -336,7 +292,7 @@ class GPT2Config(TransformerConfig):
 @dataclass(frozen=True, kw_only=True)
 class LlamaConfig(TransformerConfig):
     """LLaMA-style decoder: RMSNorm, SwiGLU, RoPE, GQA, no biases, untied head by default.
-    ``attention_type="mla"``: keys/values from one cached low-rank latent per token."""
+    ``attention.type="mla"``: keys/values from one cached low-rank latent per token."""
 
     part_defaults: ClassVar[Mapping[str, Any]] = {
         **TransformerConfig.part_defaults,
@@ -344,6 +300,7 @@ class LlamaConfig(TransformerConfig):
         "init.scaled_residual": False,
         "norm.kind": "rmsnorm",
         "norm.eps": 1e-6,
+        "position.kind": "rope",
     }
 
     vocab_size: int = 32000
@@ -351,7 +308,6 @@ class LlamaConfig(TransformerConfig):
     d_model: int = 512
     num_layers: int = 8
     num_heads: int = 8
-    position: str = "rope"
     use_bias: bool = False
     tie_embeddings: bool = False
 
@@ -401,27 +357,28 @@ def check_sizes(config: Any, cls: str) -> None:
 
 
 def check_rope(config: Any, cls: str) -> None:
-    """With position ``rope``: an even ``head_dim`` and a positive ``rope_theta``."""
-    if config.position == "rope":
+    """With position ``rope``: an even ``head_dim`` and a positive ``position.rope_theta``."""
+    if config.position.kind == "rope":
         if config.head_dim % 2:
             raise ValueError(
                 f"{cls}.head_dim: rope needs an even head_dim; got {config.head_dim} "
                 f"({cls}.d_model // {cls}.num_heads unless head_dim is given)"
             )
-        if not config.rope_theta > 0:
-            raise ValueError(f"{cls}.rope_theta must be > 0; got {config.rope_theta!r}")
+        theta = config.position.rope_theta
+        if not theta > 0:
+            raise ValueError(f"{cls}.position.rope_theta must be > 0; got {theta!r}")
 
 
 def check_rope_scaling(config: Any, cls: str) -> None:
-    """A `RopeScaling` (read from a mapping or Llama 3's legacy four numbers), with rope."""
-    value = RopeScaling.parse(config.rope_scaling, f"{cls}.rope_scaling")
-    object.__setattr__(config, "rope_scaling", value)  # an unset section (all null) is None
+    """A `RopeScaling` (``position.rope_scaling``, read by its section) only with rope, with
+    factors for ``head_dim // 2`` frequencies."""
+    value = config.position.rope_scaling
     if value is None:
         return
-    if config.position != "rope":
+    if config.position.kind != "rope":
         raise ValueError(
-            f"{cls}.rope_scaling: only position 'rope' uses it (got position "
-            f"{config.position!r}); set it to None"
+            f"{cls}.position.rope_scaling: only position.kind 'rope' uses it (got "
+            f"{config.position.kind!r}); set it to None"
         )
     assert config.head_dim is not None
     half = config.head_dim // 2
@@ -429,71 +386,50 @@ def check_rope_scaling(config: Any, cls: str) -> None:
         factors = getattr(value, name)
         if factors is not None and len(factors) != half:
             raise ValueError(
-                f"{cls}.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
+                f"{cls}.position.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
                 f"{len(factors)}"
             )
-    object.__setattr__(config, "rope_scaling", value)
 
 
 def check_window(config: Any, cls: str) -> None:
-    """A positive window, and a pattern only with one (a tuple: the config is hashable)."""
-    window, pattern = config.sliding_window, config.window_pattern
+    """A window (``attention.sliding_window``, or ``attention.chunk``) where the model can apply
+    it: not a bidirectional cuDNN window, not with T5's relative bias."""
+    window, chunk = config.attention.sliding_window, config.attention.chunk
     if window is not None:
-        positive(cls, "sliding_window", window)
         if config.bidirectional and config.attention_impl == "cudnn":
             raise ValueError(
-                f"{cls}.attention_impl: 'cudnn' cannot apply a bidirectional sliding_window "
-                "(cuDNN's window looks back only); use 'auto', 'xla' or 'pallas'"
+                f"{cls}.attention_impl: 'cudnn' cannot apply a bidirectional "
+                "attention.sliding_window (cuDNN's window looks back only); use 'auto', 'xla' or "
+                "'pallas'"
             )
-        if config.position == "t5":
+        if config.position.kind == "t5":
             raise ValueError(
-                f"{cls}.sliding_window: position 't5' is not supported with a window (its "
-                "relative bias reads the cache by slot); set it to None"
+                f"{cls}.attention.sliding_window: position 't5' is not supported with a window "
+                "(its relative bias reads the cache by slot); set it to None"
             )
-    if pattern is None:
-        return
-    if window is None and config.attention_chunk is None:
+    if chunk is not None and config.position.kind == "t5":
         raise ValueError(
-            f"{cls}.window_pattern: it says which layers use sliding_window (or "
-            "attention_chunk), which is None; set one or set window_pattern to None"
+            f"{cls}.attention.chunk: position 't5' has no local layers (got chunk {chunk}); set "
+            "attention.chunk to None"
         )
-    set_pattern(config, cls, "window_pattern", LAYER_KINDS)
 
 
 def check_llama4(config: Any, cls: str) -> None:
-    """Llama 4's switches (:mod:`tjx.nn.family_config`): a chunk instead of a window, NoPE global
-    layers, the weightless q/k norm and the NoPE layers' temperature, each only where it acts."""
-    c = config
-    if c.attention_chunk is not None:
-        positive(cls, "attention_chunk", c.attention_chunk)
-        if c.sliding_window is not None or c.position == "t5":
-            raise ValueError(
-                f"{cls}.attention_chunk: a local layer has a chunk or a sliding_window, not both, "
-                f"and position 't5' has neither (got sliding_window {c.sliding_window}, position "
-                f"{c.position!r}); set attention_chunk to None"
-            )
-    rotated = c.position == "rope" and c.attention_type == "mha"
-    if c.global_nope and (not rotated or False not in c.layer_locals()):
+    """Llama 4's NoPE global layers (the ``llama4`` section) and weightless q/k norm, only where
+    they act: rotated (RoPE, multi-head) layers, and a global layer in
+    ``attention.window_pattern``."""
+    c, nope = config, config.llama4.global_nope
+    rotated = c.position.kind == "rope" and c.attention.type == "mha"
+    if nope and (not rotated or False not in c.layer_locals()):
         raise ValueError(
-            f"{cls}.global_nope: needs position 'rope', attention_type 'mha' and a global layer "
-            f"in window_pattern (got {c.position!r}, {c.attention_type!r}, "
-            f"{c.window_pattern}); set global_nope to False"
+            f"{cls}.llama4.global_nope: needs position 'rope', attention.type 'mha' and a global "
+            f"layer in attention.window_pattern (got {c.position.kind!r}, {c.attention.type!r}, "
+            f"{c.attention.window_pattern}); set llama4.global_nope to False"
         )
     if c.qk_l2_norm and not rotated:
         raise ValueError(
-            f"{cls}.qk_l2_norm: only rotated (position 'rope', attention_type 'mha') layers have "
-            f"it; got {c.position!r}, {c.attention_type!r}"
-        )
-    floor = _positive_float(cls, "nope_temperature_floor", c.nope_temperature_floor)
-    object.__setattr__(c, "nope_temperature_floor", floor)
-    scale = c.nope_temperature_scale
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
-        raise ValueError(f"{cls}.nope_temperature_scale must be a number; got {scale!r}")
-    object.__setattr__(c, "nope_temperature_scale", float(scale))
-    if (floor is None and scale != 0.1) or (floor is not None and not c.global_nope):
-        raise ValueError(
-            f"{cls}.nope_temperature_floor/scale: only NoPE layers (global_nope) are tempered; "
-            f"got floor {floor}, scale {scale}, global_nope {c.global_nope}"
+            f"{cls}.qk_l2_norm: only rotated (position 'rope', attention.type 'mha') layers have "
+            f"it; got {c.position.kind!r}, {c.attention.type!r}"
         )
 
 
@@ -545,10 +481,10 @@ def check_deepseek_mla(config: Any, cls: str) -> None:
     per query head, and no q/k norm (DeepSeek has none)."""
     c, mla = config, config.mla
     for name in DEEPSEEK_MLA:
-        if getattr(mla, name) is not None and c.attention_type != "mla":
+        if getattr(mla, name) is not None and c.attention.type != "mla":
             raise ValueError(
-                f"{cls}.mla.{name}: only attention_type 'mla' uses it (got attention_type "
-                f"{c.attention_type!r}); set it to None"
+                f"{cls}.mla.{name}: only attention.type 'mla' uses it (got attention.type "
+                f"{c.attention.type!r}); set it to None"
             )
     rope = mla.qk_rope_head_dim
     if rope is None:
@@ -558,12 +494,12 @@ def check_deepseek_mla(config: Any, cls: str) -> None:
             f"{cls}.mla.qk_rope_head_dim must be even and at most head_dim ({c.head_dim}); got "
             f"{rope}"
         )
-    needs = {"position": "rope", "num_kv_heads": c.num_heads, "qk_norm": False}
+    needs = {"position.kind": "rope", "num_kv_heads": c.num_heads, "attention.qk_norm": False}
     for name, want in needs.items():
-        if getattr(c, name) != want:
+        if setting_value(c, name) != want:
             raise ValueError(
                 f"{cls}.{name}: DeepSeek's MLA (mla.qk_rope_head_dim set) needs {name}={want!r}; "
-                f"got {getattr(c, name)!r}"
+                f"got {setting_value(c, name)!r}"
             )
 
 
@@ -571,81 +507,44 @@ def check_mla(config: Any, cls: str) -> None:
     """The latent's size goes with MLA, and only with it (other attention ignores it)."""
     check_deepseek_mla(config, cls)
     latent = config.mla.kv_latent_dim
-    if config.attention_type == "mla":
+    if config.attention.type == "mla":
         if latent is None:
             raise ValueError(
-                f"{cls}.mla.kv_latent_dim: attention_type 'mla' needs the latent's size, a "
+                f"{cls}.mla.kv_latent_dim: attention.type 'mla' needs the latent's size, a "
                 "positive int; got None"
             )
     elif latent is not None:
         raise ValueError(
-            f"{cls}.mla.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
-            f"{config.attention_type!r}); set it to None"
+            f"{cls}.mla.kv_latent_dim: only attention.type 'mla' uses it (got attention.type "
+            f"{config.attention.type!r}); set it to None"
         )
-
-
-def check_relative(config: Any, cls: str) -> None:
-    """T5 bias sizes (checked whatever ``position`` is, so a typo fails early)."""
-    nb, md = config.relative_buckets, config.relative_max_distance
-    if isinstance(nb, bool) or not isinstance(nb, int) or nb < 4 or nb % 2:
-        # Even: the encoder splits the buckets in half per direction (T5's layout).
-        raise ValueError(f"{cls}.relative_buckets must be an even int >= 4; got {nb!r}")
-    # The causal decoder's exact range is nb // 2 distances; log-spaced buckets start there.
-    if isinstance(md, bool) or not isinstance(md, int) or md <= nb // 2:
-        raise ValueError(
-            f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = {nb // 2}; "
-            f"got {md!r}"
-        )
-
-
-#: The family switches that are a positive number or None (``check_family``).
-_POSITIVE = (
-    "query_pre_attn_scalar",
-    "attn_logit_softcap",
-    "final_logit_softcap",
-    "rope_local_theta",
-)
-
-
-def _positive_float(cls: str, name: str, value: Any) -> float | None:
-    """None, or ``value`` as a positive finite float (else a ValueError naming the field)."""
-    if value is None:
-        return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not 0.0 < float(value) < math.inf:
-        raise ValueError(f"{cls}.{name} must be a positive number or None; got {value!r}")
-    return float(value)
 
 
 def check_family(config: Any, cls: str) -> None:
-    """Check (and normalise: numbers become floats) a config's family switches."""
-    choice(cls, "qk_norm_scope", config.qk_norm_scope, QK_NORM_SCOPES)
-    if config.qk_norm_scope != "head" and not config.qk_norm:
-        raise ValueError(
-            f"{cls}.qk_norm_scope: only qk_norm uses it (qk_norm is False); set qk_norm=True "
-            "or leave qk_norm_scope 'head'"
-        )
-    for name in _POSITIVE:
-        object.__setattr__(config, name, _positive_float(cls, name, getattr(config, name)))
+    """Check (and normalise: numbers become floats) a config's family switches (the attention
+    section's check themselves)."""
+    name = "final_logit_softcap"
+    object.__setattr__(config, name, positive_float(cls, name, getattr(config, name)))
     decoder = "scale_embeddings" not in type(config).unused_fields
     if not decoder and config.norm.position in DECODER_NORM_POSITIONS:
         raise ValueError(
             f"{cls}.norm.position {config.norm.position!r} is implemented by decoders only; "
             "choose 'pre' or 'post'"
         )
-    if config.rope_local_theta is not None and (
-        config.sliding_window is None or config.position != "rope"
+    if config.position.rope_local_theta is not None and (
+        config.attention.sliding_window is None or config.position.kind != "rope"
     ):
         raise ValueError(
-            f"{cls}.rope_local_theta: only windowed RoPE layers use it (sliding_window "
-            f"{config.sliding_window}, position {config.position!r}); set sliding_window (and "
-            "position 'rope') or leave rope_local_theta None"
+            f"{cls}.position.rope_local_theta: only windowed RoPE layers use it "
+            f"(attention.sliding_window {config.attention.sliding_window}, position.kind "
+            f"{config.position.kind!r}); set attention.sliding_window (and position.kind 'rope') "
+            "or leave position.rope_local_theta None"
         )
-    if config.attn_logit_softcap is not None and config.attention_impl == "cudnn":
+    if config.attention.logit_softcap is not None and config.attention_impl == "cudnn":
         raise ValueError(
             f"{cls}.attention_impl 'cudnn' cannot soft-cap attention logits "
-            f"(attn_logit_softcap {config.attn_logit_softcap}): jax's cuDNN attention has no "
-            "soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
+            f"(attention.logit_softcap {config.attention.logit_softcap}): jax's cuDNN attention "
+            "has no soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
         )
     check_sinks(config, cls)
     check_rope_fraction(config, cls)
@@ -658,57 +557,52 @@ def check_family(config: Any, cls: str) -> None:
 
 
 def check_sinks(config: Any, cls: str) -> None:
-    """``attention_sinks`` only where a kernel computes them: tjx.kernels' XLA path (``auto``
-    resolves to it), full decoding (not ``decode_topk``'s) and multi-head attention (not MLA)."""
-    if not config.attention_sinks:
-        return
-    if config.attention_impl in ("cudnn", "pallas", "tokamax"):
+    """``attention.sinks`` only where a kernel computes them: tjx.kernels' XLA path (``auto``
+    resolves to it); the section itself refuses them with ``attention.decode_topk`` and MLA."""
+    if config.attention.sinks and config.attention_impl in ("cudnn", "pallas", "tokamax"):
         raise ValueError(
             f"{cls}.attention_impl {config.attention_impl!r} cannot add attention sinks "
-            "(attention_sinks=True): only tjx.kernels' XLA attention computes them; use 'auto' "
+            "(attention.sinks=True): only tjx.kernels' XLA attention computes them; use 'auto' "
             "(which then resolves to XLA) or 'xla'"
         )
-    for name, value, default in (
-        ("decode_topk", config.decode_topk, None),
-        ("attention_type", config.attention_type, "mha"),
-    ):
-        if value != default:
-            raise ValueError(
-                f"{cls}.{name} {value!r} is not supported with attention_sinks=True; set it to "
-                f"{default!r}"
-            )
 
 
 def check_rope_fraction(config: Any, cls: str) -> None:
-    """``rope_fraction`` in ``(0, 1]``, rotating an even number of dims; below 1 only with
-    RoPE on multi-head attention (MLA rotates its own ``qk_rope_head_dim``)."""
-    f = config.rope_fraction
-    if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
-        raise ValueError(f"{cls}.rope_fraction must be a number in (0, 1]; got {f!r}")
-    object.__setattr__(config, "rope_fraction", float(f))
+    """``position.rope_fraction`` (in ``(0, 1]``, its section checks) below 1 only with RoPE on
+    multi-head attention (MLA rotates its own ``qk_rope_head_dim``), rotating an even number of
+    dims."""
+    pos = config.position
+    f = pos.rope_fraction
     if f == 1.0:
         return
-    if config.position != "rope" or config.attention_type != "mha":
+    if pos.kind != "rope" or config.attention.type != "mha":
         raise ValueError(
-            f"{cls}.rope_fraction {f} needs position 'rope' and attention_type 'mha' (got "
-            f"{config.position!r}, {config.attention_type!r}); set it to 1.0"
+            f"{cls}.position.rope_fraction {f} needs position.kind 'rope' and attention.type "
+            f"'mha' (got {pos.kind!r}, {config.attention.type!r}); set it to 1.0"
         )
     rotated = int(config.head_dim * f)
     if rotated < 2 or rotated % 2:
         raise ValueError(
-            f"{cls}.rope_fraction {f} rotates int(head_dim {config.head_dim} x {f}) = {rotated} "
-            "dims; RoPE needs an even number, at least 2"
+            f"{cls}.position.rope_fraction {f} rotates int(head_dim {config.head_dim} x {f}) = "
+            f"{rotated} dims; RoPE needs an even number, at least 2"
         )
-    if config.rope_scaling is not None and config.rope_scaling.type == "longrope":
+    if pos.rope_scaling is not None and pos.rope_scaling.type == "longrope":
         raise ValueError(
-            f"{cls}.rope_fraction {f} with a longrope rope_scaling is not supported (its factors "
-            "are per frequency of the whole head); set rope_fraction to 1.0"
+            f"{cls}.position.rope_fraction {f} with a longrope rope_scaling is not supported "
+            "(its factors are per frequency of the whole head); set rope_fraction to 1.0"
         )
 
 
 def rotated_dims(config: Any) -> int:
-    """The dims of each q/k head RoPE rotates: ``int(head_dim · rope_fraction)``."""
-    return int(config.head_dim * config.rope_fraction)
+    """The dims of each q/k head RoPE rotates: ``int(head_dim · position.rope_fraction)``."""
+    return int(config.head_dim * config.position.rope_fraction)
+
+
+def setting_default(config: Any, key: str) -> Any:
+    """The class default of setting ``key`` of ``config`` (a dotted one: its section's)."""
+    section, _, name = key.rpartition(".")
+    owner = setting_value(config, section) if section else config
+    return field_defaults(owner)[name]
 
 
 def field_defaults(config: Any) -> dict[str, Any]:
@@ -720,12 +614,10 @@ def field_defaults(config: Any) -> dict[str, Any]:
 
 
 def check_unused(config: Any, cls: str) -> None:
-    """A field this family's model never reads keeps its default (else it would be ignored)."""
-    defaults = field_defaults(config)
+    """A setting this family's model never reads (a section's by its dotted key) keeps its
+    default (else it would be ignored)."""
     for name, why in type(config).unused_fields.items():
-        value = setting_value(config, name)  # a dotted name: a setting of a section
-        section, _, sub = name.partition(".")
-        default = getattr(defaults[section], sub) if sub else defaults[section]
+        value, default = setting_value(config, name), setting_default(config, name)
         if value != default:
             raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {default!r}")
 

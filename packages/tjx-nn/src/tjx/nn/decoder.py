@@ -177,7 +177,7 @@ def head_cross_entropy(
 class DecoderLM(nnx.Module):
     """A causal language model built from a ``TransformerConfig``.
 
-    With ``dropout`` or ``attention_dropout`` > 0 the model keeps an ``nnx.Rngs`` (stream
+    With ``dropout`` or ``attention.dropout`` > 0 the model keeps an ``nnx.Rngs`` (stream
     ``dropout``) in its state for training calls; pass ``rngs=`` to ``__call__`` to override.
     Each training call draws one new key from it and splits it per layer and per use (see
     ``linear.dropout_stream`` for ``jax.jit`` over ``nnx.split``/``nnx.merge``).
@@ -225,7 +225,7 @@ class DecoderLM(nnx.Module):
         self.head = output_head(c, rngs=rngs)
         # Multi-token prediction (DeepSeek-V3): depths after the stack sharing embed and head.
         self.mtp = MTP(c, rngs=rngs) if c.mtp.depths else None
-        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention.dropout > 0)
 
     # -- pieces --------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Array, positions: Array) -> Array:
@@ -238,7 +238,7 @@ class DecoderLM(nnx.Module):
             x,
             positions,
             self.pos_embed,
-            self.config.position,
+            self.config.position.kind,
             amplitude=sinusoid_amplitude(self.config.init.std),
         )
 

@@ -90,15 +90,16 @@ def decoder_stages(
             "decoder_stages: the multi-token-prediction modules are not pipelined (their loss "
             f"would be lost between stages); got mtp.depths={c.mtp.depths} (set it to 0)"
         )
-    if c.window_pattern is not None and len(set(c.layer_locals())) > 1:
+    if c.attention.window_pattern is not None and len(set(c.layer_locals())) > 1:
         raise ValueError(
-            "decoder_stages runs every layer alike; a window_pattern that mixes local and global "
-            "layers is not supported in a pipeline (one sliding_window for every layer is)"
+            "decoder_stages runs every layer alike; an attention.window_pattern that mixes local "
+            "and global layers is not supported in a pipeline (one sliding_window for every layer "
+            "is)"
         )
-    if c.dropout or c.attention_dropout:
+    if c.dropout or c.attention.dropout:
         raise ValueError(
             "decoder_stages runs the layers without dropout; got dropout="
-            f"{c.dropout}, attention_dropout={c.attention_dropout} (set both to 0)"
+            f"{c.dropout}, attention.dropout={c.attention.dropout} (set both to 0)"
         )
     block_def = nnx.graphdef(model.stack.layers)
     modules = {k: getattr(model, k) for k in HEAD_MODULES}

@@ -76,8 +76,8 @@ def lookup_table(rows: int, config: Any, *, rngs: nnx.Rngs, init_std: float | No
 def learned_positions(
     config: Any, *, rngs: nnx.Rngs, init_std: float | None = None
 ) -> Embed | None:
-    """The ``max_seq_len``-row position table when ``config.position == "learned"``, else None."""
-    if config.position != "learned":
+    """The ``max_seq_len``-row position table for ``position.kind == "learned"``, else None."""
+    if config.position.kind != "learned":
         return None
     return lookup_table(config.max_seq_len, config, rngs=rngs, init_std=init_std)
 
@@ -106,7 +106,7 @@ def sinusoid_amplitude(init_std: float) -> float:
 
 
 def add_positions(
-    x: Array, positions: Array, table: Embed | None, kind: str, *, amplitude: float = 1.0
+    x: Array, positions: Array, table: Embed | None, kind: str | None, *, amplitude: float = 1.0
 ) -> Array:
     """``x`` plus absolute positions: the learned ``table``'s rows, or sinusoids times
     ``amplitude`` when ``kind`` is ``"sinusoidal"`` (token models pass `sinusoid_amplitude`);

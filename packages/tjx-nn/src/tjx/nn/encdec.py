@@ -76,7 +76,7 @@ class EncoderDecoder(nnx.Module):
         self.encoder_norm = make_norm(c.norm.kind, c.d_model, **norm_kw) if pre else None
         self.decoder_norm = make_norm(c.norm.kind, c.d_model, **norm_kw) if pre else None
         self.head = output_head(c, rngs=rngs)
-        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention.dropout > 0)
 
     def _embed(
         self,
@@ -95,7 +95,7 @@ class EncoderDecoder(nnx.Module):
             self.embed(tokens),
             positions,
             self.pos_embed,
-            self.config.position,
+            self.config.position.kind,
             amplitude=sinusoid_amplitude(self.config.init.std),
         )
         return dropout(x, self.config.dropout, key, deterministic=deterministic), positions

@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 
 from tjx.core.config.values import choice, positive
 from tjx.core.fields import setting
-from tjx.nn.configs import POSITIONS, TransformerConfig
+from tjx.nn.configs import TransformerConfig
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
+from tjx.nn.position_config import POSITIONS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +42,7 @@ class BertConfig(TransformerConfig):
     pad_id: int = setting(0, help="BERT: the padding token's id (not attended to)")
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
-        "decode_topk": "only decoders decode (BERT does not)",
+        "attention.decode_topk": "only decoders decode (BERT does not)",
         "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
         **DECODER_ONLY,
         **NO_MOE,
@@ -50,7 +51,8 @@ class BertConfig(TransformerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         # BERT always adds its learned position table; T5's bias is for models without one.
-        choice("BertConfig", "position", self.position, tuple(p for p in POSITIONS if p != "t5"))
+        kinds = tuple(p for p in POSITIONS if p != "t5")
+        choice("BertConfig", "position.kind", self.position.kind, kinds)
         positive("BertConfig", "type_vocab_size", self.type_vocab_size)
         if self.num_labels is not None:
             positive("BertConfig", "num_labels", self.num_labels)
@@ -79,7 +81,7 @@ class ViTConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
-        "decode_topk": "only decoders decode (ViT does not)",
+        "attention.decode_topk": "only decoders decode (ViT does not)",
         "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
         **DECODER_ONLY,
         **NO_MOE,
@@ -95,7 +97,7 @@ class ViTConfig(TransformerConfig):
             )
         object.__setattr__(self, "max_seq_len", self.num_patches + 1)
         super().__post_init__()
-        choice("ViTConfig", "position", self.position, ("learned", "sinusoidal"))
+        choice("ViTConfig", "position.kind", self.position.kind, ("learned", "sinusoidal"))
 
     def layer_mixers(self, num_layers: int | None = None) -> tuple[str, ...]:
         """Each layer's token mixer (``MIXERS``), ``mixer_pattern`` repeated over ``num_layers``
@@ -124,11 +126,11 @@ class EncoderDecoderConfig(TransformerConfig):
     part_defaults: ClassVar[Mapping[str, Any]] = {
         **TransformerConfig.part_defaults,
         "init.scaled_residual": False,
+        "position.kind": "sinusoidal",
     }
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")
-    position: str = "sinusoidal"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,7 +140,7 @@ class EncoderDecoderConfig(TransformerConfig):
             positive("EncoderDecoderConfig", name, getattr(self, name))
         choice(
             "EncoderDecoderConfig",
-            "position",
-            self.position,
+            "position.kind",
+            self.position.kind,
             ("learned", "sinusoidal", "rope", "t5", "none"),
         )

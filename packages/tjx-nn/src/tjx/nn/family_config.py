@@ -1,12 +1,13 @@
 """The architecture switches of the 2024-25 decoder families (their checks: ``check_family``, with
 the config's other checks in :mod:`tjx.nn.configs`).
 
-Each is one ``TransformerConfig`` field (``configs.py``), off by default:
+Each is one ``TransformerConfig`` setting (``configs.py``; the attention ones in its ``attention``
+section, Llama 4's NoPE ones in its ``llama4`` section), off by default:
 
-* ``qk_norm`` (Qwen3, Gemma 3, OLMo 2): an RMSNorm of the queries and of the keys after their
-  projections, before RoPE. ``qk_norm_scope``: ``"head"`` normalises each head alone with one
-  ``head_dim`` scale shared by the heads (Qwen3, Gemma 3); ``"projection"`` normalises all heads
-  of a token together, with a scale per ``heads × head_dim`` column (OLMo 2).
+* ``attention.qk_norm`` (Qwen3, Gemma 3, OLMo 2): an RMSNorm of the queries and of the keys after
+  their projections, before RoPE. ``attention.qk_norm_scope``: ``"head"`` normalises each head
+  alone with one ``head_dim`` scale shared by the heads (Qwen3, Gemma 3); ``"projection"``
+  normalises all heads of a token together, with a scale per ``heads × head_dim`` column (OLMo 2).
 * ``norm.position`` ``"sandwich"`` (Gemma 2/3): ``x + norm₂(f(norm₁(x)))`` around attention and the
   MLP; ``"output"`` (OLMo 2): ``x + norm(f(x))``. Both keep the final norm. Decoders only.
 * ``norm.plus_one`` (Gemma): every norm multiplies by ``1 + weight``, the weight starting at 0
@@ -14,19 +15,19 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 * ``scale_embeddings`` (Gemma): token embeddings times ``sqrt(d_model)``, the factor rounded to
   float32 and then to the compute dtype as transformers does (``sqrt(3072)`` is 55.43 in float32,
   55.5 in bfloat16). The tied output head reads the unscaled table.
-* ``query_pre_attn_scalar`` (Gemma): attention logits scale ``1/sqrt(query_pre_attn_scalar)``
+* ``attention.query_pre_attn_scalar`` (Gemma): attention logits scale ``1/sqrt(it)``
   instead of ``1/sqrt(head_dim)``.
-* ``attn_logit_softcap`` (Gemma 2): scaled attention logits become ``c·tanh(x/c)`` before the
+* ``attention.logit_softcap`` (Gemma 2): scaled attention logits become ``c·tanh(x/c)`` before the
   mask, in every kernel that serves them (XLA, Pallas); cuDNN cannot, so ``attention_impl:
   cudnn`` is refused with it and ``auto`` leaves cuDNN out (``tjx.kernels.auto_order``).
 * ``final_logit_softcap`` (Gemma 2): output logits become ``c·tanh(x/c)``, in ``logits``, the
   chunked loss and generation alike.
 
-* ``rope_local_theta`` (Gemma 3): the RoPE base of the layers whose ``sliding_window`` applies
-  (``window_pattern``'s ``"local"`` ones), without ``rope_scaling`` (transformers rotates Gemma 3's
-  local layers with the default RoPE at ``rope_local_base_freq``); the global layers keep
+* ``rope_local_theta`` (Gemma 3): the RoPE base of the layers whose ``attention.sliding_window``
+  applies (``window_pattern``'s ``"local"`` ones), without ``rope_scaling`` (transformers rotates
+  Gemma 3's local layers with the default RoPE at ``rope_local_base_freq``); the global layers keep
   ``rope_theta`` and ``rope_scaling``. None: every layer rotates alike. Needs a window.
-* ``attention_sinks`` (gpt-oss): each self-attention layer learns one logit per query head that
+* ``attention.sinks`` (gpt-oss): each self-attention layer learns one logit per query head that
   every softmax row sees in its denominator, with no value behind it (a row may then attend to
   "nothing"). ``tjx.kernels.attention(..., sinks=)`` computes it on the XLA path only, so
   ``attention_impl`` ``cudnn``/``pallas`` are refused with it (``auto`` resolves to XLA), as are
@@ -37,14 +38,15 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 
 Llama 4's (its global layers are ``window_pattern``'s ``"global"`` ones):
 
-* ``attention_chunk``: the local layers attend within chunks of this many positions instead of a
+* ``attention.chunk``: the local layers attend within chunks of this many positions instead of a
   sliding window (position ``p`` sees the keys from ``chunk·⌊p/chunk⌋`` to ``p``: tjx.kernels'
   ``attention(chunk=)``, a decoding step the keys of its own chunk). Not with ``sliding_window``.
-* ``global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones only.
+* ``llama4.global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones
+  only.
 * ``qk_l2_norm``: queries and keys divided by their RMS over each head (``norm.eps``, no weight)
   after RoPE, in the layers RoPE rotates.
-* ``nope_temperature_floor`` / ``nope_temperature_scale``: a NoPE layer's queries times
-  ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
+* ``llama4.nope_temperature_floor`` / ``llama4.nope_temperature_scale``: a NoPE layer's queries
+  times ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
 * MoE: the ``sigmoid_plain`` router (`tjx.nn.routers`) and ``router_scales_input``, the routed
   weight scaling the expert's input instead of its output (`tjx.nn.moe.dispatch`).
 
@@ -69,17 +71,17 @@ from typing import Any, NamedTuple
 from tjx.nn.families.gemma4 import options as gemma4_options
 from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS
 
-#: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
+#: What ``attention.qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")
 #: Norm positions only decoder blocks implement.
 DECODER_NORM_POSITIONS = ("sandwich", "output")
 #: Llama 4's attention switches (a decoder's, above).
 LLAMA4_SWITCHES = (
-    "attention_chunk",
-    "global_nope",
+    "attention.chunk",
+    "llama4.global_nope",
     "qk_l2_norm",
-    "nope_temperature_floor",
-    "nope_temperature_scale",
+    "llama4.nope_temperature_floor",
+    "llama4.nope_temperature_scale",
 )
 #: The family sections' old flat keys in a model section → their dotted keys (the ``gemma4``
 #: section's before tjx-nn 0.30 were flat fields).
@@ -94,7 +96,7 @@ DECODER_ONLY: Mapping[str, str] = {
         "norm.plus_one",
         "scale_embeddings",
         "final_logit_softcap",
-        "attention_sinks",
+        "attention.sinks",
         *LLAMA4_SWITCHES,
         "gemma4",
     )
@@ -164,14 +166,28 @@ def shared_kv_layers(config: Any) -> int:
     return int(config.gemma4.kv_shared_layers)
 
 
+def _setting(config: Any, key: str) -> Any:
+    """Setting ``key`` of ``config``, a dotted key a section's (`tjx.nn.configs.setting_value`,
+    which this module, below the configs, cannot import)."""
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def nope_layers(config: Any) -> tuple[bool, tuple[float, float] | None]:
+    """Llama 4's NoPE (its ``llama4`` section): whether the global layers rotate no position,
+    and their queries' temperature ``(floor, scale)`` (None: untempered)."""
+    return config.llama4.global_nope, config.llama4.temperature()
+
+
 def check_mtp(config: Any, cls: str) -> None:
     """Multi-token prediction (the ``mtp`` section, :mod:`tjx.nn.mtp`) only on a full-attention
     decoder: an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)."""
     if not config.mtp.depths:
         return
-    local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
-    for name, off in (*local, ("position", "t5")):
-        value = getattr(config, name, None)
+    local = (("attention.sliding_window", None), ("attention.chunk", None), ("mixer_pattern", None))
+    for name, off in (*local, ("position.kind", "t5")):
+        value = _setting(config, name)
         if (value is not None) if off is None else value == off:
             raise ValueError(
                 f"{cls}.mtp.depths: multi-token prediction is implemented for full-attention "

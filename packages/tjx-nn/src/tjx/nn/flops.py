@@ -27,7 +27,7 @@ its recurrent form's three products with the ``[d_k, d_v]`` state per value head
 (read by the key, the rank-one write, read by the query): ``18·H_v·d_k·d_v`` per token and
 layer with the backward. (The chunked kernel does more arithmetic than that to run in parallel;
 this is the model's count, as a score matrix's half is.) A gated attention output
-(``attention_output_gate``) adds its projection to the layer's query and output weights.
+(``attention.output_gate``) adds its projection to the layer's query and output weights.
 
 **Mixture of experts: only active parameters count.** A token goes through its MoE layer's
 router (``d·E``), its ``experts_per_token`` routed experts and the shared experts, so an MoE
@@ -68,7 +68,7 @@ def _attention_weights(c: TransformerConfig, *, cross: bool = False) -> tuple[in
     """
     assert c.head_dim is not None and c.num_kv_heads is not None
     d, inner, kv_inner = c.d_model, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    if c.attention_type == "mla" and not cross and c.mla.qk_rope_head_dim is not None:
+    if c.attention.type == "mla" and not cross and c.mla.qk_rope_head_dim is not None:
         # DeepSeek: the (low-rank) query, o_proj from the value heads; kv_down and the shared
         # rope key [d, r + rope], then per-head key [r, head_dim - rope] and value [r, v].
         r, rope, q_rank = c.mla.kv_latent_dim, c.mla.qk_rope_head_dim, c.mla.q_lora_rank
@@ -77,12 +77,12 @@ def _attention_weights(c: TransformerConfig, *, cross: bool = False) -> tuple[in
         query = d * q_rank + q_rank * inner if q_rank else d * inner
         kv_up = r * (c.num_heads * (c.head_dim - rope) + v_inner)
         return query + v_inner * d, d * (r + rope) + kv_up
-    if c.attention_type == "mla" and not cross:
+    if c.attention.type == "mla" and not cross:
         r = c.mla.kv_latent_dim
         assert r is not None
         # kv_down [d, r], then key/value up-projections [r, kv_heads, head_dim], every token.
         return 2 * d * inner, d * r + 2 * r * kv_inner
-    gate = d * inner if c.attention_output_gate and not cross else 0  # Qwen3.5's output gate
+    gate = d * inner if c.attention.output_gate and not cross else 0  # Qwen3.5's output gate
     return 2 * d * inner + gate, 2 * d * kv_inner
 
 
@@ -184,9 +184,9 @@ def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> tuple[i
     for w, local, mixer in zip(c.layer_windows(layers), locals_, mixers, strict=True):
         if mixer == "delta":  # no score matrix (`flops_per_token` counts its state products)
             continue
-        if local and c.attention_chunk is not None:  # a score block per chunk
-            whole, rest = divmod(s, c.attention_chunk)
-            block = whole * c.attention_chunk**2 + rest * rest
+        if local and c.attention.chunk is not None:  # a score block per chunk
+            whole, rest = divmod(s, c.attention.chunk)
+            block = whole * c.attention.chunk**2 + rest * rest
             total += block
             overlap += block  # causal: half of each block
             continue

@@ -346,9 +346,11 @@ def lower_generation(
 def _longrope_original(model: DecoderLM | EncoderDecoder) -> int | None:
     """The length past which ``model``'s LongRoPE turns to its long factors (None: no
     LongRoPE)."""
-    scaling = getattr(model.config, "rope_scaling", None)
+    scaling = model.config.position.rope_scaling
     if scaling is None or scaling.type != "longrope":
         return None
+    # RopeScaling refuses a longrope scaling without its pretraining length.
+    assert scaling.original_max_position_embeddings is not None
     return int(scaling.original_max_position_embeddings)
 
 

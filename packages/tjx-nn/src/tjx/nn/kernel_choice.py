@@ -85,16 +85,16 @@ def _call(config: TransformerConfig, kind: str) -> _Call:
     c = config
     assert c.head_dim is not None  # a built config's checks fill it (d_model // num_heads)
     cross = kind == "cross"
-    deepseek = c.attention_type == "mla" and not cross and mla.is_deepseek(c)
+    deepseek = c.attention.type == "mla" and not cross and mla.is_deepseek(c)
     width = max(c.head_dim, mla.value_dim(c)) if deepseek else c.head_dim
-    window = None if cross else c.sliding_window
+    window = None if cross else c.attention.sliding_window
     return _Call(
         c.attention_impl,
         c.precision.compute_dtype,
         width,
-        softcap=c.attn_logit_softcap is not None,
+        softcap=c.attention.logit_softcap is not None,
         bidirectional_window=window is not None and kind == "bidirectional",
-        sinks=c.attention_sinks and not cross,
+        sinks=c.attention.sinks and not cross,
     )
 
 
@@ -327,7 +327,7 @@ def _compiling(
         return impl, False
     if impl == "xla" and not say_xla:
         return impl, False
-    capped = config.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
+    capped = config.attention.logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
     dtype, head_dim = config.precision.compute_dtype, config.head_dim
     assert head_dim is not None  # a built config's checks fill it (d_model // num_heads)
     order = kernels.kernel_order(impl, dtype, head_dim, named_by=named_by, say=say, softcap=capped)

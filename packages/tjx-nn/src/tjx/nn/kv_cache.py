@@ -105,7 +105,7 @@ def _attention_cache(
     """The attention layers' part: keys and values, or MLA's latents (none without a layer)."""
     if not layers:
         return {}
-    if config.attention_type == "mla":
+    if config.attention.type == "mla":
         assert config.mla.kv_latent_dim is not None
         cache = {"latent": jnp.zeros((layers, batch, slots, config.mla.kv_latent_dim), dt)}
         if config.mla.qk_rope_head_dim is not None:  # DeepSeek's: and the shared rotated key
@@ -227,8 +227,8 @@ def concat_layer_caches(caches: list[dict[str, Array]]) -> dict[str, Array]:
 
 def cache_slots(config: TransformerConfig, max_len: int, num_layers: int | None = None) -> int:
     """Slots per row of a cache for ``max_len`` tokens: the window when every layer has one and
-    it is shorter (a rolling cache), else ``max_len`` (a layer of a mixed ``window_pattern`` that
-    attends to everything needs every slot)."""
+    it is shorter (a rolling cache), else ``max_len`` (a layer of a mixed
+    ``attention.window_pattern`` that attends to everything needs every slot)."""
     windows = config.layer_windows(num_layers)
     if windows and all(w is not None for w in windows):
         return min(max_len, max(w for w in windows if w is not None))
@@ -328,8 +328,8 @@ def kv_cache_bytes(
     Standard attention stores ``2 · L · kv_heads · head_dim`` values per token (``L``: the
     attention layers; a delta layer keeps a fixed-size state, see `init_cache`); MLA stores
     ``L · mla.kv_latent_dim`` (DeepSeek's: ``+ mla.qk_rope_head_dim``). Compare
-    ``kv_cache_bytes(cfg)`` with ``kv_cache_bytes(cfg.replace(attention_type="mha",
-    mla=MLAConfig()))`` for the saving.
+    ``kv_cache_bytes(cfg)`` with ``kv_cache_bytes(cfg.replace(attention=cfg.attention.replace(
+    type="mha"), mla=MLAConfig()))`` for the saving.
 
     Parameters
     ----------
@@ -347,7 +347,7 @@ def kv_cache_bytes(
     """
     itemsize = jnp.dtype(dtype).itemsize
     seq_len = cache_slots(config, seq_len)
-    if config.attention_type == "mla":
+    if config.attention.type == "mla":
         assert config.mla.kv_latent_dim is not None
         per_token = config.mla.kv_latent_dim + (config.mla.qk_rope_head_dim or 0)
     else:

@@ -1,4 +1,4 @@
-"""DeepSeek's multi-head latent attention (V2, V2-Lite, V3), the form ``attention_type="mla"``
+"""DeepSeek's multi-head latent attention (V2, V2-Lite, V3), the form ``attention.type="mla"``
 takes with ``qk_rope_head_dim`` set (tjx's older MLA, without it, rotates whole up-projected keys).
 
 Per token ``x`` (``d_model``), with ``r = kv_latent_dim``, ``ρ = qk_rope_head_dim``, ``n =
@@ -54,7 +54,7 @@ DEEPSEEK_ONLY = ("query_down", "query_latent_norm", "kv_latent_norm", "key_rope"
 
 def is_deepseek(config: TransformerConfig) -> bool:
     """Whether ``config``'s self-attention is DeepSeek's MLA."""
-    return config.attention_type == "mla" and config.mla.qk_rope_head_dim is not None
+    return config.attention.type == "mla" and config.mla.qk_rope_head_dim is not None
 
 
 def value_dim(config: TransformerConfig) -> int:
@@ -65,7 +65,7 @@ def value_dim(config: TransformerConfig) -> int:
 
 def softmax_scale_factor(config: TransformerConfig) -> float:
     """DeepSeek's yarn correction of the softmax scale: ``mscale²`` (1 without it)."""
-    s = config.rope_scaling
+    s = config.position.rope_scaling
     if not is_deepseek(config) or s is None or not s.mscale_all_dim or s.factor is None:
         return 1.0
     mscale = 1.0 if s.factor <= 1 else 0.1 * s.mscale_all_dim * math.log(s.factor) + 1.0

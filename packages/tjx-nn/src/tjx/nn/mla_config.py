@@ -1,6 +1,6 @@
 """The multi-head latent attention section of a model config (`MLAConfig`): the latent's size
 and DeepSeek's low-rank query, shared rotated key and value width (:mod:`tjx.nn.mla` builds the
-layer from them). Only ``attention_type="mla"`` reads it; the model config checks that, and what
+layer from them). Only ``attention.type="mla"`` reads it; the model config checks that, and what
 the section needs of the rest of the model (RoPE, a key per query head, ``head_dim``).
 """
 
@@ -25,7 +25,7 @@ class MLAConfig:
     Every bad value raises ``ValueError`` at construction naming ``MLAConfig.<field>``.
     """
 
-    kv_latent_dim: int | None = setting(None, help="attention_type=mla: the latent's size")
+    kv_latent_dim: int | None = setting(None, help="attention.type=mla: the latent's size")
     q_lora_rank: int | None = setting(None, help="low-rank query width (DeepSeek-V3)")
     qk_rope_head_dim: int | None = setting(None, help="head_dim's shared rotated tail")
     v_head_dim: int | None = setting(None, help="a value head's width; None: head_dim")

@@ -6,11 +6,14 @@ Llama 3's RoPE scaling as four numbers. Before tjx-nn 0.29 the MoE, MLA and Gate
 settings were flat keys of the section (``num_experts``, ``kv_latent_dim``, ``delta_key_heads``
 ...), now the ``moe``, ``mla`` and ``delta`` sections; before tjx-nn 0.30 a family's switches
 (``kv_shared_layers`` ...), now that family's option section (`FLAT_FAMILY_KEYS`), and the
-multi-token prediction, init, MLP and norm settings (``mtp_depths``, ``init_std``, ``mlp_dim``,
-``norm_eps`` ...: the ``mtp``, ``init``, ``mlp`` and ``norm`` sections; ``norm``, a name then,
-is ``norm.kind``). Files written then (presets, users' files, a run's saved config, a
-checkpoint's model.json) still read: their keys are moved to where they are now, and the flat
-defaults a kind never read are dropped.
+multi-token prediction, init, MLP, norm and position settings (``mtp_depths``, ``init_std``,
+``mlp_dim``, ``norm_eps``, ``rope_theta`` ...: the ``mtp``, ``init``, ``mlp``, ``norm`` and
+``position`` sections; ``norm`` and ``position``, names then, are ``norm.kind`` and
+``position.kind``); until tjx-nn 0.30 the attention settings (``sliding_window``,
+``attn_logit_softcap`` ...), now the ``attention`` section, and another family's switches
+(``global_nope`` ...), now its option section (`tjx.nn.configs.FLAT_SECTION_KEYS`). Files
+written then (presets, users' files, a run's saved config, a checkpoint's model.json) still read:
+their keys are moved to where they are now, and the flat defaults a kind never read are dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from tjx.nn.configs import FLAT_SECTION_KEYS
 from tjx.nn.family_config import FLAT_FAMILY_KEYS
 from tjx.nn.gated_deltanet import FLAT_DELTA_KEYS
 from tjx.nn.mla_config import FLAT_MLA_KEYS
@@ -36,7 +40,8 @@ _PRE_08_KEYS = {
     "compute_dtype": "precision.compute_dtype",
 }
 #: The component sections' flat keys → their key in the section (moe, mla, delta: before
-#: tjx-nn 0.29; a family's section, mtp, init, mlp, norm: before 0.30).
+#: tjx-nn 0.29; mtp, init, mlp, norm and a family's: before 0.30; attention and another
+#: family's: until 0.30).
 _SECTION_KEYS = {
     **{old: f"moe.{new}" for old, new in FLAT_MOE_KEYS.items()},
     **{old: f"mla.{new}" for old, new in FLAT_MLA_KEYS.items()},
@@ -46,6 +51,7 @@ _SECTION_KEYS = {
     **{old: f"init.{new}" for old, new in FLAT_INIT_KEYS.items()},
     **{old: f"mlp.{new}" for old, new in FLAT_MLP_KEYS.items()},
     **{old: f"norm.{new}" for old, new in FLAT_NORM_KEYS.items()},
+    **FLAT_SECTION_KEYS,
 }
 #: Old key of a model section → the key it is now.
 RENAMED_MODEL_KEYS = _PRE_08_KEYS | _SECTION_KEYS
@@ -78,10 +84,11 @@ def _move(section: dict[str, Any], old: str, new: str, key: str) -> None:
 
 
 def nest_section_keys(fields: dict[str, Any], key: str) -> dict[str, Any]:
-    """A copy of ``fields`` (a model section's keys or a config's fields) whose flat MoE, MLA,
-    Gated DeltaNet, MTP, init, MLP and norm keys and a family's switches are moved into their
-    sections (``moe``, ``mla``, ``delta``, ``mtp``, ``init``, ``mlp``, ``norm``, the family's;
-    ``key``: its path in messages; an old key beside its new one: a ``ValueError``)."""
+    """A copy of ``fields`` (a model section's keys or a config's fields) whose flat keys of a
+    component section (MoE, MLA, Gated DeltaNet, attention, position, MTP, init, MLP, norm, a
+    family's options) are moved into it (``moe``, ``mla``, ``delta``, ``attention``,
+    ``position``, ``mtp``, ``init``, ``mlp``, ``norm``, the family's; ``key``: its path in
+    messages; an old key beside its new one: a ``ValueError``)."""
     out = copy.deepcopy(fields)
     for old, new in _SECTION_KEYS.items():
         _move(out, old, new, key)
@@ -116,9 +123,10 @@ def migrate_model_section(
         out.setdefault("num_channels", 1)
     for old, new in RENAMED_MODEL_KEYS.items():
         _move(out, old, new, key)
-    if isinstance(out.get("rope_scaling"), list):
-        scaling = RopeScaling.parse(out["rope_scaling"], f"{key}.rope_scaling")
-        out["rope_scaling"] = {} if scaling is None else scaling.as_dict()
+    position = out.get("position")
+    if isinstance(position, dict) and isinstance(position.get("rope_scaling"), list):
+        scaling = RopeScaling.parse(position["rope_scaling"], f"{key}.rope_scaling")
+        position["rope_scaling"] = {} if scaling is None else scaling.as_dict()
     for name, old_default in _OLD_DEFAULTS.items():
         reads = name in _KIND_FIELDS.get(kind, ()) or (
             name == "tie_embeddings" and kind not in ("bert", "vit")

@@ -68,7 +68,7 @@ def check_peft_export(config: Any, folder: str | os.PathLike[str], merged: str =
             "PEFT adapters are written for Llama-family models, not model.kind="
             f"{model_kind(config)} (HF's GPT-2 fuses q/k/v); export the merged model with {merged}"
         )
-    if config.attention_type == "mla":
+    if config.attention.type == "mla":
         raise ValueError(
             "PEFT adapters do not cover MLA attention (DeepSeek: its projections are not HF's "
             f"q/k/v_proj); export the merged model with {merged}"
@@ -121,7 +121,7 @@ def save_peft(
             f"{type(model).__name__}: export it merged with save_hf instead"
         )
     if (
-        model.config.attention_type == "mla"
+        model.config.attention.type == "mla"
     ):  # DeepSeek's q rows are permuted, k/v are one kv_b_proj
         raise ValueError(
             "PEFT export does not cover MLA attention (attention_type 'mla', DeepSeek): its "

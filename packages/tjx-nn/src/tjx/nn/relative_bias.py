@@ -1,4 +1,4 @@
-"""T5's bucketed relative position bias (Raffel et al., 2020): ``position="t5"``.
+"""T5's bucketed relative position bias (Raffel et al., 2020): ``position.kind="t5"``.
 
 Each attention logit gets a learned per-head scalar chosen by the bucket of the key/query
 distance. One ``[buckets, heads]`` table per stack (encoder, decoder) is shared by all its layers,
@@ -114,13 +114,13 @@ class RelativePositionBias(nnx.Module):
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, bidirectional: bool) -> None:
         self.bidirectional = bidirectional
-        self.num_buckets = config.relative_buckets
-        self.max_distance = config.relative_max_distance
+        self.num_buckets = config.position.relative_buckets
+        self.max_distance = config.position.relative_max_distance
         # The buckets are no logical axis (replicated); heads shard like the attention heads.
         self.table = make_param(
             rngs,
             normal(config.init.std),
-            (config.relative_buckets, config.num_heads),
+            (config.position.relative_buckets, config.num_heads),
             (None, "heads"),
             config.precision.param_dtype,
         )

@@ -88,20 +88,24 @@ def check_sequence_split(config: Any, ways: int) -> None:
             f"tokamax's kernel whole, with no separate forward and backward halves) {split}; "
             "use auto, pallas or xla"
         )
-    if config.position in ("alibi", "t5") or config.attention_dropout > 0:
-        key = "model.position" if config.position in ("alibi", "t5") else "model.attention_dropout"
+    if config.position.kind in ("alibi", "t5") or config.attention.dropout > 0:
+        key = (
+            "model.position.kind"
+            if config.position.kind in ("alibi", "t5")
+            else "model.attention.dropout"
+        )
         raise ValueError(
             f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
-            f"attention dropout {split}; set model.position=rope and model.attention_dropout=0"
+            f"attention dropout {split}; set model.position.kind=rope and model.attention.dropout=0"
         )
     if config.mtp.depths:
         raise ValueError(
             f"model.mtp.depths: multi-token prediction shifts tokens along the sequence, which "
             f"a split cuts {split}; set mesh.context=1 or model.mtp.depths=0"
         )
-    if config.attention_sinks:
+    if config.attention.sinks:
         raise ValueError(
-            f"model.attention_sinks: the split sequence's block kernels add no attention sinks "
+            f"model.attention.sinks: the split sequence's block kernels add no attention sinks "
             f"(gpt-oss) {split}; set mesh.context=1"
         )
     # What the layers refuse while they trace (tjx.nn.block's delta mixing, attention's shared
@@ -118,13 +122,13 @@ def check_sequence_split(config: Any, ways: int) -> None:
             f"({shared_kv_layers(config)}) do not run on a split sequence {split}; "
             "set mesh.context=1"
         )
-    if config.attention_chunk is not None and any(config.layer_locals()):
+    if config.attention.chunk is not None and any(config.layer_locals()):
         raise ValueError(
-            f"model.attention_chunk: the split sequence's block kernels attend without chunks "
+            f"model.attention.chunk: the split sequence's block kernels attend without chunks "
             f"{split}; set mesh.context=1"
         )
     if config.attention_impl == "pallas" and any(w is not None for w in config.layer_windows()):
         raise ValueError(
-            f"model.attention_impl: pallas cannot apply model.sliding_window across a split "
-            f"sequence (its masks use the tile's own positions) {split}; use auto or xla"
+            f"model.attention_impl: pallas cannot apply model.attention.sliding_window across a "
+            f"split sequence (its masks use the tile's own positions) {split}; use auto or xla"
         )

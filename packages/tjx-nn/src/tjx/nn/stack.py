@@ -162,7 +162,7 @@ class Stack(nnx.Module):
         # axis when scanned); the encoder's is bidirectional, a causal stack's looks back only.
         self.relative_bias = (
             RelativePositionBias(config, rngs=rngs, bidirectional=not causal)
-            if config.position == "t5"
+            if config.position.kind == "t5"
             else None
         )
 
@@ -191,7 +191,7 @@ class Stack(nnx.Module):
         """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
 
         ``context_kv`` is ``project_context(context)``: cross-attention keys/values computed once.
-        With ``position="t5"`` the relative position bias is computed here once and given to
+        With ``position.kind="t5"`` the relative position bias is computed here once and given to
         every layer's self-attention. ``lengths``: a prefill's real tokens per row (a rolling
         cache keeps each row's last ones). Each layer learns whether its window applies
         (``local``): statically when unrolled or when every layer is alike, as a scanned flag
@@ -357,7 +357,8 @@ class Stack(nnx.Module):
         cache_pos: Array | None,
         extend: bool = False,
     ) -> Array | None:
-        """The T5 bias ``[b, heads, s, s_kv]`` for this call, or None without ``position="t5"``.
+        """The T5 bias ``[b, heads, s, s_kv]`` for this call, or None without
+        ``position.kind="t5"``.
 
         Keys are the queries themselves (training, prefill), except in a decode step (one query
         per row, or ``extend``, and a cache, as ``Attention`` decides): then each query at

@@ -59,7 +59,7 @@ class ViT(nnx.Module):
             init=normal(c.init.std),
             precision=p,
         )
-        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention.dropout > 0)
 
     def __call__(
         self,
@@ -88,7 +88,7 @@ class ViT(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, c.d_model))
         x = jnp.concatenate([cls, x], axis=1)
         positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
-        x = add_positions(x, positions, self.pos_embed, c.position)
+        x = add_positions(x, positions, self.pos_embed, c.position.kind)
         x = dropout(x, c.dropout, k_embed, deterministic=deterministic)
         x, _ = self.stack(x, positions=positions, deterministic=deterministic, rng=k_stack)
         if self.final_norm is not None:

@@ -71,13 +71,19 @@ def _valid(model_type: str) -> dict:
     """A config.json tjx writes for a tiny model of ``model_type`` (the family tests' configs)."""
     if model_type in IMAGE_TEXT:
         return {"model_type": model_type, "text_config": _valid(IMAGE_TEXT[model_type])}
-    config = tnn.LlamaConfig
+
+    def config(**fields):
+        return tnn.make_config(tnn.LlamaConfig, fields)
+
     if model_type == "gpt2":
         return gpt2.config_to_hf(
             tnn.GPT2Config(vocab_size=24, max_seq_len=16, d_model=16, num_layers=2, num_heads=4)
         )
     if model_type in llama_hf.LLAMA_TYPES:
-        extra = {"mistral": dict(sliding_window=8), "qwen2": dict(qkv_bias=True)}
+        extra = {
+            "mistral": dict(**{"attention.sliding_window": 8}),
+            "qwen2": dict(**{"attention.qkv_bias": True}),
+        }
         return llama_hf.llama_config_to_hf(config(**LLAMA, **extra.get(model_type, {})), model_type)
     if model_type in FAMILY_CONFIGS:
         fields = FAMILY_BASE | FAMILY_CONFIGS[model_type]
@@ -85,12 +91,12 @@ def _valid(model_type: str) -> dict:
     if model_type in MOE_TYPES:
         return moe_config_to_hf(config(**MOE_SIZES, **MOE_TYPES[model_type]), model_type)
     if model_type in deepseek.DEEPSEEK_TYPES:
-        fields = V2 if model_type == "deepseek_v2" else {**V3, "rope_scaling": None}
+        fields = V2 if model_type == "deepseek_v2" else {**V3, "position": tnn.PositionConfig()}
         return deepseek_config_to_hf(config(**fields), model_type)
     if model_type in OSS_GLM:
         fields = {**OSS_GLM_SIZES, **OSS_GLM[model_type]}
         write = gpt_oss_config_to_hf if model_type == "gpt_oss" else glm4_moe_config_to_hf
-        return write(tnn.make_config(config, fields))  # gpt_oss: a dotted mlp.activation
+        return write(config(**fields))  # gpt_oss: a dotted mlp.activation
     writers = {
         "qwen3_5_text": (qwen3_5_config_to_hf, QWEN3_5),
         "qwen3_next": (qwen3_next_config_to_hf, QWEN3_NEXT),
@@ -236,13 +242,30 @@ def test_keys_that_do_not_fit_together_are_one_line(tmp_path, model_type, change
 SIZES = dict(vocab_size=64, hidden_size=64, intermediate_size=32, num_hidden_layers=4)
 DEFAULTS = {
     "llama": ({}, dict(num_kv_heads=32, head_dim=2, max_seq_len=2048, **{"norm.eps": 1e-6})),
-    "mistral": ({}, dict(num_kv_heads=8, max_seq_len=131072, sliding_window=4096)),
-    "qwen2": ({}, dict(num_kv_heads=32, max_seq_len=32768, sliding_window=None)),
+    "mistral": ({}, dict(num_kv_heads=8, max_seq_len=131072, **{"attention.sliding_window": 4096})),
+    "qwen2": ({}, dict(num_kv_heads=32, max_seq_len=32768, **{"attention.sliding_window": None})),
     "qwen3": ({}, dict(num_kv_heads=32, head_dim=128, max_seq_len=32768)),
     "olmo2": ({}, dict(num_kv_heads=32, max_seq_len=2048, **{"norm.eps": 1e-5})),
-    "olmo3": ({}, dict(sliding_window=4096, window_pattern=("local",) * 3 + ("global",))),
-    "phi3": ({}, dict(max_seq_len=4096, **{"norm.eps": 1e-5}, dropout=0.0, sliding_window=None)),
-    "gemma2": ({}, dict(num_kv_heads=4, head_dim=256, max_seq_len=8192, attn_logit_softcap=50)),
+    "olmo3": (
+        {},
+        dict(
+            **{"attention.sliding_window": 4096},
+            **{"attention.window_pattern": ("local",) * 3 + ("global",)},
+        ),
+    ),
+    "phi3": (
+        {},
+        dict(
+            max_seq_len=4096,
+            **{"norm.eps": 1e-5},
+            dropout=0.0,
+            **{"attention.sliding_window": None},
+        ),
+    ),
+    "gemma2": (
+        {},
+        dict(num_kv_heads=4, head_dim=256, max_seq_len=8192, **{"attention.logit_softcap": 50}),
+    ),
     "gemma3_text": ({}, dict(num_kv_heads=4, head_dim=256, max_seq_len=131072)),
     "mixtral": (
         {},
@@ -292,7 +315,10 @@ DEFAULTS = {
             "max_seq_len": 4096,
         },
     ),
-    "gpt_oss": ({}, dict(head_dim=64, num_kv_heads=8, sliding_window=128, max_seq_len=131072)),
+    "gpt_oss": (
+        {},
+        dict(head_dim=64, num_kv_heads=8, **{"attention.sliding_window": 128}, max_seq_len=131072),
+    ),
     "glm4_moe": (
         {"num_attention_heads": 8},  # heads of 8: half of each rotates
         {
@@ -300,7 +326,7 @@ DEFAULTS = {
             "moe.num_experts": 128,
             "moe.experts_per_token": 8,
             "moe.expert_mlp_dim": 1408,
-            "rope_fraction": 0.5,
+            "position.rope_fraction": 0.5,
             "norm.eps": 1e-5,
         },
     ),
@@ -315,7 +341,7 @@ DEFAULTS = {
             "moe.num_experts": 16,
         },
     ),
-    "gemma4_text": ({}, dict(num_kv_heads=4, head_dim=256, sliding_window=512)),
+    "gemma4_text": ({}, dict(num_kv_heads=4, head_dim=256, **{"attention.sliding_window": 512})),
 }
 
 

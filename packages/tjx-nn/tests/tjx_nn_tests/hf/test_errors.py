@@ -123,7 +123,7 @@ def test_folders_without_config_or_safetensors_are_refused(tmp_path):
         ({"dtype": "int8"}, "dtype must be one of"),
         ({"max_shard_size": "lots"}, "max_shard_size must be a positive size"),
         ({"model_type": "gpt2"}, "model_type must be one of"),
-        ({"model_type": "qwen2"}, "needs qkv_bias=True"),
+        ({"model_type": "qwen2"}, "needs attention.qkv_bias=True"),
     ],
 )
 def test_bad_exports_write_nothing(tmp_path, kwargs, needle):
@@ -135,7 +135,12 @@ def test_bad_exports_write_nothing(tmp_path, kwargs, needle):
 
 def test_exports_refuse_what_hf_cannot_express_and_full_folders(tmp_path):
     alibi = tnn.LlamaConfig(
-        vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, position="alibi"
+        vocab_size=24,
+        max_seq_len=16,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        position=tnn.PositionConfig(kind="alibi"),
     )
     with pytest.raises(ValueError, match="only LLaMA-shaped configs export"):
         tnn.save_hf(tnn.Llama(alibi, rngs=nnx.Rngs(0)), tmp_path / "a")

@@ -20,35 +20,44 @@ GEMMA = dict(
     norm=tnn.NormConfig(position="sandwich", plus_one=True),
     scale_embeddings=True,
     mlp=tnn.MLPConfig(activation="geglu"),
-    query_pre_attn_scalar=12,
+    **{"attention.query_pre_attn_scalar": 12},
 )
 #: Each family with the windows it may have (layer 1 of Qwen3, every Phi-3 layer, Gemma's
 #: alternate layers from 0; Gemma 3's local layers at their own RoPE base).
 CONFIGS = {
-    "qwen3": dict(qk_norm=True, head_dim=16, sliding_window=8, window_pattern=("global", "local")),
-    "olmo2": dict(norm=tnn.NormConfig(position="output"), qk_norm=True, qk_norm_scope="projection"),
+    "qwen3": dict(
+        **{"attention.qk_norm": True},
+        head_dim=16,
+        **{"attention.sliding_window": 8},
+        **{"attention.window_pattern": ("global", "local")},
+    ),
+    "olmo2": dict(
+        norm=tnn.NormConfig(position="output"),
+        **{"attention.qk_norm": True},
+        **{"attention.qk_norm_scope": "projection"},
+    ),
     "olmo3": dict(
         norm=tnn.NormConfig(position="output"),
-        qk_norm=True,
-        qk_norm_scope="projection",
-        sliding_window=8,
-        window_pattern=("local", "global"),
+        **{"attention.qk_norm": True},
+        **{"attention.qk_norm_scope": "projection"},
+        **{"attention.sliding_window": 8},
+        **{"attention.window_pattern": ("local", "global")},
     ),
-    "phi3": dict(sliding_window=8),
+    "phi3": dict(**{"attention.sliding_window": 8}),
     "gemma2": dict(
         **GEMMA,
-        attn_logit_softcap=2.0,
+        **{"attention.logit_softcap": 2.0},
         final_logit_softcap=3.0,
         tie_embeddings=True,
-        sliding_window=8,
-        window_pattern=("local", "global"),
+        **{"attention.sliding_window": 8},
+        **{"attention.window_pattern": ("local", "global")},
     ),
     "gemma3_text": dict(
         **GEMMA,
-        qk_norm=True,
-        sliding_window=8,
-        window_pattern=("local", "global"),
-        rope_local_theta=100.0,
+        **{"attention.qk_norm": True},
+        **{"attention.sliding_window": 8},
+        **{"attention.window_pattern": ("local", "global")},
+        position=tnn.PositionConfig(rope_local_theta=100.0),
     ),
 }
 #: Tensors of layer 0 each family's checkpoint holds beyond the shared o_proj and down_proj.
@@ -76,7 +85,7 @@ NORMS["gemma3_text"] = NORMS["gemma2"]
 
 
 def _model(family, **kw):
-    config = tnn.LlamaConfig(**BASE, **CONFIGS[family], **kw)
+    config = tnn.make_config(tnn.LlamaConfig, {**BASE, **CONFIGS[family], **kw})
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     rs = np.random.RandomState(1)
     flat = tnn.get_flat_params(model)
@@ -132,7 +141,7 @@ def test_phi3_fused_tensors_hold_q_k_v_and_gate_up_row_after_row(tmp_path):
 
 @pytest.mark.parametrize("family", list(CONFIGS))
 def test_family_config_json_round_trips(family):
-    config = tnn.LlamaConfig(**BASE, **CONFIGS[family])
+    config = tnn.make_config(tnn.LlamaConfig, {**BASE, **CONFIGS[family]})
     hf = family_config_to_hf(config, family)
     assert family_config_from_hf(json.loads(json.dumps(hf))) == config
     assert set(family_mapping(config, family).to_tjx) == set(tnn.get_flat_params(
@@ -198,24 +207,41 @@ PUBLISHED = {
 
 def test_published_shapes_load_or_are_refused_in_one_line_naming_why():
     qwen3 = family_config_from_hf(PUBLISHED["qwen3"])
-    assert (qwen3.qk_norm, qwen3.head_dim, qwen3.num_kv_heads, qwen3.tie_embeddings) == (
+    assert (qwen3.attention.qk_norm, qwen3.head_dim, qwen3.num_kv_heads, qwen3.tie_embeddings) == (
         True, 128, 8, True,
     )  # fmt: skip
     olmo2 = family_config_from_hf(PUBLISHED["olmo2"])
-    assert olmo2.norm.position == "output" and olmo2.rope_theta == 500000.0
+    assert olmo2.norm.position == "output" and olmo2.position.rope_theta == 500000.0
     # Phi-3-mini-4k: its window (2047 of 4096) slides in every layer.
     phi3 = family_config_from_hf(PUBLISHED["phi3"])
-    assert (phi3.sliding_window, phi3.window_pattern, phi3.max_seq_len) == (2047, None, 4096)
-    assert phi3.vocab_size == 32064 and not phi3.qk_norm
+    assert (phi3.attention.sliding_window, phi3.attention.window_pattern, phi3.max_seq_len) == (
+        2047,
+        None,
+        4096,
+    )
+    assert phi3.vocab_size == 32064 and not phi3.attention.qk_norm
     gemma2 = family_config_from_hf(PUBLISHED["gemma2"])
-    assert (gemma2.attn_logit_softcap, gemma2.final_logit_softcap) == (50.0, 30.0)
-    assert gemma2.query_pre_attn_scalar == 256.0 and gemma2.tie_embeddings
-    assert (gemma2.sliding_window, gemma2.window_pattern) == (4096, ("local", "global"))
+    assert (gemma2.attention.logit_softcap, gemma2.final_logit_softcap) == (50.0, 30.0)
+    assert gemma2.attention.query_pre_attn_scalar == 256.0 and gemma2.tie_embeddings
+    assert (gemma2.attention.sliding_window, gemma2.attention.window_pattern) == (
+        4096,
+        ("local", "global"),
+    )
     # Gemma 3 1B: five local layers (window 512, base 1e4) and a global one (base 1e6).
     gemma3 = family_config_from_hf(PUBLISHED["gemma3_text"])
-    assert gemma3.qk_norm and gemma3.final_logit_softcap is None and gemma3.num_kv_heads == 1
-    assert gemma3.window_pattern == ("local",) * 5 + ("global",)
-    assert (gemma3.sliding_window, gemma3.rope_theta, gemma3.rope_local_theta) == (512, 1e6, 1e4)
+    assert (
+        gemma3.attention.qk_norm and gemma3.final_logit_softcap is None and gemma3.num_kv_heads == 1
+    )
+    assert gemma3.attention.window_pattern == ("local",) * 5 + ("global",)
+    assert (
+        gemma3.attention.sliding_window,
+        gemma3.position.rope_theta,
+        gemma3.position.rope_local_theta,
+    ) == (
+        512,
+        1e6,
+        1e4,
+    )
     assert gemma3.layer_windows()[:7] == (512,) * 5 + (None, 512)
 
 
@@ -223,29 +249,32 @@ def test_transformers_defaults_fill_what_a_gemma_config_leaves_out():
     small = dict(model_type="gemma2", vocab_size=8, hidden_size=8, intermediate_size=8,
                  num_hidden_layers=3, num_attention_heads=8, head_dim=4)  # fmt: skip
     config = family_config_from_hf(small)
-    assert (config.attn_logit_softcap, config.final_logit_softcap) == (50.0, 30.0)
-    assert config.query_pre_attn_scalar == 256.0 and config.tie_embeddings
+    assert (config.attention.logit_softcap, config.final_logit_softcap) == (50.0, 30.0)
+    assert config.attention.query_pre_attn_scalar == 256.0 and config.tie_embeddings
     assert config.layer_windows() == (4096, None, 4096)  # window 4096, layer 0 local
     # Gemma2Config's 4 key/value heads and 8192 positions (not one per head, not 2048).
     assert (config.num_kv_heads, config.max_seq_len) == (4, 8192)
     # Gemma 3's three layers are local (pattern 6): the default bases 1e6 global, 1e4 local.
     g3 = family_config_from_hf({**small, "model_type": "gemma3_text"})
-    assert g3.attn_logit_softcap is None and (g3.rope_theta, g3.rope_local_theta) == (1e6, 1e4)
+    assert g3.attention.logit_softcap is None and (
+        g3.position.rope_theta,
+        g3.position.rope_local_theta,
+    ) == (1e6, 1e4)
     assert (g3.num_kv_heads, g3.max_seq_len) == (4, 131_072)
-    assert (g3.sliding_window, g3.window_pattern) == (4096, None)
+    assert (g3.attention.sliding_window, g3.attention.window_pattern) == (4096, None)
     # Only global layers: no window, and the local base has nothing to rotate.
     full = ["full_attention"] * 3
     g3 = family_config_from_hf({**small, "model_type": "gemma3_text", "layer_types": full})
-    assert (g3.sliding_window, g3.rope_local_theta) == (None, None)
+    assert (g3.attention.sliding_window, g3.position.rope_local_theta) == (None, None)
 
 
 def test_qwen3_slides_from_max_window_layers_on_as_transformers_does():
     base = {**PUBLISHED["qwen3"], "num_hidden_layers": 4, "sliding_window": 8}
-    assert family_config_from_hf(base).sliding_window is None  # use_sliding_window false
+    assert family_config_from_hf(base).attention.sliding_window is None  # use_sliding_window false
     on = family_config_from_hf({**base, "use_sliding_window": True, "max_window_layers": 2})
     assert on.layer_windows() == (None, None, 8, 8)
     every = family_config_from_hf({**base, "use_sliding_window": True, "max_window_layers": 0})
-    assert (every.sliding_window, every.window_pattern) == (8, None)
+    assert (every.attention.sliding_window, every.attention.window_pattern) == (8, None)
 
 
 def test_v5_rope_parameters_are_read_per_layer_type():
@@ -254,9 +283,9 @@ def test_v5_rope_parameters_are_read_per_layer_type():
     rope = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e6}}  # fmt: skip
     config = family_config_from_hf({**base, "rope_parameters": rope})
-    assert config.rope_theta == 1e6 and config.rope_local_theta == 1e6
+    assert config.position.rope_theta == 1e6 and config.position.rope_local_theta == 1e6
     rope["sliding_attention"]["rope_theta"] = 1e4
-    assert family_config_from_hf({**base, "rope_parameters": rope}).rope_local_theta == 1e4
+    assert family_config_from_hf({**base, "rope_parameters": rope}).position.rope_local_theta == 1e4
     rope["full_attention"] = {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
     with pytest.raises(ValueError, match="rope_scaling of type 'linear' is not supported"):
         family_config_from_hf({**base, "rope_parameters": rope})
@@ -303,26 +332,42 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
 @pytest.mark.parametrize(
     ("family", "model_type", "extra", "needle"),
     [
-        ("qwen3", "llama", {}, "model_type 'llama' cannot express qk_norm=True"),
+        ("qwen3", "llama", {}, "model_type 'llama' cannot express attention.qk_norm=True"),
         ("gemma2", "phi3", {}, "save as model_type='gemma2'"),
         ("olmo2", "qwen3", {}, "norm.position='output'"),
-        ("qwen3", None, {"rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
+        ("qwen3", None, {"position.rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
         (
             "gemma3_text",
             None,
-            {"attention_type": "mla", "mla": tnn.MLAConfig(kv_latent_dim=8)},
-            "attention_type",
+            {"attention.type": "mla", "mla": tnn.MLAConfig(kv_latent_dim=8)},
+            "attention.type",
         ),
-        ("olmo2", "olmo2", {"sliding_window": 8}, "save it as model_type='olmo3'"),
-        ("phi3", "phi3", {"window_pattern": ("local", "global")}, "slides the window in every"),
-        ("gemma2", None, {"rope_local_theta": 10.0}, "'gemma2' cannot express rope_local_theta"),
-        ("phi3", None, {"rope_local_theta": 10.0}, "no Hugging Face family tjx writes computes"),
+        ("olmo2", "olmo2", {"attention.sliding_window": 8}, "save it as model_type='olmo3'"),
+        (
+            "phi3",
+            "phi3",
+            {"attention.window_pattern": ("local", "global")},
+            "slides the window in every",
+        ),
+        (
+            "gemma2",
+            None,
+            {"position.rope_local_theta": 10.0},
+            "'gemma2' cannot express position.rope_local_theta",
+        ),
+        (
+            "phi3",
+            None,
+            {"position.rope_local_theta": 10.0},
+            "no Hugging Face family tjx writes computes",
+        ),
     ],
 )
 def test_an_export_that_cannot_express_the_config_writes_nothing(
     tmp_path, family, model_type, extra, needle
 ):
-    model = tnn.Llama(tnn.LlamaConfig(**BASE, **CONFIGS[family], **extra), rngs=nnx.Rngs(0))
+    config = tnn.make_config(tnn.LlamaConfig, {**BASE, **CONFIGS[family], **extra})
+    model = tnn.Llama(config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)
     assert needle in str(info.value)
@@ -330,8 +375,10 @@ def test_an_export_that_cannot_express_the_config_writes_nothing(
 
 
 def test_olmo3_without_layer_types_slides_three_layers_of_four_as_transformers_does():
-    hf = family_config_to_hf(tnn.LlamaConfig(**{**BASE, "num_layers": 8}, **CONFIGS["olmo3"]),
-                             "olmo3")  # fmt: skip
+    hf = family_config_to_hf(
+        tnn.make_config(tnn.LlamaConfig, {**{**BASE, "num_layers": 8}, **CONFIGS["olmo3"]}),
+        "olmo3",
+    )
     del hf["layer_types"]
     config = family_config_from_hf(hf)
     assert config.layer_windows() == (8, 8, 8, None) * 2

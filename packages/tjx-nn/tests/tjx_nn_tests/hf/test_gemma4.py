@@ -30,10 +30,13 @@ from tjx_nn_tests._helpers import saved_random
 #: double-wide MLP; global heads 16 wide (8 elsewhere), one key/value head, values = keys.
 GEMMA4 = dict(
     vocab_size=24, max_seq_len=32, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp=tnn.MLPConfig(dim=12, activation="geglu"), sliding_window=3,
+    head_dim=8, mlp=tnn.MLPConfig(dim=12, activation="geglu"),
+    attention=tnn.AttentionConfig(sliding_window=3,
     window_pattern=("local", "global"),
-    norm=tnn.NormConfig(position="sandwich"), scale_embeddings=True, qk_norm=True,
-    query_pre_attn_scalar=1.0, tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
+                                  qk_norm=True, query_pre_attn_scalar=1.0),
+    norm=tnn.NormConfig(position="sandwich"), scale_embeddings=True,
+    tie_embeddings=True,
+    position=tnn.PositionConfig(rope_theta=10_000.0, rope_local_theta=100.0),
     gemma4=Gemma4Options(
         global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
         global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=24,
@@ -65,7 +68,7 @@ DEFAULT_JSON = {
 
 
 def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path):
-    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**GEMMA4))
+    model, tensors = saved_random(tmp_path / "ck", tnn.make_config(tnn.LlamaConfig, GEMMA4))
     saved = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert (saved["model_type"], saved["architectures"]) == ("gemma4_text", ["Gemma4ForCausalLM"])
     assert (saved["global_head_dim"], saved["num_global_key_value_heads"]) == (16, 1)
@@ -99,7 +102,7 @@ MOE = dict(
 
 
 def test_the_moe_block_beside_the_mlp_round_trips_in_transformers_layout(tmp_path):
-    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**GEMMA4 | MOE))
+    model, tensors = saved_random(tmp_path / "ck", tnn.make_config(tnn.LlamaConfig, GEMMA4 | MOE))
     saved = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert saved["enable_moe_block"] and (saved["num_experts"], saved["top_k_experts"]) == (4, 2)
     loaded, config = tnn.load_hf(tmp_path / "ck")
@@ -127,15 +130,26 @@ def test_the_default_config_is_read_as_transformers_reads_it():
         256,
         512,
     )
-    assert config.window_pattern == ("local",) * 5 + ("global",) and config.sliding_window == 512
-    assert (config.rope_theta, config.rope_local_theta, g.global_rope_proportion) == (
+    assert (
+        config.attention.window_pattern == ("local",) * 5 + ("global",)
+        and config.attention.sliding_window == 512
+    )
+    assert (
+        config.position.rope_theta,
+        config.position.rope_local_theta,
+        g.global_rope_proportion,
+    ) == (
         1e6,
         1e4,
         0.25,
     )
     assert (g.per_layer_input_dim, g.per_layer_vocab_size) == (256, None)
     assert g.value_norm and g.layer_scale and not config.norm.plus_one
-    assert (config.query_pre_attn_scalar, g.kv_shared_layers, g.global_kv_heads) == (
+    assert (
+        config.attention.query_pre_attn_scalar,
+        g.kv_shared_layers,
+        g.global_kv_heads,
+    ) == (
         1.0,
         0,
         None,
@@ -189,7 +203,7 @@ LINEAR_LOCAL = {
     ],
 )
 def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
-    hf = gemma4_config_to_hf(tnn.LlamaConfig(**GEMMA4)) | change
+    hf = gemma4_config_to_hf(tnn.make_config(tnn.LlamaConfig, GEMMA4)) | change
     with pytest.raises(ValueError, match=message):
         gemma4_config_from_hf(hf)
 
@@ -197,7 +211,7 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
 def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
     """The published form: ``gemma4`` with a ``text_config``, the language model under
     ``model.language_model.``, towers beside (skipped in one line)."""
-    model, tensors = saved_random(tmp_path / "text", tnn.LlamaConfig(**GEMMA4))
+    model, tensors = saved_random(tmp_path / "text", tnn.make_config(tnn.LlamaConfig, GEMMA4))
     text = json.loads((tmp_path / "text" / "config.json").read_text())
     folder = tmp_path / "image-text"
     folder.mkdir()
@@ -235,11 +249,11 @@ def test_a_config_gemma4_does_not_compute_is_not_saved_as_it(change, message):
     with pytest.raises(ValueError, match=f"'gemma4_text' cannot express this model: .*{message}"):
         dotted = {k: v for k, v in change.items() if "." in k}
         plain = {k: v for k, v in change.items() if "." not in k}
-        gemma4_config_to_hf(tnn.LlamaConfig(**GEMMA4 | plain).replace(**dotted))
+        gemma4_config_to_hf(tnn.make_config(tnn.LlamaConfig, GEMMA4 | plain).replace(**dotted))
 
 
 def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**GEMMA4), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, GEMMA4), rngs=nnx.Rngs(0))
     with pytest.raises(
         ValueError, match="'gemma3_text' cannot express gemma4.global_head_dim, gemma4.global_kv"
     ):
@@ -261,7 +275,7 @@ def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
             {"gemma4.global_rope_proportion": 1.5},
             "^Gemma4Options.global_rope_proportion must be a number in",
         ),
-        (dict(decode_topk=2), "decode_topk 2 is not supported"),
+        ({"attention.decode_topk": 2}, "attention.decode_topk 2 is not supported with gemma4"),
         (dict(moe=dict(beside_mlp=True)), "MoEConfig.beside_mlp: only MoE models use it"),
     ],
 )
@@ -271,7 +285,9 @@ def test_the_config_refuses_what_the_layers_cannot_run(change, message):
         if "moe" in change:
             change = dict(change, moe=tnn.MoEConfig(**change["moe"]))
         plain = {k: v for k, v in change.items() if "." not in k}
-        tnn.LlamaConfig(**GEMMA4 | plain).replace(**{k: v for k, v in change.items() if "." in k})
+        tnn.make_config(tnn.LlamaConfig, GEMMA4 | plain).replace(
+            **{k: v for k, v in change.items() if "." in k}
+        )
 
 
 def _rms(x: np.ndarray, w: np.ndarray | float = 1.0) -> np.ndarray:
@@ -286,7 +302,9 @@ def test_per_layer_embeddings_match_a_float64_reference():
     """transformers' PLE pipeline (``get_per_layer_inputs``, ``project_per_layer_inputs``, the
     layer's gate/projection/norm) written in NumPy, against tjx's modules in float64."""
     with jax.enable_x64(True):
-        config = tnn.LlamaConfig(**GEMMA4, precision=tnn.Precision(jnp.float64, jnp.float64))
+        config = tnn.make_config(
+            tnn.LlamaConfig, {**GEMMA4, "precision": tnn.Precision(jnp.float64, jnp.float64)}
+        )
         rngs = nnx.Rngs(0)
         embed, layer = PerLayerEmbed(config, rngs=rngs), PerLayerInput(config, rngs=rngs, out_std=1)
         rs = np.random.RandomState(1)
@@ -334,7 +352,7 @@ def test_proportional_rope_matches_a_float64_reference():
 def test_decoding_with_the_cache_reproduces_the_full_forward():
     """Prefill and decode steps (the shared layers reading their sources' caches, the global
     layers' own cache entries) give the logits of one full call, past the window."""
-    config = tnn.LlamaConfig(**GEMMA4)
+    config = tnn.make_config(tnn.LlamaConfig, GEMMA4)
     model = tnn.Llama(config, rngs=nnx.Rngs(3))
     tokens = jnp.asarray(np.random.RandomState(3).randint(0, 20, size=(2, 9)))  # PLE's rows
     full = np.asarray(model(tokens))

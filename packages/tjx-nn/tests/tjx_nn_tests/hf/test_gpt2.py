@@ -162,8 +162,8 @@ def test_conflicts_are_the_settings_gpt2_weights_fix():
     # Each fixed field set to another value conflicts; the answer follows HF_GPT2_FIXED's order.
     other = {
         "use_bias": False,
-        "position": "rope",
-        "attention_type": "mla",
+        "position.kind": "rope",
+        "attention.type": "mla",
         "norm.kind": "rmsnorm",
         "norm.position": "post",
         "num_kv_heads": 1,
@@ -176,20 +176,20 @@ def test_conflicts_are_the_settings_gpt2_weights_fix():
     # that such a config cannot be exported (config_to_hf, which load/save share).
     base = dict(vocab_size=V, max_seq_len=POS, d_model=D, num_layers=1, num_heads=H)
     for field, value in other.items():
-        extra = {"mla": tnn.MLAConfig(kv_latent_dim=4)} if field == "attention_type" else {}
+        extra = {"mla": tnn.MLAConfig(kv_latent_dim=4)} if field == "attention.type" else {}
         if field == "num_kv_heads":
             continue  # GPT2Config keeps GQA; its export refusal is checked below
         config = tnn.make_config(tnn.GPT2Config, {**base, field: value, **extra})
         with pytest.raises(ValueError, match=re.escape(field)):
             config_to_hf(config)
     with pytest.raises(ValueError, match="num_kv_heads"):
-        config_to_hf(tnn.GPT2Config(**base, num_kv_heads=1))
+        config_to_hf(tnn.make_config(tnn.GPT2Config, {**base, "num_kv_heads": 1}))
 
 
 def test_load_refuses_overrides_the_weights_cannot_take(tmp_path):
     _write_checkpoint(tmp_path / "ckpt", _hf_weights())
-    with pytest.raises(ValueError, match=r"fix the architecture.*'position': 'rope'.*learned"):
-        tnn.load_hf_gpt2(tmp_path / "ckpt", position="rope")
+    with pytest.raises(ValueError, match=r"fix the architecture.*'position.kind': 'rope'.*learned"):
+        tnn.load_hf_gpt2(tmp_path / "ckpt", **{"position.kind": "rope"})
     # Training settings apply to the loaded weights.
-    model = tnn.load_hf_gpt2(tmp_path / "ckpt", remat="full", decode_topk=2)
-    assert (model.config.remat, model.config.decode_topk) == ("full", 2)
+    model = tnn.load_hf_gpt2(tmp_path / "ckpt", remat="full", **{"attention.decode_topk": 2})
+    assert (model.config.remat, model.config.attention.decode_topk) == ("full", 2)

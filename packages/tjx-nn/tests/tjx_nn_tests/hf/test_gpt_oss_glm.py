@@ -19,20 +19,33 @@ SIZES = dict(
     vocab_size=24, max_seq_len=16, d_model=16, num_layers=2, num_heads=4, mlp=tnn.MLPConfig(dim=8)
 )
 GPT_OSS = dict(
-    num_kv_heads=2, attention_sinks=True, use_bias=True,
+    num_kv_heads=2, **{"attention.sinks": True}, use_bias=True,
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True,
                       router_aux_loss=0.001),
     **{"mlp.activation": "swiglu_clamped"},  # over SIZES' mlp.dim
-    sliding_window=4, window_pattern=("local", "global"),
-    rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=4,
-                      truncate=False),
+    **{"attention.sliding_window": 4}, **{"attention.window_pattern": ("local", "global")},
+    position=tnn.PositionConfig(rope_scaling=dict(
+        type="yarn", factor=4.0, original_max_position_embeddings=4, truncate=False)),
 )  # fmt: skip
 GLM = dict(
-    num_layers=3, num_kv_heads=2, head_dim=8, rope_fraction=0.5, qk_norm=True, qkv_bias=True,
-    moe=tnn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=6, num_shared_experts=1,
-                      first_dense=1, router="sigmoid", router_scale=2.5, router_groups=4,
-                      router_topk_groups=2),
-)  # fmt: skip
+    num_layers=3,
+    num_kv_heads=2,
+    head_dim=8,
+    **{"position.rope_fraction": 0.5},
+    **{"attention.qk_norm": True},
+    **{"attention.qkv_bias": True},
+    moe=tnn.MoEConfig(
+        num_experts=8,
+        experts_per_token=2,
+        expert_mlp_dim=6,
+        num_shared_experts=1,
+        first_dense=1,
+        router="sigmoid",
+        router_scale=2.5,
+        router_groups=4,
+        router_topk_groups=2,
+    ),
+)
 FAMILIES = {"gpt_oss": GPT_OSS, "glm4_moe": GLM}
 
 
@@ -115,20 +128,22 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     for key in ("rope_parameters", "layer_types"):
         del oss[key]
     config = gpt_oss_config_from_hf(oss)
-    scaling = config.rope_scaling
+    scaling = config.position.rope_scaling
     assert (scaling.type, scaling.factor, scaling.original_max_position_embeddings) == (
         "yarn",
         32.0,
         4096,
     )
-    assert scaling.truncate is False and config.rope_theta == 150000.0
+    assert scaling.truncate is False and config.position.rope_theta == 150000.0
     assert config.layer_windows() == (4, None, 4, None)
-    glm = glm4_moe_config_to_hf(tnn.LlamaConfig(**{**SIZES, **GLM, "rope_fraction": 0.25}))
-    assert glm4_moe_config_from_hf(glm).rope_fraction == 0.25
+    glm = glm4_moe_config_to_hf(
+        tnn.make_config(tnn.LlamaConfig, {**SIZES, **GLM, "position.rope_fraction": 0.25})
+    )
+    assert glm4_moe_config_from_hf(glm).position.rope_fraction == 0.25
     del glm["rope_parameters"]["partial_rotary_factor"]
-    assert glm4_moe_config_from_hf(glm).rope_fraction == 0.5
+    assert glm4_moe_config_from_hf(glm).position.rope_fraction == 0.5
     top = glm | {"partial_rotary_factor": 0.25}
-    assert glm4_moe_config_from_hf(top).rope_fraction == 0.25  # the legacy top-level key
+    assert glm4_moe_config_from_hf(top).position.rope_fraction == 0.25  # the legacy top-level key
     for partial in (0, 1.5, "half"):  # 0 would rotate nothing: no positions at all
         with pytest.raises(ValueError) as err:
             glm4_moe_config_from_hf(glm | {"partial_rotary_factor": partial})
@@ -198,17 +213,18 @@ def test_what_tjx_cannot_honour_is_refused_in_one_line(tmp_path, family, changes
         ({**GPT_OSS, "mlp.activation": "swiglu"}, None, "mlp.activation='swiglu'"),
         (GPT_OSS, "mixtral", "saves as model_type 'gpt_oss'"),
         ({**GLM, "moe.router": "softmax"}, None, "moe.router='softmax' (needs 'sigmoid')"),
-        ({**GLM, "moe": tnn.MoEConfig(), "qk_norm": False}, None, "rope_fraction=0.5 (needs 1.0)"),
+        ({**GLM, "moe": tnn.MoEConfig(), "attention.qk_norm": False}, None,
+         "rope_fraction=0.5 (needs 1.0)"),
         ({**GLM, "moe.router_logit_bias": True}, None,
          "moe.router_logit_bias=True (needs False)"),
-        ({**GLM, "sliding_window": 4}, None, "sliding_window=4 (needs None)"),
+        ({**GLM, "attention.sliding_window": 4}, None, "attention.sliding_window=4 (needs None)"),
     ],
 )  # fmt: skip
 def test_a_model_the_family_cannot_express_is_not_written(tmp_path, fields, model_type, needle):
     """(A dotted key: a change to the family's ``moe`` section.)"""
     dotted = {k: v for k, v in fields.items() if "." in k}
     plain = {k: v for k, v in fields.items() if "." not in k}
-    config = tnn.LlamaConfig(**{**SIZES, **plain}).replace(**dotted)
+    config = tnn.make_config(tnn.LlamaConfig, {**SIZES, **plain}).replace(**dotted)
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)

@@ -28,11 +28,10 @@ def _config(**kw):
         num_heads=4,
         num_kv_heads=2,
         mlp=tnn.MLPConfig(dim=40),
-        rope_theta=5e5,
-        rope_scaling=SCALING,
-        qkv_bias=True,
+        position=tnn.PositionConfig(rope_theta=5e5, rope_scaling=SCALING),
+        **{"attention.qkv_bias": True},
     )
-    return tnn.LlamaConfig(**(base | kw))
+    return tnn.make_config(tnn.LlamaConfig, base | kw)
 
 
 def _model(config, seed=0):
@@ -88,14 +87,17 @@ def test_llama3_rope_matches_a_float64_reference():
 
 
 def test_rope_scaling_is_refused_without_rope_and_checked():
-    with pytest.raises(ValueError, match="only position 'rope' uses it"):
-        tnn.GPT2Config(rope_scaling=SCALING)
+    with pytest.raises(ValueError, match="only position.kind 'rope' uses it"):
+        tnn.GPT2Config(position=tnn.PositionConfig(rope_scaling=SCALING))
     with pytest.raises(ValueError, match="rope_scaling: RopeScaling.high_freq_factor must exceed"):
-        _config(rope_scaling=(8.0, 4.0, 1.0, 16))
+        _config(position=tnn.PositionConfig(rope_scaling=(8.0, 4.0, 1.0, 16)))
     # Llama 3's four numbers (configs saved before the typed form) read as the typed form.
     want = tnn.RopeScaling(type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                            original_max_position_embeddings=16)  # fmt: skip
-    assert _config(rope_scaling=[8, 1, 4, 16]).rope_scaling == want
+    assert (
+        _config(position=tnn.PositionConfig(rope_scaling=[8, 1, 4, 16])).position.rope_scaling
+        == want
+    )
 
 
 def test_qwen2_layout_has_biases_on_qkv_only():
@@ -103,12 +105,14 @@ def test_qwen2_layout_has_biases_on_qkv_only():
     biases = sorted(n.split(".")[-2] for n in names if n.endswith(".bias") and ".0." in n)
     assert biases == ["k_proj", "q_proj", "v_proj"]
     assert llama_config_to_hf(_config())["model_type"] == "qwen2"
-    assert llama_config_to_hf(_config(qkv_bias=False))["model_type"] == "llama"
+    assert llama_config_to_hf(_config(**{"attention.qkv_bias": False}))["model_type"] == "llama"
 
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_config_json_round_trips(tied):
-    config = _config(tie_embeddings=tied, head_dim=16, qkv_bias=False)  # 16 != 32 / 4
+    config = _config(
+        tie_embeddings=tied, head_dim=16, attention=tnn.AttentionConfig(qkv_bias=False)
+    )  # 16 != 32 / 4
     hf = llama_config_to_hf(config)
     assert llama_config_from_hf(hf) == config
 

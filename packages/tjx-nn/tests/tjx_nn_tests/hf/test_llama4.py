@@ -24,9 +24,10 @@ from tjx_nn_tests._helpers import saved_random
 #: the wrong place shows.
 LLAMA4 = dict(
     vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp=tnn.MLPConfig(dim=8), attention_chunk=3,
-    window_pattern=("local",) * 3 + ("global",),
-    global_nope=True, qk_l2_norm=True, nope_temperature_floor=2.0, nope_temperature_scale=0.5,
+    head_dim=8, mlp=tnn.MLPConfig(dim=8), **{"attention.chunk": 3},
+    **{"attention.window_pattern": ("local",) * 3 + ("global",)},
+    **{"llama4.global_nope": True}, qk_l2_norm=True,
+    **{"llama4.nope_temperature_floor": 2.0}, **{"llama4.nope_temperature_scale": 0.5},
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=1, expert_mlp_dim=4, num_shared_experts=1,
                       shared_expert_mlp_dim=4, layer_step=2, router="sigmoid_plain",
                       router_norm_topk=False, router_scales_input=True),
@@ -34,7 +35,7 @@ LLAMA4 = dict(
 
 
 def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path):
-    model, hf = saved_random(tmp_path / "ck", tnn.LlamaConfig(**LLAMA4))
+    model, hf = saved_random(tmp_path / "ck", tnn.make_config(tnn.LlamaConfig, LLAMA4))
     saved = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert (saved["model_type"], saved["architectures"]) == ("llama4_text", ["Llama4ForCausalLM"])
     assert (saved["no_rope_layers"], saved["moe_layers"], saved["attention_chunk_size"]) == (
@@ -75,7 +76,7 @@ def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
     model under ``language_model.``, a vision tower and projector beside, skipped in one line
     (against transformers' own image-text folder: checked by hand, 2e-7 of its language model's
     logits; transformers 5.24's image-text forward itself fails on text alone)."""
-    model, hf = saved_random(tmp_path / "text", tnn.LlamaConfig(**LLAMA4))
+    model, hf = saved_random(tmp_path / "text", tnn.make_config(tnn.LlamaConfig, LLAMA4))
     text = json.loads((tmp_path / "text" / "config.json").read_text())
     folder = tmp_path / "image-text"
     folder.mkdir()
@@ -113,13 +114,22 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     hf = dict(model_type="llama4_text", vocab_size=32, hidden_size=32, num_hidden_layers=8,
               num_attention_heads=16, intermediate_size=8192)  # fmt: skip
     c = llama4_config_from_hf(hf)
-    assert (c.head_dim, c.num_kv_heads, c.rope_theta, c.rope_scaling) == (128, 8, 500000.0, None)
+    assert (c.head_dim, c.num_kv_heads, c.position.rope_theta, c.position.rope_scaling) == (
+        128,
+        8,
+        500000.0,
+        None,
+    )
     moe = c.moe
     got = (moe.num_experts, moe.experts_per_token, moe.layer_step, moe.first_dense)
     assert got == (16, 1, 1, 0)
     assert (c.mlp.dim, moe.expert_mlp_dim, moe.shared_expert_mlp_dim) == (16384, 8192, 8192)
-    assert c.layer_locals() == (True, True, True, False) * 2 and c.global_nope
-    assert (c.attention_chunk, c.nope_temperature_floor, c.nope_temperature_scale) == (
+    assert c.layer_locals() == (True, True, True, False) * 2 and c.llama4.global_nope
+    assert (
+        c.attention.chunk,
+        c.llama4.nope_temperature_floor,
+        c.llama4.nope_temperature_scale,
+    ) == (
         8192,
         8192.0,
         0.1,
@@ -133,10 +143,14 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     # An explicit moe_layers list wins over the step; null head_dim is hidden_size // heads.
     c = llama4_config_from_hf(hf | dict(moe_layers=[5, 7], head_dim=None, no_rope_layers=[1] * 8))
     assert (tuple(np.flatnonzero(moe_layers(c))), c.moe.layer_step, c.head_dim) == ((5, 7), 2, 2)
-    assert (c.window_pattern, c.global_nope, c.nope_temperature_floor) == (None, False, None)
+    assert (c.attention.window_pattern, c.llama4.global_nope, c.llama4.nope_temperature_floor) == (
+        None,
+        False,
+        None,
+    )
     dense = llama4_config_from_hf(hf | dict(moe_layers=[], attention_chunk_size=None,
                                             no_rope_layers=[1] * 8))  # fmt: skip
-    assert (dense.moe.num_experts, dense.attention_chunk) == (0, None)
+    assert (dense.moe.num_experts, dense.attention.chunk) == (0, None)
 
 
 @pytest.mark.parametrize(
@@ -153,7 +167,7 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     ],
 )
 def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
-    hf = llama4_config_to_hf(tnn.LlamaConfig(**LLAMA4)) | change
+    hf = llama4_config_to_hf(tnn.make_config(tnn.LlamaConfig, LLAMA4)) | change
     with pytest.raises(ValueError, match=message):
         llama4_config_from_hf(hf)
 
@@ -164,34 +178,47 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
         ({"moe.router": "sigmoid"}, "moe.router='sigmoid' .needs 'sigmoid_plain'."),
         ({"moe.router_scales_input": False}, "moe.router_scales_input=False .needs True."),
         ({"moe.shared_expert_mlp_dim": 6}, "moe.shared_expert_mlp_dim=6 .needs 4."),
-        (dict(qk_norm=True), "qk_norm=True .needs False."),
+        (dict(**{"attention.qk_norm": True}), "qk_norm=True .needs False."),
         (
-            dict(global_nope=False, nope_temperature_floor=None, nope_temperature_scale=0.1),
+            dict(
+                **{"llama4.global_nope": False},
+                **{"llama4.nope_temperature_floor": None},
+                **{"llama4.nope_temperature_scale": 0.1},
+            ),
             "global_nope=False .needs True.",
         ),
     ],
 )
 def test_a_config_llama4_does_not_compute_is_not_saved_as_it(change, message):
     with pytest.raises(ValueError, match=f"'llama4_text' cannot express this model: .*{message}"):
-        llama4_config_to_hf(tnn.LlamaConfig(**LLAMA4).replace(**change))
+        llama4_config_to_hf(tnn.make_config(tnn.LlamaConfig, LLAMA4).replace(**change))
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(sliding_window=4), "attention_chunk: a local layer has a chunk or a sliding_window"),
-        (dict(attention_chunk=None), "window_pattern: it says which layers use sliding_window"),
-        (dict(window_pattern=None), "global_nope: needs position 'rope'"),
-        (dict(global_nope=False), "nope_temperature_floor/scale: only NoPE layers"),
-        (dict(nope_temperature_floor=None), "nope_temperature_floor/scale: only NoPE layers"),
-        (dict(nope_temperature_scale="x"), "nope_temperature_scale must be a number"),
+        (
+            dict(**{"attention.sliding_window": 4}),
+            "AttentionConfig.chunk: a local layer has a chunk or a sliding_window",
+        ),
+        (
+            dict(**{"attention.chunk": None}),
+            "window_pattern: it says which layers use sliding_window",
+        ),
+        (dict(**{"attention.window_pattern": None}), "global_nope: needs position 'rope'"),
+        (dict(**{"llama4.global_nope": False}), "nope_temperature_floor/scale: only NoPE layers"),
+        (
+            dict(**{"llama4.nope_temperature_floor": None}),
+            "nope_temperature_floor/scale: only NoPE layers",
+        ),
+        (dict(**{"llama4.nope_temperature_scale": "x"}), "nope_temperature_scale must be a number"),
     ],
 )
 def test_llama4_switches_where_they_cannot_act_are_refused_by_name(change, message):
     with pytest.raises(ValueError, match=message):
-        tnn.LlamaConfig(**LLAMA4 | change)
+        tnn.make_config(tnn.LlamaConfig, LLAMA4 | change)
     with pytest.raises(ValueError, match="qk_l2_norm: only rotated"):
-        tnn.LlamaConfig(position="learned", qk_l2_norm=True)
+        tnn.LlamaConfig(position=tnn.PositionConfig(kind="learned"), qk_l2_norm=True)
 
 
 def test_input_scaled_experts_weigh_each_experts_input():
@@ -227,7 +254,7 @@ def test_a_chunked_layers_queries_see_their_own_chunk_only():
     and positions 0-3 ignore tokens 4-7 (causal)."""
     config = tnn.LlamaConfig(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1,
                              num_heads=2, head_dim=8, mlp=tnn.MLPConfig(dim=8),
-                             attention_chunk=4)  # fmt: skip
+                             attention=tnn.AttentionConfig(chunk=4))  # fmt: skip
     model = tnn.Llama(config, rngs=nnx.Rngs(int(np.random.default_rng().integers(99))))
     tokens = jnp.asarray(np.random.default_rng().integers(0, 24, (1, 8)))
     other = tokens.at[0, :4].set((tokens[0, :4] + 1) % 24).at[0, 7].set((tokens[0, 7] + 1) % 24)
@@ -242,7 +269,7 @@ def test_a_prefill_then_decode_steps_are_the_whole_sequences_logits(scan):
     temperature at each step's own position; scanned, the local flags are traced (the pattern
     and the MoE step make a unit of 4 layers) and the logits are the unrolled model's."""
     seed = int(np.random.default_rng().integers(1 << 20))
-    config = tnn.LlamaConfig(**LLAMA4)
+    config = tnn.make_config(tnn.LlamaConfig, LLAMA4)
     model = tnn.Llama(config.replace(scan_layers=scan), rngs=nnx.Rngs(seed))
     forward = nnx.jit(lambda m, t: m(t))
     cached = nnx.jit(lambda m, t, c, p: m.forward_cached(t, c, p))

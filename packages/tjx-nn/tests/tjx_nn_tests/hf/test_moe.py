@@ -18,18 +18,18 @@ QWEN2 = dict(
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=12, num_shared_experts=1,
                       shared_expert_mlp_dim=20, shared_expert_gate=True, first_dense=1,
                       router_norm_topk=False),
-    qkv_bias=True,
+    **{"attention.qkv_bias": True},
 )  # fmt: skip
 QWEN3 = dict(
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=12, layer_step=2),
-    qk_norm=True,
+    **{"attention.qk_norm": True},
     head_dim=12,
 )
 TYPES = {"mixtral": MIXTRAL, "qwen2_moe": QWEN2, "qwen3_moe": QWEN3}
 
 
 def _save(tmp_path, fields, name="ck", **hf_changes):
-    model = tnn.Llama(tnn.LlamaConfig(**SIZES, **fields), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, {**SIZES, **fields}), rngs=nnx.Rngs(0))
     folder = tmp_path / name
     tnn.save_hf(model, folder)
     if hf_changes:
@@ -107,7 +107,7 @@ def test_an_moe_model_hf_cannot_express_is_not_written(tmp_path, fields, model_t
     """(A dotted key: a change to the type's ``moe`` section.)"""
     dotted = {k: v for k, v in fields.items() if "." in k}
     plain = {k: v for k, v in fields.items() if "." not in k}
-    config = tnn.LlamaConfig(**SIZES, **plain).replace(**dotted)
+    config = tnn.make_config(tnn.LlamaConfig, {**SIZES, **plain}).replace(**dotted)
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)

@@ -43,10 +43,10 @@ TINY_SCALING = tnn.RopeScaling(
 def test_published_128k_config_reads_as_longrope_with_transformers_factors(kind):
     hf = {**MINI_128K, "rope_scaling": {**MINI_128K["rope_scaling"], "type": kind}}
     config = family_config_from_hf(hf)
-    s = config.rope_scaling
+    s = config.position.rope_scaling
     assert (s.type, s.original_max_position_embeddings, s.factor) == ("longrope", 4096, 32.0)
     assert s.short_factor == tuple(SHORT) and s.long_factor == tuple(LONG)
-    assert (config.max_seq_len, config.sliding_window) == (131072, 262144)
+    assert (config.max_seq_len, config.attention.sliding_window) == (131072, 262144)
     inv = 1.0 / 10000.0 ** (np.arange(48) * 2 / 96)
     short, attention = tnn.rope_parameters(96, 10000.0, s, 4096)
     long, _ = tnn.rope_parameters(96, 10000.0, s, 4097)
@@ -60,11 +60,13 @@ def test_the_top_level_pretraining_length_wins_and_defaults_to_4096():
     ``rope_scaling``, 4096 when absent; ``factor`` from ``max_position_embeddings`` unless set."""
     inner = {**MINI_128K["rope_scaling"], "original_max_position_embeddings": 2048}
     both = family_config_from_hf({**MINI_128K, "rope_scaling": inner})
-    assert both.rope_scaling.original_max_position_embeddings == 4096
+    assert both.position.rope_scaling.original_max_position_embeddings == 4096
     absent = {k: v for k, v in MINI_128K.items() if k != "original_max_position_embeddings"}
-    assert family_config_from_hf(absent).rope_scaling.original_max_position_embeddings == 4096
+    assert (
+        family_config_from_hf(absent).position.rope_scaling.original_max_position_embeddings == 4096
+    )
     given = {**MINI_128K["rope_scaling"], "factor": 16.0, "attention_factor": 1.1}
-    s = family_config_from_hf({**MINI_128K, "rope_scaling": given}).rope_scaling
+    s = family_config_from_hf({**MINI_128K, "rope_scaling": given}).position.rope_scaling
     assert (s.factor, s.attention_factor) == (16.0, 1.1)
 
 
@@ -85,7 +87,7 @@ def test_v5_rope_parameters_read_as_the_legacy_rope_scaling():
     ],
 )
 def test_longrope_config_json_round_trips_in_the_published_form(scaling):
-    config = tnn.LlamaConfig(**TINY, rope_scaling=scaling)
+    config = tnn.LlamaConfig(**TINY, position=tnn.PositionConfig(rope_scaling=scaling))
     hf = family_config_to_hf(config, "phi3")
     assert hf["original_max_position_embeddings"] == 8
     assert hf["rope_scaling"]["type"] == "longrope"
@@ -95,10 +97,13 @@ def test_longrope_config_json_round_trips_in_the_published_form(scaling):
 
 
 def test_saved_longrope_phi3_loads_back_with_the_same_logits(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**TINY, rope_scaling=TINY_SCALING), rngs=nnx.Rngs(3))
+    model = tnn.Llama(
+        tnn.LlamaConfig(**TINY, position=tnn.PositionConfig(rope_scaling=TINY_SCALING)),
+        rngs=nnx.Rngs(3),
+    )
     tnn.save_hf(model, tmp_path / "ck", model_type="phi3")
     back, config = tnn.load_hf(tmp_path / "ck")
-    assert config.rope_scaling == TINY_SCALING
+    assert config.position.rope_scaling == TINY_SCALING
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 48, (2, 12)))
     np.testing.assert_array_equal(np.asarray(back(tokens)), np.asarray(model(tokens)))
 
@@ -117,14 +122,18 @@ def test_saved_longrope_phi3_loads_back_with_the_same_logits(tmp_path):
     ],
 )  # fmt: skip
 def test_a_phi3_scaling_tjx_cannot_honour_is_refused_in_one_line(scaling, needle):
-    hf = family_config_to_hf(tnn.LlamaConfig(**TINY), "phi3") | {"rope_scaling": scaling}
+    hf = family_config_to_hf(tnn.make_config(tnn.LlamaConfig, TINY), "phi3") | {
+        "rope_scaling": scaling
+    }
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         family_config_from_hf(hf)
     assert needle in str(info.value)
 
 
 def test_a_phi3_export_writes_longrope_only():
-    config = tnn.LlamaConfig(**TINY, rope_scaling=tnn.RopeScaling(type="linear", factor=2.0))
+    config = tnn.LlamaConfig(
+        **TINY, position=tnn.PositionConfig(rope_scaling=tnn.RopeScaling(type="linear", factor=2.0))
+    )
     with pytest.raises(ValueError, match="rope_scaling=RopeScaling"):
         family_config_to_hf(config, "phi3")
 
@@ -139,7 +148,7 @@ def test_greedy_tokens_are_what_a_forward_over_each_prefix_picks(prompt):
     """
     config = tnn.LlamaConfig(
         **TINY,
-        rope_scaling=TINY_SCALING,
+        position=tnn.PositionConfig(rope_scaling=TINY_SCALING),
         init=tnn.InitConfig(std=0.3),
     )
     model = tnn.Llama(config, rngs=nnx.Rngs(0))

@@ -26,9 +26,9 @@ EXPECTED = {
             "moe.num_experts": 128,
             "moe.experts_per_token": 4,
             "vocab_size": 201088,
-            "sliding_window": 128,
-            "window_pattern": ("local", "global") * 18,
-            "attention_sinks": True,
+            "attention.sliding_window": 128,
+            "attention.window_pattern": ("local", "global") * 18,
+            "attention.sinks": True,
             "mtp.depths": 0,
         },
         params=116_829_156_672,  # "116.83B"

@@ -32,15 +32,15 @@ FIX = "download or save the checkpoint again"
 #: The FP8 e4m3 codes that are NaN (sign either way): published weights hold none.
 FP8_NAN = (0x7F, 0xFF)
 GPT_OSS = dict(
-    num_kv_heads=2, attention_sinks=True, use_bias=True,
+    num_kv_heads=2, **{"attention.sinks": True}, use_bias=True,
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True),
     **{"mlp.activation": "swiglu_clamped"},  # over _export's mlp.dim
-    sliding_window=4, window_pattern=("local", "global"),
+    **{"attention.sliding_window": 4}, **{"attention.window_pattern": ("local", "global")},
 )  # fmt: skip
 #: A DeepSeek-V3 whose widths the FP8 block [4, 8] leaves partial blocks in (q_a_proj's 10 rows,
 #: q_b_proj's 10 columns, kv_a_proj_with_mqa's 12 rows), as V3's own kv_a_proj_with_mqa (576).
 DEEPSEEK_V3 = dict(
-    num_kv_heads=4, head_dim=12, attention_type="mla",
+    num_kv_heads=4, head_dim=12, **{"attention.type": "mla"},
     mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1,
                       first_dense=1, router="sigmoid"),

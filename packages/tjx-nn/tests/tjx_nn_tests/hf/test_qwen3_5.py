@@ -15,16 +15,23 @@ from tjx.nn.hf.qwen3_5 import qwen3_5_config_from_hf, qwen3_5_config_to_hf
 from tjx_nn_tests._helpers import saved_random
 
 QWEN3_5 = dict(
-    vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp=tnn.MLPConfig(dim=8), mixer_pattern=("delta", "delta", "delta", "attention"),
+    vocab_size=24,
+    max_seq_len=16,
+    d_model=16,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp=tnn.MLPConfig(dim=8),
+    mixer_pattern=("delta", "delta", "delta", "attention"),
     delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=4, value_dim=6),
-    attention_output_gate=True, qk_norm=True, norm=tnn.NormConfig(plus_one=True),
-    rope_fraction=0.25,
+    **{"attention.output_gate": True}, **{"attention.qk_norm": True},
+    norm=tnn.NormConfig(plus_one=True), position=tnn.PositionConfig(rope_fraction=0.25),
 )  # fmt: skip
 
 
 def _saved(tmp_path):
-    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**QWEN3_5))
+    model, tensors = saved_random(tmp_path / "ck", tnn.make_config(tnn.LlamaConfig, QWEN3_5))
     return model, tmp_path / "ck", tensors
 
 
@@ -55,7 +62,7 @@ def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path)
 def test_transformers_defaults_are_read_as_transformers_reads_them():
     """Left out: every fourth layer attends, RoPE turns a quarter of a 256-wide head, and the
     delta sizes are Qwen3.5-9B's; the image model's mrope keys change nothing for text."""
-    hf = qwen3_5_config_to_hf(tnn.LlamaConfig(**{**QWEN3_5, "num_layers": 8}))
+    hf = qwen3_5_config_to_hf(tnn.make_config(tnn.LlamaConfig, {**QWEN3_5, "num_layers": 8}))
     for key in ("layer_types", "head_dim", "linear_num_key_heads", "linear_num_value_heads",
                 "linear_key_head_dim"):  # fmt: skip
         del hf[key]
@@ -63,7 +70,11 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
                              "mrope_section": [11, 11, 10], "mrope_interleaved": True}  # fmt: skip
     config = qwen3_5_config_from_hf(hf)
     assert config.layer_mixers() == ("delta", "delta", "delta", "attention") * 2
-    assert (config.head_dim, config.rope_fraction, config.rope_theta) == (256, 0.25, 1e7)
+    assert (config.head_dim, config.position.rope_fraction, config.position.rope_theta) == (
+        256,
+        0.25,
+        1e7,
+    )
     delta = config.delta
     assert (delta.key_heads, delta.key_dim, delta.value_heads) == (16, 128, 32)
 
@@ -80,16 +91,16 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     ],
 )
 def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
-    hf = qwen3_5_config_to_hf(tnn.LlamaConfig(**QWEN3_5)) | change
+    hf = qwen3_5_config_to_hf(tnn.make_config(tnn.LlamaConfig, QWEN3_5)) | change
     with pytest.raises(ValueError, match=message):
         qwen3_5_config_from_hf(hf)
 
 
 def test_a_config_qwen3_5_does_not_compute_is_not_saved_as_it(tmp_path):
-    ungated = tnn.LlamaConfig(**{**QWEN3_5, "attention_output_gate": False})
-    with pytest.raises(ValueError, match="attention_output_gate=False .needs True."):
+    ungated = tnn.make_config(tnn.LlamaConfig, {**QWEN3_5, "attention.output_gate": False})
+    with pytest.raises(ValueError, match="attention.output_gate=False .needs True."):
         qwen3_5_config_to_hf(ungated)
-    model = tnn.Llama(tnn.LlamaConfig(**QWEN3_5), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, QWEN3_5), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="'qwen3_5_text' .or 'qwen3_next'.; got 'qwen3'"):
         tnn.save_hf(model, tmp_path / "x", model_type="qwen3")
     assert not (tmp_path / "x").exists()

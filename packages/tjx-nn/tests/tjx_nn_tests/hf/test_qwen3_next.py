@@ -17,18 +17,27 @@ from tjx_nn_tests._helpers import saved_random
 #: 2 key heads of 4 dims, 3 value heads of 6 each (r = 3 per key head): every part of a group
 #: has its own width, so a row taken from the wrong part or group shows.
 QWEN3_NEXT = dict(
-    vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp=tnn.MLPConfig(dim=8), mixer_pattern=("delta", "delta", "delta", "attention"),
+    vocab_size=24,
+    max_seq_len=16,
+    d_model=16,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp=tnn.MLPConfig(dim=8),
+    mixer_pattern=("delta", "delta", "delta", "attention"),
     delta=tnn.DeltaConfig(key_heads=2, value_heads=6, key_dim=4, value_dim=6),
-    attention_output_gate=True, qk_norm=True, norm=tnn.NormConfig(plus_one=True),
-    rope_fraction=0.25,
+    **{"attention.output_gate": True}, **{"attention.qk_norm": True},
+    norm=tnn.NormConfig(plus_one=True), position=tnn.PositionConfig(rope_fraction=0.25),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=4, num_shared_experts=1,
                       shared_expert_mlp_dim=12, shared_expert_gate=True, first_dense=1),
 )  # fmt: skip
 
 
 def _saved(tmp_path, **change):
-    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**QWEN3_NEXT | change))
+    model, tensors = saved_random(
+        tmp_path / "ck", tnn.make_config(tnn.LlamaConfig, QWEN3_NEXT | change)
+    )
     return model, tmp_path / "ck", tensors
 
 
@@ -73,7 +82,7 @@ def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path)
 
 def test_a_dense_qwen3_next_is_written_only_when_asked(tmp_path):
     dense = {k: v for k, v in QWEN3_NEXT.items() if k != "moe"}
-    model = tnn.Llama(tnn.LlamaConfig(**dense), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, dense), rngs=nnx.Rngs(0))
     tnn.save_hf(model, tmp_path / "asked", model_type="qwen3_next")
     saved = json.loads((tmp_path / "asked" / "config.json").read_text())
     assert (saved["model_type"], saved["num_experts"]) == ("qwen3_next", 0)
@@ -87,7 +96,7 @@ def test_a_dense_qwen3_next_is_written_only_when_asked(tmp_path):
 def test_transformers_defaults_are_read_as_transformers_reads_them():
     """Left out: Qwen3-Next-80B-A3B's sizes (512 experts, top 10, renormalised, 512-wide experts
     and shared expert), every layer sparse, every fourth layer attending."""
-    hf = qwen3_next_config_to_hf(tnn.LlamaConfig(**{**QWEN3_NEXT, "num_layers": 8}))
+    hf = qwen3_next_config_to_hf(tnn.make_config(tnn.LlamaConfig, {**QWEN3_NEXT, "num_layers": 8}))
     for key in ("layer_types", "head_dim", "num_experts", "num_experts_per_tok",
                 "moe_intermediate_size", "shared_expert_intermediate_size", "norm_topk_prob",
                 "decoder_sparse_step", "mlp_only_layers", "linear_num_value_heads",
@@ -112,7 +121,7 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     ],
 )
 def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
-    hf = qwen3_next_config_to_hf(tnn.LlamaConfig(**QWEN3_NEXT)) | change
+    hf = qwen3_next_config_to_hf(tnn.make_config(tnn.LlamaConfig, QWEN3_NEXT)) | change
     with pytest.raises(ValueError, match=message):
         qwen3_next_config_from_hf(hf)
 
@@ -122,9 +131,9 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
     [
         ({"moe.router": "sigmoid"}, "moe.router='sigmoid' .needs 'softmax'."),
         ({"moe.shared_expert_gate": False}, "moe.shared_expert_gate=False .needs True."),
-        (dict(attention_output_gate=False), "attention_output_gate=False .needs True."),
+        ({"attention.output_gate": False}, "attention.output_gate=False .needs True."),
     ],
 )
 def test_a_config_qwen3_next_does_not_compute_is_not_saved_as_it(change, message):
     with pytest.raises(ValueError, match=f"'qwen3_next' cannot express this model: .*{message}"):
-        qwen3_next_config_to_hf(tnn.LlamaConfig(**QWEN3_NEXT).replace(**change))
+        qwen3_next_config_to_hf(tnn.make_config(tnn.LlamaConfig, QWEN3_NEXT).replace(**change))

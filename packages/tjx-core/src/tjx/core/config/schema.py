@@ -114,7 +114,7 @@ class Schema:
     def values(self, cls: type, data: Any, path: str, kind: Any) -> dict[str, Any]:
         """The keys ``data`` sets in the section of class ``cls`` at ``path`` (``""``: the top),
         each read as its type and checked, in ``data``'s order (nested sections as mappings); a
-        package section's ``null`` on a field that takes none (``model.position: null``) is the
+        package section's ``null`` on a field that takes none (``model.position.kind: null``) is the
         class's own default, left out."""
         if data is None:
             return {}

@@ -64,7 +64,7 @@ def parse_override(
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
     field, tp = schema.field_at(key, schema.kind_of(data or {}))
-    # "none" is a value where a field's own choices hold it (model.position: no positions).
+    # "none" is a value where a field's own choices hold it (model.position.kind: no positions).
     none_is_value = value.strip().lower() == "none" and "none" in (choices(field) or ())
     return key, convert(tp, value, key, from_text=True, none_is_value=none_is_value)
 

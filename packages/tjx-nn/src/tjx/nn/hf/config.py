@@ -160,7 +160,7 @@ def rope_from_hf(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScalin
 
 def partial_rotary_factor(value: Any) -> float:
     """config.json's ``partial_rotary_factor`` (the share of each query/key head RoPE rotates,
-    tjx's ``rope_fraction``) where a family reads it: a number in ``(0, 1]``.
+    tjx's ``position.rope_fraction``) where a family reads it: a number in ``(0, 1]``.
 
     Raises
     ------
@@ -269,14 +269,13 @@ def llama_fields(
             num_heads=heads,
             num_kv_heads=hf["num_key_value_heads"] or heads,
             head_dim=hf["head_dim"],
-            rope_theta=theta,
-            rope_scaling=scaling,
-            sliding_window=window,
-            window_pattern=pattern,
+            **{"attention.sliding_window": window},
+            **{"attention.window_pattern": pattern},
             use_bias=attn_bias,
             tie_embeddings=hf["tie_word_embeddings"],
-            attention_dropout=float(hf["attention_dropout"]),
+            **{"attention.dropout": float(hf["attention_dropout"])},
         )
+        | {"position.rope_theta": theta, "position.rope_scaling": scaling}
         | {"norm.eps": float(hf["rms_norm_eps"])}
         | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
     )
@@ -294,22 +293,23 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
     if model_type not in LLAMA_TYPES:
         raise ValueError(f"config.json model_type must be one of {LLAMA_TYPES}; got {model_type!r}")
     fields = llama_fields(SPECS[model_type].read(hf), model_type)
-    fields["qkv_bias"] = model_type == "qwen2"
+    fields["attention.qkv_bias"] = model_type == "qwen2"
     fields.update(overrides)
     return make_config(LlamaConfig, fields)
 
 
 def check_llama_shape(config: LlamaConfig) -> None:
     """Raise ``ValueError`` unless ``config`` is LLaMA-shaped (what every HF Llama type is)."""
-    shaped = config.attention_type == "mha" and config.position == "rope"
+    shaped = config.attention.type == "mha" and config.position.kind == "rope"
     if not shaped or config.norm.kind != "rmsnorm":
         raise ValueError(
-            "only LLaMA-shaped configs export (attention_type 'mha', position 'rope', norm "
-            f"'rmsnorm'); got {config.attention_type!r}, {config.position!r}, {config.norm.kind!r}"
+            "only LLaMA-shaped configs export (attention.type 'mha', position.kind 'rope', "
+            f"norm.kind 'rmsnorm'); got {config.attention.type!r}, {config.position.kind!r}, "
+            f"{config.norm.kind!r}"
         )
     # gpt-oss's and GLM-4.5's switches: their own model types (gpt_oss, glm4_moe) write them.
-    for name, plain in (("attention_sinks", False), ("moe.router_logit_bias", False),
-                        ("rope_fraction", 1.0)):  # fmt: skip
+    for name, plain in (("attention.sinks", False), ("moe.router_logit_bias", False),
+                        ("position.rope_fraction", 1.0)):  # fmt: skip
         if setting_value(config, name) != plain:
             raise ValueError(
                 f"this config cannot be saved as a LLaMA-family checkpoint: {name}="
@@ -326,34 +326,35 @@ def check_llama_shape(config: LlamaConfig) -> None:
 def export_type(config: LlamaConfig, model_type: str | None) -> str:
     """The HF ``model_type`` to write: the one asked for, else qwen2 with q/k/v-only biases,
     else llama. Raises ``ValueError`` when ``config`` cannot be that type."""
-    qwen = config.qkv_bias and not config.use_bias
-    windowed = config.sliding_window is not None
+    qwen = config.attention.qkv_bias and not config.use_bias
+    windowed = config.attention.sliding_window is not None
     chosen = model_type or ("qwen2" if qwen else "mistral" if windowed else "llama")
     if chosen not in LLAMA_TYPES:
         raise ValueError(f"model_type must be one of {LLAMA_TYPES} for a Llama; got {chosen!r}")
-    if config.qk_norm:
+    if config.attention.qk_norm:
         raise ValueError(
-            f"model_type {chosen!r} has no q/k norms (qk_norm=True); of the HF types tjx "
+            f"model_type {chosen!r} has no q/k norms (attention.qk_norm=True); of the HF types tjx "
             "writes only qwen3_moe has them"
         )
     check_llama_shape(config)
     qwen = chosen == "qwen2"
-    if qwen != (config.qkv_bias and not config.use_bias):
+    if qwen != (config.attention.qkv_bias and not config.use_bias):
         raise ValueError(
-            f"model_type {chosen!r} needs qkv_bias={qwen} and use_bias=False; got qkv_bias="
-            f"{config.qkv_bias}, use_bias={config.use_bias}"
+            f"model_type {chosen!r} needs attention.qkv_bias={qwen} and use_bias=False; got "
+            "attention.qkv_bias="
+            f"{config.attention.qkv_bias}, use_bias={config.use_bias}"
         )
     if chosen == "mistral" and config.use_bias:
         raise ValueError("model_type 'mistral' has no biases; got use_bias=True")
     if windowed and chosen == "llama":
         raise ValueError(
-            "model_type 'llama' has no sliding window; export a model with sliding_window as "
-            "'mistral' or 'qwen2'"
+            "model_type 'llama' has no sliding window; export a model with "
+            "attention.sliding_window as 'mistral' or 'qwen2'"
         )
-    if chosen == "mistral" and config.window_pattern is not None:
+    if chosen == "mistral" and config.attention.window_pattern is not None:
         raise ValueError(
-            "model_type 'mistral' slides the window in every layer; a window_pattern exports "
-            "as 'qwen2' (its layer_types)"
+            "model_type 'mistral' slides the window in every layer; an attention.window_pattern "
+            "exports as 'qwen2' (its layer_types)"
         )
     return chosen
 
@@ -365,12 +366,12 @@ def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> di
     if chosen == "llama":
         out["attention_bias"] = out["mlp_bias"] = config.use_bias
     elif chosen == "mistral":
-        out["sliding_window"] = config.sliding_window
+        out["sliding_window"] = config.attention.sliding_window
     else:
-        out["use_sliding_window"] = config.sliding_window is not None
-        out["sliding_window"] = config.sliding_window
-        if config.sliding_window is not None:
-            kinds = {None: "full_attention", config.sliding_window: "sliding_attention"}
+        out["use_sliding_window"] = config.attention.sliding_window is not None
+        out["sliding_window"] = config.attention.sliding_window
+        if config.attention.sliding_window is not None:
+            kinds = {None: "full_attention", config.attention.sliding_window: "sliding_attention"}
             out["layer_types"] = [kinds[w] for w in config.layer_windows()]
             local = [i for i, w in enumerate(config.layer_windows()) if w is not None]
             out["max_window_layers"] = local[0]
@@ -391,14 +392,14 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "max_position_embeddings": _max_position(config),
         "rms_norm_eps": config.norm.eps,
-        "rope_theta": config.rope_theta,
+        "rope_theta": config.position.rope_theta,
         "hidden_act": "silu",
         "tie_word_embeddings": config.tie_embeddings,
-        "attention_dropout": config.attention_dropout,
+        "attention_dropout": config.attention.dropout,
         "initializer_range": config.init.std,
     }
-    if config.rope_scaling is not None:
-        fields = config.rope_scaling.as_dict()
+    if config.position.rope_scaling is not None:
+        fields = config.position.rope_scaling.as_dict()
         kind = fields.pop("type")
         if kind == "dynamic":  # its original length is max_position_embeddings (written above)
             fields.pop("original_max_position_embeddings")
@@ -409,7 +410,7 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
 def _max_position(config: LlamaConfig) -> int:
     """``max_position_embeddings`` to write: tjx's ``max_seq_len``, except for dynamic NTK,
     whose formula scales from it (tjx keeps that length in the scaling's original)."""
-    scaling = config.rope_scaling
+    scaling = config.position.rope_scaling
     if scaling is not None and scaling.type == "dynamic":
         assert scaling.original_max_position_embeddings is not None
         return scaling.original_max_position_embeddings

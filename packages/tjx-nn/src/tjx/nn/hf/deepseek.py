@@ -5,10 +5,10 @@ DeepSeek's MLA (:mod:`tjx.nn.mla`) and MoE layers.
 config.json                                tjx config
 =========================================  =================================================
 ``q_lora_rank`` (null: a full ``q_proj``)  ``mla.q_lora_rank``
-``kv_lora_rank``                           ``mla.kv_latent_dim`` (``attention_type="mla"``)
+``kv_lora_rank``                           ``mla.kv_latent_dim`` (``attention.type="mla"``)
 ``qk_nope_head_dim + qk_rope_head_dim``    ``head_dim``; ``mla.qk_rope_head_dim`` its rotated tail
 ``v_head_dim``                             ``mla.v_head_dim``
-``rope_parameters`` yarn with ``mscale*``  ``rope_scaling`` (and the softmax's ``mscale²``)
+``rope_parameters`` yarn with ``mscale*``  ``position.rope_scaling`` (and ``mscale²``)
 ``n_routed_experts``, ``num_experts_per    ``moe.num_experts``, ``moe.experts_per_token``,
 _tok``, ``moe_intermediate_size``          ``moe.expert_mlp_dim``
 ``n_shared_experts``                       ``moe.num_shared_experts`` (no gate)
@@ -209,7 +209,7 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     if hf.get("aux_loss_alpha") is not None:  # a training setting (logits do not change)
         moe["router_aux_loss"] = float(hf["aux_loss_alpha"])
     fields |= dict(
-        attention_type="mla",
+        **{"attention.type": "mla"},
         mla=MLAConfig(
             kv_latent_dim=hf["kv_lora_rank"],
             q_lora_rank=hf["q_lora_rank"],
@@ -237,17 +237,17 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         "norm.position": (c.norm.position, "pre"),
         "mlp.activation": (c.mlp.activation, "swiglu"),
         "use_bias": (c.use_bias, False),
-        "qkv_bias": (c.qkv_bias, False),
+        "attention.qkv_bias": (c.attention.qkv_bias, False),
         "moe.shared_expert_gate": (c.moe.shared_expert_gate, False),
         "moe.shared_expert_mlp_dim": (c.moe.shared_expert_mlp_dim, None),
         "moe.layer_step": (c.moe.layer_step, 1),
-        "sliding_window": (c.sliding_window, None),
+        "attention.sliding_window": (c.attention.sliding_window, None),
         "norm.eps": (c.norm.eps, 1e-6),
         "norm.plus_one": (c.norm.plus_one, False),
         "scale_embeddings": (c.scale_embeddings, False),
         "final_logit_softcap": (c.final_logit_softcap, None),
-        "attn_logit_softcap": (c.attn_logit_softcap, None),
-        "query_pre_attn_scalar": (c.query_pre_attn_scalar, None),
+        "attention.logit_softcap": (c.attention.logit_softcap, None),
+        "attention.query_pre_attn_scalar": (c.attention.query_pre_attn_scalar, None),
     }
     if chosen == "deepseek_v2":
         needs["moe.router_norm_topk"] = (c.moe.router_norm_topk, False)
@@ -263,7 +263,7 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
     c = config
     chosen = deepseek_export_type(c, model_type)
     assert c.head_dim is not None and c.mla.qk_rope_head_dim is not None
-    plain = c.replace(attention_type="mha", mla=MLAConfig(), num_kv_heads=None)
+    plain = c.replace(mla=MLAConfig(), num_kv_heads=None, **{"attention.type": "mha"})
     assert isinstance(plain, LlamaConfig)
     out = llama_common_to_hf(plain, "llama")
     rope = out.pop("rope_scaling", None)
@@ -272,7 +272,7 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
         architectures=[ARCHITECTURES[chosen]],
         model_type=chosen,
         head_dim=c.mla.qk_rope_head_dim,
-        rope_parameters={"rope_theta": c.rope_theta, **(rope or {"rope_type": "default"})},
+        rope_parameters={"rope_theta": c.position.rope_theta, **(rope or {"rope_type": "default"})},
         attention_bias=False,
         q_lora_rank=c.mla.q_lora_rank,
         kv_lora_rank=c.mla.kv_latent_dim,

@@ -100,12 +100,12 @@ SPECS: dict[str, Spec] = {
 SWITCHES: dict[str, dict[str, Any]] = {
     "llama": LLAMA_SWITCHES,
     "phi3": LLAMA_SWITCHES,
-    "qwen3": {**LLAMA_SWITCHES, "qk_norm": True},
+    "qwen3": {**LLAMA_SWITCHES, "attention.qk_norm": True},
     "olmo2": {
         **LLAMA_SWITCHES,
         "norm.position": "output",
-        "qk_norm": True,
-        "qk_norm_scope": "projection",
+        "attention.qk_norm": True,
+        "attention.qk_norm_scope": "projection",
     },
     **GEMMA_SWITCHES,
 }
@@ -155,11 +155,11 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
     fields = base_fields(hf)
     if model_type == "phi3":
-        fields["rope_theta"], fields["rope_scaling"] = phi3_rope(hf)
+        fields["position.rope_theta"], fields["position.rope_scaling"] = phi3_rope(hf)
     elif model_type == "olmo3":
-        fields["rope_theta"] = _olmo3_theta(hf)
+        fields["position.rope_theta"] = _olmo3_theta(hf)
     else:
-        fields["rope_theta"] = rope_theta(hf, model_type)
+        fields["position.rope_theta"] = rope_theta(hf, model_type)
     if model_type in ("qwen3", "phi3", "olmo3"):
         fields |= windows(hf.get("sliding_window"), _sliding(hf, model_type, fields["num_layers"]))
     if model_type == "phi3":
@@ -191,8 +191,8 @@ def family_of(config: LlamaConfig) -> str:
     if config.norm.position == "sandwich":
         return gemma_type(config)
     if config.norm.position == "output":
-        return "olmo2" if config.sliding_window is None else "olmo3"
-    return "qwen3" if config.qk_norm else "llama"
+        return "olmo2" if config.attention.sliding_window is None else "olmo3"
+    return "qwen3" if config.attention.qk_norm else "llama"
 
 
 def export_family(config: LlamaConfig, model_type: str | None) -> str | None:
@@ -228,37 +228,37 @@ def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
         **common_to_hf(config),
         "hidden_act": "silu",
     }
-    if config.sliding_window is not None and model_type == "olmo2":
+    if config.attention.sliding_window is not None and model_type == "olmo2":
         raise ValueError(
-            "model_type 'olmo2' has no sliding window; got sliding_window set (save it as "
-            "model_type='olmo3')"
+            "model_type 'olmo2' has no sliding window; got attention.sliding_window set (save it "
+            "as model_type='olmo3')"
         )
     if model_type == "olmo3":
-        entry = {"rope_type": "default", "rope_theta": config.rope_theta}
+        entry = {"rope_type": "default", "rope_theta": config.position.rope_theta}
         del out["rope_theta"]
         return out | {
             "attention_bias": False,
             # No window means every layer full; transformers' Olmo3 needs a number anyway.
-            "sliding_window": config.sliding_window or config.max_seq_len,
+            "sliding_window": config.attention.sliding_window or config.max_seq_len,
             "layer_types": layer_types(config),
             "rope_parameters": {t: dict(entry) for t in OLMO3_LAYER_TYPES},
         }
     if model_type == "phi3":
-        if config.window_pattern is not None:
+        if config.attention.window_pattern is not None:
             raise ValueError(
-                "model_type 'phi3' slides the window in every layer; got window_pattern "
-                f"{list(config.window_pattern)}"
+                "model_type 'phi3' slides the window in every layer; got attention.window_pattern "
+                f"{list(config.attention.window_pattern)}"
             )
         return out | {
             "resid_pdrop": config.dropout,
             "embd_pdrop": 0.0,
-            "sliding_window": config.sliding_window,
+            "sliding_window": config.attention.sliding_window,
             **phi3_rope_to_hf(config),
         }
     out["attention_bias"] = False
     if model_type == "qwen3":
-        windowed = config.sliding_window is not None
-        out |= {"use_sliding_window": windowed, "sliding_window": config.sliding_window}
+        windowed = config.attention.sliding_window is not None
+        out |= {"use_sliding_window": windowed, "sliding_window": config.attention.sliding_window}
         if windowed:
             # transformers reads layer_types when given; max_window_layers says the same for
             # the older reading (the first sliding layer).

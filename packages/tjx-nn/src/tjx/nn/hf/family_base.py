@@ -18,14 +18,14 @@ from tjx.nn.hf.config import BASE_KEYS, HARMLESS
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
 LLAMA_SWITCHES: dict[str, Any] = (
     dict(
-        qk_norm=False,
-        qk_norm_scope="head",
+        **{"attention.qk_norm": False},
+        **{"attention.qk_norm_scope": "head"},
         scale_embeddings=False,
-        query_pre_attn_scalar=None,
-        attn_logit_softcap=None,
+        **{"attention.query_pre_attn_scalar": None},
+        **{"attention.logit_softcap": None},
         final_logit_softcap=None,
-        rope_local_theta=None,
     )
+    | {"position.rope_local_theta": None}
     | {"norm.position": "pre", "norm.plus_one": False}
     | {"mlp.activation": "swiglu"}
 )
@@ -94,11 +94,14 @@ def windows(window: Any, sliding: list[bool]) -> dict[str, Any]:
     if window is None or not any(sliding):
         if any(sliding) and window is None:
             raise ValueError("config.json has sliding layers but no sliding_window")
-        return dict(sliding_window=None, window_pattern=None)
+        return {"attention.sliding_window": None, "attention.window_pattern": None}
     kinds = ["local" if s else "global" for s in sliding]
     if all(sliding):
-        return dict(sliding_window=int(window), window_pattern=None)
-    return dict(sliding_window=int(window), window_pattern=shortest_pattern(kinds))
+        return {"attention.sliding_window": int(window), "attention.window_pattern": None}
+    return {
+        "attention.sliding_window": int(window),
+        "attention.window_pattern": shortest_pattern(kinds),
+    }
 
 
 def shortest_pattern(kinds: list[str]) -> tuple[str, ...]:
@@ -127,7 +130,7 @@ def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
             num_kv_heads=hf["num_key_value_heads"] or heads,
             head_dim=hf["head_dim"],
             tie_embeddings=hf["tie_word_embeddings"],
-            attention_dropout=float(hf["attention_dropout"]),
+            **{"attention.dropout": float(hf["attention_dropout"])},
             use_bias=False,
         )
         | {"norm.eps": float(hf["rms_norm_eps"])}
@@ -138,18 +141,21 @@ def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
 def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> None:
     """What every family's export needs: MHA with RoPE, RMSNorm, no biases, no RoPE scaling but
     of ``rope_types`` (those the family writes)."""
-    scaling = config.rope_scaling
+    scaling = config.position.rope_scaling
     if scaling is not None and scaling.type in rope_types:
         scaling = None
     needs = {
-        "attention_type": (config.attention_type, "mha"),
-        "position": (config.position, "rope"),
+        "attention.type": (config.attention.type, "mha"),
+        "position.kind": (config.position.kind, "rope"),
         "norm.kind": (config.norm.kind, "rmsnorm"),
         "use_bias": (config.use_bias, False),
-        "qkv_bias": (config.qkv_bias, False),
-        "rope_scaling": (scaling, None),
-        "rope_fraction": (config.rope_fraction, 1.0),  # GLM-4.5's partial RoPE: glm4_moe
-        "attention_sinks": (config.attention_sinks, False),  # gpt-oss's: gpt_oss
+        "attention.qkv_bias": (config.attention.qkv_bias, False),
+        "position.rope_scaling": (scaling, None),
+        "position.rope_fraction": (
+            config.position.rope_fraction,
+            1.0,
+        ),  # GLM-4.5's partial RoPE: glm4_moe
+        "attention.sinks": (config.attention.sinks, False),  # gpt-oss's: gpt_oss
     }
     refuse_mismatches(
         {k: v for k, v in needs.items() if v[0] != v[1]},
@@ -212,8 +218,8 @@ def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm.eps,
-        "rope_theta": config.rope_theta,
+        "rope_theta": config.position.rope_theta,
         "tie_word_embeddings": config.tie_embeddings,
-        "attention_dropout": config.attention_dropout,
+        "attention_dropout": config.attention.dropout,
         "initializer_range": config.init.std,
     }

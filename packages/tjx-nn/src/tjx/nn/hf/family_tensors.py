@@ -45,7 +45,7 @@ def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
     same, linear = tables.same, tables.linear
 
     same("model.embed_tokens.weight", "embed.embedding", (v, d))
-    whole = c.qk_norm_scope == "projection"
+    whole = c.attention.qk_norm_scope == "projection"
     for i in range(c.num_layers):
         p, t = f"model.layers.{i}.", f"stack.layers.{i}."
         if model_type == "phi3":
@@ -65,7 +65,7 @@ def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
             linear(p + "mlp.up_proj", t + "mlp.fc_in", (d,), (m,))
         linear(p + "self_attn.o_proj", t + "attn.out", (h, hd), (d,))
         linear(p + "mlp.down_proj", t + "mlp.fc_out", (m,), (d,))
-        if c.qk_norm:
+        if c.attention.qk_norm:
             same(p + "self_attn.q_norm.weight", t + "attn.q_norm.scale", (h * hd if whole else hd,))
             same(
                 p + "self_attn.k_norm.weight", t + "attn.k_norm.scale", (hk * hd if whole else hd,)

@@ -93,17 +93,17 @@ TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 GEMMA_SWITCHES: dict[str, dict[str, Any]] = {
     "gemma2": dict(
         scale_embeddings=True,
-        qk_norm=False,
-        qk_norm_scope="head",
-        rope_local_theta=None,
+        **{"attention.qk_norm": False},
+        **{"attention.qk_norm_scope": "head"},
     )
+    | {"position.rope_local_theta": None}
     | {"norm.position": "sandwich", "norm.plus_one": True}
     | {"mlp.activation": "geglu"}
 }
 #: Gemma 3: q/k norms; its local RoPE base is the config's (any value).
 GEMMA_SWITCHES["gemma3_text"] = {
-    **{k: v for k, v in GEMMA_SWITCHES["gemma2"].items() if k != "rope_local_theta"},
-    "qk_norm": True,
+    **{k: v for k, v in GEMMA_SWITCHES["gemma2"].items() if k != "position.rope_local_theta"},
+    "attention.qk_norm": True,
 }
 
 
@@ -150,23 +150,23 @@ def gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     sliding = _sliding_layers(hf, model_type, fields["num_layers"])
     fields |= windows(hf["sliding_window"], sliding)
     if model_type == "gemma2":
-        fields["rope_theta"] = rope_theta(hf, model_type)
+        fields["position.rope_theta"] = rope_theta(hf, model_type)
     else:
-        fields["rope_theta"], local = _gemma3_thetas(hf)
+        fields["position.rope_theta"], local = _gemma3_thetas(hf)
         # Only the local layers read it (none: leave it unset, as a config without a window).
-        fields["rope_local_theta"] = local if any(sliding) else None
+        fields["position.rope_local_theta"] = local if any(sliding) else None
     return {
         **fields,
         **GEMMA_SWITCHES[model_type],
-        "query_pre_attn_scalar": float(hf["query_pre_attn_scalar"]),
-        "attn_logit_softcap": hf["attn_logit_softcapping"],
+        "attention.query_pre_attn_scalar": float(hf["query_pre_attn_scalar"]),
+        "attention.logit_softcap": hf["attn_logit_softcapping"],
         "final_logit_softcap": hf["final_logit_softcapping"],
     }
 
 
 def gemma_type(config: LlamaConfig) -> str:
     """``gemma3_text`` for a sandwich-normed config with q/k norms, else ``gemma2``."""
-    return "gemma3_text" if config.qk_norm else "gemma2"
+    return "gemma3_text" if config.attention.qk_norm else "gemma2"
 
 
 def gemma_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def gemma_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
     ``full_attention`` (with ``sliding_window = max_seq_len``, a window that never slides).
     """
     assert config.head_dim is not None
-    scalar = config.query_pre_attn_scalar or float(config.head_dim)
+    scalar = config.attention.query_pre_attn_scalar or float(config.head_dim)
     out: dict[str, Any] = {
         "architectures": [ARCHITECTURES[model_type]],
         "model_type": model_type,
@@ -184,13 +184,13 @@ def gemma_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
         "hidden_activation": "gelu_pytorch_tanh",
         # transformers types it as an int: write 256, not 256.0
         "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,
-        "attn_logit_softcapping": config.attn_logit_softcap,
+        "attn_logit_softcapping": config.attention.logit_softcap,
         "final_logit_softcapping": config.final_logit_softcap,
         "attention_bias": False,
-        "sliding_window": config.sliding_window or config.max_seq_len,
+        "sliding_window": config.attention.sliding_window or config.max_seq_len,
         "layer_types": layer_types(config),
         "use_bidirectional_attention": False,
     }
     if model_type == "gemma3_text":
-        out["rope_local_base_freq"] = config.rope_local_theta or config.rope_theta
+        out["rope_local_base_freq"] = config.position.rope_local_theta or config.position.rope_theta
     return out

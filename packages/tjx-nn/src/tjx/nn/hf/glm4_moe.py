@@ -96,18 +96,17 @@ SPEC = LLAMA.but(
 #: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with.
 NEEDS: dict[str, Any] = (
     dict(
-        attention_type="mha",
-        position="rope",
+        **{"attention.type": "mha"},
         use_bias=False,
-        qk_norm_scope="head",
+        **{"attention.qk_norm_scope": "head"},
         scale_embeddings=False,
-        query_pre_attn_scalar=None,
-        attn_logit_softcap=None,
+        **{"attention.query_pre_attn_scalar": None},
+        **{"attention.logit_softcap": None},
         final_logit_softcap=None,
-        rope_local_theta=None,
-        sliding_window=None,
-        attention_sinks=False,
+        **{"attention.sliding_window": None},
+        **{"attention.sinks": False},
     )
+    | {"position.kind": "rope", "position.rope_local_theta": None}
     | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
     | {"mlp.activation": "swiglu"}
 )
@@ -153,24 +152,27 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     if hf.get("scoring_func", "sigmoid") != "sigmoid":  # never in the config class: refused
         raise _refuse("scoring_func", hf["scoring_func"], "GLM-4.5 routes by sigmoid scores")
     fields = llama_fields(rest, GLM4_MOE, handled=KEYS)
-    fields |= dict(
-        use_bias=False,
-        qkv_bias=hf["attention_bias"],
-        qk_norm=hf["use_qk_norm"],
-        rope_fraction=partial_rotary_factor(partial),
-        moe=MoEConfig(
-            num_experts=hf["n_routed_experts"],
-            experts_per_token=hf["num_experts_per_tok"],
-            expert_mlp_dim=hf["moe_intermediate_size"],
-            num_shared_experts=hf["n_shared_experts"],
-            first_dense=hf["first_k_dense_replace"],
-            router="sigmoid",
-            router_norm_topk=hf["norm_topk_prob"],
-            router_scale=float(hf["routed_scaling_factor"]),
-            router_groups=hf["n_group"],
-            router_topk_groups=hf["topk_group"],
-        ),
-    ) | {"mtp.depths": mtp_layers(hf)}
+    fields |= (
+        dict(
+            use_bias=False,
+            **{"attention.qkv_bias": hf["attention_bias"]},
+            **{"attention.qk_norm": hf["use_qk_norm"]},
+            moe=MoEConfig(
+                num_experts=hf["n_routed_experts"],
+                experts_per_token=hf["num_experts_per_tok"],
+                expert_mlp_dim=hf["moe_intermediate_size"],
+                num_shared_experts=hf["n_shared_experts"],
+                first_dense=hf["first_k_dense_replace"],
+                router="sigmoid",
+                router_norm_topk=hf["norm_topk_prob"],
+                router_scale=float(hf["routed_scaling_factor"]),
+                router_groups=hf["n_group"],
+                router_topk_groups=hf["topk_group"],
+            ),
+        )
+        | {"position.rope_fraction": partial_rotary_factor(partial)}
+        | {"mtp.depths": mtp_layers(hf)}
+    )
     return make_config(LlamaConfig, {**fields, **overrides})
 
 
@@ -179,7 +181,7 @@ def is_glm4_moe(config: LlamaConfig, model_type: str | None) -> bool:
     (which no other family tjx writes computes; a full-RoPE one saves as glm4_moe when asked)."""
     if model_type is not None:
         return model_type == GLM4_MOE
-    return bool(config.moe.num_experts) and config.rope_fraction < 1.0
+    return bool(config.moe.num_experts) and config.position.rope_fraction < 1.0
 
 
 def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -205,9 +207,9 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     return out | {
         "architectures": [ARCHITECTURE],
         "model_type": GLM4_MOE,
-        "rope_parameters": rope | {"partial_rotary_factor": c.rope_fraction},
-        "attention_bias": c.qkv_bias,
-        "use_qk_norm": c.qk_norm,
+        "rope_parameters": rope | {"partial_rotary_factor": c.position.rope_fraction},
+        "attention_bias": c.attention.qkv_bias,
+        "use_qk_norm": c.attention.qk_norm,
         "moe_intermediate_size": expert_mlp_dim(c),
         "num_experts_per_tok": c.moe.experts_per_token,
         "n_shared_experts": c.moe.num_shared_experts,

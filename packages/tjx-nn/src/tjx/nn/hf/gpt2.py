@@ -39,8 +39,8 @@ HF_GPT2_NAMES: tuple[str, ...] = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"
 #: What every HF GPT-2 checkpoint fixes besides the sizes in its ``config.json``: a ``GPT2Config``
 #: field → GPT-2's value (``None``: the checkpoint's own, e.g. ``num_kv_heads`` = its head count).
 HF_GPT2_FIXED: Mapping[str, Any] = {
-    "position": "learned",
-    "attention_type": "mha",
+    "position.kind": "learned",
+    "attention.type": "mha",
     "use_bias": True,
     "norm.kind": "layernorm",
     "norm.position": "pre",
@@ -245,7 +245,7 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
         "tie_word_embeddings": True,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
-        "attn_pdrop": config.attention_dropout,
+        "attn_pdrop": config.attention.dropout,
         "initializer_range": config.init.std,
     }
 

@@ -97,18 +97,16 @@ SPEC = LLAMA.but(
 #: What a config must have to be written as gpt-oss: field → (the value gpt-oss computes with).
 NEEDS: dict[str, Any] = (
     dict(
-        attention_type="mha",
-        position="rope",
+        **{"attention.type": "mha"},
         use_bias=True,
-        attention_sinks=True,
-        qk_norm=False,
+        **{"attention.sinks": True},
+        **{"attention.qk_norm": False},
         scale_embeddings=False,
-        query_pre_attn_scalar=None,
-        attn_logit_softcap=None,
+        **{"attention.query_pre_attn_scalar": None},
+        **{"attention.logit_softcap": None},
         final_logit_softcap=None,
-        rope_local_theta=None,
-        rope_fraction=1.0,
     )
+    | {"position.kind": "rope", "position.rope_local_theta": None, "position.rope_fraction": 1.0}
     | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
     | {"mlp.activation": "swiglu_clamped"}
 )
@@ -163,7 +161,7 @@ def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     fields = llama_fields(rest, GPT_OSS, handled=KEYS)
     fields |= dict(
         use_bias=True,
-        attention_sinks=True,
+        **{"attention.sinks": True},
         moe=MoEConfig(
             num_experts=hf["num_local_experts"],
             experts_per_token=hf["num_experts_per_tok"],
@@ -178,7 +176,7 @@ def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
 
 def is_gpt_oss(config: LlamaConfig) -> bool:
     """Whether ``config`` has gpt-oss's own switch (attention sinks): it exports as gpt_oss."""
-    return config.attention_sinks
+    return config.attention.sinks
 
 
 def gpt_oss_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -212,7 +210,7 @@ def gpt_oss_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "rope_parameters": {"rope_theta": theta, **(scaling or {"rope_type": "default"})},
         "attention_bias": True,
         # No window means every layer full; transformers' gpt-oss needs a number anyway.
-        "sliding_window": c.sliding_window or c.max_seq_len,
+        "sliding_window": c.attention.sliding_window or c.max_seq_len,
         "layer_types": layer_types(c),
         "num_local_experts": c.moe.num_experts,
         "num_experts_per_tok": c.moe.experts_per_token,

@@ -81,12 +81,12 @@ def llama_mapping(c: LlamaConfig, moe_type: str | None = None) -> HFMapping:
                 ("mlp.down_proj", "mlp.fc_out", (m,), (d,), False),
             ]
         for hf, tjx, in_shape, out_shape, is_qkv in projections:
-            biased = c.use_bias or (is_qkv and c.qkv_bias)
+            biased = c.use_bias or (is_qkv and c.attention.qkv_bias)
             linear(p + hf, t + tjx, in_shape, out_shape, bias=biased)
         if kinds[i]:
             assert moe_type is not None
             experts(tables, c, moe_type, p, t)
-        if c.qk_norm:
+        if c.attention.qk_norm:
             same(p + "self_attn.q_norm.weight", t + "attn.q_norm.scale", (hd,))
             same(p + "self_attn.k_norm.weight", t + "attn.k_norm.scale", (hd,))
         same(p + "input_layernorm.weight", t + "attn_norm.scale", (d,))

@@ -162,11 +162,11 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     else:
         moe |= qwen_moe_fields(hf, model_type)
     if model_type == "qwen2_moe":
-        fields["qkv_bias"] = hf["qkv_bias"]
+        fields["attention.qkv_bias"] = hf["qkv_bias"]
     if model_type == "qwen3_moe":
         if fields["use_bias"]:
             raise _refuse("attention_bias", True, "tjx's qwen3_moe import has no biases")
-        fields["qk_norm"] = True
+        fields["attention.qk_norm"] = True
     return make_config(LlamaConfig, {**fields, "moe": MoEConfig(**moe), **overrides})
 
 
@@ -203,7 +203,9 @@ def moe_export_type(config: LlamaConfig, model_type: str | None) -> str:
     qwen3_moe with q/k norms, mixtral otherwise. ``ValueError`` when HF cannot express it."""
     c = config
     chosen = model_type or (
-        "qwen2_moe" if c.moe.num_shared_experts else "qwen3_moe" if c.qk_norm else "mixtral"
+        "qwen2_moe"
+        if c.moe.num_shared_experts
+        else "qwen3_moe" if c.attention.qk_norm else "mixtral"
     )
     if chosen not in MOE_TYPES:
         raise ValueError(f"model_type must be one of {MOE_TYPES} for an MoE model; got {chosen!r}")
@@ -215,17 +217,23 @@ def moe_export_type(config: LlamaConfig, model_type: str | None) -> str:
 
     need(c.moe.router == "softmax", f"router 'softmax' (got {c.moe.router!r})")
     need(not c.use_bias, "no biases beside q/k/v (use_bias=False)")
-    need(c.qk_norm == (chosen == "qwen3_moe"), f"qk_norm={chosen == 'qwen3_moe'}")
-    need(c.qkv_bias == (chosen == "qwen2_moe"), f"qkv_bias={chosen == 'qwen2_moe'}")
+    need(c.attention.qk_norm == (chosen == "qwen3_moe"), f"qk_norm={chosen == 'qwen3_moe'}")
+    need(c.attention.qkv_bias == (chosen == "qwen2_moe"), f"qkv_bias={chosen == 'qwen2_moe'}")
     shared = chosen == "qwen2_moe"
     need(bool(c.moe.num_shared_experts) == shared, f"{'' if shared else 'no '}shared experts")
     need(c.moe.shared_expert_gate == shared, f"shared_expert_gate={shared}")
     if chosen == "mixtral":
         need(c.moe.layer_step == 1 and c.moe.first_dense == 0, "every layer MoE")
         need(c.moe.router_norm_topk, "router_norm_topk=True")
-        need(c.window_pattern is None, "one sliding_window for every layer (no window_pattern)")
+        need(
+            c.attention.window_pattern is None,
+            "one sliding_window for every layer (no window_pattern)",
+        )
     else:
-        need(c.sliding_window is None, "no sliding_window (tjx writes none for the Qwen MoE types)")
+        need(
+            c.attention.sliding_window is None,
+            "no sliding_window (tjx writes none for the Qwen MoE types)",
+        )
     return chosen
 
 
@@ -240,7 +248,7 @@ def moe_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict
         out |= dict(
             num_local_experts=c.moe.num_experts,
             intermediate_size=expert_mlp_dim(c),
-            sliding_window=c.sliding_window,
+            sliding_window=c.attention.sliding_window,
         )
         return out
     out |= dict(

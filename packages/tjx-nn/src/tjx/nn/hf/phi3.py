@@ -65,7 +65,7 @@ def phi3_rope_to_hf(config: LlamaConfig) -> dict[str, Any]:
     """The RoPE keys of a Phi-3 ``config.json`` for ``config``: the published form (``type``,
     ``short_factor``, ``long_factor``; the pretraining length beside it), plus ``factor`` and
     ``attention_factor`` only where they differ from what transformers derives."""
-    scaling = config.rope_scaling
+    scaling = config.position.rope_scaling
     if scaling is None:
         return {"original_max_position_embeddings": config.max_seq_len}
     assert scaling.type == "longrope" and scaling.original_max_position_embeddings is not None

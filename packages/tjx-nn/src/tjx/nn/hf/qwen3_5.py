@@ -102,23 +102,21 @@ LAYER_TYPE_OF = {v: k for k, v in MIXER_OF.items()}
 #: What a config must have to be written as Qwen3.5: field → the value Qwen3.5 computes with.
 NEEDS: dict[str, Any] = (
     dict(
-        attention_type="mha",
-        position="rope",
+        **{"attention.type": "mha"},
         use_bias=False,
-        qkv_bias=False,
-        qk_norm=True,
-        qk_norm_scope="head",
-        attention_output_gate=True,
+        **{"attention.qkv_bias": False},
+        **{"attention.qk_norm": True},
+        **{"attention.qk_norm_scope": "head"},
+        **{"attention.output_gate": True},
         scale_embeddings=False,
-        query_pre_attn_scalar=None,
-        attn_logit_softcap=None,
+        **{"attention.query_pre_attn_scalar": None},
+        **{"attention.logit_softcap": None},
         final_logit_softcap=None,
-        rope_local_theta=None,
-        rope_scaling=None,
-        sliding_window=None,
-        attention_sinks=False,
+        **{"attention.sliding_window": None},
+        **{"attention.sinks": False},
         **{"moe.num_experts": 0},
     )
+    | {"position.kind": "rope", "position.rope_local_theta": None, "position.rope_scaling": None}
     | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": True}
     | {"mlp.activation": "swiglu"}
 )
@@ -207,8 +205,6 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
     rest = {k: v for k, v in hf.items() if k != "partial_rotary_factor"}  # read above
     fields = base_fields(hf)
     fields |= dict(
-        rope_theta=rope_theta({**rest, "rope_parameters": params}, model_type),
-        rope_fraction=partial_rotary_factor(partial),
         mixer_pattern=shortest_pattern([MIXER_OF[t] for t in types]),
         delta=DeltaConfig(
             key_heads=hf["linear_num_key_heads"],
@@ -217,9 +213,12 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
             value_dim=hf["linear_value_head_dim"],
             conv_kernel=hf["linear_conv_kernel_dim"],
         ),
-    )
+    ) | {
+        "position.rope_theta": rope_theta({**rest, "rope_parameters": params}, model_type),
+        "position.rope_fraction": partial_rotary_factor(partial),
+    }
     # The switches a Qwen hybrid computes with (the dense MLP: the moe section's default).
-    skip = ("rope_scaling", "sliding_window", "moe.num_experts")
+    skip = ("position.rope_scaling", "attention.sliding_window", "moe.num_experts")
     switches = {k: v for k, v in NEEDS.items() if k not in skip}
     return fields | switches
 
@@ -227,7 +226,7 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
 def is_qwen3_5(config: LlamaConfig) -> bool:
     """Whether ``config`` computes what only Qwen3.5 among the families tjx writes does: delta
     layers or a gated attention output."""
-    return config.attention_output_gate or "delta" in config.layer_mixers()
+    return config.attention.output_gate or "delta" in config.layer_mixers()
 
 
 def qwen3_5_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -269,7 +268,7 @@ def hybrid_to_hf(
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": theta,
-            "partial_rotary_factor": c.rope_fraction,
+            "partial_rotary_factor": c.position.rope_fraction,
         },
         "layer_types": [LAYER_TYPE_OF[m] for m in c.layer_mixers()],
         "linear_conv_kernel_dim": c.delta.conv_kernel,

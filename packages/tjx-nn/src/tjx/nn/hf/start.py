@@ -25,12 +25,12 @@ __all__ = ["HF_LLAMA_FIXED", "HOW_TO_TRAIN", "TRAINING_FIELDS", "config_clashes"
 #: (a component section's by its dotted key).
 HOW_TO_TRAIN = (
     "dropout",
-    "attention_dropout",
+    "attention.dropout",
     "attention_impl",
     "cross_entropy_impl",
     "delta.impl",
     "remat",
-    "decode_topk",
+    "attention.decode_topk",
     "init.std",
     "init.scaled_residual",
 )
@@ -44,7 +44,7 @@ TRAINING_FIELDS = (
     "attention_impl",
     "delta.impl",
     "dropout",
-    "decode_topk",
+    "attention.decode_topk",
     "precision",
 )
 
@@ -52,21 +52,21 @@ TRAINING_FIELDS = (
 #: switches of the families built on it (Qwen3, OLMo 2, Gemma, ..., the family folders'), its MLA,
 #: its experts and its delta layers (a component section's settings by their dotted keys).
 HF_LLAMA_FIXED = (
-    "position",
-    "attention_type",
+    "position.kind",
+    "attention.type",
     "norm.position",
     "use_bias",
     "num_kv_heads",
-    "sliding_window",
-    "window_pattern",
-    "qk_norm",
-    "qk_norm_scope",
+    "attention.sliding_window",
+    "attention.window_pattern",
+    "attention.qk_norm",
+    "attention.qk_norm_scope",
     "norm.plus_one",
     "scale_embeddings",
-    "query_pre_attn_scalar",
-    "attn_logit_softcap",
+    "attention.query_pre_attn_scalar",
+    "attention.logit_softcap",
     "final_logit_softcap",
-    "rope_local_theta",
+    "position.rope_local_theta",
     "mla.kv_latent_dim",
     "mla.q_lora_rank",
     "mla.qk_rope_head_dim",
@@ -75,14 +75,14 @@ HF_LLAMA_FIXED = (
     "moe.router_scale",
     "moe.router_groups",
     "moe.router_topk_groups",
-    "attention_sinks",
+    "attention.sinks",
     "moe.router_logit_bias",
-    "rope_fraction",
+    "position.rope_fraction",
     # Qwen3.5's and Qwen3-Next's delta layers and gated attention, the family folders' switches
     # (`tjx.nn.families.base.Family.fixed`), DeepSeek-V3's and GLM-4.5's multi-token prediction.
     "mixer_pattern",
     *(f"delta.{name}" for name in DELTA_SIZES),
-    "attention_output_gate",
+    "attention.output_gate",
     *fixed_fields(),
     "mtp.depths",
 )

@@ -173,11 +173,11 @@ ROPE_DEFAULTS: dict[str, dict[str, Any]] = {
 #: What a config must compute to be written as Gemma 4 (beside ``check_exportable``'s).
 NEEDS: dict[str, Any] = dict(
     scale_embeddings=True,
-    qk_norm=True,
-    qk_norm_scope="head",
-    query_pre_attn_scalar=1.0,
-    attn_logit_softcap=None,
 ) | {
+    "attention.qk_norm": True,
+    "attention.qk_norm_scope": "head",
+    "attention.query_pre_attn_scalar": 1.0,
+    "attention.logit_softcap": None,
     "norm.position": "sandwich",
     "norm.plus_one": False,
     "mlp.activation": "geglu",
@@ -224,7 +224,7 @@ def _rope(get: Mapping[str, Any], types: list[str]) -> dict[str, Any]:
     if get.get("rope_scaling"):
         raise ValueError("config.json rope_scaling is not supported for gemma4_text")
     params = get.get("rope_parameters") or ROPE_DEFAULTS
-    out: dict[str, Any] = {"rope_local_theta": None, "global_rope_proportion": 1.0}
+    out: dict[str, Any] = {"position.rope_local_theta": None, "global_rope_proportion": 1.0}
     for kind in sorted(set(types)):
         entry = params.get(kind) if isinstance(params, Mapping) else None
         if not isinstance(entry, Mapping):
@@ -242,9 +242,9 @@ def _rope(get: Mapping[str, Any], types: list[str]) -> dict[str, Any]:
             )
         theta = float(entry.get("rope_theta", 10_000.0))
         if kind == "sliding_attention":
-            out["rope_local_theta"] = theta
+            out["position.rope_local_theta"] = theta
             continue
-        out["rope_theta"] = theta
+        out["position.rope_theta"] = theta
         if rope_type == "proportional":  # the default RoPE ignores partial_rotary_factor
             partial = entry.get("partial_rotary_factor", 1.0)
             out["global_rope_proportion"] = partial_rotary_factor(partial)
@@ -408,15 +408,16 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     types = layer_types(c)
     if types[-1] != "full_attention":
         raise ValueError(
-            "model_type 'gemma4_text' makes its last layer global; got window_pattern "
-            f"{list(c.window_pattern or ('local',))} with a window on the last layer"
+            "model_type 'gemma4_text' makes its last layer global; got attention.window_pattern "
+            f"{list(c.attention.window_pattern or ('local',))} with a window on the last layer"
         )
     full: dict[str, Any] = {
         "rope_type": "proportional",
         "partial_rotary_factor": g.global_rope_proportion,
-        "rope_theta": c.rope_theta,
+        "rope_theta": c.position.rope_theta,
     }
-    local = {"rope_type": "default", "rope_theta": c.rope_local_theta or c.rope_theta}
+    local_theta = c.position.rope_local_theta or c.position.rope_theta
+    local = {"rope_type": "default", "rope_theta": local_theta}
     out = {
         "architectures": [ARCHITECTURE],
         "model_type": GEMMA4,
@@ -424,7 +425,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "hidden_activation": "gelu_pytorch_tanh",
         "attention_bias": False,
         "final_logit_softcapping": c.final_logit_softcap,
-        "sliding_window": c.sliding_window or c.max_seq_len,
+        "sliding_window": c.attention.sliding_window or c.max_seq_len,
         "layer_types": types,
         "rope_parameters": {"full_attention": full, "sliding_attention": local},
         "use_bidirectional_attention": None,

@@ -137,7 +137,7 @@ def kv_source(windows: Sequence[int | None], shared: int, i: int) -> int | None:
 def check_model(config: Any, cls: str) -> None:
     """What the section (set) needs of the rest of model ``config`` (class ``cls``): head
     counts, RoPE and layers it divides, and what tjx does not combine with it refused by name
-    (a scanned stack, MLA, delta layers, chunks, ``decode_topk``)."""
+    (a scanned stack, MLA, delta layers, chunks, ``attention.decode_topk``)."""
     c, g, key = config, config.gemma4, f"{cls}.gemma4"
     if g.global_kv_heads is not None and c.num_heads % g.global_kv_heads:
         raise ValueError(
@@ -145,14 +145,16 @@ def check_model(config: Any, cls: str) -> None:
             f"({c.num_heads})"
         )
     p = g.global_rope_proportion
-    if g.global_head_dim is not None and c.position == "rope" and g.global_head_dim % 2:
+    if g.global_head_dim is not None and c.position.kind == "rope" and g.global_head_dim % 2:
         raise ValueError(
             f"{key}.global_head_dim: rope needs an even width; got {g.global_head_dim}"
         )
-    if p < 1.0 and (c.position != "rope" or int(p * (g.global_head_dim or c.head_dim) // 2) < 1):
+    if p < 1.0 and (
+        c.position.kind != "rope" or int(p * (g.global_head_dim or c.head_dim) // 2) < 1
+    ):
         raise ValueError(
             f"{key}.global_rope_proportion {p} needs position 'rope' and at least one turning "
-            f"pair (int(p · head_dim / 2) >= 1); got position {c.position!r}"
+            f"pair (int(p · head_dim / 2) >= 1); got position {c.position.kind!r}"
         )
     if g.kv_shared_layers >= c.num_layers:
         raise ValueError(
@@ -164,7 +166,7 @@ def check_model(config: Any, cls: str) -> None:
             raise ValueError(
                 f"{key}.kv_shared_layers: layer {i} reads the keys and values of an earlier "
                 "layer of its kind (windowed or global), and none comes before the shared ones; "
-                "lower kv_shared_layers or change window_pattern"
+                "lower kv_shared_layers or change attention.window_pattern"
             )
     unscanned = g.unscanned()
     on = unscanned + [n for n in ("value_norm",) if g.value_norm]
@@ -173,15 +175,25 @@ def check_model(config: Any, cls: str) -> None:
         return
     # MLA and delta layers have no such geometry; a scan stacks one shape of layer.
     # Llama 4's chunks are local layers these switches would read as global (no window).
-    defaults: dict[str, Any] = {"attention_type": "mha", "mixer_pattern": None}
-    defaults["attention_chunk"] = None
+    defaults: dict[str, Any] = {"attention.type": "mha", "mixer_pattern": None}
+    defaults["attention.chunk"] = None
     if unscanned:
         defaults["scan_layers"] = False
     if g.kv_shared_layers:
-        defaults["decode_topk"] = None  # shared layers decode over their source's whole cache
+        # shared layers decode over their source's whole cache
+        defaults["attention.decode_topk"] = None
     for name, want in defaults.items():
-        if getattr(c, name) != want:
+        value = _setting(c, name)
+        if value != want:
             raise ValueError(
-                f"{cls}.{name} {getattr(c, name)!r} is not supported with gemma4.{on[0]} set "
+                f"{cls}.{name} {value!r} is not supported with gemma4.{on[0]} set "
                 f"(Gemma 4's layers); set {name}={want!r}"
             )
+
+
+def _setting(config: Any, key: str) -> Any:
+    """Setting ``key`` of ``config``, a dotted key a section's (this module imports no tjx.nn
+    module, so not `tjx.nn.configs.setting_value`)."""
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config

@@ -4,7 +4,7 @@ Modules: ``family`` (`FAMILY`: what the shared code looks up), ``hf`` (config.js
 tjx).
 
 Llama 4 is the shared decoder with its switches on (:mod:`tjx.nn.family_config`'s
-``LLAMA4_SWITCHES``): the local layers' attention chunks (``attention_chunk``: ``attention``,
+``LLAMA4_SWITCHES``): the local layers' attention chunks (``attention.chunk``: ``attention``,
 ``kv_cache``, ``flops``), NoPE global layers with their query temperature and the weightless q/k
 norm (``attention``), and MoE layers with the ``sigmoid_plain`` router (``routers``) whose weights
 scale each expert's input (``router_scales_input``: ``moe.dispatch``).

@@ -140,18 +140,22 @@ SPEC = BASE.but(
 #: Llama 4's RoPE base where a config.json names none (``Llama4TextConfig.default_theta``).
 LLAMA4_THETA = 500000.0
 #: What a config must have to be written as Llama 4 (beside its MoE layers' `MOE_NEEDS`).
-NEEDS: dict[str, Any] = dict(
-    LLAMA_SWITCHES,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
-    attention_type="mha",
-    position="rope",
-    use_bias=False,
-    qkv_bias=False,
-    rope_fraction=1.0,
-    attention_sinks=False,
-    attention_output_gate=False,
-    mixer_pattern=None,
-    sliding_window=None,
-) | {"norm.kind": "rmsnorm"}
+NEEDS: dict[str, Any] = (
+    dict(
+        LLAMA_SWITCHES,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
+        use_bias=False,
+        mixer_pattern=None,
+    )
+    | {
+        "attention.type": "mha",
+        "attention.qkv_bias": False,
+        "attention.sinks": False,
+        "attention.output_gate": False,
+        "attention.sliding_window": None,
+    }
+    | {"position.kind": "rope", "position.rope_fraction": 1.0}
+    | {"norm.kind": "rmsnorm"}
+)
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid_plain",
     router_norm_topk=False,
@@ -240,12 +244,11 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             num_kv_heads=get["num_key_value_heads"] or heads,
             # Left out: 128; null: hidden_size // heads (transformers' __post_init__).
             head_dim=get["head_dim"] or get["hidden_size"] // heads,
-            rope_theta=theta,
-            rope_scaling=scaling,
             tie_embeddings=get["tie_word_embeddings"],
-            attention_dropout=float(get["attention_dropout"]),
+            **{"attention.dropout": float(get["attention_dropout"])},
             qk_l2_norm=get["use_qk_norm"],
         )
+        | {"position.rope_theta": theta, "position.rope_scaling": scaling}
         | {"norm.eps": float(get["rms_norm_eps"])}
         | {"mlp.dim": get["intermediate_size_mlp"], "init.std": float(get["initializer_range"])}
     )
@@ -296,16 +299,16 @@ def _attention_layers(get: Mapping[str, Any], layers: int) -> dict[str, Any]:
                 "config.json attention_chunk_size null with NoPE layers (no_rope_layers) is not "
                 "supported: tjx's NoPE layers are the global ones beside chunked RoPE layers"
             )
-        return dict(attention_chunk=None)
-    out: dict[str, Any] = dict(attention_chunk=int(chunk))
+        return {"attention.chunk": None}
+    out: dict[str, Any] = {"attention.chunk": int(chunk)}
     if not nope:
         return out
     kinds = ["local" if r else "global" for r in rope]
-    out |= dict(window_pattern=shortest_pattern(kinds), global_nope=True)
+    out |= {"attention.window_pattern": shortest_pattern(kinds), "llama4.global_nope": True}
     if get["attn_temperature_tuning"]:
         out |= dict(
-            nope_temperature_floor=float(get["floor_scale"]),
-            nope_temperature_scale=float(get["attn_scale"]),
+            **{"llama4.nope_temperature_floor": float(get["floor_scale"])},
+            **{"llama4.nope_temperature_scale": float(get["attn_scale"])},
         )
     return out
 
@@ -316,7 +319,9 @@ def is_llama4(config: LlamaConfig, model_type: str | None) -> bool:
     if model_type is not None:
         return model_type == LLAMA4
     c = config
-    return bool(c.attention_chunk or c.global_nope or c.qk_l2_norm or c.moe.router_scales_input)
+    return bool(
+        c.attention.chunk or c.llama4.global_nope or c.qk_l2_norm or c.moe.router_scales_input
+    )
 
 
 def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -330,8 +335,10 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     c = config
     what = f"model_type {LLAMA4!r} cannot express this model"
     refuse_mismatches(mismatches(c, NEEDS), what)
-    if c.rope_scaling is not None and c.rope_scaling.type != "llama3":
-        refuse_mismatches({"rope_scaling": (c.rope_scaling.type, "llama3 or None")}, what)
+    if c.position.rope_scaling is not None and c.position.rope_scaling.type != "llama3":
+        refuse_mismatches(
+            {"position.rope_scaling": (c.position.rope_scaling.type, "llama3 or None")}, what
+        )
     kinds = moe_layers(c)
     if c.moe.num_experts:
         refuse_mismatches(mismatches(c, MOE_NEEDS, "moe"), what)
@@ -340,16 +347,16 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
                 {"moe.shared_expert_mlp_dim": (shared_mlp_dim(c), expert_mlp_dim(c))}, what
             )
     locals_ = c.layer_locals()
-    rope = [on or not c.global_nope for on in locals_]
-    if c.attention_chunk is not None and any(r != on for r, on in zip(rope, locals_, strict=True)):
+    rope = [on or not c.llama4.global_nope for on in locals_]
+    if c.attention.chunk is not None and any(r != on for r, on in zip(rope, locals_, strict=True)):
         # transformers chunks exactly the RoPE layers: a global layer must be a NoPE one.
-        refuse_mismatches({"global_nope": (c.global_nope, True)}, what)
-    rope_params: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
-    if c.rope_scaling is not None:
-        fields = c.rope_scaling.as_dict()
+        refuse_mismatches({"llama4.global_nope": (c.llama4.global_nope, True)}, what)
+    rope_params: dict[str, Any] = {"rope_type": "default", "rope_theta": c.position.rope_theta}
+    if c.position.rope_scaling is not None:
+        fields = c.position.rope_scaling.as_dict()
         del fields["type"]
-        rope_params = {"rope_type": "llama3", "rope_theta": c.rope_theta, **fields}
-    floor = c.nope_temperature_floor
+        rope_params = {"rope_type": "llama3", "rope_theta": c.position.rope_theta, **fields}
+    floor = c.llama4.nope_temperature_floor
     return {
         "architectures": [ARCHITECTURE],
         "model_type": LLAMA4,
@@ -370,7 +377,7 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "rope_parameters": rope_params,
         "tie_word_embeddings": c.tie_embeddings,
         "attention_bias": False,
-        "attention_dropout": c.attention_dropout,
+        "attention_dropout": c.attention.dropout,
         "initializer_range": c.init.std,
         "num_local_experts": c.moe.num_experts or 1,
         "num_experts_per_tok": c.moe.experts_per_token if c.moe.num_experts else 1,
@@ -380,10 +387,10 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "router_jitter_noise": 0.0,
         "use_qk_norm": c.qk_l2_norm,
         "no_rope_layers": [int(r) for r in rope],
-        "attention_chunk_size": c.attention_chunk,
+        "attention_chunk_size": c.attention.chunk,
         "attn_temperature_tuning": floor is not None,
         "floor_scale": _number(floor if floor is not None else SPEC.keys["floor_scale"].default),
-        "attn_scale": c.nope_temperature_scale,
+        "attn_scale": c.llama4.nope_temperature_scale,
     }
 
 

@@ -1,0 +1,76 @@
+"""Llama 4's option section of a model config (`Llama4Options`, ``model.llama4``): its NoPE
+global layers and their queries' temperature. What they do: :mod:`tjx.nn.family_config`.
+
+It imports nothing of tjx.nn, so that the model config (:mod:`tjx.nn.configs`) holds it without
+loading the family's layers. The checks that need the rest of the model (RoPE, a global layer in
+``attention.window_pattern``) are the model config's.
+"""
+
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tjx.core.fields import setting
+
+#: The default temperature scale (Llama 4's ``attn_scale``), which only a floor makes act.
+DEFAULT_SCALE = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Llama4Options:
+    """Llama 4's NoPE switches (``model.llama4``).
+
+    Every bad value raises ``ValueError`` at construction naming ``Llama4Options.<field>``.
+    """
+
+    global_nope: bool = setting(
+        False, help="global layers (attention.window_pattern) rotate no position: NoPE"
+    )
+    nope_temperature_floor: float | None = setting(
+        None, help="NoPE layers: q x 1 + scale·log(1 + floor((p+1)/floor)); None: off"
+    )
+    nope_temperature_scale: float = setting(
+        DEFAULT_SCALE, help="NoPE layers: the temperature's scale (Llama 4's attn_scale)"
+    )
+
+    def __post_init__(self) -> None:
+        cls = type(self).__name__
+        floor = self.nope_temperature_floor
+        if floor is not None:
+            ok = isinstance(floor, int | float) and not isinstance(floor, bool)
+            if not ok or not 0.0 < float(floor) < math.inf:
+                raise ValueError(
+                    f"{cls}.nope_temperature_floor must be a positive number or None; got "
+                    f"{floor!r}"
+                )
+            floor = float(floor)
+            object.__setattr__(self, "nope_temperature_floor", floor)
+        scale = self.nope_temperature_scale
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not math.isfinite(scale)
+        ):
+            raise ValueError(f"{cls}.nope_temperature_scale must be a number; got {scale!r}")
+        object.__setattr__(self, "nope_temperature_scale", float(scale))
+        if (floor is None and scale != DEFAULT_SCALE) or (
+            floor is not None and not self.global_nope
+        ):
+            raise ValueError(
+                f"{cls}.nope_temperature_floor/scale: only NoPE layers (global_nope) are "
+                f"tempered; got floor {floor}, scale {scale}, global_nope {self.global_nope}"
+            )
+
+    def temperature(self) -> tuple[float, float] | None:
+        """The NoPE layers' query temperature ``(floor, scale)``; None: untempered."""
+        floor = self.nope_temperature_floor
+        return None if floor is None else (floor, self.nope_temperature_scale)
+
+
+#: Llama 4's old flat keys in a model section → their key in ``llama4`` (the same names).
+FLAT_KEYS = {
+    name: name for name in ("global_nope", "nope_temperature_floor", "nope_temperature_scale")
+}

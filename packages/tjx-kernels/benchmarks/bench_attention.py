@@ -62,6 +62,10 @@ class Row:
     fwd_tflops: float | None = None
     fwd_bwd_ms: float | None = None
     fwd_bwd_tflops: float | None = None
+    #: forward+backward per call, calls dispatched back to back and waited for once: the
+    #: device's time without the per-call dispatch and wait `median_ms` includes (what a peer
+    #: timed by CUDA events compares with).
+    fwd_bwd_pipelined_ms: float | None = None
     peak_mib: float | None = None
     fwd_speedup: float | None = None
     fwd_bwd_speedup: float | None = None
@@ -142,6 +146,18 @@ def median_ms(fn: Callable[..., Any], args: Sequence[Array], iters: int) -> floa
     return statistics.median(times)
 
 
+def pipelined_ms(fn: Callable[..., Any], args: Sequence[Array], iters: int) -> float:
+    """Milliseconds per call of ``iters`` calls of ``fn(*args)`` dispatched back to back and
+    waited for once, after one warm-up (compile) call."""
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(iters):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) * 1e3 / iters
+
+
 def _peak_mib(fn: Callable[..., Any], args: Sequence[Array]) -> float | None:
     """Arguments + outputs + temporaries of the compiled executable, in MiB (None if unknown)."""
     stats = fn.lower(*args).compile().memory_analysis()  # type: ignore[attr-defined]
@@ -177,6 +193,7 @@ def measure(
         row.fwd_tflops = flops / (row.fwd_ms * 1e-3) / 1e12
         row.fwd_bwd_ms = median_ms(fwd_bwd, (*inputs, do), iters)
         row.fwd_bwd_tflops = 3.5 * flops / (row.fwd_bwd_ms * 1e-3) / 1e12
+        row.fwd_bwd_pipelined_ms = pipelined_ms(fwd_bwd, (*inputs, do), max(iters, 10))
         row.peak_mib = _peak_mib(fwd_bwd, (*inputs, do))
     except Exception as exc:  # a benchmark reports failures (OOM, unsupported shape) and goes on
         row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tjx_tools.gpu_suite import environment, fold, one_call, train_step
+from tjx_tools.gpu_suite import environment, fold, one_call, train_step, versus_torch
 from tjx_tools.gpu_suite.report import Report
 from tjx_tools.gpu_suite.test_gpu_suite import REPO, smoke_run
 
@@ -83,6 +83,8 @@ def test_attention_stands_beside_torch_and_the_program_is_kept(
         (i, s) for i in ("pallas", "cudnn", "xla") for s in (48, 64)
     }
     assert all(r["fwd_bwd_ms"] > 0 for r in jax_rows if r["impl"] != "cudnn")
+    # Back to back too: the time both sides measure alike.
+    assert all(r["fwd_bwd_pipelined_ms"] > 0 for r in jax_rows if r["impl"] != "cudnn")
     for program in sec["summary"]["programs"]:  # XLA's here: no cuDNN on a CPU
         assert (out / program["file"]).stat().st_size > 0 and program["entry_ops"]
     torch_rows = [r for r in sec["rows"] if r["side"] == "torch"]
@@ -91,6 +93,7 @@ def test_attention_stands_beside_torch_and_the_program_is_kept(
             (lay, s) for lay in ("bshd", "bhsd") for s in (48, 64)
         }
         assert sec["summary"]["torch_versions"]["torch"]
+        assert all(r["fwd_bwd_pipelined_ms"] > 0 for r in torch_rows if not r.get("error"))
     else:
         assert not torch_rows
 
@@ -215,3 +218,20 @@ def test_jax_cuda_libraries_are_recorded_from_the_plugin(monkeypatch: pytest.Mon
     assert got["plugin"] == "jax_cuda13_plugin"
     assert got["cudnn_get_version"] == 91000 and got["cudnn_build_version"] == 90800
     assert "cublas_get_version" not in got  # a library that cannot be asked is left out
+
+
+def test_ratios_on_torch_cudnn_are_taken_per_call_and_back_to_back() -> None:
+    cell = {"seq": 1024, "head_dim": 64}
+    rows = [
+        {**cell, "side": "torch", "impl": "cudnn", "layout": "bshd", "fwd_bwd_ms": 1.0,
+         "fwd_bwd_pipelined_ms": 0.9},
+        {**cell, "side": "torch", "impl": "cudnn", "layout": "bhsd", "fwd_bwd_ms": 5.0,
+         "fwd_bwd_pipelined_ms": 5.0},  # another layout: not the base
+        {**cell, "side": "jax", "impl": "pallas", "layout": "bshd", "fwd_bwd_ms": 1.6,
+         "fwd_bwd_pipelined_ms": 1.2},
+        {"seq": 4096, "head_dim": 128, "side": "jax", "impl": "pallas", "fwd_bwd_ms": 3.0},
+    ]  # fmt: skip
+    versus_torch.add_ratios(rows)
+    assert rows[2]["fwd_bwd_x_torch_cudnn"] == pytest.approx(1.0 / 1.6)
+    assert rows[2]["pipelined_x_torch_cudnn"] == pytest.approx(0.9 / 1.2)
+    assert rows[3]["fwd_bwd_x_torch_cudnn"] is None and rows[3]["pipelined_x_torch_cudnn"] is None

@@ -360,3 +360,27 @@ def dropout_stream(rngs: nnx.Rngs, active: bool) -> nnx.Rngs | None:
             "with nnx.Rngs(seed) or nnx.Rngs(params=..., dropout=...)"
         ) from err
     return nnx.Rngs(dropout=key)
+
+
+def dropout_key(
+    stream: nnx.Rngs | None, deterministic: bool, rngs: nnx.Rngs | None = None
+) -> Array | None:
+    """One new dropout key for a model's forward pass.
+
+    Parameters
+    ----------
+    stream : nnx.Rngs or None
+        The model's own stream (`dropout_stream`); None: the model has no dropout.
+    deterministic : bool
+        Dropout off.
+    rngs : nnx.Rngs, optional
+        Keys to draw from instead of ``stream`` (``nnx.Rngs(dropout=k)``).
+
+    Returns
+    -------
+    Array or None
+        None when ``deterministic`` or without dropout; else a key drawn anew on every call.
+    """
+    if deterministic or stream is None:
+        return None
+    return (rngs or stream).dropout()

@@ -217,12 +217,10 @@ def joint_projection(x: Array, kernels: tuple[Array, ...], biases: tuple[Array, 
 
     Parameters
     ----------
-    x : Array
-        ``[..., d]`` in the compute dtype.
-    kernels : tuple of Array
-        ``[d, *out]`` each, in the compute dtype.
+    x, kernels : Array, tuple of Array
+        As `stacked_projection`'s.
     biases : tuple of Array
-        ``out`` each, in the compute dtype; ``()``: none (the consumer adds them).
+        As `stacked_projection`'s, or ``()``: none (the consumer adds them).
 
     Returns
     -------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -26,21 +27,27 @@ def trainer_config(spec: dict[str, Any]) -> Any:
     return load_config(spec["preset"], spec["sets"])
 
 
-def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
-    """Token-weighted mean loss of the trainer's eval step over the held-out batches in ``path``."""
+def sharded_batches(arrays: Any, mesh: Any) -> Iterator[dict[str, Any]]:
+    """The ``inputs``/``targets`` batches of ``arrays`` (an ``.npz``, every batch the same shape),
+    each row one document, placed on ``mesh``: the train and the held-out batches alike."""
     from tjx import parallel
-    from trainer import make_eval_step
 
-    held = np.load(path)
-    b, s = held["inputs"].shape[1:]
+    b, s = arrays["inputs"].shape[1:]
     layout = {
         "segment_ids": np.ones((b, s), np.int32),
         "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
     }
+    for x, y in zip(arrays["inputs"], arrays["targets"], strict=True):
+        yield parallel.shard_batch({"inputs": x, "targets": y, **layout}, mesh)
+
+
+def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
+    """Token-weighted mean loss of the trainer's eval step over the held-out batches in ``path``."""
+    from trainer import make_eval_step
+
     evaluate = jax.jit(make_eval_step(setup.graphdef, setup.rest, setup.step_config))
     total, count = 0.0, 0
-    for x, y in zip(held["inputs"], held["targets"], strict=True):
-        batch = parallel.shard_batch({"inputs": x, "targets": y, **layout}, setup.mesh)
+    for batch in sharded_batches(np.load(path), setup.mesh):
         sums = jax.device_get(evaluate(state.param_tree(), batch))
         total, count = total + float(sums["sum_loss"]), count + int(sums["num_tokens"])
     return total / count
@@ -48,7 +55,6 @@ def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
 
 def main() -> int:
     """Build the step from the HF weights in ``spec["weights_dir"]``, then serve commands."""
-    from tjx import parallel
     from trainer import build_state, jit_train_step, resolve, step_config
 
     spec = json.loads(sys.argv[1])
@@ -56,16 +62,7 @@ def main() -> int:
     cfg = resolve(cfg, spec["vocab"])
     setup = build_state(step_config(cfg), init_from=spec["weights_dir"])
     step = jit_train_step(setup)
-    arrays = np.load(spec["batches"])
-    b, s = arrays["inputs"].shape[1:]
-    layout = {
-        "segment_ids": np.ones((b, s), np.int32),
-        "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
-    }
-    batches = [
-        parallel.shard_batch({"inputs": x, "targets": y, **layout}, setup.mesh)
-        for x, y in zip(arrays["inputs"], arrays["targets"], strict=True)
-    ]
+    batches = list(sharded_batches(np.load(spec["batches"]), setup.mesh))
     state, out = step(setup.state, batches[0])
     print(f"ready {float(out['loss'])!r}", flush=True)
     done = 1

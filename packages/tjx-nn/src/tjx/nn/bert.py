@@ -3,20 +3,18 @@ optional sequence classifier (on the [CLS] position through a tanh pooler)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.nn.block import model_norm
 from tjx.nn.decoder import check_length
 from tjx.nn.embeddings import Embed, lookup_table
 from tjx.nn.encoder_configs import BertConfig
 from tjx.nn.kernel_choice import ModelAttention
-from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
+from tjx.nn.linear import Dense, dropout, dropout_key, dropout_stream, split_key
 from tjx.nn.losses import mlm_mask
 from tjx.nn.mlp import activation
-from tjx.nn.norms import make_norm
 from tjx.nn.params import make_param, normal, zeros
 from tjx.nn.stack import Stack
 
@@ -38,42 +36,28 @@ class BERT(nnx.Module):
         # BERT always has learned positions and token types.
         self.pos_embed = lookup_table(c.max_seq_len, c, rngs=rngs)
         self.type_embed = lookup_table(c.type_vocab_size, c, rngs=rngs)
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
-        self.embed_norm = make_norm(c.norm.kind, c.d_model, **norm_kw)
+        self.embed_norm = model_norm(c, rngs=rngs)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False, attention=attention)
-        self.final_norm = (
-            make_norm(c.norm.kind, c.d_model, **norm_kw) if c.norm.position == "pre" else None
-        )
-        self.mlm_dense = Dense(
-            (c.d_model,),
-            (c.d_model,),
-            ("embed",),
-            ("mlp",),
-            rngs=rngs,
-            init=normal(c.init.std),
-            precision=p,
-        )
-        self.mlm_norm = make_norm(c.norm.kind, c.d_model, **norm_kw)
+        self.final_norm = model_norm(c, rngs=rngs) if c.norm.position == "pre" else None
+
+        def head(d_in: int, d_out: int, axes: tuple[str, str]) -> Dense:
+            # The heads' dense layers: one init and precision, their own axes.
+            return Dense(
+                (d_in,),
+                (d_out,),
+                (axes[0],),
+                (axes[1],),
+                rngs=rngs,
+                init=normal(c.init.std),
+                precision=p,
+            )
+
+        self.mlm_dense = head(c.d_model, c.d_model, ("embed", "mlp"))
+        self.mlm_norm = model_norm(c, rngs=rngs)
         self.mlm_bias = make_param(rngs, zeros(), (c.vocab_size,), ("vocab",), p.param_dtype)
         if c.num_labels is not None:
-            self.pooler: Dense | None = Dense(
-                (c.d_model,),
-                (c.d_model,),
-                ("embed",),
-                ("mlp",),
-                rngs=rngs,
-                init=normal(c.init.std),
-                precision=p,
-            )
-            self.classifier: Dense | None = Dense(
-                (c.d_model,),
-                (c.num_labels,),
-                ("mlp",),
-                ("classes",),
-                rngs=rngs,
-                init=normal(c.init.std),
-                precision=p,
-            )
+            self.pooler: Dense | None = head(c.d_model, c.d_model, ("embed", "mlp"))
+            self.classifier: Dense | None = head(c.d_model, c.num_labels, ("mlp", "classes"))
         else:
             self.pooler = self.classifier = None
         assert c.mlp.activation is not None  # the config filled it (its family's)
@@ -103,9 +87,7 @@ class BERT(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         if token_types is None:
             token_types = jnp.zeros_like(tokens)
-        key = None
-        if not deterministic and self.dropout_rngs is not None:
-            key = (rngs or self.dropout_rngs).dropout()
+        key = dropout_key(self.dropout_rngs, deterministic, rngs)
         k_embed, k_stack = split_key(key, 2)
         x = self.embed(tokens) + self.pos_embed(positions) + self.type_embed(token_types)
         x = dropout(self.embed_norm(x), self.config.dropout, k_embed, deterministic=deterministic)

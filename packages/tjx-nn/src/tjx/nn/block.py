@@ -52,6 +52,33 @@ def residual_std(config: TransformerConfig, num_layers: int) -> float:
     return config.init.std
 
 
+def model_norm(config: TransformerConfig, *, rngs: nnx.Rngs) -> LayerNorm | RMSNorm:
+    """A ``d_model``-wide norm layer as ``config`` makes them: its ``norm`` section's kind, eps
+    and ``plus_one``, its ``use_bias`` and ``precision`` (`make_norm`).
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The model config (its ``norm`` section filled).
+    rngs : nnx.Rngs
+        The parameters' keys.
+
+    Returns
+    -------
+    LayerNorm or RMSNorm
+    """
+    c = config
+    return make_norm(
+        c.norm.kind,
+        c.d_model,
+        rngs=rngs,
+        eps=c.norm.eps,
+        use_bias=c.use_bias,
+        precision=c.precision,
+        plus_one=c.norm.plus_one,
+    )
+
+
 class Block(nnx.Module):
     """A transformer layer.
 
@@ -87,13 +114,6 @@ class Block(nnx.Module):
         self.post_ln = c.norm.position == "post"
         self.rate = c.dropout
         out_std = residual_std(c, num_layers)
-        norm_kw: dict[str, Any] = dict(
-            rngs=rngs,
-            eps=c.norm.eps,
-            use_bias=c.use_bias,
-            precision=c.precision,
-            plus_one=c.norm.plus_one,
-        )
         before = c.norm.position != "output"  # a norm on each sublayer's input (or sum)
         after = c.norm.position in ("sandwich", "output")  # a norm on each sublayer's output
         if cross and after:
@@ -102,7 +122,7 @@ class Block(nnx.Module):
             )
 
         def norm(on: bool) -> LayerNorm | RMSNorm | None:
-            return make_norm(c.norm.kind, c.d_model, **norm_kw) if on else None
+            return model_norm(c, rngs=rngs) if on else None
 
         self.attn_norm = norm(before)
         self.attn_post_norm = norm(after)
@@ -134,9 +154,7 @@ class Block(nnx.Module):
                 c, rngs=rngs, causal=causal, out_std=out_std, kernel=kernel, layer=shape
             )
         if cross:
-            self.cross_norm: LayerNorm | RMSNorm | None = make_norm(
-                c.norm.kind, c.d_model, **norm_kw
-            )
+            self.cross_norm: LayerNorm | RMSNorm | None = model_norm(c, rngs=rngs)
             crossed = attention.kernel("cross", c) if attention is not None else None
             self.cross_attn: Attention | None = Attention(
                 c, rngs=rngs, cross=True, out_std=out_std, kernel=crossed

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from tjx.kernels import CrossEntropyOutput, linear_cross_entropy, soft_cap
+from tjx.nn.block import model_norm
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.embeddings import (
     Embed,
@@ -22,11 +23,10 @@ from tjx.nn.families.parts import per_layer_embed
 from tjx.nn.fp8 import Fp8HeadProducts, Fp8Policy
 from tjx.nn.kernel_choice import ModelAttention
 from tjx.nn.kv_cache import init_cache
-from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
+from tjx.nn.linear import Dense, dropout, dropout_key, dropout_stream, split_key
 from tjx.nn.losses import logits_cross_entropy
 from tjx.nn.moe.layer import MoEStats
 from tjx.nn.mtp import MTP
-from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
 from tjx.nn.sequence import current_sequence_parallel
@@ -210,15 +210,7 @@ class DecoderLM(nnx.Module):
         # Per-layer embeddings (``per_layer_input_dim``), into every layer.
         self.per_layer = per_layer_embed(c, rngs=rngs)
         self.final_norm = (
-            make_norm(
-                c.norm.kind,
-                c.d_model,
-                rngs=rngs,
-                eps=c.norm.eps,
-                use_bias=c.use_bias,
-                precision=c.precision,
-                plus_one=c.norm.plus_one,
-            )
+            model_norm(c, rngs=rngs)
             if c.norm.position != "post"  # pre, sandwich and output end with a norm
             else None
         )
@@ -257,9 +249,7 @@ class DecoderLM(nnx.Module):
         """One new dropout key from ``rngs`` (default the model's own stream); None when
         ``deterministic`` or the model has no dropout. Each call draws anew (`forward` one key,
         multi-token prediction its own)."""
-        if deterministic or self.dropout_rngs is None:
-            return None
-        return (rngs or self.dropout_rngs).dropout()
+        return dropout_key(self.dropout_rngs, deterministic, rngs)
 
     # -- forward -------------------------------------------------------------------------------
     def __call__(

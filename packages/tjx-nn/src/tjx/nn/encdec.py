@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.nn.block import model_norm
 from tjx.nn.decoder import check_length, head_logits, head_unembedding, output_head
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.encoder_configs import EncoderDecoderConfig
 from tjx.nn.kernel_choice import ModelAttention
 from tjx.nn.kv_cache import init_cache
-from tjx.nn.linear import dropout, dropout_stream, split_key
-from tjx.nn.norms import make_norm
+from tjx.nn.linear import dropout, dropout_key, dropout_stream, split_key
 from tjx.nn.stack import Stack
 
 Array = jax.Array
@@ -71,10 +71,9 @@ class EncoderDecoder(nnx.Module):
             cross=True,
             attention=attention,
         )
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
         pre = c.norm.position == "pre"
-        self.encoder_norm = make_norm(c.norm.kind, c.d_model, **norm_kw) if pre else None
-        self.decoder_norm = make_norm(c.norm.kind, c.d_model, **norm_kw) if pre else None
+        self.encoder_norm = model_norm(c, rngs=rngs) if pre else None
+        self.decoder_norm = model_norm(c, rngs=rngs) if pre else None
         self.head = output_head(c, rngs=rngs)
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention.dropout > 0)
 
@@ -164,9 +163,7 @@ class EncoderDecoder(nnx.Module):
 
         Segment ids are ``[b, s]`` ints with 0 for padding (1 everywhere else when unpacked).
         """
-        key = None
-        if not deterministic and self.dropout_rngs is not None:
-            key = (rngs or self.dropout_rngs).dropout()
+        key = dropout_key(self.dropout_rngs, deterministic, rngs)
         k_enc, k_dec = split_key(key, 2)
         memory = self.encode(
             src, src_segment_ids=src_segment_ids, deterministic=deterministic, rng=k_enc

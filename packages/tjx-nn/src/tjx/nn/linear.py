@@ -217,12 +217,10 @@ def joint_projection(x: Array, kernels: tuple[Array, ...], biases: tuple[Array, 
 
     Parameters
     ----------
-    x : Array
-        ``[..., d]`` in the compute dtype.
-    kernels : tuple of Array
-        ``[d, *out]`` each, in the compute dtype.
+    x, kernels : Array, tuple of Array
+        As `stacked_projection`'s.
     biases : tuple of Array
-        ``out`` each, in the compute dtype; ``()``: none (the consumer adds them).
+        As `stacked_projection`'s, or ``()``: none (the consumer adds them).
 
     Returns
     -------
@@ -360,3 +358,27 @@ def dropout_stream(rngs: nnx.Rngs, active: bool) -> nnx.Rngs | None:
             "with nnx.Rngs(seed) or nnx.Rngs(params=..., dropout=...)"
         ) from err
     return nnx.Rngs(dropout=key)
+
+
+def dropout_key(
+    stream: nnx.Rngs | None, deterministic: bool, rngs: nnx.Rngs | None = None
+) -> Array | None:
+    """One new dropout key for a model's forward pass.
+
+    Parameters
+    ----------
+    stream : nnx.Rngs or None
+        The model's own stream (`dropout_stream`); None: the model has no dropout.
+    deterministic : bool
+        Dropout off.
+    rngs : nnx.Rngs, optional
+        Keys to draw from instead of ``stream`` (``nnx.Rngs(dropout=k)``).
+
+    Returns
+    -------
+    Array or None
+        None when ``deterministic`` or without dropout; else a key drawn anew on every call.
+    """
+    if deterministic or stream is None:
+        return None
+    return (rngs or stream).dropout()

@@ -28,13 +28,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.kernels import AttentionMask, CrossEntropyOutput
-from tjx.nn.block import Block
+from tjx.nn.block import Block, model_norm
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.moe.config import moe_layers
 from tjx.nn.moe.layer import MoEStats, router_penalty
-from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
 from tjx.nn.params import normal
 from tjx.nn.sequence import current_sequence_parallel
 
@@ -55,18 +54,7 @@ class MTPLayer(nnx.Module):
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, moe: bool) -> None:
         c = config
 
-        def norm() -> LayerNorm | RMSNorm:
-            return make_norm(
-                c.norm.kind,
-                c.d_model,
-                rngs=rngs,
-                eps=c.norm.eps,
-                use_bias=c.use_bias,
-                precision=c.precision,
-                plus_one=c.norm.plus_one,
-            )
-
-        self.enorm, self.hnorm = norm(), norm()
+        self.enorm, self.hnorm = model_norm(c, rngs=rngs), model_norm(c, rngs=rngs)
         self.eh_proj = Dense(
             (2 * c.d_model,),
             (c.d_model,),
@@ -78,7 +66,7 @@ class MTPLayer(nnx.Module):
             precision=c.precision,
         )
         self.block = Block(c, rngs=rngs, num_layers=c.num_layers, causal=True, moe=moe)
-        self.norm = norm()
+        self.norm = model_norm(c, rngs=rngs)
 
     def __call__(
         self,

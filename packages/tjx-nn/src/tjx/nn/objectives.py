@@ -309,10 +309,8 @@ def objective_logits(
 
     Parameters
     ----------
-    model : DecoderLM, BERT, ViT or EncoderDecoder
-        The model (its class picks the objective).
-    batch : dict
-        The objective's batch keys.
+    model, batch
+        As `objective_loss`'s.
     key : Array, optional
         BERT's masking key (required there): a fixed one, ``eval_mask_key(seed)``, masks the
         same positions at every evaluation. Other models ignore it.

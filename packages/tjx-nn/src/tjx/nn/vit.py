@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
+from tjx.nn.block import model_norm
 from tjx.nn.embeddings import add_positions, learned_positions
 from tjx.nn.encoder_configs import ViTConfig
 from tjx.nn.kernel_choice import ModelAttention
-from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
-from tjx.nn.norms import make_norm
+from tjx.nn.linear import Dense, dropout, dropout_key, dropout_stream, split_key
 from tjx.nn.params import make_param, normal, zeros
 from tjx.nn.stack import Stack
 
@@ -46,10 +44,7 @@ class ViT(nnx.Module):
         )
         self.pos_embed = learned_positions(c, rngs=rngs)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False, attention=attention)
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
-        self.final_norm = (
-            make_norm(c.norm.kind, c.d_model, **norm_kw) if c.norm.position == "pre" else None
-        )
+        self.final_norm = model_norm(c, rngs=rngs) if c.norm.position == "pre" else None
         self.head = Dense(
             (c.d_model,),
             (c.num_classes,),
@@ -76,9 +71,7 @@ class ViT(nnx.Module):
             raise ValueError(
                 f"images must be [batch, {', '.join(map(str, expected))}]; got " f"{images.shape}"
             )
-        key = None
-        if not deterministic and self.dropout_rngs is not None:
-            key = (rngs or self.dropout_rngs).dropout()
+        key = dropout_key(self.dropout_rngs, deterministic, rngs)
         k_embed, k_stack = split_key(key, 2)
         patches = rearrange(
             images, "b (h p) (w q) c -> b (h w) (p q c)", p=c.patch_size, q=c.patch_size

@@ -139,14 +139,10 @@ def delayed_dot(x: Array, w: Array, meta: Array, n_in: int) -> Array:
 
     Parameters
     ----------
-    x : Array
-        ``[..., *in]`` in the compute dtype.
-    w : Array
-        ``[*in, *out]`` in ``x``'s dtype.
+    x, w, n_in
+        As `fp8_dot`'s.
     meta : Array
         ``[3, 1 + history]`` (`init_meta`'s layout); only the scales are read.
-    n_in : int
-        Number of contracted axes.
 
     Returns
     -------

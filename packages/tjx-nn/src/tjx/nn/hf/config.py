@@ -121,6 +121,30 @@ _ROPE_OTHER = frozenset({"type", "rope_type", "rope_theta", "partial_rotary_fact
 _LAYER_KINDS = {"sliding_attention": "local", "full_attention": "global"}
 
 
+def check_known(
+    hf: Mapping[str, Any], model_type: str, known: frozenset[str], *, custom_code: bool
+) -> None:
+    """Refuse a config.json that asks for custom modelling code (``custom_code``: its
+    ``auto_map``, which tjx never runs) or has a key outside ``known``, naming the keys.
+
+    Raises
+    ------
+    ValueError
+        One line naming what is refused and why.
+    """
+    if custom_code:
+        raise ValueError(
+            "config.json has auto_map (custom modelling code, which tjx never runs); its "
+            f"architecture may differ from model_type {model_type!r}, so it is refused"
+        )
+    unknown = sorted(set(hf) - known)
+    if unknown:
+        raise ValueError(
+            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {model_type} "
+            "import and could change the model; remove them only if they change no output"
+        )
+
+
 def rope_from_hf(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScaling | None]:
     """(rope_theta, scaling or None) from the legacy keys or v5's ``rope_parameters``.
 
@@ -235,17 +259,7 @@ def llama_fields(
     ValueError
         An unknown or unsupported key or value, named.
     """
-    if "auto_map" in hf:
-        raise ValueError(
-            "config.json has auto_map (custom modelling code, which tjx never runs); its "
-            f"architecture may differ from model_type {model_type!r}, so it is refused"
-        )
-    unknown = sorted(set(hf) - HANDLED - HARMLESS - handled)
-    if unknown:
-        raise ValueError(
-            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {model_type} "
-            "import and could change the model; remove them only if they change no output"
-        )
+    check_known(hf, model_type, HANDLED | HARMLESS | handled, custom_code="auto_map" in hf)
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
@@ -378,11 +392,9 @@ def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> di
     return out
 
 
-def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
-    """The keys every LLaMA-shaped ``config.json`` of ``model_type`` ``chosen`` holds."""
-    out: dict[str, Any] = {
-        "architectures": [ARCHITECTURES[chosen]],
-        "model_type": chosen,
+def llama_sizes_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """The sizes of a LLaMA-shaped ``config.json``: its vocabulary, widths, depth and heads."""
+    return {
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "intermediate_size": config.mlp.dim,
@@ -390,6 +402,15 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads,
         "head_dim": config.head_dim,
+    }
+
+
+def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
+    """The keys every LLaMA-shaped ``config.json`` of ``model_type`` ``chosen`` holds."""
+    out: dict[str, Any] = {
+        "architectures": [ARCHITECTURES[chosen]],
+        "model_type": chosen,
+        **llama_sizes_to_hf(config),
         "max_position_embeddings": _max_position(config),
         "rms_norm_eps": config.norm.eps,
         "rope_theta": config.position.rope_theta,

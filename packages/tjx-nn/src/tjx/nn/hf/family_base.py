@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig, setting_value
-from tjx.nn.hf.config import BASE_KEYS, HARMLESS
+from tjx.nn.hf.config import BASE_KEYS, HARMLESS, check_known, llama_sizes_to_hf
 
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
 LLAMA_SWITCHES: dict[str, Any] = (
@@ -49,17 +49,9 @@ def check_keys(hf: Mapping[str, Any], model_type: str, family_keys: frozenset[st
     upstreamed = UPSTREAMED.get(model_type, {})
     if isinstance(auto_map, Mapping) and auto_map and auto_map.items() <= upstreamed.items():
         auto_map = None
-    if auto_map is not None:
-        raise ValueError(
-            "config.json has auto_map (custom modelling code, which tjx never runs); its "
-            f"architecture may differ from model_type {model_type!r}, so it is refused"
-        )
-    unknown = sorted(set(hf) - BASE_KEYS - family_keys - HARMLESS)
-    if unknown:
-        raise ValueError(
-            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {model_type} "
-            "import and could change the model; remove them only if they change no output"
-        )
+    check_known(
+        hf, model_type, BASE_KEYS | family_keys | HARMLESS, custom_code=auto_map is not None
+    )
     if hf.get("attention_bias"):
         raise ValueError(
             f"config.json attention_bias true ({model_type}: biases on q, k, v and o but not the "
@@ -209,13 +201,7 @@ def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.mlp.dim,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
+        **llama_sizes_to_hf(config),
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm.eps,
         "rope_theta": config.position.rope_theta,

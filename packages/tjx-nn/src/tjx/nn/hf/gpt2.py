@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import GPT2Config, make_config, setting_value
+from tjx.nn.hf.config import check_known
 from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
 from tjx.nn.hf.mapping import HFMapping, Read, concat, take
 
@@ -167,12 +168,7 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
     Keys outside ``_GPT2_KEYS`` are refused by name; those that would change the computation
     (``scale_attn_weights``, ``add_cross_attention`` ...) must have GPT-2's own value.
     """
-    unknown = sorted(set(hf) - _GPT2_KEYS)
-    if unknown:
-        raise ValueError(
-            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's gpt2 import "
-            "and could change the model; remove them only if they change no output"
-        )
+    check_known(hf, "gpt2", _GPT2_KEYS, custom_code=False)
     hf = SPEC.read(hf)
     for key, own in _GPT2_VALUES.items():
         if hf[key] != own:

@@ -1,5 +1,7 @@
+import ast
 import dataclasses
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,9 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn import config_keys, configs, cross_checks
 from tjx.nn.families.gemma4 import Gemma4Options
+from tjx.nn.families.llama4 import options as llama4_options
 from tjx.nn.families.llama4.options import Llama4Options
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
@@ -334,3 +338,23 @@ def test_gemma4s_switches_are_its_familys_option_section():
         config.replace(scan_layers=True, **{"gemma4.per_layer_input_dim": 2})
     with pytest.raises(ValueError, match=r"^BertConfig.gemma4: only decoders"):
         tnn.BertConfig(gemma4=Gemma4Options(layer_scale=True))
+
+
+def test_the_configs_their_checks_and_their_keys_are_modules_of_their_own():
+    """`tjx.nn.configs` holds the classes and builds them of dotted keys; the checks across a
+    config's sections are `tjx.nn.cross_checks`' (Llama 4's its folder's, as Gemma 4's), reading
+    a setting by its key `tjx.nn.config_keys`', which imports no tjx.nn module (so the modules
+    below the classes may use it). The names importers take from `tjx.nn.configs` stay there."""
+    kept = ["TransformerConfig", "GPT2Config", "LlamaConfig", "ATTENTION_IMPLS", "CE_IMPLS"]
+    kept += ["REMAT_POLICIES", "SECTIONS", "FLAT_SECTION_KEYS", "make_config", "rotated_dims"]
+    assert all(hasattr(configs, name) for name in kept)
+    assert configs.setting_value is config_keys.setting_value is tnn.setting_value
+    assert configs.make_config is tnn.make_config and configs.SECTIONS is tnn.SECTIONS
+    assert configs.check_family is cross_checks.check_family
+    assert configs.check_llama4 is llama4_options.check_model
+    tree = ast.parse(Path(config_keys.__file__).read_text(encoding="utf-8"))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert imported and not [m for m in imported if m.startswith("tjx.nn")], imported
+    with pytest.raises(ValueError, match=r"^LlamaConfig.qk_l2_norm: only rotated"):
+        tnn.LlamaConfig(position=tnn.PositionConfig(kind="learned"), qk_l2_norm=True)

@@ -52,15 +52,16 @@ ALIAS_HOMES = [
     ("tjx.nn.config_checks", "positive", "tjx.core.config.values"),
     ("tjx.nn.config_checks", "rate", "tjx.core.config.values"),
     ("tjx.nn.config_checks", "LAYER_KINDS", "tjx.nn.attention_config"),
-    ("tjx.nn.config_checks", "check_sizes", "tjx.nn.configs"),
-    ("tjx.nn.config_checks", "check_rope", "tjx.nn.configs"),
-    ("tjx.nn.config_checks", "check_rope_scaling", "tjx.nn.configs"),
-    ("tjx.nn.config_checks", "check_window", "tjx.nn.configs"),
-    ("tjx.nn.config_checks", "check_deepseek_mla", "tjx.nn.configs"),
-    ("tjx.nn.config_checks", "check_mla", "tjx.nn.configs"),
-    ("tjx.nn.config_checks", "check_family", "tjx.nn.configs"),
-    ("tjx.nn.config_checks", "check_unused", "tjx.nn.configs"),
-    ("tjx.nn.family_config", "check_family", "tjx.nn.configs"),
+    ("tjx.nn.config_checks", "check_sizes", "tjx.nn.cross_checks"),
+    ("tjx.nn.config_checks", "check_rope", "tjx.nn.cross_checks"),
+    ("tjx.nn.config_checks", "check_rope_scaling", "tjx.nn.cross_checks"),
+    # check_relative's rule (no window with T5's relative bias) is check_window's.
+    ("tjx.nn.config_checks", "check_window", "tjx.nn.cross_checks"),
+    ("tjx.nn.config_checks", "check_deepseek_mla", "tjx.nn.cross_checks"),
+    ("tjx.nn.config_checks", "check_mla", "tjx.nn.cross_checks"),
+    ("tjx.nn.config_checks", "check_family", "tjx.nn.cross_checks"),
+    ("tjx.nn.config_checks", "check_unused", "tjx.nn.cross_checks"),
+    ("tjx.nn.family_config", "check_family", "tjx.nn.cross_checks"),
 ]
 
 #: Names the old single modules tjx.nn.hf / moe / preference held besides their packages' public
@@ -95,7 +96,7 @@ def test_each_name_a_removed_alias_served_is_in_its_new_home(old, name, new):
 
 
 def test_family_config_keeps_its_constants_but_not_the_check_family_alias():
-    from tjx.nn import configs, family_config
+    from tjx.nn import cross_checks, family_config
 
     with pytest.raises(AttributeError):
         _ = family_config.check_family
@@ -103,7 +104,7 @@ def test_family_config_keeps_its_constants_but_not_the_check_family_alias():
         from tjx.nn.family_config import check_family  # noqa: F401
     assert family_config.QK_NORM_SCOPES == ("head", "projection")
     assert "norm.plus_one" in family_config.DECODER_ONLY
-    assert callable(configs.check_family)
+    assert callable(cross_checks.check_family)
 
 
 @pytest.mark.parametrize(("package", "name", "home"), FORMER_NAMES)

@@ -1,9 +1,12 @@
 """Typed, validated model configs (frozen dataclasses): ``TransformerConfig`` (the fields every
-family shares, and their checks) and the decoders' ``GPT2Config`` and ``LlamaConfig``; the models
-with an encoder (BERT, ViT, the encoder-decoder) are in :mod:`tjx.nn.encoder_configs`.
+family shares) and the decoders' ``GPT2Config`` and ``LlamaConfig``; the models with an encoder
+(BERT, ViT, the encoder-decoder) are in :mod:`tjx.nn.encoder_configs`.
 
-Every bad value raises ``ValueError`` at construction naming the field and the allowed values.
-Subclasses only change defaults and add model-specific fields.
+Every bad value raises ``ValueError`` at construction naming the field and the allowed values:
+a section checks its own, :mod:`tjx.nn.cross_checks` what one needs of the rest of the model.
+A setting of a section (``SECTIONS``) is named by a dotted key: `make_config` builds a config of
+such keys, :mod:`tjx.nn.config_keys` reads one (``setting_value``, which this module also
+exports). Subclasses only change defaults and add model-specific fields.
 """
 
 # `setting()` returns dataclasses.field objects (with the metadata apps read).
@@ -18,14 +21,28 @@ from typing import Any, ClassVar, TypeVar
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
 from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
-from tjx.nn.attention_config import FLAT_ATTENTION_KEYS, AttentionConfig, positive_float
+from tjx.nn.attention_config import FLAT_ATTENTION_KEYS, AttentionConfig
+from tjx.nn.config_keys import field_defaults, fill_part_defaults
+from tjx.nn.config_keys import setting_value as setting_value
+from tjx.nn.cross_checks import (
+    MIXERS,
+    check_family,
+    check_mixers,
+    check_mla,
+    check_rope,
+    check_rope_scaling,
+    check_sizes,
+    check_unused,
+    check_window,
+)
 from tjx.nn.families.gemma4.options import Gemma4Options, check_model
 from tjx.nn.families.llama4.options import FLAT_KEYS as FLAT_LLAMA4_KEYS
 from tjx.nn.families.llama4.options import Llama4Options
-from tjx.nn.family_config import DECODER_NORM_POSITIONS, check_mtp
+from tjx.nn.families.llama4.options import check_model as check_llama4
+from tjx.nn.family_config import check_mtp
 from tjx.nn.fp8 import check_fp8
-from tjx.nn.gated_deltanet import DELTA_SIZES, DeltaConfig
-from tjx.nn.mla_config import DEEPSEEK_MLA, MLAConfig
+from tjx.nn.gated_deltanet import DeltaConfig
+from tjx.nn.mla_config import MLAConfig
 from tjx.nn.mlp import MLPConfig
 from tjx.nn.moe.config import MoEConfig
 from tjx.nn.mtp_config import MTPConfig
@@ -62,9 +79,6 @@ FLAT_SECTION_KEYS = {
     **{old: f"position.{new}" for old, new in FLAT_POSITION_KEYS.items()},
     **{old: f"llama4.{new}" for old, new in FLAT_LLAMA4_KEYS.items()},
 }
-#: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
-#: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
-MIXERS = ("attention", "delta")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,12 +105,12 @@ class TransformerConfig:
     options are its option section: Gemma 4's ``gemma4`` (`Gemma4Options`,
     :mod:`tjx.nn.families.gemma4.options`, which also checks what it needs of the model) and
     Llama 4's ``llama4`` (`Llama4Options`, :mod:`tjx.nn.families.llama4.options`). Each checks
-    its own values when built, and this module what it needs of the rest of the model
-    (``check_window``, ``check_mla``, ``check_mixers``, the stack's first MoE layer); the family
-    switches (what they are: :mod:`tjx.nn.family_config`) by ``check_family``. A setting in a
-    section is named by a dotted key (``"moe.num_experts"``: `replace`, `setting_value`,
-    `make_config`). The single values' checks (``choice``, ``positive``, ``rate``) are
-    tjx-core's, which every tjx-nn config uses.
+    its own values when built, and :mod:`tjx.nn.cross_checks` what it needs of the rest of the
+    model (``check_window``, ``check_mla``, ``check_mixers``; the stack's first MoE layer here);
+    the family switches (what they are: :mod:`tjx.nn.family_config`) by ``check_family``. A
+    setting in a section is named by a dotted key (``"moe.num_experts"``: `replace`,
+    `make_config`, and :mod:`tjx.nn.config_keys`' `setting_value`). The single values' checks
+    (``choice``, ``positive``, ``rate``) are tjx-core's, which every tjx-nn config uses.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -319,307 +333,9 @@ class LlamaConfig(TransformerConfig):
         super().__post_init__()
 
 
-# The checks of TransformerConfig (its __post_init__ calls them), each a ValueError naming
-# ``Class.field``: sizes, RoPE and its scaling, sliding windows, MLA, T5's relative bias, the
-# decoder families' switches (``check_family``; :mod:`tjx.nn.family_config` says what they are)
-# and the fields a family never reads (``check_unused``). A config and its checks are one idea,
-# so they are one module (before tjx-nn 0.22: :mod:`tjx.nn.config_checks`).
-
-
-def fill_part_defaults(config: Any) -> None:
-    """Each component section's setting left None set to the family's (``part_defaults``)."""
-    for key, value in type(config).part_defaults.items():
-        section, name = key.split(".")
-        part = getattr(config, section)
-        if getattr(part, name) is None:
-            object.__setattr__(config, section, dataclasses.replace(part, **{name: value}))
-
-
-def check_sizes(config: Any, cls: str) -> None:
-    """``head_dim`` (default ``d_model // num_heads``), ``num_kv_heads`` dividing ``num_heads``
-    and ``mlp.dim`` (default ``4 * d_model``), filled in and checked."""
-    if config.head_dim is None:
-        if config.d_model % config.num_heads:
-            raise ValueError(
-                f"{cls}.d_model: {config.d_model} must be divisible by {cls}.num_heads "
-                f"({config.num_heads}) when head_dim is None (it is then d_model // num_heads)"
-            )
-        object.__setattr__(config, "head_dim", config.d_model // config.num_heads)
-    positive(cls, "head_dim", config.head_dim)
-    assert config.num_kv_heads is not None and config.head_dim is not None
-    if config.num_heads % config.num_kv_heads:
-        raise ValueError(
-            f"{cls}.num_kv_heads: {config.num_kv_heads} must divide {cls}.num_heads "
-            f"({config.num_heads}); allowed: divisors of {config.num_heads}"
-        )
-    if config.mlp.dim is None:
-        object.__setattr__(config, "mlp", dataclasses.replace(config.mlp, dim=4 * config.d_model))
-
-
-def check_rope(config: Any, cls: str) -> None:
-    """With position ``rope``: an even ``head_dim`` and a positive ``position.rope_theta``."""
-    if config.position.kind == "rope":
-        if config.head_dim % 2:
-            raise ValueError(
-                f"{cls}.head_dim: rope needs an even head_dim; got {config.head_dim} "
-                f"({cls}.d_model // {cls}.num_heads unless head_dim is given)"
-            )
-        theta = config.position.rope_theta
-        if not theta > 0:
-            raise ValueError(f"{cls}.position.rope_theta must be > 0; got {theta!r}")
-
-
-def check_rope_scaling(config: Any, cls: str) -> None:
-    """A `RopeScaling` (``position.rope_scaling``, read by its section) only with rope, with
-    factors for ``head_dim // 2`` frequencies."""
-    value = config.position.rope_scaling
-    if value is None:
-        return
-    if config.position.kind != "rope":
-        raise ValueError(
-            f"{cls}.position.rope_scaling: only position.kind 'rope' uses it (got "
-            f"{config.position.kind!r}); set it to None"
-        )
-    assert config.head_dim is not None
-    half = config.head_dim // 2
-    for name in ("short_factor", "long_factor"):
-        factors = getattr(value, name)
-        if factors is not None and len(factors) != half:
-            raise ValueError(
-                f"{cls}.position.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
-                f"{len(factors)}"
-            )
-
-
-def check_window(config: Any, cls: str) -> None:
-    """A window (``attention.sliding_window``, or ``attention.chunk``) where the model can apply
-    it: not a bidirectional cuDNN window, not with T5's relative bias."""
-    window, chunk = config.attention.sliding_window, config.attention.chunk
-    if window is not None:
-        if config.bidirectional and config.attention_impl == "cudnn":
-            raise ValueError(
-                f"{cls}.attention_impl: 'cudnn' cannot apply a bidirectional "
-                "attention.sliding_window (cuDNN's window looks back only); use 'auto', 'xla' or "
-                "'pallas'"
-            )
-        if config.position.kind == "t5":
-            raise ValueError(
-                f"{cls}.attention.sliding_window: position 't5' is not supported with a window "
-                "(its relative bias reads the cache by slot); set it to None"
-            )
-    if chunk is not None and config.position.kind == "t5":
-        raise ValueError(
-            f"{cls}.attention.chunk: position 't5' has no local layers (got chunk {chunk}); set "
-            "attention.chunk to None"
-        )
-
-
-def check_llama4(config: Any, cls: str) -> None:
-    """Llama 4's NoPE global layers (the ``llama4`` section) and weightless q/k norm, only where
-    they act: rotated (RoPE, multi-head) layers, and a global layer in
-    ``attention.window_pattern``."""
-    c, nope = config, config.llama4.global_nope
-    rotated = c.position.kind == "rope" and c.attention.type == "mha"
-    if nope and (not rotated or False not in c.layer_locals()):
-        raise ValueError(
-            f"{cls}.llama4.global_nope: needs position 'rope', attention.type 'mha' and a global "
-            f"layer in attention.window_pattern (got {c.position.kind!r}, {c.attention.type!r}, "
-            f"{c.attention.window_pattern}); set llama4.global_nope to False"
-        )
-    if c.qk_l2_norm and not rotated:
-        raise ValueError(
-            f"{cls}.qk_l2_norm: only rotated (position 'rope', attention.type 'mha') layers have "
-            f"it; got {c.position.kind!r}, {c.attention.type!r}"
-        )
-
-
-def set_pattern(config: Any, cls: str, name: str, kinds: tuple[str, ...]) -> None:
-    """Field ``name``, a per-layer pattern, checked as a non-empty list of ``kinds`` and stored
-    as a tuple (the config is hashable)."""
-    pattern = getattr(config, name)
-    if isinstance(pattern, str) or not isinstance(pattern, list | tuple) or not pattern:
-        raise ValueError(f"{cls}.{name} must be a non-empty list of {kinds}; got {pattern!r}")
-    for kind in pattern:
-        choice(cls, name, kind, kinds)
-    object.__setattr__(config, name, tuple(pattern))
-
-
-def check_mixers(config: Any, cls: str) -> None:
-    """A ``mixer_pattern`` of ``MIXERS`` (a tuple: the config is hashable); with delta layers,
-    the ``delta`` section's sizes, and what a stack of them does not run yet refused by name."""
-    pattern, delta = config.mixer_pattern, config.delta
-    if pattern is not None:
-        set_pattern(config, cls, "mixer_pattern", MIXERS)
-    if pattern is None or "delta" not in pattern:
-        if delta.impl != "auto":
-            raise ValueError(
-                f"{cls}.delta.impl: only delta layers read it, and mixer_pattern has none; set "
-                f"it to 'auto' (got {delta.impl!r})"
-            )
-        for name in DELTA_SIZES:
-            if getattr(delta, name) is not None:
-                raise ValueError(
-                    f"{cls}.delta.{name}: only delta layers read it, and mixer_pattern has none; "
-                    "add 'delta' to mixer_pattern or set it to None"
-                )
-        return
-    for name in DELTA_SIZES:
-        if getattr(delta, name) is None:
-            raise ValueError(
-                f"{cls}.delta.{name}: delta layers need it (mixer_pattern has 'delta')"
-            )
-    if tuple(config.attention_layers) != ("causal",):
-        raise ValueError(
-            f"{cls}.mixer_pattern: delta layers are a causal decoder's; {cls} builds "
-            f"{', '.join(config.attention_layers)} attention layers"
-        )
-
-
-def check_deepseek_mla(config: Any, cls: str) -> None:
-    """DeepSeek's MLA sizes (``mla.q_lora_rank`` ...): with MLA only; the shared rope key
-    (``mla.qk_rope_head_dim``) needs RoPE, an even width within ``head_dim``, a key and a value
-    per query head, and no q/k norm (DeepSeek has none)."""
-    c, mla = config, config.mla
-    for name in DEEPSEEK_MLA:
-        if getattr(mla, name) is not None and c.attention.type != "mla":
-            raise ValueError(
-                f"{cls}.mla.{name}: only attention.type 'mla' uses it (got attention.type "
-                f"{c.attention.type!r}); set it to None"
-            )
-    rope = mla.qk_rope_head_dim
-    if rope is None:
-        return
-    if rope % 2 or rope > c.head_dim:
-        raise ValueError(
-            f"{cls}.mla.qk_rope_head_dim must be even and at most head_dim ({c.head_dim}); got "
-            f"{rope}"
-        )
-    needs = {"position.kind": "rope", "num_kv_heads": c.num_heads, "attention.qk_norm": False}
-    for name, want in needs.items():
-        if setting_value(c, name) != want:
-            raise ValueError(
-                f"{cls}.{name}: DeepSeek's MLA (mla.qk_rope_head_dim set) needs {name}={want!r}; "
-                f"got {setting_value(c, name)!r}"
-            )
-
-
-def check_mla(config: Any, cls: str) -> None:
-    """The latent's size goes with MLA, and only with it (other attention ignores it)."""
-    check_deepseek_mla(config, cls)
-    latent = config.mla.kv_latent_dim
-    if config.attention.type == "mla":
-        if latent is None:
-            raise ValueError(
-                f"{cls}.mla.kv_latent_dim: attention.type 'mla' needs the latent's size, a "
-                "positive int; got None"
-            )
-    elif latent is not None:
-        raise ValueError(
-            f"{cls}.mla.kv_latent_dim: only attention.type 'mla' uses it (got attention.type "
-            f"{config.attention.type!r}); set it to None"
-        )
-
-
-def check_family(config: Any, cls: str) -> None:
-    """Check (and normalise: numbers become floats) a config's family switches (the attention
-    section's check themselves)."""
-    name = "final_logit_softcap"
-    object.__setattr__(config, name, positive_float(cls, name, getattr(config, name)))
-    decoder = "scale_embeddings" not in type(config).unused_fields
-    if not decoder and config.norm.position in DECODER_NORM_POSITIONS:
-        raise ValueError(
-            f"{cls}.norm.position {config.norm.position!r} is implemented by decoders only; "
-            "choose 'pre' or 'post'"
-        )
-    if config.position.rope_local_theta is not None and (
-        config.attention.sliding_window is None or config.position.kind != "rope"
-    ):
-        raise ValueError(
-            f"{cls}.position.rope_local_theta: only windowed RoPE layers use it "
-            f"(attention.sliding_window {config.attention.sliding_window}, position.kind "
-            f"{config.position.kind!r}); set attention.sliding_window (and position.kind 'rope') "
-            "or leave position.rope_local_theta None"
-        )
-    if config.attention.logit_softcap is not None and config.attention_impl == "cudnn":
-        raise ValueError(
-            f"{cls}.attention_impl 'cudnn' cannot soft-cap attention logits "
-            f"(attention.logit_softcap {config.attention.logit_softcap}): jax's cuDNN attention "
-            "has no soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
-        )
-    check_sinks(config, cls)
-    check_rope_fraction(config, cls)
-    if config.final_logit_softcap is not None and config.cross_entropy_impl == "pallas":
-        raise ValueError(
-            f"{cls}.cross_entropy_impl 'pallas' cannot soft-cap the output logits "
-            f"(final_logit_softcap {config.final_logit_softcap}): the fused kernel has no soft "
-            "cap; use 'auto' (which then takes the chunked XLA loss) or 'xla'"
-        )
-
-
-def check_sinks(config: Any, cls: str) -> None:
-    """``attention.sinks`` only where a kernel computes them: tjx.kernels' XLA path (``auto``
-    resolves to it); the section itself refuses them with ``attention.decode_topk`` and MLA."""
-    if config.attention.sinks and config.attention_impl in ("cudnn", "pallas", "tokamax"):
-        raise ValueError(
-            f"{cls}.attention_impl {config.attention_impl!r} cannot add attention sinks "
-            "(attention.sinks=True): only tjx.kernels' XLA attention computes them; use 'auto' "
-            "(which then resolves to XLA) or 'xla'"
-        )
-
-
-def check_rope_fraction(config: Any, cls: str) -> None:
-    """``position.rope_fraction`` (in ``(0, 1]``, its section checks) below 1 only with RoPE on
-    multi-head attention (MLA rotates its own ``qk_rope_head_dim``), rotating an even number of
-    dims."""
-    pos = config.position
-    f = pos.rope_fraction
-    if f == 1.0:
-        return
-    if pos.kind != "rope" or config.attention.type != "mha":
-        raise ValueError(
-            f"{cls}.position.rope_fraction {f} needs position.kind 'rope' and attention.type "
-            f"'mha' (got {pos.kind!r}, {config.attention.type!r}); set it to 1.0"
-        )
-    rotated = int(config.head_dim * f)
-    if rotated < 2 or rotated % 2:
-        raise ValueError(
-            f"{cls}.position.rope_fraction {f} rotates int(head_dim {config.head_dim} x {f}) = "
-            f"{rotated} dims; RoPE needs an even number, at least 2"
-        )
-    if pos.rope_scaling is not None and pos.rope_scaling.type == "longrope":
-        raise ValueError(
-            f"{cls}.position.rope_fraction {f} with a longrope rope_scaling is not supported "
-            "(its factors are per frequency of the whole head); set rope_fraction to 1.0"
-        )
-
-
 def rotated_dims(config: Any) -> int:
     """The dims of each q/k head RoPE rotates: ``int(head_dim · position.rope_fraction)``."""
     return int(config.head_dim * config.position.rope_fraction)
-
-
-def setting_default(config: Any, key: str) -> Any:
-    """The class default of setting ``key`` of ``config`` (a dotted one: its section's)."""
-    section, _, name = key.rpartition(".")
-    owner = setting_value(config, section) if section else config
-    return field_defaults(owner)[name]
-
-
-def field_defaults(config: Any) -> dict[str, Any]:
-    """Each field of ``config``'s class → its default (a section's: a fresh default instance)."""
-    return {
-        f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        for f in dataclasses.fields(config)
-    }
-
-
-def check_unused(config: Any, cls: str) -> None:
-    """A setting this family's model never reads (a section's by its dotted key) keeps its
-    default (else it would be ignored)."""
-    for name, why in type(config).unused_fields.items():
-        value, default = setting_value(config, name), setting_default(config, name)
-        if value != default:
-            raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {default!r}")
 
 
 def make_config(cls: type[C], fields: Mapping[str, Any]) -> C:
@@ -646,12 +362,3 @@ def make_config(cls: type[C], fields: Mapping[str, Any]) -> C:
             base = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         kwargs[section] = dataclasses.replace(base, **values)
     return cls(**kwargs)
-
-
-def setting_value(config: Any, key: str) -> Any:
-    """The value of setting ``key`` of ``config``: a field, or a dotted one of a component
-    section (``"moe.router"``)."""
-    value = config
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value

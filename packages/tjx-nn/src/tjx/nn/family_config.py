@@ -1,5 +1,5 @@
 """The architecture switches of the 2024-25 decoder families (their checks: ``check_family``, with
-the config's other checks in :mod:`tjx.nn.configs`).
+the config's other checks in :mod:`tjx.nn.cross_checks`).
 
 Each is one ``TransformerConfig`` setting (``configs.py``; the attention ones in its ``attention``
 section, Llama 4's NoPE ones in its ``llama4`` section), off by default:
@@ -68,6 +68,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from tjx.nn.config_keys import setting_value
 from tjx.nn.families.gemma4 import options as gemma4_options
 from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS
 
@@ -166,14 +167,6 @@ def shared_kv_layers(config: Any) -> int:
     return int(config.gemma4.kv_shared_layers)
 
 
-def _setting(config: Any, key: str) -> Any:
-    """Setting ``key`` of ``config``, a dotted key a section's (`tjx.nn.configs.setting_value`,
-    which this module, below the configs, cannot import)."""
-    for part in key.split("."):
-        config = getattr(config, part)
-    return config
-
-
 def nope_layers(config: Any) -> tuple[bool, tuple[float, float] | None]:
     """Llama 4's NoPE (its ``llama4`` section): whether the global layers rotate no position,
     and their queries' temperature ``(floor, scale)`` (None: untempered)."""
@@ -187,7 +180,7 @@ def check_mtp(config: Any, cls: str) -> None:
         return
     local = (("attention.sliding_window", None), ("attention.chunk", None), ("mixer_pattern", None))
     for name, off in (*local, ("position.kind", "t5")):
-        value = _setting(config, name)
+        value = setting_value(config, name)
         if (value is not None) if off is None else value == off:
             raise ValueError(
                 f"{cls}.mtp.depths: multi-token prediction is implemented for full-attention "

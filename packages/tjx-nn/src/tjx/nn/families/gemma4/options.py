@@ -21,8 +21,9 @@ None); decoders only.
 
 The section checks its own values when built; `check_model` what it needs of the rest of the
 model. The shared layers read these switches through :mod:`tjx.nn.family_config`'s
-``layer_shape`` (what one layer is), so they name no family. This module imports no tjx.nn
-module: the model config imports it without the family's layers.
+``layer_shape`` (what one layer is), so they name no family. Of tjx.nn this module imports
+only :mod:`tjx.nn.config_keys` (which imports none): the model config imports it without the
+family's layers.
 """
 
 # `setting()` returns dataclasses.field objects (with the metadata apps read).
@@ -34,6 +35,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tjx.core.fields import setting
+from tjx.nn.config_keys import setting_value
 
 __all__ = ["FLAT_GEMMA4_KEYS", "UNSCANNED", "Gemma4Options", "check_model", "kv_source"]
 
@@ -183,17 +185,9 @@ def check_model(config: Any, cls: str) -> None:
         # shared layers decode over their source's whole cache
         defaults["attention.decode_topk"] = None
     for name, want in defaults.items():
-        value = _setting(c, name)
+        value = setting_value(c, name)
         if value != want:
             raise ValueError(
                 f"{cls}.{name} {value!r} is not supported with gemma4.{on[0]} set "
                 f"(Gemma 4's layers); set {name}={want!r}"
             )
-
-
-def _setting(config: Any, key: str) -> Any:
-    """Setting ``key`` of ``config``, a dotted key a section's (this module imports no tjx.nn
-    module, so not `tjx.nn.configs.setting_value`)."""
-    for part in key.split("."):
-        config = getattr(config, part)
-    return config

@@ -2,8 +2,8 @@
 global layers and their queries' temperature. What they do: :mod:`tjx.nn.family_config`.
 
 It imports nothing of tjx.nn, so that the model config (:mod:`tjx.nn.configs`) holds it without
-loading the family's layers. The checks that need the rest of the model (RoPE, a global layer in
-``attention.window_pattern``) are the model config's.
+loading the family's layers; the model config calls `check_model` for what the section needs of
+the rest of the model (RoPE, a global layer in ``attention.window_pattern``).
 """
 
 # `setting()` returns dataclasses.field objects (with the metadata apps read).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from tjx.core.fields import setting
 
@@ -68,6 +69,25 @@ class Llama4Options:
         """The NoPE layers' query temperature ``(floor, scale)``; None: untempered."""
         floor = self.nope_temperature_floor
         return None if floor is None else (floor, self.nope_temperature_scale)
+
+
+def check_model(config: Any, cls: str) -> None:
+    """What the section and ``qk_l2_norm`` (Llama 4's weightless q/k norm) need of the rest of
+    model ``config`` (class ``cls``): they act only on rotated (RoPE, multi-head) layers, and NoPE
+    on a global layer in ``attention.window_pattern``."""
+    c, nope = config, config.llama4.global_nope
+    rotated = c.position.kind == "rope" and c.attention.type == "mha"
+    if nope and (not rotated or False not in c.layer_locals()):
+        raise ValueError(
+            f"{cls}.llama4.global_nope: needs position 'rope', attention.type 'mha' and a global "
+            f"layer in attention.window_pattern (got {c.position.kind!r}, {c.attention.type!r}, "
+            f"{c.attention.window_pattern}); set llama4.global_nope to False"
+        )
+    if c.qk_l2_norm and not rotated:
+        raise ValueError(
+            f"{cls}.qk_l2_norm: only rotated (position 'rope', attention.type 'mha') layers have "
+            f"it; got {c.position.kind!r}, {c.attention.type!r}"
+        )
 
 
 #: Llama 4's old flat keys in a model section → their key in ``llama4`` (the same names).

@@ -358,3 +358,47 @@ def test_the_configs_their_checks_and_their_keys_are_modules_of_their_own():
     assert imported and not [m for m in imported if m.startswith("tjx.nn")], imported
     with pytest.raises(ValueError, match=r"^LlamaConfig.qk_l2_norm: only rotated"):
         tnn.LlamaConfig(position=tnn.PositionConfig(kind="learned"), qk_l2_norm=True)
+
+
+@pytest.mark.parametrize("section", tnn.SECTIONS)
+@pytest.mark.parametrize("config_class", [tnn.LlamaConfig, tnn.GPT2Config, tnn.BertConfig])
+def test_a_section_given_as_something_else_is_refused_naming_it_and_the_fix(config_class, section):
+    """A section given in Python as a value of one of its settings, a dict, None or a number is
+    refused when the config is built: one line naming the field, what it got and its class."""
+    kind = type(getattr(config_class(), section)).__name__
+    for value in ("rmsnorm", {"kind": "rmsnorm"}, None, 3):
+        with pytest.raises(ValueError) as raised:
+            config_class(**{section: value})
+        message = str(raised.value)
+        got = f"(got the {type(value).__name__} {value!r}); write {section}={kind}("
+        assert message.startswith(f"{config_class.__name__}.{section} must be an instance of ")
+        assert f" {kind} {got}" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fix"),
+    [
+        ({"norm": "rmsnorm"}, {"norm.kind": "rmsnorm"}),
+        ({"position": "rope"}, {"position.kind": "rope"}),
+        ({"mlp": "gelu"}, {"mlp.activation": "gelu"}),
+        (
+            {"norm": {"kind": "layernorm", "eps": 1e-3}},
+            {"norm.kind": "layernorm", "norm.eps": 1e-3},
+        ),
+    ],
+)
+def test_a_section_given_as_a_setting_s_value_says_how_to_write_it(kwargs, fix):
+    (name, value), (key, setting) = next(iter(kwargs.items())), next(iter(fix.items()))
+    with pytest.raises(ValueError) as raised:
+        tnn.LlamaConfig(**kwargs)
+    kind = type(getattr(tnn.LlamaConfig(), name)).__name__
+    args = ", ".join(f"{k.split('.')[1]}={v!r}" for k, v in fix.items())
+    assert str(raised.value) == (
+        f"LlamaConfig.{name} must be an instance of {kind} (got the {type(value).__name__} "
+        f"{value!r}); write {name}={kind}({args}) or make_config(LlamaConfig, {fix!r})"
+    )
+    # Both fixes it names build the config it meant.
+    made = tnn.make_config(tnn.LlamaConfig, fix)
+    assert tnn.setting_value(made, key) == setting
+    section = type(getattr(made, name))(**{k.split(".")[1]: v for k, v in fix.items()})
+    assert tnn.LlamaConfig(**{name: section}) == made

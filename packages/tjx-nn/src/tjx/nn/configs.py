@@ -217,6 +217,7 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         cls = type(self).__name__
         object.__setattr__(self, "precision", as_precision(self.precision))
+        check_sections(self, cls)
         fill_part_defaults(self)
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
@@ -326,11 +327,36 @@ class LlamaConfig(TransformerConfig):
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
+        check_sections(self, type(self).__name__)  # before the mlp section is read here
         if self.mlp.dim is None:
             # LLaMA: 8/3·d rounded up to a multiple of 64 keeps SwiGLU params ≈ a 4·d MLP.
             dim = ((8 * self.d_model // 3) + 63) // 64 * 64
             object.__setattr__(self, "mlp", dataclasses.replace(self.mlp, dim=dim))
         super().__post_init__()
+
+
+def check_sections(config: Any, cls: str) -> None:
+    """Each component section (`SECTIONS`) is its section's class, not a value of one of its
+    settings (``norm="rmsnorm"``), which Python does not check and a later read would trip on."""
+    for f in dataclasses.fields(config):
+        part, kind = getattr(config, f.name), f.default_factory
+        if f.name not in SECTIONS or not isinstance(kind, type) or isinstance(part, kind):
+            continue
+        # What to write instead: a dict's items, or the setting a string is a choice of.
+        items = dict(part) if isinstance(part, Mapping) else {"<setting>": part}
+        if isinstance(part, str):
+            for g in dataclasses.fields(kind):
+                if part in g.metadata.get("choices", ()):
+                    items = {g.name: part}
+        args = ", ".join(f"{k}={v!r}" for k, v in items.items())
+        dotted = {f"{f.name}.{k}": v for k, v in items.items()}
+        write = f"{f.name}={kind.__name__}({args}) or make_config({cls}, {dotted!r})"
+        if part is None:
+            write = f"{f.name}={kind.__name__}(...), or leave it out for the default"
+        raise ValueError(
+            f"{cls}.{f.name} must be an instance of {kind.__name__} (got the "
+            f"{type(part).__name__} {part!r}); write {write}"
+        )
 
 
 def rotated_dims(config: Any) -> int:

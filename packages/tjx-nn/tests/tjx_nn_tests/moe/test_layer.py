@@ -1,6 +1,7 @@
 """The MoE block against a per-token float64 reference (forward and gradients, dropless and
 capacity paths), its statistics, the capacity's drop order and the balancing-bias rule."""
 
+import typing
 from dataclasses import replace
 
 import jax
@@ -10,7 +11,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.moe import MoE, dispatch
+from tjx.nn.moe import MoE, dispatch, layer
 from tjx_nn_tests._moe_reference import choices, moe_reference
 
 F64 = tnn.Precision(jnp.float64, jnp.float64)
@@ -209,3 +210,10 @@ def test_update_router_bias_moves_overloaded_experts_down_by_the_rate():
     softmax.update_router_bias(jnp.ones((1, 4), jnp.int32))  # no bias: nothing moves
     after = tnn.get_flat_params(softmax)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_the_layer_imports_the_model_config_it_is_built_from():
+    # A plain import (no type-checking-only one, no circle): its annotations resolve at run time.
+    assert layer.TransformerConfig is tnn.TransformerConfig
+    for fn in (MoE.__init__, layer.Experts.__init__, layer.router_penalty):
+        assert typing.get_type_hints(fn)["config"] is tnn.TransformerConfig

@@ -11,17 +11,23 @@ the names below (another name of the old module: import it from ``layer``).
 
 from __future__ import annotations
 
+from tjx.core.lazy import lazy_api
 from tjx.nn.moe.config import moe_layers
-from tjx.nn.moe.layer import (
-    WEIGHT_NAMES,
-    ExpertDense,
-    Experts,
-    MoE,
-    MoEStats,
-    Router,
-    router_penalty,
-)
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
+
+# The layer is built from the model config, whose ``moe`` section is this package's ``config``:
+# loading the layer with the package would make reading the section (configs does) need the
+# config it is part of. Its names load on first access instead.
+with lazy_api(globals()):
+    from tjx.nn.moe.layer import (
+        WEIGHT_NAMES,
+        ExpertDense,
+        Experts,
+        MoE,
+        MoEStats,
+        Router,
+        router_penalty,
+    )
 
 __all__ = [
     "WEIGHT_NAMES",

@@ -27,12 +27,13 @@ Expert parallelism: inside ``parallel.expert_parallel_scope(ep)`` (tjx-parallel'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.nn.configs import TransformerConfig
 from tjx.nn.linear import Dense
 from tjx.nn.mlp import MLP, activation, gate_function
 from tjx.nn.moe.config import expert_capacity, expert_mlp_dim, shared_mlp_dim
@@ -41,9 +42,6 @@ from tjx.nn.moe.parallel import current_expert_parallel
 from tjx.nn.norms import rms_norm
 from tjx.nn.params import make_param, normal, ones, zeros
 from tjx.nn.routers import ROUTERS
-
-if TYPE_CHECKING:  # configs imports tjx.nn.moe.config, which runs this package first
-    from tjx.nn.configs import TransformerConfig
 
 Array = jax.Array
 

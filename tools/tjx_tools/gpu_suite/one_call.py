@@ -238,8 +238,12 @@ def run_steps(call: Call, sec: Section, shape: dict[str, Any]) -> None:
                       [*sets, "model.attention_impl=tokamax"])  # fmt: skip
     peers = {r["config"]: r for r in sec.rows if r["label"] == "peer"}
     summary: dict[str, Any] = {}
-    for key, peer in (("gpt2 auto", "nanoGPT recipe"), ("llama auto", "PyTorch Llama"),
-                      ("gpt2 tokamax", "nanoGPT recipe"), ("llama tokamax", "PyTorch Llama")):
+    for key, peer in (
+        ("gpt2 auto", "nanoGPT recipe"),
+        ("llama auto", "PyTorch Llama"),
+        ("gpt2 tokamax", "nanoGPT recipe"),
+        ("llama tokamax", "PyTorch Llama"),
+    ):
         mine, theirs = call.rows.get(key), peers.get(peer)
         if mine and theirs:
             summary[f"{key} / {peer}"] = {
@@ -298,8 +302,10 @@ def run_kernel_sets(call: Call, sec: Section, shape: dict[str, Any]) -> None:
         config, sets = shape[name]
         taken = (call.rows.get(f"{name} auto") or {}).get("attention_kernel")
         for kernel in kernels:
-            if kernel == taken or f"{name} {kernel}" in call.rows or (
-                name == "llama" and kernel == "cudnn" and "search winner" in call.rows
+            if (
+                kernel == taken
+                or f"{name} {kernel}" in call.rows
+                or (name == "llama" and kernel == "cudnn" and "search winner" in call.rows)
             ):  # the winner is llama_small with cuDNN
                 continue  # fmt: skip
             call.step(sec, f"{name} {kernel}", kernel, config,

@@ -12,7 +12,7 @@ import pytest
 
 from tjx import nn as tnn
 from tjx.nn.families.gemma4.hf_write import gemma4_config_to_hf
-from tjx.nn.families.llama4.hf import llama4_config_to_hf
+from tjx.nn.families.llama4.hf_write import llama4_config_to_hf
 from tjx.nn.families.registry import FAMILIES
 from tjx.nn.hf import config as llama_hf
 from tjx.nn.hf import (

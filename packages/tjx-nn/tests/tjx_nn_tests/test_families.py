@@ -65,4 +65,3 @@ def test_a_family_folder_keeps_each_module_at_most_500_lines(name):
     assert "hf.py" in sizes, f"no modules found in {FOLDERS / name}: the check would pass blindly"
     too_long = {module: n for module, n in sizes.items() if n > MOST_LINES}
     assert not too_long, f"{name}'s modules above {MOST_LINES} lines: {too_long}"
-

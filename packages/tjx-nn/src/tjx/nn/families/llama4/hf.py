@@ -58,6 +58,7 @@ NEEDS: dict[str, Any] = (
     | {"position.kind": "rope", "position.rope_fraction": 1.0}
     | {"norm.kind": "rmsnorm"}
 )
+#: What Llama 4's MoE layers compute: the import builds them with it, the export checks it.
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid_plain",
     router_norm_topk=False,

@@ -50,3 +50,18 @@ def test_a_family_is_named_by_at_most_four_modules_outside_its_folder(name):
     assert len(naming) <= MOST, f"{name} is named outside its folder by {naming}"
     # The loader, the exporter and the start's fixed settings look families up in the registry.
     assert not {"hf/checkpoints.py", "hf/plan.py", "hf/start.py", "hf/keys.py"} & set(naming)
+
+
+#: The most lines a module of a family folder holds (issue #69: none of tjx-nn above 500).
+MOST_LINES = 500
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_a_family_folder_keeps_each_module_at_most_500_lines(name):
+    sizes = {
+        path.name: len(path.read_text(encoding="utf-8").splitlines())
+        for path in (FOLDERS / name).glob("*.py")
+    }
+    assert "hf.py" in sizes, f"no modules found in {FOLDERS / name}: the check would pass blindly"
+    too_long = {module: n for module, n in sizes.items() if n > MOST_LINES}
+    assert not too_long, f"{name}'s modules above {MOST_LINES} lines: {too_long}"

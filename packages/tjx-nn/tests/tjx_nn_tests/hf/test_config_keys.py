@@ -11,8 +11,8 @@ import json
 import pytest
 
 from tjx import nn as tnn
-from tjx.nn.families.gemma4.hf import gemma4_config_to_hf
-from tjx.nn.families.llama4.hf import llama4_config_to_hf
+from tjx.nn.families.gemma4.hf_write import gemma4_config_to_hf
+from tjx.nn.families.llama4.hf_write import llama4_config_to_hf
 from tjx.nn.families.registry import FAMILIES
 from tjx.nn.hf import config as llama_hf
 from tjx.nn.hf import (

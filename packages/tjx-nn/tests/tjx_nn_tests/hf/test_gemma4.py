@@ -17,11 +17,9 @@ from safetensors.numpy import save_file
 
 from tjx import nn as tnn
 from tjx.nn.families.gemma4 import Gemma4Options
-from tjx.nn.families.gemma4.hf import (
-    gemma4_config_from_hf,
-    gemma4_config_to_hf,
-    gemma4_image_text_config,
-)
+from tjx.nn.families.gemma4.hf_image_text import gemma4_image_text_config
+from tjx.nn.families.gemma4.hf_read import gemma4_config_from_hf
+from tjx.nn.families.gemma4.hf_write import gemma4_config_to_hf
 from tjx.nn.families.gemma4.layers import PerLayerEmbed, PerLayerInput
 from tjx.nn.positions import proportional_rope
 from tjx_nn_tests._helpers import saved_random

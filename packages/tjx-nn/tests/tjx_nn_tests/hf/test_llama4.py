@@ -14,7 +14,8 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from tjx import nn as tnn
-from tjx.nn.families.llama4.hf import llama4_config_from_hf, llama4_config_to_hf
+from tjx.nn.families.llama4.hf_read import llama4_config_from_hf
+from tjx.nn.families.llama4.hf_write import llama4_config_to_hf
 from tjx.nn.moe import dispatch
 from tjx.nn.moe.config import moe_layers
 from tjx_nn_tests._helpers import saved_random

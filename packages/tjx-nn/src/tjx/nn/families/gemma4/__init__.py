@@ -2,8 +2,9 @@
 
 Modules: ``family`` (`FAMILY`: what the shared code looks up), ``options`` (`Gemma4Options`, its
 switches: the model config's section ``gemma4``, and their checks), ``hf`` (config.json and
-tensors ↔ tjx), ``layers`` (its per-layer embeddings, built through
-:mod:`tjx.nn.families.parts`).
+tensors ↔ tjx: what maps to what), ``hf_read`` and ``hf_write`` (config.json → config and back),
+``hf_tensors`` (the tensors), ``hf_image_text`` (the image-text folders), ``layers`` (its
+per-layer embeddings, built through :mod:`tjx.nn.families.parts`).
 
 The rest of Gemma 4 is the shared decoder with its switches on, read there as the options of a
 layer's parts (:mod:`tjx.nn.family_config`'s ``layer_shape``): the global layers' own head width

@@ -8,18 +8,11 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.families.base import Family
-from tjx.nn.families.gemma4.hf import (
-    GEMMA4,
-    IMAGE_TEXT,
-    SPEC,
-    gemma4_config_from_hf,
-    gemma4_config_to_hf,
-    gemma4_image_text_config,
-    gemma4_mapping,
-    is_gemma4,
-    skip_towers,
-)
-from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS
+from tjx.nn.families.gemma4.hf import GEMMA4, OWN
+from tjx.nn.families.gemma4.hf_image_text import IMAGE_TEXT, gemma4_image_text_config, skip_towers
+from tjx.nn.families.gemma4.hf_read import SPEC, gemma4_config_from_hf
+from tjx.nn.families.gemma4.hf_tensors import gemma4_mapping
+from tjx.nn.families.gemma4.hf_write import gemma4_config_to_hf, is_gemma4
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.qwen3_5 import text_name
 
@@ -51,10 +44,5 @@ FAMILY = Family(
     claims=is_gemma4,
     write=_write,
     stored_names={IMAGE_TEXT: text_name},
-    fixed=(
-        *(f"gemma4.{name}" for name in FLAT_GEMMA4_KEYS),
-        "moe.beside_mlp",
-        "moe.router_input_norm",
-        "moe.router_expert_scale",
-    ),
+    fixed=OWN,
 )

@@ -8,18 +8,16 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.families.base import Family
-from tjx.nn.families.llama4.hf import (
+from tjx.nn.families.llama4.hf import LLAMA4
+from tjx.nn.families.llama4.hf_image_text import (
     IMAGE_TEXT,
-    LLAMA4,
-    SPEC,
-    is_llama4,
-    llama4_config_from_hf,
-    llama4_config_to_hf,
-    llama4_mapping,
     llama4_text_config,
     skip_vision,
     text_name,
 )
+from tjx.nn.families.llama4.hf_read import SPEC, llama4_config_from_hf
+from tjx.nn.families.llama4.hf_tensors import llama4_mapping
+from tjx.nn.families.llama4.hf_write import is_llama4, llama4_config_to_hf
 from tjx.nn.family_config import LLAMA4_SWITCHES
 from tjx.nn.hf.mapping import HFMapping
 

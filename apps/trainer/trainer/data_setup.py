@@ -12,9 +12,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from tjx import data, parallel
-from trainer.config import Config
-from trainer.grpo_settings import is_grpo, prompt_section
-from trainer.schema import ConfigError
+from trainer.config.grpo_settings import is_grpo, prompt_section
+from trainer.config.schema import ConfigError
+from trainer.config.typed import Config
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
 _DATA = ("source", "tokenizer", "seq_len", "batch_size", "max_tokens", "sources", "on_exhausted",
@@ -109,7 +109,7 @@ def train_loader(bundle: Bundle, cfg: Config, mesh: Mesh | None = None) -> Train
 
 def loader_section(cfg: Config) -> data.DataConfig:
     """The data section the training loader reads: ``cfg.data``, but GRPO's prompts, of which a
-    batch holds ``data.batch_size / grpo.group_size`` (trainer.grpo_settings)."""
+    batch holds ``data.batch_size / grpo.group_size`` (trainer.config.grpo_settings)."""
     return prompt_section(cfg.data, cfg.rollout) if is_grpo(cfg.data) else cfg.data
 
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from tjx import nn
 from tjx.data import DataConfig
-from trainer import grpo_settings
-from trainer.config import StepConfig
+from trainer.config import grpo_settings
+from trainer.config.typed import StepConfig
 from trainer.train_state import TrainState
 
 T = TypeVar("T")

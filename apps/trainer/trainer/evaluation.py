@@ -17,9 +17,9 @@ from flax import nnx
 import trainer.data_setup as data_setup
 from tjx import data, metrics, nn, parallel
 from trainer import dpo, grpo
-from trainer.config import Config
+from trainer.config.grpo_settings import is_grpo
+from trainer.config.typed import Config
 from trainer.data_setup import Bundle
-from trainer.grpo_settings import is_grpo
 from trainer.state import Setup
 from trainer.step import make_eval_step
 from trainer.train_state import TrainState

@@ -28,10 +28,10 @@ import jax
 
 from tjx import kernels, parallel
 from trainer import target_plan
-from trainer.config import StepConfig
+from trainer.config.schema import ConfigError
+from trainer.config.typed import StepConfig
 from trainer.job.step_plan import batch_shapes
 from trainer.memory_fit import abstract_step
-from trainer.schema import ConfigError
 from trainer.state import Setup
 from trainer.step import Batch, TrainStep, jit_train_step
 from trainer.train_state import TrainState

@@ -34,10 +34,10 @@ import numpy as np
 from flax import nnx
 
 from tjx import data, nn, parallel
-from trainer.config import Config, StepConfig
+from trainer.config.grpo_settings import GrpoRollout
+from trainer.config.schema import ConfigError
+from trainer.config.typed import Config, StepConfig
 from trainer.data_setup import Bundle, HostBatch, TrainLoader
-from trainer.grpo_settings import GrpoRollout
-from trainer.schema import ConfigError
 from trainer.state import Setup
 from trainer.train_state import TrainState
 

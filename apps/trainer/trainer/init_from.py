@@ -22,12 +22,12 @@ from tjx import ckpt, data, nn
 from tjx.core.config import load_yaml
 from tjx.nn import TransformerConfig
 from tjx.nn.hf import check_hf_weights, holds_weights
-from trainer.config import Config, read_config
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError, keyed
+from trainer.config.seams import ConfigData
+from trainer.config.typed import Config, read_config
 from trainer.data_setup import Bundle
-from trainer.job.folder import RunDir
 from trainer.job.init_checks import check_hf_settings, clash_names, hf_start_config
-from trainer.schema import ConfigError, keyed
-from trainer.seams import ConfigData
 
 
 def check_init_from(cfg: Config, source: str, *, weights: bool = True) -> None:

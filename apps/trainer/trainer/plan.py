@@ -21,8 +21,8 @@ from tjx.ckpt import (
 )
 from tjx.parallel.arguments import DistributedArgs
 from tjx.parallel.preemption import write_stderr
-from trainer.config import Config
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
+from trainer.config.typed import Config
 
 
 @dataclass

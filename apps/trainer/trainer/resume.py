@@ -1,6 +1,6 @@
 """What a ``--resume`` may change: a checkpoint holds one model's and optimizer's state and a
 position in one token stream, so a change to those is refused, naming every changed key; settings
-that only steer the loop (``resumable`` metadata) may change (``trainer.job.changes``)."""
+that only steer the loop (``resumable`` metadata) may change (``trainer.config.changes``)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 from tjx import ckpt, data
 from tjx.core.lazy import lazy_imports
-from trainer.config import SCHEMA, Config, read_config
-from trainer.job.changes import Diff, config_changes
-from trainer.job.changes import describe_changes as describe_changes_of
-from trainer.job.folder import RunDir
+from trainer.config.changes import Diff, config_changes
+from trainer.config.changes import describe_changes as describe_changes_of
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError, kind_of
+from trainer.config.seams import ConfigData
+from trainer.config.settings import migrate
+from trainer.config.typed import SCHEMA, Config, read_config
 from trainer.job.start import resumed_config
-from trainer.schema import ConfigError, kind_of
-from trainer.seams import ConfigData
-from trainer.settings import migrate
 
 with lazy_imports(globals()):  # they load jax, which the command line must not wait for
     from tjx import nn, optim

@@ -25,13 +25,13 @@ import trainer.training as training
 from tjx import kernels, parallel
 from tjx.ckpt import NotCreatableError, RunLockedError
 from trainer import init_from
-from trainer.config import Config, resolve, step_config
-from trainer.grpo_settings import is_grpo, prompt_section
+from trainer.config.folder import RunDir
+from trainer.config.grpo_settings import is_grpo, prompt_section
+from trainer.config.schema import ConfigError
+from trainer.config.typed import Config, resolve, step_config
 from trainer.job.device_notes import device_notes
-from trainer.job.folder import RunDir
 from trainer.job.start import in_use
 from trainer.plan import RunPlan, error_exit
-from trainer.schema import ConfigError
 from trainer.step import TrainStep
 from trainer.xla_flags import apply_gpu_autotune
 

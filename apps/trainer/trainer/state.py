@@ -17,9 +17,9 @@ from jax.sharding import Mesh
 import trainer.dpo as dpo
 from tjx import kernels, nn, optim, parallel
 from trainer import init_from as init_runs
-from trainer.config import MeshNeeds, StepConfig
-from trainer.job.folder import RunDir
-from trainer.schema import ConfigError, keyed
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError, keyed
+from trainer.config.typed import MeshNeeds, StepConfig
 from trainer.train_state import TrainState
 
 
@@ -206,7 +206,7 @@ def born(
 
 def build(cfg: StepConfig, init_from: str | None = None) -> Setup:
     """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``
-    of a config whose vocabulary is known (`trainer.config.resolve`), made by one jitted
+    of a config whose vocabulary is known (`trainer.config.typed.resolve`), made by one jitted
     program (`born`)."""
 
     model_cfg, vocab_size = cfg.model, cfg.tokenizer_vocab

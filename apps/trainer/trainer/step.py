@@ -17,8 +17,9 @@ from flax import nnx
 
 from tjx import metrics, nn, optim, parallel
 from tjx.optim import loss_scale_value, scale_loss, step_report
-from trainer import dpo, grpo, grpo_settings
-from trainer.config import StepConfig
+from trainer import dpo, grpo
+from trainer.config import grpo_settings
+from trainer.config.typed import StepConfig
 from trainer.state import Setup, make_mesh
 from trainer.train_state import TrainState
 

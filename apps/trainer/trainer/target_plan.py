@@ -25,15 +25,15 @@ from tjx.metrics import Compiled, Target, quiet_native_stderr
 from tjx.metrics.accelerators import has_fp8_units
 from trainer import dpo, grpo, init_from
 from trainer import step as steps  # looked up at the call: a test may replace the step
-from trainer.config import Config, StepConfig, resolve, step_config
-from trainer.grpo_settings import is_grpo
+from trainer.config.grpo_settings import is_grpo
+from trainer.config.schema import ConfigError, keyed
+from trainer.config.seams import Record
+from trainer.config.settings import load_config
+from trainer.config.typed import Config, StepConfig, resolve, step_config
 from trainer.job.plan_report import PlanResult, local_target, open_target, plan_report
 from trainer.job.step_plan import batch_shapes, roofline_inputs
 from trainer.memory_fit import Say, lighter, resolve_kernel
 from trainer.plan import error_exit, output_file
-from trainer.schema import ConfigError, keyed
-from trainer.seams import Record
-from trainer.settings import load_config
 from trainer.state import abstract_state, make_mesh
 from trainer.train_state import TrainState
 from trainer.training import units_per_step

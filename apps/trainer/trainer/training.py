@@ -29,11 +29,11 @@ import trainer.state as run_state
 from tjx import ckpt, data, metrics, nn, parallel
 from tjx.ckpt import last_checkpoint_words
 from trainer import init_from
-from trainer.config import Config, StepConfig
+from trainer.config.folder import RunDir, final_summary
+from trainer.config.grpo_settings import is_grpo
+from trainer.config.typed import Config, StepConfig
 from trainer.data_setup import Bundle, TrainLoader
 from trainer.grpo import Rollouts
-from trainer.grpo_settings import is_grpo
-from trainer.job.folder import RunDir, final_summary
 from trainer.job.progress import ProgressBar, progress_bar
 from trainer.job.step_log import ProfileWindow, StepLog
 from trainer.plan import RunPlan, error_exit, stop_on_signals, warning_line

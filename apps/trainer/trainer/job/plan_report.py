@@ -24,7 +24,7 @@ from tjx.metrics.compiled import Compiled, fit_compiled
 from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
 from tjx.metrics.memory import GIB, budget_bytes
 from tjx.metrics.roofline_report import estimate, f32_dots, gemm_operands
-from trainer.seams import Record
+from trainer.config.seams import Record
 
 __all__ = ["PlanResult", "does_not_fit", "local_target", "open_target", "plan_report"]
 

@@ -1,7 +1,7 @@
 """A command line's run directory, read and checked before anything is written: where it is,
 whether the run may start there fresh or resume (`RunDir.check_start`), and the config a resume
 continues (`resumed_config`), each problem one `ConfigError` line naming the flag to change and
-how. Standard library and tjx.ckpt's storage only, like `trainer.job.folder`.
+how. Standard library and tjx.ckpt's storage only, like `trainer.config.folder`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 from tjx.ckpt import NotCreatableError, RunFileError, RunFileNotFoundError, RunLockedError
 from tjx.ckpt.storage import StoragePath
 from tjx.core.config.values import ConfigError, keyed
-from trainer.job.folder import RunDir, RunStartError
-from trainer.seams import ConfigData
+from trainer.config.folder import RunDir, RunStartError
+from trainer.config.seams import ConfigData
 
 __all__ = ["in_use", "resumed_config", "start_location"]
 

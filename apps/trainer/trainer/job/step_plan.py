@@ -18,7 +18,7 @@ from tjx.metrics.accelerators import Accelerator
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.flops import flops_per_unit
 from tjx.nn.objectives import objective_of
-from trainer.seams import Record
+from trainer.config.seams import Record
 
 __all__ = ["TOKEN_KEYS", "batch_shapes", "roofline_inputs"]
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 
+from trainer.config.schema import ConfigError
 from trainer.plan import error_exit
 from trainer.replay import report, runner
 from trainer.replay.request import PROBES, ReplayRequest, build_request
-from trainer.schema import ConfigError
 
 __all__ = ["PROBES", "ReplayRequest", "replay_from_args"]
 

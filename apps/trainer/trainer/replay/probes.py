@@ -28,7 +28,7 @@ from flax import nnx
 from tjx import nn
 from tjx.nn import probes as nn_probes
 from trainer import state as run_state
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
 from trainer.state import Setup
 from trainer.step import PROBED, Batch, make_train_step
 from trainer.train_state import TrainState

@@ -21,10 +21,10 @@ from tjx import ckpt
 from tjx.ckpt import RunFileError, RunFileNotFoundError, storage
 from tjx.ckpt.storage import StoragePath
 from tjx.core.lazy import lazy_imports
-from trainer.config import Config, read_config
-from trainer.job.folder import RunDir
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError
+from trainer.config.typed import Config, read_config
 from trainer.resume import as_written
-from trainer.schema import ConfigError
 
 with lazy_imports(globals()):  # it loads jax, which the command line must not wait for
     from tjx import metrics

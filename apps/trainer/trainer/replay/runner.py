@@ -23,12 +23,12 @@ import trainer.training as training
 from tjx import ckpt, data, parallel
 from tjx.ckpt.metadata import package_versions
 from tjx.core.standard_json import dumps_json, loads_json
-from trainer.grpo_settings import is_grpo
-from trainer.job.folder import RunDir
+from trainer.config.folder import RunDir
+from trainer.config.grpo_settings import is_grpo
+from trainer.config.schema import ConfigError
 from trainer.plan import RunPlan
 from trainer.replay import probes as replay_probes
 from trainer.replay.request import ReplayRequest, Segment
-from trainer.schema import ConfigError
 from trainer.startup import Prepared
 from trainer.state import Setup
 from trainer.step import Batch, TrainStep, jit_train_step

@@ -22,12 +22,12 @@ from typing import NamedTuple
 from tjx import parallel
 from tjx.metrics import GIB, Target, quiet_native_stderr
 from trainer import target_plan
-from trainer.config import Config
+from trainer.config.schema import ConfigError
+from trainer.config.settings import load_config
+from trainer.config.typed import Config
 from trainer.plan import error_exit, output_file
-from trainer.schema import ConfigError
 from trainer.search.candidates import Candidate, Space, apply, describe
 from trainer.search.engine import Outcome, SearchResult, search
-from trainer.settings import load_config
 
 __all__ = ["DEFAULT_BUDGET_MIN", "WORKERS", "record", "search_from_args", "table", "write_winner"]
 

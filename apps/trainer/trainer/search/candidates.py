@@ -34,7 +34,7 @@ from tjx.metrics import GIB
 from tjx.metrics.memory import budget_bytes
 from tjx.nn import REMAT_POLICIES, check_sequence_split
 from tjx.nn.precision import MATMULS
-from trainer.config import Config, step_config
+from trainer.config.typed import Config, step_config
 from trainer.state import abstract_state
 
 __all__ = [

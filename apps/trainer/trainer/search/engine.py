@@ -34,7 +34,7 @@ import jax
 from tjx import kernels, parallel
 from tjx.metrics import Target
 from trainer import target_plan
-from trainer.config import Config
+from trainer.config.typed import Config
 from trainer.search.candidates import Candidate, MeshChoice, Space, apply, candidate_of
 
 __all__ = ["Outcome", "Planner", "SearchResult", "evaluate", "search"]

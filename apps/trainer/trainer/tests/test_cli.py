@@ -13,8 +13,8 @@ from tjx_damaged_hf import HOSTILE_HF, damage
 from tjx import nn
 from tjx.parallel.arguments import distributed_from_args
 from trainer.cli import _launch_flags, build_parser, main, parse_profile, plan_run
-from trainer.job.folder import RunDir
-from trainer.schema import ConfigError
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError
 
 
 def _plan(*argv):

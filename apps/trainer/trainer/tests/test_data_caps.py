@@ -8,8 +8,8 @@ import pytest
 
 from trainer import data_setup
 from trainer.cli import main
-from trainer.config import read_config
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
+from trainer.config.typed import read_config
 
 
 def test_a_cap_below_one_batch_exits_2_and_writes_nothing(in_tmp, capsys):

@@ -13,8 +13,8 @@ import pytest
 
 from tjx import ckpt, nn
 from trainer.cli import main, plan_argv
-from trainer.config import read_config, resolve, step_config
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
+from trainer.config.typed import read_config, resolve, step_config
 
 SMALL = [
     "model.d_model=32",
@@ -206,7 +206,7 @@ def test_the_dpo_step_compiles_for_a_plan(in_tmp):
 
 
 def _preset(name):
-    from trainer.settings import load_config_data
+    from trainer.config.settings import load_config_data
 
     return load_config_data(name)
 

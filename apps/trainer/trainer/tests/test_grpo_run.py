@@ -13,7 +13,7 @@ from flax import nnx
 
 from tjx import nn
 from trainer.cli import main, plan_argv
-from trainer.config import resolve, step_config
+from trainer.config.typed import resolve, step_config
 
 SMALL = [
     "model.d_model=32",
@@ -155,8 +155,8 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
 
 
 def test_group_advantages_of_the_loop_are_group_normalised_rewards():
+    from trainer.config.grpo_settings import GrpoRollout
     from trainer.grpo import score
-    from trainer.grpo_settings import GrpoRollout
 
     rng = np.random.default_rng()
     answers = [str(int(x)) for x in rng.integers(0, 9, 8)]

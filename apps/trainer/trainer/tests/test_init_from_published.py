@@ -12,9 +12,9 @@ import tjx_published_hf as published
 
 from tjx import nn
 from trainer import init_from
-from trainer.config import read_config
-from trainer.schema import ConfigError
-from trainer.settings import apply_overrides, load_config_data
+from trainer.config.schema import ConfigError
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config
 
 
 def _llama_run():

@@ -100,7 +100,8 @@ def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
     (their changes are replaces, never a second build from the sections)."""
     import functools
 
-    from trainer import config, memory_fit
+    from trainer import memory_fit
+    from trainer.config import typed as config
 
     built = {"model": 0, "optimizer": 0, "mesh": 0}
     real = config.build
@@ -127,7 +128,7 @@ def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp
     """train.compilation_cache reaches tjx.kernels (auto: its own default, None), and the folder
     in use is said with the key that sets it."""
     import tjx.kernels
-    from trainer.config import read_config
+    from trainer.config.typed import read_config
     from trainer.startup import _device_note
 
     asked = []

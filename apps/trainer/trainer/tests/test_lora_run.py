@@ -11,8 +11,8 @@ import pytest
 
 from tjx import nn
 from trainer.cli import main, plan_argv
-from trainer.config import read_config, resolve, step_config
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
+from trainer.config.typed import read_config, resolve, step_config
 
 LLAMA = [
     "model.kind=llama",

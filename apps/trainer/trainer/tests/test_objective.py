@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from tjx import metrics, nn
-from trainer.config import read_config, resolve, step_config
+from trainer.config.typed import read_config, resolve, step_config
 from trainer.step import make_eval_step, make_loss_fn
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from trainer.config import read_config, resolve, step_config
+from trainer.config.typed import read_config, resolve, step_config
 from trainer.state import build
 from trainer.step import make_eval_step
 

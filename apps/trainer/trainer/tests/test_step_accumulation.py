@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer.config import read_config, resolve, step_config
+from trainer.config.typed import read_config, resolve, step_config
 from trainer.state import build
 from trainer.step import make_eval_step, make_train_step
 

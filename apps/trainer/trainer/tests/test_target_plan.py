@@ -15,12 +15,12 @@ from tjx import nn
 from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, fit_compiled
 from trainer import target_plan
 from trainer.cli import main
-from trainer.config import read_config, resolve, step_config
+from trainer.config.schema import ConfigError
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config, resolve, step_config
 from trainer.job.plan_report import does_not_fit
 from trainer.memory_fit import lighter
 from trainer.plan import output_file
-from trainer.schema import ConfigError
-from trainer.settings import apply_overrides, load_config_data
 
 TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
 

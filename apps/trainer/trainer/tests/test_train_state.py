@@ -11,7 +11,7 @@ import pytest
 
 from tjx import kernels
 from tjx.optim import FlatParams, OptimizerConfig, flat_layout
-from trainer.config import read_config, resolve, step_config
+from trainer.config.typed import read_config, resolve, step_config
 from trainer.state import abstract_state
 from trainer.train_state import TrainState
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tjx.core.config import ConfigError
-from trainer.job.folder import RunDir
+from trainer.config.folder import RunDir
 from trainer.job.start import start_location
 
 

@@ -80,12 +80,12 @@ _moved_out = moved_out(
     {
         "RunDir": _TRAINER.format("directory", "trainer", "RunDir")
         + " (its storage stays here: `tjx.ckpt.RunFolder`)",
-        "final_summary": _TRAINER.format("final.json", "trainer.job.folder", "final_summary"),
-        "RunStartError": _TRAINER.format("start check", "trainer.job.folder", "RunStartError"),
+        "final_summary": _TRAINER.format("final.json", "trainer.config.folder", "final_summary"),
+        "RunStartError": _TRAINER.format("start check", "trainer.config.folder", "RunStartError"),
         "start_location": _TRAINER.format("start check", "trainer.job.start", "start_location"),
         "resumed_config": _TRAINER.format("resume", "trainer.job.start", "resumed_config"),
         **{
-            name: _TRAINER.format("config check on resume", "trainer.job.changes", name)
+            name: _TRAINER.format("config check on resume", "trainer.config.changes", name)
             for name in ("ConfigChanges", "config_changes", "describe_changes", "key_matches")
         },
     },

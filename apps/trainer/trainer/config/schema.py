@@ -10,7 +10,7 @@ from importlib import import_module
 from tjx.core.config import ConfigError, Schema, choices, keyed, kind_at
 from tjx.core.config.schema import Entry
 from tjx.core.fields import setting
-from trainer.grpo_settings import own_keys as grpo_own_keys
+from trainer.config.grpo_settings import own_keys as grpo_own_keys
 
 __all__ = ["KINDS", "PACKAGE_SECTIONS", "ConfigError", "choices", "keyed", "kind_of"]
 __all__ += ["schema_of", "section_class", "setting"]
@@ -42,7 +42,7 @@ OWN_KEYS: dict[str, dict[str, Entry]] = {
             setting(False, help="train low-rank adapters only; the base model stays frozen"),
         ),
     },
-    # GRPO's rollout (trainer.grpo_settings); the section's other keys are tjx.nn's loss.
+    # GRPO's rollout (trainer.config.grpo_settings); the section's other keys are tjx.nn's loss.
     "grpo": grpo_own_keys(),
 }
 
@@ -64,8 +64,8 @@ kind_of = kind_at("model", "gpt2")
 
 
 def schema_of(root: type) -> Schema:
-    """tjx.core.config's `Schema` of a config tree whose top section is ``root`` (`trainer.config`'s
-    ``Config``), with the trainer's sections and own keys."""
+    """tjx.core.config's `Schema` of a config tree whose top section is ``root``
+    (`trainer.config.typed`'s ``Config``), with the trainer's sections and own keys."""
     return Schema(
         root,
         section_class,

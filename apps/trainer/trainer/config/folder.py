@@ -44,7 +44,7 @@ from tjx.ckpt import (
 from tjx.ckpt.folder import write_if_changed
 from tjx.ckpt.storage import StoragePath
 from tjx.core.lazy import lazy_imports
-from trainer.seams import ConfigData, Record
+from trainer.config.seams import ConfigData, Record
 
 with lazy_imports(globals()):  # they load jax, which the command line must not wait for
     import chex

@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 __all__ = ["ConfigData", "Record"]
 
 #: Plain config data: the mapping of keys a preset, ``config.yaml``, ``--set`` or
-#: `trainer.config.Config.to_dict` holds (sections are nested mappings).
+#: `trainer.config.typed.Config.to_dict` holds (sections are nested mappings).
 ConfigData: TypeAlias = dict[str, Any]
 #: A JSON-like record the trainer writes or reports: ``final.json``, a plan's figures, the
 #: scalars of a metrics line, a checkpoint's ``init.json``.

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tjx.ckpt import CheckpointConfig as CheckpointConfig  # the sections trainer.config reads
+from tjx.ckpt import CheckpointConfig as CheckpointConfig  # the sections trainer.config.typed reads
 from tjx.data import DataConfig as DataConfig
-from trainer.schema import setting
+from trainer.config.schema import setting
 
 
 def resumable(default: object, **meta: Any) -> Any:

@@ -20,10 +20,10 @@ import yaml  # type: ignore[import-untyped]
 from tjx import data, parallel
 from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
 from tjx.core.lazy import lazy_imports
-from trainer.grpo_settings import GrpoRollout
-from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
-from trainer.seams import ConfigData
-from trainer.sections import (
+from trainer.config.grpo_settings import GrpoRollout
+from trainer.config.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
+from trainer.config.seams import ConfigData
+from trainer.config.sections import (
     CheckpointConfig,
     DataConfig,
     EvalConfig,
@@ -35,7 +35,7 @@ from trainer.sections import (
 # The packages load jax, which the command line must not wait for. The annotations name their
 # classes through these modules (``nn.TransformerConfig``): the schema evaluates them when it reads
 # a config, by when tjx.nn is loaded anyway; it takes a package section's class from
-# trainer.schema (``section=``).
+# trainer.config.schema (``section=``).
 with lazy_imports(globals()):
     import optax
 
@@ -102,7 +102,7 @@ class Config:
     tokenizer_vocab: int | None = setting(None, key=False)
     #: ``lora.enabled``: only the adapters of ``lora`` train (tjx.nn.add_lora).
     use_lora: bool = setting(False, key=False)
-    #: The ``grpo`` section's own keys: how GRPO samples and scores (trainer.grpo_settings).
+    #: The ``grpo`` section's own keys: how GRPO samples and scores (trainer.config.grpo_settings).
     rollout: GrpoRollout = setting(GrpoRollout, factory=True, key=False)
 
     @property

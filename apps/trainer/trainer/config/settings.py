@@ -1,7 +1,8 @@
 """A command line's settings as plain data: presets and YAML files (``base:`` chains, each file
 `migrate`d from an older layout), then ``--set`` overrides typed by their fields (an old key name
-`renamed`); `trainer.config.read_config` makes the `Config` of the result. Presets are the YAML
-files of ``configs/`` beside the ``trainer`` package (Pants' source root is ``apps/trainer``)."""
+`renamed`); `trainer.config.typed.read_config` makes the `Config` of the result. Presets are the
+YAML files of ``configs/`` beside the ``trainer`` package (Pants' source root is
+``apps/trainer``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 from tjx.core import config
 from tjx.core.config import ConfigError, deep_merge, keyed, value_text
 from tjx.core.lazy import lazy_imports
-from trainer.config import SCHEMA, Config, read_config
-from trainer.seams import ConfigData
+from trainer.config.seams import ConfigData
+from trainer.config.typed import SCHEMA, Config, read_config
 
 with lazy_imports(globals()):  # they load jax, which the command line must not wait for
     from tjx import nn, optim
@@ -51,8 +52,8 @@ def migrate(data: ConfigData) -> ConfigData:
 
 
 def configs_dir() -> Path:
-    """The folder of shipped presets, ``configs/`` beside the ``trainer`` package."""
-    folder = Path(__file__).resolve().parent.parent / "configs"
+    """The folder of shipped presets, ``configs/`` beside the ``trainer`` package (two up)."""
+    folder = Path(__file__).resolve().parents[2] / "configs"
     if not folder.is_dir():
         raise ConfigError(f"the trainer's presets are missing: no folder {folder}")
     return folder

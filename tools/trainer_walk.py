@@ -151,7 +151,7 @@ def walk(argv: list[str]) -> list[str]:
         if root not in path.parents or "tests" in path.parts:
             return
         name = path.name
-        if code.co_name == "train_step" and name == "step.py":
+        if code.co_name == "train_step" and name == "train_step.py":
             raise StepReachedError
         if code in read:
             return

@@ -14,19 +14,19 @@ with lazy_api(globals()):
     from trainer.config.schema import ConfigError
     from trainer.config.settings import load_config
     from trainer.config.typed import Config, StepConfig, read_config, resolve, step_config
-    from trainer.data_setup import make_tokenizer, train_loader, val_batches
-    from trainer.data_setup import prepare as prepare_data
     from trainer.job.plan_report import open_target
     from trainer.job.progress import progress_bar
     from trainer.job.step_plan import roofline_inputs
     from trainer.memory_fit import abstract_step, step_peak
     from trainer.plan import RunPlan
     from trainer.startup import run
-    from trainer.state import Setup
-    from trainer.state import build as build_state
-    from trainer.step import jit_train_step, make_eval_step, make_train_step
+    from trainer.step.data_setup import make_tokenizer, train_loader, val_batches
+    from trainer.step.data_setup import prepare as prepare_data
+    from trainer.step.state import Setup
+    from trainer.step.state import build as build_state
+    from trainer.step.train_state import TrainState
+    from trainer.step.train_step import jit_train_step, make_eval_step, make_train_step
     from trainer.target_plan import plan_here
-    from trainer.train_state import TrainState
 
 __all__ = [
     "Config",

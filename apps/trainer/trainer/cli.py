@@ -25,7 +25,8 @@ from trainer.resume import check_chat_template, check_resume, describe_changes
 # They load jax (seconds): `--help` and a bad flag answer first; the modules load on first use.
 with lazy_imports(globals()):
     from tjx import metrics, nn
-    from trainer import init_from, replay, search, startup, target_plan
+    from trainer import replay, search, startup, target_plan
+    from trainer.step import init_from
 
 SWITCH = {"action": "store_true"}
 #: The trainer's own flags: (name, argparse keywords, help); a flag without keywords takes a value

@@ -14,15 +14,15 @@ import jax
 import numpy as np
 from flax import nnx
 
-import trainer.data_setup as data_setup
+import trainer.step.data_setup as data_setup
 from tjx import data, metrics, nn, parallel
-from trainer import dpo, grpo
 from trainer.config.grpo_settings import is_grpo
 from trainer.config.typed import Config
-from trainer.data_setup import Bundle
-from trainer.state import Setup
-from trainer.step import make_eval_step
-from trainer.train_state import TrainState
+from trainer.step import dpo, grpo
+from trainer.step.data_setup import Bundle
+from trainer.step.state import Setup
+from trainer.step.train_state import TrainState
+from trainer.step.train_step import make_eval_step
 
 _EMPTY = "validation data is empty: no batch of the configured size fits"
 
@@ -37,7 +37,8 @@ def evaluate(
     """tjx-metrics' held-out metrics (``loss``, ``perplexity``, ``bits_per_byte``, ``top{k}``, a
     classifier's ``accuracy`` ...) over the first ``train.eval_batches`` validation batches; a
     mixture's pooled and ``PER_SOURCE`` per source (``loss/web``, logged ``val_loss/web``); DPO's
-    (`trainer.dpo.heldout`) against ``reference`` (the frozen params; None: the adapters off)."""
+    (`trainer.step.dpo.heldout`) against ``reference`` (the frozen params; None: the adapters off).
+    """
 
     step, count, mesh = eval_step(setup, cfg), cfg.train.eval_batches, setup.mesh
     place = functools.partial(parallel.place_batch, mesh=mesh)
@@ -53,7 +54,7 @@ def evaluate(
         )
         return metrics.evaluate_heldout_sources(step, params, sets, **how)
     held, bpt = data_setup.val_batches(bundle, cfg, count, mesh), bundle.bytes_per_token
-    if is_grpo(cfg.data):  # the held-out reward of greedy completions (trainer.grpo)
+    if is_grpo(cfg.data):  # the held-out reward of greedy completions (trainer.step.grpo)
         return grpo.heldout_reward(cfg, setup.graphdef, setup.rest, params, bundle, held)
     if dpo.is_dpo(cfg.data):
         return dpo.heldout(step, params, reference, held, place)

@@ -2,7 +2,7 @@
 share one executable.
 
 `StepCompiler` compiles a config's train step as the run lays it out — over this machine's
-devices, the state sharded and donated as `trainer.state.build` places it, the batch as the
+devices, the state sharded and donated as `trainer.step.state.build` places it, the batch as the
 loader places it (`trainer.target_plan.build`, over the real devices) — from abstract arguments,
 so nothing is allocated. Each config is compiled once (``auto`` attention counts as the kernel it
 traces to); the kernel choice compiles through it, the memory fit reads XLA's memory analysis of
@@ -32,9 +32,9 @@ from trainer.config.schema import ConfigError
 from trainer.config.typed import StepConfig
 from trainer.job.step_plan import batch_shapes
 from trainer.memory_fit import abstract_step
-from trainer.state import Setup
-from trainer.step import Batch, TrainStep, jit_train_step
-from trainer.train_state import TrainState
+from trainer.step.state import Setup
+from trainer.step.train_state import TrainState
+from trainer.step.train_step import Batch, TrainStep, jit_train_step
 
 #: Seconds between the lines a long compile prints.
 TICK_S = 15.0

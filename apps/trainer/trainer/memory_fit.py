@@ -22,12 +22,12 @@ import jax
 
 from tjx import kernels, nn, parallel
 from tjx.metrics import GIB, first_fit, peak_bytes
-from trainer import step as steps  # looked up at the call: a test may replace the step
 from trainer.config.schema import ConfigError
 from trainer.config.typed import StepConfig
 from trainer.job.step_plan import batch_shapes
-from trainer.state import abstract_state, check_context
-from trainer.train_state import TrainState
+from trainer.step import train_step as steps  # looked up at the call: a test may replace the step
+from trainer.step.state import abstract_state, check_context
+from trainer.step.train_state import TrainState
 
 Say = Callable[[str], None]
 

@@ -19,7 +19,7 @@ from trainer.job.start import resumed_config
 
 with lazy_imports(globals()):  # they load jax, which the command line must not wait for
     from tjx import nn, optim
-    from trainer import init_from
+    from trainer.step import init_from
 
 
 def is_training_only(key: str, config: ConfigData | None = None) -> bool:
@@ -68,7 +68,7 @@ def _without_idle_fp8(config: ConfigData) -> ConfigData:
 def _as_resumed(config: ConfigData, run_dir: Path) -> ConfigData:
     """``config`` (plain data) as a resume of ``run_dir`` trains it. A run started from a Hugging
     Face checkpoint trains the checkpoint's architecture (its ``model.json``, built again by the
-    resume: `trainer.init_from.resumed_from_checkpoint`) with the config's own training
+    resume: `trainer.step.init_from.resumed_from_checkpoint`) with the config's own training
     settings, whatever the config's other model settings say; its saved ``config.yaml`` holds the
     command line's model settings before its first resume and the checkpoint's after it, so both
     sides are compared as trained. Any other run's config is compared as it is."""

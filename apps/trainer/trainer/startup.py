@@ -14,17 +14,16 @@ from pathlib import Path
 import jax
 import yaml  # type: ignore[import-untyped]
 
-import trainer.data_setup as data_setup
 import trainer.first_compile as first_compile
-import trainer.grpo as grpo
 import trainer.memory_fit as memory_fit
 import trainer.multihost as multihost
-import trainer.state as state
+import trainer.step.data_setup as data_setup
+import trainer.step.grpo as grpo
+import trainer.step.state as state
 import trainer.target_plan as target_plan
 import trainer.training as training
 from tjx import kernels, parallel
 from tjx.ckpt import NotCreatableError, RunLockedError
-from trainer import init_from
 from trainer.config.folder import RunDir
 from trainer.config.grpo_settings import is_grpo, prompt_section
 from trainer.config.schema import ConfigError
@@ -32,7 +31,8 @@ from trainer.config.typed import Config, resolve, step_config
 from trainer.job.device_notes import device_notes
 from trainer.job.start import in_use
 from trainer.plan import RunPlan, error_exit
-from trainer.step import TrainStep
+from trainer.step import init_from
+from trainer.step.train_step import TrainStep
 from trainer.xla_flags import apply_gpu_autotune
 
 # A dead peer is caught by the peer watch (multihost.watch) within seconds; a slow first-time

@@ -23,8 +23,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tjx import data, kernels, metrics, nn, parallel
 from tjx.metrics import Compiled, Target, quiet_native_stderr
 from tjx.metrics.accelerators import has_fp8_units
-from trainer import dpo, grpo, init_from
-from trainer import step as steps  # looked up at the call: a test may replace the step
 from trainer.config.grpo_settings import is_grpo
 from trainer.config.schema import ConfigError, keyed
 from trainer.config.seams import Record
@@ -34,8 +32,10 @@ from trainer.job.plan_report import PlanResult, local_target, open_target, plan_
 from trainer.job.step_plan import batch_shapes, roofline_inputs
 from trainer.memory_fit import Say, lighter, resolve_kernel
 from trainer.plan import error_exit, output_file
-from trainer.state import abstract_state, make_mesh
-from trainer.train_state import TrainState
+from trainer.step import dpo, grpo, init_from
+from trainer.step import train_step as steps  # looked up at the call: a test may replace the step
+from trainer.step.state import abstract_state, make_mesh
+from trainer.step.train_state import TrainState
 from trainer.training import units_per_step
 
 
@@ -73,7 +73,7 @@ def build(run: StepConfig, devices: list[jax.Device]) -> AbstractRun:
 
     def batch(size: int) -> dict[str, jax.ShapeDtypeStruct]:  # split over the batch axes
         shapes = batch_shapes(run.model, run.data.batch_rows(size), run.data.seq_len)
-        if is_grpo(run.data):  # the rollout batch the loop makes (trainer.grpo)
+        if is_grpo(run.data):  # the rollout batch the loop makes (trainer.step.grpo)
             shapes = grpo.batch_shapes(run)
         on = functools.partial(parallel.batch_sharding, mesh)
         return {k: jax.ShapeDtypeStruct(s, d, sharding=on(len(s))) for k, (s, d) in shapes.items()}
@@ -158,7 +158,7 @@ def plan_vocab(run: Config) -> Config:
 
 def plan_from_args(args: argparse.Namespace) -> int:
     """``--plan``: the config (``--config``, ``--set``, ``--data``; ``--init-from``'s
-    architecture, `trainer.init_from.start_config`) resolved as a run resolves it, then
+    architecture, `trainer.step.init_from.start_config`) resolved as a run resolves it, then
     planned on ``args.plan`` and printed; the exit code (0, or 2 with one error line)."""
 
     try:

@@ -23,22 +23,22 @@ import chex
 import jax
 from flax import nnx
 
-import trainer.data_setup as data_setup
 import trainer.evaluation as evaluation
-import trainer.state as run_state
+import trainer.step.data_setup as data_setup
+import trainer.step.state as run_state
 from tjx import ckpt, data, metrics, nn, parallel
 from tjx.ckpt import last_checkpoint_words
-from trainer import init_from
 from trainer.config.folder import RunDir, final_summary
 from trainer.config.grpo_settings import is_grpo
 from trainer.config.typed import Config, StepConfig
-from trainer.data_setup import Bundle, TrainLoader
-from trainer.grpo import Rollouts
 from trainer.job.progress import ProgressBar, progress_bar
 from trainer.job.step_log import ProfileWindow, StepLog
 from trainer.plan import RunPlan, error_exit, stop_on_signals, warning_line
-from trainer.step import TrainStep, jit_train_step
-from trainer.train_state import TrainState
+from trainer.step import init_from
+from trainer.step.data_setup import Bundle, TrainLoader
+from trainer.step.grpo import Rollouts
+from trainer.step.train_state import TrainState
+from trainer.step.train_step import TrainStep, jit_train_step
 
 #: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run), run-titled.
 CURVES = (("loss", "val_loss"),)
@@ -237,7 +237,7 @@ class Training:
         self.log = StepLog.on_devices(
             flops, model.precision.compute_dtype, unit=unit, bytes_per_token=bpt, moe_layers=moe
         )
-        # GRPO: the step's batch is a rollout of the prompts (trainer.grpo), made in the loop.
+        # GRPO: the step's batch is a rollout of the prompts (trainer.step.grpo), made in the loop.
         self.rollouts = None
         if is_grpo(self.cfg.data):
             self.rollouts = Rollouts(self.cfg, self.setup, self.loader, self.bundle)

@@ -1,5 +1,5 @@
 """The ``grpo`` section's own keys: how the trainer's GRPO loop samples and scores (tjx.nn's
-`GrpoConfig`, the section's other keys, is the loss). Kept apart from trainer/grpo.py, which
+`GrpoConfig`, the section's other keys, is the loss). Kept apart from trainer/step/grpo.py, which
 loads JAX: the command line reads these before any package is imported."""
 
 # `setting()` returns dataclasses.field objects (with validation metadata).

@@ -50,8 +50,8 @@ UNKNOWN_VOCAB = 2
 @dataclass(frozen=True)
 class MeshNeeds:
     """What a run asks of its mesh besides the mesh section (`Config.mesh_needs`;
-    `trainer.state.make_mesh` checks it): the numbers each split must divide, and the model only
-    where the mesh section may split it."""
+    `trainer.step.state.make_mesh` checks it): the numbers each split must divide, and the model
+    only where the mesh section may split it."""
 
     #: Rows per step and per evaluation batch, each by the keys an error names it with.
     batches: Mapping[str, int]
@@ -208,8 +208,8 @@ class StepConfig:
     learning_rate: optax.Schedule
     #: The model's attention kernels, resolved once by the kernel choice (tjx.nn's
     #: `resolve_attention`, `trainer.memory_fit.choose_attention`): every model the run builds
-    #: from this config runs them (`trainer.state.run_model`). None: each model resolves its own.
-    #: Not part of the step's identity: they are what ``model`` resolves to.
+    #: from this config runs them (`trainer.step.state.run_model`). None: each model resolves its
+    #: own. Not part of the step's identity: they are what ``model`` resolves to.
     attention: nn.ModelAttention | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
@@ -356,7 +356,7 @@ _ROLLOUT_KEYS = tuple(f.name for f in dataclasses.fields(GrpoRollout))
 
 
 def _check_grpo(cfg: Config, given: list[str]) -> None:
-    """GRPO's rules (trainer/grpo.py): prompt data and a ``grpo`` section go together, and what
+    """GRPO's rules (trainer/step/grpo.py): prompt data and a ``grpo`` section go together, and what
     the loop reads must fit (groups in the batch, checkpoints at rollout boundaries, the
     completions in the model's context, rewards that exist)."""
     d, r, t = cfg.data, cfg.rollout, cfg.train
@@ -449,9 +449,9 @@ def _check_own(own: dict[str, Any], model_cls: type) -> None:
 
 
 def _check_across(cfg: Config, preference: list[str]) -> None:
-    """The rules between the trainer's sections and the packages' configs; DPO's (trainer/dpo.py):
-    a ``preference`` setting given (off its default) needs preference data, which refuses what
-    its loss cannot apply (tjx.nn's `check_preference_run`)."""
+    """The rules between the trainer's sections and the packages' configs; DPO's
+    (trainer/step/dpo.py): a ``preference`` setting given (off its default) needs preference data,
+    which refuses what its loss cannot apply (tjx.nn's `check_preference_run`)."""
     m, d, o, mesh, t = cfg.model, cfg.data, cfg.optimizer, cfg.mesh, cfg.train
     _require(
         cfg.task == "classify" or m.max_seq_len >= d.seq_len,
@@ -491,8 +491,8 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
 
 
 def _check_delayed_fp8(cfg: Config) -> None:
-    """Delayed float8 scaling's state is advanced by the plain train step (trainer.step) from
-    one forward and backward: refused where a step runs several (micro-batches: their amaxes
+    """Delayed float8 scaling's state is advanced by the plain train step (trainer.step.train_step)
+    from one forward and backward: refused where a step runs several (micro-batches: their amaxes
     would be averaged like gradients, not maxed) or another loss (a pipeline's, DPO's, GRPO's)."""
     key = "model.precision.fp8_recipe=delayed"
     o, mesh = cfg.optimizer, cfg.mesh

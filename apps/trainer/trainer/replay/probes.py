@@ -6,8 +6,8 @@ Given the state before a step and the step's batch, the program returns arrays b
 asked:
 
 * ``grad_norms/<layer>`` / ``update_norms/<layer>``: each layer's gradient and update norm, from
-  the run's own step function built with a probe (trainer.step's ``probe``: the same gradients
-  and optimizer update, its new state dropped);
+  the run's own step function built with a probe (trainer.step.train_step's ``probe``: the same
+  gradients and optimizer update, its new state dropped);
 * ``token_loss``: each target's cross-entropy ``[rows, seq]`` of the step's parameters (the
   evaluation's logits, dropout off; 0 where unscored): ``documents`` and ``tokens`` are the host's
   sums of it (trainer.replay.findings);
@@ -27,11 +27,11 @@ from flax import nnx
 
 from tjx import nn
 from tjx.nn import probes as nn_probes
-from trainer import state as run_state
 from trainer.config.schema import ConfigError
-from trainer.state import Setup
-from trainer.step import PROBED, Batch, make_train_step
-from trainer.train_state import TrainState
+from trainer.step import state as run_state
+from trainer.step.state import Setup
+from trainer.step.train_state import TrainState
+from trainer.step.train_step import PROBED, Batch, make_train_step
 
 #: ``program(state, batch) -> {name: array}`` (names in the module docstring).
 ProbeProgram = Callable[[TrainState, Batch], dict[str, jax.Array]]

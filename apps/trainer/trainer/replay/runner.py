@@ -16,9 +16,9 @@ from typing import cast
 import jax
 import numpy as np
 
-import trainer.data_setup as data_setup
-import trainer.grpo as grpo
 import trainer.startup as startup
+import trainer.step.data_setup as data_setup
+import trainer.step.grpo as grpo
 import trainer.training as training
 from tjx import ckpt, data, parallel
 from tjx.ckpt.metadata import package_versions
@@ -30,9 +30,9 @@ from trainer.plan import RunPlan
 from trainer.replay import probes as replay_probes
 from trainer.replay.request import ReplayRequest, Segment
 from trainer.startup import Prepared
-from trainer.state import Setup
-from trainer.step import Batch, TrainStep, jit_train_step
-from trainer.train_state import TrainState
+from trainer.step.state import Setup
+from trainer.step.train_state import TrainState
+from trainer.step.train_step import Batch, TrainStep, jit_train_step
 
 #: Where a replay's progress lines go.
 Say = Callable[[str], None]
@@ -219,7 +219,7 @@ def _step_fn(ready: Prepared) -> TrainStep:
 def _batches(ready: Prepared) -> Batches:
     """Where a segment's batches come from, as the run's loop took them: the loader's next
     batch, placed on the mesh; GRPO's, a rollout of the loader's next prompts sampled with the
-    step's key from the state the step starts from (trainer.grpo's `Rollouts`, new for each
+    step's key from the state the step starts from (trainer.step.grpo's `Rollouts`, new for each
     segment: from a checkpoint inside a rollout's ``grpo.iterations`` steps it samples a fresh
     one, as the resumed run did)."""
     setup, loader = ready.setup, ready.loader

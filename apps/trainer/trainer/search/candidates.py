@@ -35,7 +35,7 @@ from tjx.metrics.memory import budget_bytes
 from tjx.nn import REMAT_POLICIES, check_sequence_split
 from tjx.nn.precision import MATMULS
 from trainer.config.typed import Config, step_config
-from trainer.state import abstract_state
+from trainer.step.state import abstract_state
 
 __all__ = [
     "Candidate",

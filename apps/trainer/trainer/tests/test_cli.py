@@ -238,7 +238,7 @@ def test_a_family_switch_or_window_the_llama_checkpoint_lacks_is_refused(in_tmp,
     err = capsys.readouterr().err
     assert "model.attention.sliding_window 8, model.attention.qk_norm True cannot apply" in err
     assert err.count("\n") == 1 and sorted(p.name for p in in_tmp.iterdir()) == ["ck"]
-    from trainer.init_from import check_init_from
+    from trainer.step.init_from import check_init_from
 
     same = ["--set", "model.sliding_window=4", "--set", "model.window_pattern=[local,global]"]
     check_init_from(_plan(*base, *same).config, str(in_tmp / "ck"))  # no clash

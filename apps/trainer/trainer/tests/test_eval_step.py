@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import trainer.evaluation as evaluation
-from trainer.state import Setup
+from trainer.step.state import Setup
 
 
 def _setup(scale: float) -> Setup:

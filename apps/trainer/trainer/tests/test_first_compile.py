@@ -3,7 +3,7 @@ run share one executable (trainer.first_compile). XLA's own compile events are c
 ``/jax/core/compile/backend_compile_duration``, by the compiled function's name), for ``tiny``
 and the shapes of gpt2_small and llama_small shrunk to tiny sizes, with settings that change the
 kernel and the memory fit; a long compile says so while it runs. Beside it, one program makes
-the run's start (trainer.state.born), from the seed or from a run's checkpoint."""
+the run's start (trainer.step.state.born), from the seed or from a run's checkpoint."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from trainer.first_compile import FROM_CACHE, ticking
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 #: The programs before step 1 besides the train step and the start's: the step's base key
-#: (``jax.random.key(train.seed)``, made eagerly by trainer.step), two tiny ones.
+#: (``jax.random.key(train.seed)``, made eagerly by trainer.step.train_step), two tiny ones.
 KEY_PROGRAMS = {"jit(stage)", "jit(_threefry_seed)"}
 #: A compile's last line; CI's shared persistent cache may serve the compile, and the line says so.
 COMPILED_LINE = rf"compiled the train step in \d+\.\d s({re.escape(FROM_CACHE)})?"

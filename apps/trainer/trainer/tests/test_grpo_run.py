@@ -94,11 +94,11 @@ GSPO = (
 def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
     import dataclasses
 
-    import trainer.data_setup as data_setup
-    import trainer.state as state
-    from trainer.grpo import Rollouts
-    from trainer.grpo import batch_shapes as grpo_batch_shapes
-    from trainer.step import make_loss_fn
+    import trainer.step.data_setup as data_setup
+    import trainer.step.state as state
+    from trainer.step.grpo import Rollouts
+    from trainer.step.grpo import batch_shapes as grpo_batch_shapes
+    from trainer.step.train_step import make_loss_fn
 
     cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2", *GSPO)).config
     assert cfg.grpo.importance_sampling_level == "sequence" and cfg.grpo.entropy_coef == 0.01
@@ -156,7 +156,7 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
 
 def test_group_advantages_of_the_loop_are_group_normalised_rewards():
     from trainer.config.grpo_settings import GrpoRollout
-    from trainer.grpo import score
+    from trainer.step.grpo import score
 
     rng = np.random.default_rng()
     answers = [str(int(x)) for x in rng.integers(0, 9, 8)]
@@ -197,7 +197,7 @@ def test_init_from_run_at_step_starts_from_that_checkpoint_and_a_missing_step_is
     in_tmp, capsys
 ):
     from tjx import ckpt
-    from trainer.init_from import load_run
+    from trainer.step.init_from import load_run
 
     # The start: an SFT run of the same model on the same task (so the same ChatML BPE).
     sft = ["--config", "sft_tiny", "--run-dir", str(in_tmp / "start")]

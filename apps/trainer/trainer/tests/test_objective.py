@@ -11,7 +11,7 @@ from flax import nnx
 
 from tjx import metrics, nn
 from trainer.config.typed import read_config, resolve, step_config
-from trainer.step import make_eval_step, make_loss_fn
+from trainer.step.train_step import make_eval_step, make_loss_fn
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
 

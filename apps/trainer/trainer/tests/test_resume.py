@@ -315,7 +315,7 @@ def _hf_start(tmp_path: Path, cfg: Any) -> Path:
 def test_a_hugging_face_start_resumes_again_and_again_with_the_same_command(tmp_path):
     """The first resume writes the checkpoint's architecture into config.yaml (what trains);
     the same command must resume after it too: both compare as trained (#71)."""
-    from trainer import init_from
+    from trainer.step import init_from
 
     cfg = _config("model.kind=llama")
     run = _hf_start(tmp_path, cfg)

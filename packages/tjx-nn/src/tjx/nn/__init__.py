@@ -152,7 +152,7 @@ __getattr__ = moved_out(
     __name__,
     {
         **{
-            name: _TRAINER.format("start check", "trainer.job.init_checks", name)
+            name: _TRAINER.format("start check", "trainer.step.init_checks", name)
             for name in ("check_hf_settings", "clash_names", "hf_start_config")
         },
         "roofline_inputs": _TRAINER.format("step plan", "trainer", "roofline_inputs"),

@@ -17,11 +17,11 @@ from flax import nnx
 
 from tjx import metrics, nn, optim, parallel
 from tjx.optim import loss_scale_value, scale_loss, step_report
-from trainer import dpo, grpo
 from trainer.config import grpo_settings
 from trainer.config.typed import StepConfig
-from trainer.state import Setup, make_mesh
-from trainer.train_state import TrainState
+from trainer.step import dpo, grpo
+from trainer.step.state import Setup, make_mesh
+from trainer.step.train_state import TrainState
 
 Batch = dict[str, jax.Array]
 #: A loss's auxiliary sums: arrays by name, and an MoE model's router sums under ``"moe"``.
@@ -189,8 +189,8 @@ def make_train_step(
 
 
 def jit_train_step(setup: Setup, **jit_options: Any) -> jax.stages.Wrapped:
-    """`make_train_step` of a built ``trainer.state.Setup`` (of its `StepConfig`), jitted with the
-    state donated (one copy of the params and optimizer state, not two); ``jit_options`` go to
+    """`make_train_step` of a built ``trainer.step.state.Setup`` (of its `StepConfig`), jitted with
+    the state donated (one copy of the params and optimizer state, not two); ``jit_options`` go to
     ``jax.jit``."""
     cfg, split, experts = setup.step_config, setup.split, setup.experts
     step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, split, experts)

@@ -14,13 +14,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-import trainer.dpo as dpo
+import trainer.step.dpo as dpo
 from tjx import kernels, nn, optim, parallel
-from trainer import init_from as init_runs
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError, keyed
 from trainer.config.typed import MeshNeeds, StepConfig
-from trainer.train_state import TrainState
+from trainer.step import init_from as init_runs
+from trainer.step.train_state import TrainState
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ of each sampled with the current parameters (tjx.nn's `sample_groups`: KV-cache 
 temperature, top-p, stop at end of turn) under the key ``fold_in(rollout key of train.seed,
 s)``, scored on the host by the named rewards (Python functions; nothing from the data is run),
 turned into group-normalised advantages, with the sampling policy's log-probabilities (when
-``μ > 1``) and the reference's (when ``β > 0``: DPO's reference, trainer/dpo.py: the adapters off
-with LoRA, else the frozen start in the train state). Each step then makes one update on that
+``μ > 1``) and the reference's (when ``β > 0``: DPO's reference, trainer/step/dpo.py: the adapters
+off with LoRA, else the frozen start in the train state). Each step then makes one update on that
 batch (`loss_fn`: tjx.nn's `grpo_loss` inside the trainer's usual train step), so μ updates use
 one rollout. A checkpoint at a multiple of μ resumes bit for bit: the keys are the step's, the
 prompt loader's position is saved. A run resumed inside a rollout's μ steps (a signal's save)
@@ -37,9 +37,9 @@ from tjx import data, nn, parallel
 from trainer.config.grpo_settings import GrpoRollout
 from trainer.config.schema import ConfigError
 from trainer.config.typed import Config, StepConfig
-from trainer.data_setup import Bundle, HostBatch, TrainLoader
-from trainer.state import Setup
-from trainer.train_state import TrainState
+from trainer.step.data_setup import Bundle, HostBatch, TrainLoader
+from trainer.step.state import Setup
+from trainer.step.train_state import TrainState
 
 Batch = dict[str, jax.Array]
 #: Folded into the run's seed key before the step: the rollouts' keys are not dropout's.

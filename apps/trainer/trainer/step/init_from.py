@@ -26,8 +26,8 @@ from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError, keyed
 from trainer.config.seams import ConfigData
 from trainer.config.typed import Config, read_config
-from trainer.data_setup import Bundle
-from trainer.job.init_checks import check_hf_settings, clash_names, hf_start_config
+from trainer.step.data_setup import Bundle
+from trainer.step.init_checks import check_hf_settings, clash_names, hf_start_config
 
 
 def check_init_from(cfg: Config, source: str, *, weights: bool = True) -> None:
@@ -159,7 +159,7 @@ def check_tokenizer(source: str, bundle: Bundle) -> None:
 def start_config(cfg: Config, source: str) -> Config:
     """``cfg`` with the model a run started from ``source`` trains, for ``--plan``: a Hugging
     Face checkpoint's architecture (its ``config.json``, how it trains from ``cfg`` as
-    `trainer.state.build` loads it) and vocabulary; a tjx run's model is ``cfg``'s own, and a
+    `trainer.step.state.build` loads it) and vocabulary; a tjx run's model is ``cfg``'s own, and a
     GPT-2 hub name's is the preset's (both checked by `check_init_from`). No tensor is read; a
     folder of ``config.json`` and the index alone (no weight file: a published model's sizes,
     planned before downloading them) is planned from its config, its weights unchecked.
@@ -219,7 +219,7 @@ def _with_start_model(cfg: Config, source: str) -> Config:
     if model is None:
         return cfg
     # The checkpoint's vocabulary is the model's: the data's tokenizer fits it when the run
-    # starts (`trainer.state.build`), which a plan does not prepare.
+    # starts (`trainer.step.state.build`), which a plan does not prepare.
     return dataclasses.replace(cfg, model=model, vocab_size=model.vocab_size)
 
 

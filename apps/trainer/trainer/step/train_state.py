@@ -35,7 +35,7 @@ class TrainState:
     #: or the flat optimizer's buffers of them (tjx.optim's `FlatParams`: one ``p + u`` a buffer
     #: instead of one a leaf). `param_tree` is the nested dict either way.
     params: chex.ArrayTree | FlatParams
-    #: DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo).
+    #: DPO without LoRA: the starting params, frozen, as the reference model (trainer.step.dpo).
     reference: chex.ArrayTree | None = None
     #: Steps taken (int32; replicated on the mesh).
     step: jax.Array

@@ -24,7 +24,7 @@ from tjx import nn
 from tjx.data import DataConfig
 from trainer.config import grpo_settings
 from trainer.config.typed import StepConfig
-from trainer.train_state import TrainState
+from trainer.step.train_state import TrainState
 
 T = TypeVar("T")
 

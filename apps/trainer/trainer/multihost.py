@@ -12,7 +12,7 @@ import yaml  # type: ignore[import-untyped]
 from tjx import ckpt, parallel
 from tjx.parallel.arguments import DistributedArgs, not_joined_line
 from trainer.config.seams import ConfigData
-from trainer.plan import error_exit, error_line
+from trainer.plan.run_plan import error_exit, error_line
 
 
 class JoinError(Exception):

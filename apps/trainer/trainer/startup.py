@@ -14,13 +14,13 @@ from pathlib import Path
 import jax
 import yaml  # type: ignore[import-untyped]
 
-import trainer.first_compile as first_compile
-import trainer.memory_fit as memory_fit
 import trainer.multihost as multihost
+import trainer.plan.first_compile as first_compile
+import trainer.plan.memory_fit as memory_fit
+import trainer.plan.target_plan as target_plan
 import trainer.step.data_setup as data_setup
 import trainer.step.grpo as grpo
 import trainer.step.state as state
-import trainer.target_plan as target_plan
 import trainer.training as training
 from tjx import kernels, parallel
 from tjx.ckpt import NotCreatableError, RunLockedError
@@ -30,7 +30,7 @@ from trainer.config.schema import ConfigError
 from trainer.config.typed import Config, resolve, step_config
 from trainer.job.device_notes import device_notes
 from trainer.job.start import in_use
-from trainer.plan import RunPlan, error_exit
+from trainer.plan.run_plan import RunPlan, error_exit
 from trainer.step import init_from
 from trainer.step.train_step import TrainStep
 from trainer.xla_flags import apply_gpu_autotune
@@ -165,7 +165,7 @@ def prepare(plan: RunPlan) -> Prepared:
     from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)
     cfg = from_checkpoint or cfg
     # One compile of the train step before step 1: the kernel choice compiles it, the memory
-    # fit measures that executable, the loop calls it (trainer.first_compile).
+    # fit measures that executable, the loop calls it (trainer.plan.first_compile).
     compiler = first_compile.StepCompiler()
     # What the steps read: the run's length only as the learning-rate schedule, built here.
     step_cfg = step_config(cfg)

@@ -30,10 +30,10 @@ from tjx import ckpt, data, metrics, nn, parallel
 from tjx.ckpt import last_checkpoint_words
 from trainer.config.folder import RunDir, final_summary
 from trainer.config.grpo_settings import is_grpo
-from trainer.config.typed import Config, StepConfig
 from trainer.job.progress import ProgressBar, progress_bar
 from trainer.job.step_log import ProfileWindow, StepLog
-from trainer.plan import RunPlan, error_exit, stop_on_signals, warning_line
+from trainer.plan.run_plan import RunPlan, error_exit, stop_on_signals, warning_line
+from trainer.plan.step_plan import units_per_step
 from trainer.step import init_from
 from trainer.step.data_setup import Bundle, TrainLoader
 from trainer.step.grpo import Rollouts
@@ -107,12 +107,6 @@ def interruptible(stop: parallel.StopFlag) -> contextlib.AbstractContextManager[
     return stop.interruptible()
 
 
-def units_per_step(cfg: Config | StepConfig) -> int:
-    """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
-    rows = cfg.data.batch_rows(cfg.data.batch_size)  # both rows of each preference pair
-    return rows * int(cfg.objective.units_per_window(cfg.data.seq_len))
-
-
 def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Bundle) -> None:
     """``config.yaml``, ``model.json``, ``data.json`` and an ``--init-from`` start's ``init.json``;
     a file whose content is the same is left untouched (a resume that changes nothing, none)."""
@@ -159,7 +153,7 @@ def train(
     step: TrainStep | None = None,
 ) -> int:
     """Run the steps of a prepared run; the process's exit code. ``step``: the train step
-    compiled before (trainer.first_compile), called as is; None: jitted here, compiled at the
+    compiled before (trainer.plan.first_compile), called as is; None: jitted here, compiled at the
     first step."""
 
     cfg, run_dir = plan.config, plan.run_dir
@@ -222,7 +216,7 @@ class Training:
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
-    compiled_step: TrainStep | None = None  # compiled before step 1 (trainer.first_compile)
+    compiled_step: TrainStep | None = None  # compiled before step 1 (trainer.plan.first_compile)
     extras_done: bool = False  # the last step's evaluation and samples ran to their end
 
     def __post_init__(self) -> None:

@@ -207,7 +207,7 @@ class StepConfig:
     #: ``train.steps``, built once (`step_config`) for every optimizer the run builds.
     learning_rate: optax.Schedule
     #: The model's attention kernels, resolved once by the kernel choice (tjx.nn's
-    #: `resolve_attention`, `trainer.memory_fit.choose_attention`): every model the run builds
+    #: `resolve_attention`, `trainer.plan.memory_fit.choose_attention`): every model the run builds
     #: from this config runs them (`trainer.step.state.run_model`). None: each model resolves its
     #: own. Not part of the step's identity: they are what ``model`` resolves to.
     attention: nn.ModelAttention | None = dataclasses.field(default=None, compare=False, repr=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from trainer.config.schema import ConfigError
-from trainer.plan import error_exit
+from trainer.plan.run_plan import error_exit
 from trainer.replay import report, runner
 from trainer.replay.request import PROBES, ReplayRequest, build_request
 

@@ -26,7 +26,7 @@ from tjx.core.standard_json import dumps_json, loads_json
 from trainer.config.folder import RunDir
 from trainer.config.grpo_settings import is_grpo
 from trainer.config.schema import ConfigError
-from trainer.plan import RunPlan
+from trainer.plan.run_plan import RunPlan
 from trainer.replay import probes as replay_probes
 from trainer.replay.request import ReplayRequest, Segment
 from trainer.startup import Prepared

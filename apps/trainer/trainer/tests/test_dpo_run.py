@@ -195,7 +195,7 @@ def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp):
 
 
 def test_the_dpo_step_compiles_for_a_plan(in_tmp):
-    from trainer import target_plan
+    from trainer.plan import target_plan
 
     cfg = plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config
     run = target_plan.build(step_config(resolve(cfg, 400)), jax.devices()[:1])

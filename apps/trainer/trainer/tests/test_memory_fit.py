@@ -8,7 +8,7 @@ from tjx.metrics import GIB
 from trainer.config.schema import ConfigError
 from trainer.config.settings import apply_overrides, load_config_data
 from trainer.config.typed import read_config, resolve, step_config
-from trainer.memory_fit import fit_memory, step_peak
+from trainer.plan.memory_fit import fit_memory, step_peak
 
 VOCAB = 257
 # A scanned stack whose activations dominate its memory, so full remat shrinks it measurably.

@@ -16,7 +16,7 @@ from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
 from trainer.config.settings import apply_overrides, load_config_data
 from trainer.config.typed import read_config, resolve, step_config
-from trainer.memory_fit import abstract_step
+from trainer.plan.memory_fit import abstract_step
 
 VOCAB = 257
 SMALL = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.mlp.dim=64"]

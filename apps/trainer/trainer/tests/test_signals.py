@@ -13,7 +13,7 @@ import pytest
 
 import trainer.evaluation as evaluation
 from trainer.cli import main
-from trainer.plan import interrupted_exit, stop_on_signals
+from trainer.plan.run_plan import interrupted_exit, stop_on_signals
 from trainer.tests._tiny import TWO_STEPS_THEN_EXTRAS
 
 

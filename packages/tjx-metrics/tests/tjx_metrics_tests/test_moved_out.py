@@ -12,7 +12,7 @@ from tjx import metrics
 @pytest.mark.parametrize(
     ("name", "new"),
     [
-        ("plan_report", "`from trainer.job.plan_report import plan_report`"),
+        ("plan_report", "`from trainer.plan.plan_report import plan_report`"),
         ("StepLog", "`from trainer.job.step_log import StepLog`"),
         ("device_notes", "`from trainer.job.device_notes import device_notes`"),
         ("progress_bar", "`from trainer import progress_bar`"),

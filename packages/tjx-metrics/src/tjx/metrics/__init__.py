@@ -153,7 +153,7 @@ __getattr__ = moved_out(
     __name__,
     {
         **{
-            name: _TRAINER.format("plan report", "trainer.job.plan_report", name)
+            name: _TRAINER.format("plan report", "trainer.plan.plan_report", name)
             for name in ("PlanResult", "does_not_fit", "local_target", "open_target", "plan_report")
         },
         **{

@@ -157,7 +157,7 @@ __getattr__ = moved_out(
         },
         "roofline_inputs": _TRAINER.format("step plan", "trainer", "roofline_inputs"),
         **{
-            name: _TRAINER.format("step plan", "trainer.job.step_plan", name)
+            name: _TRAINER.format("step plan", "trainer.plan.step_plan", name)
             for name in ("TOKEN_KEYS", "batch_shapes")
         },
     },

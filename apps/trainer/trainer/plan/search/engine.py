@@ -1,7 +1,7 @@
 """The search's loop: candidates planned for the target, best first, within a time budget.
 
-Each candidate is planned as ``--plan`` plans a run (`trainer.target_plan.plan`: compiled for the
-target's abstract devices, fitted to its memory, estimated by the calibrated model), in this
+Each candidate is planned as ``--plan`` plans a run (`trainer.plan.target_plan.plan`: compiled for
+the target's abstract devices, fitted to its memory, estimated by the calibrated model), in this
 process or in up to two worker processes (`Planner`). The plan's memory fit may make a candidate
 lighter (full remat, more micro-steps): its result is kept under the candidate it became too, so
 a later candidate equal to that is not compiled again (``reused``).
@@ -33,9 +33,9 @@ import jax
 
 from tjx import kernels, parallel
 from tjx.metrics import Target
-from trainer import target_plan
 from trainer.config.typed import Config
-from trainer.search.candidates import Candidate, MeshChoice, Space, apply, candidate_of
+from trainer.plan import target_plan
+from trainer.plan.search.candidates import Candidate, MeshChoice, Space, apply, candidate_of
 
 __all__ = ["Outcome", "Planner", "SearchResult", "evaluate", "search"]
 
@@ -361,7 +361,7 @@ def search(
     Parameters
     ----------
     run : Config
-        The run as configured, its vocabulary resolved (`trainer.target_plan.plan_vocab`).
+        The run as configured, its vocabulary resolved (`trainer.plan.target_plan.plan_vocab`).
     target, text
         The target and its name as given.
     space : Space

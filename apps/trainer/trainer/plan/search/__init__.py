@@ -1,10 +1,10 @@
 """``python -m trainer --config X --plan TARGET --search``: the fastest config that fits a target.
 
-From a run and a target that is not here (`trainer.target_plan`), the search lists the
-candidates (`trainer.search.candidates`: mesh splits over the axes the trainer has, remat
+From a run and a target that is not here (`trainer.plan.target_plan`), the search lists the
+candidates (`trainer.plan.search.candidates`: mesh splits over the axes the trainer has, remat
 policies, micro-batch × accumulation for the configured batch, attention and loss kernels),
 prunes what cannot shard or cannot fit before compiling (one line per reason, counted), plans
-the rest as ``--plan`` does, best first within a time budget (`trainer.search.engine`), ranks
+the rest as ``--plan`` does, best first within a time budget (`trainer.plan.search.engine`), ranks
 them by the estimated step time (calibrated where the device table has a calibration; the
 collectives priced at the table's link bandwidth) and writes the winner as a YAML ``--config``
 takes. fp8 products (``model.precision.matmul``) are a dimension where the target has float8
@@ -21,13 +21,13 @@ from typing import NamedTuple
 
 from tjx import parallel
 from tjx.metrics import GIB, Target, quiet_native_stderr
-from trainer import target_plan
 from trainer.config.schema import ConfigError
 from trainer.config.settings import load_config
 from trainer.config.typed import Config
-from trainer.plan import error_exit, output_file
-from trainer.search.candidates import Candidate, Space, apply, describe
-from trainer.search.engine import Outcome, SearchResult, search
+from trainer.plan import target_plan
+from trainer.plan.run_plan import error_exit, output_file
+from trainer.plan.search.candidates import Candidate, Space, apply, describe
+from trainer.plan.search.engine import Outcome, SearchResult, search
 
 __all__ = ["DEFAULT_BUDGET_MIN", "WORKERS", "record", "search_from_args", "table", "write_winner"]
 
@@ -93,7 +93,7 @@ def _baseline(result: SearchResult) -> str:
 
 class Outputs(NamedTuple):
     """Where the search writes its winner (``--search-out``) and its record (``--plan-json``),
-    checked before it began (`trainer.plan.output_file`)."""
+    checked before it began (`trainer.plan.run_plan.output_file`)."""
 
     winner: Path
     record: Path | None

@@ -3,13 +3,13 @@ share one executable.
 
 `StepCompiler` compiles a config's train step as the run lays it out — over this machine's
 devices, the state sharded and donated as `trainer.step.state.build` places it, the batch as the
-loader places it (`trainer.target_plan.build`, over the real devices) — from abstract arguments,
-so nothing is allocated. Each config is compiled once (``auto`` attention counts as the kernel it
-traces to); the kernel choice compiles through it, the memory fit reads XLA's memory analysis of
-the same executable, and the loop calls it (`StepCompiler.for_run`). A second compile before
-step 1 happens only where it must: a kernel that failed (the next one is compiled), the memory
-fit's lighter step (full remat), or a state laid out otherwise than planned (``--init-from`` a
-checkpoint of another architecture, a pipelined mesh): then the run's own arguments are compiled.
+loader places it (`trainer.plan.target_plan.build`, over the real devices) — from abstract
+arguments, so nothing is allocated. Each config is compiled once (``auto`` attention counts as the
+kernel it traces to); the kernel choice compiles through it, the memory fit reads XLA's memory
+analysis of the same executable, and the loop calls it (`StepCompiler.for_run`). A second compile
+before step 1 happens only where it must: a kernel that failed (the next one is compiled), the
+memory fit's lighter step (full remat), or a state laid out otherwise than planned (``--init-from``
+a checkpoint of another architecture, a pipelined mesh): then the run's own arguments are compiled.
 
 A compile that runs long says so every `TICK_S` seconds (``compiling the train step… 45 s``),
 and its last line says how long it took and whether JAX's persistent compilation cache served it.
@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator, Mapping
 import jax
 
 from tjx import kernels, parallel
-from trainer import target_plan
 from trainer.config.schema import ConfigError
 from trainer.config.typed import StepConfig
-from trainer.job.step_plan import batch_shapes
-from trainer.memory_fit import abstract_step
+from trainer.plan import target_plan
+from trainer.plan.memory_fit import abstract_step
+from trainer.plan.step_plan import batch_shapes
 from trainer.step.state import Setup
 from trainer.step.train_state import TrainState
 from trainer.step.train_step import Batch, TrainStep, jit_train_step

@@ -24,7 +24,7 @@ from tjx import kernels, nn, parallel
 from tjx.metrics import GIB, first_fit, peak_bytes
 from trainer.config.schema import ConfigError
 from trainer.config.typed import StepConfig
-from trainer.job.step_plan import batch_shapes
+from trainer.plan.step_plan import batch_shapes
 from trainer.step import train_step as steps  # looked up at the call: a test may replace the step
 from trainer.step.state import abstract_state, check_context
 from trainer.step.train_state import TrainState
@@ -143,7 +143,7 @@ def fit_memory(
     """``cfg`` if its step fits, else ``cfg`` with ``model.remat=full``; ConfigError if neither.
     ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own);
     ``compile_step(cfg, name)`` returns the compiled step whose memory is measured (a run's
-    `trainer.first_compile.StepCompiler`: the executable the loop then calls); by default
+    `trainer.plan.first_compile.StepCompiler`: the executable the loop then calls); by default
     `step_peak` compiles the abstract step, saying so first."""
     devices = jax.device_count() if devices is None else devices
     # The abstract step below is a decoder's (an LM batch).

@@ -26,7 +26,7 @@ from trainer.cli import build_parser as trainer_parser
 from trainer.config.schema import KINDS
 from trainer.config.settings import configs_dir, load_config_data, preset_names, rows
 from trainer.config.typed import SCHEMA, read_config
-from trainer.resume import is_training_only
+from trainer.loop.resume import is_training_only
 
 #: The packages whose public API the site lists, in the DAG's order (docs/architecture.md).
 PACKAGES = ("core", "kernels", "nn", "optim", "parallel", "data", "ckpt", "metrics")

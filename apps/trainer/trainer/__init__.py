@@ -14,13 +14,13 @@ with lazy_api(globals()):
     from trainer.config.schema import ConfigError
     from trainer.config.settings import load_config
     from trainer.config.typed import Config, StepConfig, read_config, resolve, step_config
-    from trainer.job.progress import progress_bar
+    from trainer.loop.progress import progress_bar
     from trainer.plan.memory_fit import abstract_step, step_peak
     from trainer.plan.plan_report import open_target
     from trainer.plan.run_plan import RunPlan
     from trainer.plan.step_plan import roofline_inputs
     from trainer.plan.target_plan import plan_here
-    from trainer.startup import run
+    from trainer.start.startup import run
     from trainer.step.data_setup import make_tokenizer, train_loader, val_batches
     from trainer.step.data_setup import prepare as prepare_data
     from trainer.step.state import Setup

@@ -18,15 +18,15 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
 from trainer.config.schema import ConfigError, keyed
 from trainer.config.settings import apply_overrides, load_config_data, preset_names, renamed, render
 from trainer.config.typed import SCHEMA, read_config
-from trainer.job.start import start_location
+from trainer.loop.location import start_location
+from trainer.loop.resume import check_chat_template, check_resume, describe_changes
 from trainer.plan.run_plan import RunPlan, error_exit, interrupted_exit
-from trainer.resume import check_chat_template, check_resume, describe_changes
 
 # They load jax (seconds): `--help` and a bad flag answer first; the modules load on first use.
 with lazy_imports(globals()):
     from tjx import metrics, nn
-    from trainer import replay, startup
     from trainer.plan import search, target_plan
+    from trainer.start import replay, startup
     from trainer.step import init_from
 
 SWITCH = {"action": "store_true"}

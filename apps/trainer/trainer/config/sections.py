@@ -56,7 +56,7 @@ class TrainConfig:
     )
     gpu_autotune: str = resumable(
         "default",
-        choices="trainer.xla_flags:AUTOTUNE_CHOICES",
+        choices="trainer.start.xla_flags:AUTOTUNE_CHOICES",
         help="GPU runs: XLA's autotuning of the step's kernels; default: XLA's own (a sixth of "
         "gpt2_medium's 42 s compile on an H100, kept in the compilation cache for a rerun); "
         "off: --xla_gpu_autotune_level=0 (a flag already in XLA_FLAGS wins)",

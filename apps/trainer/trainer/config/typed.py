@@ -549,3 +549,9 @@ def _words(cls: type, path: str) -> dict[str, str]:
     if path not in PACKAGE_SECTIONS:
         return {}
     return {**SCHEMA.words(cls, path), **(_PRECISION_WORDS if path == "optimizer" else {})}
+
+
+def units_per_step(cfg: Config | StepConfig) -> int:
+    """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
+    rows = cfg.data.batch_rows(cfg.data.batch_size)  # both rows of each preference pair
+    return rows * int(cfg.objective.units_per_window(cfg.data.seq_len))

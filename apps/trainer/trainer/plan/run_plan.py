@@ -36,7 +36,7 @@ class RunPlan:
     profile: tuple[int, int] | None
     #: The multi-host launch flags (``None``: from the environment, or a single process).
     distributed: DistributedArgs = field(default_factory=DistributedArgs)
-    #: Training-only settings a ``--resume`` changes: key → (saved, new) (see `trainer.resume`).
+    #: Training-only settings a ``--resume`` changes: key → (saved, new) (`trainer.loop.resume`).
     resume_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
     #: ``--export-peft``: the folder the trained LoRA adapters are written to, as PEFT reads them.
     export_peft: Path | None = None

@@ -5,8 +5,7 @@ table: a ViT's images and labels, every token objective's four token arrays), as
 dtypes: a compile over abstract inputs takes them as they are. `roofline_inputs` is what
 tjx-metrics' roofline ``estimate`` needs of the step: the units it scores, the model's FLOPs
 (causal attention at half, MaxText's and torchtitan's convention, and PaLM's full count) and the
-prices of tjx.kernels' custom calls. `units_per_step` is the tokens (or images) one global
-batch of a run's config scores.
+prices of tjx.kernels' custom calls.
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ from tjx.nn.configs import TransformerConfig
 from tjx.nn.flops import flops_per_unit
 from tjx.nn.objectives import objective_of
 from trainer.config.seams import Record
-from trainer.config.typed import Config, StepConfig
 
-__all__ = ["TOKEN_KEYS", "batch_shapes", "roofline_inputs", "units_per_step"]
+__all__ = ["TOKEN_KEYS", "batch_shapes", "roofline_inputs"]
 
 #: The loader's token batch (tjx.data's layout): every token objective reads from these.
 TOKEN_KEYS = ("inputs", "targets", "segment_ids", "positions")
@@ -88,9 +86,3 @@ def roofline_inputs(
         "model_flops": tuple(flops),
         "custom_call_cost": cost,
     }
-
-
-def units_per_step(cfg: Config | StepConfig) -> int:
-    """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
-    rows = cfg.data.batch_rows(cfg.data.batch_size)  # both rows of each preference pair
-    return rows * int(cfg.objective.units_per_window(cfg.data.seq_len))

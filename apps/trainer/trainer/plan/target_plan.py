@@ -27,11 +27,11 @@ from trainer.config.grpo_settings import is_grpo
 from trainer.config.schema import ConfigError, keyed
 from trainer.config.seams import Record
 from trainer.config.settings import load_config
-from trainer.config.typed import Config, StepConfig, resolve, step_config
+from trainer.config.typed import Config, StepConfig, resolve, step_config, units_per_step
 from trainer.plan.memory_fit import Say, lighter, resolve_kernel
 from trainer.plan.plan_report import PlanResult, local_target, open_target, plan_report
 from trainer.plan.run_plan import error_exit, output_file
-from trainer.plan.step_plan import batch_shapes, roofline_inputs, units_per_step
+from trainer.plan.step_plan import batch_shapes, roofline_inputs
 from trainer.step import dpo, grpo, init_from
 from trainer.step import train_step as steps  # looked up at the call: a test may replace the step
 from trainer.step.state import abstract_state, make_mesh

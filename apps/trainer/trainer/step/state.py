@@ -58,7 +58,7 @@ class Setup:
     experts: parallel.ExpertParallel | None = None
     #: The step of the run ``--init-from RUN_DIR`` read (None: another start).
     init_step: int | None = None
-    #: The jitted held-out step, built by trainer.evaluation at the run's first evaluation.
+    #: The jitted held-out step, built by trainer.loop.evaluation at the run's first evaluation.
     eval_step: Callable[..., dict[str, jax.Array]] | None = None
     #: The params' logical axes (`train_state`'s): the optimizer's decay mask reads them.
     specs: chex.ArrayTree = None

@@ -31,7 +31,7 @@ LossFn = Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, Aux]]
 #: ``train_step(state, batch) -> (state, metrics)``.
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 #: ``probe(params, grads, updates) -> {name: array}``: what a replay asks of a step's values (the
-#: parameters before the step, their gradients and the optimizer's updates; trainer.replay),
+#: parameters before the step, their gradients and the optimizer's updates; trainer.start.replay),
 #: returned in the step's metrics as ``probes/<name>``.
 Probe = Callable[[chex.ArrayTree, chex.ArrayTree, chex.ArrayTree], dict[str, jax.Array]]
 #: The prefix of a probe's values in a step's metrics.

@@ -370,7 +370,7 @@ def test_a_run_dir_that_cannot_be_made_is_refused_at_plan_time(in_tmp, monkeypat
 
 
 def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capfd, monkeypatch):
-    from trainer import startup
+    from trainer.start import startup
 
     def interrupted(plan):
         raise KeyboardInterrupt
@@ -414,7 +414,7 @@ def test_a_run_dir_another_trainer_holds_is_one_line_and_changes_nothing(in_tmp,
 def test_a_trainer_that_loses_the_race_for_the_lock_writes_nothing(in_tmp, capsys):
     # Planned while the folder was free; another trainer took it before this one's start: the
     # lock, taken before anything is written, refuses it in the same line.
-    from trainer import startup
+    from trainer.start import startup
 
     plan = _plan("--config", "tiny", "--run-dir", "r")
     with RunDir(in_tmp / "r").lock():

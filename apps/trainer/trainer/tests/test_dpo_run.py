@@ -61,7 +61,7 @@ def _metrics(run):
 
 def _heldout(argv, init):
     """The held-out preference metrics of the run ``argv`` would start from ``init``."""
-    import trainer.evaluation as evaluation
+    import trainer.loop.evaluation as evaluation
     import trainer.step.data_setup as data_setup
     import trainer.step.state as state
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
-import trainer.evaluation as evaluation
+import trainer.loop.evaluation as evaluation
 from trainer.step.state import Setup
 
 

@@ -49,7 +49,7 @@ def _metrics(run):
 
 
 def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp, capsys):
-    from trainer.startup import RL_FROM_SCRATCH
+    from trainer.start.startup import RL_FROM_SCRATCH
 
     sets = ("train.steps=4", "train.checkpoint_every=2")
     assert main(_argv(in_tmp, "whole", *sets)) == 0

@@ -129,7 +129,7 @@ def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp
     in use is said with the key that sets it."""
     import tjx.kernels
     from trainer.config.typed import read_config
-    from trainer.startup import _device_note
+    from trainer.start.startup import _device_note
 
     asked = []
 

@@ -14,8 +14,8 @@ import pytest
 
 from tjx.parallel import joining
 from tjx.parallel.arguments import VARIABLES, DistributedArgs
-from trainer import multihost
 from trainer.cli import build_parser, main, plan_run
+from trainer.loop import multihost
 from trainer.step import data_setup
 
 

@@ -33,7 +33,7 @@ def test_kind_to_objective(kind, name, unit, extra):
 
 
 def test_a_step_counts_images_or_the_continued_half():
-    from trainer.plan.step_plan import units_per_step
+    from trainer.config.typed import units_per_step
 
     vit = read_config({"model": {"kind": "vit"}, "data": {"batch_size": 8}})
     assert units_per_step(vit) == 8

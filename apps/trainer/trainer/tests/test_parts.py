@@ -10,7 +10,7 @@ import yaml
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
 from trainer.config.typed import read_config
-from trainer.evaluation import format_samples
+from trainer.loop.evaluation import format_samples
 from trainer.step import data_setup
 
 

@@ -11,11 +11,11 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from tjx import nn
-from trainer import resume
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
 from trainer.config.settings import apply_overrides, load_config_data
 from trainer.config.typed import read_config, resolve, step_config
+from trainer.loop import resume
 from trainer.plan.memory_fit import abstract_step
 
 VOCAB = 257
@@ -95,7 +95,7 @@ def test_state_changing_keys_must_match(override, base_signature):
 def test_the_optimizer_layout_may_change_though_the_state_it_holds_does(base_signature):
     """``optimizer.flat_update`` lays the same numbers out otherwise (flat buffers or per leaf;
     it follows the mesh): a resume may change it, and the trainer converts the restored state
-    (trainer.training's ``_restore``, tjx.optim's ``relayout_state``; test_train_pipeline moves
+    (trainer.loop.training's ``_restore``, tjx.optim's ``relayout_state``; test_train_pipeline moves
     a run between meshes)."""
     assert resume.is_training_only("optimizer.flat_update")
     assert _state_signature(_config("optimizer.flat_update=off")) != base_signature

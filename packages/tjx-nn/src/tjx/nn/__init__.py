@@ -12,7 +12,7 @@ are built (``resolve_attention``; with an app's compile, the kernel that compile
 utilities. A run's
 start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``clash_names``;
 ``batch_shapes``, ``roofline_inputs``, ``TOKEN_KEYS``) moved to the trainer app in 0.21
-(``trainer.job``): reading one here is an ImportError naming it.
+(the trainer's rooms): reading one here is an ImportError naming it.
 """
 
 from tjx.core.deprecation import moved_out

@@ -19,14 +19,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tjx.core.standard_json import dumps_json
-from trainer.replay.findings import (
+from trainer.start.replay.findings import (
     StepFindings,
     findings,
     layer_series,
     probe_values,
 )
-from trainer.replay.request import PROBES
-from trainer.replay.runner import Replayed
+from trainer.start.replay.request import PROBES
+from trainer.start.replay.runner import Replayed
 
 REPORT = "report.md"
 LOSS_PNG = "loss.png"

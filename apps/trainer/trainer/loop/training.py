@@ -2,10 +2,10 @@
 
 `train` restores on ``--resume`` (the run directory is rewritten only once that succeeded) and
 hands over to a `Training`: what the loop changes, one method per thing done at a step boundary.
-Bad input was refused before (trainer/startup.py); the exits: diverged (3), a signal (0), done (0),
-and 2 for what can only fail once the run is under way, each in one line with the run safe to
-``--resume``: an evaluation or samples that failed (the last step's checkpoint is committed before
-them), a checkpoint the disk refused (the steps committed before are intact).
+Bad input was refused before (trainer/start/startup.py); the exits: diverged (3), a signal (0),
+done (0), and 2 for what can only fail once the run is under way, each in one line with the run
+safe to ``--resume``: an evaluation or samples that failed (the last step's checkpoint is committed
+before them), a checkpoint the disk refused (the steps committed before are intact).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ import chex
 import jax
 from flax import nnx
 
-import trainer.evaluation as evaluation
+import trainer.loop.evaluation as evaluation
 import trainer.step.data_setup as data_setup
 import trainer.step.state as run_state
 from tjx import ckpt, data, metrics, nn, parallel
 from tjx.ckpt import last_checkpoint_words
 from trainer.config.folder import RunDir, final_summary
 from trainer.config.grpo_settings import is_grpo
-from trainer.job.progress import ProgressBar, progress_bar
-from trainer.job.step_log import ProfileWindow, StepLog
+from trainer.config.typed import units_per_step
+from trainer.loop.progress import ProgressBar, progress_bar
+from trainer.loop.step_log import ProfileWindow, StepLog
 from trainer.plan.run_plan import RunPlan, error_exit, stop_on_signals, warning_line
-from trainer.plan.step_plan import units_per_step
 from trainer.step import init_from
 from trainer.step.data_setup import Bundle, TrainLoader
 from trainer.step.grpo import Rollouts

@@ -1,5 +1,5 @@
-"""A replay's steps: the run prepared as a resume prepares it (trainer.startup's `prepare`: the
-same data, kernel choice, memory fit, state and compiled step), each segment restored from its
+"""A replay's steps: the run prepared as a resume prepares it (trainer.start.startup's `prepare`:
+the same data, kernel choice, memory fit, state and compiled step), each segment restored from its
 checkpoint (or the run's start) and re-run with the run's own step on the batches its loop took
 (the loader's; GRPO's: rollouts sampled again with the run's keys, `_batches`), every logged loss
 compared bit for bit, the probe program run on the steps asked for. Nothing is written to the run.
@@ -16,10 +16,10 @@ from typing import cast
 import jax
 import numpy as np
 
-import trainer.startup as startup
+import trainer.loop.training as training
+import trainer.start.startup as startup
 import trainer.step.data_setup as data_setup
 import trainer.step.grpo as grpo
-import trainer.training as training
 from tjx import ckpt, data, parallel
 from tjx.ckpt.metadata import package_versions
 from tjx.core.standard_json import dumps_json, loads_json
@@ -27,9 +27,9 @@ from trainer.config.folder import RunDir
 from trainer.config.grpo_settings import is_grpo
 from trainer.config.schema import ConfigError
 from trainer.plan.run_plan import RunPlan
-from trainer.replay import probes as replay_probes
-from trainer.replay.request import ReplayRequest, Segment
-from trainer.startup import Prepared
+from trainer.start.replay import probes as replay_probes
+from trainer.start.replay.request import ReplayRequest, Segment
+from trainer.start.startup import Prepared
 from trainer.step.state import Setup
 from trainer.step.train_state import TrainState
 from trainer.step.train_step import Batch, TrainStep, jit_train_step
@@ -56,7 +56,7 @@ class Probed:
 
     @classmethod
     def of(cls, values: Mapping[str, np.ndarray]) -> Probed:
-        """From the probe program's arrays (`trainer.replay.probes`), fetched."""
+        """From the probe program's arrays (`trainer.start.replay.probes`), fetched."""
         norms: dict[str, dict[str, float]] = {}
         for key, value in values.items():
             probe, _, layer = key.partition("/")
@@ -209,7 +209,7 @@ def replay(request: ReplayRequest, say: Say = print) -> Replayed:
 
 def _step_fn(ready: Prepared) -> TrainStep:
     """The run's own train step: compiled by `prepare`, or GRPO's, jitted as its loop jits it
-    (its batch is a rollout, made in the loop: trainer.training)."""
+    (its batch is a rollout, made in the loop: trainer.loop.training)."""
     if ready.step is not None:
         return ready.step
     shardings = jax.tree.map(lambda x: x.sharding, ready.setup.state)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tjx import data
-from trainer.replay.runner import Replayed, StepRecord
+from trainer.start.replay.runner import Replayed, StepRecord
 
 #: Documents, tokens and layers a step's findings keep.
 TOP_DOCUMENTS = 5

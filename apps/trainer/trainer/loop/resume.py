@@ -15,7 +15,7 @@ from trainer.config.schema import ConfigError, kind_of
 from trainer.config.seams import ConfigData
 from trainer.config.settings import migrate
 from trainer.config.typed import SCHEMA, Config, read_config
-from trainer.job.start import resumed_config
+from trainer.loop.location import resumed_config
 
 with lazy_imports(globals()):  # they load jax, which the command line must not wait for
     from tjx import nn, optim

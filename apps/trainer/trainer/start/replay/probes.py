@@ -10,7 +10,7 @@ asked:
   gradients and optimizer update, its new state dropped);
 * ``token_loss``: each target's cross-entropy ``[rows, seq]`` of the step's parameters (the
   evaluation's logits, dropout off; 0 where unscored): ``documents`` and ``tokens`` are the host's
-  sums of it (trainer.replay.findings);
+  sums of it (trainer.start.replay.findings);
 * ``activation_max`` / ``attention_logit_max``: each layer's largest output and attention logit
   ``[layers]``, recorded by tjx.nn's probes while an unrolled copy of the model without remat is
   traced (a scanned stack's parameters cut per layer inside the program).
@@ -128,8 +128,8 @@ def unrolled_model(setup: Setup) -> tuple[nnx.GraphDef[nnx.Module], nnx.State, C
 
 
 def build(setup: Setup, names: Sequence[str]) -> Probes:
-    """The jitted probe program of ``names`` (`trainer.replay.request.PROBES`) for ``setup``'s run;
-    nothing is donated (the state goes on to the run's own step)."""
+    """The jitted probe program of ``names`` (`trainer.start.replay.request.PROBES`) for
+    ``setup``'s run; nothing is donated (the state goes on to the run's own step)."""
     cfg = setup.step_config
     norms = [n for n in NORMS if n in names]
     tokens = any(n in names for n in ("documents", "tokens"))

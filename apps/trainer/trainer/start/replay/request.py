@@ -24,7 +24,7 @@ from tjx.core.lazy import lazy_imports
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
 from trainer.config.typed import Config, read_config
-from trainer.resume import as_written
+from trainer.loop.resume import as_written
 
 with lazy_imports(globals()):  # it loads jax, which the command line must not wait for
     from tjx import metrics
@@ -44,7 +44,7 @@ DOCUMENT_PROBES = ("documents", "tokens")
 LAYER_PROBES = ("activations", "attention")
 #: Steps before a marked spike that ``--spikes`` replays with it (their norms are the baseline).
 SPIKE_CONTEXT = 2
-#: The logged metric a spike is marked with (trainer.training).
+#: The logged metric a spike is marked with (trainer.loop.training).
 SPIKE_KEY = "loss_spike"
 
 #: The flags of a run that a replay, which uses the run's own config, refuses.

@@ -1,7 +1,7 @@
 """A run's start-up, from a validated plan: join the other processes, lock the run directory,
 prepare everything that can fail on bad input (data, attention kernel, memory fit, model,
 optimizer, mesh) before anything is written, write the run directory, then hand over to the step
-loop (trainer/training.py)."""
+loop (trainer/loop/training.py)."""
 
 from __future__ import annotations
 
@@ -14,26 +14,26 @@ from pathlib import Path
 import jax
 import yaml  # type: ignore[import-untyped]
 
-import trainer.multihost as multihost
+import trainer.loop.multihost as multihost
+import trainer.loop.training as training
 import trainer.plan.first_compile as first_compile
 import trainer.plan.memory_fit as memory_fit
 import trainer.plan.target_plan as target_plan
 import trainer.step.data_setup as data_setup
 import trainer.step.grpo as grpo
 import trainer.step.state as state
-import trainer.training as training
 from tjx import kernels, parallel
 from tjx.ckpt import NotCreatableError, RunLockedError
 from trainer.config.folder import RunDir
 from trainer.config.grpo_settings import is_grpo, prompt_section
 from trainer.config.schema import ConfigError
 from trainer.config.typed import Config, resolve, step_config
-from trainer.job.device_notes import device_notes
-from trainer.job.start import in_use
+from trainer.loop.location import in_use
 from trainer.plan.run_plan import RunPlan, error_exit
+from trainer.start.device_notes import device_notes
+from trainer.start.xla_flags import apply_gpu_autotune
 from trainer.step import init_from
 from trainer.step.train_step import TrainStep
-from trainer.xla_flags import apply_gpu_autotune
 
 # A dead peer is caught by the peer watch (multihost.watch) within seconds; a slow first-time
 # tokenization of a large corpus is not an error.
@@ -131,8 +131,8 @@ class Prepared:
 def prepare(plan: RunPlan) -> Prepared:
     """Everything that can fail on bad input, nothing written: the mesh, the data and its loader,
     the attention kernel, the memory fit, the state and the compiled train step. A run and a
-    replay (trainer.replay) of it prepare the same way. Raises `ConfigError`, ``ValueError`` or
-    ``FileNotFoundError``."""
+    replay (trainer.start.replay) of it prepare the same way. Raises `ConfigError`, ``ValueError``
+    or ``FileNotFoundError``."""
     cfg = plan.config
     # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
     # (checked against the model that trains: a Hugging Face start's, read from its config)

@@ -3,8 +3,8 @@ re-run steps of a finished, stopped or killed run bit for bit from its nearest c
 each logged loss reproduced, probe what the run did not record, and write a report.
 
 The trainer owns the replay: it prepares the run as a ``--resume`` that changes nothing would
-(trainer.startup's `prepare`), restores a checkpoint with the resume's own restore, and calls the
-run's own compiled step, so the replayed losses are the run's (`runner`). The probes are a
+(trainer.start.startup's `prepare`), restores a checkpoint with the resume's own restore, and calls
+the run's own compiled step, so the replayed losses are the run's (`runner`). The probes are a
 program of their own beside it (`probes`); the report reads them (`findings`, `report`). A replay
 only reads the run: it takes no lock (a live run may be replayed) and writes its report to its
 own folder. `request` checks the command line first, before JAX is used.
@@ -16,8 +16,8 @@ import argparse
 
 from trainer.config.schema import ConfigError
 from trainer.plan.run_plan import error_exit
-from trainer.replay import report, runner
-from trainer.replay.request import PROBES, ReplayRequest, build_request
+from trainer.start.replay import report, runner
+from trainer.start.replay.request import PROBES, ReplayRequest, build_request
 
 __all__ = ["PROBES", "ReplayRequest", "replay_from_args"]
 

@@ -98,16 +98,16 @@ SETS = [
 #: kernel runs: the `tjx.kernels` entry the model's attention calls (its first call is the first
 #: trace of the train step, in the kernel choice's or the memory fit's compile).
 TARGETS: dict[str, tuple[str, str]] = {
-    "train.steps": ("apps/trainer/trainer/training.py", "Training.loop"),
+    "train.steps": ("apps/trainer/trainer/loop/training.py", "Training.loop"),
     "model.attention_impl": ("packages/tjx-kernels/src/tjx/kernels/dispatch.py", "attention"),
 }
 #: The whole walk's end (``--first-step``): the call that runs a run's first train step.
-FIRST_STEP = ("apps/trainer/trainer/training.py", "Training._step")
+FIRST_STEP = ("apps/trainer/trainer/loop/training.py", "Training._step")
 #: The whole walk's name in its summary line (``walk first step: ...``).
 FIRST_STEP_KEY = "first step"
 #: Called as a step's log is written, inside `FIRST_STEP`: the whole walk's run stops here at the
 #: latest, so that a renamed ``_step`` is an error after one step, not after 4321.
-PAST_FIRST_STEP = ("apps/trainer/trainer/job/step_log.py", "StepLog.step")
+PAST_FIRST_STEP = ("apps/trainer/trainer/loop/step_log.py", "StepLog.step")
 #: The training loop: every setting walk ends there at the latest (its steps are not walked), so
 #: that a target the run no longer calls is an error at once, not after 4321 steps.
 LAST = TARGETS["train.steps"]
@@ -151,7 +151,7 @@ def walk(argv: list[str]) -> list[str]:
         if root not in path.parents or "tests" in path.parts:
             return
         name = path.name
-        if code.co_name == "train_step" and name == "step.py":
+        if code.co_name == "train_step" and name == "train_step.py":
             raise StepReachedError
         if code in read:
             return

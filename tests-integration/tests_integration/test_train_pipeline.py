@@ -1,7 +1,7 @@
 """Pipeline parallelism (``mesh.pipeline``) end to end, on 8 simulated CPU devices.
 
 * GPT-2 and LLaMA: the trainer's pipelined loss (tjx.parallel.pipeline_loss wired to tjx.nn's
-  scanned stack in trainer/step.py) gives the unpipelined loss and gradients, for 2 and 4
+  scanned stack in trainer/step/train_step.py) gives the unpipelined loss and gradients, for 2 and 4
   stages alone and with data / FSDP, GPipe and 1F1B, on fresh random tokens. Tolerance (fp32):
   loss within 1e-5 relative; each gradient leaf within ``1e-5 * max|leaf| + 1e-9`` (sums over
   microbatches and devices in another order; a leaf whose true gradient is zero, like the
@@ -53,7 +53,8 @@ _REFERENCE: dict[str, Any] = {}
 
 
 def _loss_and_grads(model: str, sets: list[str]) -> tuple[float, Any]:
-    from trainer import build_state, load_config, resolve, step, step_config
+    from trainer import build_state, load_config, resolve, step_config
+    from trainer.step import train_step as step
 
     preset, extra = PRESETS[model]
     cfg = resolve(load_config(preset, [*MODEL, *extra, *sets]), VOCAB)

@@ -23,10 +23,10 @@ import yaml  # type: ignore[import-untyped]
 from eval.cli import build_parser as eval_parser
 from tjx.core import config as core_config
 from trainer.cli import build_parser as trainer_parser
-from trainer.config import SCHEMA, read_config
-from trainer.resume import is_training_only
-from trainer.schema import KINDS
-from trainer.settings import configs_dir, load_config_data, preset_names, rows
+from trainer.config.schema import KINDS
+from trainer.config.settings import configs_dir, load_config_data, preset_names, rows
+from trainer.config.typed import SCHEMA, read_config
+from trainer.loop.resume import is_training_only
 
 #: The packages whose public API the site lists, in the DAG's order (docs/architecture.md).
 PACKAGES = ("core", "kernels", "nn", "optim", "parallel", "data", "ckpt", "metrics")

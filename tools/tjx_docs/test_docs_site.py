@@ -23,9 +23,9 @@ from tjx_docs import reference
 from tjx_docs.browser import chromium, chromium_path, serve
 from tjx_docs.pages import MissingTargetError, Pages, rewrite
 from trainer.cli import build_parser as trainer_parser
-from trainer.config import SCHEMA
-from trainer.schema import KINDS
-from trainer.settings import preset_names
+from trainer.config.schema import KINDS
+from trainer.config.settings import preset_names
+from trainer.config.typed import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The contributing guide's build command (a ``ci`` block there names it: test_docs_commands.py).

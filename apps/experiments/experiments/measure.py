@@ -1,6 +1,6 @@
 """Measurements of a finished trainer run beyond its own log: the evaluator's held-out metrics
 at longer sequences, attention-distance histograms at the start, middle and end, and the
-compiled step's peak memory. Each is the owning code's (apps/eval, trainer.memory_fit), called
+compiled step's peak memory. Each is the owning code's (apps/eval, trainer.plan.memory_fit), called
 on the run directory the trainer wrote."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def attention_stages(ctx: RunContext) -> Row:
 
 
 def peak_memory(ctx: RunContext) -> Row:
-    """Compiled peak memory of the run's train step (trainer.memory_fit: XLA's analysis of the
+    """Compiled peak memory of the run's train step (trainer.plan.memory_fit: XLA's analysis of the
     step compiled from abstract shapes) and its steps/s (the median logged tokens/s ÷ tokens per
     step)."""
     from trainer import resolve, step_config, step_peak

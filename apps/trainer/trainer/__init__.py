@@ -10,23 +10,23 @@ from tjx.core.lazy import lazy_api
 
 with lazy_api(globals()):
     from trainer.cli import plan_argv
-    from trainer.config import Config, StepConfig, read_config, resolve, step_config
-    from trainer.data_setup import make_tokenizer, train_loader, val_batches
-    from trainer.data_setup import prepare as prepare_data
-    from trainer.job.folder import RunDir
-    from trainer.job.plan_report import open_target
-    from trainer.job.progress import progress_bar
-    from trainer.job.step_plan import roofline_inputs
-    from trainer.memory_fit import abstract_step, step_peak
-    from trainer.plan import RunPlan
-    from trainer.schema import ConfigError
-    from trainer.settings import load_config
-    from trainer.startup import run
-    from trainer.state import Setup
-    from trainer.state import build as build_state
-    from trainer.step import jit_train_step, make_eval_step, make_train_step
-    from trainer.target_plan import plan_here
-    from trainer.train_state import TrainState
+    from trainer.config.folder import RunDir
+    from trainer.config.schema import ConfigError
+    from trainer.config.settings import load_config
+    from trainer.config.typed import Config, StepConfig, read_config, resolve, step_config
+    from trainer.loop.progress import progress_bar
+    from trainer.plan.memory_fit import abstract_step, step_peak
+    from trainer.plan.plan_report import open_target
+    from trainer.plan.run_plan import RunPlan
+    from trainer.plan.step_plan import roofline_inputs
+    from trainer.plan.target_plan import plan_here
+    from trainer.start.startup import run
+    from trainer.step.data_setup import make_tokenizer, train_loader, val_batches
+    from trainer.step.data_setup import prepare as prepare_data
+    from trainer.step.state import Setup
+    from trainer.step.state import build as build_state
+    from trainer.step.train_state import TrainState
+    from trainer.step.train_step import jit_train_step, make_eval_step, make_train_step
 
 __all__ = [
     "Config",

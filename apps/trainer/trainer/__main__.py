@@ -6,7 +6,7 @@ import sys
 
 from tjx.parallel.preemption import exit_now
 from trainer.cli import main
-from trainer.plan import INTERRUPTED
+from trainer.plan.run_plan import INTERRUPTED
 
 if __name__ == "__main__":
     code = main()

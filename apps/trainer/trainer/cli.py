@@ -15,17 +15,19 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     add_distributed_arguments,
     distributed_from_args,
 )
-from trainer.config import SCHEMA, read_config
-from trainer.job.start import start_location
-from trainer.plan import RunPlan, error_exit, interrupted_exit
-from trainer.resume import check_chat_template, check_resume, describe_changes
-from trainer.schema import ConfigError, keyed
-from trainer.settings import apply_overrides, load_config_data, preset_names, renamed, render
+from trainer.config.schema import ConfigError, keyed
+from trainer.config.settings import apply_overrides, load_config_data, preset_names, renamed, render
+from trainer.config.typed import SCHEMA, read_config
+from trainer.loop.location import start_location
+from trainer.loop.resume import check_chat_template, check_resume, describe_changes
+from trainer.plan.run_plan import RunPlan, error_exit, interrupted_exit
 
 # They load jax (seconds): `--help` and a bad flag answer first; the modules load on first use.
 with lazy_imports(globals()):
     from tjx import metrics, nn
-    from trainer import init_from, replay, search, startup, target_plan
+    from trainer.plan import search, target_plan
+    from trainer.start import replay, startup
+    from trainer.step import init_from
 
 SWITCH = {"action": "store_true"}
 #: The trainer's own flags: (name, argparse keywords, help); a flag without keywords takes a value
@@ -121,8 +123,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     overrides, resume = _overrides(args), bool(args.resume)
     notes: list[str] = []  # an old key's new name: said once the command line is valid
     preset = load_config_data(args.config)
-    # tjx.core.config's engine itself (trainer.settings' wrappers do the same): each --set typed
-    # by its field, an old key name read as today's (said once the command line is valid)
+    # tjx.core.config's engine itself (trainer.config.settings' wrappers do the same): each --set
+    # typed by its field, an old key name read as today's (said once the command line is valid)
     settings = config.apply_overrides(SCHEMA, preset, overrides, renamed, notes.append)
     keys = config.changed(SCHEMA, preset, settings)  # the first screen names only these
     cfg = read_config(settings)

@@ -17,12 +17,12 @@ from tjx.kernels import choice, launch
 from tjx.kernels.testing import failing_attention
 from tjx.nn import attention as nn_attention
 from tjx.nn import stack as nn_stack
-from trainer import state
 from trainer.cli import main
-from trainer.config import read_config, resolve, step_config
-from trainer.first_compile import step_key
-from trainer.memory_fit import choose_attention
-from trainer.settings import apply_overrides, load_config_data
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.plan.first_compile import step_key
+from trainer.plan.memory_fit import choose_attention
+from trainer.step import state
 from trainer.tests._tiny import TINY_RUN
 
 

@@ -13,8 +13,8 @@ from tjx_damaged_hf import HOSTILE_HF, damage
 from tjx import nn
 from tjx.parallel.arguments import distributed_from_args
 from trainer.cli import _launch_flags, build_parser, main, parse_profile, plan_run
-from trainer.job.folder import RunDir
-from trainer.schema import ConfigError
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError
 
 
 def _plan(*argv):
@@ -238,7 +238,7 @@ def test_a_family_switch_or_window_the_llama_checkpoint_lacks_is_refused(in_tmp,
     err = capsys.readouterr().err
     assert "model.attention.sliding_window 8, model.attention.qk_norm True cannot apply" in err
     assert err.count("\n") == 1 and sorted(p.name for p in in_tmp.iterdir()) == ["ck"]
-    from trainer.init_from import check_init_from
+    from trainer.step.init_from import check_init_from
 
     same = ["--set", "model.sliding_window=4", "--set", "model.window_pattern=[local,global]"]
     check_init_from(_plan(*base, *same).config, str(in_tmp / "ck"))  # no clash
@@ -370,7 +370,7 @@ def test_a_run_dir_that_cannot_be_made_is_refused_at_plan_time(in_tmp, monkeypat
 
 
 def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capfd, monkeypatch):
-    from trainer import startup
+    from trainer.start import startup
 
     def interrupted(plan):
         raise KeyboardInterrupt
@@ -414,7 +414,7 @@ def test_a_run_dir_another_trainer_holds_is_one_line_and_changes_nothing(in_tmp,
 def test_a_trainer_that_loses_the_race_for_the_lock_writes_nothing(in_tmp, capsys):
     # Planned while the folder was free; another trainer took it before this one's start: the
     # lock, taken before anything is written, refuses it in the same line.
-    from trainer import startup
+    from trainer.start import startup
 
     plan = _plan("--config", "tiny", "--run-dir", "r")
     with RunDir(in_tmp / "r").lock():

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from flax import nnx
 
-from trainer.config import read_config, resolve
-from trainer.schema import KINDS, ConfigError
-from trainer.settings import apply_overrides, load_config_data, migrate, preset_names
+from trainer.config.schema import KINDS, ConfigError
+from trainer.config.settings import apply_overrides, load_config_data, migrate, preset_names
+from trainer.config.typed import read_config, resolve
 
 PRESETS = [
     "tiny",

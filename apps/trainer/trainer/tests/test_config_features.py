@@ -17,10 +17,10 @@ from tjx import nn, optim
 from tjx.nn.attention_config import ATTENTION_TYPES
 from tjx.optim.schedules import WSD_DECAY_SHAPES
 from trainer.cli import main
-from trainer.config import read_config, resolve, step_config
-from trainer.memory_fit import abstract_step
-from trainer.schema import ConfigError, choices
-from trainer.settings import apply_overrides, field_at, load_config_data
+from trainer.config.schema import ConfigError, choices
+from trainer.config.settings import apply_overrides, field_at, load_config_data
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.plan.memory_fit import abstract_step
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp": {"dim": 32}}
 MLA = {"attention": {"type": "mla"}, "mla": {"kv_latent_dim": 4}}

@@ -15,9 +15,8 @@ from tjx.metrics.loggers.wandb_logger import WANDB_MODES
 from tjx.nn.families.gemma4 import Gemma4Options
 from tjx.nn.families.llama4.options import Llama4Options
 from tjx.optim.config import LOSS_SCALES
-from trainer.config import read_config, resolve
-from trainer.schema import KINDS, ConfigError, choices
-from trainer.settings import (
+from trainer.config.schema import KINDS, ConfigError, choices
+from trainer.config.settings import (
     apply_overrides,
     deep_merge,
     field_at,
@@ -25,6 +24,7 @@ from trainer.settings import (
     preset_names,
     rows,
 )
+from trainer.config.typed import read_config, resolve
 
 # The trainer's optimizer defaults before #15 point 2: they applied to every optimizer.
 OLD_TRAINER_DEFAULTS = {"b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
@@ -289,7 +289,7 @@ def test_every_package_declares_its_settings_with_tjx_cores_one_helper():
     """#53: `setting` has one definition (tjx.core.fields); the packages' config classes and the
     trainer's schema use it, so a field's metadata means the same everywhere."""
     from tjx.core import fields
-    from trainer import schema
+    from trainer.config import schema
 
     assert schema.setting is fields.setting
     made = fields.setting(1, help="h", resumable=True)

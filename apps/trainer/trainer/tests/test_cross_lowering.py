@@ -15,9 +15,9 @@ from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
 
 from tjx import kernels
 from tjx.kernels import launch
-from trainer.config import read_config, resolve, step_config
-from trainer.memory_fit import abstract_step
-from trainer.settings import apply_overrides, load_config_data
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.plan.memory_fit import abstract_step
 
 TRITON, CUDNN = "__gpu$xla.gpu.triton", "__cudnn$fmha"
 H100 = "NVIDIA H100 80GB HBM3"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer import data_setup
 from trainer.cli import main
-from trainer.config import read_config
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
+from trainer.config.typed import read_config
+from trainer.step import data_setup
 
 
 def test_a_cap_below_one_batch_exits_2_and_writes_nothing(in_tmp, capsys):

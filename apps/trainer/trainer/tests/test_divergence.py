@@ -13,7 +13,7 @@ from trainer.tests.test_loop_inprocess import _argv
 
 def _poison_from(monkeypatch, first_bad: int) -> None:
     """From step ``first_bad`` on the step reports a NaN loss and a skipped update."""
-    from trainer import step as step_module
+    from trainer.step import train_step as step_module
 
     real = step_module.make_train_step
 

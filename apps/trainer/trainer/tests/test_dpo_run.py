@@ -13,8 +13,8 @@ import pytest
 
 from tjx import ckpt, nn
 from trainer.cli import main, plan_argv
-from trainer.config import read_config, resolve, step_config
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
+from trainer.config.typed import read_config, resolve, step_config
 
 SMALL = [
     "model.d_model=32",
@@ -61,9 +61,9 @@ def _metrics(run):
 
 def _heldout(argv, init):
     """The held-out preference metrics of the run ``argv`` would start from ``init``."""
-    import trainer.data_setup as data_setup
-    import trainer.evaluation as evaluation
-    import trainer.state as state
+    import trainer.loop.evaluation as evaluation
+    import trainer.step.data_setup as data_setup
+    import trainer.step.state as state
 
     cfg = plan_argv(argv).config
     bundle = data_setup.prepare(cfg)
@@ -110,8 +110,8 @@ def test_dpo_from_an_sft_run_raises_held_out_preference_accuracy_and_resumes_exa
 
 
 def _setup(tmp, *sets):
-    import trainer.data_setup as data_setup
-    import trainer.state as state
+    import trainer.step.data_setup as data_setup
+    import trainer.step.state as state
 
     cfg = plan_argv(_argv(tmp, "dpo_tiny", "run", "data.batch_size=4", *sets)).config
     bundle = data_setup.prepare(cfg)
@@ -120,7 +120,7 @@ def _setup(tmp, *sets):
 
 
 def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tmp):
-    from trainer.step import jit_train_step
+    from trainer.step.train_step import jit_train_step
 
     cfg, setup, batch = _setup(in_tmp)
     st = setup.state
@@ -139,7 +139,7 @@ def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tm
 
 
 def test_accumulated_micro_batches_weigh_by_their_pairs(in_tmp):
-    from trainer.step import jit_train_step
+    from trainer.step.train_step import jit_train_step
 
     norms = []
     for micro in (1, 2):
@@ -166,7 +166,7 @@ def _without_adapters(tree):
 def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp):
     from flax import nnx
 
-    from trainer.step import make_loss_fn
+    from trainer.step.train_step import make_loss_fn
 
     cfg, setup, batch = _setup(in_tmp, "lora.enabled=true", "lora.rank=2")
     assert setup.state.reference is None  # no second copy of the weights
@@ -195,7 +195,7 @@ def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp):
 
 
 def test_the_dpo_step_compiles_for_a_plan(in_tmp):
-    from trainer import target_plan
+    from trainer.plan import target_plan
 
     cfg = plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config
     run = target_plan.build(step_config(resolve(cfg, 400)), jax.devices()[:1])
@@ -206,7 +206,7 @@ def test_the_dpo_step_compiles_for_a_plan(in_tmp):
 
 
 def _preset(name):
-    from trainer.settings import load_config_data
+    from trainer.config.settings import load_config_data
 
     return load_config_data(name)
 
@@ -269,7 +269,7 @@ def test_bad_dpo_inputs_are_one_line_exit_2_and_write_nothing(in_tmp, capsys):
 def test_a_lora_sft_run_starts_dpo_with_its_adapters_merged_into_the_weights(in_tmp):
     from flax import nnx
 
-    from trainer import init_from
+    from trainer.step import init_from
 
     sft = ["train.steps=3", "lora.enabled=true", "lora.rank=2", "lora.targets=[q,v]"]
     assert main(_argv(in_tmp, "sft_tiny", "sft", *sft, "data.batch_size=8")) == 0

@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
-import trainer.evaluation as evaluation
-from trainer.state import Setup
+import trainer.loop.evaluation as evaluation
+from trainer.step.state import Setup
 
 
 def _setup(scale: float) -> Setup:

@@ -1,9 +1,9 @@
 """One compile of the train step before step 1: the kernel choice, the memory measure and the
-run share one executable (trainer.first_compile). XLA's own compile events are counted (JAX's
+run share one executable (trainer.plan.first_compile). XLA's own compile events are counted (JAX's
 ``/jax/core/compile/backend_compile_duration``, by the compiled function's name), for ``tiny``
 and the shapes of gpt2_small and llama_small shrunk to tiny sizes, with settings that change the
 kernel and the memory fit; a long compile says so while it runs. Beside it, one program makes
-the run's start (trainer.state.born), from the seed or from a run's checkpoint."""
+the run's start (trainer.step.state.born), from the seed or from a run's checkpoint."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import jax
 import pytest
 
 from trainer.cli import main
-from trainer.first_compile import FROM_CACHE, ticking
+from trainer.plan.first_compile import FROM_CACHE, ticking
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 #: The programs before step 1 besides the train step and the start's: the step's base key
-#: (``jax.random.key(train.seed)``, made eagerly by trainer.step), two tiny ones.
+#: (``jax.random.key(train.seed)``, made eagerly by trainer.step.train_step), two tiny ones.
 KEY_PROGRAMS = {"jit(stage)", "jit(_threefry_seed)"}
 #: A compile's last line; CI's shared persistent cache may serve the compile, and the line says so.
 COMPILED_LINE = rf"compiled the train step in \d+\.\d s({re.escape(FROM_CACHE)})?"
@@ -73,7 +73,7 @@ def train_step_compiles(argv: list[str]) -> tuple[int, list[str]]:
 def programs_before_step_1(argv: list[str], monkeypatch) -> tuple[int, list[str]]:
     """(exit code, the names of every XLA compile from ``main(argv)``'s start to the first call
     of the train step)."""
-    import trainer.first_compile as first_compile
+    import trainer.plan.first_compile as first_compile
 
     names: list[str] = []
     before: list[list[str]] = []
@@ -151,7 +151,7 @@ def test_the_memory_fit_measures_the_executable_the_run_calls(corpus, in_tmp, ca
     """On one device the memory fit reads the kernel choice's executable: still one compile. A
     step that does not fit is compiled once more with full remat (the lighter step), and no
     more: here neither fits, so the run stops with one error line after those two compiles."""
-    from trainer import memory_fit
+    from trainer.plan import memory_fit
 
     one = functools.partial(memory_fit.fit_memory, devices=1)
     monkeypatch.setattr(memory_fit, "fit_memory", one)

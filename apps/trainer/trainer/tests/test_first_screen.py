@@ -15,9 +15,9 @@ import yaml
 
 from tjx.metrics.loggers import wandb_logger
 from trainer.cli import _first_lines, build_parser, main, plan_run
-from trainer.config import read_config
-from trainer.schema import ConfigError
-from trainer.settings import apply_overrides, load_config_data, preset_names
+from trainer.config.schema import ConfigError
+from trainer.config.settings import apply_overrides, load_config_data, preset_names
+from trainer.config.typed import read_config
 from trainer.tests.test_loop_inprocess import SETS
 
 #: Each preset's warmup in steps at its own train.steps, as the presets said before #40.

@@ -13,7 +13,7 @@ from flax import nnx
 
 from tjx import nn
 from trainer.cli import main, plan_argv
-from trainer.config import resolve, step_config
+from trainer.config.typed import resolve, step_config
 
 SMALL = [
     "model.d_model=32",
@@ -49,7 +49,7 @@ def _metrics(run):
 
 
 def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp, capsys):
-    from trainer.startup import RL_FROM_SCRATCH
+    from trainer.start.startup import RL_FROM_SCRATCH
 
     sets = ("train.steps=4", "train.checkpoint_every=2")
     assert main(_argv(in_tmp, "whole", *sets)) == 0
@@ -94,11 +94,11 @@ GSPO = (
 def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
     import dataclasses
 
-    import trainer.data_setup as data_setup
-    import trainer.state as state
-    from trainer.grpo import Rollouts
-    from trainer.grpo import batch_shapes as grpo_batch_shapes
-    from trainer.step import make_loss_fn
+    import trainer.step.data_setup as data_setup
+    import trainer.step.state as state
+    from trainer.step.grpo import Rollouts
+    from trainer.step.grpo import batch_shapes as grpo_batch_shapes
+    from trainer.step.train_step import make_loss_fn
 
     cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2", *GSPO)).config
     assert cfg.grpo.importance_sampling_level == "sequence" and cfg.grpo.entropy_coef == 0.01
@@ -155,8 +155,8 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
 
 
 def test_group_advantages_of_the_loop_are_group_normalised_rewards():
-    from trainer.grpo import score
-    from trainer.grpo_settings import GrpoRollout
+    from trainer.config.grpo_settings import GrpoRollout
+    from trainer.step.grpo import score
 
     rng = np.random.default_rng()
     answers = [str(int(x)) for x in rng.integers(0, 9, 8)]
@@ -197,7 +197,7 @@ def test_init_from_run_at_step_starts_from_that_checkpoint_and_a_missing_step_is
     in_tmp, capsys
 ):
     from tjx import ckpt
-    from trainer.init_from import load_run
+    from trainer.step.init_from import load_run
 
     # The start: an SFT run of the same model on the same task (so the same ChatML BPE).
     sft = ["--config", "sft_tiny", "--run-dir", str(in_tmp / "start")]

@@ -57,7 +57,7 @@ def test_histograms_of_every_parameter(in_tmp, every):
 
 
 def test_histogram_every_may_change_on_resume():
-    from trainer import resume
+    from trainer.loop import resume
 
     # Logging only: it never reaches the train state, so a resume may turn histograms on or off.
     assert resume.is_training_only("logging.histogram_every")

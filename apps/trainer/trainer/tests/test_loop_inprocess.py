@@ -6,7 +6,7 @@ import json
 import re
 
 from trainer.cli import main
-from trainer.first_compile import FROM_CACHE
+from trainer.plan.first_compile import FROM_CACHE
 from trainer.tests._tiny import TINY_RUN
 
 #: A compile's last line; CI's shared persistent cache may serve the compile, and the line says so.
@@ -100,7 +100,8 @@ def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
     (their changes are replaces, never a second build from the sections)."""
     import functools
 
-    from trainer import config, memory_fit
+    from trainer.config import typed as config
+    from trainer.plan import memory_fit
 
     built = {"model": 0, "optimizer": 0, "mesh": 0}
     real = config.build
@@ -127,8 +128,8 @@ def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp
     """train.compilation_cache reaches tjx.kernels (auto: its own default, None), and the folder
     in use is said with the key that sets it."""
     import tjx.kernels
-    from trainer.config import read_config
-    from trainer.startup import _device_note
+    from trainer.config.typed import read_config
+    from trainer.start.startup import _device_note
 
     asked = []
 

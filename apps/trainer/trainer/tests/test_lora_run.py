@@ -11,8 +11,8 @@ import pytest
 
 from tjx import nn
 from trainer.cli import main, plan_argv
-from trainer.config import read_config, resolve, step_config
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
+from trainer.config.typed import read_config, resolve, step_config
 
 LLAMA = [
     "model.kind=llama",
@@ -70,8 +70,8 @@ def test_the_lora_section_is_tjx_nn_lora_config_and_a_setting_without_enabled_is
 
 
 def test_only_the_adapters_train_and_hold_optimizer_state(in_tmp):
-    import trainer.state as state
-    from trainer.step import jit_train_step
+    import trainer.step.state as state
+    from trainer.step.train_step import jit_train_step
 
     cfg = resolve(plan_argv(_argv(in_tmp)).config, 80)
     setup = state.build(step_config(cfg))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tjx.metrics import GIB
-from trainer.config import read_config, resolve, step_config
-from trainer.memory_fit import fit_memory, step_peak
-from trainer.schema import ConfigError
-from trainer.settings import apply_overrides, load_config_data
+from trainer.config.schema import ConfigError
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.plan.memory_fit import fit_memory, step_peak
 
 VOCAB = 257
 # A scanned stack whose activations dominate its memory, so full remat shrinks it measurably.

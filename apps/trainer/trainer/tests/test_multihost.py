@@ -14,8 +14,9 @@ import pytest
 
 from tjx.parallel import joining
 from tjx.parallel.arguments import VARIABLES, DistributedArgs
-from trainer import data_setup, multihost
 from trainer.cli import build_parser, main, plan_run
+from trainer.loop import multihost
+from trainer.step import data_setup
 
 
 @pytest.fixture()

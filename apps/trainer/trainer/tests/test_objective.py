@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from tjx import metrics, nn
-from trainer.config import read_config, resolve, step_config
-from trainer.step import make_eval_step, make_loss_fn
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.step.train_step import make_eval_step, make_loss_fn
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
 
@@ -33,7 +33,7 @@ def test_kind_to_objective(kind, name, unit, extra):
 
 
 def test_a_step_counts_images_or_the_continued_half():
-    from trainer.training import units_per_step
+    from trainer.config.typed import units_per_step
 
     vit = read_config({"model": {"kind": "vit"}, "data": {"batch_size": 8}})
     assert units_per_step(vit) == 8

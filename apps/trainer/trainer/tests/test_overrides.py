@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.config import read_config
-from trainer.schema import ConfigError
-from trainer.settings import apply_overrides, field_at, load_config_data, parse_override
+from trainer.config.schema import ConfigError
+from trainer.config.settings import apply_overrides, field_at, load_config_data, parse_override
+from trainer.config.typed import read_config
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_field_at_walks_sections():
 def test_llama3s_four_numbers_in_an_old_file_read_as_the_rope_scaling_section():
     """tjx-nn 0.11 held ``model.rope_scaling`` as ``[factor, low, high, original]``; a preset,
     user file or saved ``config.yaml`` in that form reads as the section of named keys."""
-    from trainer.settings import migrate
+    from trainer.config.settings import migrate
 
     old = {"model": {"kind": "llama", "rope_scaling": [8, 1, 4, 8192]}}
     section = migrate(old)["model"]["position"]["rope_scaling"]

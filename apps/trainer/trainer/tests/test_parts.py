@@ -7,11 +7,11 @@ import json
 import pytest
 import yaml
 
-from trainer import data_setup
-from trainer.config import read_config
-from trainer.evaluation import format_samples
-from trainer.job.folder import RunDir
-from trainer.schema import ConfigError
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError
+from trainer.config.typed import read_config
+from trainer.loop.evaluation import format_samples
+from trainer.step import data_setup
 
 
 def test_samples_file(tmp_path):

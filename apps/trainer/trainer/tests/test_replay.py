@@ -23,11 +23,11 @@ import yaml  # type: ignore[import-untyped]
 from tjx.ckpt.lock import LOCK_FILE
 from tjx.metrics import read_jsonl
 from trainer.cli import main
-from trainer.config import read_config
-from trainer.job.folder import RunDir
-from trainer.replay.request import PROBES, check_objective
-from trainer.schema import ConfigError
-from trainer.settings import apply_overrides, load_config_data
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config
+from trainer.start.replay.request import PROBES, check_objective
 from trainer.tests._tiny import TINY_RUN
 
 #: The runs' settings: every step logged, a checkpoint every 4 (12 steps) or 30 (90 steps).

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import trainer.grpo as grpo
+import trainer.step.grpo as grpo
 from tjx.metrics import read_jsonl
 from trainer.cli import main
 

@@ -11,12 +11,12 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from tjx import nn
-from trainer import resume
-from trainer.config import read_config, resolve, step_config
-from trainer.job.folder import RunDir
-from trainer.memory_fit import abstract_step
-from trainer.schema import ConfigError
-from trainer.settings import apply_overrides, load_config_data
+from trainer.config.folder import RunDir
+from trainer.config.schema import ConfigError
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.loop import resume
+from trainer.plan.memory_fit import abstract_step
 
 VOCAB = 257
 SMALL = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.mlp.dim=64"]
@@ -95,7 +95,7 @@ def test_state_changing_keys_must_match(override, base_signature):
 def test_the_optimizer_layout_may_change_though_the_state_it_holds_does(base_signature):
     """``optimizer.flat_update`` lays the same numbers out otherwise (flat buffers or per leaf;
     it follows the mesh): a resume may change it, and the trainer converts the restored state
-    (trainer.training's ``_restore``, tjx.optim's ``relayout_state``; test_train_pipeline moves
+    (trainer.loop.training's ``_restore``, tjx.optim's ``relayout_state``; test_train_pipeline moves
     a run between meshes)."""
     assert resume.is_training_only("optimizer.flat_update")
     assert _state_signature(_config("optimizer.flat_update=off")) != base_signature
@@ -315,7 +315,7 @@ def _hf_start(tmp_path: Path, cfg: Any) -> Path:
 def test_a_hugging_face_start_resumes_again_and_again_with_the_same_command(tmp_path):
     """The first resume writes the checkpoint's architecture into config.yaml (what trains);
     the same command must resume after it too: both compare as trained (#71)."""
-    from trainer import init_from
+    from trainer.step import init_from
 
     cfg = _config("model.kind=llama")
     run = _hf_start(tmp_path, cfg)

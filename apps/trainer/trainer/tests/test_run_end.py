@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import trainer.evaluation as evaluation
+import trainer.loop.evaluation as evaluation
 from tjx import ckpt
 from trainer.cli import main
 from trainer.tests._tiny import TWO_STEPS_THEN_EXTRAS
@@ -228,7 +228,7 @@ def test_an_evaluation_failing_mid_run_saves_that_step(in_tmp, capfd, monkeypatc
 
 def test_in_words_says_a_failure_in_one_line():
     from tjx import data
-    from trainer.training import REASON_CHARS, in_words
+    from trainer.loop.training import REASON_CHARS, in_words
 
     assert in_words(data.RewardError("reward 'x' raised KeyError")) == (
         "grpo.rewards: reward 'x' raised KeyError"

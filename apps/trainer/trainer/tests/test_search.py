@@ -20,14 +20,14 @@ import jax
 import pytest
 
 from tjx.metrics import GIB, Target, accelerator
-from trainer import search as search_cli
-from trainer import target_plan
 from trainer.cli import main
-from trainer.config import read_config, resolve
-from trainer.search import candidates, engine, table, write_winner
-from trainer.search.candidates import Candidate, MeshChoice, Space, apply, describe
-from trainer.search.engine import Outcome, search
-from trainer.settings import apply_overrides, load_config_data
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config, resolve
+from trainer.plan import search as search_cli
+from trainer.plan import target_plan
+from trainer.plan.search import candidates, engine, table, write_winner
+from trainer.plan.search.candidates import Candidate, MeshChoice, Space, apply, describe
+from trainer.plan.search.engine import Outcome, search
 
 TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
 

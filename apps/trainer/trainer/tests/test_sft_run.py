@@ -11,8 +11,8 @@ import pytest
 
 from tjx import nn
 from trainer.cli import main, plan_argv
-from trainer.config import read_config, resolve, step_config
-from trainer.schema import ConfigError
+from trainer.config.schema import ConfigError
+from trainer.config.typed import read_config, resolve, step_config
 
 SMALL = [
     "model.d_model=32",
@@ -35,9 +35,9 @@ def _argv(tmp, *sets):
 
 
 def test_the_loss_counts_the_assistant_tokens_only(in_tmp):
-    import trainer.data_setup as data_setup
-    import trainer.state as state
-    from trainer.step import make_loss_fn
+    import trainer.step.data_setup as data_setup
+    import trainer.step.state as state
+    from trainer.step.train_step import make_loss_fn
 
     cfg = plan_argv(_argv(in_tmp)).config
     bundle = data_setup.prepare(cfg)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from trainer.cli import main
-from trainer.config import read_config
-from trainer.settings import apply_overrides, load_config_data, render, rows
+from trainer.config.settings import apply_overrides, load_config_data, render, rows
+from trainer.config.typed import read_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-import trainer.evaluation as evaluation
+import trainer.loop.evaluation as evaluation
 from trainer.cli import main
-from trainer.plan import interrupted_exit, stop_on_signals
+from trainer.plan.run_plan import interrupted_exit, stop_on_signals
 from trainer.tests._tiny import TWO_STEPS_THEN_EXTRAS
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from trainer.config import read_config, resolve, step_config
-from trainer.state import build
-from trainer.step import make_eval_step
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.step.state import build
+from trainer.step.train_step import make_eval_step
 
 SMALL = {
     "model": {
@@ -49,7 +49,7 @@ def test_train_step_lowers_loss_and_accumulation_matches_one_batch():
         )
         run = step_config(resolve(cfg, 40))
         setup = build(run)
-        from trainer.step import make_train_step
+        from trainer.step.train_step import make_train_step
 
         step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, run))
         st = setup.state

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from trainer.config import read_config, resolve, step_config
-from trainer.state import build
-from trainer.step import make_eval_step, make_train_step
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.step.state import build
+from trainer.step.train_step import make_eval_step, make_train_step
 
 VOCAB, B, S, MICRO = 40, 32, 8, 4  # 8 rows per micro-batch: one per simulated device
 # Real tokens per row of each micro-batch. Valid targets per micro-batch: 0 (all padding), 8,

@@ -13,14 +13,14 @@ from flax import nnx
 
 from tjx import nn
 from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, fit_compiled
-from trainer import target_plan
 from trainer.cli import main
-from trainer.config import read_config, resolve, step_config
-from trainer.job.plan_report import does_not_fit
-from trainer.memory_fit import lighter
-from trainer.plan import output_file
-from trainer.schema import ConfigError
-from trainer.settings import apply_overrides, load_config_data
+from trainer.config.schema import ConfigError
+from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.plan import target_plan
+from trainer.plan.memory_fit import lighter
+from trainer.plan.plan_report import does_not_fit
+from trainer.plan.run_plan import output_file
 
 TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
 
@@ -353,7 +353,7 @@ def test_a_grpo_plan_compiles_its_update_and_its_rollout_programs():
 
 
 def test_a_rollout_program_past_the_devices_memory_is_the_plans_error():
-    from trainer.job.plan_report import PlanResult, _programs
+    from trainer.plan.plan_report import PlanResult, _programs
 
     result, lines = PlanResult("v5e", "grpo_tiny"), []
     huge = Compiled("rollout decode step", 1.0, compiled=object(), peak=1000 * GIB)

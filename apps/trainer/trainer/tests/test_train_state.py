@@ -11,9 +11,9 @@ import pytest
 
 from tjx import kernels
 from tjx.optim import FlatParams, OptimizerConfig, flat_layout
-from trainer.config import read_config, resolve, step_config
-from trainer.state import abstract_state
-from trainer.train_state import TrainState
+from trainer.config.typed import read_config, resolve, step_config
+from trainer.step.state import abstract_state
+from trainer.step.train_state import TrainState
 
 
 def _state(rng: np.random.Generator, *, reference: bool, fp8: bool = False) -> TrainState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainer.cli import main
-from trainer.xla_flags import AUTOTUNE_FLAGS, apply_gpu_autotune
+from trainer.start.xla_flags import AUTOTUNE_FLAGS, apply_gpu_autotune
 
 
 def test_off_appends_the_level_and_default_sets_nothing():

@@ -248,9 +248,9 @@ def test_the_names_that_went_to_the_trainer_say_where_they_are() -> None:
         from tjx.ckpt import RunDir  # noqa: F401
     assert "`from trainer import RunDir`" in str(err.value) and "RunFolder" in str(err.value)
     for name, home in [
-        ("start_location", "trainer.job.start"),
-        ("config_changes", "trainer.job.changes"),
-        ("final_summary", "trainer.job.folder"),
+        ("start_location", "trainer.loop.location"),
+        ("config_changes", "trainer.config.changes"),
+        ("final_summary", "trainer.config.folder"),
     ]:
         with pytest.raises(ImportError, match=f"moved out of tjx.ckpt in tjx-ckpt 0.15: .*{home}"):
             getattr(tjx.ckpt, name)

@@ -123,7 +123,7 @@ def test_cached_splits_are_not_read_again(tmp_path, text_corpus, monkeypatch):
 
 
 def test_shards_of_the_old_trainer_layout_are_found_offline(tmp_path, monkeypatch):
-    """Caches written before tjx.data owned the key (trainer/data_setup.py) are reused: for a
+    """Caches written before tjx.data owned the key (trainer/step/data_setup.py) are reused: for a
     hub name the folder was <slug>-<fingerprint[:12]>; reused here without opening the hub."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source, cache, tok = "owner/some-data", tmp_path / "cache", ByteTokenizer()

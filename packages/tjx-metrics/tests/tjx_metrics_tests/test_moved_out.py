@@ -12,9 +12,9 @@ from tjx import metrics
 @pytest.mark.parametrize(
     ("name", "new"),
     [
-        ("plan_report", "`from trainer.job.plan_report import plan_report`"),
-        ("StepLog", "`from trainer.job.step_log import StepLog`"),
-        ("device_notes", "`from trainer.job.device_notes import device_notes`"),
+        ("plan_report", "`from trainer.plan.plan_report import plan_report`"),
+        ("StepLog", "`from trainer.loop.step_log import StepLog`"),
+        ("device_notes", "`from trainer.start.device_notes import device_notes`"),
         ("progress_bar", "`from trainer import progress_bar`"),
     ],
 )

@@ -193,7 +193,7 @@ def test_the_flat_position_keys_move_into_the_position_section():
 def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
     """0.21 moved them to the trainer app, which tjx.nn cannot import: one ImportError line
     naming the new import."""
-    with pytest.raises(ImportError, match="tjx-nn 0.21: .*`from trainer.job.init_checks import"):
+    with pytest.raises(ImportError, match="tjx-nn 0.21: .*`from trainer.step.init_checks import"):
         from tjx.nn import hf_start_config  # noqa: F401
     with pytest.raises(ImportError, match="`from trainer import roofline_inputs`"):
         tnn.roofline_inputs  # noqa: B018

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tjx.core.config import flatten_config
-from trainer.job.changes import ConfigChanges, config_changes, describe_changes, key_matches
+from trainer.config.changes import ConfigChanges, config_changes, describe_changes, key_matches
 
 SAVED = {
     "name": "a",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from tjx.metrics import device_summary
-from trainer.job.device_notes import device_notes
+from trainer.start.device_notes import device_notes
 
 
 def test_a_runs_device_notes_name_the_devices_the_cache_setting_and_a_cpus_pace(

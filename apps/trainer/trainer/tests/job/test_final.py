@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tjx.ckpt import params_sha256
-from trainer.job.folder import RunDir, final_summary
+from trainer.config.folder import RunDir, final_summary
 
 
 def _params(seed: int) -> dict[str, object]:

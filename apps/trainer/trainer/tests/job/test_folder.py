@@ -10,7 +10,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from tjx.ckpt import RunFolder
-from trainer.job.folder import RunDir
+from trainer.config.folder import RunDir
 
 
 def test_layout() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tjx import nn as tnn
-from trainer.job.init_checks import check_hf_settings, clash_names, hf_start_config
+from trainer.step.init_checks import check_hf_settings, clash_names, hf_start_config
 
 
 def _llama(**kw: object) -> tnn.LlamaConfig:

@@ -13,7 +13,7 @@ import jax
 import pytest
 
 from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless
-from trainer.job.plan_report import does_not_fit, local_target, open_target, plan_report
+from trainer.plan.plan_report import does_not_fit, local_target, open_target, plan_report
 
 TEXTS = Path(__file__).parent / "hlo_texts"
 REFUSED = "RESOURCE_EXHAUSTED: HLO temporaries (27.98G) exceeds available HBM (15.75G)"

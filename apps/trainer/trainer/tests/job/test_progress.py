@@ -7,7 +7,7 @@ import io
 import numpy as np
 from rich.console import Console
 
-from trainer.job.progress import _clock, progress_bar
+from trainer.loop.progress import _clock, progress_bar
 
 
 def test_plain_lines_when_not_a_terminal(capsys):

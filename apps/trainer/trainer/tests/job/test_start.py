@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tjx.core.config import ConfigError
-from trainer.job.folder import RunDir
-from trainer.job.start import start_location
+from trainer.config.folder import RunDir
+from trainer.loop.location import start_location
 
 
 def test_a_new_local_folder_starts_fresh_and_is_not_made(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_a_folder_that_cannot_be_made_or_an_unknown_scheme_names_the_flag(tmp_pa
 
 
 def test_a_resume_reads_the_runs_saved_config(tmp_path: Path) -> None:
-    from trainer.job.start import resumed_config
+    from trainer.loop.location import resumed_config
 
     RunDir(tmp_path).create({"train": {"steps": 3}})
     assert resumed_config(tmp_path) == {"train": {"steps": 3}}
@@ -64,7 +64,7 @@ def test_a_resume_reads_the_runs_saved_config(tmp_path: Path) -> None:
 def test_a_resume_without_a_readable_saved_config_names_the_file_and_the_way_out(
     tmp_path: Path,
 ) -> None:
-    from trainer.job.start import resumed_config
+    from trainer.loop.location import resumed_config
 
     config = tmp_path / "config.yaml"
     with pytest.raises(ConfigError) as err:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tjx.ckpt import CheckpointError, NotCreatableError
-from trainer.job.folder import RunDir, RunStartError
+from trainer.config.folder import RunDir, RunStartError
 
 
 def _step(run: RunDir, step: int) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tjx import metrics
-from trainer.job import step_log
-from trainer.job.step_log import ProfileWindow, StepLog
+from trainer.loop import step_log
+from trainer.loop.step_log import ProfileWindow, StepLog
 
 
 def _clock(times: list[float]):

@@ -10,7 +10,7 @@ import pytest
 
 from tjx import kernels
 from tjx import nn as tnn
-from trainer.job.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
+from trainer.plan.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
 
 VIT = dict(d_model=32, num_layers=2, num_heads=4, image_size=8, patch_size=4, num_classes=5)
 H100 = SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))

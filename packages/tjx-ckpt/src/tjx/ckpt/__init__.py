@@ -9,7 +9,7 @@ back as mappings, the newest committed step; ``check_can_create``, whether a fol
 ``ConfigError``, ``load_yaml``...) and ``setting`` moved to tjx-core in 0.14 (`tjx.core.config`,
 `tjx.core.fields`); their old names here were removed in 0.16. A training run's directory layout
 and its start and resume checks (``RunDir``, ``start_location``, ``resumed_config``,
-``config_changes``...) moved to the trainer app in 0.15 (``trainer.job``). Reading one of those
+``config_changes``...) moved to the trainer app in 0.15 (the trainer's rooms). Reading one of those
 names here is an ImportError that says where it went.
 
 ``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
@@ -80,12 +80,12 @@ _moved_out = moved_out(
     {
         "RunDir": _TRAINER.format("directory", "trainer", "RunDir")
         + " (its storage stays here: `tjx.ckpt.RunFolder`)",
-        "final_summary": _TRAINER.format("final.json", "trainer.job.folder", "final_summary"),
-        "RunStartError": _TRAINER.format("start check", "trainer.job.folder", "RunStartError"),
-        "start_location": _TRAINER.format("start check", "trainer.job.start", "start_location"),
-        "resumed_config": _TRAINER.format("resume", "trainer.job.start", "resumed_config"),
+        "final_summary": _TRAINER.format("final.json", "trainer.config.folder", "final_summary"),
+        "RunStartError": _TRAINER.format("start check", "trainer.config.folder", "RunStartError"),
+        "start_location": _TRAINER.format("start check", "trainer.loop.location", "start_location"),
+        "resumed_config": _TRAINER.format("resume", "trainer.loop.location", "resumed_config"),
         **{
-            name: _TRAINER.format("config check on resume", "trainer.job.changes", name)
+            name: _TRAINER.format("config check on resume", "trainer.config.changes", name)
             for name in ("ConfigChanges", "config_changes", "describe_changes", "key_matches")
         },
     },

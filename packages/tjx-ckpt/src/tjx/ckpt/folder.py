@@ -5,7 +5,7 @@ A training run keeps its files and its checkpoints in one folder, a local one or
 there: `write_if_changed` writes a file whole or not at all, `RunFolder.read` reads a mapping
 back (`RunFileError` in one line if it cannot), and the ``checkpoints/`` folder's steps are
 listed, committed or not. Which files a run holds (``config.yaml``, ``final.json``...) is the
-app's layout (the trainer's ``trainer.job.folder.RunDir``); `check_can_create` says whether a
+app's layout (the trainer's ``trainer.config.folder.RunDir``); `check_can_create` says whether a
 folder can be made before anything is written there.
 
 Every file is written whole or not at all. On a disk: into a temporary file next to it, fsynced,

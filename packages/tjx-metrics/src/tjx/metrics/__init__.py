@@ -39,7 +39,7 @@
 
 A run's plan report, step log, device notes and progress bar (``plan_report``, ``StepLog``,
 ``ProfileWindow``, ``device_notes``, ``progress_bar``...) moved to the trainer app in 0.18
-(``trainer.job``): reading one here is an ImportError naming its new import.
+(the trainer's rooms): reading one here is an ImportError naming its new import.
 """
 
 from tjx.core.deprecation import moved_out
@@ -153,16 +153,18 @@ __getattr__ = moved_out(
     __name__,
     {
         **{
-            name: _TRAINER.format("plan report", "trainer.job.plan_report", name)
+            name: _TRAINER.format("plan report", "trainer.plan.plan_report", name)
             for name in ("PlanResult", "does_not_fit", "local_target", "open_target", "plan_report")
         },
         **{
-            name: _TRAINER.format("step log", "trainer.job.step_log", name)
+            name: _TRAINER.format("step log", "trainer.loop.step_log", name)
             for name in ("ProfileWindow", "StepLog")
         },
-        "device_notes": _TRAINER.format("device notes", "trainer.job.device_notes", "device_notes"),
+        "device_notes": _TRAINER.format(
+            "device notes", "trainer.start.device_notes", "device_notes"
+        ),
         "progress_bar": _TRAINER.format("progress bar", "trainer", "progress_bar"),
-        "ProgressBar": _TRAINER.format("progress bar", "trainer.job.progress", "ProgressBar"),
+        "ProgressBar": _TRAINER.format("progress bar", "trainer.loop.progress", "ProgressBar"),
     },
     since="tjx-metrics 0.18",
 )

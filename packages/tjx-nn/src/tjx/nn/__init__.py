@@ -12,7 +12,7 @@ are built (``resolve_attention``; with an app's compile, the kernel that compile
 utilities. A run's
 start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``clash_names``;
 ``batch_shapes``, ``roofline_inputs``, ``TOKEN_KEYS``) moved to the trainer app in 0.21
-(``trainer.job``): reading one here is an ImportError naming it.
+(the trainer's rooms): reading one here is an ImportError naming it.
 """
 
 from tjx.core.deprecation import moved_out
@@ -152,12 +152,12 @@ __getattr__ = moved_out(
     __name__,
     {
         **{
-            name: _TRAINER.format("start check", "trainer.job.init_checks", name)
+            name: _TRAINER.format("start check", "trainer.step.init_checks", name)
             for name in ("check_hf_settings", "clash_names", "hf_start_config")
         },
         "roofline_inputs": _TRAINER.format("step plan", "trainer", "roofline_inputs"),
         **{
-            name: _TRAINER.format("step plan", "trainer.job.step_plan", name)
+            name: _TRAINER.format("step plan", "trainer.plan.step_plan", name)
             for name in ("TOKEN_KEYS", "batch_shapes")
         },
     },

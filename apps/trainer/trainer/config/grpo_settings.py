@@ -1,0 +1,63 @@
+"""The ``grpo`` section's own keys: how the trainer's GRPO loop samples and scores (tjx.nn's
+`GrpoConfig`, the section's other keys, is the loss). Kept apart from trainer/step/grpo.py, which
+loads JAX: the command line reads these before any package is imported."""
+
+# `setting()` returns dataclasses.field objects (with validation metadata).
+# ruff: noqa: RUF009
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from tjx.core.config.schema import Entry
+from tjx.core.fields import setting
+
+
+@dataclass(frozen=True)
+class GrpoRollout:
+    """The rollout of a GRPO run (``data.format: prompts``): G sampled completions per prompt,
+    scored by named rewards, reused for μ optimizer steps."""
+
+    group_size: int = setting(
+        8, min=2, help="G: completions sampled per prompt (TRL's num_generations)"
+    )
+    iterations: int = setting(
+        1, min=1, help="μ: optimizer steps on each rollout batch (TRL's num_iterations)"
+    )
+    temperature: float = setting(1.0, gt=0.0, help="the rollout's sampling temperature")
+    top_p: float | None = setting(None, gt=0.0, max=1.0, help="nucleus sampling; null: off")
+    max_new_tokens: int = setting(
+        16, min=1, help="tokens a completion may have (TRL's max_completion_length)"
+    )
+    rewards: list[str] = setting(
+        list,
+        factory=True,
+        help="reward functions by name (tjx.data.REWARDS: exact_answer, format, length)",
+    )
+    reward_weights: list[float] | None = setting(
+        None, help="one weight per reward (the reward is their weighted sum); null: 1 each"
+    )
+    mask_truncated_completions: bool = setting(
+        False,
+        help="leave completions that reach max_new_tokens without ending out of the loss "
+        "(DAPO; TRL's mask_truncated_completions)",
+    )
+
+
+def is_grpo(data: Any) -> bool:
+    """Whether a run of ``data`` (the config's data section) trains with GRPO (prompt data)."""
+    return bool(data.format == "prompts")
+
+
+def prompt_section(data: Any, rollout: GrpoRollout) -> Any:
+    """The data section as the prompt loader reads it: ``data.batch_size`` counts completions
+    (TRL's), so a batch holds ``batch_size / group_size`` prompts."""
+    return dataclasses.replace(data, batch_size=data.batch_size // rollout.group_size)
+
+
+def own_keys() -> dict[str, Entry]:
+    """`GrpoRollout`'s fields as the schema's own keys of the ``grpo`` section."""
+    hints = typing.get_type_hints(GrpoRollout)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(GrpoRollout)}

@@ -1,0 +1,254 @@
+"""``python -m trainer --config X --plan TARGET``: what a run needs on a device that is not here.
+
+``TARGET`` is a name of tjx-metrics' device table, optionally with a count (``8xh100``). The run's
+steps, built as a run builds them but over abstract inputs (no parameter is created; state donated
+and sharded as the run lays it out), are compiled by XLA's real compiler for the target's abstract
+devices; tjx-metrics' `plan_report` says the kernel choice, each step's compile and peak memory,
+the memory fit (advice: the trainer does not split a batch itself) and an **estimated** step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from tjx import data, kernels, metrics, nn, parallel
+from tjx.metrics import Compiled, Target, quiet_native_stderr
+from tjx.metrics.accelerators import has_fp8_units
+from trainer.config.grpo_settings import is_grpo
+from trainer.config.schema import ConfigError, keyed
+from trainer.config.seams import Record
+from trainer.config.settings import load_config
+from trainer.config.typed import Config, StepConfig, resolve, step_config, units_per_step
+from trainer.plan.memory_fit import Say, lighter, resolve_kernel
+from trainer.plan.plan_report import PlanResult, local_target, open_target, plan_report
+from trainer.plan.run_plan import error_exit, output_file
+from trainer.plan.step_plan import batch_shapes, roofline_inputs
+from trainer.step import dpo, grpo, init_from
+from trainer.step import train_step as steps  # looked up at the call: a test may replace the step
+from trainer.step.state import abstract_state, make_mesh
+from trainer.step.train_state import TrainState
+
+
+class AbstractRun(NamedTuple):
+    """The jitted steps of a run and their abstract, sharded arguments."""
+
+    train_step: jax.stages.Wrapped
+    #: The state's leaves are ``jax.ShapeDtypeStruct``s with their shardings.
+    state: TrainState
+    batch: dict[str, jax.ShapeDtypeStruct]
+    eval_step: jax.stages.Wrapped
+    eval_batch: dict[str, jax.ShapeDtypeStruct]
+
+
+def build(run: StepConfig, devices: list[jax.Device]) -> AbstractRun:
+    """The run's steps over ``devices`` (abstract or real), with the run's mesh and rules; a
+    `ConfigError` for a mesh or batch that does not split over them, or a pipelined mesh."""
+
+    if run.mesh.pipeline > 1:
+        raise ConfigError("mesh.pipeline: a pipelined run is not planned without its devices yet")
+    mesh, rules = make_mesh(
+        run.mesh, run.mesh_needs(), devices
+    )  # ZeRO over fsdp × context under a split
+    split = parallel.context_parallel(mesh, rules, run.mesh)  # as state.build: None unless split
+    experts = parallel.expert_parallel(mesh, rules) if run.model.moe.num_experts else None
+    parts = abstract_state(run)
+    shardings = parallel.state_shardings(parts.state, mesh, rules, param_specs=parts.specs)
+    state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), parts.state, shardings
+    )
+    concrete_rest = nn.concrete_state(parts.rest)
+    step = steps.make_train_step(parts.graphdef, concrete_rest, parts.tx, run, split, experts)
+    train = jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
+    evaluate = jax.jit(steps.make_eval_step(parts.graphdef, concrete_rest, run, split))
+
+    def batch(size: int) -> dict[str, jax.ShapeDtypeStruct]:  # split over the batch axes
+        shapes = batch_shapes(run.model, run.data.batch_rows(size), run.data.seq_len)
+        if is_grpo(run.data):  # the rollout batch the loop makes (trainer.step.grpo)
+            shapes = grpo.batch_shapes(run)
+        on = functools.partial(parallel.batch_sharding, mesh)
+        return {k: jax.ShapeDtypeStruct(s, d, sharding=on(len(s))) for k, (s, d) in shapes.items()}
+
+    return AbstractRun(
+        train, state, batch(run.data.batch_size), evaluate, batch(run.eval.batch_size)
+    )
+
+
+def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled]]:
+    """A GRPO run's rollout programs compiled for ``target``: tjx.nn's generation (prefill and
+    one decode step, `lower_generation`) of ``data.batch_size`` completions of prompts padded
+    to ``data.seq_len``, with the run's sampling settings and its parameters as the train state
+    lays them out; each (label, result), a failure kept. The held-out greedy completions run
+    the same programs at ``eval.batch_size`` rows."""
+    r = run.rollout
+    rows, prompt = run.data.batch_size, run.data.seq_len
+    out: list[tuple[str, Compiled]] = []
+    with kernels.target(*target.kernel_target), quiet_native_stderr():
+        b = build(run, target.devices)
+        mesh, _ = make_mesh(run.mesh, run.mesh_needs(), target.devices)
+        parts = abstract_state(run)
+
+        def place(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:  # rows over the batch axes
+            sharding = parallel.batch_sharding(mesh, len(x.shape))
+            if not x.shape or x.shape[0] != rows:
+                sharding = NamedSharding(mesh, PartitionSpec())
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+        rest = nn.split_fp8_meta(nn.concrete_state(parts.rest))[0]
+        rest = jax.tree.map(place, jax.eval_shape(lambda: rest))
+        model = nnx.merge(parts.graphdef, b.state.model_tree(), rest)
+
+        def lower(which: str) -> jax.stages.Lowered:
+            programs = nn.lower_generation(
+                model,  # type: ignore[arg-type]
+                rows,
+                prompt,
+                max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                place=place,
+            )
+            return getattr(programs, which)  # type: ignore[no-any-return]
+
+        cache = prompt + r.max_new_tokens
+        for which, label in (
+            ("prefill", f"rollout prefill ({rows} × {prompt} prompt tokens)"),
+            ("decode", f"rollout decode step ({rows} rows, a cache of {cache})"),
+        ):
+            out.append((label, metrics.compile_lowered(functools.partial(lower, which), label)))
+    return out
+
+
+def compile_train(run: StepConfig, target: Target, label: str, *, train: bool = True) -> Compiled:
+    """``run``'s train (or eval) step compiled for ``target``'s devices: a failure is kept, not
+    raised (a `ConfigError` about the mesh or batch is raised)."""
+
+    started = time.perf_counter()
+    with kernels.target(*target.kernel_target), quiet_native_stderr():
+        b = build(run, target.devices)
+
+        def lower() -> jax.stages.Lowered:
+            if train:
+                return b.train_step.lower(b.state, b.batch)
+            refs = dpo.reference_args(b.state)  # DPO's frozen reference params, if any
+            return b.eval_step.lower(b.state.model_tree(), b.eval_batch, *refs)
+
+        return metrics.compile_lowered(lower, label, started)
+
+
+def plan_vocab(run: Config) -> Config:
+    """The run with its tokenizer's vocabulary, read without preparing any data (a BPE that is
+    not trained yet is planned at ``data.tokenizer_vocab`` ids)."""
+
+    vocab = int(run.vocab_size or 0)
+    if not vocab and run.task != "classify":
+        with keyed("data.tokenizer", data.DataError):
+            vocab = data.config_vocab(run.data)
+    return resolve(run, vocab)
+
+
+def plan_from_args(args: argparse.Namespace) -> int:
+    """``--plan``: the config (``--config``, ``--set``, ``--data``; ``--init-from``'s
+    architecture, `trainer.step.init_from.start_config`) resolved as a run resolves it, then
+    planned on ``args.plan`` and printed; the exit code (0, or 2 with one error line)."""
+
+    try:
+        if args.resume:
+            raise ConfigError(
+                "--plan: plans a fresh run (or one --init-from starts); drop --resume"
+            )
+        # Where the figures go, before the plan compiles (it writes there at the end)
+        out = output_file(args.plan_json, "--plan-json", "plan.json") if args.plan_json else None
+        sets = [*args.overrides, *([] if args.data is None else [f"data.source={args.data}"])]
+        # The native libraries' start-up chatter (the CUDA plugin, libtpu) stays off the terminal
+        with quiet_native_stderr():
+            resolved = load_config(args.config, sets)
+        if args.init_from is not None:  # the architecture the start fixes; its notes said
+            resolved = init_from.start_config(resolved, args.init_from)
+        with quiet_native_stderr():
+            target = open_target(args.plan, parallel.abstract_devices)
+            say = functools.partial(print, flush=True)
+            result = plan(plan_vocab(resolved), target, args.plan, say)
+    except (ValueError, ImportError) as err:  # a ConfigError, or a target that cannot be planned
+        return error_exit(str(err))
+    if out is not None:
+        try:
+            out.write_text(json.dumps(result.data, indent=1, default=str) + "\n")
+        except OSError as err:  # checked writable above: a full disk, a folder gone since
+            return error_exit(f"--plan-json: cannot write {str(out)!r} ({err.strerror or err})")
+    return 0 if result.error is None else error_exit(result.error)
+
+
+def plan_here(resolved: Config, *, device: str | None = None, say: Say | None = None) -> Record:
+    """The plan of ``resolved`` on this machine's devices, estimated as the table's entry for
+    their kind (or ``device``): the GPU suite's figures. A `ConfigError` if the table has none."""
+    with keyed(None):
+        target = local_target(device)
+    result = plan(plan_vocab(resolved), target, target.device.key, say or (lambda line: None))
+    return {**result.data, "error": result.error}
+
+
+def check_fp8(precision: nn.Precision, device: jax.Device | metrics.Accelerator) -> None:
+    """A ConfigError where ``model.precision.matmul=fp8`` meets a device without float8 matrix
+    units (tjx-metrics' device table: A100, the TPUs; a CPU emulates them, for tests).
+
+    Parameters
+    ----------
+    precision : Precision
+        The run's ``model.precision`` (all the check reads of the model).
+    device : jax.Device or Accelerator
+        A running device, or a plan's target.
+    """
+    if not precision.fp8:
+        return
+    if isinstance(device, metrics.Accelerator):
+        ok, name = device.fp8_units, device.key
+    elif device.platform == "cpu":
+        return
+    else:
+        cc = getattr(device, "compute_capability", None)
+        ok = has_fp8_units(device.platform, device.device_kind, cc)
+        name = str(device.device_kind)
+    if not ok:
+        raise ConfigError(
+            f"model.precision.matmul=fp8: {name} has no float8 matrix units (those are NVIDIA "
+            "compute capability 8.9+: H100, H200, B200); use model.precision.matmul=default"
+        )
+
+
+def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
+    """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
+    check_fp8(run.model.precision, target.device)
+    step = step_config(run)  # what the steps compile: the model, optimizer, data shapes, mesh
+
+    def choose(build: Callable[[str], None], tell: Say) -> str:
+        with kernels.target(*target.kernel_target):  # auto's kernels are the target's
+            try:
+                return resolve_kernel(step, target.count, build, tell, say_xla=True).name
+            except kernels.KernelCompileError as err:
+                raise ConfigError(f"--plan: {err}") from None
+
+    return plan_report(
+        run.name,
+        target,
+        text,
+        say,
+        choose=choose,
+        with_kernel=lambda kernel: step.with_model(attention_impl=kernel),
+        compile_step=lambda r, label, train: compile_train(r, target, label, train=train),
+        lighter=lambda r: lighter(r, target.count),
+        settings={"remat": "model.remat", "accumulation_steps": "optimizer.accumulation_steps"},
+        estimate_args=lambda r: roofline_inputs(
+            r.model, r.data.seq_len, units_per_step(r), r.mesh.context, target.device
+        ),
+        eval_rows=lambda r: r.eval.batch_size,
+        programs=(lambda r: compile_rollout(r, target)) if is_grpo(run.data) else None,
+    )

@@ -15,7 +15,7 @@ import tjx.kernels.flash as flash
 from tjx import kernels, nn
 from tjx.kernels import choice, launch
 from tjx.kernels.testing import failing_attention
-from tjx.nn import attention as nn_attention
+from tjx.nn.attention import layer as nn_attention
 from tjx.nn import stack as nn_stack
 from trainer import state
 from trainer.cli import main

@@ -69,7 +69,24 @@ class LayerPositions:
         `Attention._windowed`) of a config with ``rope_local_theta`` at that base, unscaled;
         else at ``rope_theta`` with ``rope_scaling``. A traced ``local`` (scanned layers of a mixed
         pattern) picks between both rotations. With ``rope_fraction`` below 1 only each head's
-        first ``rotated`` dims turn (the rest pass through, as in GLM-4.5)."""
+        first ``rotated`` dims turn (the rest pass through, as in GLM-4.5).
+
+        Parameters
+        ----------
+        x : Array
+            Queries or keys ``[b, s, heads, head_dim]``.
+        positions : Array
+            int ``[b, s]`` absolute positions.
+        length : Array, optional
+            The call's length, for a scaling that turns with it (dynamic, longrope).
+        local : bool or Array, optional
+            Whether the layer's window applies (`Local`).
+
+        Returns
+        -------
+        Array
+            ``x`` rotated, in its shape and dtype.
+        """
         if self.rotated < x.shape[-1]:
             turned = self.rope(x[..., : self.rotated], positions, length, local)
             return jnp.concatenate([turned, x[..., self.rotated :]], axis=-1)
@@ -95,7 +112,18 @@ class LayerPositions:
     ) -> Array:
         """``x`` [..., heads, head_dim] with this layer's positions: rotated (`rope`) and, with
         ``qk_l2_norm``, over its RMS; a NoPE layer's (with ``global_nope``: a global one)
-        unchanged."""
+        unchanged.
+
+        Parameters
+        ----------
+        x, positions, local, length
+            As for `rope`.
+
+        Returns
+        -------
+        Array
+            ``x`` with its positions, in its shape and dtype.
+        """
 
         def rotated() -> Array:
             y = self.rope(x, positions, length, local)
@@ -113,7 +141,22 @@ class LayerPositions:
 
     def temper(self, q: Array, positions: Array, local: Local) -> Array:
         """The queries of a NoPE layer times ``1 + scale · log(1 + floor((p + 1) /
-        floor))`` at position ``p`` (transformers' ``attn_temperature_tuning``)."""
+        floor))`` at position ``p`` (transformers' ``attn_temperature_tuning``); others unchanged.
+
+        Parameters
+        ----------
+        q : Array
+            Queries ``[b, s, heads, head_dim]``.
+        positions : Array
+            int ``[b, s]`` absolute positions.
+        local : bool or Array, optional
+            Whether the layer's window applies: a local layer is not tempered.
+
+        Returns
+        -------
+        Array
+            ``q`` tempered, in its shape and dtype.
+        """
         if self.temperature is None or local is None or local is True:
             return q
         floor, scale = self.temperature

@@ -1,7 +1,8 @@
 """How an attention layer applies positions to its queries and keys: RoPE at the layer's base and
 scaling (a windowed layer's own local base, Gemma 3), over each head's first dims only (GLM's
-partial RoPE) or a share of its pairs (Gemma 4's global layers); the weightless RMS of rotated q/k
-(``qk_l2_norm``); Llama 4's NoPE layers, unrotated, their queries tempered by position.
+partial RoPE) or a share of its pairs (proportional RoPE of global layers); the weightless RMS of
+rotated q/k (``qk_l2_norm``); NoPE layers (`tjx.nn.family_config.nope_layers`), unrotated, their
+queries tempered by position.
 
 `LayerPositions` holds one layer's settings (`tjx.nn.attention.Attention` builds it from the
 config) and applies them; it holds no parameters.
@@ -42,7 +43,7 @@ class LayerPositions:
     window : int, optional
         The layer's sliding window (whether a local base can apply).
     global_nope : bool
-        The global layers rotate nothing (Llama 4's NoPE).
+        The global layers rotate nothing (NoPE).
     qk_l2 : bool
         Rotated queries and keys over their RMS (no weight).
     l2_eps : float

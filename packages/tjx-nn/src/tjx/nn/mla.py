@@ -125,7 +125,9 @@ def query(attn: Any, x: Array, positions: Array, lora_rng: Array | None, local: 
     src = x if attn.query_down is None else attn.query_latent_norm(attn.query_down(x))
     q = attn.query(src, lora_rng)
     nope = q.shape[-1] - attn.rope_dim
-    q = jnp.concatenate([q[..., :nope], attn._rope(q[..., nope:], positions, local=local)], -1)
+    q = jnp.concatenate(
+        [q[..., :nope], attn.positions.rope(q[..., nope:], positions, local=local)], -1
+    )
     return widen(q, attn.width)
 
 
@@ -133,7 +135,7 @@ def latents(attn: Any, x: Array, positions: Array, local: Any) -> tuple[Array, A
     """What the cache holds per token: the normed latent ``[b, s, r]`` and the rotated shared key
     ``[b, s, qk_rope_head_dim]``."""
     latent = attn.kv_latent_norm(attn.kv_down(x))
-    rope_key = attn._rope(attn.key_rope(x)[:, :, None, :], positions, local=local)
+    rope_key = attn.positions.rope(attn.key_rope(x)[:, :, None, :], positions, local=local)
     return latent, rope_key[:, :, 0, :]
 
 

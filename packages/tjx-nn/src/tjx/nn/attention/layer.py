@@ -1,22 +1,5 @@
-"""Multi-head attention with GQA/MQA (``num_kv_heads``), cross-attention, RoPE/ALiBi, an
-optional MLA-style low-rank key/value path (DeepSeek's with ``qk_rope_head_dim``:
-:mod:`tjx.nn.mla`), a sliding window, and KV-cache prefill/decode; q/k norms, Gemma's query
-scale and soft-capped logits, gpt-oss's attention sinks, GLM's partial RoPE, Qwen3.5's output
-gate, attention chunks, NoPE layers, the weightless q/k norm and temperature (see
-``family_config``).
-
-A windowed layer (``attention.sliding_window``; ``attention.window_pattern`` says which layers)
-passes the window to the kernel; when decoding, its cache may be a rolling one of the window's
-size (slot ``p mod T`` holds position ``p``, see :func:`slot_positions`). Under
-``sequence_parallel`` (a sequence split across devices) self-attention runs through the split's
-own attention (:mod:`tjx.nn.sequence`).
-
-The score/softmax/value step is ``tjx.kernels.attention`` (layout ``[batch, seq, heads,
-head_dim]``), so the kernel is a config switch (``attention_impl``), resolved once before the
-model is built (``tjx.nn.resolve_attention``, through ``tjx.kernels.resolve_attention``: an
-`AttentionKernel` the calls run; the blocks of a split sequence take the name,
-``tjx.kernels.block_kernel``). Its output is tagged
-``checkpoint_name(..., "attention_output")`` for the ``save_attention_output`` remat policy.
+"""The attention layer: its projections and norms as parameters (the tree checkpoints load by),
+and its call, from the input to the kernel's output projected back (`tjx.nn.attention`).
 """
 
 from __future__ import annotations
@@ -27,33 +10,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
 from tjx import kernels
 from tjx.nn import mla as ds
 from tjx.nn import probes
+from tjx.nn.attention.decode import add_bias, decode_step, shared_layer, write_prefill
+from tjx.nn.attention.positions import LayerPositions, Local
+from tjx.nn.attention.projections import normed, output, qkv_alike
 from tjx.nn.configs import TransformerConfig, rotated_dims
 from tjx.nn.family_config import LayerShape, nope_layers
 from tjx.nn.kernel_choice import attention_width, layer_kind, resolve_attention
-from tjx.nn.kv_cache import (
-    LayerCache,
-    last_real,
-    step_visible,
-    topk_decode_attention,
-    write_step,
-)
+from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import Dense, joint_projection, split_key, stacked_projection
 from tjx.nn.norm_config import filled
 from tjx.nn.norms import RMSNorm, rms_norm
 from tjx.nn.params import make_param, normal
-from tjx.nn.positions import alibi_bias, apply_rope, proportional_rope
-from tjx.nn.rope_scaling import RopeScaling
+from tjx.nn.positions import alibi_bias
 from tjx.nn.sequence import current_sequence_parallel, split_self_attention
 
 Array = jax.Array
-#: A layer's window switch: None (the layer's own setting), a bool, or a traced bool (scanned
-#: layers of a mixed ``attention.window_pattern``).
-Local = bool | Array | None
 
 
 class Attention(nnx.Module):
@@ -106,18 +81,8 @@ class Attention(nnx.Module):
         self.reads_kv = layer is not None and layer.kv_source is not None and not cross
         self.value_norm = layer is not None and layer.value_norm and not cross
         self.norm_eps = c.norm.eps
-        self.rope_proportion = 1.0 if layer is None else layer.rope_proportion
         self.causal, self.cross = causal, cross
         self.position = "none" if cross else c.position.kind
-        self.rope_theta = c.position.rope_theta
-        self.rope_scaling = c.position.rope_scaling
-        self.rope_local_theta = (
-            c.position.rope_local_theta
-        )  # Gemma 3's windowed layers (family_config)
-        if self.rope_proportion < 1.0 and c.position.rope_local_theta is None:
-            self.rope_local_theta = (
-                c.position.rope_theta
-            )  # only the global layers turn proportionally
         self.impl = c.attention_impl  # the name: a split sequence's blocks resolve their own
         self.attention_dropout = c.attention.dropout
         self.decode_topk = c.attention.decode_topk
@@ -126,14 +91,26 @@ class Attention(nnx.Module):
         self.scale *= ds.softmax_scale_factor(c)  # DeepSeek's yarn mscale² (else 1)
         self.softcap = c.attention.logit_softcap
         self.window = None if cross else c.attention.sliding_window
-        # The local layers' chunk; global layers without RoPE (NoPE), their queries
-        # tempered by position; the rotated layers' q and k over their RMS (no weight).
-        self.chunk = None if cross else c.attention.chunk
+        self.chunk = None if cross else c.attention.chunk  # the local layers' chunk
+        proportion = 1.0 if layer is None else layer.rope_proportion
+        local_theta = c.position.rope_local_theta  # Gemma 3's windowed layers (family_config)
+        if proportion < 1.0 and local_theta is None:
+            local_theta = c.position.rope_theta  # only the global layers turn proportionally
+        # Global layers without RoPE (NoPE), their queries tempered by position; the rotated
+        # layers' q and k over their RMS (no weight); GLM-4.5's RoPE of each head's first dims.
         nope, temperature = nope_layers(c)
-        self.global_nope = nope and not cross
-        self.qk_l2 = c.qk_l2_norm and not cross
-        self.l2_eps = filled(c.norm.eps, "norm.eps")
-        self.temperature = None if cross else temperature
+        self.positions = LayerPositions(
+            rotated=rotated_dims(c),
+            rope_proportion=proportion,
+            rope_theta=c.position.rope_theta,
+            rope_scaling=c.position.rope_scaling,
+            rope_local_theta=local_theta,
+            window=self.window,
+            global_nope=nope and not cross,
+            qk_l2=c.qk_l2_norm and not cross,
+            l2_eps=filled(c.norm.eps, "norm.eps"),
+            temperature=None if cross else temperature,
+        )
         self.mla = c.attention.type == "mla" and not cross
         self.deepseek = self.mla and ds.is_deepseek(c)
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
@@ -211,8 +188,6 @@ class Attention(nnx.Module):
             if c.attention.sinks and not cross
             else None
         )
-        # GLM-4.5: RoPE rotates each head's first dims only (``rope_fraction``).
-        self.rotated = rotated_dims(c)
         # Qwen3-Next / Qwen3.5: the heads' output times sigmoid(x · W_gate), per head and dim,
         # before the output projection (HF stores W_gate in q_proj, beside each head's query).
         self.gate = (
@@ -235,7 +210,7 @@ class Attention(nnx.Module):
             and self.position not in ("rope", "alibi")
             and self.q_norm is None
             and self.k_norm is None
-            and self.temperature is None
+            and self.positions.temperature is None
             and self.sinks is None
             and self.chunk is None
             and self.width == hd
@@ -247,75 +222,6 @@ class Attention(nnx.Module):
             return None
         value = self.sinks[...]
         return value.astype(jnp.promote_types(value.dtype, jnp.float32))
-
-    def _normed(self, norm: RMSNorm | None, x: Array) -> Array:
-        """``x`` [..., heads, head_dim] through a q/k norm (none: unchanged)."""
-        if norm is None:
-            return x
-        if self.qk_scope == "head":
-            return norm(x)
-        return norm(x.reshape(*x.shape[:-2], -1)).reshape(x.shape)
-
-    def _rope(
-        self, x: Array, positions: Array, length: Array | None = None, local: Local = None
-    ) -> Array:
-        """``x`` rotated as this layer's kind says: a windowed layer (``local``, as in
-        ``_windowed``) of a config with ``rope_local_theta`` at that base, unscaled; else at
-        ``rope_theta`` with ``rope_scaling``. A traced ``local`` (scanned layers of a mixed
-        pattern) picks between both rotations. With ``rope_fraction`` below 1 only each head's
-        first ``rotated`` dims turn (the rest pass through, as in GLM-4.5)."""
-        if self.rotated < x.shape[-1]:
-            turned = self._rope(x[..., : self.rotated], positions, length, local)
-            return jnp.concatenate([turned, x[..., self.rotated :]], axis=-1)
-
-        def wide() -> Array:
-            if self.rope_proportion < 1.0:  # proportional RoPE of global layers
-                return proportional_rope(
-                    x, positions, theta=self.rope_theta, proportion=self.rope_proportion
-                )
-            return apply_rope(
-                x, positions, theta=self.rope_theta, scaling=self.rope_scaling, length=length
-            )
-
-        if self.rope_local_theta is None or self.window is None or local is False:
-            return wide()
-        near = apply_rope(x, positions, theta=self.rope_local_theta)
-        if local is None or local is True:
-            return near
-        return jnp.where(local, near, wide())
-
-    def _position(
-        self, x: Array, positions: Array, local: Local = None, length: Array | None = None
-    ) -> Array:
-        """``x`` [..., heads, head_dim] with this layer's positions: rotated (`_rope`) and, with
-        ``qk_l2_norm``, over its RMS; a NoPE layer's (with ``global_nope``: a global one)
-        unchanged."""
-
-        def rotated() -> Array:
-            y = self._rope(x, positions, length, local)
-            if not self.qk_l2:
-                return y
-            f32 = y.astype(jnp.promote_types(y.dtype, jnp.float32))
-            normed = f32 * jax.lax.rsqrt(jnp.mean(f32 * f32, -1, keepdims=True) + self.l2_eps)
-            return normed.astype(y.dtype)
-
-        if not self.global_nope or local is None or local is True:
-            return rotated()
-        if local is False:
-            return x
-        return jnp.where(local, rotated(), x)
-
-    def _tempered(self, q: Array, positions: Array, local: Local) -> Array:
-        """The queries of a NoPE layer times ``1 + scale · log(1 + floor((p + 1) /
-        floor))`` at position ``p`` (transformers' ``attn_temperature_tuning``)."""
-        if self.temperature is None or local is None or local is True:
-            return q
-        floor, scale = self.temperature
-        f32 = jnp.promote_types(q.dtype, jnp.float32)
-        p = positions.astype(f32)
-        factor = jnp.log1p(jnp.floor((p + 1.0) / floor)) * scale + 1.0  # [b, s]
-        tempered = (q.astype(f32) * factor[..., None, None]).astype(q.dtype)
-        return tempered if local is False else jnp.where(local, q, tempered)
 
     def _keys_values(
         self,
@@ -329,32 +235,20 @@ class Attention(nnx.Module):
         k_key, k_value = split_key(lora_rng, 2)
         assert self.key is not None
         raw = self.key(src, k_key)
-        k = self._normed(self.k_norm, raw)
+        k = normed(self.k_norm, self.qk_scope, raw)
         # Global layers without a value projection: the keys' projection, unnormed.
         v = raw if self.value is None else self.value(src, k_value)
         if self.value_norm:  # RMSNorm without a scale
             v = rms_norm(v, jnp.ones(v.shape[-1], v.dtype), self.norm_eps, v.dtype)
         if self.position == "rope" and positions is not None:
-            k = self._position(k, positions, local)
+            k = self.positions.apply(k, positions, local)
         return k, v
 
     def _alike(self, x: Array) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]] | None:
-        """``x``, the query/key/value kernels and biases in the compute dtype when the three
-        projections are alike, or None where they are not (MLA, GQA, a LoRA adapter, no biases
-        or a bias on some only) or run in float8: those take their own `Dense` calls."""
-        if self.key is None or self.value is None or self.value_norm:
-            return None
+        """``x``, the q/k/v kernels and biases where the projections are alike (`qkv_alike`)."""
+        grouped = self.mla or self.num_kv_heads != self.num_heads
         parts = (self.query, self.key, self.value)
-        if self.mla or self.num_kv_heads != self.num_heads:
-            return None
-        if any(p.lora is not None or p.n_in != 1 or p.bias is None for p in parts):
-            return None
-        if len({p.precision for p in parts}) != 1 or self.query.precision.fp8:
-            return None  # fp8: each projection's own float8 product (`Dense`)
-        dt = self.query.precision.compute_dtype
-        kernels = tuple(p.kernel[...].astype(dt) for p in parts)
-        biases = tuple(p.bias[...].astype(dt) for p in parts if p.bias is not None)
-        return x.astype(dt), kernels, biases
+        return qkv_alike(x, parts, grouped=grouped, value_norm=self.value_norm)
 
     def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array] | None:
         """Queries, keys and values of ``x`` through `stacked_projection` (one backward for
@@ -512,23 +406,23 @@ class Attention(nnx.Module):
         if self.deepseek:
             q = ds.query(self, x, positions, k_query, local)
         elif fused is not None:
-            q = self._normed(self.q_norm, fused[0])
+            q = normed(self.q_norm, self.qk_scope, fused[0])
             if self.position == "rope":
-                q = self._position(q, positions, local)
+                q = self.positions.apply(q, positions, local)
         else:
-            q = self._normed(self.q_norm, self.query(x, k_query))
+            q = normed(self.q_norm, self.qk_scope, self.query(x, k_query))
             if self.position == "rope":
-                q = self._position(q, positions, local)
+                q = self.positions.apply(q, positions, local)
         if not self.deepseek:
-            q = self._tempered(q, positions, local)
+            q = self.positions.temper(q, positions, local)
         rng = dropout_rng if drop > 0.0 else None
         if self.reads_kv:  # no cache of its own: a decode step by its positions alone
             step = cache_pos is not None and (s == 1 or extend)
-            out = self._shared(q, shared, mask, positions, step, local, drop, rng)
+            out = shared_layer(self, q, shared, mask, positions, step, local, drop, rng)
             cache = None
         elif decoding:
             assert cache is not None and cache_pos is not None
-            out, cache = self._decode(x, q, positions, cache, cache_pos, bias, local, kv_out)
+            out, cache = decode_step(self, x, q, positions, cache, cache_pos, bias, local, kv_out)
         else:
             kernel = self.kernel
             if self.cross:
@@ -544,15 +438,15 @@ class Attention(nnx.Module):
                 latent, rope_key = ds.latents(self, x, positions, local)
                 k, v = ds.keys_values(self, latent, rope_key, k_kv)
             elif fused is not None:
-                k, v = self._normed(self.k_norm, fused[1]), fused[2]
+                k, v = normed(self.k_norm, self.qk_scope, fused[1]), fused[2]
                 if self.position == "rope":
-                    k = self._position(k, positions, local)
+                    k = self.positions.apply(k, positions, local)
             else:
                 k, v = self._keys_values(x, positions, k_kv, local)
             if kv_out is not None:
                 kv_out.update(k=k, v=v)
             if self.position == "alibi":
-                bias = _add(bias, alibi_bias(positions, positions, self.num_heads))
+                bias = add_bias(bias, alibi_bias(positions, positions, self.num_heads))
             split = current_sequence_parallel() if cache is None and not self.cross else None
 
             def attend(near: bool) -> Array:
@@ -587,161 +481,9 @@ class Attention(nnx.Module):
                 elif "latent" in cache:
                     assert self.kv_down is not None
                     new = {"latent": self.kv_down(x)}
-                cache = self._write_prefill(new, cache, lengths)
+                cache = write_prefill(new, cache, lengths)
         return self._output(x, out, k_out, out_bias), cache
 
     def _output(self, x: Array, out: Array, rng: Array | None, bias: bool = True) -> Array:
-        """The heads' output ``[b, s, heads, width]`` to ``[b, s, d_model]``: DeepSeek's
-        narrower values cut, tagged for remat, gated (Qwen3.5), projected (with the output
-        projection's bias unless ``bias`` is False)."""
-        if self.v_dim != self.width:
-            out = out[..., : self.v_dim]
-        out = checkpoint_name(out, "attention_output")
-        if self.gate is not None:
-            gate = jax.nn.sigmoid(self.gate(x).astype(jnp.promote_types(out.dtype, jnp.float32)))
-            out = (out * gate).astype(out.dtype)
-        return self.out(out, rng, add_bias=bias)
-
-    def _shared(
-        self,
-        q: Array,
-        shared: LayerCache | None,
-        mask: kernels.AttentionMask,
-        positions: Array,
-        decoding: bool,
-        local: Local,
-        drop: float,
-        rng: Array | None,
-    ) -> Array:
-        """Attend to another layer's keys and values (``kv_shared_layers``): the whole call's,
-        with this layer's mask, or while decoding the ones its source attended over, by their
-        positions (``shared["pos"]``) with this layer's window."""
-        if shared is None:
-            raise ValueError(
-                "this layer reads an earlier layer's keys and values (kv_shared_layers); call it "
-                "through its stack, which hands them over"
-            )
-        if current_sequence_parallel() is not None:
-            raise ValueError(
-                "kv_shared_layers are not supported under sequence_parallel; train without it"
-            )
-        k, v = shared["k"].astype(q.dtype), shared["v"].astype(q.dtype)
-        if not decoding:
-            return self._windowed(
-                local,
-                lambda near: self._kernel(
-                    q, k, v, kernel=self.kernel, mask=self._mask(mask, near),
-                    dropout_rate=drop, dropout_rng=rng,
-                ),
-            )  # fmt: skip
-        visible = step_visible(shared["pos"], positions, window=self.window, local=local)
-        return kernels.attention(
-            q,
-            k,
-            v,
-            mask=kernels.AttentionMask(sinks=self._sinks()),
-            scale=self.scale,
-            softcap=self.softcap,
-            implementation="xla",
-            bias=_masked(visible),
-        )
-
-    def _write_prefill(
-        self, new: dict[str, Array], cache: LayerCache, lengths: Array | None
-    ) -> LayerCache:
-        """``new``'s arrays (keys and values, or latents) of a prompt written from slot 0."""
-        slots = jax.tree.leaves(cache)[0].shape[1]
-        # A rolling cache shorter than the prompt keeps its last real tokens.
-        if jax.tree.leaves(new)[0].shape[1] > slots:
-            new = last_real(new, slots, lengths)
-        put = jax.lax.dynamic_update_slice_in_dim
-        return {n: put(cache[n], a.astype(cache[n].dtype), 0, 1) for n, a in new.items()}
-
-    def _decode(
-        self,
-        x: Array,
-        q: Array,
-        positions: Array,
-        cache: LayerCache,
-        cache_pos: Array,
-        bias: Array | None,
-        local: Local,
-        kv_out: LayerCache | None,
-    ) -> tuple[Array, LayerCache]:
-        """A decode step of ``s >= 1`` tokens at ``positions`` (``cache_pos + i``): their keys
-        and values (or latents) written into the cache, each query attending causally to the
-        cache's earlier positions and the step's own (`tjx.nn.kv_cache.write_step`)."""
-        s = x.shape[1]
-        t = jax.tree.leaves(cache)[0].shape[1]
-        if s > 1 and self.position == "rope" and _length_dependent(self.rope_scaling):
-            raise ValueError(
-                "a decode step of several tokens rotates them at one length, but this model's "
-                "rope_scaling (dynamic or longrope) turns its frequencies with the length; "
-                "decode one token per step (generate)"
-            )
-        # A rolling cache (the window's size) would lose keys the step's earlier tokens see.
-        rolling = self.window is not None and t <= self.window
-        finish = None  # DeepSeek's absorbed form: the value up-projection after attending
-        if self.deepseek:
-            cache, held, q, k, v, finish = ds.decode_step(
-                self, x, q, positions, cache, cache_pos, local, rolling=rolling
-            )
-        elif "latent" in cache:
-            assert self.kv_down is not None and self.key is not None and self.value is not None
-            new = {"latent": self.kv_down(x)}
-            cache, seen, held = write_step(cache, new, cache_pos, rolling=rolling)
-            latent = seen["latent"].astype(q.dtype)
-            k, v = self._normed(self.k_norm, self.key(latent)), self.value(latent)
-            if self.position == "rope":  # each cached key at its own position (right padding)
-                k = self._position(k, jnp.maximum(held, 0), local, jnp.max(cache_pos) + s)
-        else:
-            k_new, v_new = self._keys_values(x, positions, local=local)
-            new = {"k": k_new, "v": v_new}
-            cache, seen, held = write_step(cache, new, cache_pos, rolling=rolling)
-            k, v = seen["k"].astype(q.dtype), seen["v"].astype(q.dtype)
-            if kv_out is not None:
-                kv_out.update(k=seen["k"], v=seen["v"], pos=held)
-        if self.position == "alibi":
-            bias = _add(bias, alibi_bias(positions, jnp.maximum(held, 0), self.num_heads))
-        visible = step_visible(held, positions, window=self.window, chunk=self.chunk, local=local)
-        if self.decode_topk is not None and self.decode_topk < k.shape[1]:
-            out = topk_decode_attention(
-                q,
-                k,
-                v,
-                kv_mask=visible,
-                topk=self.decode_topk,
-                bias=bias,
-                scale=self.scale,
-                softcap=self.softcap,
-            )
-        else:
-            # A few queries per row: the XLA path (fused kernels target long query blocks).
-            out = kernels.attention(
-                q,
-                k,
-                v,
-                mask=kernels.AttentionMask(sinks=self._sinks()),
-                scale=self.scale,
-                softcap=self.softcap,
-                implementation="xla",
-                bias=_add(bias, _masked(visible)),
-            )
-        return (out if finish is None else finish(out)), cache
-
-
-def _masked(visible: Array) -> Array:
-    """float32 ``[b, 1, s, K]``: 0 where a query sees a key, ``-inf`` (the kernels' mask value)
-    where not, as an additive bias (each query its own mask: a decode step of several tokens)."""
-    return jnp.where(visible, 0.0, -jnp.inf).astype(jnp.float32)[:, None]
-
-
-def _length_dependent(scaling: Any) -> bool:
-    """Whether a RoPE scaling turns its frequencies with the call's length (dynamic, longrope)."""
-    parsed = RopeScaling.parse(scaling)
-    return parsed is not None and parsed.depends_on_length
-
-
-def _add(bias: Array | None, extra: Array) -> Array:
-    """``bias + extra`` where ``bias`` may be absent."""
-    return extra if bias is None else bias + extra
+        """The heads' output to ``[b, s, d_model]`` (`output`; ``bias``: the projection's)."""
+        return output(x, out, (self.out, self.gate), (self.v_dim, self.width), rng, bias)

@@ -15,8 +15,8 @@ import tjx.kernels.flash as flash
 from tjx import kernels, nn
 from tjx.kernels import choice, launch
 from tjx.kernels.testing import failing_attention
-from tjx.nn.attention import layer as nn_attention
 from tjx.nn import stack as nn_stack
+from tjx.nn.attention import layer as nn_attention
 from trainer.cli import main
 from trainer.config.settings import apply_overrides, load_config_data
 from trainer.config.typed import read_config, resolve, step_config

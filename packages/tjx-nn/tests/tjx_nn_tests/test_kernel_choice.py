@@ -313,8 +313,8 @@ def test_a_model_given_its_resolved_kernels_resolves_nothing_and_another_configs
     """``build_model(config, attention=...)``: the app's one resolution (with its compile) goes
     into the model's parts, which run it without resolving again; kernels resolved for another
     config (a fallback's, a changed precision) or another device are refused in one line."""
-    from tjx.nn.attention import layer as attention_module
     from tjx.nn import stack as stack_module
+    from tjx.nn.attention import layer as attention_module
 
     cfg = llama_tiny(
         num_layers=2, precision="bf16", attention=tnn.AttentionConfig(logit_softcap=30.0)

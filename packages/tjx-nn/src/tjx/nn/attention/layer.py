@@ -88,7 +88,9 @@ class Attention(nnx.Module):
         self.decode_topk = c.attention.decode_topk
         # Gemma: 1/sqrt(query_pre_attn_scalar) instead of 1/sqrt(head_dim); Gemma 2's soft cap.
         self.scale = 1.0 / math.sqrt(c.attention.query_pre_attn_scalar or c.head_dim)
-        self.scale *= ds.softmax_scale_factor(c)  # DeepSeek's yarn mscale² (else 1)
+        deepseek = ds.is_deepseek(c.attention, c.mla)
+        # DeepSeek's yarn mscale² (else 1)
+        self.scale *= ds.softmax_scale_factor(deepseek, c.position.rope_scaling)
         self.softcap = c.attention.logit_softcap
         self.window = None if cross else c.attention.sliding_window
         self.chunk = None if cross else c.attention.chunk  # the local layers' chunk
@@ -112,7 +114,7 @@ class Attention(nnx.Module):
             temperature=None if cross else temperature,
         )
         self.mla = c.attention.type == "mla" and not cross
-        self.deepseek = self.mla and ds.is_deepseek(c)
+        self.deepseek = self.mla and deepseek
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         # DeepSeek: values may be narrower than q/k; the kernels see both at the wider ``width``
         # (`attention_width`, which the kernel is resolved for).

@@ -18,7 +18,7 @@ from tjx.nn.attention.decode import add_bias, decode_step, shared_layer, write_p
 from tjx.nn.attention.positions import LayerPositions, Local
 from tjx.nn.attention.projections import normed, output, qkv_alike
 from tjx.nn.configs import TransformerConfig, rotated_dims
-from tjx.nn.family_config import LayerShape, nope_layers
+from tjx.nn.family_config import LayerShape
 from tjx.nn.kernel_choice import attention_width, layer_kind, resolve_attention
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import Dense, joint_projection, split_key, stacked_projection
@@ -100,7 +100,7 @@ class Attention(nnx.Module):
             local_theta = c.position.rope_theta  # only the global layers turn proportionally
         # Global layers without RoPE (NoPE), their queries tempered by position; the rotated
         # layers' q and k over their RMS (no weight); GLM-4.5's RoPE of each head's first dims.
-        nope, temperature = nope_layers(c)
+        nope, temperature = c.nope_layers()
         self.positions = LayerPositions(
             rotated=rotated_dims(c),
             rope_proportion=proportion,

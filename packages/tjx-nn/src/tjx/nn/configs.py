@@ -225,7 +225,11 @@ class TransformerConfig:
         cls = type(self).__name__
         object.__setattr__(self, "precision", as_precision(self.precision))
         check_sections(self, cls)
-        fill_part_defaults(self)
+        # The family's value of each section setting left None (``part_defaults``).
+        sections = {key.split(".")[0] for key in self.part_defaults}
+        parts = {name: getattr(self, name) for name in sections}
+        for name, part in fill_part_defaults(self.part_defaults, parts).items():
+            object.__setattr__(self, name, part)
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         for name in ("max_seq_len", "d_model", "num_layers", "num_heads", "num_kv_heads"):
@@ -239,10 +243,17 @@ class TransformerConfig:
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
-        check_llama4(self, cls)
+        check_llama4(
+            self.llama4,
+            cls,
+            qk_l2_norm=self.qk_l2_norm,
+            position=self.position.kind,
+            attention=self.attention,
+            layer_locals=self.layer_locals(),
+        )
         check_mixers(self, cls)
         check_mla(self, cls)
-        defaults = field_defaults(self)
+        defaults = field_defaults(type(self))  # the class's: what a setting left alone holds
         # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
         # the gemma4 folder's options, fp8) and apply once one of their settings leaves its
         # default (the defaults are valid): a config without them is read in this file alone.

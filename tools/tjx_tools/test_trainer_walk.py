@@ -22,10 +22,7 @@ TOOL = Path(trainer_walk.__file__).resolve()
 #: Each setting walk's bound in files: #53's goal for ``train.steps``; for
 #: ``model.attention_impl`` (walked to where the kernel is called) what holds today, #69's goal
 #: being 12.
-#: The attention walk's 31: configs.py's split by idea (#69) put the same config checks in three
-#: files (configs, cross_checks, config_keys; Llama 4's in its folder), so the walk passes 3 more
-#: files through the same functions. #69's goal is 12: helpers that take a section, not the config.
-MAX_FILES = {"train.steps": 10, "model.attention_impl": 31}
+MAX_FILES = {"train.steps": 10, "model.attention_impl": 23}
 SUMMARY = re.compile(r"^walk (.+?): (\d+) files, (\d+) calls, (\d+) returns$")
 
 

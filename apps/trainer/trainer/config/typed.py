@@ -124,12 +124,7 @@ class Config:
     def image_shape(self) -> dict[str, int]:
         """The images a classifier's data is prepared as (``image_size``, ``num_channels``); none
         for a model of text."""
-        if self.task != "classify":
-            return {}
-        # A classifier's model is a ViTConfig (the schema's kind), which the command line may not
-        # import to narrow the type: tjx.nn loads jax.
-        m = self.model
-        return {"image_size": m.image_size, "num_channels": m.num_channels}  # type: ignore[attr-defined]
+        return _image_shape(self.task, self.model)
 
     def mesh_needs(self) -> MeshNeeds:
         """What the run's mesh must split (`MeshNeeds`), with the messages' key names."""
@@ -222,6 +217,11 @@ class StepConfig:
         """The objective's name (as `Config.task`)."""
         return str(self.objective.name)
 
+    @property
+    def image_shape(self) -> dict[str, int]:
+        """The images a classifier's batch holds (as `Config.image_shape`)."""
+        return _image_shape(self.task, self.model)
+
     def mesh_needs(self) -> MeshNeeds:
         """What the run's mesh must split (as `Config.mesh_needs`)."""
         return _mesh_needs(self.model, self.data, self.optimizer, self.mesh, self.eval)
@@ -263,6 +263,16 @@ def step_config(cfg: Config) -> StepConfig:
         fit_memory=t.fit_memory,
         learning_rate=optim.build_schedule(schedule, t.steps),
     )
+
+
+def _image_shape(task: str, model: nn.TransformerConfig) -> dict[str, int]:
+    """A classifier's images (``image_size``, ``num_channels``); none for a model of text."""
+    if task != "classify":
+        return {}
+    # A classifier's model is a ViTConfig (the schema's kind), which the command line may not
+    # import to narrow the type: tjx.nn loads jax.
+    m = model
+    return {"image_size": m.image_size, "num_channels": m.num_channels}  # type: ignore[attr-defined]
 
 
 def _mesh_needs(

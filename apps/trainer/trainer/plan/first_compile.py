@@ -204,7 +204,9 @@ def _plannable(cfg: StepConfig, setup: Setup) -> bool:
 def _run_batch(cfg: StepConfig, setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract batch the loader places on ``setup``'s mesh."""
 
-    shapes = batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
+    shapes = batch_shapes(
+        cfg.task, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len, **cfg.image_shape
+    )
     on = functools.partial(parallel.batch_sharding, setup.mesh)
     return {k: jax.ShapeDtypeStruct(s, d, sharding=on(len(s))) for k, (s, d) in shapes.items()}
 

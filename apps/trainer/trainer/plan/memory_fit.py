@@ -39,7 +39,9 @@ def abstract_step(
     unsharded; no parameter is created."""
 
     parts = abstract_state(cfg)
-    shapes = batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
+    shapes = batch_shapes(
+        cfg.task, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len, **cfg.image_shape
+    )
     step = jax.jit(
         steps.make_train_step(parts.graphdef, nn.concrete_state(parts.rest), parts.tx, cfg),
         donate_argnums=(0,),

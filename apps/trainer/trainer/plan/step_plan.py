@@ -27,21 +27,28 @@ TOKEN_KEYS = ("inputs", "targets", "segment_ids", "positions")
 
 
 def batch_shapes(
-    config: TransformerConfig, rows: int, seq_len: int
+    task: str, rows: int, seq_len: int, *, image_size: int = 0, num_channels: int = 0
 ) -> dict[str, tuple[tuple[int, ...], DTypeLike]]:
-    """``{key: (shape, dtype)}`` of a batch of ``rows`` for ``config``'s objective.
+    """``{key: (shape, dtype)}`` of a batch of ``rows`` for an objective named ``task``.
+
+    Parameters
+    ----------
+    task : str
+        The objective's name (`tjx.nn.Objective.name`): "classify" reads images and labels,
+        every other objective the loader's four token arrays.
+    rows, seq_len : int
+        The batch's rows and (token objectives) its tokens per row.
+    image_size, num_channels : int
+        A classifier's images (the config's ``image_shape``); unused for tokens.
 
     Examples
     --------
-    >>> from tjx.nn import GPT2Config
-    >>> batch_shapes(GPT2Config(vocab_size=8, max_seq_len=4, d_model=8, num_layers=1,
-    ...                         num_heads=2), 2, 4)["inputs"][0]
+    >>> batch_shapes("lm", 2, 4)["inputs"][0]
     (2, 4)
     """
-    if objective_of(config).name == "classify":
-        size, channels = config.image_size, config.num_channels  # type: ignore[attr-defined]
+    if task == "classify":
         return {
-            "images": ((rows, size, size, channels), jnp.float32),
+            "images": ((rows, image_size, image_size, num_channels), jnp.float32),
             "labels": ((rows,), jnp.int32),
         }
     return {k: ((rows, seq_len), jnp.int32) for k in TOKEN_KEYS}

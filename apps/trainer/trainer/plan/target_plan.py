@@ -71,7 +71,9 @@ def build(run: StepConfig, devices: list[jax.Device]) -> AbstractRun:
     evaluate = jax.jit(steps.make_eval_step(parts.graphdef, concrete_rest, run, split))
 
     def batch(size: int) -> dict[str, jax.ShapeDtypeStruct]:  # split over the batch axes
-        shapes = batch_shapes(run.model, run.data.batch_rows(size), run.data.seq_len)
+        shapes = batch_shapes(
+            run.task, run.data.batch_rows(size), run.data.seq_len, **run.image_shape
+        )
         if is_grpo(run.data):  # the rollout batch the loop makes (trainer.step.grpo)
             shapes = grpo.batch_shapes(run)
         on = functools.partial(parallel.batch_sharding, mesh)

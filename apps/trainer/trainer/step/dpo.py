@@ -34,11 +34,11 @@ def is_dpo(data: DataConfig) -> bool:
     return bool(data.format == "preference")
 
 
-def needs_frozen_reference(cfg: StepConfig) -> bool:
+def needs_frozen_reference(data: DataConfig, grpo: nn.GrpoConfig, *, use_lora: bool) -> bool:
     """Whether the train state holds a frozen copy of the starting params: DPO, and GRPO with a
-    KL penalty (β > 0), without LoRA (whose reference is the adapters off)."""
-    kl = grpo_settings.is_grpo(cfg.data) and cfg.grpo.beta > 0
-    return (is_dpo(cfg.data) or kl) and not cfg.use_lora
+    KL penalty (``grpo.beta`` > 0), without LoRA (whose reference is the adapters off)."""
+    kl = grpo_settings.is_grpo(data) and grpo.beta > 0
+    return (is_dpo(data) or kl) and not use_lora
 
 
 def with_reference(state: TrainState, *, needed: bool, copy: bool = True) -> TrainState:

@@ -351,7 +351,7 @@ def train_state(cfg: StepConfig, model: nnx.Module) -> TrainParts:
     _, fp8 = nn.split_fp8_meta(rest)
     state = TrainState(opt_state=opt_state, params=params, step=step, fp8=fp8)
     # DPO (and GRPO with β > 0) without LoRA: the starting params, frozen, as the reference
-    needed = dpo.needs_frozen_reference(cfg)
+    needed = dpo.needs_frozen_reference(cfg.data, cfg.grpo, use_lora=cfg.use_lora)
     state = dpo.with_reference(state, needed=needed, copy=not abstract)
     if flat_params(cfg):  # the optimizer's own buffers: one p + u a buffer (tjx.optim.FlatParams)
         layout = optim.flat_layout(cfg.optimizer, params, axes=specs)

@@ -20,16 +20,22 @@ def gpt2_tiny() -> tnn.GPT2Config:
     return tnn.GPT2Config(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
 
 
+def task_of(config: tnn.TransformerConfig) -> str:
+    return tnn.objective_of(type(config)).name
+
+
 def test_a_token_objective_reads_the_loaders_four_token_arrays():
-    shapes = batch_shapes(gpt2_tiny(), 3, 16)
+    shapes = batch_shapes(task_of(gpt2_tiny()), 3, 16)
     assert tuple(shapes) == TOKEN_KEYS == ("inputs", "targets", "segment_ids", "positions")
     assert set(shapes.values()) == {((3, 16), jnp.int32)}
     bert = tnn.BertConfig(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4)
-    assert batch_shapes(bert, 2, 8)["inputs"] == ((2, 8), jnp.int32)
+    assert batch_shapes(task_of(bert), 2, 8)["inputs"] == ((2, 8), jnp.int32)
 
 
 def test_a_classifier_reads_images_and_labels():
-    shapes = batch_shapes(tnn.ViTConfig(**VIT), 4, 999)  # its sequence is fixed: no seq_len
+    vit = tnn.ViTConfig(**VIT)
+    images = {"image_size": vit.image_size, "num_channels": vit.num_channels}
+    shapes = batch_shapes(task_of(vit), 4, 999, **images)  # its sequence is fixed: no seq_len
     assert shapes == {"images": ((4, 8, 8, 3), jnp.float32), "labels": ((4,), jnp.int32)}
 
 

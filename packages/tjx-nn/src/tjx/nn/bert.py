@@ -34,8 +34,13 @@ class BERT(nnx.Module):
         p = c.precision
         self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=p)
         # BERT always has learned positions and token types.
-        self.pos_embed = lookup_table(c.max_seq_len, c, rngs=rngs)
-        self.type_embed = lookup_table(c.type_vocab_size, c, rngs=rngs)
+        std = c.init.std
+        self.pos_embed = lookup_table(
+            c.max_seq_len, c.d_model, rngs=rngs, init_std=std, precision=p
+        )
+        self.type_embed = lookup_table(
+            c.type_vocab_size, c.d_model, rngs=rngs, init_std=std, precision=p
+        )
         self.embed_norm = model_norm(c, rngs=rngs)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False, attention=attention)
         self.final_norm = model_norm(c, rngs=rngs) if c.norm.position == "pre" else None

@@ -14,7 +14,7 @@ from tjx.kernels import AttentionMask
 from tjx.nn.attention import Attention
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.families.parts import layer_input
-from tjx.nn.family_config import LayerShape, layer_shape
+from tjx.nn.family_config import LayerShape
 from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet
 from tjx.nn.kernel_choice import ModelAttention, layer_kind
 from tjx.nn.kv_cache import LayerCache
@@ -109,7 +109,7 @@ class Block(nnx.Module):
         c = config
         # The layer's own attention geometry, MLP width and part options (a decoder's; its
         # ``index`` in a stack of layers of their own shapes, else None).
-        shape: LayerShape | None = layer_shape(c, index) if causal and not cross else None
+        shape: LayerShape | None = c.layer_shape(index) if causal and not cross else None
         self.keeps_kv = shape is not None and shape.keeps_kv
         self.post_ln = c.norm.position == "post"
         self.rate = c.dropout

@@ -10,16 +10,21 @@ It imports no tjx.nn module, so that the config classes (:mod:`tjx.nn.configs`),
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 
-def fill_part_defaults(config: Any) -> None:
-    """Each component section's setting left None set to the family's (``part_defaults``)."""
-    for key, value in type(config).part_defaults.items():
+def fill_part_defaults(defaults: Mapping[str, Any], parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The sections of ``parts`` (name → section) that have a setting left None which the
+    family's ``defaults`` (its config class's ``part_defaults``: ``"section.name"`` → value)
+    set, each with those settings filled; the config sets them on itself."""
+    filled: dict[str, Any] = {}
+    for key, value in defaults.items():
         section, name = key.split(".")
-        part = getattr(config, section)
+        part = filled.get(section, parts[section])
         if getattr(part, name) is None:
-            object.__setattr__(config, section, dataclasses.replace(part, **{name: value}))
+            filled[section] = dataclasses.replace(part, **{name: value})
+    return filled
 
 
 def setting_default(config: Any, key: str) -> Any:
@@ -30,7 +35,8 @@ def setting_default(config: Any, key: str) -> Any:
 
 
 def field_defaults(config: Any) -> dict[str, Any]:
-    """Each field of ``config``'s class → its default (a section's: a fresh default instance)."""
+    """Each field of ``config``'s class (or of the class ``config``) → its default (a
+    section's: a fresh default instance)."""
     return {
         f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         for f in dataclasses.fields(config)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
@@ -39,7 +39,14 @@ from tjx.nn.families.gemma4.options import Gemma4Options, check_model
 from tjx.nn.families.llama4.options import FLAT_KEYS as FLAT_LLAMA4_KEYS
 from tjx.nn.families.llama4.options import Llama4Options
 from tjx.nn.families.llama4.options import check_model as check_llama4
-from tjx.nn.family_config import check_mtp
+from tjx.nn.family_config import (
+    LayerGeometry,
+    LayerShape,
+    check_mtp,
+    kv_source,
+    layer_shape,
+    nope_layers,
+)
 from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DeltaConfig
 from tjx.nn.mla_config import MLAConfig
@@ -218,7 +225,11 @@ class TransformerConfig:
         cls = type(self).__name__
         object.__setattr__(self, "precision", as_precision(self.precision))
         check_sections(self, cls)
-        fill_part_defaults(self)
+        # The family's value of each section setting left None (``part_defaults``).
+        sections = {key.split(".")[0] for key in self.part_defaults}
+        parts = {name: getattr(self, name) for name in sections}
+        for name, part in fill_part_defaults(self.part_defaults, parts).items():
+            object.__setattr__(self, name, part)
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         for name in ("max_seq_len", "d_model", "num_layers", "num_heads", "num_kv_heads"):
@@ -232,10 +243,17 @@ class TransformerConfig:
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
-        check_llama4(self, cls)
+        check_llama4(
+            self.llama4,
+            cls,
+            qk_l2_norm=self.qk_l2_norm,
+            position=self.position.kind,
+            attention=self.attention,
+            layer_locals=self.layer_locals(),
+        )
         check_mixers(self, cls)
         check_mla(self, cls)
-        defaults = field_defaults(self)
+        defaults = field_defaults(type(self))  # the class's: what a setting left alone holds
         # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
         # the gemma4 folder's options, fp8) and apply once one of their settings leaves its
         # default (the defaults are valid): a config without them is read in this file alone.
@@ -277,6 +295,35 @@ class TransformerConfig:
         n = self.num_layers if num_layers is None else num_layers
         pattern = self.mixer_pattern or ("attention",)
         return tuple(pattern[i % len(pattern)] for i in range(n))
+
+    def layer_shape(self, i: int | None = None) -> LayerShape:
+        """Layer ``i``'s shape (`tjx.nn.family_config.layer_shape` of the ``gemma4`` section and
+        the layers' geometry); None: the shape of layers alike."""
+        # The config's checks fill head_dim, num_kv_heads and mlp.dim.
+        geometry = LayerGeometry(
+            cast(int, self.head_dim),
+            cast(int, self.num_kv_heads),
+            cast(int, self.mlp.dim),
+            self.layer_windows(),
+        )
+        return layer_shape(self.gemma4, geometry, i)
+
+    def layer_shapes(self, num_layers: int | None = None) -> tuple[LayerShape, ...] | None:
+        """Each layer's `layer_shape` in a stack of ``num_layers`` (default ``num_layers``);
+        None for a stack of other layers (an encoder-decoder's decoder): its layers are alike."""
+        if num_layers not in (None, self.num_layers):
+            return None
+        return tuple(self.layer_shape(i) for i in range(self.num_layers))
+
+    def nope_layers(self) -> tuple[bool, tuple[float, float] | None]:
+        """Whether the global layers rotate no position, and their queries' temperature:
+        `tjx.nn.family_config.nope_layers` of the ``llama4`` section."""
+        return nope_layers(self.llama4)
+
+    def kv_source(self, i: int) -> int | None:
+        """The layer whose keys and values layer ``i`` reads, or None (its own):
+        `tjx.nn.family_config.kv_source` of the ``gemma4`` section."""
+        return kv_source(self.gemma4, self.layer_windows(), i)
 
     def _check_vocab(self, cls: str) -> None:
         positive(cls, "vocab_size", self.vocab_size)

@@ -204,7 +204,12 @@ class DecoderLM(nnx.Module):
             c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=c.precision
         )
         self.pos_embed = learned_positions(
-            c, rngs=rngs, init_std=0.01 if isinstance(c, GPT2Config) else None
+            c.position.kind,
+            c.max_seq_len,
+            c.d_model,
+            rngs=rngs,
+            init_std=0.01 if isinstance(c, GPT2Config) else c.init.std,
+            precision=c.precision,
         )
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=True, attention=attention)
         # Per-layer embeddings (``per_layer_input_dim``), into every layer.

@@ -4,7 +4,6 @@ positions, token types), and adding absolute positions to embedded tokens."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,30 +55,25 @@ class Embed(nnx.Module):
         return self.embedding[...].T
 
 
-def lookup_table(rows: int, config: Any, *, rngs: nnx.Rngs, init_std: float | None = None) -> Embed:
-    """A lookup-only ``[rows, d_model]`` table (positions, token types).
+def lookup_table(
+    rows: int, dim: int, *, rngs: nnx.Rngs, init_std: float, precision: Precision
+) -> Embed:
+    """A lookup-only ``[rows, dim]`` table (positions, token types).
 
     Its rows are not a logical axis (``None``: replicated), unlike the token table's ``vocab``.
-    ``config`` supplies ``d_model``, ``init.std`` (unless ``init_std`` is given) and
-    ``precision``.
     """
-    return Embed(
-        rows,
-        config.d_model,
-        rngs=rngs,
-        init_std=config.init.std if init_std is None else init_std,
-        names=(None, "embed"),
-        precision=config.precision,
-    )
+    names = (None, "embed")
+    return Embed(rows, dim, rngs=rngs, init_std=init_std, names=names, precision=precision)
 
 
 def learned_positions(
-    config: Any, *, rngs: nnx.Rngs, init_std: float | None = None
+    kind: str | None, rows: int, dim: int, *, rngs: nnx.Rngs, init_std: float, precision: Precision
 ) -> Embed | None:
-    """The ``max_seq_len``-row position table for ``position.kind == "learned"``, else None."""
-    if config.position.kind != "learned":
+    """The ``rows``-row (``max_seq_len``) position table when ``kind`` (``position.kind``) is
+    ``"learned"``, else None: it takes the model's width, init and precision, not its config."""
+    if kind != "learned":
         return None
-    return lookup_table(config.max_seq_len, config, rngs=rngs, init_std=init_std)
+    return lookup_table(rows, dim, rngs=rngs, init_std=init_std, precision=precision)
 
 
 #: The sinusoids' root-mean-square relative to the token embeddings' at initialisation (see

@@ -59,7 +59,9 @@ class EncoderDecoder(nnx.Module):
         p = c.precision
         assert c.num_encoder_layers is not None and c.num_decoder_layers is not None
         self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=p)
-        self.pos_embed = learned_positions(c, rngs=rngs)
+        self.pos_embed = learned_positions(
+            c.position.kind, c.max_seq_len, c.d_model, rngs=rngs, init_std=c.init.std, precision=p
+        )
         self.encoder = Stack(
             c, rngs=rngs, num_layers=c.num_encoder_layers, causal=False, attention=attention
         )

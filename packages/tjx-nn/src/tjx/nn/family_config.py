@@ -121,39 +121,51 @@ class LayerShape(NamedTuple):
     per_layer_dim: int  # the width of its per-layer input (0: none)
 
 
-def layer_shape(config: Any, i: int | None) -> LayerShape:
-    """Layer ``i``'s attention geometry, key/value source, MLP width and part options; None: a
-    layer of a stack whose layers are alike (scanned, or a prediction module's), of the config's
-    own geometry."""
-    c, g = config, config.gemma4
-    options = dict(
+class LayerGeometry(NamedTuple):
+    """What a decoder's layers share and `layer_shape` varies per layer: the config's head width,
+    key/value heads, MLP width and each layer's window (``TransformerConfig.layer_windows``)."""
+
+    head_dim: int
+    kv_heads: int
+    mlp_dim: int
+    windows: tuple[int | None, ...]
+
+
+def layer_shape(options: Any, geometry: LayerGeometry, i: int | None) -> LayerShape:
+    """Layer ``i``'s attention geometry, key/value source, MLP width and part options, from the
+    model's ``gemma4`` section (``options``) and shared ``geometry``; None: a layer of a stack
+    whose layers are alike (scanned, or a prediction module's), of the shared geometry.
+    ``TransformerConfig.layer_shape`` gives a config's."""
+    g, (head_dim, kv_heads, mlp_dim, windows) = options, geometry
+    shape = dict(
         value_norm=g.value_norm,
         rope_proportion=g.global_rope_proportion,
         scaled=g.layer_scale,
         per_layer_dim=g.per_layer_input_dim,
     )
     if i is None:
-        geometry = (False, c.head_dim, c.num_kv_heads, False, None, False, c.mlp.dim)
-        return LayerShape(*geometry, **options)
-    wide = c.layer_windows()[i] is None
-    first = c.num_layers - g.kv_shared_layers
-    keeps = any(kv_source(c, j) == i for j in range(first, c.num_layers))
+        return LayerShape(False, head_dim, kv_heads, False, None, False, mlp_dim, **shape)
+    wide = windows[i] is None
+    num_layers = len(windows)
+    first = num_layers - g.kv_shared_layers
+    keeps = any(kv_source(g, windows, j) == i for j in range(first, num_layers))
     return LayerShape(
         is_global=wide,
-        head_dim=(g.global_head_dim or c.head_dim) if wide else c.head_dim,
-        kv_heads=(g.global_kv_heads or c.num_kv_heads) if wide else c.num_kv_heads,
+        head_dim=(g.global_head_dim or head_dim) if wide else head_dim,
+        kv_heads=(g.global_kv_heads or kv_heads) if wide else kv_heads,
         values_from_keys=wide and g.global_values_from_keys,
-        kv_source=kv_source(c, i),
+        kv_source=kv_source(g, windows, i),
         keeps_kv=keeps,
-        mlp_dim=(g.kv_shared_mlp_dim or c.mlp.dim) if i >= first else c.mlp.dim,
-        **options,
+        mlp_dim=(g.kv_shared_mlp_dim or mlp_dim) if i >= first else mlp_dim,
+        **shape,
     )
 
 
-def kv_source(config: Any, i: int) -> int | None:
-    """The layer whose keys and values layer ``i`` of ``config`` attends to, or None (its own):
-    Gemma 4's shared-KV layers (`Gemma4Options.kv_shared_layers`)."""
-    return gemma4_options.kv_source(config.layer_windows(), config.gemma4.kv_shared_layers, i)
+def kv_source(options: Any, windows: tuple[int | None, ...], i: int) -> int | None:
+    """The layer whose keys and values layer ``i`` attends to, or None (its own): Gemma 4's
+    shared-KV layers (the ``gemma4`` section ``options``' ``kv_shared_layers``) of layers of
+    ``windows`` (``TransformerConfig.layer_windows``)."""
+    return gemma4_options.kv_source(windows, options.kv_shared_layers, i)
 
 
 def layers_differ(config: Any) -> bool:
@@ -167,10 +179,10 @@ def shared_kv_layers(config: Any) -> int:
     return int(config.gemma4.kv_shared_layers)
 
 
-def nope_layers(config: Any) -> tuple[bool, tuple[float, float] | None]:
-    """Llama 4's NoPE (its ``llama4`` section): whether the global layers rotate no position,
-    and their queries' temperature ``(floor, scale)`` (None: untempered)."""
-    return config.llama4.global_nope, config.llama4.temperature()
+def nope_layers(options: Any) -> tuple[bool, tuple[float, float] | None]:
+    """Llama 4's NoPE (the ``llama4`` section ``options``): whether the global layers rotate no
+    position, and their queries' temperature ``(floor, scale)`` (None: untempered)."""
+    return options.global_nope, options.temperature()
 
 
 def check_mtp(config: Any, cls: str) -> None:

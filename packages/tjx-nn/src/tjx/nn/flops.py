@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.encoder_configs import BertConfig, EncoderDecoderConfig, ViTConfig
-from tjx.nn.family_config import layer_shape, layers_differ
+from tjx.nn.family_config import layers_differ
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 # (matmul parameters, positions per sequence they are applied at)
@@ -129,7 +129,7 @@ def _shaped_layers(c: TransformerConfig) -> int:
     per-layer embeddings' projections."""
     d, h, total = c.d_model, c.num_heads, 0
     for i in range(c.num_layers):
-        shape = layer_shape(c, i)
+        shape = c.layer_shape(i)
         p = shape.per_layer_dim
         total += d * p  # the per-layer embeddings' projection of the embeddings, this layer's
         kv = 0 if shape.kv_source is not None else (1 if shape.values_from_keys else 2)
@@ -142,7 +142,7 @@ def _wider_attention(c: TransformerConfig, s: int, causal_half: bool) -> int:
     """The score and value products of layers wider than ``head_dim`` beyond it (causal)."""
     extra = 0
     for i, w in enumerate(c.layer_windows()):
-        width = layer_shape(c, i).head_dim - (c.head_dim or 0)
+        width = c.layer_shape(i).head_dim - (c.head_dim or 0)
         keys = s if w is None else min(s, w)
         extra += 2 * c.num_heads * width * (6 * s * keys - (3 * keys * keys if causal_half else 0))
     return extra

@@ -85,7 +85,7 @@ def _call(config: TransformerConfig, kind: str) -> _Call:
     c = config
     assert c.head_dim is not None  # a built config's checks fill it (d_model // num_heads)
     cross = kind == "cross"
-    deepseek = c.attention.type == "mla" and not cross and mla.is_deepseek(c)
+    deepseek = c.attention.type == "mla" and not cross and mla.is_deepseek(c.attention, c.mla)
     width = max(c.head_dim, mla.value_dim(c)) if deepseek else c.head_dim
     window = None if cross else c.attention.sliding_window
     return _Call(

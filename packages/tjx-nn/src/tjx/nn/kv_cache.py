@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from tjx.kernels import soft_cap
 from tjx.nn.configs import TransformerConfig
-from tjx.nn.family_config import layer_shape
+from tjx.nn.family_config import LayerShape
 
 Array = jax.Array
 LayerCache = dict[str, Array]
@@ -80,10 +80,10 @@ def init_cache(
     dt = dtype or config.precision.compute_dtype
     mixers = config.layer_mixers(num_layers)
     max_len = cache_slots(config, max_len, len(mixers))
-    groups = cache_groups(config, num_layers)
+    groups = _groups(config, num_layers)
     cache = _attention_cache(config, groups.count("attention"), batch, max_len, dt)
     if "global" in groups:
-        shape = layer_shape(config, groups.index("global"))
+        shape = config.layer_shape(groups.index("global"))
         size = (groups.count("global"), batch, max_len, shape.kv_heads, shape.head_dim)
         cache |= {"global_k": jnp.zeros(size, dt), "global_v": jnp.zeros(size, dt)}
     deltas = mixers.count("delta")
@@ -123,18 +123,31 @@ GLOBAL_ENTRIES = ("global_k", "global_v")
 
 
 def cache_groups(
-    config: TransformerConfig, num_layers: int | None = None
+    mixers: tuple[str, ...],
+    shapes: tuple[LayerShape, ...] | None,
+    heads: tuple[int | None, int | None],
 ) -> tuple[str | None, ...]:
     """Each layer's part of the cache: its mixer (``"attention"``: ``k``/``v`` or MLA's
     latents; ``"delta"``), ``"global"`` for a global layer of its own width or key/value
-    heads (``global_k``/``global_v``), or None for a ``kv_shared_layers`` layer (none)."""
-    mixers = config.layer_mixers(num_layers)
-    if num_layers not in (None, config.num_layers):
-        return mixers  # an encoder-decoder's decoder: no layers of their own shape
-    c = config
-    shapes = [layer_shape(c, i) for i in range(c.num_layers)]
-    default = (c.head_dim, c.num_kv_heads)
-    apart = any(s.is_global and (s.head_dim, s.kv_heads) != default for s in shapes)
+    heads (``global_k``/``global_v``), or None for a ``kv_shared_layers`` layer (none).
+
+    Parameters
+    ----------
+    mixers : tuple of str
+        Each layer's mixer (``TransformerConfig.layer_mixers``).
+    shapes : tuple of LayerShape or None
+        Each layer's shape (``TransformerConfig.layer_shapes``); None for a stack whose layers
+        are alike (an encoder-decoder's decoder): each layer's part is its mixer.
+    heads : tuple of int
+        The model's ``(head_dim, num_kv_heads)``: a global layer of other ones has its own part.
+
+    Returns
+    -------
+    tuple of str or None
+    """
+    if shapes is None:
+        return mixers
+    apart = any(s.is_global and (s.head_dim, s.kv_heads) != heads for s in shapes)
     groups: list[str | None] = []
     for mixer, shape in zip(mixers, shapes, strict=True):
         if mixer != "attention":
@@ -145,6 +158,12 @@ def cache_groups(
             else "attention"
         )  # fmt: skip
     return tuple(groups)
+
+
+def _groups(config: TransformerConfig, num_layers: int | None = None) -> tuple[str | None, ...]:
+    """`cache_groups` of ``config``'s stack of ``num_layers`` (default ``num_layers``)."""
+    mixers, shapes = config.layer_mixers(num_layers), config.layer_shapes(num_layers)
+    return cache_groups(mixers, shapes, (config.head_dim, config.num_kv_heads))
 
 
 def _group_of(name: str) -> str:
@@ -354,10 +373,10 @@ def kv_cache_bytes(
         assert config.num_kv_heads is not None and config.head_dim is not None
         per_token = 2 * config.num_kv_heads * config.head_dim
     mixers = config.layer_mixers()
-    groups = cache_groups(config)  # kv sharing: shared layers hold none, global ones their own
+    groups = _groups(config)  # kv sharing: shared layers hold none, global ones their own
     total = groups.count("attention") * batch * seq_len * per_token * itemsize
     if "global" in groups:
-        shape = layer_shape(config, groups.index("global"))
+        shape = config.layer_shape(groups.index("global"))
         wide = 2 * shape.kv_heads * shape.head_dim
         total += groups.count("global") * batch * seq_len * wide * itemsize
     deltas = mixers.count("delta")

@@ -40,10 +40,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.nn.attention_config import AttentionConfig
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import write_step
 from tjx.nn.linear import Dense, split_key
+from tjx.nn.mla_config import MLAConfig
 from tjx.nn.norms import RMSNorm
+from tjx.nn.rope_scaling import RopeScaling
 
 Array = jax.Array
 
@@ -52,9 +55,10 @@ Array = jax.Array
 DEEPSEEK_ONLY = ("query_down", "query_latent_norm", "kv_latent_norm", "key_rope")
 
 
-def is_deepseek(config: TransformerConfig) -> bool:
-    """Whether ``config``'s self-attention is DeepSeek's MLA."""
-    return config.attention.type == "mla" and config.mla.qk_rope_head_dim is not None
+def is_deepseek(attention: AttentionConfig, mla: MLAConfig) -> bool:
+    """Whether a model's self-attention (its ``attention`` and ``mla`` sections) is DeepSeek's
+    MLA."""
+    return attention.type == "mla" and mla.qk_rope_head_dim is not None
 
 
 def value_dim(config: TransformerConfig) -> int:
@@ -63,10 +67,11 @@ def value_dim(config: TransformerConfig) -> int:
     return int(config.mla.v_head_dim or config.head_dim)
 
 
-def softmax_scale_factor(config: TransformerConfig) -> float:
-    """DeepSeek's yarn correction of the softmax scale: ``mscale²`` (1 without it)."""
-    s = config.position.rope_scaling
-    if not is_deepseek(config) or s is None or not s.mscale_all_dim or s.factor is None:
+def softmax_scale_factor(deepseek: bool, scaling: RopeScaling | None) -> float:
+    """DeepSeek's yarn correction of the softmax scale: ``mscale²`` (1 without it), from whether
+    the attention is DeepSeek's (`is_deepseek`) and the model's ``position.rope_scaling``."""
+    s = scaling
+    if not deepseek or s is None or not s.mscale_all_dim or s.factor is None:
         return 1.0
     mscale = 1.0 if s.factor <= 1 else 0.1 * s.mscale_all_dim * math.log(s.factor) + 1.0
     return mscale * mscale

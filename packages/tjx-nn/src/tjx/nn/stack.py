@@ -24,7 +24,6 @@ from tjx.kernels import AttentionMask
 from tjx.nn import probes
 from tjx.nn.block import KEPT, Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
-from tjx.nn.family_config import kv_source
 from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_attention
 from tjx.nn.kv_cache import (
     cache_groups,
@@ -154,9 +153,10 @@ class Stack(nnx.Module):
         self.layers = layers
         self.segments = parts
         # Each layer's part of the cache, and the layer whose keys/values it reads (kv sharing).
-        self.groups = cache_groups(config, num_layers) if causal and not cross else self.mixers
+        shapes = config.layer_shapes(num_layers) if causal and not cross else None
+        self.groups = cache_groups(self.mixers, shapes, (config.head_dim, config.num_kv_heads))
         self.sources = tuple(
-            kv_source(config, i) if causal and not cross else None for i in range(num_layers)
+            config.kv_source(i) if causal and not cross else None for i in range(num_layers)
         )
         # T5: one relative-bias table per stack, shared by every layer (so not under the layers
         # axis when scanned); the encoder's is bidirectional, a causal stack's looks back only.

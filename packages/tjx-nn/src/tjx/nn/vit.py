@@ -42,7 +42,9 @@ class ViT(nnx.Module):
         self.cls_token = make_param(
             rngs, zeros(), (1, 1, c.d_model), (None, None, "embed"), p.param_dtype
         )
-        self.pos_embed = learned_positions(c, rngs=rngs)
+        self.pos_embed = learned_positions(
+            c.position.kind, c.max_seq_len, c.d_model, rngs=rngs, init_std=c.init.std, precision=p
+        )
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False, attention=attention)
         self.final_norm = model_norm(c, rngs=rngs) if c.norm.position == "pre" else None
         self.head = Dense(

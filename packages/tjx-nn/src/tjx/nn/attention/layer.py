@@ -18,7 +18,7 @@ from tjx.nn.attention.decode import add_bias, decode_step, shared_layer, write_p
 from tjx.nn.attention.positions import LayerPositions, Local
 from tjx.nn.attention.projections import normed, output, qkv_alike
 from tjx.nn.configs import TransformerConfig, rotated_dims
-from tjx.nn.family_config import LayerShape, nope_layers
+from tjx.nn.family_config import LayerShape
 from tjx.nn.kernel_choice import attention_width, layer_kind, resolve_attention
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import Dense, joint_projection, split_key, stacked_projection
@@ -88,7 +88,9 @@ class Attention(nnx.Module):
         self.decode_topk = c.attention.decode_topk
         # Gemma: 1/sqrt(query_pre_attn_scalar) instead of 1/sqrt(head_dim); Gemma 2's soft cap.
         self.scale = 1.0 / math.sqrt(c.attention.query_pre_attn_scalar or c.head_dim)
-        self.scale *= ds.softmax_scale_factor(c)  # DeepSeek's yarn mscale² (else 1)
+        deepseek = ds.is_deepseek(c.attention, c.mla)
+        # DeepSeek's yarn mscale² (else 1)
+        self.scale *= ds.softmax_scale_factor(deepseek, c.position.rope_scaling)
         self.softcap = c.attention.logit_softcap
         self.window = None if cross else c.attention.sliding_window
         self.chunk = None if cross else c.attention.chunk  # the local layers' chunk
@@ -98,7 +100,7 @@ class Attention(nnx.Module):
             local_theta = c.position.rope_theta  # only the global layers turn proportionally
         # Global layers without RoPE (NoPE), their queries tempered by position; the rotated
         # layers' q and k over their RMS (no weight); GLM-4.5's RoPE of each head's first dims.
-        nope, temperature = nope_layers(c)
+        nope, temperature = c.nope_layers()
         self.positions = LayerPositions(
             rotated=rotated_dims(c),
             rope_proportion=proportion,
@@ -112,7 +114,7 @@ class Attention(nnx.Module):
             temperature=None if cross else temperature,
         )
         self.mla = c.attention.type == "mla" and not cross
-        self.deepseek = self.mla and ds.is_deepseek(c)
+        self.deepseek = self.mla and deepseek
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         # DeepSeek: values may be narrower than q/k; the kernels see both at the wider ``width``
         # (`attention_width`, which the kernel is resolved for).

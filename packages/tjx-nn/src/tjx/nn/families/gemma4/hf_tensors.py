@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.family_config import layer_shape
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import expert_mlp_dim
@@ -23,7 +22,7 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
     same("model.embed_tokens.weight", "embed.embedding", (v, d))
     reads_other: set[str] = set()
     for i in range(c.num_layers):
-        shape = layer_shape(c, i)
+        shape = c.layer_shape(i)
         hd, hk, m = shape.head_dim, shape.kv_heads, shape.mlp_dim
         pre, t = f"model.layers.{i}.", f"stack.layers.{i}."
         linear(pre + "self_attn.q_proj", t + "attn.query", (d,), (h, hd))

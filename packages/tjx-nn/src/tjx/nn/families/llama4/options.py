@@ -71,22 +71,30 @@ class Llama4Options:
         return None if floor is None else (floor, self.nope_temperature_scale)
 
 
-def check_model(config: Any, cls: str) -> None:
-    """What the section and ``qk_l2_norm`` (Llama 4's weightless q/k norm) need of the rest of
-    model ``config`` (class ``cls``): they act only on rotated (RoPE, multi-head) layers, and NoPE
-    on a global layer in ``attention.window_pattern``."""
-    c, nope = config, config.llama4.global_nope
-    rotated = c.position.kind == "rope" and c.attention.type == "mha"
-    if nope and (not rotated or False not in c.layer_locals()):
+def check_model(
+    options: Llama4Options,
+    cls: str,
+    *,
+    qk_l2_norm: bool,
+    position: str | None,
+    attention: Any,
+    layer_locals: tuple[bool, ...],
+) -> None:
+    """What the section (``options``) and ``qk_l2_norm`` (Llama 4's weightless q/k norm) need of
+    the rest of a model of class ``cls``: they act only on rotated (``position`` kind "rope",
+    the ``attention`` section's type "mha") layers, and NoPE on a global layer (``layer_locals``:
+    each layer's local switch, ``TransformerConfig.layer_locals``)."""
+    rotated = position == "rope" and attention.type == "mha"
+    if options.global_nope and (not rotated or False not in layer_locals):
         raise ValueError(
             f"{cls}.llama4.global_nope: needs position 'rope', attention.type 'mha' and a global "
-            f"layer in attention.window_pattern (got {c.position.kind!r}, {c.attention.type!r}, "
-            f"{c.attention.window_pattern}); set llama4.global_nope to False"
+            f"layer in attention.window_pattern (got {position!r}, {attention.type!r}, "
+            f"{attention.window_pattern}); set llama4.global_nope to False"
         )
-    if c.qk_l2_norm and not rotated:
+    if qk_l2_norm and not rotated:
         raise ValueError(
             f"{cls}.qk_l2_norm: only rotated (position 'rope', attention.type 'mha') layers have "
-            f"it; got {c.position.kind!r}, {c.attention.type!r}"
+            f"it; got {position!r}, {attention.type!r}"
         )
 
 

@@ -76,6 +76,37 @@ def attention_mask(shapes: AttentionShapes, mask: AttentionMask) -> Array | None
     return dense
 
 
+def rows_seeing_a_key(shapes: AttentionShapes, mask: AttentionMask) -> Array | None:
+    """Whether each query row of ``mask`` sees at least one key (the rows a kernel that does not
+    zero them itself must have zeroed: :func:`zero_unseen_rows`).
+
+    Parameters
+    ----------
+    shapes : AttentionShapes
+        Sizes of the call (from ``check_qkv``).
+    mask : AttentionMask
+        The call's mask (as in :func:`attention_mask`).
+
+    Returns
+    -------
+    Array or None
+        Boolean ``[batch, q_len]``; ``None`` when nothing is masked (every row sees a key).
+    """
+    dense = attention_mask(shapes, mask)
+    if dense is None:
+        return None
+    return jnp.broadcast_to(jnp.any(dense[:, 0], axis=-1), (shapes.batch, shapes.q_len))
+
+
+def zero_unseen_rows(out: Array, visible: Array | None) -> Array:
+    """``out [batch, q_len, heads, head_dim]`` with the rows where ``visible`` (from
+    :func:`rows_seeing_a_key`; ``None``: every row) is False set to 0, as this reference gives
+    them."""
+    if visible is None:
+        return out
+    return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
+
+
 def reference_attention(
     q: Array,
     k: Array,

@@ -123,28 +123,11 @@ def reference_attention(
 
     Parameters
     ----------
-    q : Array
-        Queries ``[batch, q_len, heads, head_dim]``.
-    k, v : Array
-        Keys and values ``[batch, kv_len, kv_heads, head_dim]``; ``kv_heads`` divides ``heads``
-        (GQA/MQA).
-    mask : AttentionMask, optional
-        Which keys each query sees (`tjx.kernels.AttentionMask`: causal, segment ids, key
-        lengths, window, chunk) and the sinks (gpt-oss: one learned logit per query head, a
-        column every query sees in the softmax's denominator with no value behind it, so a
-        row's probabilities sum to less than 1); None: every key, no sinks.
-    scale : float, optional
-        Logit scale; default ``1 / sqrt(head_dim)``.
-    dropout_rate : float
-        Attention-probability dropout rate in ``[0, 1)``; needs ``dropout_rng`` when positive.
-    dropout_rng : Array, optional
-        PRNG key for dropout.
-    bias : Array, optional
-        Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (e.g. ALiBi), added after
-        scaling (and after the soft cap).
-    softcap : float, optional
-        Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
-        Gemma 2) before the bias and masks; None: no cap.
+    q, k, v, mask, scale, dropout_rate, dropout_rng, bias, softcap
+        As in :func:`tjx.kernels.attention`, whose XLA path this is: every part of the mask is
+        served, sinks included (one learned logit per query head, gpt-oss: a column every query
+        sees in the softmax's denominator with no value behind it, so a row's probabilities sum
+        to less than 1); the bias is added after scaling and after the soft cap.
 
     Returns
     -------

@@ -9,6 +9,7 @@ import pytest
 
 from tjx.kernels import AttentionMask, attention_mask, attention_weights, reference_attention
 from tjx.kernels._checks import check_qkv
+from tjx.kernels.reference import rows_seeing_a_key, zero_unseen_rows
 
 from ._ref import masked, np_attention, np_mask, rel_err
 
@@ -145,6 +146,32 @@ def test_attention_mask_is_none_without_masking():
     assert attention_mask(shapes, AttentionMask()) is None
     m = attention_mask(shapes, AttentionMask(causal=True))
     assert m is not None and m.shape == (1, 1, 3, 3) and not bool(m[0, 0, 0, 1])
+
+
+def test_rows_seeing_a_key_and_zeroing_them_match_the_reference():
+    """The rows the cuDNN and tokamax paths zero are those whose NumPy mask row is empty, and
+    zeroing them leaves the reference's output (it zeroes them itself) unchanged."""
+    rng_seed = int(np.random.SeedSequence().entropy % 2**31)  # fresh inputs, named on failure
+    rng = np.random.default_rng(rng_seed)
+    b, sq, sk = 2, 6, 5
+    q, k, v, _ = (jnp.asarray(x, jnp.float32) for x in _qkv(rng_seed, b, sq, sk, 2, 1, 8))
+    q_ids = rng.integers(0, 3, (b, sq)).astype(np.int32)
+    kv_ids = rng.integers(0, 3, (b, sk)).astype(np.int32)
+    lengths = rng.integers(0, sk + 1, (b,)).astype(np.int32)
+    mask = AttentionMask(
+        causal=True, segment_ids=(jnp.asarray(q_ids), jnp.asarray(kv_ids)), kv_lengths=lengths
+    )
+    shapes = check_qkv(q, k, v)
+    expected = np_mask(b, sq, sk, causal=True, q_ids=q_ids, kv_ids=kv_ids, kv_lengths=lengths)
+    seen = rows_seeing_a_key(shapes, mask)
+    assert seen is not None and seen.shape == (b, sq), rng_seed
+    np.testing.assert_array_equal(np.asarray(seen), expected.any(-1), err_msg=str(rng_seed))
+    assert rows_seeing_a_key(shapes, AttentionMask()) is None
+    out = reference_attention(q, k, v, mask)
+    np.testing.assert_array_equal(np.asarray(zero_unseen_rows(out, seen)), np.asarray(out))
+    ones = zero_unseen_rows(jnp.ones_like(q), seen)
+    np.testing.assert_array_equal(np.asarray(ones[..., 0, 0]), expected.any(-1).astype(np.float32))
+    assert zero_unseen_rows(q, None) is q
 
 
 X = jnp.ones((2, 4, 4, 8), jnp.float32)

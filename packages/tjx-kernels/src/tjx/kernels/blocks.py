@@ -122,14 +122,19 @@ def _logits(
     return (s if mask is None else jnp.where(mask, s, -jnp.inf)), t
 
 
-def _check(
+def _setup(
     q: Array,
     k: Array,
     v: Array,
-    mask: AttentionMask,
+    mask: AttentionMask | None,
     scale: float | None,
     softcap: float | None,
-) -> tuple[AttentionShapes, float]:
+    implementation: str,
+    token_index: TokenIndex | None,
+) -> tuple[AttentionMask, AttentionShapes, float, str]:
+    """One block call's mask (None: every key), shapes and logit scale, validated, and the
+    kernel that runs it (:func:`block_kernel`): the forward and backward halves check alike."""
+    mask = AttentionMask() if mask is None else mask
     shapes = check_qkv(q, k, v)
     check_mask(mask)
     check_segment_ids(mask.segment_ids, shapes)
@@ -142,7 +147,8 @@ def _check(
     check_scale(scale)
     check_softcap(softcap)
     check_window(mask.window)
-    return shapes, 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+    sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+    return mask, shapes, sm_scale, block_kernel(implementation, token_index=token_index)
 
 
 def attention_forward(
@@ -181,20 +187,13 @@ def attention_forward(
         ``out [batch, q_len, heads, head_dim]`` in ``q``'s dtype (zeros on rows that see no key)
         and ``lse`` float32 ``[batch, heads, q_len]`` (``-inf`` on those rows).
     """
-    mask = AttentionMask() if mask is None else mask
-    shapes, sm_scale = _check(q, k, v, mask, scale, softcap)
-    impl = block_kernel(implementation, token_index=token_index)
+    mask, shapes, sm_scale, impl = _setup(
+        q, k, v, mask, scale, softcap, implementation, token_index
+    )
     if impl == "pallas":
         from tjx.kernels.flash_lse import flash_forward_lse  # Pallas is imported only when chosen
 
-        return flash_forward_lse(
-            q,
-            k,
-            v,
-            mask,
-            scale=sm_scale,
-            softcap=softcap,
-        )
+        return flash_forward_lse(q, k, v, mask, scale=sm_scale, softcap=softcap)
     s, _ = _logits(q, k, sm_scale, _mask(shapes, mask, token_index), softcap)
     row_max = jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf)
     shift = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
@@ -240,23 +239,13 @@ def attention_backward(
     (Array, Array, Array)
         ``dq`` (this block's share), ``dk`` and ``dv``, in the dtypes of ``q``, ``k``, ``v``.
     """
-    mask = AttentionMask() if mask is None else mask
-    shapes, sm_scale = _check(q, k, v, mask, scale, softcap)
-    impl = block_kernel(implementation, token_index=token_index)
+    mask, shapes, sm_scale, impl = _setup(
+        q, k, v, mask, scale, softcap, implementation, token_index
+    )
     if impl == "pallas":
         from tjx.kernels.flash_lse import flash_backward_lse
 
-        return flash_backward_lse(
-            q,
-            k,
-            v,
-            out,
-            lse,
-            d_out,
-            mask,
-            scale=sm_scale,
-            softcap=softcap,
-        )
+        return flash_backward_lse(q, k, v, out, lse, d_out, mask, scale=sm_scale, softcap=softcap)
     s, t = _logits(q, k, sm_scale, _mask(shapes, mask, token_index), softcap)
     acc_t = s.dtype
     row = lse.astype(acc_t)[..., None]

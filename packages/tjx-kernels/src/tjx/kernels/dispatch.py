@@ -64,7 +64,7 @@ from tjx.kernels.choice import (
 )
 from tjx.kernels.cudnn_segments import segment_attention
 from tjx.kernels.mask import AttentionMask, check_mask
-from tjx.kernels.reference import attention_mask, reference_attention
+from tjx.kernels.reference import reference_attention, rows_seeing_a_key, zero_unseen_rows
 from tjx.kernels.softcap import check_softcap
 
 Array = jax.Array
@@ -136,12 +136,8 @@ def _cudnn_attention(
     )
     # cuDNN leaves rows that see no key at all to its own devices (a uniform average or NaN);
     # our convention, shared with XLA and Pallas, is zeros.
-    visible = _visible_rows(
-        shapes, mask.replace(segment_ids=segment_ids, kv_lengths=lengths, sinks=None)
-    )
-    if visible is None:
-        return out
-    return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
+    seen = mask.replace(segment_ids=segment_ids, kv_lengths=lengths, sinks=None)
+    return zero_unseen_rows(out, _visible_rows(shapes, seen))
 
 
 def _visible_rows(shapes: AttentionShapes, mask: AttentionMask) -> Array | None:
@@ -150,9 +146,7 @@ def _visible_rows(shapes: AttentionShapes, mask: AttentionMask) -> Array | None:
         if mask.kv_lengths is None:
             return None  # key 0 is visible to every query, causal or not
         return jnp.broadcast_to((mask.kv_lengths > 0)[:, None], (shapes.batch, shapes.q_len))
-    dense = attention_mask(shapes, mask)
-    assert dense is not None
-    return jnp.broadcast_to(jnp.any(dense[:, 0], axis=-1), (shapes.batch, shapes.q_len))
+    return rows_seeing_a_key(shapes, mask)
 
 
 def attention(

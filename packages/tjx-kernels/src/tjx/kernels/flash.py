@@ -315,10 +315,10 @@ def flash_attention(
 
     Parameters
     ----------
-    q : Array
-        ``[batch, q_len, heads, head_dim]`` in bfloat16, float16 or float32; ``head_dim <= 256``.
-    k, v : Array
-        ``[batch, kv_len, kv_heads, head_dim]``, same dtype; ``kv_heads`` divides ``heads``.
+    q, k, v : Array
+        ``[batch, q_len, heads, head_dim]`` and ``[batch, kv_len, kv_heads, head_dim]``
+        (``kv_heads`` divides ``heads``), of one dtype: bfloat16, float16 or float32;
+        ``head_dim <= 256``.
     mask : AttentionMask, optional
         Its causal mask (key blocks above the diagonal are skipped), segment ids (``[batch,
         seq]`` or ``(q_ids, kv_ids)``; tokens attend within their segment; 0 = padding) and

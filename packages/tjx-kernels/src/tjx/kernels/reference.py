@@ -76,6 +76,37 @@ def attention_mask(shapes: AttentionShapes, mask: AttentionMask) -> Array | None
     return dense
 
 
+def rows_seeing_a_key(shapes: AttentionShapes, mask: AttentionMask) -> Array | None:
+    """Whether each query row of ``mask`` sees at least one key (the rows a kernel that does not
+    zero them itself must have zeroed: :func:`zero_unseen_rows`).
+
+    Parameters
+    ----------
+    shapes : AttentionShapes
+        Sizes of the call (from ``check_qkv``).
+    mask : AttentionMask
+        The call's mask (as in :func:`attention_mask`).
+
+    Returns
+    -------
+    Array or None
+        Boolean ``[batch, q_len]``; ``None`` when nothing is masked (every row sees a key).
+    """
+    dense = attention_mask(shapes, mask)
+    if dense is None:
+        return None
+    return jnp.broadcast_to(jnp.any(dense[:, 0], axis=-1), (shapes.batch, shapes.q_len))
+
+
+def zero_unseen_rows(out: Array, visible: Array | None) -> Array:
+    """``out [batch, q_len, heads, head_dim]`` with the rows where ``visible`` (from
+    :func:`rows_seeing_a_key`; ``None``: every row) is False set to 0, as this reference gives
+    them."""
+    if visible is None:
+        return out
+    return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
+
+
 def reference_attention(
     q: Array,
     k: Array,
@@ -92,28 +123,11 @@ def reference_attention(
 
     Parameters
     ----------
-    q : Array
-        Queries ``[batch, q_len, heads, head_dim]``.
-    k, v : Array
-        Keys and values ``[batch, kv_len, kv_heads, head_dim]``; ``kv_heads`` divides ``heads``
-        (GQA/MQA).
-    mask : AttentionMask, optional
-        Which keys each query sees (`tjx.kernels.AttentionMask`: causal, segment ids, key
-        lengths, window, chunk) and the sinks (gpt-oss: one learned logit per query head, a
-        column every query sees in the softmax's denominator with no value behind it, so a
-        row's probabilities sum to less than 1); None: every key, no sinks.
-    scale : float, optional
-        Logit scale; default ``1 / sqrt(head_dim)``.
-    dropout_rate : float
-        Attention-probability dropout rate in ``[0, 1)``; needs ``dropout_rng`` when positive.
-    dropout_rng : Array, optional
-        PRNG key for dropout.
-    bias : Array, optional
-        Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (e.g. ALiBi), added after
-        scaling (and after the soft cap).
-    softcap : float, optional
-        Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
-        Gemma 2) before the bias and masks; None: no cap.
+    q, k, v, mask, scale, dropout_rate, dropout_rng, bias, softcap
+        As in :func:`tjx.kernels.attention`, whose XLA path this is: every part of the mask is
+        served, sinks included (one learned logit per query head, gpt-oss: a column every query
+        sees in the softmax's denominator with no value behind it, so a row's probabilities sum
+        to less than 1); the bias is added after scaling and after the soft cap.
 
     Returns
     -------

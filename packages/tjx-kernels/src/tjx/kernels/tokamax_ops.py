@@ -55,7 +55,7 @@ from tjx.kernels.choice import (  # the rule lives with the other kernels' (no t
     tokamax_reason,
 )
 from tjx.kernels.mask import AttentionMask
-from tjx.kernels.reference import attention_mask
+from tjx.kernels.reference import attention_mask, rows_seeing_a_key, zero_unseen_rows
 
 Array = jax.Array
 
@@ -185,9 +185,7 @@ def _visible_rows(shapes: AttentionShapes, mask: AttentionMask) -> Array | None:
     bidirectional = mask.window is not None and not mask.causal
     if mask.segment_ids is None and mask.kv_lengths is None and not bidirectional:
         return None
-    dense = attention_mask(shapes, mask)
-    assert dense is not None
-    return jnp.broadcast_to(jnp.any(dense[:, 0], axis=-1), (shapes.batch, shapes.q_len))
+    return rows_seeing_a_key(shapes, mask)
 
 
 def tokamax_attention(
@@ -252,7 +250,4 @@ def tokamax_attention(
         implementation=implementation,
     )
     visible = _visible_rows(shapes, mask.replace(kv_lengths=lengths))
-    out = out.astype(q.dtype)
-    if visible is None:
-        return out
-    return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
+    return zero_unseen_rows(out.astype(q.dtype), visible)

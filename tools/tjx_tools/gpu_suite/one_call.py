@@ -22,9 +22,22 @@ copy back) has its usual cost left (`COST`), else it is listed as skipped, never
     attention alone at s 1,024 d 64 and s 4,096 d 128, causal: tjx's kernels against PyTorch's
     SDPA (flash and cuDNN backends), and the HLO of jax's cuDNN attention for the diagnosis
     (`versus_torch`).
+``tokamax_parts``
+    tokamax's layer/RMS norm (Pallas Triton) and gated linear unit (Mosaic GPU) against XLA's
+    fusion of the same formulas, at gpt2_small's and llama_small's shapes: correct, and worth
+    offering as candidates or not (`tokamax_parts`).
 ``environment``
     (first, it is cheap) the device, driver, jax's CUDA libraries (cuDNN, cuBLAS, runtime:
     `environment.cuda_libraries`) and a measured matmul peak; PyTorch's in ``attention_vs_torch``.
+``search``
+    ``--plan h100 --search``'s winner for llama_small (`SEARCH_CONFIG`, a config file as the
+    search writes it) against the preset's step measured in ``steps``; the estimate's ratio
+    beside the measured one.
+``speculative``
+    speculative decoding (one two-token verification pass a step) against greedy decoding,
+    tokens/s, on a random and a copying MTP model (`speculative`).
+``kernel_sets``
+    gpt2_small's and llama_small's steps with each attention kernel ``auto`` did not take.
 ``fp8``
     ``model.precision.matmul=fp8`` against bf16: llama_small (its bf16 step is ``steps``') and a
     4-layer Llama-3-8B proxy (`PROXY_8B`: the 8B's layers, 4 × 4,096 tokens), each step's GEMMs
@@ -33,15 +46,8 @@ copy back) has its usual cost left (`COST`), else it is listed as skipped, never
     the gated delta rule's Pallas kernels compiled: correctness against XLA's scan, then both
     timed (`delta_rule`); the fold turns the times into the launch table's ``gdelta-bf16``
     timings, which ``auto`` needs before it takes the kernels.
-``search``
-    ``--plan h100 --search``'s winner for llama_small (`SEARCH_CONFIG`, a config file as the
-    search writes it) against the preset's step measured in ``steps``; the estimate's ratio
-    beside the measured one.
-``kernel_sets``
-    gpt2_small's and llama_small's steps with each attention kernel ``auto`` did not take.
-``speculative``
-    speculative decoding (one two-token verification pass a step) against greedy decoding,
-    tokens/s, on a random and a copying MTP model (`speculative`).
+(``fp8`` and ``gated_delta`` were measured on the H200 on 2026-11-28; they come last, after
+what no GPU has measured yet.)
 
 Every step row is the trainer's own jitted step compiled once (`train_step.measure_row`): its
 median step waited for, its pipelined step, tokens/s, MFU, its launches and the calibrated
@@ -57,7 +63,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tjx_tools.gpu_suite import delta_rule, speculative, train_step, versus_torch
+from tjx_tools.gpu_suite import delta_rule, speculative, tokamax_parts, train_step, versus_torch
 from tjx_tools.gpu_suite.report import Report, Section, fmt, md_table
 
 GPT2, LLAMA = "gpt2_small", "llama_small"
@@ -79,7 +85,7 @@ LLAMA_SMOKE = [*train_step.SMOKE_SETS, "model.num_kv_heads=1", "model.vocab_size
 #: What a cell usually costs on an H100 (compile + steps; a peer: torch.compile + steps): a cell
 #: starts only with that much of the budget left, so the call ends inside the device tool's limit.
 COST = {"step": 30.0, "profiled step": 40.0, "peer": 50.0, "8b step": 50.0, "attention": 80.0,
-        "gated delta": 45.0, "speculative": 30.0}  # fmt: skip
+        "gated delta": 45.0, "speculative": 30.0, "tokamax parts": 40.0}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -203,18 +209,24 @@ def run_all(report: Report, smoke: bool, meta: dict[str, Any], out: Path) -> Non
     with report.section("attention_vs_torch") as sec:
         if call.starts(sec, "attention against PyTorch", "attention"):
             versus_torch.run(sec, smoke, call.deadline(10.0), out)
+    with report.section("tokamax_parts") as sec:
+        if call.starts(sec, "tokamax's norms and gated linear unit", "tokamax parts"):
+            tokamax_parts.run(sec, smoke, call.deadline(10.0))
+    # What no GPU has measured yet comes before what the H200 call of 2026-11-28 measured (fp8,
+    # the gated delta kernels: their timings are in the launch table already), so a call that
+    # runs out of budget loses a repeat, not a first measurement.
+    with report.section("search") as sec:
+        run_search(call, sec, shape)
+    with report.section("speculative") as sec:
+        if call.starts(sec, "speculative decoding vs greedy", "speculative"):
+            speculative.run(sec, smoke, call.deadline(30.0))
+    with report.section("kernel_sets") as sec:
+        run_kernel_sets(call, sec, shape)
     with report.section("fp8") as sec:
         run_fp8(call, sec, shape)
     with report.section("gated_delta") as sec:
         if call.starts(sec, "the gated delta kernels", "gated delta"):
             delta_rule.run(sec, smoke, call.deadline(20.0))
-    with report.section("search") as sec:
-        run_search(call, sec, shape)
-    with report.section("kernel_sets") as sec:
-        run_kernel_sets(call, sec, shape)
-    with report.section("speculative") as sec:
-        if call.starts(sec, "speculative decoding vs greedy", "speculative"):
-            speculative.run(sec, smoke, call.deadline(0.0))
 
 
 def run_steps(call: Call, sec: Section, shape: dict[str, Any]) -> None:

@@ -8,21 +8,31 @@ it they are notes, which the tests expect instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from tjx_tools.gpu_suite import environment, fold, one_call, train_step, versus_torch
+from tjx_tools.gpu_suite import (
+    environment,
+    fold,
+    one_call,
+    tokamax_parts,
+    train_step,
+    versus_torch,
+)
 from tjx_tools.gpu_suite.report import Report
 from tjx_tools.gpu_suite.test_gpu_suite import REPO, smoke_run
 
 PEER_VENV = Path.home() / ".cache" / "tjx" / "torch-peer-venv" / "bin" / "python"
-SECTIONS = ["environment", "steps", "attention_vs_torch", "fp8", "gated_delta", "search",
-            "kernel_sets", "speculative"]  # fmt: skip
+SECTIONS = ["environment", "steps", "attention_vs_torch", "tokamax_parts", "search", "speculative",
+            "kernel_sets", "fp8", "gated_delta"]  # fmt: skip
 COMMAND = (
     "PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false tools/gpu_suite run --part all "
     "--out $OUT"
@@ -96,6 +106,36 @@ def test_attention_stands_beside_torch_and_the_program_is_kept(
         assert all(r["fwd_bwd_pipelined_ms"] > 0 for r in torch_rows if not r.get("error"))
     else:
         assert not torch_rows
+
+
+def test_tokamax_parts_time_xla_s_side_of_each_case_in_the_smoke_run(run_all: tuple) -> None:
+    _, doc, _ = run_all
+    sec = doc["sections"]["tokamax_parts"]
+    assert [(r["case"], r["impl"]) for r in sec["rows"]] == [
+        (c.name, "xla") for c in tokamax_parts.cases(smoke=True)
+    ]
+    assert all(r["fwd_bwd_pipelined_ms"] > 0 for r in sec["rows"])
+    assert any("GPU only" in n for n in sec["notes"])
+
+
+@pytest.mark.parametrize("case", tokamax_parts.cases(smoke=True), ids=lambda c: c.kind)
+def test_tokamax_parts_check_passes_the_formula_in_bf16_and_fails_a_wrong_kernel(
+    case: tokamax_parts.Case,
+) -> None:
+    """The check a tokamax kernel must pass on the GPU: the formula itself in bf16 passes it
+    (the tolerance is bf16's), a kernel off by a little (the GLU's gate without its
+    activation, LayerNorm without its centring, RMSNorm with its scale ignored) fails it."""
+    seed = int(np.random.default_rng().integers(1 << 30))  # fresh inputs each run
+    assert tokamax_parts.check(case, tokamax_parts.xla_fn(case), seed) <= tokamax_parts.TOLERANCE
+    right = tokamax_parts.xla_fn(case)
+    if case.kind == "swiglu":
+        wrong = lambda x, w: jnp.einsum("td,dkh->kth", x, w).prod(axis=0)
+    elif case.kind == "layer_norm":
+        rms = tokamax_parts.xla_fn(dataclasses.replace(case, kind="rms_norm"))
+        wrong = lambda x, s, o: rms(x, s) + o  # no centring
+    else:
+        wrong = lambda x, s: right(x, jnp.ones_like(s))
+    assert tokamax_parts.check(case, wrong, seed) > tokamax_parts.TOLERANCE
 
 
 def test_fp8_is_measured_against_bf16_on_both_shapes(run_all: tuple) -> None:

@@ -119,11 +119,6 @@ def _moe_active(c: TransformerConfig) -> int:
     return c.d_model * c.moe.num_experts + per * active + gate
 
 
-def _shapes_differ(c: TransformerConfig) -> bool:
-    """Whether ``c``'s layers differ in shape (`layers_differ`)."""
-    return layers_differ(c)
-
-
 def _shaped_layers(c: TransformerConfig) -> int:
     """The layers' matmul weights, each at its own shape (`layer_shape`), with the
     per-layer embeddings' projections."""
@@ -156,7 +151,7 @@ def _decoder_layers(c: TransformerConfig) -> int:
     mixers = c.layer_mixers()
     deltas = mixers.count("delta")
     blocks = (c.num_layers - deltas) * _self_block(c) + (deltas * _delta_block(c) if deltas else 0)
-    if _shapes_differ(c):
+    if layers_differ(c):
         blocks = _shaped_layers(c)
     if c.moe.beside_mlp:  # the MLP stays, the MoE block's active weights are added
         return blocks + moe * _moe_active(c)
@@ -342,7 +337,7 @@ def flops_per_token(
     attention = 6 * widths * (full_area + causal_area) - (
         3 * widths * overlap if causal_half else 0
     )
-    if _shapes_differ(config):  # global layers wider than head_dim
+    if layers_differ(config):  # global layers wider than head_dim
         attention += _wider_attention(config, seq_len, causal_half)
     deltas = config.layer_mixers().count("delta")
     if deltas:  # the recurrent form's three state products per token (the module docstring)

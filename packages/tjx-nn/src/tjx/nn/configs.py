@@ -263,7 +263,8 @@ class TransformerConfig:
         if self.gemma4 != defaults["gemma4"]:
             check_model(self, cls)
         # The sections check themselves when built; what they need of the stack is checked here.
-        self.moe.check_layers(self.num_layers, f"{cls}.moe")
+        if self.moe.num_experts:
+            self.moe.check_layers(self.num_layers, f"{cls}.moe")
         check_unused(self, cls)
         if self.precision.fp8:
             check_fp8(self, cls)

@@ -153,6 +153,8 @@ def _decoder_layers(c: TransformerConfig) -> int:
     blocks = (c.num_layers - deltas) * _self_block(c) + (deltas * _delta_block(c) if deltas else 0)
     if layers_differ(c):
         blocks = _shaped_layers(c)
+    if not moe:  # a dense stack
+        return blocks
     if c.moe.beside_mlp:  # the MLP stays, the MoE block's active weights are added
         return blocks + moe * _moe_active(c)
     return blocks - moe * (_mlp_weights(c) - _moe_active(c))
@@ -162,6 +164,8 @@ def _mtp_weights(c: TransformerConfig) -> int:
     """The multi-token-prediction depths' active matmul weights (``mtp.depths``, :mod:`tjx.nn.mtp`):
     each depth's ``eh_proj`` (``2·d·d``), its block (MoE where the stack's layer would be) and
     the shared head it scores with once more."""
+    if not c.mtp.depths:
+        return 0
     n, d = c.num_layers, c.d_model
     kinds = moe_layers(c, n + c.mtp.depths)[n:]
     saved = sum(_mlp_weights(c) - _moe_active(c) for moe in kinds if moe)

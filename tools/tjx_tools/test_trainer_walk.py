@@ -134,6 +134,5 @@ def test_the_walks_go_from_the_command_line_to_where_each_setting_acts_and_to_th
     assert all(set(sizes[key][1]) <= set(listed) for key in keys), listed
     assert files > max(sizes[key][0] for key in keys)
     returns, (max_files, max_returns) = len(listed) - files, MAX_FIRST_STEP
-    assert files <= max_files and returns <= max_returns, (
-        f"walk first step: {files} files, {returns} returns, over its {MAX_FIRST_STEP}: {listed}"
-    )
+    over = f"walk first step: {files} files, {returns} returns, over its {MAX_FIRST_STEP}"
+    assert files <= max_files and returns <= max_returns, f"{over}: {listed}"

@@ -242,11 +242,11 @@ class TransformerConfig:
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
-        defaults = field_defaults(type(self))  # the class's: what a setting left alone holds
         # Llama 4's, multi-token prediction's, Gemma 4's and float8's rules live with them (the
-        # family folders' options, family_config, fp8) and apply once one of their settings
-        # leaves its default (the defaults are valid): a config without them is read here alone.
-        if self.llama4 != defaults["llama4"] or self.qk_l2_norm:
+        # family folders' options, family_config, fp8) and apply once one of them is switched on
+        # (Llama 4's NoPE or q/k norm) or leaves its default (the defaults are valid): a config
+        # without them is read here alone.
+        if self.llama4.global_nope or self.qk_l2_norm:
             check_llama4(
                 self.llama4,
                 cls,
@@ -257,6 +257,7 @@ class TransformerConfig:
             )
         check_mixers(self, cls)
         check_mla(self, cls)
+        defaults = field_defaults(type(self))  # the class's: what a setting left alone holds
         if self.mtp.depths:
             check_mtp(self, cls)
         check_family(self, cls)

@@ -97,8 +97,9 @@ def make_mesh(
         raise ConfigError(f"mesh: {err} ({n} devices {where})") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
         _check_pipeline(mc, needs, parallel.batch_ways(mesh))
-    with keyed(None):  # the messages name the keys; each device holds whole experts
-        parallel.check_expert_split(needs.num_experts, mesh, section="mesh")
+    with keyed(None):  # the messages name the keys
+        if needs.num_experts:  # each device holds whole experts
+            parallel.check_expert_split(needs.num_experts, mesh, section="mesh")
         parallel.check_batch_split(needs.batches, mesh)
     ways = parallel.context_ways(mesh)
     if ways > 1:  # a split sequence: the model's rules and the length's

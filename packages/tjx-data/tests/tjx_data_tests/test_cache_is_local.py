@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from tjx.data import DataError, load_tokenizer, prepare_shards
-from tjx.data.cache import local_cache_folder
-from tjx.data.run.tokenizer import cache_root
+from tjx.data.cache import cache_root, local_cache_folder
 
 
 @pytest.mark.parametrize("url", ["gs://bucket/cache", "s3://bucket/cache", "hdfs://nn/c"])

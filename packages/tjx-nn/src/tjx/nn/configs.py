@@ -45,7 +45,6 @@ from tjx.nn.family_config import (
     check_mtp,
     kv_source,
     layer_shape,
-    nope_layers,
 )
 from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DeltaConfig
@@ -243,27 +242,30 @@ class TransformerConfig:
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
-        check_llama4(
-            self.llama4,
-            cls,
-            qk_l2_norm=self.qk_l2_norm,
-            position=self.position.kind,
-            attention=self.attention,
-            layer_locals=self.layer_locals(),
-        )
+        # Llama 4's, multi-token prediction's, Gemma 4's and float8's rules live with them (the
+        # family folders' options, family_config, fp8) and apply once one of them is switched on
+        # (Llama 4's NoPE or q/k norm) or leaves its default (the defaults are valid): a config
+        # without them is read here alone.
+        if self.llama4.global_nope or self.qk_l2_norm:
+            check_llama4(
+                self.llama4,
+                cls,
+                qk_l2_norm=self.qk_l2_norm,
+                position=self.position.kind,
+                attention=self.attention,
+                layer_locals=self.layer_locals(),
+            )
         check_mixers(self, cls)
         check_mla(self, cls)
         defaults = field_defaults(type(self))  # the class's: what a setting left alone holds
-        # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
-        # the gemma4 folder's options, fp8) and apply once one of their settings leaves its
-        # default (the defaults are valid): a config without them is read in this file alone.
         if self.mtp.depths:
             check_mtp(self, cls)
         check_family(self, cls)
         if self.gemma4 != defaults["gemma4"]:
             check_model(self, cls)
         # The sections check themselves when built; what they need of the stack is checked here.
-        self.moe.check_layers(self.num_layers, f"{cls}.moe")
+        if self.moe.num_experts:
+            self.moe.check_layers(self.num_layers, f"{cls}.moe")
         check_unused(self, cls)
         if self.precision.fp8:
             check_fp8(self, cls)
@@ -314,11 +316,6 @@ class TransformerConfig:
         if num_layers not in (None, self.num_layers):
             return None
         return tuple(self.layer_shape(i) for i in range(self.num_layers))
-
-    def nope_layers(self) -> tuple[bool, tuple[float, float] | None]:
-        """Whether the global layers rotate no position, and their queries' temperature:
-        `tjx.nn.family_config.nope_layers` of the ``llama4`` section."""
-        return nope_layers(self.llama4)
 
     def kv_source(self, i: int) -> int | None:
         """The layer whose keys and values layer ``i`` reads, or None (its own):

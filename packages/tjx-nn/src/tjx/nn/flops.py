@@ -119,11 +119,6 @@ def _moe_active(c: TransformerConfig) -> int:
     return c.d_model * c.moe.num_experts + per * active + gate
 
 
-def _shapes_differ(c: TransformerConfig) -> bool:
-    """Whether ``c``'s layers differ in shape (`layers_differ`)."""
-    return layers_differ(c)
-
-
 def _shaped_layers(c: TransformerConfig) -> int:
     """The layers' matmul weights, each at its own shape (`layer_shape`), with the
     per-layer embeddings' projections."""
@@ -156,8 +151,10 @@ def _decoder_layers(c: TransformerConfig) -> int:
     mixers = c.layer_mixers()
     deltas = mixers.count("delta")
     blocks = (c.num_layers - deltas) * _self_block(c) + (deltas * _delta_block(c) if deltas else 0)
-    if _shapes_differ(c):
+    if layers_differ(c):
         blocks = _shaped_layers(c)
+    if not moe:  # a dense stack
+        return blocks
     if c.moe.beside_mlp:  # the MLP stays, the MoE block's active weights are added
         return blocks + moe * _moe_active(c)
     return blocks - moe * (_mlp_weights(c) - _moe_active(c))
@@ -167,6 +164,8 @@ def _mtp_weights(c: TransformerConfig) -> int:
     """The multi-token-prediction depths' active matmul weights (``mtp.depths``, :mod:`tjx.nn.mtp`):
     each depth's ``eh_proj`` (``2·d·d``), its block (MoE where the stack's layer would be) and
     the shared head it scores with once more."""
+    if not c.mtp.depths:
+        return 0
     n, d = c.num_layers, c.d_model
     kinds = moe_layers(c, n + c.mtp.depths)[n:]
     saved = sum(_mlp_weights(c) - _moe_active(c) for moe in kinds if moe)
@@ -342,7 +341,7 @@ def flops_per_token(
     attention = 6 * widths * (full_area + causal_area) - (
         3 * widths * overlap if causal_half else 0
     )
-    if _shapes_differ(config):  # global layers wider than head_dim
+    if layers_differ(config):  # global layers wider than head_dim
         attention += _wider_attention(config, seq_len, causal_half)
     deltas = config.layer_mixers().count("delta")
     if deltas:  # the recurrent form's three state products per token (the module docstring)

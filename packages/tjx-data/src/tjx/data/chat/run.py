@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer, train_bpe
-from tjx.data.cache import Staging, atomic_prepare, staged
+from tjx.data.cache import Staging, atomic_prepare, cache_root, staged
 from tjx.data.chat.encode import ChatEncoder
 from tjx.data.chat.loader import (
     ChatLoader,
@@ -32,7 +32,7 @@ from tjx.data.chat.tasks import CHATML_SPECIALS, GENERATED, prepare_generated, w
 from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.prepare import shard_key
-from tjx.data.run.tokenizer import Names, cache_root, fault
+from tjx.data.run.tokenizer import Names, fault
 
 __all__ = ["DATA_FORMATS", "ChatRunData", "prepare_chat_run_data"]
 

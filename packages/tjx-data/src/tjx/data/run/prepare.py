@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tjx.data.cache import Staging, staged
+from tjx.data.cache import Staging, cache_root, staged
 from tjx.data.errors import DataError
 from tjx.data.images import load_digits
 from tjx.data.mixture import ON_EXHAUSTED, MixturePart, MixtureSource
 from tjx.data.prepare import prepare_shards
 from tjx.data.run.data import RunData
-from tjx.data.run.tokenizer import Names, cache_root, fault, name_of, run_tokenizer
+from tjx.data.run.tokenizer import Names, fault, name_of, run_tokenizer
 from tjx.data.tokenizers import ByteTokenizer, Tokenizer
 
 __all__ = ["prepare_image_run_data", "prepare_mixture_run_data", "prepare_run_data"]

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer
-from tjx.data.cache import Staging
-from tjx.data.cache import cache_root as swept_cache_root
+from tjx.data.cache import Staging, cache_root
 from tjx.data.errors import DataError
 from tjx.data.prepare import bpe_tokenizer
 from tjx.data.tokenizers import Tokenizer
 
-__all__ = ["Names", "cache_root", "check_run_tokenizer", "fault", "name_of", "run_tokenizer"]
+__all__ = ["Names", "check_run_tokenizer", "fault", "name_of", "run_tokenizer"]
 __all__ += ["same_tokenizer"]
 
 Names = Mapping[str, str] | None
@@ -32,12 +31,6 @@ def fault(names: Names, argument: str, message: str) -> DataError:
 def name_of(names: Names, argument: str) -> str:
     """The caller's name for ``argument`` (the argument's own name by default)."""
     return (names or {}).get(argument, argument)
-
-
-def cache_root(cache_dir: str | Path | None) -> Path:
-    """``cache_dir`` expanded, or tjx.data's default cache folder (`tjx.data.cache.cache_root`:
-    staging folders that killed preparations left there are removed first)."""
-    return swept_cache_root(cache_dir)
 
 
 def run_tokenizer(

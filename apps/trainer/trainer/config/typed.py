@@ -67,8 +67,55 @@ class MeshNeeds:
     model: nn.TransformerConfig | None = None
 
 
+class _SectionViews:
+    """What `Config` and `StepConfig` both read from their sections: the model's objective, a
+    classifier's images and what the mesh must split."""
+
+    # The dataclasses' fields these read (each class declares its own).
+    model: nn.TransformerConfig
+    data: DataConfig
+    optimizer: optim.OptimizerConfig
+    mesh: parallel.MeshConfig
+    eval: EvalConfig
+
+    @property
+    def objective(self) -> nn.Objective:
+        """tjx.nn's `Objective` of the model kind: what a step trains and counts."""
+        return nn.objective_of(type(self.model))
+
+    @property
+    def task(self) -> str:
+        """The objective's name: "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq"."""
+        return str(self.objective.name)
+
+    @property
+    def image_shape(self) -> dict[str, int]:
+        """The images a classifier's data is prepared as (``image_size``, ``num_channels``); none
+        for a model of text."""
+        if self.task != "classify":
+            return {}
+        # A classifier's model is a ViTConfig (the schema's kind), which the command line may not
+        # import to narrow the type: tjx.nn loads jax.
+        m = self.model
+        return {"image_size": m.image_size, "num_channels": m.num_channels}  # type: ignore[attr-defined]
+
+    def mesh_needs(self) -> MeshNeeds:
+        """What the run's mesh must split (`MeshNeeds`), with the messages' key names."""
+        batch, steps = self.data.batch_size, self.optimizer.accumulation_steps
+        per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
+        rows = self.data.batch_rows  # a preference pair is two rows
+        splits_model = self.mesh.pipeline != 1 or self.mesh.context != 1  # -1 may be > 1
+        return MeshNeeds(
+            batches={per_step: rows(batch) // steps, "eval.batch_size": rows(self.eval.batch_size)},
+            step_batch=batch // steps,
+            num_experts=self.model.moe.num_experts,
+            seq_len=self.data.seq_len,
+            model=self.model if splits_model else None,
+        )
+
+
 @dataclass(frozen=True)
-class Config:
+class Config(_SectionViews):
     """Everything one training run needs (made by `read_config`)."""
 
     name: str = setting(
@@ -110,26 +157,6 @@ class Config:
         """``model.kind``: the key of tjx.nn.MODEL_KINDS holding the model's class."""
         return next(k for k, cls in nn.MODEL_KINDS.items() if type(self.model) is cls)
 
-    @property
-    def objective(self) -> nn.Objective:
-        """tjx.nn's `Objective` of the model kind: what a step trains and counts."""
-        return nn.objective_of(type(self.model))
-
-    @property
-    def task(self) -> str:
-        """The objective's name: "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq"."""
-        return str(self.objective.name)
-
-    @property
-    def image_shape(self) -> dict[str, int]:
-        """The images a classifier's data is prepared as (``image_size``, ``num_channels``); none
-        for a model of text."""
-        return _image_shape(self.task, self.model)
-
-    def mesh_needs(self) -> MeshNeeds:
-        """What the run's mesh must split (`MeshNeeds`), with the messages' key names."""
-        return _mesh_needs(self.model, self.data, self.optimizer, self.mesh, self.eval)
-
     def to_dict(self) -> ConfigData:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
         own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}
@@ -169,7 +196,7 @@ class HeadSettings(TypedDict):
 
 
 @dataclass(frozen=True)
-class StepConfig:
+class StepConfig(_SectionViews):
     """What a run's compiled steps read of its config (`step_config`): the model, the optimizer
     with its learning-rate schedule built over the run, the data's shapes, the mesh, the loss
     head's settings and the seed; not how long the run is, how often it logs or where it writes.
@@ -207,25 +234,6 @@ class StepConfig:
     #: own. Not part of the step's identity: they are what ``model`` resolves to.
     attention: nn.ModelAttention | None = dataclasses.field(default=None, compare=False, repr=False)
 
-    @property
-    def objective(self) -> nn.Objective:
-        """tjx.nn's `Objective` of the model kind (as `Config.objective`)."""
-        return nn.objective_of(type(self.model))
-
-    @property
-    def task(self) -> str:
-        """The objective's name (as `Config.task`)."""
-        return str(self.objective.name)
-
-    @property
-    def image_shape(self) -> dict[str, int]:
-        """The images a classifier's batch holds (as `Config.image_shape`)."""
-        return _image_shape(self.task, self.model)
-
-    def mesh_needs(self) -> MeshNeeds:
-        """What the run's mesh must split (as `Config.mesh_needs`)."""
-        return _mesh_needs(self.model, self.data, self.optimizer, self.mesh, self.eval)
-
     def with_model(self, **changes: Any) -> StepConfig:
         """With model settings ``changes`` (as `Config.with_model`); its resolved `attention`
         kept when only settings the kernels do not read change (`KERNEL_BLIND`: the memory
@@ -262,37 +270,6 @@ def step_config(cfg: Config) -> StepConfig:
         ),
         fit_memory=t.fit_memory,
         learning_rate=optim.build_schedule(schedule, t.steps),
-    )
-
-
-def _image_shape(task: str, model: nn.TransformerConfig) -> dict[str, int]:
-    """A classifier's images (``image_size``, ``num_channels``); none for a model of text."""
-    if task != "classify":
-        return {}
-    # A classifier's model is a ViTConfig (the schema's kind), which the command line may not
-    # import to narrow the type: tjx.nn loads jax.
-    m = model
-    return {"image_size": m.image_size, "num_channels": m.num_channels}  # type: ignore[attr-defined]
-
-
-def _mesh_needs(
-    model: nn.TransformerConfig,
-    data_: DataConfig,
-    optimizer: optim.OptimizerConfig,
-    mesh: parallel.MeshConfig,
-    eval_: EvalConfig,
-) -> MeshNeeds:
-    """`Config.mesh_needs` of these sections."""
-    batch, steps = data_.batch_size, optimizer.accumulation_steps
-    per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
-    rows = data_.batch_rows  # a preference pair is two rows
-    splits_model = mesh.pipeline != 1 or mesh.context != 1  # -1 may be > 1
-    return MeshNeeds(
-        batches={per_step: rows(batch) // steps, "eval.batch_size": rows(eval_.batch_size)},
-        step_batch=batch // steps,
-        num_experts=model.moe.num_experts,
-        seq_len=data_.seq_len,
-        model=model if splits_model else None,
     )
 
 

@@ -12,11 +12,9 @@ model (a window and the position encoding, sinks and the kernel ...).
 # ruff: noqa: RUF009
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
-from tjx.core.config.values import choice, positive, rate
+from tjx.core.config.values import choice, positive, positive_float, rate
 from tjx.core.fields import setting
 from tjx.nn.family_config import QK_NORM_SCOPES
 
@@ -115,16 +113,6 @@ class AttentionConfig:
                 f"(got decode_topk {self.decode_topk!r}, type {self.type!r}); set decode_topk to "
                 "None and type to 'mha', or sinks to False"
             )
-
-
-def positive_float(cls: str, name: str, value: Any) -> float | None:
-    """None, or ``value`` as a positive finite float (else a ValueError naming the field)."""
-    if value is None:
-        return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not 0.0 < float(value) < math.inf:
-        raise ValueError(f"{cls}.{name} must be a positive number or None; got {value!r}")
-    return float(value)
 
 
 #: The attention settings' old flat keys in a model section → their key in ``attention``.

@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tjx.core.config.values import choice, positive
-from tjx.nn.attention_config import positive_float
+from tjx.core.config.values import choice, positive, positive_float
 from tjx.nn.config_keys import setting_default, setting_value
 from tjx.nn.family_config import DECODER_NORM_POSITIONS
 from tjx.nn.gated_deltanet import DELTA_SIZES

@@ -99,13 +99,6 @@ class ViTConfig(TransformerConfig):
         super().__post_init__()
         choice("ViTConfig", "position.kind", self.position.kind, ("learned", "sinusoidal"))
 
-    def layer_mixers(self, num_layers: int | None = None) -> tuple[str, ...]:
-        """Each layer's token mixer (``MIXERS``), ``mixer_pattern`` repeated over ``num_layers``
-        (default ``num_layers``) layers; every layer attends without one."""
-        n = self.num_layers if num_layers is None else num_layers
-        pattern = self.mixer_pattern or ("attention",)
-        return tuple(pattern[i % len(pattern)] for i in range(n))
-
     def _check_vocab(self, cls: str) -> None:
         positive(cls, "vocab_size", self.vocab_size, allow_zero=True)
 

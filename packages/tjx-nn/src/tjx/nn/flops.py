@@ -101,7 +101,7 @@ def _delta_sizes(c: TransformerConfig) -> tuple[int, int, int, int]:
     assert c.delta.key_heads is not None and c.delta.value_heads is not None
     assert c.delta.key_dim is not None and c.delta.value_dim is not None
     hv, dk, dv = c.delta.value_heads, c.delta.key_dim, c.delta.value_dim
-    return hv, dk, dv, 2 * c.delta.key_heads * dk + hv * dv
+    return hv, dk, dv, c.delta.conv_dim
 
 
 def _delta_block(c: TransformerConfig) -> int:

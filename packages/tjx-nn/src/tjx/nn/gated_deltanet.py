@@ -83,6 +83,14 @@ class DeltaConfig:
                 f"({self.key_heads}): each key head serves value heads"
             )
 
+    @property
+    def conv_dim(self) -> int:
+        """The causal convolution's width: the queries', keys' and values' projections side by
+        side (``2 key_heads·key_dim + value_heads·value_dim``), of sizes the model config filled."""
+        assert self.key_heads is not None and self.value_heads is not None
+        assert self.key_dim is not None and self.value_dim is not None
+        return 2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim
+
 
 #: The Gated DeltaNet settings' old flat keys in a model section → their key in ``delta``.
 FLAT_DELTA_KEYS = {f"delta_{name}": name for name in (*DELTA_SIZES, "conv_kernel", "impl")}

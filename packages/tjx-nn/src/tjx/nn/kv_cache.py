@@ -90,8 +90,7 @@ def init_cache(
     if deltas:
         assert config.delta.key_heads is not None and config.delta.value_heads is not None
         assert config.delta.key_dim is not None and config.delta.value_dim is not None
-        conv = 2 * config.delta.key_heads * config.delta.key_dim
-        conv += config.delta.value_heads * config.delta.value_dim
+        conv = config.delta.conv_dim
         state = (config.delta.value_heads, config.delta.key_dim, config.delta.value_dim)
         cache["conv"] = jnp.zeros((deltas, batch, config.delta.conv_kernel - 1, conv), dt)
         work = jnp.promote_types(dt, jnp.float32)  # the delta rule's state stays float32
@@ -383,8 +382,7 @@ def kv_cache_bytes(
     if deltas:  # their fixed-size states (`init_cache`): the inputs of K - 1 tokens, the matrix
         assert config.delta.key_heads is not None and config.delta.value_heads is not None
         assert config.delta.key_dim is not None and config.delta.value_dim is not None
-        conv = 2 * config.delta.key_heads * config.delta.key_dim
-        conv += config.delta.value_heads * config.delta.value_dim
+        conv = config.delta.conv_dim
         work = jnp.promote_types(dtype, jnp.float32).itemsize
         matrix = config.delta.value_heads * config.delta.key_dim * config.delta.value_dim
         total += deltas * batch * ((config.delta.conv_kernel - 1) * conv * itemsize + matrix * work)

@@ -42,6 +42,7 @@ from tjx.core.fields import setting
 from tjx.nn.attention import Attention
 from tjx.nn.linear import Dense, LoRAAdapter
 from tjx.nn.mlp import MLP
+from tjx.nn.params import is_stacked
 
 __all__ = [
     "LORA_ROLES",
@@ -113,15 +114,10 @@ def projections(model: nnx.Module) -> Iterator[tuple[tuple[Any, ...], str, Dense
                 yield (*path, attr), role, dense
 
 
-def _stacked(var: nnx.Variable) -> bool:
-    names = var.get_metadata().get("out_sharding")
-    return names is not None and len(names) > 0 and names[0] == "layers"
-
-
 def _adapter(dense: Dense, config: LoraConfig, key: jax.Array) -> LoRAAdapter:
     kernel = dense.kernel
     names = tuple(kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim)
-    lead = 1 if _stacked(kernel) else 0
+    lead = 1 if is_stacked(kernel) else 0
     n_in = dense.n_in
     in_shape, out_shape = kernel.shape[lead : lead + n_in], kernel.shape[lead + n_in :]
     in_names, out_names = names[lead : lead + n_in], names[lead + n_in :]
@@ -242,7 +238,7 @@ def merge_lora(model: nnx.Module) -> int:
     for _, _, dense in list(lora_modules(model)):
         assert dense.lora is not None
         kernel = dense.kernel
-        total = kernel[...].astype(jnp.float32) + _delta(dense.lora, _stacked(kernel))
+        total = kernel[...].astype(jnp.float32) + _delta(dense.lora, is_stacked(kernel))
         kernel.set_value(total.astype(kernel[...].dtype))
         dense.lora = None
         merged += 1
@@ -267,7 +263,7 @@ def _kernel_names(path: tuple[Any, ...], dense: Dense) -> list[tuple[str, int | 
     """The unrolled names (``params_io`` naming) of a projection's kernel, with the layer each
     is in a scanned stack (None when the kernel is not stacked)."""
     parts = [str(p) for p in path]
-    if not _stacked(dense.kernel):
+    if not is_stacked(dense.kernel):
         return [(".".join([*parts, "kernel"]), None)]
     i = parts.index("layers") + 1
     return [

@@ -49,6 +49,13 @@ class InitConfig:
 FLAT_INIT_KEYS = {"init_std": "std", "scaled_residual_init": "scaled_residual"}
 
 
+def is_stacked(var: nnx.Variable) -> bool:
+    """Whether ``var`` is stacked over layers: a scanned stack's parameter, whose first logical
+    axis is ``layers`` (a leading axis of one slice per layer)."""
+    names = var.get_metadata().get("out_sharding")
+    return names is not None and len(names) > 0 and names[0] == "layers"
+
+
 def normal(std: float) -> Initializer:
     """Normal initializer with standard deviation ``std``: jax's ``initializers.normal``, whose
     numbers are the same made eagerly or inside one jitted program (bit for bit).

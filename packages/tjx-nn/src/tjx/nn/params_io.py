@@ -15,10 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
-def _is_stacked(var: nnx.Variable) -> bool:
-    names = var.get_metadata().get("out_sharding")
-    return names is not None and len(names) > 0 and names[0] == "layers"
+from tjx.nn.params import is_stacked
 
 
 def _layer_names(model: nnx.Module, path: tuple[Any, ...], n: int) -> list[str]:
@@ -58,7 +55,7 @@ def get_flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = np.asarray(var.get_value())
-        if _is_stacked(var):
+        if is_stacked(var):
             for i, name in enumerate(_layer_names(model, path, value.shape[0])):
                 out[name] = value[i]
         else:
@@ -90,7 +87,7 @@ def set_flat_params(model: nnx.Module, flat: dict[str, Any], *, strict: bool = T
     used: set[str] = set()
     for path, var in flat_state:
         current = var.get_value()
-        if _is_stacked(var):
+        if is_stacked(var):
             names = _layer_names(model, path, current.shape[0])
             missing = [n for n in names if n not in flat]
             if missing:
@@ -131,7 +128,7 @@ def fill_params(model: nnx.Module, produce: Callable[[str], Any]) -> None:
     for path, var in flat_state:
         current = var.get_value()
         shape, dtype = tuple(current.shape), np.dtype(current.dtype)
-        if _is_stacked(var):
+        if is_stacked(var):
             value = np.empty(shape, dtype)
             for i, name in enumerate(_layer_names(model, path, shape[0])):
                 value[i] = _checked(name, produce, shape[1:])
@@ -160,7 +157,7 @@ def param_readers(model: nnx.Module) -> dict[str, Callable[[], np.ndarray]]:
     out: dict[str, Callable[[], np.ndarray]] = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = var.get_value()
-        if _is_stacked(var):
+        if is_stacked(var):
             for i, name in enumerate(_layer_names(model, path, value.shape[0])):
                 out[name] = _reader(value, i)
         else:

@@ -9,11 +9,9 @@ multi-head attention for a partial RoPE, a window for the local base) the model 
 # ruff: noqa: RUF009
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
-from tjx.core.config.values import choice
+from tjx.core.config.values import choice, positive_float
 from tjx.core.fields import setting
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -61,7 +59,7 @@ class PositionConfig:
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
             raise ValueError(f"{cls}.rope_fraction must be a number in (0, 1]; got {f!r}")
         object.__setattr__(self, "rope_fraction", float(f))
-        local = _positive_float(f"{cls}.rope_local_theta", self.rope_local_theta)
+        local = positive_float(cls, "rope_local_theta", self.rope_local_theta)
         object.__setattr__(self, "rope_local_theta", local)
         nb, md = self.relative_buckets, self.relative_max_distance
         if isinstance(nb, bool) or not isinstance(nb, int) or nb < 4 or nb % 2:
@@ -73,16 +71,6 @@ class PositionConfig:
                 f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = "
                 f"{nb // 2}; got {md!r}"
             )
-
-
-def _positive_float(name: str, value: Any) -> float | None:
-    """None, or ``value`` as a positive finite float (else a ValueError naming ``name``)."""
-    if value is None:
-        return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not 0.0 < float(value) < math.inf:
-        raise ValueError(f"{name} must be a positive number or None; got {value!r}")
-    return float(value)
 
 
 #: The section's old flat keys in a model section → their key in ``position`` (``position``

@@ -52,7 +52,7 @@ from tjx.optim.optimizers import (
     uses_flat_update,
 )
 from tjx.optim.plot import plot_schedule, schedule_values
-from tjx.optim.report import find_state, step_report
+from tjx.optim.report import step_report
 from tjx.optim.schedules import (
     SCHEDULE_NAMES,
     ScheduleConfig,
@@ -72,6 +72,7 @@ from tjx.optim.transforms import (
     ClipStatsState,
     ScheduleStatsState,
     clip_by_global_norm_with_stats,
+    find_state,
     scale_by_schedule_with_stats,
     skip_nonfinite,
 )

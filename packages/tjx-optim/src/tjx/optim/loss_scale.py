@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from tjx.optim.config import OptimizerConfig
+from tjx.optim.transforms import find_state
 
 __all__ = [
     "DynamicLossScaleState",
@@ -147,9 +148,7 @@ def check_precision(config: OptimizerConfig, *, param_dtype: Any, compute_dtype:
 
 def find_loss_scale_state(opt_state: Any) -> DynamicLossScaleState | None:
     """The ``DynamicLossScaleState`` inside ``opt_state`` (any nesting), or None."""
-    is_ls = lambda x: isinstance(x, DynamicLossScaleState)
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_ls) if is_ls(x)]
-    return found[0] if found else None
+    return find_state(opt_state, DynamicLossScaleState)
 
 
 def loss_scale_value(opt_state: Any) -> jax.Array:

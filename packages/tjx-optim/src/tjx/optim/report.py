@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,18 +10,9 @@ import optax
 
 from tjx.optim.flat import FlatState
 from tjx.optim.loss_scale import find_loss_scale_state
-from tjx.optim.transforms import ClipStatsState, ScheduleStatsState
+from tjx.optim.transforms import ClipStatsState, ScheduleStatsState, find_state
 
-__all__ = ["find_state", "step_report"]
-
-T = TypeVar("T")
-
-
-def find_state(opt_state: Any, kind: type[T]) -> T | None:
-    """The first sub-state of type ``kind`` anywhere inside ``opt_state`` (any nesting), or None."""
-    is_kind = lambda x: isinstance(x, kind)
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_kind) if is_kind(x)]
-    return found[0] if found else None
+__all__ = ["step_report"]
 
 
 def _norm(tree: Any) -> jax.Array:

@@ -7,7 +7,7 @@ recoverable from an optax state. These transforms do the same work and keep thos
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +18,21 @@ __all__ = [
     "ClipStatsState",
     "ScheduleStatsState",
     "clip_by_global_norm_with_stats",
+    "find_state",
     "scale_by_schedule_with_stats",
     "skip_nonfinite",
 ]
 
 INT32_MAX = 2**31 - 1
+
+T = TypeVar("T")
+
+
+def find_state(opt_state: Any, kind: type[T]) -> T | None:
+    """The first sub-state of type ``kind`` anywhere inside ``opt_state`` (any nesting), or None."""
+    is_kind = lambda x: isinstance(x, kind)
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_kind) if is_kind(x)]
+    return found[0] if found else None
 
 
 class ClipStatsState(NamedTuple):

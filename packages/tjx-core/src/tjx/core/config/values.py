@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import operator
 import types
 import typing
@@ -255,6 +256,16 @@ def rate(cls: str, field: str, value: Any) -> None:
     """``cls.field`` is a rate in [0, 1), else a ValueError."""
     if not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{cls}.{field} must be a float in [0, 1); got {value!r}")
+
+
+def positive_float(cls: str, field: str, value: Any) -> float | None:
+    """None, or ``cls.field``'s ``value`` as a positive finite float, else a ValueError."""
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0.0 < float(value) < math.inf:
+        raise ValueError(f"{cls}.{field} must be a positive number or None; got {value!r}")
+    return float(value)
 
 
 def meta(cls: type, name: str) -> dataclasses.Field[Any]:

@@ -131,16 +131,22 @@ def _gemma3_thetas(hf: Mapping[str, Any]) -> tuple[float, float]:
     return theta, float(hf.get("rope_local_base_freq", local.get("rope_theta", 10_000.0)))
 
 
-def gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
-    """The ``LlamaConfig`` fields of a gemma2/gemma3_text ``config.json``."""
-    hf = SPECS[model_type].read(hf)
-    check_keys(hf, model_type, GEMMA_KEYS)
+def check_tanh_gelu(hf: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless a Gemma ``config.json``'s ``hidden_activation`` is the tanh
+    GELU (`TANH_GELU`), the GeGLU every Gemma computes with."""
     act = hf["hidden_activation"]
     if act not in TANH_GELU:
         raise ValueError(
             f"config.json hidden_activation must be one of {TANH_GELU} (GeGLU with the tanh "
             f"GELU); got {act!r}"
         )
+
+
+def gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields of a gemma2/gemma3_text ``config.json``."""
+    hf = SPECS[model_type].read(hf)
+    check_keys(hf, model_type, GEMMA_KEYS)
+    check_tanh_gelu(hf)
     if hf.get("use_bidirectional_attention"):
         raise ValueError(
             "config.json use_bidirectional_attention true (an encoder) is not supported; tjx "

@@ -18,7 +18,7 @@ from tjx.nn.families.gemma4.hf import GEMMA4, MOE_NEEDS, NEEDS
 from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import base_fields, check_keys, windows
-from tjx.nn.hf.gemma import TANH_GELU
+from tjx.nn.hf.gemma import check_tanh_gelu
 from tjx.nn.hf.keys import (
     ABSENT,
     ATTENTION_KINDS,
@@ -198,12 +198,7 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     """
     get = SPEC.read(hf)
     check_keys(get, GEMMA4, KEYS)
-    act = get["hidden_activation"]
-    if act not in TANH_GELU:
-        raise ValueError(
-            f"config.json hidden_activation must be one of {TANH_GELU} (GeGLU with the tanh "
-            f"GELU); got {act!r}"
-        )
+    check_tanh_gelu(get)
     # "vision": image tokens see each other both ways, text stays causal (no image here).
     if hf.get("use_bidirectional_attention") not in (None, "vision"):
         raise ValueError(

@@ -1,0 +1,26 @@
+"""BUILD-file macros (`[GLOBAL].build_file_prelude_globs` in pants.toml): every BUILD file sees
+these names. Pants evaluates this file itself; nothing imports it."""
+
+# The target types and `python_artifact` are the names Pants gives a BUILD file.
+# ruff: noqa: F821
+
+
+def tjx_distribution(package, description, extras_require=None):
+    """The wheel of ``packages/tjx-<package>`` (target ``:dist``): its sources' ``:lib``, the
+    project's Python and license, a wheel and no sdist. Its version is the package's
+    ``__version__`` (pants-plugins/tjx_version); ``extras_require``: its optional extras, whose
+    imports carry ``# pants: no-infer-dep`` so they stay out of install_requires."""
+    extras = {} if extras_require is None else {"extras_require": extras_require}
+    python_distribution(
+        name="dist",
+        dependencies=[f"packages/tjx-{package}/src/tjx/{package}:lib"],
+        provides=python_artifact(
+            name=f"tjx-{package}",
+            description=description,
+            python_requires=">=3.11",
+            license="Apache-2.0",
+            **extras,
+        ),
+        wheel=True,
+        sdist=False,
+    )

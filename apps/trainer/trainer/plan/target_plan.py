@@ -28,6 +28,7 @@ from trainer.config.schema import ConfigError, keyed
 from trainer.config.seams import Record
 from trainer.config.settings import load_config
 from trainer.config.typed import Config, StepConfig, resolve, step_config, units_per_step
+from trainer.plan import rollout_plan
 from trainer.plan.memory_fit import Say, lighter, resolve_kernel
 from trainer.plan.plan_report import PlanResult, local_target, open_target, plan_report
 from trainer.plan.run_plan import error_exit, output_file
@@ -122,8 +123,8 @@ def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled
 
         cache = prompt + r.max_new_tokens
         for which, label in (
-            ("prefill", f"rollout prefill ({rows} × {prompt} prompt tokens)"),
-            ("decode", f"rollout decode step ({rows} rows, a cache of {cache})"),
+            ("prefill", rollout_plan.prefill_label(rows, prompt)),
+            ("decode", rollout_plan.decode_label(rows, cache)),
         ):
             out.append((label, metrics.compile_lowered(functools.partial(lower, which), label)))
     return out
@@ -238,7 +239,16 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
             except kernels.KernelCompileError as err:
                 raise ConfigError(f"--plan: {err}") from None
 
-    return plan_report(
+    rollout: list[tuple[str, Compiled]] = []  # the rollout's programs, kept for its estimate
+
+    def programs(r: StepConfig) -> list[tuple[str, Compiled]]:
+        rollout[:] = compile_rollout(r, target)
+        return rollout
+
+    estimate_args = lambda r: roofline_inputs(
+        r.model, r.data.seq_len, units_per_step(r), r.mesh.context, target.device
+    )
+    result = plan_report(
         run.name,
         target,
         text,
@@ -248,9 +258,46 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
         compile_step=lambda r, label, train: compile_train(r, target, label, train=train),
         lighter=lambda r: lighter(r, target.count),
         settings={"remat": "model.remat", "accumulation_steps": "optimizer.accumulation_steps"},
-        estimate_args=lambda r: roofline_inputs(
-            r.model, r.data.seq_len, units_per_step(r), r.mesh.context, target.device
-        ),
+        estimate_args=estimate_args,
         eval_rows=lambda r: r.eval.batch_size,
-        programs=(lambda r: compile_rollout(r, target)) if is_grpo(run.data) else None,
+        programs=programs if is_grpo(run.data) else None,
     )
+    if rollout:
+        rollout_estimate(result, step, rollout, target, estimate_args, say)
+    return result
+
+
+def rollout_estimate(
+    result: PlanResult,
+    run: StepConfig,
+    compiled: list[tuple[str, Compiled]],
+    target: Target,
+    estimate_args: Callable[[StepConfig], Record],
+    say: Say,
+) -> None:
+    """An RL plan's rollout time beside its update (`trainer.plan.rollout_plan`), said and kept
+    as ``result.data["rollout"]``: from the compiled prefill and decode step's costs and the
+    train step's estimate; nothing where one of them is missing (the plan's error says why)."""
+    programs = dict(compiled)
+    r, rows, prompt = run.rollout, run.data.batch_size, run.data.seq_len
+    prefill = programs.get(rollout_plan.prefill_label(rows, prompt))
+    decode = programs.get(rollout_plan.decode_label(rows, prompt + r.max_new_tokens))
+    update = result.data.get("estimate")
+    if prefill is None or decode is None or update is None:
+        return
+    if prefill.compiled is None or decode.compiled is None:
+        return
+    cost = estimate_args(run)["custom_call_cost"]  # the train step's prices of tjx's kernels
+
+    def priced(one: Compiled) -> metrics.ProgramCost:
+        return metrics.program_cost(
+            one.compiled.as_text() or "", target.device, custom_call_cost=cost
+        )
+
+    found = rollout_plan.RolloutEstimate(
+        rows, r.group_size, prompt, r.max_new_tokens, priced(prefill), priced(decode),
+        float(update["seconds"]), r.iterations,
+    )  # fmt: skip
+    for line in found.lines():
+        say(line)
+    result.data["rollout"] = found.record()

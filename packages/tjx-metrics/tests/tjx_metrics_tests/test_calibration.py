@@ -118,6 +118,9 @@ def test_a_programs_cost_is_the_step_estimates_price_of_the_same_program():
         assert cost.roofline_seconds == pytest.approx(got["roofline_seconds"], rel=1e-12)
     assert program_cost(text, H100).label.startswith("estimate (calibrated on ")
     assert program_cost(text, accelerator("v5e")).label == "estimate"
+    cal = calibration_for(H100)
+    assert cal is not None and program_cost(text, H100).overhead_s == cal.step_overhead_s
+    assert program_cost(text, accelerator("v5e")).overhead_s == 0.0
 
 
 def test_merging_identical_kernels_keeps_the_estimate():

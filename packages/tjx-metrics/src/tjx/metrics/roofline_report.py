@@ -152,6 +152,8 @@ class ProgramCost:
         Kernel launches per call.
     bytes, flops : float
         Device-memory bytes moved and matrix FLOPs per call.
+    overhead_s : float
+        The calibration's step overhead in ``seconds`` (fitted on a train step; 0 without one).
     """
 
     seconds: float
@@ -160,6 +162,7 @@ class ProgramCost:
     launches: int
     bytes: float
     flops: float
+    overhead_s: float = 0.0
 
 
 def _priced(
@@ -195,7 +198,9 @@ def program_cost(
     """
     est = roofline(hlo, device, custom_call_cost=custom_call_cost)
     seconds, label, _ = _priced(est, device)
-    return ProgramCost(seconds, label, est.seconds, est.launches, est.bytes, est.flops)
+    calibration = calibration_for(device)
+    overhead = calibration.step_overhead_s if calibration is not None else 0.0
+    return ProgramCost(seconds, label, est.seconds, est.launches, est.bytes, est.flops, overhead)
 
 
 def estimate(

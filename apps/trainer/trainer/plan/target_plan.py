@@ -256,7 +256,8 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
         choose=choose,
         with_kernel=lambda kernel: step.with_model(attention_impl=kernel),
         compile_step=lambda r, label, train: compile_train(r, target, label, train=train),
-        lighter=lambda r: lighter(r, target.count),
+        # GRPO's update takes the whole rollout batch (no micro-batches): full remat only
+        lighter=lambda r: lighter(r, None if is_grpo(run.data) else target.count),
         settings={"remat": "model.remat", "accumulation_steps": "optimizer.accumulation_steps"},
         estimate_args=estimate_args,
         eval_rows=lambda r: r.eval.batch_size,

@@ -399,6 +399,19 @@ def test_the_rollout_estimate_is_the_prefill_plus_each_decode_step_and_grows_wit
     assert found[6][1] >= found[2][1]  # a decode step over a longer cache costs no less
 
 
+def test_a_grpo_plans_memory_fit_never_splits_the_update_into_micro_batches(monkeypatch):
+    """GRPO's update takes the whole rollout batch (``optimizer.accumulation_steps`` must be 1):
+    the fit of a step that does not fit tries full remat only, never a micro-batch split the
+    trainer would refuse (it did: "fits with optimizer.accumulation_steps=2")."""
+    peaks = {("none", 1): None, ("full", 1): None, ("full", 2): GIB, ("full", 4): GIB}
+    seen = fake_compiles(monkeypatch, peaks)
+    monkeypatch.setattr(target_plan, "compile_rollout", lambda run, tgt: [])
+    run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), GRPO_SMALL)), 300)
+    result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lambda line: None)
+    assert seen[-1] == "model.remat=full" and not any("accumulation" in s for s in seen), seen
+    assert result.error is not None and "the train step does not fit" in result.error
+
+
 def test_a_rollout_program_past_the_devices_memory_is_the_plans_error():
     from trainer.plan.plan_report import PlanResult, _programs
 

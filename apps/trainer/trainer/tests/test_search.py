@@ -629,3 +629,35 @@ def test_an_rl_search_space_that_cannot_be_searched_is_one_line(
     assert main(argv) == 2
     assert error_line(capsys) == f"trainer: error: {words}"
     assert planned == [] and not list(in_tmp.iterdir())
+
+
+def test_a_rollout_batchs_outcome_is_read_from_its_plan(monkeypatch):
+    """`rl._plan_batch` plans the run at the batch (nothing else changed), takes the largest
+    peak of the update and the rollout's programs, the fitted remat, and the plan's refusal or
+    error as the outcome's."""
+    from trainer.plan.plan_report import PlanResult
+
+    seen = []
+
+    def plan(run, tgt, text, say):
+        seen.append(run.data.batch_size)
+        if run.data.batch_size == 16:
+            raise ValueError("mesh: a rule refused it")
+        data = {"train": {"peak_bytes": 3, "remat": "full", "accumulation_steps": 1},
+                "programs": {"prefill": {"peak_bytes": 5}, "decode": {"peak_bytes": None}},
+                "attention": {"kernel": "xla"}}  # fmt: skip
+        if run.data.batch_size == 64:
+            data["rollout"] = {"samples_per_s": 10.0}
+        return PlanResult(text, run.name, data, None)
+
+    monkeypatch.setattr(target_plan, "plan", plan)
+    run = resolve(read_config(load_config_data("grpo_tiny")), 300)
+    fits = rl._plan_batch(run, 64, target(1), "v5e")
+    assert fits.fits and fits.peak_bytes == 5 and fits.samples_per_s == 10.0
+    assert fits.fitted == {"remat": "full", "accumulation": 1, "attention": "xla"}
+    assert rl._plan_batch(run, 32, target(1), "v5e").error == (
+        "no rollout estimate (a program did not compile)"
+    )
+    refused = rl._plan_batch(run, 16, target(1), "v5e")
+    assert refused.error == "refused: mesh: a rule refused it" and refused.samples_per_s == 0.0
+    assert seen == [64, 32, 16]

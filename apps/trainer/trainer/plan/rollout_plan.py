@@ -17,8 +17,9 @@ to ``max_new_tokens``: generation stops early only when every row has ended.
 Calibrated, each call carries the calibration's step overhead (fitted on a train step: a
 launch from the host each; the decode loop reads each step's tokens back before the next).
 
-Not counted: the rewards (host Python), and the log-probability passes of π_old (``μ > 1``) and
-the reference (``β > 0``), each a forward over the rollout batch once per rollout.
+The log-probability passes of π_old (``μ > 1``) and of the reference (``β > 0``) are one
+forward over the rollout batch each, once per rollout: the same compiled program, counted in
+the rollout. Not counted: the rewards (host Python).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import dataclasses
 from tjx.metrics import ProgramCost
 from trainer.config.seams import Record
 
-__all__ = ["RolloutEstimate", "decode_label", "prefill_label"]
+__all__ = ["RolloutEstimate", "decode_label", "logps_label", "logps_passes", "prefill_label"]
 
 
 def prefill_label(rows: int, prompt: int) -> str:
@@ -39,6 +40,17 @@ def prefill_label(rows: int, prompt: int) -> str:
 def decode_label(rows: int, cache: int) -> str:
     """The decode step's label in a plan."""
     return f"rollout decode step ({rows} rows, a cache of {cache})"
+
+
+def logps_label(rows: int, width: int) -> str:
+    """The log-probability pass's label in a plan."""
+    return f"rollout log-probabilities ({rows} × {width} tokens)"
+
+
+def logps_passes(iterations: int, beta: float) -> int:
+    """Forward passes over a rollout batch for its log-probabilities: π_old's when μ > 1, the
+    reference's when β > 0 (trainer.step.grpo's `Rollouts`)."""
+    return int(iterations > 1) + int(beta > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +69,10 @@ class RolloutEstimate:
         One optimizer step on the rollout batch (the train step's estimate).
     iterations : int
         μ: optimizer steps per rollout (``grpo.iterations``).
+    passes : int
+        Log-probability passes per rollout (`logps_passes`).
+    scoring : ProgramCost or None
+        One such pass (None without any).
     """
 
     rows: int
@@ -67,6 +83,8 @@ class RolloutEstimate:
     decode: ProgramCost
     update_s: float
     iterations: int
+    passes: int = 0
+    scoring: ProgramCost | None = None
 
     @property
     def decode_steps(self) -> int:
@@ -80,8 +98,14 @@ class RolloutEstimate:
 
     @property
     def seconds(self) -> float:
-        """The rollout: prefill plus each decode step."""
-        return self.prefill.seconds + self.decode_steps * self.decode.seconds
+        """The rollout: prefill plus each decode step, plus its log-probability passes."""
+        sampled = self.prefill.seconds + self.decode_steps * self.decode.seconds
+        return sampled + self.passes * self.scoring_s
+
+    @property
+    def scoring_s(self) -> float:
+        """One log-probability pass (0 without any)."""
+        return self.scoring.seconds if self.scoring is not None else 0.0
 
     @property
     def step_seconds(self) -> float:
@@ -107,7 +131,14 @@ class RolloutEstimate:
             f"rollout ({label}): {self.rows} completions ({self.rows // self.group} prompts × "
             f"group {self.group}) of {self.prompt_tokens} prompt tokens: prefill "
             f"{ms(self.prefill.seconds)} + {self.decode_steps} decode steps × "
-            f"{ms(self.decode.seconds)} = {ms(self.seconds)}",
+            f"{ms(self.decode.seconds)}"
+            + (
+                f" + {self.passes} log-probability pass{'es' if self.passes > 1 else ''} × "
+                f"{ms(self.scoring_s)}"
+                if self.passes
+                else ""
+            )
+            + f" = {ms(self.seconds)}",
             f"  each decode step at the full cache of {self.cache} slots: the cache is "
             "allocated once and read whole every step (masked to each row's length), so the "
             "sum is exact for this program, not a bound; every completion runs to "
@@ -138,6 +169,8 @@ class RolloutEstimate:
             "prefill_s": self.prefill.seconds,
             "decode_step_s": self.decode.seconds,
             "decode_steps": self.decode_steps,
+            "logps_passes": self.passes,
+            "logps_pass_s": self.scoring_s,
             "seconds": self.seconds,
             "update_s": self.update_s,
             "iterations": self.iterations,

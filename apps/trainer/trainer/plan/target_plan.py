@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 from flax import nnx
@@ -127,6 +127,20 @@ def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled
             ("decode", rollout_plan.decode_label(rows, cache)),
         ):
             out.append((label, metrics.compile_lowered(functools.partial(lower, which), label)))
+        if rollout_plan.logps_passes(r.iterations, run.grpo.beta):
+            # π_old's and the reference's log-probabilities (trainer.step.grpo's `Rollouts`):
+            # one forward over the rollout batch each, the same program
+            width = b.batch["inputs"].shape[1]
+            label = rollout_plan.logps_label(rows, width)
+
+            def scored(tree: Any, rest: Any, batch: dict[str, Any]) -> jax.Array:
+                model: Any = nnx.merge(parts.graphdef, tree, rest)  # a DecoderLM
+                return nn.grpo.token_logprobs(model, batch, temperature=r.temperature)
+
+            def lower_logps() -> jax.stages.Lowered:
+                return jax.jit(scored).lower(b.state.model_tree(), rest, b.batch)
+
+            out.append((label, metrics.compile_lowered(lower_logps, label)))
     return out
 
 
@@ -283,11 +297,14 @@ def rollout_estimate(
     r, rows, prompt = run.rollout, run.data.batch_size, run.data.seq_len
     prefill = programs.get(rollout_plan.prefill_label(rows, prompt))
     decode = programs.get(rollout_plan.decode_label(rows, prompt + r.max_new_tokens))
+    passes = rollout_plan.logps_passes(r.iterations, run.grpo.beta)
+    width = prompt + r.max_new_tokens - 1  # the rollout batch's rows (trainer.step.grpo)
+    scored = programs.get(rollout_plan.logps_label(rows, width)) if passes else None
     update = result.data.get("estimate")
-    if prefill is None or decode is None or update is None:
+    needed = [prefill, decode, *([scored] if passes else [])]
+    if update is None or any(p is None or p.compiled is None for p in needed):
         return
-    if prefill.compiled is None or decode.compiled is None:
-        return
+    assert prefill is not None and decode is not None
     cost = estimate_args(run)["custom_call_cost"]  # the train step's prices of tjx's kernels
 
     def priced(one: Compiled) -> metrics.ProgramCost:
@@ -297,7 +314,8 @@ def rollout_estimate(
 
     found = rollout_plan.RolloutEstimate(
         rows, r.group_size, prompt, r.max_new_tokens, priced(prefill), priced(decode),
-        float(update["seconds"]), r.iterations,
+        float(update["seconds"]), r.iterations, passes,
+        priced(scored) if scored is not None else None,
     )  # fmt: skip
     for line in found.lines():
         say(line)

@@ -343,12 +343,13 @@ def test_a_grpo_plan_compiles_its_update_and_its_rollout_programs():
     assert result.error is None, result.error
     assert any(line.startswith("train step: compiles") for line in lines)
     assert not any(line.startswith("eval step") for line in lines)
-    prefill, decode = lines[-5:-3]  # then the rollout's estimate (three lines)
+    prefill, decode, scored = lines[-6:-3]  # then the rollout's estimate (three lines)
+    assert scored.startswith("rollout log-probabilities (8 × 35 tokens): compiles in "), scored
     assert lines[-1].startswith("rl step (estimate): ")
     assert prefill.startswith("rollout prefill (8 × 32 prompt tokens): compiles in "), prefill
     assert decode.startswith("rollout decode step (8 rows, a cache of 36): compiles in "), decode
     programs = result.data["programs"]
-    assert len(programs) == 2 and all(
+    assert len(programs) == 3 and all(
         p["compiles"] and p["peak_bytes"] > 0 for p in programs.values()
     )
 
@@ -357,8 +358,9 @@ def test_the_rollout_estimate_is_the_prefill_plus_each_decode_step_and_grows_wit
     monkeypatch,
 ):
     """#72: an RL plan's rollout is its prefill plus ``max_new_tokens - 1`` decode steps (the
-    prefill samples the first token), each priced by tjx-metrics from the same compiled
-    programs (here by hand), beside μ updates; a longer completion budget is a longer rollout
+    prefill samples the first token) plus its log-probability passes (π_old's, the
+    reference's), each priced by tjx-metrics from the same compiled programs (here by hand),
+    beside μ updates; a longer completion budget is a longer rollout
     (more steps, each over a longer cache)."""
     from tjx.metrics import program_cost
     from tjx.metrics.accelerators import accelerator as device_entry
@@ -376,12 +378,15 @@ def test_the_rollout_estimate_is_the_prefill_plus_each_decode_step_and_grows_wit
         result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lines.append)
         assert result.error is None, result.error
         rollout = result.data["rollout"]
-        (_, prefill), (_, decode) = kept[-1]
+        (_, prefill), (_, decode), (scored_label, scored) = kept[-1]
+        assert scored_label == f"rollout log-probabilities (8 × {32 + new - 1} tokens)"
         v5e = device_entry("v5e")
         cost = target_plan.roofline_inputs(run.model, 32, 8, 1, v5e)["custom_call_cost"]
         by_hand = [program_cost(c.compiled.as_text(), v5e, custom_call_cost=cost)
-                   for c in (prefill, decode)]  # fmt: skip
-        expected = by_hand[0].seconds + (new - 1) * by_hand[1].seconds
+                   for c in (prefill, decode, scored)]  # fmt: skip
+        # μ = 2 and β > 0: π_old's and the reference's log-probabilities, a pass each
+        expected = by_hand[0].seconds + (new - 1) * by_hand[1].seconds + 2 * by_hand[2].seconds
+        assert rollout["logps_passes"] == 2
         assert rollout["seconds"] == pytest.approx(expected, rel=1e-12)
         assert rollout["decode_steps"] == new - 1 and rollout["cache"] == 32 + new
         update = result.data["estimate"]["seconds"]

@@ -8,7 +8,9 @@ the rest as ``--plan`` does, best first within a time budget (`trainer.plan.sear
 them by the estimated step time (calibrated where the device table has a calibration; the
 collectives priced at the table's link bandwidth) and writes the winner as a YAML ``--config``
 takes. fp8 products (``model.precision.matmul``) are a dimension where the target has float8
-units and the model can take them (no MoE, a bf16/fp16 run).
+units and the model can take them (no MoE, a bf16/fp16 run). An RL config (``data.format:
+prompts``) is searched for the most samples per second instead (`trainer.plan.search.rl`: the
+rollout batch, its rollout estimated beside the update).
 """
 
 from __future__ import annotations

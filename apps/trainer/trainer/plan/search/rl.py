@@ -6,8 +6,8 @@ dimensions, and what each costs in compiles:
 
 * the **rollout batch** (``data.batch_size``: completions per rollout, ``prompts × G``): every
   program's shape depends on it, so each is planned once, as ``--plan`` plans a run (the update,
-  the rollout's prefill and decode step; `trainer.plan.target_plan.plan`): a batch is compiled
-  once whatever else changes (`RlSearch.outcomes` holds it);
+  the rollout's prefill and decode step, its log-probability pass where μ > 1 or β > 0;
+  `trainer.plan.target_plan.plan`): a batch is compiled once (`RlSearch.outcomes` holds it);
 * remat: the plan's memory fit takes none, else full where none does not fit;
 * the **update micro-batch** is not searched: GRPO's update steps on the whole rollout batch
   (``optimizer.accumulation_steps`` must be 1; `trainer.config.typed`), so the micro-batch is
@@ -18,7 +18,8 @@ dimensions, and what each costs in compiles:
   choice of signal, not of speed);
 * a **sampler/trainer split** of the devices is not searched: the overlap of #72 point 3
   (sampling on some devices while the others train) is not built, so every device samples, then
-  trains, and the search says so.
+  trains, and the search says so;
+* the mesh, the kernels and fp8 are the config's (the mesh search ranks by the update alone).
 
 The chosen batch and the runner-up are said; the chosen is written as a YAML ``--config`` takes.
 """

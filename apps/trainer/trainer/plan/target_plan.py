@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 from flax import nnx
@@ -133,8 +133,8 @@ def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled
             width = b.batch["inputs"].shape[1]
             label = rollout_plan.logps_label(rows, width)
 
-            def scored(tree: Any, rest: Any, batch: dict[str, Any]) -> jax.Array:
-                model: Any = nnx.merge(parts.graphdef, tree, rest)  # a DecoderLM
+            def scored(tree: nnx.State, rest: nnx.State, batch: dict[str, jax.Array]) -> jax.Array:
+                model = cast(nn.DecoderLM, nnx.merge(parts.graphdef, tree, rest))
                 return nn.grpo.token_logprobs(model, batch, temperature=r.temperature)
 
             def lower_logps() -> jax.stages.Lowered:

@@ -30,13 +30,13 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 from tjx.metrics import GIB, Target
 from trainer.config.schema import ConfigError
+from trainer.config.seams import Record
 from trainer.config.typed import Config
 from trainer.plan import target_plan
-from trainer.plan.search.candidates import candidate_of
+from trainer.plan.search.candidates import Candidate, candidate_of
 
 __all__ = [
     "RlOutcome",
@@ -85,8 +85,8 @@ class RlOutcome:
 
     batch: int
     error: str | None
-    rollout: dict[str, Any] = dataclasses.field(default_factory=dict)
-    fitted: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rollout: Record = dataclasses.field(default_factory=dict)
+    fitted: Record = dataclasses.field(default_factory=dict)
     peak_bytes: int | None = None
     wall_s: float = 0.0
 
@@ -242,7 +242,7 @@ def rl_table(run: Config, found: RlSearch, top: int = 5) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
-def winner_config(run: Config, o: RlOutcome, count: int) -> tuple[Config, Any]:
+def winner_config(run: Config, o: RlOutcome, count: int) -> tuple[Config, Candidate]:
     """``run`` at ``o``'s rollout batch, and the search candidate of its fitted settings
     (`trainer.plan.search.write_winner` writes the two)."""
     sized = dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=o.batch))
@@ -250,10 +250,10 @@ def winner_config(run: Config, o: RlOutcome, count: int) -> tuple[Config, Any]:
     return sized, c
 
 
-def record(found: RlSearch) -> dict[str, Any]:
+def record(found: RlSearch) -> Record:
     """The RL search as JSON-ready data (``--plan-json``)."""
 
-    def row(o: RlOutcome) -> dict[str, Any]:
+    def row(o: RlOutcome) -> Record:
         return {"batch": o.batch, "error": o.error, "fitted": o.fitted,
                 "peak_bytes": o.peak_bytes, "samples_per_s": o.samples_per_s,
                 "rollout": o.rollout, "wall_s": o.wall_s}  # fmt: skip

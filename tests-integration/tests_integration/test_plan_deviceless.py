@@ -1,6 +1,7 @@
 """The presets compile for an H100 (and, shrunk, a TPU v5e) without either: CI's guard on the
 GPU/TPU path; so do a small delta/attention hybrid (#56's Qwen3.5 and Qwen3-Next layers) and a
-small float8 run (#68: its products stay float8 GEMMs).
+small float8 run (#68: its products stay float8 GEMMs); an RL config's ``--search`` estimates
+its rollouts from their H100 programs and picks a rollout batch (#72).
 
 Each case is one ``python -m trainer --config PRESET --plan TARGET --set model.attention_impl=K``
 (XLA's real GPU compiler through jax's CUDA plugin, or libtpu's, on abstract devices; the

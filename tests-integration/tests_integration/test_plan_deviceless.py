@@ -1,6 +1,7 @@
 """The presets compile for an H100 (and, shrunk, a TPU v5e) without either: CI's guard on the
 GPU/TPU path; so do a small delta/attention hybrid (#56's Qwen3.5 and Qwen3-Next layers) and a
-small float8 run (#68: its products stay float8 GEMMs).
+small float8 run (#68: its products stay float8 GEMMs); an RL config's ``--search`` estimates
+its rollouts from their H100 programs and picks a rollout batch (#72).
 
 Each case is one ``python -m trainer --config PRESET --plan TARGET --set model.attention_impl=K``
 (XLA's real GPU compiler through jax's CUDA plugin, or libtpu's, on abstract devices; the
@@ -476,3 +477,45 @@ def test_each_new_family_plans_for_an_h100_from_its_folder(family, family_plans)
     assert data["exit"] == 0, data["stdout"]
     assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
     assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0
+
+
+#: grpo_tiny shrunk for #72's RL search (one layer; 4 completions per prompt, 4 new tokens):
+#: each rollout batch is three H100 compiles (the update, the rollout's prefill and decode step).
+RL_SMALL = ["model.num_layers=1", "grpo.group_size=4", "grpo.max_new_tokens=4"]
+
+
+def test_an_rl_search_estimates_each_rollout_from_its_h100_programs_and_picks_the_most_samples(
+    envs, tmp_path
+):
+    """#72: ``--plan 8xh100 --search`` of an RL config plans each rollout batch once (the
+    update, the prefill and the decode step compiled for the H100), estimates its rollout as the
+    prefill plus ``max_new_tokens - 1`` decode steps (calibrated, labelled so) beside the update,
+    and chooses the batch with the most samples per second; the runner-up is said and the
+    winner's YAML written."""
+    out, winner = tmp_path / "rl.json", tmp_path / "rl.yaml"
+    args = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "16,32",
+            "--plan-json", str(out), "--search-out", str(winner),
+            *(a for value in RL_SMALL for a in ("--set", value))]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", *args], cwd=tmp_path,
+        env=plan_env(envs["cuda12"], tmp_path), capture_output=True, text=True, timeout=900,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    data = json.loads(out.read_text())
+    rollouts = {p["batch"]: p["rollout"] for p in data["planned"]}
+    assert sorted(rollouts) == [16, 32] and not any(p["error"] for p in data["planned"])
+    for r in rollouts.values():
+        assert r["label"].startswith("estimate (calibrated on ") and r["decode_steps"] == 3
+        assert r["seconds"] == pytest.approx(r["prefill_s"] + 3 * r["decode_step_s"], rel=1e-12)
+        assert r["step_s"] == pytest.approx(r["seconds"] + r["update_s"], rel=1e-12)  # μ = 1
+    chosen, runner = data["chosen"], data["runner_up"]
+    assert chosen["samples_per_s"] >= runner["samples_per_s"] > 0
+    # Programs this small cost about the calibration's per-call overhead whatever their rows (16
+    # or 32 rows took the same within 0.1 % here): twice the rows is about twice the samples/s.
+    assert (chosen["batch"], runner["batch"]) == (32, 16)
+    said = proc.stdout
+    assert f"search: chosen: rollout batch {chosen['batch']} " in said
+    assert f"search: runner-up: rollout batch {runner['batch']} " in said
+    assert f"batch_size: {chosen['batch']}" in winner.read_text()
+    print(f"deviceless RL search: {data['elapsed_s']:.1f} s", file=sys.stderr)

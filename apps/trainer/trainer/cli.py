@@ -56,6 +56,9 @@ FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("--search-budget", {"metavar": "MINUTES"}, "with --search: its time budget (default 10)"),
     ("--search-out", {"metavar": "PATH"}, "with --search: the winner's YAML (default "
      "<name>-<target>-search.yaml)"),
+    ("--search-rollouts", {"metavar": "B,..."}, "with --search of an RL config: the rollout "
+     "batches (data.batch_size: completions per rollout) to plan (default: half, once, twice "
+     "and four times the configured one)"),
     ("--export-peft", {"metavar": "DIR"}, "with lora.enabled: write the trained adapters to DIR "
      "as a PEFT adapter (adapter_config.json + adapter_model.safetensors) when the run ends"),
     ("--replay", {"metavar": "RUN"}, "re-run steps of a finished, stopped or killed run from its "
@@ -224,7 +227,9 @@ def _check_plan_flags(args: argparse.Namespace) -> None:
             "--plan-json: writes the figures of --plan TARGET, which this command does not ask "
             "for; add --plan TARGET or drop --plan-json"
         )
-    for flag, value in (("--search-out", args.search_out), ("--search-budget", args.search_budget)):
+    flags = (("--search-out", args.search_out), ("--search-budget", args.search_budget),
+             ("--search-rollouts", args.search_rollouts))  # fmt: skip
+    for flag, value in flags:
         if value is not None and not args.search:
             raise ConfigError(
                 f"{flag}: applies to --plan TARGET --search, which this command does not ask "

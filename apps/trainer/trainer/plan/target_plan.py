@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 from flax import nnx
@@ -28,6 +28,7 @@ from trainer.config.schema import ConfigError, keyed
 from trainer.config.seams import Record
 from trainer.config.settings import load_config
 from trainer.config.typed import Config, StepConfig, resolve, step_config, units_per_step
+from trainer.plan import rollout_plan
 from trainer.plan.memory_fit import Say, lighter, resolve_kernel
 from trainer.plan.plan_report import PlanResult, local_target, open_target, plan_report
 from trainer.plan.run_plan import error_exit, output_file
@@ -122,10 +123,24 @@ def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled
 
         cache = prompt + r.max_new_tokens
         for which, label in (
-            ("prefill", f"rollout prefill ({rows} × {prompt} prompt tokens)"),
-            ("decode", f"rollout decode step ({rows} rows, a cache of {cache})"),
+            ("prefill", rollout_plan.prefill_label(rows, prompt)),
+            ("decode", rollout_plan.decode_label(rows, cache)),
         ):
             out.append((label, metrics.compile_lowered(functools.partial(lower, which), label)))
+        if rollout_plan.logps_passes(r.iterations, run.grpo.beta):
+            # π_old's and the reference's log-probabilities (trainer.step.grpo's `Rollouts`):
+            # one forward over the rollout batch each, the same program
+            width = b.batch["inputs"].shape[1]
+            label = rollout_plan.logps_label(rows, width)
+
+            def scored(tree: nnx.State, rest: nnx.State, batch: dict[str, jax.Array]) -> jax.Array:
+                model = cast(nn.DecoderLM, nnx.merge(parts.graphdef, tree, rest))
+                return nn.grpo.token_logprobs(model, batch, temperature=r.temperature)
+
+            def lower_logps() -> jax.stages.Lowered:
+                return jax.jit(scored).lower(b.state.model_tree(), rest, b.batch)
+
+            out.append((label, metrics.compile_lowered(lower_logps, label)))
     return out
 
 
@@ -238,7 +253,16 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
             except kernels.KernelCompileError as err:
                 raise ConfigError(f"--plan: {err}") from None
 
-    return plan_report(
+    rollout: list[tuple[str, Compiled]] = []  # the rollout's programs, kept for its estimate
+
+    def programs(r: StepConfig) -> list[tuple[str, Compiled]]:
+        rollout[:] = compile_rollout(r, target)
+        return rollout
+
+    estimate_args = lambda r: roofline_inputs(
+        r.model, r.data.seq_len, units_per_step(r), r.mesh.context, target.device
+    )
+    result = plan_report(
         run.name,
         target,
         text,
@@ -246,11 +270,53 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
         choose=choose,
         with_kernel=lambda kernel: step.with_model(attention_impl=kernel),
         compile_step=lambda r, label, train: compile_train(r, target, label, train=train),
-        lighter=lambda r: lighter(r, target.count),
+        # GRPO's update takes the whole rollout batch (no micro-batches): full remat only
+        lighter=lambda r: lighter(r, None if is_grpo(run.data) else target.count),
         settings={"remat": "model.remat", "accumulation_steps": "optimizer.accumulation_steps"},
-        estimate_args=lambda r: roofline_inputs(
-            r.model, r.data.seq_len, units_per_step(r), r.mesh.context, target.device
-        ),
+        estimate_args=estimate_args,
         eval_rows=lambda r: r.eval.batch_size,
-        programs=(lambda r: compile_rollout(r, target)) if is_grpo(run.data) else None,
+        programs=programs if is_grpo(run.data) else None,
     )
+    if rollout:
+        rollout_estimate(result, step, rollout, target, estimate_args, say)
+    return result
+
+
+def rollout_estimate(
+    result: PlanResult,
+    run: StepConfig,
+    compiled: list[tuple[str, Compiled]],
+    target: Target,
+    estimate_args: Callable[[StepConfig], Record],
+    say: Say,
+) -> None:
+    """An RL plan's rollout time beside its update (`trainer.plan.rollout_plan`), said and kept
+    as ``result.data["rollout"]``: from the compiled prefill and decode step's costs and the
+    train step's estimate; nothing where one of them is missing (the plan's error says why)."""
+    programs = dict(compiled)
+    r, rows, prompt = run.rollout, run.data.batch_size, run.data.seq_len
+    prefill = programs.get(rollout_plan.prefill_label(rows, prompt))
+    decode = programs.get(rollout_plan.decode_label(rows, prompt + r.max_new_tokens))
+    passes = rollout_plan.logps_passes(r.iterations, run.grpo.beta)
+    width = prompt + r.max_new_tokens - 1  # the rollout batch's rows (trainer.step.grpo)
+    scored = programs.get(rollout_plan.logps_label(rows, width)) if passes else None
+    update = result.data.get("estimate")
+    needed = [prefill, decode, *([scored] if passes else [])]
+    if update is None or any(p is None or p.compiled is None for p in needed):
+        return
+    assert prefill is not None and decode is not None
+    cost = estimate_args(run)["custom_call_cost"]  # the train step's prices of tjx's kernels
+
+    def priced(one: Compiled) -> metrics.ProgramCost:
+        return metrics.program_cost(
+            one.compiled.as_text() or "", target.device, custom_call_cost=cost
+        )
+
+    found = rollout_plan.RolloutEstimate(
+        rows, r.group_size, prompt, r.max_new_tokens, priced(prefill), priced(decode),
+        float(update["seconds"]), r.iterations, passes,
+        priced(scored) if scored is not None else None,
+    )  # fmt: skip
+    for line in found.lines():
+        say(line)
+    result.data["rollout"] = found.record()

@@ -21,11 +21,11 @@ import pytest
 
 from tjx.metrics import GIB, Target, accelerator
 from trainer.cli import main
-from trainer.config.settings import apply_overrides, load_config_data
+from trainer.config.settings import apply_overrides, load_config, load_config_data
 from trainer.config.typed import read_config, resolve
 from trainer.plan import search as search_cli
 from trainer.plan import target_plan
-from trainer.plan.search import candidates, engine, table, write_winner
+from trainer.plan.search import candidates, engine, rl, table, write_winner
 from trainer.plan.search.candidates import Candidate, MeshChoice, Space, apply, describe
 from trainer.plan.search.engine import Outcome, search
 
@@ -524,3 +524,140 @@ def test_a_split_the_compiler_fails_on_is_left_for_the_next_split(monkeypatch):
     assert "RET_CHECK" in reason
     skipped = [c for c, o in result.outcomes.items() if (o.error or "").startswith("pruned: the")]
     assert skipped == [on_fsdp[0].replace(attention="xla")]  # the program auto is, by name
+
+
+# --- An RL config's search (#72): the rollout batch for the most samples per second -------------
+
+
+def fake_rl_plans(monkeypatch, answer) -> list[int]:
+    """`rl._plan_batch` answering ``answer(batch) -> (peak_bytes, rollout_s, update_s)`` against
+    the target's memory; the batches planned, in order."""
+    planned: list[int] = []
+
+    def plan_batch(run, batch, tgt, text):
+        planned.append(batch)
+        peak, rollout, update = answer(batch)
+        step = rollout + update
+        record = {
+            "label": "estimate",
+            "seconds": rollout,
+            "update_s": update,
+            "iterations": 1,
+            "step_s": step,
+            "samples_per_s": batch / step,
+            "rollout_share": rollout / step,
+        }
+        fits = peak <= tgt.device.memory_bytes
+        fitted = {"remat": "full" if batch > 32 else "none", "accumulation": 1, "attention": "xla"}
+        return rl.RlOutcome(batch, None if fits else "does not fit", record if fits else {},
+                            fitted, peak, 1.0)  # fmt: skip
+
+    monkeypatch.setattr(rl, "_plan_batch", plan_batch)
+    return planned
+
+
+def test_an_rl_search_takes_the_rollout_batch_with_the_most_samples_per_second_that_fits(
+    capsys, in_tmp, monkeypatch
+):
+    """A larger rollout batch samples more per second (the decode steps' fixed cost is shared)
+    until it no longer fits: of grpo_tiny's 32, 64, 128 and 256 completions, 64 is chosen and 32
+    is the runner-up; 128 and 256 are planned and do not fit. The group size and the split are
+    said, not searched; the winner's YAML loads with its batch and micro-batch."""
+    on_cpu(monkeypatch, memory=GIB)
+    planned = fake_rl_plans(monkeypatch, lambda b: (b / 64 * GIB, 0.01 + b * 1e-4, 0.002))
+    out = in_tmp / "rl.json"
+    argv = ["--config", "grpo_tiny", "--plan", "v5e", "--search", "--search-out", "rl.yaml",
+            "--plan-json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert planned == [32, 64, 128, 256]
+    assert any(line.startswith("search: group size 8 kept: ") for line in lines)
+    for words in (
+        "sampler/trainer split: not searched: the overlap of #72 point 3",
+        "update micro-batch: not searched: GRPO's update steps on the whole rollout",
+    ):
+        assert any(words in line for line in lines), words
+    chosen = next(line for line in lines if line.startswith("search: chosen: "))
+    assert chosen.startswith("search: chosen: rollout batch 64 (8 prompts × 8), remat full: ")
+    runner = next(line for line in lines if line.startswith("search: runner-up: "))
+    assert runner.startswith("search: runner-up: rollout batch 32 (4 prompts × 8), remat none")
+    table_rows = [line.split() for line in lines if line.startswith("  1 ") or
+                  line.startswith("  2 ")]  # fmt: skip
+    assert [r[1] for r in table_rows] == ["64", "32"]
+    loaded = load_config(str(in_tmp / "rl.yaml"), [])
+    assert loaded.data.batch_size == 64 and loaded.model.remat == "full"
+    assert loaded.rollout.group_size == 8
+    record = json.loads(out.read_text())
+    assert record["chosen"]["batch"] == 64 and record["runner_up"]["batch"] == 32
+    assert [p["batch"] for p in record["planned"] if p["error"]] == [128, 256]
+
+
+def test_an_rl_search_where_no_rollout_batch_fits_is_one_line(capsys, in_tmp, monkeypatch):
+    on_cpu(monkeypatch, memory=GIB)
+    fake_rl_plans(monkeypatch, lambda b: (2 * GIB, 0.01, 0.01))
+    argv = ["--config", "grpo_tiny", "--plan", "v5e", "--search", "--search-rollouts", "64,128"]
+    assert main(argv) == 2
+    assert error_line(capsys) == (
+        "trainer: error: --plan v5e --search: no rollout batch fits (2 planned: 64, 128); lower "
+        "grpo.max_new_tokens or data.seq_len, or plan more devices"
+    )
+    assert not list(in_tmp.iterdir())  # no winner file
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--config", "tiny", "--plan", "v5e", "--search", "--search-rollouts", "64"],
+         "--search-rollouts: applies to an RL config (data.format: prompts); 'tiny' trains on "
+         "data.format='text', whose search has no rollout; drop --search-rollouts"),
+        (["--config", "grpo_tiny", "--plan", "v5e", "--search", "--search-rollouts", "64,60"],
+         "--search-rollouts: 60 completions do not split into groups of grpo.group_size=8 over "
+         "the mesh's 1 batch ways; use multiples of 8"),
+        (["--config", "grpo_tiny", "--plan", "v5e", "--search", "--search-rollouts", "64,x"],
+         "--search-rollouts: expected rollout batches as positive integers separated by commas "
+         "(e.g. 64,128), got 'x'"),
+        (["--config", "grpo_tiny", "--plan", "v5e", "--search-rollouts", "64"],
+         "--search-rollouts: applies to --plan TARGET --search, which this command does not ask "
+         "for; add --search or drop --search-rollouts"),
+    ],
+)  # fmt: skip
+def test_an_rl_search_space_that_cannot_be_searched_is_one_line(
+    argv, words, capsys, in_tmp, monkeypatch
+):
+    on_cpu(monkeypatch)
+    planned = fake_rl_plans(monkeypatch, lambda b: (GIB, 0.01, 0.01))
+    assert main(argv) == 2
+    assert error_line(capsys) == f"trainer: error: {words}"
+    assert planned == [] and not list(in_tmp.iterdir())
+
+
+def test_a_rollout_batchs_outcome_is_read_from_its_plan(monkeypatch):
+    """`rl._plan_batch` plans the run at the batch (nothing else changed), takes the largest
+    peak of the update and the rollout's programs, the fitted remat, and the plan's refusal or
+    error as the outcome's."""
+    from trainer.plan.plan_report import PlanResult
+
+    seen = []
+
+    def plan(run, tgt, text, say):
+        seen.append(run.data.batch_size)
+        if run.data.batch_size == 16:
+            raise ValueError("mesh: a rule refused it")
+        data = {"train": {"peak_bytes": 3, "remat": "full", "accumulation_steps": 1},
+                "programs": {"prefill": {"peak_bytes": 5}, "decode": {"peak_bytes": None}},
+                "attention": {"kernel": "xla"}}  # fmt: skip
+        if run.data.batch_size == 64:
+            data["rollout"] = {"samples_per_s": 10.0}
+        return PlanResult(text, run.name, data, None)
+
+    monkeypatch.setattr(target_plan, "plan", plan)
+    run = resolve(read_config(load_config_data("grpo_tiny")), 300)
+    fits = rl._plan_batch(run, 64, target(1), "v5e")
+    assert fits.fits and fits.peak_bytes == 5 and fits.samples_per_s == 10.0
+    assert fits.fitted == {"remat": "full", "accumulation": 1, "attention": "xla"}
+    assert rl._plan_batch(run, 32, target(1), "v5e").error == (
+        "no rollout estimate (a program did not compile)"
+    )
+    refused = rl._plan_batch(run, 16, target(1), "v5e")
+    assert refused.error == "refused: mesh: a rule refused it" and refused.samples_per_s == 0.0
+    assert seen == [64, 32, 16]

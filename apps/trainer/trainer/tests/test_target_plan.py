@@ -343,13 +343,78 @@ def test_a_grpo_plan_compiles_its_update_and_its_rollout_programs():
     assert result.error is None, result.error
     assert any(line.startswith("train step: compiles") for line in lines)
     assert not any(line.startswith("eval step") for line in lines)
-    prefill, decode = lines[-2:]
+    prefill, decode, scored = lines[-6:-3]  # then the rollout's estimate (three lines)
+    assert scored.startswith("rollout log-probabilities (8 × 35 tokens): compiles in "), scored
+    assert lines[-1].startswith("rl step (estimate): ")
     assert prefill.startswith("rollout prefill (8 × 32 prompt tokens): compiles in "), prefill
     assert decode.startswith("rollout decode step (8 rows, a cache of 36): compiles in "), decode
     programs = result.data["programs"]
-    assert len(programs) == 2 and all(
+    assert len(programs) == 3 and all(
         p["compiles"] and p["peak_bytes"] > 0 for p in programs.values()
     )
+
+
+def test_the_rollout_estimate_is_the_prefill_plus_each_decode_step_and_grows_with_new_tokens(
+    monkeypatch,
+):
+    """#72: an RL plan's rollout is its prefill plus ``max_new_tokens - 1`` decode steps (the
+    prefill samples the first token) plus its log-probability passes (π_old's, the
+    reference's), each priced by tjx-metrics from the same compiled programs (here by hand),
+    beside μ updates; a longer completion budget is a longer rollout
+    (more steps, each over a longer cache)."""
+    from tjx.metrics import program_cost
+    from tjx.metrics.accelerators import accelerator as device_entry
+
+    kept: list = []
+    compile_rollout = target_plan.compile_rollout
+    monkeypatch.setattr(
+        target_plan, "compile_rollout", lambda *a: kept.append(compile_rollout(*a)) or kept[-1]
+    )
+    found = {}
+    for new in (2, 6):
+        sets = [*GRPO_SMALL, f"grpo.max_new_tokens={new}"]
+        run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), sets)), 300)
+        lines: list[str] = []
+        result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lines.append)
+        assert result.error is None, result.error
+        rollout = result.data["rollout"]
+        (_, prefill), (_, decode), (scored_label, scored) = kept[-1]
+        assert scored_label == f"rollout log-probabilities (8 × {32 + new - 1} tokens)"
+        v5e = device_entry("v5e")
+        cost = target_plan.roofline_inputs(run.model, 32, 8, 1, v5e)["custom_call_cost"]
+        by_hand = [program_cost(c.compiled.as_text(), v5e, custom_call_cost=cost)
+                   for c in (prefill, decode, scored)]  # fmt: skip
+        # μ = 2 and β > 0: π_old's and the reference's log-probabilities, a pass each
+        expected = by_hand[0].seconds + (new - 1) * by_hand[1].seconds + 2 * by_hand[2].seconds
+        assert rollout["logps_passes"] == 2
+        assert rollout["seconds"] == pytest.approx(expected, rel=1e-12)
+        assert rollout["decode_steps"] == new - 1 and rollout["cache"] == 32 + new
+        update = result.data["estimate"]["seconds"]
+        assert rollout["step_s"] == pytest.approx(expected + 2 * update, rel=1e-12)  # μ = 2
+        assert rollout["samples_per_s"] == pytest.approx(8 / (expected + 2 * update))
+        assert 0 < rollout["rollout_share"] < 1
+        said = [line for line in lines if line.startswith(("rollout (", "rl step ("))]
+        assert said[0].startswith(
+            "rollout (estimate): 8 completions (2 prompts × group 4) of 32 prompt tokens: "
+            f"prefill {by_hand[0].seconds * 1e3:,.2f} ms + {new - 1} decode steps × "
+        ), said
+        assert said[1].startswith("rl step (estimate): the rollout ") and "samples/s" in said[1]
+        found[new] = (rollout["seconds"], by_hand[1].seconds)
+    assert found[6][0] > found[2][0]
+    assert found[6][1] >= found[2][1]  # a decode step over a longer cache costs no less
+
+
+def test_a_grpo_plans_memory_fit_never_splits_the_update_into_micro_batches(monkeypatch):
+    """GRPO's update takes the whole rollout batch (``optimizer.accumulation_steps`` must be 1):
+    the fit of a step that does not fit tries full remat only, never a micro-batch split the
+    trainer would refuse (it did: "fits with optimizer.accumulation_steps=2")."""
+    peaks = {("none", 1): None, ("full", 1): None, ("full", 2): GIB, ("full", 4): GIB}
+    seen = fake_compiles(monkeypatch, peaks)
+    monkeypatch.setattr(target_plan, "compile_rollout", lambda run, tgt: [])
+    run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), GRPO_SMALL)), 300)
+    result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lambda line: None)
+    assert seen[-1] == "model.remat=full" and not any("accumulation" in s for s in seen), seen
+    assert result.error is not None and "the train step does not fit" in result.error
 
 
 def test_a_rollout_program_past_the_devices_memory_is_the_plans_error():

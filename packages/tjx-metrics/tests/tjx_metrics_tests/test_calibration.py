@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.metrics import accelerator, estimate, roofline
+from tjx.metrics import accelerator, estimate, program_cost, roofline
 from tjx.metrics.calibration import (
     Calibration,
     ClassConstants,
@@ -103,6 +103,24 @@ def test_the_summary_of_a_freshly_compiled_program_is_what_the_model_consumes():
     assert any(r.klass == "gemm" for r in rows)  # the dot is priced as a matrix product
     merged = summarize(kernels)
     assert len(merged) <= len(rows_of(kernels))
+
+
+def test_a_programs_cost_is_the_step_estimates_price_of_the_same_program():
+    """`program_cost` (an RL plan's prefill and decode calls) prices a program as `estimate`
+    prices a train step: calibrated on an H100, the roofline alone on a device without one."""
+    text = _tiny_program_text()
+    for device in (H100, accelerator("v5e")):
+        got = estimate(text, device, 1, units=16, unit="tokens", model_flops=(1.0, 2.0),
+                       say=lambda line: None)  # fmt: skip
+        cost = program_cost(text, device)
+        assert cost.seconds == pytest.approx(got["seconds"], rel=1e-12)
+        assert cost.label == got["label"] and cost.launches == got["launches"]
+        assert cost.roofline_seconds == pytest.approx(got["roofline_seconds"], rel=1e-12)
+    assert program_cost(text, H100).label.startswith("estimate (calibrated on ")
+    assert program_cost(text, accelerator("v5e")).label == "estimate"
+    cal = calibration_for(H100)
+    assert cal is not None and program_cost(text, H100).overhead_s == cal.step_overhead_s
+    assert program_cost(text, accelerator("v5e")).overhead_s == 0.0
 
 
 def test_merging_identical_kernels_keeps_the_estimate():

@@ -8,7 +8,9 @@ the rest as ``--plan`` does, best first within a time budget (`trainer.plan.sear
 them by the estimated step time (calibrated where the device table has a calibration; the
 collectives priced at the table's link bandwidth) and writes the winner as a YAML ``--config``
 takes. fp8 products (``model.precision.matmul``) are a dimension where the target has float8
-units and the model can take them (no MoE, a bf16/fp16 run).
+units and the model can take them (no MoE, a bf16/fp16 run). An RL config (``data.format:
+prompts``) is searched for the most samples per second instead (`trainer.plan.search.rl`: the
+rollout batch, its rollout estimated beside the update).
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
 from tjx import parallel
 from tjx.metrics import GIB, Target, quiet_native_stderr
+from trainer.config.grpo_settings import is_grpo
 from trainer.config.schema import ConfigError
 from trainer.config.settings import load_config
 from trainer.config.typed import Config
 from trainer.plan import target_plan
 from trainer.plan.run_plan import error_exit, output_file
+from trainer.plan.search import rl
 from trainer.plan.search.candidates import Candidate, Space, apply, describe
 from trainer.plan.search.engine import Outcome, SearchResult, search
 
@@ -138,7 +143,21 @@ def search_from_args(args: argparse.Namespace) -> int:
             if winner is None:  # the default: named after the run and the target
                 name = f"{run.name}-{args.plan}-search.yaml"
                 winner = output_file(name, "--search-out", "search.yaml")
-            space = Space.of(run, target)
+            # An RL step is a rollout and its updates: its own search (search.rl)
+            batches = (
+                rl.rollout_batches(args.search_rollouts, run, target) if is_grpo(run.data) else None
+            )
+            if batches is None and args.search_rollouts is not None:
+                raise ConfigError(
+                    f"--search-rollouts: applies to an RL config (data.format: prompts); "
+                    f"{run.name!r} trains on data.format={run.data.format!r}, whose search "
+                    "has no rollout; drop --search-rollouts"
+                )
+            space = Space.of(run, target) if batches is None else None
+        if batches is not None:
+            outputs = Outputs(winner, plan_json)
+            return _rl_search(args, run, target, batches, budget, say, outputs)
+        assert space is not None
         say(f"search: {run.name} on {target.describe()}, each candidate compiled without the "
             f"device; budget {budget:g} min, {WORKERS} worker processes")  # fmt: skip
         say(
@@ -211,6 +230,74 @@ def _report(
     if outputs.record is not None:
         try:
             outputs.record.write_text(json.dumps(record(result), indent=1) + "\n")
+        except OSError as err:  # checked writable before the search: a full disk, ...
+            where = str(outputs.record)
+            return error_exit(f"--plan-json: cannot write {where!r} ({err.strerror or err})")
+    return 0
+
+
+def _rl_search(
+    args: argparse.Namespace, run: Config, target: Target, batches: list[int], budget: float,
+    say: target_plan.Say, outputs: Outputs,
+) -> int:  # fmt: skip
+    """An RL config's search (`trainer.plan.search.rl`): its lines, table, chosen and runner-up,
+    the winner's file; the exit code (raises `ConfigError` for bad input before compiling)."""
+    group = run.rollout.group_size
+    if not batches:
+        step = math.lcm(group, rl.batch_ways(run, target))
+        raise ConfigError(
+            f"--search: no rollout batch near data.batch_size={run.data.batch_size} splits into "
+            f"groups of grpo.group_size={group} over the mesh; give --search-rollouts with "
+            f"multiples of {step}"
+        )
+    say(f"search: {run.name} on {target.describe()}, an RL search for the most samples per "
+        "second (completions sampled and trained on) that fit; each rollout batch compiled once "
+        f"without the device; budget {budget:g} min")  # fmt: skip
+    say(f"search: rollout batches {', '.join(map(str, batches))} (data.batch_size: completions "
+        "per rollout), each with remat none, else full where none does not fit (the plan's "
+        "memory fit)")  # fmt: skip
+    say(f"search: group size {group} kept: at a given rollout batch it changes no program (B "
+        "completions are B rows whatever the group size), so no estimate")  # fmt: skip
+    say(f"search: {rl.MICRO_LINE}")
+    say(f"search: {rl.SPLIT_LINE}")
+    with quiet_native_stderr():
+        found = rl.rl_search(run, target, args.plan, batches, budget_s=budget * 60, say=say)
+    planned = ", ".join(str(b) for b in found.outcomes)
+    ranked = found.ranked()
+    if found.ran_out:
+        say(f"search: the budget ({budget:g} min) ran out after {found.elapsed:.0f} s and "
+            f"{len(found.outcomes)} of {len(batches)} rollout batches (raise --search-budget to "
+            "plan the rest)")  # fmt: skip
+    if not ranked:
+        more = "raise --search-budget, or " if found.ran_out else ""
+        return error_exit(
+            f"--plan {args.plan} --search: no rollout batch fits ({len(found.outcomes)} planned: "
+            f"{planned}); {more}lower grpo.max_new_tokens or data.seq_len, or plan more devices"
+        )
+    chosen = ranked[0]
+    label = chosen.rollout.get("label", "estimate")
+    say(f"search: the most samples/s that fit ({label}):")
+    for line in rl.rl_table(run, found):
+        say(f"  {line}")
+    for word, o in (("chosen", chosen), ("runner-up", ranked[1] if len(ranked) > 1 else None)):
+        if o is None:
+            say(f"search: {word}: none (one rollout batch fits)")
+            continue
+        say(f"search: {word}: rollout batch {o.batch} ({o.batch // group} prompts × {group}), "
+            f"remat {o.fitted['remat']}: "
+            f"{o.samples_per_s:,.0f} samples/s (est.), the rollout "
+            f"{o.rollout['rollout_share']:.0%} of the step")  # fmt: skip
+    sized, c = rl.winner_config(run, chosen, target.count)
+    note = (f"--plan {args.plan} --search's winner for {run.name}: {chosen.samples_per_s:,.0f} "
+            f"samples/s ({label})")  # fmt: skip
+    try:
+        write_winner(sized, c, outputs.winner, note)
+    except (OSError, ValueError) as err:
+        return error_exit(f"--search-out: {err}")
+    say(f"search: wrote {outputs.winner} (python -m trainer --config {outputs.winner})")
+    if outputs.record is not None:
+        try:
+            outputs.record.write_text(json.dumps(rl.record(found), indent=1) + "\n")
         except OSError as err:  # checked writable before the search: a full disk, ...
             where = str(outputs.record)
             return error_exit(f"--plan-json: cannot write {where!r} ({err.strerror or err})")

@@ -136,10 +136,12 @@ from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
 from tjx.metrics.roofline_report import (
     LAUNCH_BOUND_S,
     TOP,
+    ProgramCost,
     estimate,
     f32_dots,
     gemm_operands,
     grouped_notes,
+    program_cost,
 )
 from tjx.metrics.spikes import Spike, SpikeDetector
 from tjx.metrics.throughput import ThroughputMeter, mfu
@@ -259,7 +261,9 @@ __all__ = [
     "refused_text",
     "LAUNCH_BOUND_S",
     "TOP",
+    "ProgramCost",
     "estimate",
+    "program_cost",
     "f32_dots",
     "gemm_operands",
     "grouped_notes",

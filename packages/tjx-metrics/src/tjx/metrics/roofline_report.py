@@ -19,14 +19,24 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from tjx.metrics.accelerators import Accelerator
 from tjx.metrics.calibration import calibrated_seconds, calibration_for, rows_of, summarize
 from tjx.metrics.kernel_cost import CustomCost
-from tjx.metrics.roofline import roofline
+from tjx.metrics.roofline import Roofline, roofline
 
-__all__ = ["LAUNCH_BOUND_S", "TOP", "estimate", "f32_dots", "gemm_operands", "grouped_notes"]
+__all__ = [
+    "LAUNCH_BOUND_S",
+    "TOP",
+    "ProgramCost",
+    "estimate",
+    "f32_dots",
+    "gemm_operands",
+    "grouped_notes",
+    "program_cost",
+]
 
 #: Kernels listed in the "slowest kernels" line.
 TOP = 5
@@ -125,6 +135,74 @@ def grouped_notes(notes: Iterable[str]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class ProgramCost:
+    """One call of a compiled program, estimated (an RL plan's prefill or decode step).
+
+    Attributes
+    ----------
+    seconds : float
+        The call's estimate: calibrated where the device has a calibration (its step overhead
+        included: each call is a launch from the host), else the roofline.
+    label : str
+        ``"estimate"`` or ``"estimate (calibrated on <measurement>)"``.
+    roofline_seconds : float
+        The per-kernel roofline alone.
+    launches : int
+        Kernel launches per call.
+    bytes, flops : float
+        Device-memory bytes moved and matrix FLOPs per call.
+    overhead_s : float
+        The calibration's step overhead in ``seconds`` (fitted on a train step; 0 without one).
+    """
+
+    seconds: float
+    label: str
+    roofline_seconds: float
+    launches: int
+    bytes: float
+    flops: float
+    overhead_s: float = 0.0
+
+
+def _priced(
+    est: Roofline, device: Accelerator
+) -> tuple[float, str, dict[str, dict[str, float]] | None]:
+    """(seconds, label, seconds by kernel class) of a roofline: the calibrated model where the
+    device has measured constants, else the roofline itself (one rule for every program)."""
+    calibration = calibration_for(device)
+    if calibration is None:
+        return est.seconds, "estimate", None
+    calibrated = calibrated_seconds(rows_of(est.kernels), device, calibration)
+    return calibrated.seconds, calibrated.label, calibrated.by_class
+
+
+def program_cost(
+    hlo: str, device: Accelerator, *, custom_call_cost: CustomCost | None = None
+) -> ProgramCost:
+    """The estimated time of one call of a compiled program, priced as :func:`estimate` prices
+    a train step (the calibrated model where the device has one), without its lines.
+
+    Parameters
+    ----------
+    hlo : str
+        ``compiled.as_text()`` of the program.
+    device : Accelerator
+        The device table's entry it is estimated for.
+    custom_call_cost : callable, optional
+        :func:`roofline`'s prices for the caller's own kernels.
+
+    Returns
+    -------
+    ProgramCost
+    """
+    est = roofline(hlo, device, custom_call_cost=custom_call_cost)
+    seconds, label, _ = _priced(est, device)
+    calibration = calibration_for(device)
+    overhead = calibration.step_overhead_s if calibration is not None else 0.0
+    return ProgramCost(seconds, label, est.seconds, est.launches, est.bytes, est.flops, overhead)
+
+
 def estimate(
     hlo: str,
     device: Accelerator,
@@ -170,10 +248,8 @@ def estimate(
     say(f"custom calls per step: {shown}")
     half, full = model_flops
     calibration = calibration_for(device)
-    seconds, label, by_class = est.seconds, "estimate", None
-    if calibration is not None:  # the roofline plus launch floors and achieved rates (measured)
-        calibrated = calibrated_seconds(rows_of(est.kernels), device, calibration)
-        seconds, label, by_class = calibrated.seconds, calibrated.label, calibrated.by_class
+    # the roofline plus launch floors and achieved rates where measured
+    seconds, label, by_class = _priced(est, device)
     tokens = units / seconds
     mfu = half / (seconds * device.peak.bf16 * devices)
     palm = full / (seconds * device.peak.bf16 * devices)

@@ -20,7 +20,7 @@ import yaml  # type: ignore[import-untyped]
 from tjx import data, parallel
 from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
 from tjx.core.lazy import lazy_imports
-from trainer.config.grpo_settings import GrpoRollout
+from trainer.config.grpo_settings import GrpoRollout, is_grpo
 from trainer.config.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.config.seams import ConfigData
 from trainer.config.sections import (
@@ -65,6 +65,9 @@ class MeshNeeds:
     #: The model, for its rules of a pipeline or a split sequence (tjx.nn's); None when
     #: ``mesh.pipeline`` and ``mesh.context`` are both 1: no split of the model to check.
     model: nn.TransformerConfig | None = None
+    #: ``grpo.sampler_devices`` of a run that overlaps its rollouts (``grpo.overlap``): the
+    #: devices, the last ones, the trainer's mesh leaves to the sampler (0: it takes them all).
+    sampler_devices: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ class Config:
 
     def mesh_needs(self) -> MeshNeeds:
         """What the run's mesh must split (`MeshNeeds`), with the messages' key names."""
-        return _mesh_needs(self.model, self.data, self.optimizer, self.mesh, self.eval)
+        return _mesh_needs(
+            self.model, self.data, self.optimizer, self.mesh, self.eval, self.rollout
+        )
 
     def to_dict(self) -> ConfigData:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
@@ -224,7 +229,9 @@ class StepConfig:
 
     def mesh_needs(self) -> MeshNeeds:
         """What the run's mesh must split (as `Config.mesh_needs`)."""
-        return _mesh_needs(self.model, self.data, self.optimizer, self.mesh, self.eval)
+        return _mesh_needs(
+            self.model, self.data, self.optimizer, self.mesh, self.eval, self.rollout
+        )
 
     def with_model(self, **changes: Any) -> StepConfig:
         """With model settings ``changes`` (as `Config.with_model`); its resolved `attention`
@@ -281,6 +288,7 @@ def _mesh_needs(
     optimizer: optim.OptimizerConfig,
     mesh: parallel.MeshConfig,
     eval_: EvalConfig,
+    rollout: GrpoRollout,
 ) -> MeshNeeds:
     """`Config.mesh_needs` of these sections."""
     batch, steps = data_.batch_size, optimizer.accumulation_steps
@@ -293,6 +301,7 @@ def _mesh_needs(
         num_experts=model.moe.num_experts,
         seq_len=data_.seq_len,
         model=model if splits_model else None,
+        sampler_devices=rollout.sampler_devices if is_grpo(data_) else 0,
     )
 
 
@@ -399,6 +408,16 @@ def _check_grpo(cfg: Config, given: list[str]) -> None:
         t.checkpoint_every % r.iterations == 0,
         f"train.checkpoint_every: {t.checkpoint_every} must be a multiple of grpo.iterations "
         f"({r.iterations}): a checkpoint inside a rollout's steps could not replay it",
+    )
+    _require(
+        r.overlap == 0 or r.sampler_devices > 0,
+        "grpo.overlap: 1 samples on devices of its own while the update runs; set "
+        "grpo.sampler_devices=N (the run's last N devices sample, the others train)",
+    )
+    _require(
+        r.overlap > 0 or r.sampler_devices == 0,
+        f"grpo.sampler_devices: {r.sampler_devices} sampler devices without grpo.overlap; set "
+        "grpo.overlap=1, or grpo.sampler_devices=0 (sequential rollouts use the trainer's mesh)",
     )
     _require(
         t.stop_at is None or t.stop_at % r.iterations == 0,

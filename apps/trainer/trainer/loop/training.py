@@ -357,6 +357,8 @@ class Training:
             print("compiling the train step…", flush=True)
             started = time.perf_counter()
         self.state, out = step_fn(self.state, batch)
+        if self.rollouts is not None:  # grpo.overlap: the next rollout, while the update runs
+            self.rollouts.ahead(step, self.state)
         out = self.log.step(self.units_per_step, out | rollout)  # no device read
         if first:
             jax.block_until_ready(out)

@@ -12,7 +12,8 @@ off with LoRA, else the frozen start in the train state). Each step then makes o
 batch (`loss_fn`: tjx.nn's `grpo_loss` inside the trainer's usual train step), so μ updates use
 one rollout. A checkpoint at a multiple of μ resumes bit for bit: the keys are the step's, the
 prompt loader's position is saved. A run resumed inside a rollout's μ steps (a signal's save)
-samples a fresh rollout at its first step.
+samples a fresh rollout at its first step. With ``grpo.overlap: 1`` a rollout is sampled with the
+weights of the step before, on devices of its own, while that step's update runs (`Rollouts`).
 
 Logged with TRL's names: ``loss``, ``kl``, ``entropy``, ``clip_ratio/*`` (or the loss type's
 own: tjx.nn's `GrpoOutput.metrics`), ``reward``, ``reward_std``, ``rewards/<name>/mean``,

@@ -104,6 +104,10 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
     assert [(x["loss"], x["reward"]) for x in again] == [
         (x["loss"], x["reward"]) for x in lines[2:]
     ]
+    # --replay samples the rollouts again with the same lag (step 4's with step 3's weights).
+    capsys.readouterr()
+    assert main(["--replay", str(in_tmp / "whole"), "--steps", "3:4"]) == 0
+    assert "faithful: 2 logged losses replayed bit for bit" in capsys.readouterr().out
     # The reference: the same lag (steps 2 and 4 sample with the weights of steps 1 and 3),
     # sequential, on the trainer's 4 devices; the same keys and prompts, so the same tokens:
     # the same rewards and clipped fractions. The losses are not bit-identical: the sampler's

@@ -337,6 +337,8 @@ class Training:
         per_step, unit = self.units_per_step, self.objective.unit
         print(f"model: {self.cfg.kind}, {setup.num_params:,} parameters", flush=True)
         mesh = " × ".join(f"{axis} {size}" for axis, size in setup.mesh.shape.items())
+        if self.rollouts is not None and self.cfg.rollout.overlap:  # the last devices sample
+            mesh += f", rollouts on the other {self.cfg.rollout.sampler_devices}"
         print(
             f"plan: {per_step:,} {unit} per step on mesh {mesh} "
             f"({self.cfg.mesh.strategy}, {jax.device_count()} devices)",

@@ -88,7 +88,8 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
     sets = ("train.steps=4", "train.checkpoint_every=2", "optimizer.schedule.peak_lr=0.01")
     assert main(_argv(in_tmp, "whole", *sets, *OVERLAP)) == 0
     out = capsys.readouterr().out
-    assert "× data 4 ×" in out, out  # the trainer's mesh: the first 4 devices
+    # The trainer's mesh: the first 4 devices; the sampler: the other 4.
+    assert "× data 4 ×" in out and ", rollouts on the other 4 (dp, 8 devices)" in out, out
     lines = _lines(in_tmp / "whole")
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
     assert all(np.isfinite(x["loss"]) for x in lines)

@@ -541,6 +541,30 @@ CASES = [
         None,
         "train.checkpoint_every: 6 must be a multiple of grpo.iterations (4)",
     ),
+    # grpo.overlap (issue #72): the sampler's devices are the run's last ones, the rest train.
+    (
+        "grpo-overlap-without-sampler",
+        T,
+        [*GRPO, "--set", "grpo.overlap=1"],
+        None,
+        "grpo.overlap: 1 samples on devices of its own while the update runs; set "
+        "grpo.sampler_devices=N",
+    ),
+    (
+        "grpo-sampler-leaves-no-trainer",
+        T,
+        [*GRPO, "--set", "grpo.overlap=1", "--set", "grpo.sampler_devices=8"],
+        None,
+        "grpo.sampler_devices: 8 of the run's 8 devices sample, which leaves none to train on; "
+        "set it to at most 7",
+    ),
+    (
+        "grpo-sampler-without-overlap",
+        T,
+        [*GRPO, "--set", "grpo.sampler_devices=2"],
+        None,
+        "grpo.sampler_devices: 2 sampler devices without grpo.overlap; set grpo.overlap=1",
+    ),
     (
         "grpo-without-prompts",
         T,

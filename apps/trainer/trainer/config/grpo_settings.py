@@ -39,6 +39,21 @@ class GrpoRollout:
     reward_weights: list[float] | None = setting(
         None, help="one weight per reward (the reward is their weighted sum); null: 1 each"
     )
+    overlap: int = setting(
+        0,
+        min=0,
+        max=1,
+        resumable=True,
+        help="steps the rollout's weights may lag the update's (the staleness bound): 0 "
+        "samples, then updates; 1 samples step t+1's rollout with step t's weights on "
+        "grpo.sampler_devices while step t's update runs",
+    )
+    sampler_devices: int = setting(
+        0,
+        min=0,
+        resumable=True,
+        help="with grpo.overlap=1: the run's last N devices sample; the trainer's mesh is the rest",
+    )
     mask_truncated_completions: bool = setting(
         False,
         help="leave completions that reach max_new_tokens without ending out of the loss "

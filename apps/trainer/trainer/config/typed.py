@@ -20,7 +20,7 @@ import yaml  # type: ignore[import-untyped]
 from tjx import data, parallel
 from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
 from tjx.core.lazy import lazy_imports
-from trainer.config.grpo_settings import GrpoRollout
+from trainer.config.grpo_settings import GrpoRollout, is_grpo
 from trainer.config.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.config.seams import ConfigData
 from trainer.config.sections import (
@@ -65,6 +65,9 @@ class MeshNeeds:
     #: The model, for its rules of a pipeline or a split sequence (tjx.nn's); None when
     #: ``mesh.pipeline`` and ``mesh.context`` are both 1: no split of the model to check.
     model: nn.TransformerConfig | None = None
+    #: ``grpo.sampler_devices`` of a run that overlaps its rollouts (``grpo.overlap``): the
+    #: devices, the last ones, the trainer's mesh leaves to the sampler (0: it takes them all).
+    sampler_devices: int = 0
 
 
 class _SectionViews:
@@ -77,6 +80,7 @@ class _SectionViews:
     optimizer: optim.OptimizerConfig
     mesh: parallel.MeshConfig
     eval: EvalConfig
+    rollout: GrpoRollout
 
     @property
     def objective(self) -> nn.Objective:
@@ -111,6 +115,7 @@ class _SectionViews:
             num_experts=self.model.moe.num_experts,
             seq_len=self.data.seq_len,
             model=self.model if splits_model else None,
+            sampler_devices=self.rollout.sampler_devices if is_grpo(self.data) else 0,
         )
 
 
@@ -376,6 +381,16 @@ def _check_grpo(cfg: Config, given: list[str]) -> None:
         t.checkpoint_every % r.iterations == 0,
         f"train.checkpoint_every: {t.checkpoint_every} must be a multiple of grpo.iterations "
         f"({r.iterations}): a checkpoint inside a rollout's steps could not replay it",
+    )
+    _require(
+        r.overlap == 0 or r.sampler_devices > 0,
+        "grpo.overlap: 1 samples on devices of its own while the update runs; set "
+        "grpo.sampler_devices=N (the run's last N devices sample, the others train)",
+    )
+    _require(
+        r.overlap > 0 or r.sampler_devices == 0,
+        f"grpo.sampler_devices: {r.sampler_devices} sampler devices without grpo.overlap; set "
+        "grpo.overlap=1, or grpo.sampler_devices=0 (sequential rollouts use the trainer's mesh)",
     )
     _require(
         t.stop_at is None or t.stop_at % r.iterations == 0,

@@ -337,6 +337,8 @@ class Training:
         per_step, unit = self.units_per_step, self.objective.unit
         print(f"model: {self.cfg.kind}, {setup.num_params:,} parameters", flush=True)
         mesh = " × ".join(f"{axis} {size}" for axis, size in setup.mesh.shape.items())
+        if self.rollouts is not None and self.cfg.rollout.overlap:  # the last devices sample
+            mesh += f", rollouts on the other {self.cfg.rollout.sampler_devices}"
         print(
             f"plan: {per_step:,} {unit} per step on mesh {mesh} "
             f"({self.cfg.mesh.strategy}, {jax.device_count()} devices)",
@@ -357,6 +359,8 @@ class Training:
             print("compiling the train step…", flush=True)
             started = time.perf_counter()
         self.state, out = step_fn(self.state, batch)
+        if self.rollouts is not None:  # grpo.overlap: the next rollout, while the update runs
+            self.rollouts.ahead(step, self.state)
         out = self.log.step(self.units_per_step, out | rollout)  # no device read
         if first:
             jax.block_until_ready(out)

@@ -12,7 +12,8 @@ off with LoRA, else the frozen start in the train state). Each step then makes o
 batch (`loss_fn`: tjx.nn's `grpo_loss` inside the trainer's usual train step), so μ updates use
 one rollout. A checkpoint at a multiple of μ resumes bit for bit: the keys are the step's, the
 prompt loader's position is saved. A run resumed inside a rollout's μ steps (a signal's save)
-samples a fresh rollout at its first step.
+samples a fresh rollout at its first step. With ``grpo.overlap: 1`` a rollout is sampled with the
+weights of the step before, on devices of its own, while that step's update runs (`Rollouts`).
 
 Logged with TRL's names: ``loss``, ``kl``, ``entropy``, ``clip_ratio/*`` (or the loss type's
 own: tjx.nn's `GrpoOutput.metrics`), ``reward``, ``reward_std``, ``rewards/<name>/mean``,
@@ -22,10 +23,11 @@ own: tjx.nn's `GrpoOutput.metrics`), ``reward``, ``reward_std``, ``rewards/<name
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -97,7 +99,7 @@ def batch_shapes(cfg: StepConfig) -> dict[str, tuple[tuple[int, ...], Any]]:
         "mask": ((rows, width), jnp.float32),
         "advantages": ((rows,), jnp.float32),
     }
-    if cfg.rollout.iterations > 1:  # π_old's log-probabilities, scored once per rollout
+    if cfg.rollout.iterations > 1 or cfg.rollout.overlap:  # π_old's, scored once per rollout
         shapes["old_logps"] = ((rows, width), jnp.float32)
     if cfg.grpo.beta > 0:  # the reference's
         shapes["ref_logps"] = ((rows, width), jnp.float32)
@@ -141,9 +143,36 @@ def _logps_fn(
     return jax.jit(fn, static_argnums=(2,))
 
 
+def sampler_devices(count: int) -> list[jax.Device]:
+    """The devices an overlapped run samples on (``grpo.sampler_devices``): the last ``count``
+    of this machine's, the ones trainer.step.state's `trainer_devices` leaves out of the
+    trainer's mesh."""
+    return list(jax.devices()[len(jax.devices()) - count :])
+
+
 class Rollouts:
     """The rollout batches of a GRPO run (the module docstring): one every μ steps, kept for
-    the steps between."""
+    the steps between.
+
+    With ``grpo.overlap: 1`` the rollout of a step ``s`` (a multiple of μ) is sampled with the
+    weights of step ``s - 1``, on devices of its own (``grpo.sampler_devices``, the last ones;
+    the trainer's mesh is the rest), while step ``s - 1``'s update runs. Once a step that
+    precedes a rollout, `batch` copies the policy's weights to the sampler (``device_put`` to
+    its replicated sharding, dispatched before the update donates them); the loop dispatches
+    the update, which returns at once (JAX's dispatch is asynchronous), and calls `ahead`,
+    which samples on the sampler's devices: the host waits for each generated token there (the
+    decode loop reads it), scores the completions and scores the sampling policy's
+    log-probabilities (``old_logps``, what the importance ratio divides by: the one-step lag
+    corrected as μ > 1 corrects its own), all while the trainer's devices run the update. The
+    host waits for the update only when the step after reads its output. No thread is needed.
+
+    The rollouts of the run's first step, and of each step that is a multiple of
+    ``train.checkpoint_every``, are sampled with that step's own weights, after the update
+    before (no lag): a checkpoint then holds no pending rollout, and a resume resamples it
+    from the saved weights, with the same key and prompts, as the uninterrupted run did.
+    A run stopped elsewhere (a signal, a ``train.stop_at`` off the checkpoints) drops its
+    pending rollout and resumes with a fresh one there.
+    """
 
     def __init__(
         self,
@@ -163,32 +192,107 @@ class Rollouts:
         self.logps = _logps_fn(graphdef, rest, cfg.rollout.temperature)
         self.current: Batch | None = None
         self.stats: dict[str, float] = {}
+        # grpo.overlap: the sampler's devices (each holds the whole policy, replicated), the
+        # weights copied there for the next rollout, and that rollout once sampled.
+        self.sampler: jax.sharding.NamedSharding | None = None
+        if self.r.overlap:
+            devices = np.array(sampler_devices(self.r.sampler_devices))
+            mesh = jax.sharding.Mesh(devices, ("sampler",))
+            self.sampler = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self.sampler_rest = jax.device_put(rest, self.sampler)
+        self.lagged: tuple[int, chex.ArrayTree] | None = None  # (its step, the weights)
+        self.pending: tuple[int, Batch, dict[str, float]] | None = None
 
     def batch(self, step: int, state: TrainState) -> tuple[Batch, dict[str, float]]:
         """Step ``step``'s batch and its rollout's metrics: a new rollout when ``step`` is a
-        multiple of μ (or none is held: a resume inside a rollout's steps)."""
+        multiple of μ (or none is held: a resume inside a rollout's steps). With
+        ``grpo.overlap`` the rollout `ahead` sampled during the update before, or a fresh one
+        (the class docstring); then, when the next step starts a rollout that lags, the
+        weights of this step are copied to the sampler."""
+        if self.sampler is None:
+            if self.current is None or step % self.r.iterations == 0:
+                self.current, self.stats = self._rollout(step, state)
+            return self.current, self.stats
         if self.current is None or step % self.r.iterations == 0:
-            self.current, self.stats = self._rollout(step, state)
+            if self.pending is not None and self.pending[0] == step:
+                _, self.current, self.stats = self.pending
+            else:  # fresh: this step's own weights
+                weights = jax.device_put(state.param_tree(), self.sampler)
+                self.current, self.stats = self._rollout(step, state, weights)
+            self.pending = None
+            if self.cfg.grpo.beta > 0:  # the reference's, on the trainer's mesh
+                self.current = self.current | {"ref_logps": self._ref_logps(state, self.current)}
+        if self.lags(step + 1):
+            # Dispatched before the update that donates them: the copy reads them first.
+            self.lagged = step, jax.device_put(state.param_tree(), self.sampler)
         return self.current, self.stats
 
-    def _rollout(self, step: int, state: TrainState) -> tuple[Batch, dict[str, float]]:
-        r, params = self.r, state.param_tree()
+    def lags(self, step: int) -> bool:
+        """Whether step ``step``'s rollout is sampled with the weights of the step before, during
+        its update (``grpo.overlap``; not at a checkpoint's step, nor past the last)."""
+        every = self.cfg.train.checkpoint_every
+        starts = step % self.r.iterations == 0 and step < self.cfg.train.steps
+        return bool(self.r.overlap) and starts and not (every and step % every == 0)
+
+    def ahead(self, step: int, state: TrainState) -> None:
+        """Called by the loop once step ``step``'s update is dispatched: with ``grpo.overlap``,
+        sample the next step's rollout with the weights `batch` copied while the update runs
+        (the class docstring). ``state``: the update's (its reference, when β > 0, is read
+        when the rollout is used)."""
+        del state  # the weights were copied before the update; the reference is read later
+        if self.lagged is None or self.lagged[0] != step:
+            return
+        weights, self.lagged = self.lagged[1], None
+        self.pending = (step + 1, *self._sample(step + 1, weights))
+
+    def _rollout(
+        self, step: int, state: TrainState, weights: chex.ArrayTree | None = None
+    ) -> tuple[Batch, dict[str, float]]:
+        """A rollout of step ``step``: sampled with ``state``'s weights on the trainer's mesh,
+        or with ``weights`` on the sampler's devices (``grpo.overlap``)."""
+        if weights is not None:
+            return self._sample(step, weights)
+        batch, stats = self._sample(step, state.param_tree())
+        if self.cfg.grpo.beta > 0:  # DPO's reference: the frozen start, or the adapters off
+            batch["ref_logps"] = self._ref_logps(state, batch)
+        return batch, stats
+
+    def _ref_logps(self, state: TrainState, batch: Batch) -> jax.Array:
+        """The reference's log-probabilities of ``batch``: the frozen start in ``state``, or its
+        weights with the adapters off (LoRA)."""
+        frozen = state.reference
+        params = state.param_tree() if frozen is None else frozen
+        return self.logps(params, batch, frozen is None)
+
+    def _sample(self, step: int, params: chex.ArrayTree) -> tuple[Batch, dict[str, float]]:
+        """Sample, score and lay out step ``step``'s rollout with ``params``: on the trainer's
+        mesh, or (``grpo.overlap``) on the sampler's devices, whose results are copied over."""
+        r = self.r
         prompts: HostBatch = next(self.loader)
         started = time.perf_counter()
-        model = nnx.merge(self.graphdef, params, self.rest)
-        rollout = nn.grpo.sample_groups(
-            model,  # type: ignore[arg-type]
-            prompts["prompts"],
-            prompts["lengths"],
-            group=r.group_size,
-            max_new_tokens=r.max_new_tokens,
-            key=jax.random.fold_in(self.key, step),
-            temperature=r.temperature,
-            top_p=r.top_p,
-            eos_id=self.eos_id,
-            pad_id=0,
-            mask_truncated=r.mask_truncated_completions,
+        rest = self.rest if self.sampler is None else self.sampler_rest
+        # The sampler's arrays made in the decode loop (cache, tokens) live on its devices: on
+        # an accelerator, an array made on a trainer's device would queue behind the update.
+        where = (
+            contextlib.nullcontext()
+            if self.sampler is None
+            else jax.default_device(self.sampler.mesh.devices.flat[0])
         )
+        with where:
+            model = nnx.merge(self.graphdef, params, rest)
+            rollout = nn.grpo.sample_groups(
+                model,  # type: ignore[arg-type]
+                prompts["prompts"],
+                prompts["lengths"],
+                group=r.group_size,
+                max_new_tokens=r.max_new_tokens,
+                key=jax.random.fold_in(self.key, step),
+                temperature=r.temperature,
+                top_p=r.top_p,
+                eos_id=self.eos_id,
+                pad_id=0,
+                mask_truncated=r.mask_truncated_completions,
+            )
         took = time.perf_counter() - started
         examples = [self.rows[int(i)] for i in np.repeat(prompts["row_ids"], r.group_size)]
         texts = data.completion_texts(
@@ -204,13 +308,12 @@ class Rollouts:
             jnp.asarray(rewards), r.group_size, scale=settings.scale_rewards
         )
         batch["advantages"] = self.place({"a": advantages})["a"]
-        if r.iterations > 1:  # π_old: the policy that sampled, for the μ steps that follow
+        if self.sampler is not None:  # π_old: the sampler's weights, lagging or not
+            with where:
+                old = self.logps(params, jax.device_put(rollout.batch, self.sampler), False)
+            batch["old_logps"] = self.place({"old": old})["old"]
+        elif r.iterations > 1:  # π_old: the policy that sampled, for the μ steps that follow
             batch["old_logps"] = self.logps(params, batch, False)
-        if settings.beta > 0:  # DPO's reference: the frozen start, or the adapters off
-            frozen = state.reference
-            batch["ref_logps"] = self.logps(
-                params if frozen is None else frozen, batch, frozen is None
-            )
         groups = rewards.reshape(-1, r.group_size)
         new_tokens = float(rollout.lengths.sum())
         stats = {
@@ -221,6 +324,44 @@ class Rollouts:
         }
         stats |= {f"rewards/{k}/mean": float(v.mean()) for k, v in per_reward.items()}
         return batch, stats
+
+
+class OverlapEstimate(NamedTuple):
+    """A GRPO step's time with its rollout and update one after the other, and overlapped
+    (``grpo.overlap``): `overlap_estimate`."""
+
+    sequential_s: float
+    overlapped_s: float
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster the overlapped step is."""
+        return self.sequential_s / self.overlapped_s
+
+
+def overlap_estimate(rollout_s: float, update_s: float, copy_s: float) -> OverlapEstimate:
+    """A step's time from its rollout's and its update's (each on the devices it runs on):
+    sequential, their sum; overlapped, the longer of the two plus the weights' copy to the
+    sampler, which neither hides (it is made before the update starts, and the rollout
+    samples with it).
+
+    Parameters
+    ----------
+    rollout_s : float
+        Seconds of the rollout (prefill, ``grpo.max_new_tokens`` decode steps, the scoring) on
+        the sampler's devices.
+    update_s : float
+        Seconds of the update on the trainer's devices.
+    copy_s : float
+        Seconds to copy the policy's weights to the sampler (their bytes over the link).
+
+    Returns
+    -------
+    OverlapEstimate
+    """
+    if min(rollout_s, update_s, copy_s) < 0:
+        raise ValueError("overlap_estimate: times are >= 0")
+    return OverlapEstimate(rollout_s + update_s, max(rollout_s, update_s) + copy_s)
 
 
 def score(

@@ -81,6 +81,30 @@ def _check_pipeline(mc: parallel.MeshConfig, needs: MeshNeeds, batch_ways: int =
         )
 
 
+def trainer_devices(sampler: int, devices: list[jax.Device] | None = None) -> list[jax.Device]:
+    """The devices a GRPO run that overlaps its rollouts trains on: all of ``devices`` (default
+    this machine's) but the last ``sampler`` (``grpo.sampler_devices``, trainer.step.grpo's
+    `sampler_devices`); a `ConfigError` when that leaves none, on one device, or with several
+    processes (their devices interleave: a split per process is not made yet)."""
+    devs = list(jax.devices() if devices is None else devices)
+    if len(devs) < 2:
+        raise ConfigError(
+            "grpo.overlap: 1 samples and trains on devices of their own, and this run has one "
+            "device; set grpo.overlap=0 (rollouts then updates, on the one device)"
+        )
+    if sampler >= len(devs):
+        raise ConfigError(
+            f"grpo.sampler_devices: {sampler} of the run's {len(devs)} devices sample, which "
+            f"leaves none to train on; set it to at most {len(devs) - 1}"
+        )
+    if jax.process_count() > 1:
+        raise ConfigError(
+            f"grpo.overlap: one process only for now ({jax.process_count()} here); set "
+            "grpo.overlap=0 and grpo.sampler_devices=0"
+        )
+    return devs[: len(devs) - sampler]
+
+
 def make_mesh(
     mc: parallel.MeshConfig, needs: MeshNeeds, devices: list[jax.Device] | None = None
 ) -> tuple[Mesh, parallel.AxisRules]:
@@ -90,6 +114,8 @@ def make_mesh(
 
     if mc.pipeline > 1:  # the sizes first: their message is clearer than the mesh's
         _check_pipeline(mc, needs)
+    if needs.sampler_devices:  # GRPO's overlap: the last devices sample, the others train
+        devices = trainer_devices(needs.sampler_devices, devices)
     try:
         mesh = parallel.make_mesh(mc, devices)
     except ValueError as err:

@@ -227,6 +227,9 @@ def _batches(ready: Prepared) -> Batches:
         rollouts = grpo.Rollouts(ready.plan.config, setup, loader, ready.bundle)
 
         def rollout(number: int, state: TrainState) -> tuple[Batch, np.ndarray | None]:
+            # grpo.overlap: the rollout the loop sampled during the step before's update, with
+            # the weights `batch` copied then (here after that update: the same rollout)
+            rollouts.ahead(number - 2, state)
             batch, _ = rollouts.batch(number - 1, state)  # the loop's index: step number - 1
             return batch, None
 

@@ -1,0 +1,147 @@
+"""GRPO's rollouts overlapped with the update (``grpo.overlap``, issue #72): without it a run is
+today's bit for bit; with it the rollout of step t+1 is sampled with step t's weights on the
+sampler's devices (``grpo.sampler_devices``) while step t's update runs on the others, and the
+run's losses are those of a reference that applies the same one-step lag sequentially on one
+mesh; a resume at a checkpoint continues as the uninterrupted run does."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trainer.cli import main
+from trainer.config.schema import ConfigError
+from trainer.tests.test_grpo_run import SMALL
+
+#: Rewards that differ inside a group from random weights (the ``length`` reward of 16 new BPE
+#: tokens: some exceed its 16 characters), so advantages and losses are not all 0; μ = 1: every
+#: step's rollout after the first may lag.
+VARIED = ("grpo.iterations=1", "grpo.rewards=[length]", "grpo.max_new_tokens=16")
+#: Sampler on the last 4 of the 8 simulated devices, the trainer's mesh on the first 4.
+OVERLAP = ("grpo.overlap=1", "grpo.sampler_devices=4")
+
+
+def _argv(tmp, run, *sets):
+    argv = ["--config", "grpo_tiny", "--run-dir", str(tmp / run)]
+    for item in [*SMALL, f"data.cache_dir={tmp / 'cache'}", *VARIED, *sets]:
+        argv += ["--set", item]
+    return argv
+
+
+def _lines(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in rows if "loss" in x]
+
+
+def _sha(run):
+    return json.loads((run / "final.json").read_text())["params_sha256"]
+
+
+#: The loss and reward curve of this 3-step run, recorded on the code before grpo.overlap existed
+#: (commit 11a4b1d, jax 0.10.2 on this CI's CPU, 8 simulated devices), and its final parameters'
+#: hash: overlap 0 must keep them bit for bit.
+TODAY = [
+    (1, 0.007250192575156689, 0.625),
+    (2, 4.0978193283081055e-08, 0.7734375),
+    (3, 2.9802322387695312e-08, 0.6484375),
+]
+TODAY_SHA = "c7d801029ba4a203f4313000a8e2c1f95d4a64303af31654f443abad740427f0"
+
+
+def test_without_overlap_a_run_is_todays_bit_for_bit(in_tmp):
+    sets = ("train.steps=3", "train.checkpoint_every=1000", "grpo.overlap=0")
+    assert main(_argv(in_tmp, "run", *sets)) == 0
+    got = [(x["step"], x["loss"], x["reward"]) for x in _lines(in_tmp / "run")]
+    assert got == TODAY
+    assert _sha(in_tmp / "run") == TODAY_SHA
+
+
+def _lagged_reference(monkeypatch, every):
+    """Sequential rollouts on the trainer's mesh (the overlap run's first 4 devices, the sampler
+    unused), each sampled (and its ``old_logps`` scored) with a copy of the weights of the step
+    before, kept there; fresh at the run's first step and at each multiple of ``every``
+    (train.checkpoint_every): the lag grpo.overlap=1 applies, with nothing running at once."""
+    from trainer.step.grpo import Rollouts
+
+    kept = {}
+
+    def batch(self, step, state):
+        self.sampler = None  # sample where the update runs, with the trainer-mesh programs
+        params = state.param_tree()
+        before = kept.pop(step - 1, None)
+        kept[step] = jax.tree.map(jnp.copy, params)  # the update donates the state's buffers
+        weights = params if before is None or step % every == 0 else before
+        out, stats = self._sample(step, weights)
+        out["old_logps"] = self.logps(weights, out, False)
+        out["ref_logps"] = self._ref_logps(state, out)  # SMALL's β = 0.1
+        return out, stats
+
+    monkeypatch.setattr(Rollouts, "batch", batch)
+
+
+def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, monkeypatch, capsys):
+    # A large step size: one step moves the policy enough that the lag shows (clipped ratios).
+    sets = ("train.steps=4", "train.checkpoint_every=2", "optimizer.schedule.peak_lr=0.01")
+    assert main(_argv(in_tmp, "whole", *sets, *OVERLAP)) == 0
+    out = capsys.readouterr().out
+    # The trainer's mesh: the first 4 devices; the sampler: the other 4.
+    assert "× data 4 ×" in out and ", rollouts on the other 4 (dp, 8 devices)" in out, out
+    lines = _lines(in_tmp / "whole")
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert all(np.isfinite(x["loss"]) for x in lines)
+    assert all("reward" in x and "rewards/length/mean" in x for x in lines)
+    # Step 4 samples with step 3's weights: its ratios are not 1, and some are clipped.
+    assert lines[3]["clip_ratio/region_mean"] > 0
+    # Stopped at the checkpoint of step 2 and resumed: the rollout of step 2 is resampled from
+    # the saved weights, as the uninterrupted run sampled it (a checkpoint's step never lags).
+    assert main(_argv(in_tmp, "parts", *sets, *OVERLAP, "train.stop_at=2")) == 0
+    assert main([*_argv(in_tmp, "parts", *sets, *OVERLAP), "--resume"]) == 0
+    assert _sha(in_tmp / "whole") == _sha(in_tmp / "parts")
+    again = [x for x in _lines(in_tmp / "parts") if x["step"] > 2]
+    assert [(x["loss"], x["reward"]) for x in again] == [
+        (x["loss"], x["reward"]) for x in lines[2:]
+    ]
+    # --replay samples the rollouts again with the same lag (step 4's with step 3's weights).
+    capsys.readouterr()
+    assert main(["--replay", str(in_tmp / "whole"), "--steps", "3:4"]) == 0
+    assert "faithful: 2 logged losses replayed bit for bit" in capsys.readouterr().out
+    # The reference: the same lag (steps 2 and 4 sample with the weights of steps 1 and 3),
+    # sequential, on the trainer's 4 devices; the same keys and prompts, so the same tokens:
+    # the same rewards and clipped fractions. The losses are not bit-identical: the sampler's
+    # programs (the whole batch on each of its devices) and the trainer mesh's (rows over 4
+    # devices) score the log-probabilities in other orders, and a loss of ~1e-4 is a sum of
+    # ratio × advantage terms near 1, so float32's rounding of those (~1e-7 each) shows:
+    # atol 1e-6 (measured: up to 5e-8; without the lag, step 4's loss is 8e-4 against 8e-5).
+    _lagged_reference(monkeypatch, every=2)
+    assert main(_argv(in_tmp, "reference", *sets, *OVERLAP)) == 0
+    want = _lines(in_tmp / "reference")
+    for key in ("reward", "clip_ratio/region_mean"):
+        assert [x[key] for x in lines] == [x[key] for x in want], key
+    got, ref = [x["loss"] for x in lines], [x["loss"] for x in want]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_overlap_needs_a_trainer_and_a_sampler_device():
+    from trainer.step.state import trainer_devices
+
+    devices = jax.devices()
+    with pytest.raises(ConfigError, match=r"grpo.overlap: 1 samples and trains on devices of "):
+        trainer_devices(1, devices[:1])
+    with pytest.raises(ConfigError, match=r"grpo.sampler_devices: 8 of the run's 8 devices"):
+        trainer_devices(8, devices)
+    assert trainer_devices(3, devices) == devices[:5]
+
+
+def test_the_overlap_estimate_is_the_longer_side_plus_the_copy():
+    from trainer.step.grpo import overlap_estimate
+
+    rng = np.random.default_rng()
+    rollout, update, copy = rng.uniform(0.01, 1.0, 3)
+    est = overlap_estimate(rollout, update, copy)
+    assert est.sequential_s == pytest.approx(rollout + update, rel=1e-12)
+    assert est.overlapped_s == pytest.approx(max(rollout, update) + copy, rel=1e-12)
+    assert est.speedup == pytest.approx((rollout + update) / (max(rollout, update) + copy))

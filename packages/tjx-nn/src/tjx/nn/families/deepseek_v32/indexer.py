@@ -91,7 +91,8 @@ class Indexer(nnx.Module):
         rows = jnp.arange(b)[:, None, None]
         cols = jnp.arange(s)[None, :, None]
         kept = jnp.zeros((b, s, t), bool).at[rows, cols, top].set(True)
-        return jnp.where(kept, 0.0, -jnp.inf).astype(jnp.float32)[:, None]
+        # A query seeing fewer than k keys also "keeps" some it cannot see: still masked.
+        return jnp.where(kept & visible, 0.0, -jnp.inf).astype(jnp.float32)[:, None]
 
     def prefill(
         self, attn: Any, x: Array, positions: Array, segment_ids: Any, local: Any

@@ -130,3 +130,37 @@ def test_the_main_loss_sends_the_indexer_no_gradient(model):
     indexer = grads.stack.layers[0].attn.indexer
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(indexer))
     assert float(jnp.abs(grads.stack.layers[0].attn.query.kernel[...]).max()) > 0
+
+
+def _v32_config():
+    """A tiny DeepSeek-V3.2 config (DeepSeek's MoE: its export needs experts)."""
+    moe = tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1,
+                        router="sigmoid", router_norm_topk=True, router_scale=2.5)  # fmt: skip
+    fields = {**SIZES, "mla": SPARSE, "moe": moe, "use_bias": False, "norm.eps": 1e-6}
+    return tnn.make_config(tnn.LlamaConfig, fields)
+
+
+def test_config_json_round_trips_and_refuses_what_it_cannot_say():
+    from tjx.nn.families.deepseek_v32 import hf
+
+    config = _v32_config()
+    out = hf.deepseek_v32_config_to_hf(config)
+    assert (out["model_type"], out["index_topk"], out["index_n_heads"]) == ("deepseek_v32", 3, 4)
+    assert "rope_interleave" not in out
+    assert hf.deepseek_v32_config_from_hf(out, attention_impl="xla") == config
+    assert hf.is_deepseek_v32(config, None)
+    with pytest.raises(ValueError, match="saves as model_type 'deepseek_v32'; got 'deepseek_v3'"):
+        hf.is_deepseek_v32(config, "deepseek_v3")
+    plain = config.replace(mla=replace(SPARSE, index_topk=None, index_n_heads=None,
+                                       index_head_dim=None))  # fmt: skip
+    with pytest.raises(ValueError, match="needs DeepSeek Sparse Attention"):
+        hf.is_deepseek_v32(plain, "deepseek_v32")
+    with pytest.raises(ValueError, match="mlp_layer_types"):
+        hf.deepseek_v32_config_from_hf(out | {"mlp_layer_types": ["dense"]})
+    with pytest.raises(ValueError, match="always interleaves"):
+        hf.deepseek_v32_config_from_hf(out | {"rope_interleave": False})
+    with pytest.raises(ValueError, match="layer_types"):
+        hf.deepseek_v32_config_from_hf(out | {"layer_types": ["full_attention"]})
+    names = hf.deepseek_v32_mapping(config).shapes
+    assert names["model.layers.0.self_attn.indexer.wq_b.weight"] == (4 * 8, 12)
+    assert names["model.layers.0.self_attn.indexer.weights_proj.weight"] == (4, 32)

@@ -4,9 +4,11 @@
 the Hugging Face hub (not downloaded: these machines reach no hub), as released:
 ``openai/gpt-oss-120b`` (MXFP4 experts, ``quantization_config`` ``mxfp4``) and
 ``deepseek-ai/DeepSeek-V3.1`` (block-scaled FP8, ``quant_method: fp8``, ``scale_fmt: ue8m0``,
-one multi-token-prediction layer). `config_only` lays one out as a folder of ``config.json``
-and ``model.safetensors.index.json`` only, the index naming a few of the release's tensors
-(its shards absent), DeepSeek's multi-token-prediction layer among them. Standard library only.
+one multi-token-prediction layer), ``deepseek-ai/DeepSeek-V3.2`` (V3.1's with DeepSeek Sparse
+Attention's indexer: ``deepseek_v32``, FP8 as V3.1). `config_only` lays one out as a folder of
+``config.json`` and ``model.safetensors.index.json`` only, the index naming a few of the release's
+tensors (its shards absent), DeepSeek's multi-token-prediction layer among them. Standard library
+only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 #: Where the transcribed configs are.
 HERE = Path(__file__).with_name("published_hf")
 #: The published models, by folder name.
-PUBLISHED = ("gpt-oss-120b", "DeepSeek-V3.1")
+PUBLISHED = ("gpt-oss-120b", "DeepSeek-V3.1", "DeepSeek-V3.2")
 #: A few tensor names of each release's index and the shard the release puts them in.
 _INDEX = {
     "gpt-oss-120b": {
@@ -37,6 +39,15 @@ _INDEX = {
         "model.layers.61.eh_proj.weight": "model-00163-of-000163.safetensors",
         "model.layers.61.shared_head.head.weight": "model-00163-of-000163.safetensors",
         "lm_head.weight": "model-00162-of-000163.safetensors",
+    },
+    "DeepSeek-V3.2": {
+        "model.embed_tokens.weight": "model-00001-of-000163.safetensors",
+        "model.layers.0.mlp.down_proj.weight": "model-00001-of-000163.safetensors",
+        "model.layers.0.mlp.down_proj.weight_scale_inv": "model-00001-of-000163.safetensors",
+        "model.layers.61.eh_proj.weight": "model-00163-of-000163.safetensors",
+        "model.layers.61.shared_head.head.weight": "model-00163-of-000163.safetensors",
+        "model.norm.weight": "model-00160-of-000163.safetensors",
+        "lm_head.weight": "model-00160-of-000163.safetensors",
     },
 }
 

@@ -184,6 +184,13 @@ def _qwen3_5_rotating_nothing(d):
     _hf_config(d, "qwen3_5_text", partial_rotary_factor=0, head_dim=8, **types)
 
 
+def _deepseek_v32_sparse_first(d):
+    """A DeepSeek-V3.2 config.json whose MoE layer comes before its dense one (``mlp_layer_types``
+    out of ``first_k_dense_replace``'s order: a variant tjx's DeepSeek MoE cannot express)."""
+    layers = {"num_hidden_layers": 2, "first_k_dense_replace": 1}
+    _hf_config(d, "deepseek_v32", mlp_layer_types=["sparse", "dense"], **layers)
+
+
 def _hf_qwen3_5(d):
     """A Qwen3.5-shaped checkpoint: a Gated DeltaNet layer, then attention."""
     from flax import nnx
@@ -765,6 +772,14 @@ CASES = [
         _llama_rotating_nothing,
         "--init-from: config.json: rope_parameters.partial_rotary_factor is 0, not a number in "
         "(0, 1]",
+    ),
+    (
+        "init-from-deepseek-v32-moe-before-dense",
+        T,
+        [*LLAMA, "--init-from", "hf"],
+        _deepseek_v32_sparse_first,
+        "--init-from: config.json mlp_layer_types ['sparse', 'dense'] is not supported: tjx's "
+        "DeepSeek MoE layers are first_k_dense_replace (1) dense layers then sparse ones",
     ),
     (
         "init-from-partial-rope-of-zero",

@@ -1,4 +1,4 @@
-"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE,
+"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2/V3/V3.2, gpt-oss, GLM-4.5 MoE,
 Qwen3.5 (text, and the image-text model's folder), Qwen3-Next, Llama 4 (text) and Gemma 4 (text, and
 the image-text model's folder) round-trip through transformers (PyTorch in the scratch venv of
 ``_hf_peer``, one peer process each way for all families).
@@ -44,6 +44,11 @@ rounding flips a token's top-k choice where two experts nearly tie, a jump no to
 V2 by 8.9 % at one of 24, measured 2026-11-24): the routed cases run in float32 only, and their
 bfloat16 comparison runs a sibling that routes every token to every expert (``*_all``), so that
 no choice can flip and the rest of the computation (MLA, experts, shared experts) is compared.
+
+DeepSeek-V3.2 (``deepseek_v32``) is V3's case with DeepSeek Sparse Attention: each layer's
+lightning indexer (8 heads of 8 dims, its own rotate-half RoPE on the first 4, a LayerNorm'd
+key, float32 head weights) keeps 4 of the keys a query sees, in the 12-token call and in the
+cached decode (its keys cached), so the top-k drops keys (asserted: every key kept is far off).
 
 gpt-oss (2 layers, layer 0 sliding: transformers' default pattern) carries attention sinks, q/k/v/o
 biases, yarn RoPE (factor 4 over 16 positions, ``truncate`` false), a softmax top-2 of 4 router
@@ -438,6 +443,22 @@ for _name in ("deepseek_v2", "deepseek_v3"):  # every expert chosen: bfloat16 fl
     if _name == "deepseek_v3":
         _all["topk_group"] = 4
     CASES[f"{_name}_all"] = dict(CASES[_name], config=_all, bf16=True)
+# DeepSeek-V3.2: V3's case with DeepSeek Sparse Attention, whose indexer (8 heads of 8 dims, the
+# first 4 rotated) keeps 4 keys per query of the 12 (24 while generating): the top-k drops keys.
+# Its bfloat16 sibling keeps 16 (every key of the 12 scored) besides routing to every expert: a
+# bfloat16 rounding flips a near-tied key's choice as it does an expert's.
+CASES["deepseek_v32"] = dict(
+    config=dict(CASES["deepseek_v3"]["config"], model_type="deepseek_v32", index_topk=4,
+                index_n_heads=8, index_head_dim=8),
+    make=CASES["deepseek_v3"]["make"],
+    bf16=False,
+)  # fmt: skip
+CASES["deepseek_v32_all"] = dict(
+    CASES["deepseek_v32"],
+    config=dict(CASES["deepseek_v32"]["config"], num_experts_per_tok=8, topk_group=4,
+                index_topk=16),
+    bf16=True,
+)  # fmt: skip
 #: The cases compared in bfloat16 (routing that cannot flip).
 BF16_CASES = [name for name, case in CASES.items() if case.get("bf16", True)]
 
@@ -813,9 +834,26 @@ def test_the_gemma4_case_exercises_each_piece(results):
     assert moe["saved"]["enable_moe_block"] and moe["saved"]["top_k_experts"] == 2
 
 
+def test_the_deepseek_v32_case_exercises_each_piece(results):
+    """DeepSeek Sparse Attention's indexer as the config reads it, its tensors written back, and
+    its top-k dropping keys: the same weights with every key kept are far off transformers'."""
+    r = results["deepseek_v32"]
+    c = r["config"]
+    assert (c.mla.index_topk, c.mla.index_n_heads, c.mla.index_head_dim) == (4, 8, 8)
+    assert (c.mla.q_lora_rank, c.mla.qk_rope_head_dim, c.moe.router) == (12, 4, "sigmoid")
+    p = "model.layers.2.self_attn.indexer."
+    names = {p + n for n in ("wq_b.weight", "wk.weight", "k_norm.weight", "k_norm.bias",
+                              "weights_proj.weight")}  # fmt: skip
+    assert names <= r["tensors"]
+    assert r["saved"]["model_type"] == "deepseek_v32" and "rope_interleave" not in r["saved"]
+    assert results["deepseek_v32_all"]["config"].mla.index_topk == 16
+    dense, _ = nn.load_hf(r["folder"], **{"mla.index_topk": 64})
+    assert _rel(np.asarray(dense(jnp.asarray(TOKENS))), r["peer"]["logits"]) > 1e-2
+
+
 #: #56's families, each fine-tuned in the trainer from the folder transformers made (Qwen3.5's
 #: fine-tune, export and reload: test_hf_finetune.py).
-FINE_TUNED = ["gemma4", "gpt_oss", "glm4_moe", "llama4", "olmo3", "qwen3_next"]
+FINE_TUNED = ["gemma4", "gpt_oss", "glm4_moe", "llama4", "olmo3", "qwen3_next", "deepseek_v32"]
 
 
 @pytest.fixture(scope="module")

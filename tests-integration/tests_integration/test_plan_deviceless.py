@@ -431,6 +431,20 @@ FAMILIES = {
             first_dense=1,
         ),
     ),
+    # DeepSeek-V3.2: DeepSeek's MLA (low-rank query, latent, shared rotated key) with DeepSeek
+    # Sparse Attention's indexer keeping 16 of the 64 keys (xla: no fused kernel takes a per-query
+    # key set), grouped sigmoid routing and a shared expert after a dense layer.
+    "deepseek_v32": dict(
+        num_kv_heads=4,
+        use_bias=False,
+        norm=nn.NormConfig(eps=1e-6),
+        **{"attention.type": "mla"},
+        mla=nn.MLAConfig(kv_latent_dim=32, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16,
+                         index_topk=16, index_n_heads=4, index_head_dim=16),
+        moe=nn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=32,
+                         num_shared_experts=1, first_dense=1, router="sigmoid", router_scale=2.5,
+                         router_groups=4, router_topk_groups=2, router_norm_topk=True),
+    ),  # fmt: skip
 }
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]
 #: The families' plans in one process (the trainer's own ``main`` per family, as ``python -m

@@ -42,6 +42,15 @@ def _llama_run():
                 "mtp.depths": 1,
             },
         ),
+        (
+            "DeepSeek-V3.2",
+            {
+                "d_model": 7168,
+                "mla.index_topk": 2048,
+                "mla.index_n_heads": 64,
+                "mtp.depths": 1,
+            },
+        ),
     ],
 )
 def test_a_plan_reads_a_published_release_from_its_config_and_index(tmp_path, name, sizes):

@@ -5,12 +5,13 @@ Each kind of attention layer (`ATTENTION_KINDS`: a decoder's causal self-attenti
 bidirectional one, an encoder-decoder's cross-attention) asks ``tjx.kernels.resolve_attention``
 for its kernel with the config's name, compute dtype, the width its kernels see
 (`attention_width`; DeepSeek's MLA: the wider of keys and values), a soft cap, a window without a
-causal mask, attention sinks (XLA only). `resolve_attention` resolves each kind a config's model
-builds (``attention_layers``, a class attribute of the config) into a `ModelAttention`: a `Stack`
-is built from it, and its blocks' layers run those kernels without resolving again (an
-`Attention` built alone resolves its own kind). A resolution is kept for its exact arguments,
-target and launch tables, so the builds of one run (the memory fit's abstract model, then the
-run's own) share it.
+causal mask, attention sinks and DeepSeek Sparse Attention's top-k keys (XLA only: a fused
+kernel named for them is refused in one line, `SPARSE_REFUSAL`). `resolve_attention` resolves
+each kind a config's model builds (``attention_layers``, a class attribute of the config) into a
+`ModelAttention`: a `Stack` is built from it, and its blocks' layers run those kernels without
+resolving again (an `Attention` built alone resolves its own kind). A resolution is kept for its
+exact arguments, target and launch tables, so the builds of one run (the memory fit's abstract
+model, then the run's own) share it.
 
 Given a ``build`` (an app's compile of its step with a kernel: the trainer's train step, a plan's
 step for another device, the evaluator's), `resolve_attention` first chooses the kernel that
@@ -49,6 +50,14 @@ __all__ = [
 ATTENTION_KINDS = ("causal", "bidirectional", "cross")
 
 
+#: Why a fused kernel cannot run DeepSeek Sparse Attention (its name formatted in).
+SPARSE_REFUSAL = (
+    "attention_impl {!r} cannot run DeepSeek Sparse Attention (mla.index_topk): the cudnn, "
+    "pallas and tokamax kernels take a mask of causal/segments/window/chunk/sinks, not each "
+    "query's own top-k keys; set attention_impl to 'xla' (or 'auto', which takes it)"
+)
+
+
 def layer_kind(*, causal: bool, cross: bool) -> str:
     """The `ATTENTION_KINDS` entry of an attention layer built with ``causal`` and ``cross``."""
     return "cross" if cross else "causal" if causal else "bidirectional"
@@ -65,6 +74,8 @@ class _Call:
     bidirectional_window: bool
     #: The layers add attention sinks (gpt-oss; served by XLA only).
     sinks: bool = False
+    #: The layers keep each query's own top-k keys (DeepSeek Sparse Attention; XLA only).
+    sparse: bool = False
 
 
 def attention_width(config: TransformerConfig, kind: str) -> int:
@@ -95,6 +106,7 @@ def _call(config: TransformerConfig, kind: str) -> _Call:
         softcap=c.attention.logit_softcap is not None,
         bidirectional_window=window is not None and kind == "bidirectional",
         sinks=c.attention.sinks and not cross,
+        sparse=deepseek and c.mla.index_topk is not None,
     )
 
 
@@ -111,6 +123,8 @@ def _layer_kernel(
     kept for its arguments, target and launch tables (a ``ValueError`` line for a named kernel
     that cannot serve these layers there)."""
     call = _call(config, kind)
+    if call.sparse and call.implementation not in ("auto", "xla"):
+        raise ValueError(SPARSE_REFUSAL.format(call.implementation))
     t = kernels.current_target() if target is None else target
     # Only `auto` on a CUDA GPU reads the launch tables' measurements (elsewhere none are read:
     # a bad tables file there stays unread, as in tjx.kernels).
@@ -125,7 +139,7 @@ def _layer_kernel(
         target=t,
         softcap=call.softcap,
         bidirectional_window=call.bidirectional_window,
-        sinks=call.sinks,
+        sinks=call.sinks or call.sparse,  # both: XLA only ("auto" is XLA)
     )
     if len(_RESOLVED) >= 64:  # a long test session: forget the oldest
         del _RESOLVED[next(iter(_RESOLVED))]
@@ -327,6 +341,11 @@ def _compiling(
         return impl, False
     if impl == "xla" and not say_xla:
         return impl, False
+    if _call(config, "causal").sparse:  # DeepSeek Sparse Attention: XLA only, nothing to rank
+        if impl != "auto":
+            raise ValueError(SPARSE_REFUSAL.format(impl))
+        say(f"attention: xla ({named_by} auto: DeepSeek Sparse Attention's top-k keys run on xla)")
+        return "xla", False
     capped = config.attention.logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
     dtype, head_dim = config.precision.compute_dtype, config.head_dim
     assert head_dim is not None  # a built config's checks fill it (d_model // num_heads)

@@ -15,6 +15,9 @@ from tjx.core.fields import setting
 
 #: DeepSeek's settings: only MLA with a shared rotated key (``qk_rope_head_dim``) reads them.
 DEEPSEEK_MLA = ("q_lora_rank", "qk_rope_head_dim", "v_head_dim")
+#: DeepSeek Sparse Attention's lightning indexer (DeepSeek-V3.2, :mod:`tjx.nn.families.
+#: deepseek_v32`): set together, on DeepSeek's MLA with a low-rank query, or all None (off).
+SPARSE_MLA = ("index_topk", "index_n_heads", "index_head_dim")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +32,13 @@ class MLAConfig:
     q_lora_rank: int | None = setting(None, help="low-rank query width (DeepSeek-V3)")
     qk_rope_head_dim: int | None = setting(None, help="head_dim's shared rotated tail")
     v_head_dim: int | None = setting(None, help="a value head's width; None: head_dim")
+    index_topk: int | None = setting(
+        None, help="DeepSeek Sparse Attention: keys each query keeps (its indexer's top-k)"
+    )
+    index_n_heads: int | None = setting(None, help="DeepSeek Sparse Attention: indexer heads")
+    index_head_dim: int | None = setting(
+        None, help="DeepSeek Sparse Attention: an indexer head's width"
+    )
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -41,6 +51,25 @@ class MLAConfig:
                 raise ValueError(
                     f"{cls}.{name}: only DeepSeek's MLA (qk_rope_head_dim set) uses it; set "
                     f"qk_rope_head_dim or set {name} to None"
+                )
+        sparse = [getattr(self, name) for name in SPARSE_MLA]
+        if any(v is not None for v in sparse):
+            for name, value in zip(SPARSE_MLA, sparse, strict=True):
+                if value is None:
+                    raise ValueError(
+                        f"{cls}.{name}: DeepSeek Sparse Attention sets {', '.join(SPARSE_MLA)} "
+                        "together; set it or set all three to None"
+                    )
+                positive(cls, name, value)
+            if self.q_lora_rank is None or self.qk_rope_head_dim is None:
+                raise ValueError(
+                    f"{cls}.index_topk: DeepSeek Sparse Attention's indexer reads DeepSeek's "
+                    "low-rank query; set q_lora_rank and qk_rope_head_dim, or index_* to None"
+                )
+            if self.index_head_dim is not None and self.index_head_dim < self.qk_rope_head_dim:
+                raise ValueError(
+                    f"{cls}.index_head_dim: {self.index_head_dim} is narrower than the "
+                    f"{self.qk_rope_head_dim} dims its RoPE turns (qk_rope_head_dim); widen it"
                 )
 
 

@@ -1,5 +1,5 @@
 """The published quantized releases at their real sizes, from ``config.json`` and the index alone
-(#70, point 3): gpt-oss-120b (MXFP4) and DeepSeek-V3.1 (block-scaled FP8), their configs
+(#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1 and -V3.2 (block-scaled FP8), their configs
 transcribed in tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan
 --init-from`` reads) gives their architectures, parameter counts as published, without a shard;
 loading the folder refuses the missing shards in one line."""
@@ -50,6 +50,26 @@ EXPECTED = {
             "mtp.depths": 1,
         },  # the index names layer 61's tensors
         params=671_026_419_200,  # "671B" without the multi-token-prediction layer
+    ),
+    "DeepSeek-V3.2": dict(
+        fields={
+            "d_model": 7168,
+            "num_layers": 61,
+            "num_heads": 128,
+            "mla.kv_latent_dim": 512,
+            "mla.q_lora_rank": 1536,
+            "mla.index_topk": 2048,
+            "mla.index_n_heads": 64,
+            "mla.index_head_dim": 128,
+            "moe.num_experts": 256,
+            "moe.first_dense": 3,
+            "vocab_size": 129280,
+            "mtp.depths": 1,
+        },
+        # V3.1's 671,026,419,200 and 61 indexers of 13,959,424 ("685B" on the card counts the
+        # stored tensors: these, the multi-token-prediction layer with its embedding and head
+        # copies, and the FP8 scales: 685,396,921,376 as the release's weight listing sums them)
+        params=671_877_944_064,
     ),
 }  # fmt: skip
 

@@ -18,6 +18,7 @@ from tjx.nn.attention.decode import add_bias, decode_step, shared_layer, write_p
 from tjx.nn.attention.positions import LayerPositions, Local
 from tjx.nn.attention.projections import normed, output, qkv_alike
 from tjx.nn.configs import TransformerConfig, rotated_dims
+from tjx.nn.families import parts
 from tjx.nn.family_config import LayerShape
 from tjx.nn.kernel_choice import attention_width, layer_kind, resolve_attention
 from tjx.nn.kv_cache import LayerCache
@@ -163,6 +164,8 @@ class Attention(nnx.Module):
                 if own_kv and not self.values_from_keys
                 else None
             )
+        # DeepSeek-V3.2's lightning indexer: each query's top-k keys (DeepSeek Sparse Attention).
+        self.indexer = parts.sparse_indexer(c, rngs=rngs) if self.deepseek else None
         self.out = Dense(
             (h, self.v_dim),
             (d,),
@@ -419,6 +422,20 @@ class Attention(nnx.Module):
         if not self.deepseek:
             q = self.positions.temper(q, positions, local)
         rng = dropout_rng if drop > 0.0 else None
+        index_keys = None
+        if self.indexer is not None:  # the sparse selection: an additive -inf bias (XLA path)
+            if current_sequence_parallel() is not None:
+                raise ValueError(
+                    "mla.index_topk (DeepSeek Sparse Attention) is not supported under "
+                    "sequence_parallel: each query's top-k needs every key; train without the split"
+                )
+            if decoding:
+                assert cache is not None and cache_pos is not None
+                sparse, cache = self.indexer.step(self, x, positions, cache, cache_pos, local)
+            else:
+                ids = mask.segment_ids
+                sparse, index_keys = self.indexer.prefill(self, x, positions, ids, local)
+            bias = add_bias(bias, sparse)
         if self.reads_kv:  # no cache of its own: a decode step by its positions alone
             step = cache_pos is not None and (s == 1 or extend)
             out = shared_layer(self, q, shared, mask, positions, step, local, drop, rng)
@@ -481,6 +498,8 @@ class Attention(nnx.Module):
                 new = {"k": k, "v": v}
                 if self.deepseek:
                     new = {"latent": latent, "rope_key": rope_key}
+                    if index_keys is not None:
+                        new["index_key"] = index_keys
                 elif "latent" in cache:
                     assert self.kv_down is not None
                     new = {"latent": self.kv_down(x)}

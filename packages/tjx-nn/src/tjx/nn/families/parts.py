@@ -7,6 +7,7 @@ from __future__ import annotations
 from flax import nnx
 
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.families.deepseek_v32.indexer import Indexer
 from tjx.nn.families.gemma4.layers import PerLayerEmbed, PerLayerInput
 
 
@@ -50,3 +51,21 @@ def layer_input(
         if config.gemma4.per_layer_input_dim
         else None
     )
+
+
+def sparse_indexer(config: TransformerConfig, *, rngs: nnx.Rngs) -> Indexer | None:
+    """A DeepSeek MLA layer's lightning indexer (DeepSeek Sparse Attention: ``mla.index_topk``
+    set), else None.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The layer's config.
+    rngs : nnx.Rngs
+        Its initialisers' keys.
+
+    Returns
+    -------
+    Indexer or None
+    """
+    return Indexer(config, rngs=rngs) if config.mla.index_topk else None

@@ -29,6 +29,9 @@ class MLAConfig:
     q_lora_rank: int | None = setting(None, help="low-rank query width (DeepSeek-V3)")
     qk_rope_head_dim: int | None = setting(None, help="head_dim's shared rotated tail")
     v_head_dim: int | None = setting(None, help="a value head's width; None: head_dim")
+    latent_norm_eps: float | None = setting(
+        None, help="DeepSeek's q/kv latent norms' epsilon (Kimi-K2.5: 1e-6); None: norm.eps"
+    )
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -42,6 +45,14 @@ class MLAConfig:
                     f"{cls}.{name}: only DeepSeek's MLA (qk_rope_head_dim set) uses it; set "
                     f"qk_rope_head_dim or set {name} to None"
                 )
+        eps = self.latent_norm_eps
+        if eps is not None and (eps <= 0 or self.qk_rope_head_dim is None):
+            # transformers' DeepSeek-V3 keeps its latent norms at 1e-6 whatever rms_norm_eps says
+            # (Kimi-K2.5's is 1e-5): only DeepSeek's MLA has those norms.
+            raise ValueError(
+                f"{cls}.latent_norm_eps: {eps!r} must be > 0 and is read only by DeepSeek's MLA "
+                "(qk_rope_head_dim set); set it to None (the model's norm.eps)"
+            )
 
 
 #: MLA's old flat keys in a model section → their key in ``mla`` (the same names).

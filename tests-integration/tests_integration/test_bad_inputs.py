@@ -184,6 +184,14 @@ def _qwen3_5_rotating_nothing(d):
     _hf_config(d, "qwen3_5_text", partial_rotary_factor=0, head_dim=8, **types)
 
 
+def _kimi_k25_int4(d):
+    """The published Kimi-K2.5 (its config.json and index: INT4 ``compressed-tensors`` experts,
+    which tjx does not dequantize)."""
+    import tjx_published_hf
+
+    tjx_published_hf.config_only("Kimi-K2.5", d / "hf")
+
+
 def _hf_qwen3_5(d):
     """A Qwen3.5-shaped checkpoint: a Gated DeltaNet layer, then attention."""
     from flax import nnx
@@ -748,6 +756,14 @@ CASES = [
         [*LLAMA, "--init-from", "hf"],
         _qwen3_5_rotating_nothing,
         "--init-from: config.json: partial_rotary_factor is 0, not a number in (0, 1]",
+    ),
+    (
+        "init-from-kimi-k25-int4-experts",
+        T,
+        [*LLAMA, "--init-from", "hf"],
+        _kimi_k25_int4,
+        "--init-from: config.json: quantization_config.quant_method 'compressed-tensors' is not "
+        "one tjx reads (it reads fp8, mxfp4",
     ),
     (
         "delta-layers-on-a-split-sequence",

@@ -11,7 +11,7 @@ head_dim − ρ`` and ``v_head_dim`` (default ``head_dim``):
   v_head_dim]``); one rotated key ``RoPE(key_rope(x))`` (``[ρ]``) is shared by every head and
   appended to each head's ``n`` dims. RoPE touches only the ``ρ`` dims, never the up-projection;
   the two latent norms take ``mla.latent_norm_eps`` (``norm.eps`` when None: transformers keeps
-  them at 1e-6 whatever ``rms_norm_eps`` the other norms take, Kimi-K2.5's 1e-5);
+  them at 1e-6 whatever ``rms_norm_eps`` the other norms take, 1e-5 in some releases);
 * the softmax scale is ``head_dim^-0.5``, times ``mscale²`` with a yarn ``rope_scaling`` that has
   ``mscale_all_dim`` (``mscale = 0.1·mscale_all_dim·ln(factor) + 1``, as DeepSeek-V3 and
   transformers compute it; yarn's own attention factor scales the rotated dims as for any model).

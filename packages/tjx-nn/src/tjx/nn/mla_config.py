@@ -30,7 +30,7 @@ class MLAConfig:
     qk_rope_head_dim: int | None = setting(None, help="head_dim's shared rotated tail")
     v_head_dim: int | None = setting(None, help="a value head's width; None: head_dim")
     latent_norm_eps: float | None = setting(
-        None, help="DeepSeek's q/kv latent norms' epsilon (Kimi-K2.5: 1e-6); None: norm.eps"
+        None, help="DeepSeek's q/kv latent norms' epsilon (HF's: 1e-6); None: norm.eps"
     )
 
     def __post_init__(self) -> None:
@@ -48,7 +48,7 @@ class MLAConfig:
         eps = self.latent_norm_eps
         if eps is not None and (eps <= 0 or self.qk_rope_head_dim is None):
             # transformers' DeepSeek-V3 keeps its latent norms at 1e-6 whatever rms_norm_eps says
-            # (Kimi-K2.5's is 1e-5): only DeepSeek's MLA has those norms.
+            # (1e-5 in some releases): only DeepSeek's MLA has those norms.
             raise ValueError(
                 f"{cls}.latent_norm_eps: {eps!r} must be > 0 and is read only by DeepSeek's MLA "
                 "(qk_rope_head_dim set); set it to None (the model's norm.eps)"

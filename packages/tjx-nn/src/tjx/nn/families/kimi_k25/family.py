@@ -61,7 +61,7 @@ def _write(config: LlamaConfig) -> tuple[dict[str, Any], HFMapping]:
 #: model (``language_model.*``).
 FAMILY = Family(
     name="kimi_k25",
-    model_types=(IMAGE_TEXT, KIMI_K2),
+    model_types=(KIMI_K2, IMAGE_TEXT),
     spec=SPEC,
     read=_read,
     claims=_claims,

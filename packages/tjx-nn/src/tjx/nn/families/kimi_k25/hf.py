@@ -74,9 +74,9 @@ _PREFIXES = (
     ("language_model.lm_head.", "lm_head."),
     ("model.language_model.", "model."),
 )
-#: The text model's keys as the image-text config's ``text_config`` holds them (DeepSeek-V3's;
-#: the class named in messages is the image-text one's, ``Kimi_K25Config``, less ``Text``).
-SPEC = SPECS[TEXT].but("Kimi_K25TextConfig")
+#: The text model's keys (a ``kimi_k2`` folder's, and a Kimi-K2.5 ``text_config``'s): DeepSeek-V3's,
+#: as transformers reads both with ``DeepseekV3Config``.
+SPEC = SPECS[TEXT]
 _BLOCKS = re.compile(r"^model\.blocks\.(\d+)\.")
 
 

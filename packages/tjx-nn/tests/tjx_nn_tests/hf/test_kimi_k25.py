@@ -97,6 +97,7 @@ def test_the_stored_names_map_to_the_text_models():
         (dict(text_config={"model_type": "qwen3"}), "text_config.model_type 'qwen3' is not"),
         (dict(text_config=None), "has no text_config"),
         (dict(media_token="x"), "key(s) media_token are not understood by tjx's kimi_k25"),
+        (dict(auto_map={"AutoModel": "modeling_x.X"}), "names modelling code other than"),
         (
             dict(text_config={"quantization_config": {"quant_method": "fp8"}}),
             "text_config.quantization_config differs from the folder's",

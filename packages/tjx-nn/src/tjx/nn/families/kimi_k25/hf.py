@@ -45,7 +45,7 @@ TEXT = "deepseek_v3"
 #: The image-text config's keys beside ``text_config``: transformers 5.24's ``Kimi_K25Config``
 #: and the published folder's own (Moonshot's code: the media tokens, its vision tower's
 #: settings); none changes the text model's numbers. ``quantization_config`` is checked before
-#: (`tjx.nn.hf.plan`), ``auto_map`` names Moonshot's code for the same model.
+#: (`tjx.nn.hf.plan`); ``auto_map`` only as published (`UPSTREAMED`).
 IMAGE_TEXT_KEYS = frozenset(
     {
         "text_config",
@@ -65,6 +65,13 @@ IMAGE_TEXT_KEYS = frozenset(
         "quantization_config",
     }
 )
+#: The published folder's ``auto_map``: Moonshot's code, which transformers 5.24 ships as its own
+#: ``kimi_k25`` (any other names code tjx would not run: refused).
+UPSTREAMED = {
+    "AutoConfig": "configuration_kimi_k25.KimiK25Config",
+    "AutoModel": "modeling_kimi_k25.KimiK25ForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_kimi_k25.KimiK25ForConditionalGeneration",
+}
 #: What an image-text folder holds beside its language model (as published, and as transformers
 #: 5.24 lays it out or saves it).
 VISION = ("vision_tower.", "mm_projector.", "model.vision_tower.", "model.mm_projector.")
@@ -92,9 +99,15 @@ def kimi_k25_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
     ------
     ValueError
         No ``text_config``, a ``text_config`` of another model type, one with a
-        ``quantization_config`` the folder's differs from, or an image-text key tjx does not
-        know: one line naming it.
+        ``quantization_config`` the folder's differs from, an ``auto_map`` other than the
+        published one, or an image-text key tjx does not know: one line naming it.
     """
+    auto_map = hf.get("auto_map", {})
+    if not (isinstance(auto_map, Mapping) and auto_map.items() <= UPSTREAMED.items()):
+        raise ValueError(
+            f"config.json auto_map {auto_map!r} names modelling code other than the published "
+            "Kimi-K2.5's (which transformers ships): tjx never runs custom code; remove it"
+        )
     inner = hf.get("text_config")
     if isinstance(inner, Mapping):
         kind = inner.get("model_type", TEXT)

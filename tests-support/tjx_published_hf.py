@@ -2,10 +2,16 @@
 
 ``published_hf/<name>/config.json`` are transcribed by hand from the model cards' folders on
 the Hugging Face hub (not downloaded: these machines reach no hub), as released:
-``openai/gpt-oss-120b`` (MXFP4 experts, ``quantization_config`` ``mxfp4``) and
+``openai/gpt-oss-120b`` (MXFP4 experts, ``quantization_config`` ``mxfp4``),
 ``deepseek-ai/DeepSeek-V3.1`` (block-scaled FP8, ``quant_method: fp8``, ``scale_fmt: ue8m0``,
 one multi-token-prediction layer), ``deepseek-ai/DeepSeek-V3.2`` (V3.1's with DeepSeek Sparse
-Attention's indexer: ``deepseek_v32``, FP8 as V3.1). `config_only` lays one out as a folder of
+Attention's indexer: ``deepseek_v32``, FP8 as V3.1), ``moonshotai/Kimi-K2-Instruct``
+(``model_type`` kimi_k2, block-scaled FP8) and ``moonshotai/Kimi-K2.5`` (the image-text
+``kimi_k25``, INT4 ``compressed-tensors`` experts: a plan refuses its method in one line; its text
+model planned from the same config without it, as a bf16 conversion has it). Kimi-K2.5's is
+transcribed from a printed copy of the release's config (transformers 5.7's: the keys it adds by
+default left out, its ``rope_parameters`` written as the ``rope_scaling`` it read; the vision
+tower's keys as the release's own code names them). `config_only` lays one out as a folder of
 ``config.json`` and ``model.safetensors.index.json`` only, the index naming a few of the release's
 tensors (its shards absent), DeepSeek's multi-token-prediction layer among them. Standard library
 only.
@@ -20,7 +26,9 @@ from pathlib import Path
 #: Where the transcribed configs are.
 HERE = Path(__file__).with_name("published_hf")
 #: The published models, by folder name.
-PUBLISHED = ("gpt-oss-120b", "DeepSeek-V3.1", "DeepSeek-V3.2")
+PUBLISHED: tuple[str, ...] = ("gpt-oss-120b", "DeepSeek-V3.1", "DeepSeek-V3.2", "Kimi-K2-Instruct")
+#: Published models whose quantization tjx does not dequantize: a plan refuses them in one line.
+REFUSED = ("Kimi-K2.5",)
 #: A few tensor names of each release's index and the shard the release puts them in.
 _INDEX = {
     "gpt-oss-120b": {
@@ -49,11 +57,24 @@ _INDEX = {
         "model.norm.weight": "model-00160-of-000163.safetensors",
         "lm_head.weight": "model-00160-of-000163.safetensors",
     },
+    "Kimi-K2-Instruct": {
+        "model.embed_tokens.weight": "model-1-of-61.safetensors",
+        "model.layers.0.self_attn.kv_a_proj_with_mqa.weight": "model-1-of-61.safetensors",
+        "model.layers.0.self_attn.kv_a_proj_with_mqa.weight_scale_inv": "model-1-of-61.safetensors",
+        "lm_head.weight": "model-61-of-61.safetensors",
+    },
+    "Kimi-K2.5": {
+        "language_model.model.embed_tokens.weight": "model-00062-of-000064.safetensors",
+        "language_model.model.layers.0.mlp.down_proj.weight": "model-00001-of-000064.safetensors",
+        "language_model.lm_head.weight": "model-00062-of-000064.safetensors",
+        "mm_projector.proj.0.weight": "model-00063-of-000064.safetensors",
+        "vision_tower.patch_embed.proj.weight": "model-00064-of-000064.safetensors",
+    },
 }
 
 
 def config(name: str) -> dict:
-    """The transcribed ``config.json`` of published model ``name`` (one of `PUBLISHED`)."""
+    """The transcribed ``config.json`` of published model ``name`` (`PUBLISHED`, `REFUSED`)."""
     return json.loads((HERE / name / "config.json").read_text())
 
 

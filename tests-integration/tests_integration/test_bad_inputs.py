@@ -191,6 +191,14 @@ def _deepseek_v32_sparse_first(d):
     _hf_config(d, "deepseek_v32", mlp_layer_types=["sparse", "dense"], **layers)
 
 
+def _kimi_k25_int4(d):
+    """The published Kimi-K2.5 (its config.json and index: INT4 ``compressed-tensors`` experts,
+    which tjx does not dequantize)."""
+    import tjx_published_hf
+
+    tjx_published_hf.config_only("Kimi-K2.5", d / "hf")
+
+
 def _hf_qwen3_5(d):
     """A Qwen3.5-shaped checkpoint: a Gated DeltaNet layer, then attention."""
     from flax import nnx
@@ -787,6 +795,14 @@ CASES = [
         [*LLAMA, "--init-from", "hf"],
         _qwen3_5_rotating_nothing,
         "--init-from: config.json: partial_rotary_factor is 0, not a number in (0, 1]",
+    ),
+    (
+        "init-from-kimi-k25-int4-experts",
+        T,
+        [*LLAMA, "--init-from", "hf"],
+        _kimi_k25_int4,
+        "--init-from: config.json: quantization_config.quant_method 'compressed-tensors' is not "
+        "one tjx reads (it reads fp8, mxfp4",
     ),
     (
         "delta-layers-on-a-split-sequence",

@@ -1,7 +1,8 @@
 """Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2/V3/V3.2, gpt-oss, GLM-4.5 MoE,
-Qwen3.5 (text, and the image-text model's folder), Qwen3-Next, Llama 4 (text) and Gemma 4 (text, and
-the image-text model's folder) round-trip through transformers (PyTorch in the scratch venv of
-``_hf_peer``, one peer process each way for all families).
+Qwen3.5 (text, and the image-text model's folder), Qwen3-Next, Llama 4 (text), Gemma 4 (text, and
+the image-text model's folder) and Kimi-K2.5 (the image-text model's folder) round-trip through
+transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
+families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -459,6 +460,48 @@ CASES["deepseek_v32_all"] = dict(
                 index_topk=16),
     bf16=True,
 )  # fmt: skip
+
+# Kimi-K2.5's published folders are the image-text model's (Kimi_K25ForConditionalGeneration):
+# its text_config a DeepSeek-V3 (deepseek_v3's case, as "kimi_k2", which transformers normalises),
+# tied by the image-text config's tie_word_embeddings (its default, true: the text_config's false
+# loses), its own rms_norm_eps beside the latent norms' 1e-6, the language model saved as
+# language_model.model.blocks.N.* (transformers 5.24 renames every "layers" on save), a tiny
+# vision tower and projector beside, one multi-token-prediction layer counted and none stored.
+# tjx loads the text model and exports it as deepseek_v3. It routes: float32 here, bfloat16 in
+# its *_all sibling (every expert chosen).
+_KIMI_TEXT = {k: v for k, v in CASES["deepseek_v3"]["config"].items() if k != "model_type"}
+CASES["kimi_k25"] = dict(
+    config=dict(
+        model_type="kimi_k25",
+        # Its norms at 0.05 and the latent norms at transformers' fixed 1e-6 (Kimi-K2.5: 1e-5):
+        # large, so that one epsilon for both would show in the logits.
+        text_config=dict(
+            _KIMI_TEXT, model_type="kimi_k2", tie_word_embeddings=False, rms_norm_eps=0.05
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            pos_emb_height=4,
+            pos_emb_width=4,
+        ),
+        projection_hidden_size=16,
+    ),
+    make=dict(auto="AutoModelForImageTextToText", random_buffers=["e_score_correction_bias"]),
+    export_arch="DeepseekV3ForCausalLM",
+    bf16=False,
+)
+CASES["kimi_k25_all"] = dict(
+    CASES["kimi_k25"],
+    config=dict(
+        CASES["kimi_k25"]["config"],
+        text_config=dict(
+            CASES["kimi_k25"]["config"]["text_config"], num_experts_per_tok=8, topk_group=4
+        ),
+    ),
+    bf16=True,
+)
 #: The cases compared in bfloat16 (routing that cannot flip).
 BF16_CASES = [name for name, case in CASES.items() if case.get("bf16", True)]
 
@@ -851,9 +894,31 @@ def test_the_deepseek_v32_case_exercises_each_piece(results):
     assert _rel(np.asarray(dense(jnp.asarray(TOKENS))), r["peer"]["logits"]) > 1e-2
 
 
+def test_the_kimi_k25_case_exercises_each_piece(results):
+    """Kimi-K2.5's folder is DeepSeek-V3's text model under the image-text model's names: the
+    same tjx config as the deepseek_v3 case but tied (the image-text config's default) and with
+    two norm epsilons (rms_norm_eps, the latent norms' 1e-6), read
+    from language_model.model.blocks.N.* beside a vision tower, written back as deepseek_v3."""
+    r = results["kimi_k25"]
+    c = r["config"]
+    v3 = results["deepseek_v3"]["config"]
+    assert c == v3.replace(tie_embeddings=True, **{"norm.eps": 0.05, "mla.latent_norm_eps": 1e-6})
+    assert c.mtp.depths == 0 and c.moe.router == "sigmoid" and c.mla.q_lora_rank == 12
+    stored = _tensor_names(r["folder"])
+    assert {"language_model.model.blocks.2.mlp.gate.e_score_correction_bias",
+            "vision_tower.encoder.blocks.0.wqkv.weight",
+            "mm_projector.proj.0.weight"} <= stored  # fmt: skip
+    assert not any("lm_head" in n for n in stored | r["tensors"])  # tied both ways
+    saved = r["saved"]
+    written = ("model_type", "tie_word_embeddings", "num_nextn_predict_layers", "rms_norm_eps")
+    assert [saved[k] for k in written] == ["deepseek_v3", True, 0, 0.05]
+    assert "model.layers.2.mlp.gate.e_score_correction_bias" in r["tensors"]
+
+
 #: #56's families, each fine-tuned in the trainer from the folder transformers made (Qwen3.5's
 #: fine-tune, export and reload: test_hf_finetune.py).
 FINE_TUNED = ["gemma4", "gpt_oss", "glm4_moe", "llama4", "olmo3", "qwen3_next", "deepseek_v32"]
+FINE_TUNED += ["kimi_k25"]
 
 
 @pytest.fixture(scope="module")

@@ -446,6 +446,50 @@ FAMILIES = {
                          router_groups=4, router_topk_groups=2, router_norm_topk=True),
     ),  # fmt: skip
 }
+# Kimi-K2.5 (its image-text folder, written from the DeepSeek-V3 export below): MLA with a
+# low-rank query, its norms at 1e-5 beside the latent norms' 1e-6, yarn positions, a dense layer
+# then sigmoid-routed experts in one group with a shared expert.
+FAMILIES["kimi_k25"] = dict(
+    num_kv_heads=4,
+    **{"attention.type": "mla"},
+    mla=nn.MLAConfig(
+        kv_latent_dim=32, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16, latent_norm_eps=1e-6
+    ),
+    norm=nn.NormConfig(eps=1e-5),
+    position=nn.PositionConfig(
+        rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=16,
+                          mscale=1.0, mscale_all_dim=1.0)
+    ),  # fmt: skip
+    moe=nn.MoEConfig(
+        num_experts=8,
+        experts_per_token=2,
+        expert_mlp_dim=32,
+        num_shared_experts=1,
+        first_dense=1,
+        router="sigmoid",
+        router_norm_topk=True,
+        router_scale=2.827,
+    ),
+)
+
+
+def _as_kimi_k25(folder: Path) -> None:
+    """``folder``'s deepseek_v3 export rewritten as Kimi-K2.5 publishes it: the image-text config
+    around it, its tensors under ``language_model.``."""
+    from safetensors.numpy import load_file, save_file
+
+    hf = json.loads((folder / "config.json").read_text())
+    wrapped = {"model_type": "kimi_k25", "tie_word_embeddings": hf["tie_word_embeddings"],
+               "text_config": {**hf, "model_type": "kimi_k2"}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(wrapped))
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({f"language_model.{k}": v for k, v in tensors.items()},
+              str(folder / "model.safetensors"))  # fmt: skip
+
+
+#: The families whose folder is rewritten after tjx saves it (the published layout tjx reads but
+#: does not write).
+AS_PUBLISHED = {"kimi_k25": _as_kimi_k25}
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]
 #: The families' plans in one process (the trainer's own ``main`` per family, as ``python -m
 #: trainer`` runs it): one start of jax and its CUDA plugin instead of one per family.
@@ -466,6 +510,7 @@ def family_plans(envs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
     for family, fields in FAMILIES.items():
         config = nn.make_config(nn.LlamaConfig, FAMILY_SIZES | fields)
         nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp / family)
+        AS_PUBLISHED.get(family, lambda folder: None)(tmp / family)
         argvs[family] = ["--config", "tiny", "--plan", "h100", "--init-from", str(tmp / family),
                          "--plan-json", str(tmp / f"{family}.json"),
                          *(a for value in FAMILY_RUN for a in ("--set", value))]  # fmt: skip

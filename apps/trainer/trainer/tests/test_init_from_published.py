@@ -51,6 +51,15 @@ def _llama_run():
                 "mtp.depths": 1,
             },
         ),
+        (
+            "Kimi-K2-Instruct",
+            {
+                "d_model": 7168,
+                "num_layers": 61,
+                "moe.num_experts": 384,
+                "vocab_size": 163840,
+            },
+        ),
     ],
 )
 def test_a_plan_reads_a_published_release_from_its_config_and_index(tmp_path, name, sizes):

@@ -333,7 +333,6 @@ def test_a_model_with_mtp_is_not_saved_where_hf_has_no_place_for_it(tmp_path):
     "changes, needle",
     [
         (dict(num_key_value_heads=2), "num_key_value_heads 2"),
-        (dict(rms_norm_eps=1e-5), "rms_norm_eps"),
         (dict(attention_bias=True, mlp_bias=True), "attention_bias"),
         (dict(scoring_func="softmax"), "scoring_func"),
         (dict(moe_layer_freq=2), "moe_layer_freq"),
@@ -346,6 +345,24 @@ def test_deepseek_options_tjx_does_not_compute_are_refused_in_one_line(tmp_path,
     with pytest.raises(ValueError, match=needle) as err:
         tnn.load_hf(folder)
     assert "\n" not in str(err.value)
+
+
+def test_an_rms_norm_eps_other_than_1e6_keeps_the_latent_norms_at_1e6(tmp_path):
+    """transformers' DeepSeek-V3 norms its latents at 1e-6 whatever rms_norm_eps (Kimi-K2.5's
+    1e-5) gives its other norms: tjx reads it so (``mla.latent_norm_eps``), computes with both
+    (a model with one epsilon everywhere gives other logits) and writes rms_norm_eps back."""
+    folder = _v3_folder(tmp_path, rms_norm_eps=0.5)  # large: both epsilons change the logits
+    model, config = tnn.load_hf(folder)
+    assert (config.norm.eps, config.mla.latent_norm_eps) == (0.5, 1e-6)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, V3["vocab_size"], (1, 6)))
+    one_eps, _ = tnn.load_hf(folder, mla=replace(config.mla, latent_norm_eps=None))
+    assert not np.allclose(model(tokens), one_eps(tokens), atol=1e-3)
+    tnn.save_hf(model, tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["rms_norm_eps"] == 0.5
+    with pytest.raises(ValueError, match="MLAConfig.latent_norm_eps: 0.0 must be > 0"):
+        replace(config.mla, latent_norm_eps=0.0)
+    with pytest.raises(ValueError, match="mla.latent_norm_eps"):  # HF's latents: 1e-6 only
+        tnn.save_hf(one_eps, tmp_path / "one")
 
 
 def test_deepseek_upstream_auto_map_loads(tmp_path):

@@ -10,6 +10,8 @@ head_dim − ρ`` and ``v_head_dim`` (default ``head_dim``):
   up-projected per head to ``key(c)`` (``[heads, n]``) and ``value(c)`` (``[heads,
   v_head_dim]``); one rotated key ``RoPE(key_rope(x))`` (``[ρ]``) is shared by every head and
   appended to each head's ``n`` dims. RoPE touches only the ``ρ`` dims, never the up-projection;
+  the two latent norms take ``mla.latent_norm_eps`` (``norm.eps`` when None: transformers keeps
+  them at 1e-6 whatever ``rms_norm_eps`` the other norms take, 1e-5 in some releases);
 * the softmax scale is ``head_dim^-0.5``, times ``mscale²`` with a yarn ``rope_scaling`` that has
   ``mscale_all_dim`` (``mscale = 0.1·mscale_all_dim·ln(factor) + 1``, as DeepSeek-V3 and
   transformers compute it; yarn's own attention factor scales the rotated dims as for any model).
@@ -86,9 +88,8 @@ def deepseek_modules(
     assert c.mla.qk_rope_head_dim is not None
     d, h, hd = c.d_model, c.num_heads, c.head_dim
     r, rope = c.mla.kv_latent_dim, c.mla.qk_rope_head_dim
-    norm: dict[str, Any] = dict(
-        rngs=rngs, eps=c.norm.eps, precision=c.precision, plus_one=c.norm.plus_one
-    )
+    eps = c.norm.eps if c.mla.latent_norm_eps is None else c.mla.latent_norm_eps
+    norm: dict[str, Any] = dict(rngs=rngs, eps=eps, precision=c.precision, plus_one=c.norm.plus_one)
     q_in = c.mla.q_lora_rank or d
     # The latent widths are not logical axes: left replicated (None), as tjx's older MLA's.
     return dict(

@@ -39,6 +39,9 @@ class MLAConfig:
     index_head_dim: int | None = setting(
         None, help="DeepSeek Sparse Attention: an indexer head's width"
     )
+    latent_norm_eps: float | None = setting(
+        None, help="DeepSeek's q/kv latent norms' epsilon (HF's: 1e-6); None: norm.eps"
+    )
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -71,6 +74,14 @@ class MLAConfig:
                     f"{cls}.index_head_dim: {self.index_head_dim} is narrower than the "
                     f"{self.qk_rope_head_dim} dims its RoPE turns (qk_rope_head_dim); widen it"
                 )
+        eps = self.latent_norm_eps
+        if eps is not None and (eps <= 0 or self.qk_rope_head_dim is None):
+            # transformers' DeepSeek-V3 keeps its latent norms at 1e-6 whatever rms_norm_eps says
+            # (1e-5 in some releases): only DeepSeek's MLA has those norms.
+            raise ValueError(
+                f"{cls}.latent_norm_eps: {eps!r} must be > 0 and is read only by DeepSeek's MLA "
+                "(qk_rope_head_dim set); set it to None (the model's norm.eps)"
+            )
 
 
 #: MLA's old flat keys in a model section → their key in ``mla`` (the same names).

@@ -65,6 +65,7 @@ SPECS = {
 }
 #: The image-text types, read as their text model (``text_config``).
 IMAGE_TEXT = {"qwen3_5": "qwen3_5_text", "llama4": "llama4_text", "gemma4": "gemma4_text"}
+IMAGE_TEXT["kimi_k25"] = "kimi_k2"
 
 
 def _valid(model_type: str) -> dict:
@@ -90,6 +91,8 @@ def _valid(model_type: str) -> dict:
         return family_config_to_hf(config(**fields), model_type)
     if model_type in MOE_TYPES:
         return moe_config_to_hf(config(**MOE_SIZES, **MOE_TYPES[model_type]), model_type)
+    if model_type == "kimi_k2":  # Kimi-K2's folders: a DeepSeek-V3 config under its own type
+        return _valid("deepseek_v3") | {"model_type": "kimi_k2"}
     if model_type in deepseek.DEEPSEEK_TYPES:
         fields = V2 if model_type == "deepseek_v2" else {**V3, "position": tnn.PositionConfig()}
         return deepseek_config_to_hf(config(**fields), model_type)

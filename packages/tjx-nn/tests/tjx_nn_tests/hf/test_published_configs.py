@@ -1,10 +1,13 @@
 """The published quantized releases at their real sizes, from ``config.json`` and the index alone
-(#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1 and -V3.2 (block-scaled FP8), their configs
-transcribed in tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan
---init-from`` reads) gives their architectures, parameter counts as published, without a shard;
-loading the folder refuses the missing shards in one line."""
+(#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1, -V3.2 and Kimi-K2-Instruct (block-scaled
+FP8), and Kimi-K2.5 (INT4, refused; its text model planned without it), their configs transcribed
+in tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan --init-from`` reads)
+gives their architectures, parameter counts as published, without a shard; loading the folder
+refuses the missing shards in one line."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import tjx_published_hf as published
@@ -72,6 +75,30 @@ EXPECTED = {
         params=671_877_944_064,
     ),
 }  # fmt: skip
+#: Kimi-K2 (model_type kimi_k2, read as deepseek_v3): "1T" total on its card; the release's 61
+#: shards hold 1,026,470,731,056 values, less 62,498,608 FP8 scales and rotary buffers.
+KIMI_K2 = dict(
+    fields={
+        "d_model": 7168,
+        "num_layers": 61,
+        "num_heads": 64,
+        "mla.kv_latent_dim": 512,
+        "mla.q_lora_rank": 1536,
+        "moe.num_experts": 384,
+        "moe.experts_per_token": 8,
+        "moe.expert_mlp_dim": 2048,
+        "moe.first_dense": 1,
+        "moe.router": "sigmoid",
+        "moe.router_groups": 1,
+        "moe.router_scale": 2.827,
+        "vocab_size": 163840,
+        "norm.eps": 1e-6,
+        "mla.latent_norm_eps": None,
+        "mtp.depths": 0,
+    },
+    params=1_026_408_232_448,
+)
+EXPECTED["Kimi-K2-Instruct"] = KIMI_K2
 
 
 @pytest.mark.parametrize("name", published.PUBLISHED)
@@ -98,3 +125,25 @@ def test_holds_weights_sees_a_single_file_and_any_shard(tmp_path):
     (single / "config.json").write_text("{}")
     (single / "model.safetensors").write_bytes(b"")
     assert holds_weights(single) and not holds_weights(tmp_path / "nowhere")
+
+
+def test_kimi_k25_is_refused_by_its_int4_method_and_its_text_model_plans(tmp_path):
+    """The published Kimi-K2.5 (INT4 ``compressed-tensors`` experts) is refused in one line naming
+    the method and those tjx reads; the same config without it (a bf16 conversion's) plans as
+    Kimi-K2's text model with its own norms (rms_norm_eps 1e-5, the latent norms at 1e-6) and
+    256K yarn positions, the image-text folder's ``language_model.*`` names in its index."""
+    folder = published.config_only("Kimi-K2.5", tmp_path / "k25")
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        tnn.read_hf_config(folder)
+    said = str(info.value)
+    assert "quant_method 'compressed-tensors' is not one tjx reads" in said
+    assert "fp8, mxfp4" in said
+    hf = published.config("Kimi-K2.5")
+    del hf["quantization_config"], hf["text_config"]["quantization_config"]
+    (folder / "config.json").write_text(json.dumps(hf))
+    config = tnn.read_hf_config(folder, scan_layers=True)
+    want = dict(KIMI_K2["fields"], **{"norm.eps": 1e-5, "mla.latent_norm_eps": 1e-6})
+    assert {k: tnn.setting_value(config, k) for k in want} == want
+    assert config.position.rope_scaling.factor == 64.0 and config.max_seq_len == 262144
+    abstract = nnx.eval_shape(lambda: tnn.Llama(config, rngs=nnx.Rngs(0)))
+    assert count_params(abstract) == KIMI_K2["params"]  # the same text model as Kimi-K2's

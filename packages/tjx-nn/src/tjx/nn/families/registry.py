@@ -9,11 +9,12 @@ from __future__ import annotations
 from tjx.nn.families.base import Family
 from tjx.nn.families.deepseek_v32.family import FAMILY as DEEPSEEK_V32
 from tjx.nn.families.gemma4.family import FAMILY as GEMMA4
+from tjx.nn.families.kimi_k25.family import FAMILY as KIMI_K25
 from tjx.nn.families.llama4.family import FAMILY as LLAMA4
 
 #: Every family folder, in the order ``save_hf`` asks them whether they claim a config (the first
 #: that does saves it).
-FAMILIES: tuple[Family, ...] = (LLAMA4, GEMMA4, DEEPSEEK_V32)
+FAMILIES: tuple[Family, ...] = (LLAMA4, GEMMA4, DEEPSEEK_V32, KIMI_K25)
 
 
 def family_of(model_type: str | None) -> Family | None:

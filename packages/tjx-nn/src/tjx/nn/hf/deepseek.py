@@ -22,9 +22,10 @@ V3: sigmoid + ``e_score_correction_bias``  ``moe.router="sigmoid"`` (its bias), 
 ``norm_topk_prob``
 =========================================  =================================================
 
+``rms_norm_eps`` is the decoder's norms' ``norm.eps``; DeepSeek's latent norms keep 1e-6 whatever
+it says (``mla.latent_norm_eps`` 1e-6 when it differs: Kimi-K2.5's 1e-5).
 Refused in one line naming the key: attention or MLP biases, ``num_key_value_heads`` other than
-the heads, an ``rms_norm_eps`` other than 1e-6 (DeepSeek's latent norms keep 1e-6 whatever it
-says; tjx's norms share one), V2's ``norm_topk_prob`` true (transformers' V2 ignores it),
+the heads, V2's ``norm_topk_prob`` true (transformers' V2 ignores it),
 ``moe_layer_freq`` other than 1, ``scoring_func``/``topk_method`` other than the type's, no
 shared experts. V3's own release (``quantization_config`` ``fp8``: FP8 blocks with
 ``weight_scale_inv``) is dequantized as it loads (`tjx.nn.hf.quantized`, before this module
@@ -147,6 +148,11 @@ _ROUTING = {
 }
 
 
+#: The epsilon of transformers' DeepSeek latent norms (``q_a_layernorm``, ``kv_a_layernorm``),
+#: whatever ``rms_norm_eps`` (the other norms') says.
+LATENT_EPS = 1e-6
+
+
 def _refuse(key: str, value: Any, why: str) -> ValueError:
     return ValueError(f"config.json {key} {value!r} is not supported: {why}")
 
@@ -175,12 +181,6 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     heads, kv_heads = fields["num_heads"], fields["num_kv_heads"]
     if kv_heads != heads:
         raise _refuse("num_key_value_heads", kv_heads, f"DeepSeek's MLA has one per head ({heads})")
-    if fields["norm.eps"] != 1e-6:
-        raise _refuse(
-            "rms_norm_eps",
-            fields["norm.eps"],
-            "DeepSeek's q_a/kv_a_layernorm keep 1e-6 and tjx's norms share one epsilon",
-        )
     scoring, methods = _ROUTING[model_type]
     for key, allowed in (("scoring_func", (scoring,)), ("topk_method", (*methods, None))):
         if hf.get(key, allowed[0]) not in allowed:
@@ -215,6 +215,8 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
             q_lora_rank=hf["q_lora_rank"],
             qk_rope_head_dim=rope,
             v_head_dim=hf["v_head_dim"],
+            # transformers' q_a/kv_a_layernorm keep 1e-6 whatever rms_norm_eps says.
+            latent_norm_eps=None if fields["norm.eps"] == LATENT_EPS else LATENT_EPS,
         ),
         head_dim=nope + rope,
         moe=MoEConfig(**moe),
@@ -231,6 +233,7 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         raise ValueError(
             f"a model with DeepSeek's MLA saves as one of {DEEPSEEK_TYPES}; got {chosen!r}"
         )
+    latent_eps = c.norm.eps if c.mla.latent_norm_eps is None else c.mla.latent_norm_eps
     needs: dict[str, tuple[Any, Any]] = {
         "moe.router": (c.moe.router, _ROUTING[chosen][0]),
         "norm.kind": (c.norm.kind, "rmsnorm"),
@@ -242,7 +245,7 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         "moe.shared_expert_mlp_dim": (c.moe.shared_expert_mlp_dim, None),
         "moe.layer_step": (c.moe.layer_step, 1),
         "attention.sliding_window": (c.attention.sliding_window, None),
-        "norm.eps": (c.norm.eps, 1e-6),
+        "mla.latent_norm_eps": (latent_eps, LATENT_EPS),
         "norm.plus_one": (c.norm.plus_one, False),
         "scale_embeddings": (c.scale_embeddings, False),
         "final_logit_softcap": (c.final_logit_softcap, None),

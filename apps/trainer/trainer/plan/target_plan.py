@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tjx import data, kernels, metrics, nn, parallel
-from tjx.metrics import Compiled, Target, quiet_native_stderr
+from tjx.metrics import GIB, Compiled, Target, quiet_native_stderr
 from tjx.metrics.accelerators import has_fp8_units
 from trainer.config.grpo_settings import is_grpo
 from trainer.config.schema import ConfigError, keyed
@@ -241,10 +241,44 @@ def check_fp8(precision: nn.Precision, device: jax.Device | metrics.Accelerator)
         )
 
 
+def state_floor(step: StepConfig, target: Target, text: str, name: str) -> PlanResult | None:
+    """The plan's end before any compile when the train state alone (parameters, optimizer state:
+    its abstract shapes, nothing created) cannot fit ``target``'s devices even split evenly over
+    all of them: a release's real size on too few devices (a 671 B model's state is ~8 TB).
+    Its one line says how many of the target's devices it would take at least; None if it may
+    fit (the compile and the memory fit decide)."""
+    state = abstract_state(step).state
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    need = metrics.devices_for_bytes(total, target.device)
+    if need <= target.count:
+        return None
+    result = PlanResult(text, name)
+    device = target.device
+    budget, _ = metrics.budget_bytes(device)
+    rounded = -(-need // target.count) * target.count  # whole multiples of the target's count
+    result.data.update(target=text, device=device.key, devices=target.count, config=name,
+                       state_bytes=total, devices_needed=need)  # fmt: skip
+    result.error = (
+        f"--plan {text}: the train state alone is {total / GIB:,.0f} GiB (parameters "
+        f"{params / GIB:,.0f} GiB, optimizer state {(total - params) / GIB:,.0f} GiB), more than "
+        f"{target.count} × {budget / GIB:.1f} GiB (what a step may use of each {device.name}): "
+        f"it needs at least {need} {device.key} devices before any activation; plan it on "
+        f"--plan {rounded}x{device.key} "
+        "--set mesh.strategy=fsdp --set mesh.data=1 --set mesh.fsdp=-1, or train fewer "
+        "parameters (LoRA)"
+    )
+    return result
+
+
 def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
-    """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
+    """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`); ended
+    before any compile where the train state alone cannot fit (`state_floor`)."""
     check_fp8(run.model.precision, target.device)
     step = step_config(run)  # what the steps compile: the model, optimizer, data shapes, mesh
+    floor = state_floor(step, target, text, run.name)
+    if floor is not None:
+        return floor
 
     def choose(build: Callable[[str], None], tell: Say) -> str:
         with kernels.target(*target.kernel_target):  # auto's kernels are the target's

@@ -4,6 +4,7 @@ tests-integration's test_plan_deviceless.py, in a scratch environment with the p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from flax import nnx
 
 from tjx import nn
 from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, fit_compiled
+from tjx.nn.utils import count_params
 from trainer.cli import main
 from trainer.config.schema import ConfigError
 from trainer.config.settings import apply_overrides, load_config_data
@@ -134,6 +136,29 @@ def test_a_step_that_never_fits_is_an_error_saying_by_how_much(monkeypatch):
     over = (21 * GIB - accelerator("v5e").memory_bytes) / GIB
     assert f"does not fit by {over:.2f} GiB per device" in message
     assert "--plan 4xv5e --set mesh.strategy=fsdp" in message
+
+
+def test_a_train_state_past_all_the_targets_devices_ends_the_plan_in_one_line_uncompiled(
+    monkeypatch,
+):
+    """A release's real size on too few devices (DeepSeek-V3's ~8 TB of state on 8 H100s): the
+    plan ends before any compile with how many devices the state alone would take."""
+    run = run_of()
+    model = nnx.eval_shape(lambda: nn.build_model(run.model, rngs=nnx.Rngs(0)))
+    param_bytes = 4 * count_params(model)  # float32 parameters
+    small = dataclasses.replace(accelerator("v5e"), memory_bytes=param_bytes)  # a TPU: all of it
+    tgt = Target(small, 2, jax.devices()[:2])
+    monkeypatch.setattr(target_plan, "compile_train", lambda *a, **k: pytest.fail("compiled"))
+    result = target_plan.plan(run, tgt, "2xv5e", lambda line: None)
+    state = result.data["state_bytes"]
+    assert state >= 3 * param_bytes  # the parameters and AdamW's two float32 moments
+    need = -(-state // param_bytes)
+    assert result.data["devices_needed"] == need > 2
+    assert result.error is not None and result.error.startswith("--plan 2xv5e: the train state")
+    assert f"it needs at least {need} v5e devices" in result.error
+    assert f"--plan {-(-need // 2) * 2}xv5e --set mesh.strategy=fsdp" in result.error
+    # A state that fits them all split evenly goes on to the compile (none here: its floor).
+    assert target_plan.state_floor(step_config(run), target(), "v5e", run.name) is None
 
 
 def test_the_vocabulary_is_the_tokenizers_without_preparing_data():

@@ -9,7 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.metrics import GIB, MemoryCheck, MemoryFit, available_bytes, first_fit, peak_bytes
+from tjx.metrics import (
+    GIB,
+    MemoryCheck,
+    MemoryFit,
+    accelerator,
+    available_bytes,
+    budget_bytes,
+    devices_for_bytes,
+    first_fit,
+    peak_bytes,
+)
 from tjx.metrics.memory import refused_bytes
 
 
@@ -147,3 +157,14 @@ def test_a_program_the_compiler_refuses_for_memory_does_not_fit():
 
     with pytest.raises(ValueError, match="INTERNAL"):
         first_fit([("plain", broken)], budget=GIB)
+
+
+@pytest.mark.parametrize("key", ["h100", "v5e"])
+def test_devices_for_bytes_is_the_fewest_budgets_that_hold_them(key):
+    """A floor on devices: the smallest n with n budgets >= the bytes (a GPU's budget is JAX's
+    share of its memory, a TPU's all of it)."""
+    device = accelerator(key)
+    budget, _ = budget_bytes(device)
+    for nbytes, want in [(1, 1), (budget, 1), (budget + 1, 2), (7 * budget - 1, 7)]:
+        n = devices_for_bytes(nbytes, device)
+        assert n == want and n * budget >= nbytes > (n - 1) * budget

@@ -16,9 +16,10 @@ dimensions, and what each costs in compiles:
   completions is B rows, whatever G), so it changes no estimate: it is kept as configured and
   the batches are multiples of it (more prompts per batch, or more completions per prompt, is a
   choice of signal, not of speed);
-* a **sampler/trainer split** of the devices is not searched: the overlap of #72 point 3
-  (sampling on some devices while the others train) is not built, so every device samples, then
-  trains, and the search says so;
+* a **sampler/trainer split** of the devices (``grpo.overlap`` with ``grpo.sampler_devices``)
+  is not searched: each split is the config's, priced as the sequential rollout beside the
+  update (overlapped, a step takes about the longer of the two plus the weights' copy:
+  `trainer.step.grpo.overlap_estimate`), and the search says so;
 * the mesh, the kernels and fp8 are the config's (the mesh search ranks by the update alone).
 
 The chosen batch and the runner-up are said; the chosen is written as a YAML ``--config`` takes.
@@ -57,8 +58,9 @@ MICRO_LINE = (
     "(optimizer.accumulation_steps must be 1), so it is the rollout batch over the mesh"
 )
 SPLIT_LINE = (
-    "sampler/trainer split: not searched: the overlap of #72 point 3 (rollouts sampled on some "
-    "devices while the others train) is not built yet, so every device samples, then trains"
+    "sampler/trainer split: not searched: grpo.overlap and grpo.sampler_devices are the config's; "
+    "overlapped, a step takes about the longer of the rollout and the update (plus the weights' "
+    "copy), not their sum"
 )
 
 

@@ -261,6 +261,26 @@ def budget_bytes(device: Any) -> tuple[int, str]:
     return int(total * fraction), why
 
 
+def devices_for_bytes(nbytes: int, device: Any) -> int:
+    """The fewest devices of ``device``'s kind whose :func:`budget_bytes` hold ``nbytes`` split
+    evenly over them: a floor for a run's train state (nothing beside it, no activation).
+
+    Parameters
+    ----------
+    nbytes : int
+        The bytes to hold (a train state's parameters and optimizer state).
+    device : Accelerator
+        The device table's entry.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    budget, _ = budget_bytes(device)
+    return max(1, -(-int(nbytes) // budget))
+
+
 _REFUSED_FIGURES = re.compile(r"\(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)")
 
 

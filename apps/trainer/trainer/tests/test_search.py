@@ -573,7 +573,7 @@ def test_an_rl_search_takes_the_rollout_batch_with_the_most_samples_per_second_t
     assert planned == [32, 64, 128, 256]
     assert any(line.startswith("search: group size 8 kept: ") for line in lines)
     for words in (
-        "sampler/trainer split: not searched: the overlap of #72 point 3",
+        "sampler/trainer split: not searched: grpo.overlap and grpo.sampler_devices are",
         "update micro-batch: not searched: GRPO's update steps on the whole rollout",
     ):
         assert any(words in line for line in lines), words

@@ -4,7 +4,10 @@
 the Hugging Face hub (not downloaded: these machines reach no hub), as released:
 ``openai/gpt-oss-120b`` (MXFP4 experts, ``quantization_config`` ``mxfp4``) and
 ``deepseek-ai/DeepSeek-V3.1`` (block-scaled FP8, ``quant_method: fp8``, ``scale_fmt: ue8m0``,
-one multi-token-prediction layer). `config_only` lays one out as a folder of ``config.json``
+one multi-token-prediction layer), and ``Qwen/Qwen3.5-397B-A17B`` (the image-text
+``qwen3_5_moe`` folder: its ``text_config``, the token ids beside it; its ``vision_config``, which
+tjx skips, is not transcribed; the shard names of its index are not the release's, which were not
+found). `config_only` lays one out as a folder of ``config.json``
 and ``model.safetensors.index.json`` only, the index naming a few of the release's tensors
 (its shards absent), DeepSeek's multi-token-prediction layer among them. Standard library only.
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 #: Where the transcribed configs are.
 HERE = Path(__file__).with_name("published_hf")
 #: The published models, by folder name.
-PUBLISHED = ("gpt-oss-120b", "DeepSeek-V3.1")
+PUBLISHED = ("gpt-oss-120b", "DeepSeek-V3.1", "Qwen3.5-397B-A17B")
 #: A few tensor names of each release's index and the shard the release puts them in.
 _INDEX = {
     "gpt-oss-120b": {
@@ -37,6 +40,19 @@ _INDEX = {
         "model.layers.61.eh_proj.weight": "model-00163-of-000163.safetensors",
         "model.layers.61.shared_head.head.weight": "model-00163-of-000163.safetensors",
         "lm_head.weight": "model-00162-of-000163.safetensors",
+    },
+    # The release's tensor names (its experts fused per layer), in shards named here.
+    "Qwen3.5-397B-A17B": {
+        "model.language_model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.language_model.layers.0.linear_attn.in_proj_qkv.weight": (
+            "model-00001-of-00002.safetensors"
+        ),
+        "model.language_model.layers.3.mlp.experts.gate_up_proj": (
+            "model-00001-of-00002.safetensors"
+        ),
+        "model.visual.patch_embed.proj.weight": "model-00002-of-00002.safetensors",
+        "mtp.fc.weight": "model-00002-of-00002.safetensors",
+        "lm_head.weight": "model-00002-of-00002.safetensors",
     },
 }
 

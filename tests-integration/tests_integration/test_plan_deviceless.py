@@ -430,7 +430,28 @@ FAMILIES = {
             first_dense=1,
         ),
     ),
+    # Qwen3.5-MoE: Qwen3-Next's computation with every layer sparse, saved as qwen3_5_moe_text
+    # (asked for by name: FAMILY_TYPES).
+    "qwen3_5_moe": dict(
+        num_layers=4,
+        mixer_pattern=("delta",) * 3 + ("attention",),
+        delta=nn.DeltaConfig(key_heads=2, value_heads=4, key_dim=16, value_dim=16),
+        **{"attention.output_gate": True},
+        **{"attention.qk_norm": True},
+        norm=nn.NormConfig(plus_one=True),
+        position=nn.PositionConfig(rope_fraction=0.25),
+        moe=nn.MoEConfig(
+            num_experts=4,
+            experts_per_token=2,
+            expert_mlp_dim=32,
+            num_shared_experts=1,
+            shared_expert_mlp_dim=64,
+            shared_expert_gate=True,
+        ),
+    ),
 }
+#: The families whose folder is saved by name (the others: the family of the config's switches).
+FAMILY_TYPES = {"qwen3_5_moe": "qwen3_5_moe_text"}
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]
 #: The families' plans in one process (the trainer's own ``main`` per family, as ``python -m
 #: trainer`` runs it): one start of jax and its CUDA plugin instead of one per family.
@@ -450,7 +471,8 @@ def family_plans(envs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
     argvs = {}
     for family, fields in FAMILIES.items():
         config = nn.make_config(nn.LlamaConfig, FAMILY_SIZES | fields)
-        nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp / family)
+        model = nn.build_model(config, rngs=nnx.Rngs(0))
+        nn.save_hf(model, tmp / family, model_type=FAMILY_TYPES.get(family))
         argvs[family] = ["--config", "tiny", "--plan", "h100", "--init-from", str(tmp / family),
                          "--plan-json", str(tmp / f"{family}.json"),
                          *(a for value in FAMILY_RUN for a in ("--set", value))]  # fmt: skip

@@ -6,6 +6,8 @@ read as it reads them, and the variants it cannot express are refused in one lin
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -147,3 +149,81 @@ def test_a_config_qwen3_5_moe_does_not_compute_is_not_saved_as_it(change, messag
         ValueError, match=f"'qwen3_5_moe_text' cannot express this model: .*{message}"
     ):
         qwen3_5_moe_config_to_hf(config)
+
+
+def test_its_multi_token_prediction_module_loads_and_saves_when_asked(tmp_path, capsys):
+    """Qwen3.5's ``mtp.*`` (transformers has none: the names are the published folders'): the
+    module's fc, its three norms and its attending layer with its sparse block go out and come
+    back with ``mtp.depths=1``; by default they are skipped in one line, as transformers does."""
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, QWEN3_5_MOE | {"mtp.depths": 1}), rngs=nnx.Rngs(0)
+    )
+    rs = np.random.RandomState(1)
+    flat = tnn.get_flat_params(model)
+    tnn.set_flat_params(model, {k: v + 0.1 * rs.randn(*v.shape) for k, v in flat.items()})
+    tnn.save_hf(model, tmp_path / "ck", model_type="qwen3_5_moe_text")
+    saved = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert (saved["mtp_num_hidden_layers"], saved["mtp_use_dedicated_embeddings"]) == (1, False)
+    from safetensors.numpy import load_file
+
+    hf = load_file(tmp_path / "ck" / "model.safetensors")
+    want = tnn.get_flat_params(model)
+    fc = want["mtp.layers.0.eh_proj.kernel"].T  # [d, 2·d]: the embedding's half first
+    np.testing.assert_array_equal(hf["mtp.fc.weight"], fc)
+    np.testing.assert_array_equal(
+        hf["mtp.pre_fc_norm_embedding.weight"], want["mtp.layers.0.enorm.scale"]
+    )
+    np.testing.assert_array_equal(hf["mtp.norm.weight"], want["mtp.layers.0.norm.scale"])
+    assert {"mtp.pre_fc_norm_hidden.weight", "mtp.layers.0.self_attn.q_proj.weight",
+            "mtp.layers.0.self_attn.q_norm.weight", "mtp.layers.0.mlp.gate.weight",
+            "mtp.layers.0.mlp.shared_expert_gate.weight",
+            "mtp.layers.0.mlp.experts.3.down_proj.weight"} <= set(hf)  # fmt: skip
+    assert not any(n.startswith("mtp.layers.0.linear_attn.") for n in hf)  # it attends
+    loaded, config = tnn.load_hf(tmp_path / "ck", **{"mtp.depths": 1})
+    assert config == model.config
+    got = tnn.get_flat_params(loaded)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    capsys.readouterr()
+    plain, config = tnn.load_hf(tmp_path / "ck")
+    assert config.mtp.depths == 0 and plain.mtp is None
+    assert "skipping the checkpoint's multi-token-prediction module" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(mtp_num_hidden_layers=0), "mtp_num_hidden_layers 0"),
+        (dict(mtp_num_hidden_layers=2), "mtp_num_hidden_layers 2"),
+        (dict(mtp_use_dedicated_embeddings=True), "mtp_use_dedicated_embeddings True"),
+    ],
+)
+def test_a_module_tjx_cannot_read_is_refused_when_asked_for(change, message):
+    hf = qwen3_5_moe_config_to_hf(tnn.make_config(tnn.LlamaConfig, QWEN3_5_MOE)) | change
+    with pytest.raises(ValueError, match=rf"^mtp.depths=1: .*{message}") as info:
+        qwen3_5_moe_config_from_hf(hf, **{"mtp.depths": 1})
+    assert "\n" not in str(info.value)
+
+
+def test_a_hybrid_with_its_module_trains_it_and_refuses_speculative_decoding():
+    """Delta layers and an MTP module (refused before: the module attends, whatever the stack
+    mixes): the objective's gradients reach the module's fc and its layer's sparse block; a
+    speculative decode is refused in one line (a delta state cannot roll a rejected draft
+    back)."""
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, QWEN3_5_MOE | {"mtp.depths": 1}), rngs=nnx.Rngs(0)
+    )
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 24, (2, 9)))
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+        return tnn.objective_loss(nnx.merge(graphdef, p, rest), batch).loss
+
+    grads = nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))
+    layer = grads["mtp"]["layers"][0]
+    for leaf in (layer["eh_proj"]["kernel"], layer["block"]["moe"]["router"]["kernel"]):
+        assert float(jnp.abs(leaf).sum()) > 0
+    with pytest.raises(ValueError, match=r"^generate_speculative: delta layers .*with generate$"):
+        tnn.generate_speculative(model, [[1, 2]], max_new_tokens=2)

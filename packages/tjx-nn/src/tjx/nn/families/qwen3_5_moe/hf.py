@@ -24,7 +24,8 @@ carry) are read only at what transformers computes (1, ``[]``, true), and refuse
 otherwise (transformers would drop them and build every layer sparse, renormalised). The
 published configs' ``attn_output_gate`` (true: the gated ``q_proj``) and ``mamba_ssm_dtype``
 (the delta state's dtype at serving; tjx keeps it float32) change nothing transformers computes.
-The multi-token-prediction module (``mtp.*``) is skipped in one line, as transformers skips it.
+The multi-token-prediction module (``mtp.*``) is skipped in one line, as transformers skips it,
+unless asked for (``mtp.depths=1``: Qwen3.5's, `tjx.nn.hf.mtp_tensors.qwen_mtp_mapping`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, flag, int_list, nonneg, size, text
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mapping import HFMapping
+from tjx.nn.hf.mtp_tensors import qwen_mtp_mapping
 from tjx.nn.hf.qwen3_5 import KEYS as QWEN3_5_KEYS
 from tjx.nn.hf.qwen3_5 import SPEC as QWEN3_5_SPEC
-from tjx.nn.hf.qwen3_5 import hybrid_fields, hybrid_mapping, hybrid_to_hf
+from tjx.nn.hf.qwen3_5 import hybrid_fields, hybrid_mapping, hybrid_to_hf, mtp_fields
 from tjx.nn.hf.qwen3_next import MOE_NEEDS as QWEN3_NEXT_MOE_NEEDS
 from tjx.nn.hf.qwen3_next import NEEDS as QWEN3_NEXT_NEEDS
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
@@ -83,7 +85,7 @@ SPEC = QWEN3_5_SPEC.but(
 )
 #: What a config must have to be written as Qwen3.5-MoE: Qwen3.5's decoder with every layer
 #: sparse, Qwen2-MoE's renormalised router and gated shared expert.
-NEEDS = QWEN3_NEXT_NEEDS
+NEEDS = {k: v for k, v in QWEN3_NEXT_NEEDS.items() if k != "mtp.depths"}
 MOE_NEEDS: dict[str, Any] = QWEN3_NEXT_MOE_NEEDS | dict(
     router_norm_topk=True, layer_step=1, first_dense=0
 )
@@ -121,7 +123,8 @@ def qwen3_5_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> Llama
         shared_expert_mlp_dim=hf["shared_expert_intermediate_size"],
         shared_expert_gate=True,
     )  # the rest: MoEConfig's defaults, which are MOE_NEEDS
-    return make_config(LlamaConfig, {**fields, **overrides})
+    fields |= overrides
+    return make_config(LlamaConfig, fields | mtp_fields(hf, fields))
 
 
 def is_qwen3_5_moe(config: LlamaConfig, model_type: str | None) -> bool:
@@ -158,4 +161,6 @@ def qwen3_5_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
 def qwen3_5_moe_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Qwen3.5-MoE ``c``: Llama's with Qwen2-MoE's sparse
     blocks, the gated ``q_proj`` and Qwen3.5's delta layers (four input projections)."""
-    return hybrid_mapping(c, llama_mapping(c, "qwen2_moe"), fused=False)
+    return qwen_mtp_mapping(
+        c, lambda c: hybrid_mapping(c, llama_mapping(c, "qwen2_moe"), fused=False)
+    )

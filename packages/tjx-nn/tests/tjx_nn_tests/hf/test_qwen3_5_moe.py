@@ -227,3 +227,43 @@ def test_a_hybrid_with_its_module_trains_it_and_refuses_speculative_decoding():
         assert float(jnp.abs(leaf).sum()) > 0
     with pytest.raises(ValueError, match=r"^generate_speculative: delta layers .*with generate$"):
         tnn.generate_speculative(model, [[1, 2]], max_new_tokens=2)
+
+
+def test_the_published_layout_of_fused_experts_reads_as_the_same_model(tmp_path):
+    """The published folders store each layer's experts fused (``mlp.experts.gate_up_proj``
+    ``[E, 2f, d]``: expert e's gate rows then its up rows; ``down_proj`` ``[E, d, f]``), the MTP
+    layer's too; transformers saves them one per expert. Both read as the same model."""
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, QWEN3_5_MOE | {"mtp.depths": 1}), rngs=nnx.Rngs(0)
+    )
+    rs = np.random.RandomState(2)
+    flat = tnn.get_flat_params(model)
+    tnn.set_flat_params(model, {k: v + 0.1 * rs.randn(*v.shape) for k, v in flat.items()})
+    tnn.save_hf(model, tmp_path / "ck", model_type="qwen3_5_moe_text")
+    from safetensors.numpy import load_file
+
+    tensors = load_file(tmp_path / "ck" / "model.safetensors")
+    fused = {}
+    for name, value in tensors.items():
+        if ".mlp.experts." not in name:
+            fused[name] = value
+        elif name.endswith("experts.0.gate_proj.weight"):
+            p = name.removesuffix("0.gate_proj.weight")
+            fused[p + "gate_up_proj"] = np.stack(
+                [np.concatenate([tensors[f"{p}{e}.gate_proj.weight"],
+                                 tensors[f"{p}{e}.up_proj.weight"]]) for e in range(4)]
+            )  # fmt: skip
+            fused[p + "down_proj"] = np.stack(
+                [tensors[f"{p}{e}.down_proj.weight"] for e in range(4)]
+            )
+    assert "mtp.layers.0.mlp.experts.gate_up_proj" in fused
+    assert fused["model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 8, 16)
+    folder = tmp_path / "published"
+    folder.mkdir()
+    (folder / "config.json").write_text((tmp_path / "ck" / "config.json").read_text())
+    save_file(fused, folder / "model.safetensors")
+    loaded, config = tnn.load_hf(folder, **{"mtp.depths": 1})
+    assert config == model.config
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

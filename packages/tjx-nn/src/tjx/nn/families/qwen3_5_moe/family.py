@@ -9,8 +9,11 @@ from typing import Any
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.families.base import Family
 from tjx.nn.families.qwen3_5_moe.hf import (
+    FUSED,
     QWEN3_5_MOE,
     SPEC,
+    folder_layout,
+    fused_experts,
     is_qwen3_5_moe,
     qwen3_5_moe_config_from_hf,
     qwen3_5_moe_config_to_hf,
@@ -31,12 +34,16 @@ def _read(
     """A qwen3_5_moe_text folder's config and mapping, or an image-text one's text model; the
     multi-token-prediction module and the vision tower skipped in one line each."""
     image_text = model_type == IMAGE_TEXT
+    fused = bool(hf.get(FUSED))
+    hf = {k: v for k, v in hf.items() if k != FUSED}
     if image_text:
         hf = text_config(
             hf, image_text=IMAGE_TEXT, text=QWEN3_5_MOE, keys=IMAGE_TEXT_KEYS, tied=False, spec=SPEC
         )
     config = qwen3_5_moe_config_from_hf(hf, **overrides)
     mapping = qwen3_5_moe_mapping(config)
+    if fused:  # the published layout (`fused_experts`)
+        mapping = fused_experts(mapping, config)
     return config, replace(mapping, ignored=skip_modules(mapping.ignored, image_text))
 
 
@@ -53,4 +60,5 @@ FAMILY = Family(
     claims=is_qwen3_5_moe,
     write=_write,
     stored_names={IMAGE_TEXT: text_name},
+    layout=folder_layout,
 )

@@ -16,6 +16,9 @@ gated ``q_proj``, ``linear_attn.*``
 ``shared_expert_intermediate_size``    behind a sigmoid gate; every layer sparse
 ``mlp.gate``, ``mlp.experts.<e>.*``,   Qwen2-MoE's tensors, the names transformers saves
 ``mlp.shared_expert(_gate)``           (`tjx.nn.hf.llama.llama_mapping`)
+``mlp.experts.gate_up_proj``           the published folders' experts, fused per layer
+``[E, 2f, d]``, ``down_proj``          (`fused_experts`: each expert's gate rows, then its up
+``[E, d, f]``                          rows); read as they come, written one per expert
 =====================================  ========================================================
 
 transformers' config has no dense layers and no router switch: ``decoder_sparse_step``,
@@ -30,8 +33,11 @@ unless asked for (``mtp.depths=1``: Qwen3.5's, `tjx.nn.hf.mtp_tensors.qwen_mtp_m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
@@ -164,3 +170,56 @@ def qwen3_5_moe_mapping(c: LlamaConfig) -> HFMapping:
     return qwen_mtp_mapping(
         c, lambda c: hybrid_mapping(c, llama_mapping(c, "qwen2_moe"), fused=False)
     )
+
+
+#: The key `folder_layout` adds to a folder's config.json dict when its experts come fused (the
+#: family's `read` takes it off before the config is read).
+FUSED = "tjx:fused_experts"
+
+
+def folder_layout(hf: Mapping[str, Any], names: Collection[str]) -> dict[str, Any]:
+    """``hf`` marked (`FUSED`) when the folder's tensor ``names`` hold the experts fused per
+    layer, as the published folders do (``mlp.experts.gate_up_proj``); transformers saves them
+    one per expert, which the mapping reads unmarked."""
+    fused = any(n.endswith("mlp.experts.gate_up_proj") for n in names)
+    return {**hf, FUSED: True} if fused else dict(hf)
+
+
+def fused_experts(m: HFMapping, c: LlamaConfig) -> HFMapping:
+    """``m`` (a mapping with transformers' per-expert tensors) with each sparse block's experts
+    as the published folders store them: ``mlp.experts.gate_up_proj`` ``[E, 2f, d]`` (each
+    expert's ``f`` gate rows, then its ``f`` up rows: transformers' ``Qwen3_5MoeExperts``
+    chunks them so) and ``mlp.experts.down_proj`` ``[E, d, f]``."""
+    e, f = c.moe.num_experts, expert_mlp_dim(c)
+    shapes, to_tjx, to_hf = dict(m.shapes), dict(m.to_tjx), dict(m.to_hf)
+    for first in [n for n in m.shapes if n.endswith("mlp.experts.0.gate_proj.weight")]:
+        p = first.removesuffix("experts.0.gate_proj.weight")  # "<layer>.mlp."
+        layer = p.removesuffix("mlp.")
+        block = (
+            "mtp.layers.0.block."
+            if layer.startswith("mtp.")
+            else layer.replace("model.", "stack.", 1)
+        )
+        t = block + "moe.experts."
+        for k in range(e):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                del shapes[f"{p}experts.{k}.{proj}.weight"]
+                to_hf.pop(f"{p}experts.{k}.{proj}.weight", None)
+        gate_up, down = p + "experts.gate_up_proj", p + "experts.down_proj"
+        shapes[gate_up], shapes[down] = (e, 2 * f, c.d_model), (e, c.d_model, f)
+        to_tjx[t + "fc_gate.kernel"] = _rows(gate_up, 0, f)
+        to_tjx[t + "fc_in.kernel"] = _rows(gate_up, f, 2 * f)
+        to_tjx[t + "fc_out.kernel"] = _rows(down, 0, c.d_model)
+        to_hf[gate_up] = _fused(t + "fc_gate.kernel", t + "fc_in.kernel")
+        to_hf[down] = _fused(t + "fc_out.kernel")
+    return replace(m, shapes=shapes, to_tjx=to_tjx, to_hf=to_hf)
+
+
+def _rows(name: str, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of each expert's ``[E, rows, cols]`` tensor as tjx's ``[E, cols, n]``."""
+    return lambda read: read(name)[:, start:stop].transpose(0, 2, 1)
+
+
+def _fused(*names: str) -> Any:
+    """tjx's ``[E, cols, n]`` kernels, their rows joined: the fused ``[E, Σn, cols]``."""
+    return lambda read: np.concatenate([read(n) for n in names], axis=-1).transpose(0, 2, 1)

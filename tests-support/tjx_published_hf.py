@@ -8,7 +8,10 @@ one multi-token-prediction layer), ``deepseek-ai/DeepSeek-V3.2`` (V3.1's with De
 Attention's indexer: ``deepseek_v32``, FP8 as V3.1), ``moonshotai/Kimi-K2-Instruct``
 (``model_type`` kimi_k2, block-scaled FP8) and ``moonshotai/Kimi-K2.5`` (the image-text
 ``kimi_k25``, INT4 ``compressed-tensors`` experts: a plan refuses its method in one line; its text
-model planned from the same config without it, as a bf16 conversion has it). Kimi-K2.5's is
+model planned from the same config without it, as a bf16 conversion has it), and
+``Qwen/Qwen3.5-397B-A17B`` (the image-text ``qwen3_5_moe`` folder: its ``text_config``, the token
+ids beside it; its ``vision_config``, which tjx skips, is not transcribed; the shard names of its
+index are not the release's, which were not found). Kimi-K2.5's is
 transcribed from a printed copy of the release's config (transformers 5.7's: the keys it adds by
 default left out, its ``rope_parameters`` written as the ``rope_scaling`` it read; the vision
 tower's keys as the release's own code names them). `config_only` lays one out as a folder of
@@ -27,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).with_name("published_hf")
 #: The published models, by folder name.
 PUBLISHED: tuple[str, ...] = ("gpt-oss-120b", "DeepSeek-V3.1", "DeepSeek-V3.2", "Kimi-K2-Instruct")
+PUBLISHED += ("Qwen3.5-397B-A17B",)
 #: Published models whose quantization tjx does not dequantize: a plan refuses them in one line.
 REFUSED = ("Kimi-K2.5",)
 #: A few tensor names of each release's index and the shard the release puts them in.
@@ -69,6 +73,19 @@ _INDEX = {
         "language_model.lm_head.weight": "model-00062-of-000064.safetensors",
         "mm_projector.proj.0.weight": "model-00063-of-000064.safetensors",
         "vision_tower.patch_embed.proj.weight": "model-00064-of-000064.safetensors",
+    },
+    # The release's tensor names (its experts fused per layer), in shards named here.
+    "Qwen3.5-397B-A17B": {
+        "model.language_model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.language_model.layers.0.linear_attn.in_proj_qkv.weight": (
+            "model-00001-of-00002.safetensors"
+        ),
+        "model.language_model.layers.3.mlp.experts.gate_up_proj": (
+            "model-00001-of-00002.safetensors"
+        ),
+        "model.visual.patch_embed.proj.weight": "model-00002-of-00002.safetensors",
+        "mtp.fc.weight": "model-00002-of-00002.safetensors",
+        "lm_head.weight": "model-00002-of-00002.safetensors",
     },
 }
 

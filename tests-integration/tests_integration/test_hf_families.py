@@ -298,6 +298,35 @@ CASES["qwen3_next"] = dict(
     ),
     bf16=False,
 )
+# Qwen3.5-MoE: Qwen3.5's layers (four delta input projections) with a sparse block in every layer
+# (softmax top-2 of 4, always renormalised, a gated shared expert of its own width); no dense
+# width (transformers' config has no intermediate_size). It routes, so it runs in float32 only;
+# its bfloat16 comparison is the sibling that chooses every expert (qwen3_5_moe_all). The
+# published folders are the image-text model's (qwen3_5_moe_image_text: the same text model under
+# model.language_model., a tiny vision tower beside), exported as the text model.
+CASES["qwen3_5_moe"] = dict(
+    config={k: v for k, v in CASES["qwen3_5"]["config"].items() if k != "intermediate_size"}
+    | dict(model_type="qwen3_5_moe_text", num_experts=4, num_experts_per_tok=2,
+           moe_intermediate_size=16, shared_expert_intermediate_size=24),
+    model_type="qwen3_5_moe_text",
+    bf16=False,
+)  # fmt: skip
+CASES["qwen3_5_moe_all"] = dict(
+    CASES["qwen3_5_moe"], config=dict(CASES["qwen3_5_moe"]["config"], num_experts_per_tok=4),
+    bf16=True,
+)  # fmt: skip
+CASES["qwen3_5_moe_image_text"] = dict(
+    config=dict(
+        model_type="qwen3_5_moe",
+        text_config={k: v for k, v in CASES["qwen3_5_moe"]["config"].items() if k != "model_type"},
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                           out_hidden_size=32, num_position_embeddings=16),  # fmt: skip
+    ),
+    make=dict(auto="AutoModelForImageTextToText"),
+    model_type="qwen3_5_moe_text",
+    export_arch="Qwen3_5MoeForCausalLM",
+    bf16=False,
+)
 # Gemma 4 text: layers sliding, full, sliding, full (window 5), the last two reading layers 0 and
 # 1's keys and values (num_kv_shared_layers) with a double-wide MLP; global layers of head_dim 32
 # (16 elsewhere) and one key/value head whose values are its keys (attention_k_eq_v), rotating a
@@ -793,6 +822,32 @@ def test_the_qwen3_next_case_exercises_each_piece(results):
     assert r["saved"]["model_type"] == "qwen3_next"
 
 
+def test_the_qwen3_5_moe_case_exercises_each_piece(results):
+    """Qwen3.5's four delta projections and gated attention, the sparse block in every layer
+    (renormalised top-2, the gated shared expert of its own width): each went out and came back;
+    the image-text folder reads as the same text model."""
+    r = results["qwen3_5_moe"]
+    c = r["config"]
+    assert c.layer_mixers() == ("delta", "delta", "delta", "attention")
+    assert c.attention.output_gate and c.norm.plus_one and c.position.rope_fraction == 0.25
+    moe = c.moe
+    assert (moe.num_experts, moe.experts_per_token, moe.first_dense, moe.layer_step) == (4, 2, 0, 1)
+    assert moe.router == "softmax" and moe.router_norm_topk and moe.shared_expert_gate
+    assert (moe.expert_mlp_dim, moe.shared_expert_mlp_dim) == (16, 24)
+    names = r["tensors"]
+    assert {"model.layers.0.linear_attn.in_proj_qkv.weight",
+            "model.layers.0.linear_attn.in_proj_z.weight",
+            "model.layers.0.mlp.shared_expert_gate.weight", "model.layers.0.mlp.gate.weight",
+            "model.layers.3.self_attn.q_proj.weight",
+            "model.layers.3.mlp.experts.3.down_proj.weight"} <= names  # fmt: skip
+    assert not any(".mlp.gate_proj." in n for n in names)  # no dense layer
+    saved = r["saved"]
+    assert saved["model_type"] == "qwen3_5_moe_text" and "intermediate_size" not in saved
+    image_text = results["qwen3_5_moe_image_text"]
+    assert image_text["config"] == c and image_text["saved"]["model_type"] == "qwen3_5_moe_text"
+    assert results["qwen3_5_moe_all"]["config"].moe.experts_per_token == 4
+
+
 def test_the_llama4_case_exercises_each_piece(results):
     """Chunked RoPE layers beside a tempered NoPE one, the weightless q/k norm, llama3 RoPE, the
     fused experts scaled on their input after a dense layer: each went in and came back out.
@@ -919,6 +974,7 @@ def test_the_kimi_k25_case_exercises_each_piece(results):
 #: fine-tune, export and reload: test_hf_finetune.py).
 FINE_TUNED = ["gemma4", "gpt_oss", "glm4_moe", "llama4", "olmo3", "qwen3_next", "deepseek_v32"]
 FINE_TUNED += ["kimi_k25"]
+FINE_TUNED += ["qwen3_5_moe"]
 
 
 @pytest.fixture(scope="module")

@@ -439,12 +439,47 @@ FAMILIES = {
         use_bias=False,
         norm=nn.NormConfig(eps=1e-6),
         **{"attention.type": "mla"},
-        mla=nn.MLAConfig(kv_latent_dim=32, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16,
-                         index_topk=16, index_n_heads=4, index_head_dim=16),
-        moe=nn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=32,
-                         num_shared_experts=1, first_dense=1, router="sigmoid", router_scale=2.5,
-                         router_groups=4, router_topk_groups=2, router_norm_topk=True),
-    ),  # fmt: skip
+        mla=nn.MLAConfig(
+            kv_latent_dim=32,
+            q_lora_rank=32,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            index_topk=16,
+            index_n_heads=4,
+            index_head_dim=16,
+        ),
+        moe=nn.MoEConfig(
+            num_experts=8,
+            experts_per_token=2,
+            expert_mlp_dim=32,
+            num_shared_experts=1,
+            first_dense=1,
+            router="sigmoid",
+            router_scale=2.5,
+            router_groups=4,
+            router_topk_groups=2,
+            router_norm_topk=True,
+        ),
+    ),
+    # Qwen3.5-MoE: Qwen3-Next's computation with every layer sparse, saved as qwen3_5_moe_text
+    # (asked for by name: FAMILY_TYPES).
+    "qwen3_5_moe": dict(
+        num_layers=4,
+        mixer_pattern=("delta",) * 3 + ("attention",),
+        delta=nn.DeltaConfig(key_heads=2, value_heads=4, key_dim=16, value_dim=16),
+        **{"attention.output_gate": True},
+        **{"attention.qk_norm": True},
+        norm=nn.NormConfig(plus_one=True),
+        position=nn.PositionConfig(rope_fraction=0.25),
+        moe=nn.MoEConfig(
+            num_experts=4,
+            experts_per_token=2,
+            expert_mlp_dim=32,
+            num_shared_experts=1,
+            shared_expert_mlp_dim=64,
+            shared_expert_gate=True,
+        ),
+    ),
 }
 # Kimi-K2.5 (its image-text folder, written from the DeepSeek-V3 export below): MLA with a
 # low-rank query, its norms at 1e-5 beside the latent norms' 1e-6, yarn positions, a dense layer
@@ -457,9 +492,14 @@ FAMILIES["kimi_k25"] = dict(
     ),
     norm=nn.NormConfig(eps=1e-5),
     position=nn.PositionConfig(
-        rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=16,
-                          mscale=1.0, mscale_all_dim=1.0)
-    ),  # fmt: skip
+        rope_scaling=dict(
+            type="yarn",
+            factor=4.0,
+            original_max_position_embeddings=16,
+            mscale=1.0,
+            mscale_all_dim=1.0,
+        )
+    ),
     moe=nn.MoEConfig(
         num_experts=8,
         experts_per_token=2,
@@ -490,6 +530,8 @@ def _as_kimi_k25(folder: Path) -> None:
 #: The families whose folder is rewritten after tjx saves it (the published layout tjx reads but
 #: does not write).
 AS_PUBLISHED = {"kimi_k25": _as_kimi_k25}
+#: The families whose folder is saved by name (the others: the family of the config's switches).
+FAMILY_TYPES = {"qwen3_5_moe": "qwen3_5_moe_text"}
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]
 #: The families' plans in one process (the trainer's own ``main`` per family, as ``python -m
 #: trainer`` runs it): one start of jax and its CUDA plugin instead of one per family.
@@ -509,7 +551,8 @@ def family_plans(envs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
     argvs = {}
     for family, fields in FAMILIES.items():
         config = nn.make_config(nn.LlamaConfig, FAMILY_SIZES | fields)
-        nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp / family)
+        model = nn.build_model(config, rngs=nnx.Rngs(0))
+        nn.save_hf(model, tmp / family, model_type=FAMILY_TYPES.get(family))
         AS_PUBLISHED.get(family, lambda folder: None)(tmp / family)
         argvs[family] = ["--config", "tiny", "--plan", "h100", "--init-from", str(tmp / family),
                          "--plan-json", str(tmp / f"{family}.json"),

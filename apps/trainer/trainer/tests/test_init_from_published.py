@@ -60,6 +60,15 @@ def _llama_run():
                 "vocab_size": 163840,
             },
         ),
+        (
+            "Qwen3.5-397B-A17B",
+            {
+                "d_model": 4096,
+                "num_layers": 60,
+                "moe.num_experts": 512,
+                "delta.value_heads": 64,
+            },
+        ),
     ],
 )
 def test_a_plan_reads_a_published_release_from_its_config_and_index(tmp_path, name, sizes):

@@ -19,6 +19,7 @@ FOLDERS = Path(families.__file__).parent
 #: How the source names each family (its folder's name, or its name in prose).
 NAMED = {"gemma4": r"gemma[ _]?4", "llama4": r"llama[ _]?4"}
 NAMED["kimi_k25"] = r"kimi"
+NAMED["qwen3_5_moe"] = r"qwen3[._]?5[ _-]?moe"
 #: The most modules outside a family's folder that may name it: the registry, and the config
 #: fields of its switches with their checks (``configs``, ``family_config``) and one hook.
 MOST = 4

@@ -180,11 +180,12 @@ def shared_kv_layers(config: Any) -> int:
 
 
 def check_mtp(config: Any, cls: str) -> None:
-    """Multi-token prediction (the ``mtp`` section, :mod:`tjx.nn.mtp`) only on a full-attention
-    decoder: an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)."""
+    """Multi-token prediction (the ``mtp`` section, :mod:`tjx.nn.mtp`) only on a decoder whose
+    attention is full: an MTP module is one full-attention block (DeepSeek's, GLM-4.5's, and
+    Qwen3.5's, whose stack mixes delta layers in: its module attends)."""
     if not config.mtp.depths:
         return
-    local = (("attention.sliding_window", None), ("attention.chunk", None), ("mixer_pattern", None))
+    local = (("attention.sliding_window", None), ("attention.chunk", None))
     for name, off in (*local, ("position.kind", "t5")):
         value = setting_value(config, name)
         if (value is not None) if off is None else value == off:

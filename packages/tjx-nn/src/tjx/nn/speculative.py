@@ -160,6 +160,13 @@ def generate_speculative(
             "generate_speculative drafts with the model's multi-token-prediction module: it "
             "needs a DecoderLM with mtp.depths >= 1 (use generate otherwise)"
         )
+    if "delta" in model.config.layer_mixers():
+        # A verification pass steps each delta layer's state over the draft too; a rejected
+        # draft would need that state rolled back, which the delta cache cannot do.
+        raise ValueError(
+            "generate_speculative: delta layers (mixer_pattern) keep a running state that a "
+            "rejected draft cannot roll back; decode this model with generate"
+        )
     arr, lengths = check_tokens(
         prompts,
         prompt_lengths,

@@ -13,6 +13,7 @@ import pytest
 from tjx import nn as tnn
 from tjx.nn.families.gemma4.hf_write import gemma4_config_to_hf
 from tjx.nn.families.llama4.hf_write import llama4_config_to_hf
+from tjx.nn.families.qwen3_5_moe.hf import qwen3_5_moe_config_to_hf
 from tjx.nn.families.registry import FAMILIES
 from tjx.nn.hf import config as llama_hf
 from tjx.nn.hf import (
@@ -45,6 +46,7 @@ from tjx_nn_tests.hf.test_llama4 import LLAMA4
 from tjx_nn_tests.hf.test_moe import SIZES as MOE_SIZES
 from tjx_nn_tests.hf.test_moe import TYPES as MOE_TYPES
 from tjx_nn_tests.hf.test_qwen3_5 import QWEN3_5
+from tjx_nn_tests.hf.test_qwen3_5_moe import QWEN3_5_MOE
 from tjx_nn_tests.hf.test_qwen3_next import QWEN3_NEXT
 from tjx_nn_tests.test_mla_deepseek import V2, V3
 
@@ -66,6 +68,7 @@ SPECS = {
 #: The image-text types, read as their text model (``text_config``).
 IMAGE_TEXT = {"qwen3_5": "qwen3_5_text", "llama4": "llama4_text", "gemma4": "gemma4_text"}
 IMAGE_TEXT["kimi_k25"] = "kimi_k2"
+IMAGE_TEXT["qwen3_5_moe"] = "qwen3_5_moe_text"
 
 
 def _valid(model_type: str) -> dict:
@@ -105,6 +108,7 @@ def _valid(model_type: str) -> dict:
         "qwen3_next": (qwen3_next_config_to_hf, QWEN3_NEXT),
         "llama4_text": (llama4_config_to_hf, LLAMA4),
         "gemma4_text": (gemma4_config_to_hf, GEMMA4),
+        "qwen3_5_moe_text": (qwen3_5_moe_config_to_hf, QWEN3_5_MOE),
     }
     write, fields = writers[model_type]
     return write(config(**fields))

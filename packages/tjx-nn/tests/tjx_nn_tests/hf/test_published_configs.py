@@ -1,9 +1,10 @@
 """The published quantized releases at their real sizes, from ``config.json`` and the index alone
 (#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1, -V3.2 and Kimi-K2-Instruct (block-scaled
-FP8), and Kimi-K2.5 (INT4, refused; its text model planned without it), their configs transcribed
-in tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan --init-from`` reads)
-gives their architectures, parameter counts as published, without a shard; loading the folder
-refuses the missing shards in one line."""
+FP8), Kimi-K2.5 (INT4, refused; its text model planned without it) and Qwen3.5-397B-A17B (the
+image-text folder, read as its text model), their configs transcribed in tests-support's
+``tjx_published_hf``. ``read_hf_config`` (what ``--plan --init-from`` reads) gives their
+architectures, parameter counts as published, without a shard; loading the folder refuses the
+missing shards in one line."""
 
 from __future__ import annotations
 
@@ -73,6 +74,32 @@ EXPECTED = {
         # stored tensors: these, the multi-token-prediction layer with its embedding and head
         # copies, and the FP8 scales: 685,396,921,376 as the release's weight listing sums them)
         params=671_877_944_064,
+    ),
+    "Qwen3.5-397B-A17B": dict(
+        fields={
+            "d_model": 4096,
+            "num_layers": 60,
+            "num_heads": 32,
+            "num_kv_heads": 2,
+            "head_dim": 256,
+            "mixer_pattern": ("delta", "delta", "delta", "attention"),
+            "delta.key_heads": 16,
+            "delta.value_heads": 64,
+            "delta.key_dim": 128,
+            "attention.output_gate": True,
+            "position.rope_fraction": 0.25,
+            "position.rope_theta": 10_000_000.0,
+            "moe.num_experts": 512,
+            "moe.experts_per_token": 10,
+            "moe.expert_mlp_dim": 1024,
+            "moe.shared_expert_mlp_dim": 1024,
+            "moe.first_dense": 0,
+            "vocab_size": 248320,
+            "max_seq_len": 262144,
+        },
+        # "397B" on the card counts the vision tower and the multi-token-prediction layer too;
+        # the text model's 396.3 B: 60 sparse layers of 512 experts, 45 delta and 15 attention.
+        params=396_346_350_336,
     ),
 }  # fmt: skip
 #: Kimi-K2 (model_type kimi_k2, read as deepseek_v3): "1T" total on its card; the release's 61

@@ -147,3 +147,18 @@ def test_an_image_text_folder_loads_its_text_model_and_skips_the_rest_in_one_lin
     (out / "config.json").write_text(json.dumps(image_text | {"audio_config": {}}))
     with pytest.raises(ValueError, match="audio_config are not understood"):
         tnn.load_hf(out)
+
+
+def test_the_dense_models_multi_token_prediction_module_round_trips_when_asked(tmp_path):
+    """Qwen3.5's ``mtp.*`` of a dense model (its layer's MLP dense): saved and read back with
+    ``mtp.depths=1`` (Qwen3.5-MoE's, and the refusals: test_qwen3_5_moe.py)."""
+    config = tnn.make_config(tnn.LlamaConfig, QWEN3_5 | {"mtp.depths": 1})
+    model, tensors = saved_random(tmp_path / "ck", config)
+    assert {"mtp.fc.weight", "mtp.layers.0.mlp.gate_proj.weight",
+            "mtp.layers.0.self_attn.q_proj.weight", "mtp.norm.weight"} <= set(tensors)  # fmt: skip
+    loaded, read = tnn.load_hf(tmp_path / "ck", **{"mtp.depths": 1})
+    assert read == config
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -137,3 +137,14 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
 def test_a_config_qwen3_next_does_not_compute_is_not_saved_as_it(change, message):
     with pytest.raises(ValueError, match=f"'qwen3_next' cannot express this model: .*{message}"):
         qwen3_next_config_to_hf(tnn.make_config(tnn.LlamaConfig, QWEN3_NEXT).replace(**change))
+
+
+def test_its_multi_token_prediction_module_is_refused_when_asked_for():
+    """tjx reads Qwen3.5's module, not Qwen3-Next's: asking for it is refused in one line, and a
+    config with one is not written as qwen3_next."""
+    hf = qwen3_next_config_to_hf(tnn.make_config(tnn.LlamaConfig, QWEN3_NEXT))
+    with pytest.raises(ValueError, match=r"^mtp.depths=1: tjx does not read Qwen3-Next's"):
+        qwen3_next_config_from_hf(hf, **{"mtp.depths": 1})
+    config = tnn.make_config(tnn.LlamaConfig, QWEN3_NEXT | {"mtp.depths": 1})
+    with pytest.raises(ValueError, match=r"'qwen3_next' cannot express this model: .*mtp.depths"):
+        qwen3_next_config_to_hf(config)

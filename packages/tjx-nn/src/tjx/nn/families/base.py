@@ -4,7 +4,7 @@ naming it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,11 @@ class Family:
     fixed : tuple of str
         The ``LlamaConfig`` fields of its switches, which a checkpoint of it fixes (a run that
         starts from one may not change them; `tjx.nn.hf.start.HF_LLAMA_FIXED`).
+    layout : callable or None
+        ``(config.json dict, the folder's tensor names) -> config.json dict`` for ``read``: what
+        the names say that the config does not, where a family's folders come in several
+        layouts (Qwen3.5-MoE's experts: fused as published, one per expert as transformers
+        saves them); None: the config says it all.
     """
 
     name: str
@@ -55,6 +60,7 @@ class Family:
     write: Callable[[LlamaConfig], tuple[dict[str, Any], HFMapping]]
     stored_names: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
     fixed: tuple[str, ...] = ()
+    layout: Callable[[Mapping[str, Any], Collection[str]], dict[str, Any]] | None = None
 
     def text_name(self, model_type: str) -> Callable[[str], str]:
         """The stored name → text model name of a folder of ``model_type``."""

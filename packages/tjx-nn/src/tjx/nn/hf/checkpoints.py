@@ -180,11 +180,13 @@ def save_hf(
     hf_config, mapping = _export_plan(config, model_type)
     mtp = getattr(config, "mtp", None)
     depths = mtp.depths if mtp is not None else 0
-    if depths and hf_config.get("num_nextn_predict_layers") != depths:
+    # DeepSeek-V3's and GLM-4.5's count of them, or Qwen3.5's (text and MoE).
+    stored = hf_config.get("num_nextn_predict_layers", hf_config.get("mtp_num_hidden_layers"))
+    if depths and stored != depths:
         raise ValueError(
             f"mtp.depths={depths}: model_type {hf_config['model_type']!r} stores no "
-            "multi-token-prediction layers (deepseek_v3 and glm4_moe do); save a model with "
-            "mtp.depths=0 (its MTP modules dropped) or as one of those"
+            "multi-token-prediction layers (deepseek_v3, glm4_moe and the Qwen3.5 text types "
+            "do); save a model with mtp.depths=0 (its MTP modules dropped) or as one of those"
         )
     assert config is not None
     # LoRA adapters, if any, are merged into their kernels as each tensor is read.

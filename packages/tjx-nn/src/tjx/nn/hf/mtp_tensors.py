@@ -19,6 +19,23 @@ The decoder layer is read as the family's own mapping reads layer ``num_layers +
 MoE experts, router bias...), its tjx names moved from ``stack.layers.{num_layers + j}.`` to
 ``mtp.layers.{j}.block.``. A checkpoint with more depths than the config's ``mtp.depths`` (a
 load with ``mtp.depths=0``) has the others skipped in one printed line (`skip_mtp`).
+
+Qwen3.5's checkpoints (dense and MoE, `qwen_mtp_mapping`) store their module beside the causal
+LM, under ``mtp.`` (transformers 5.24 has no Qwen3.5 MTP and drops them on load; the names are
+the published folders' and vLLM's ``Qwen3_5MTP``'s): ``mtp.layers.0.*`` a decoder layer that
+attends (the family's full-attention layer: gated ``q_proj``, q/k norms, its MLP or sparse
+block), and
+
+====================================  ===============================================
+HF                                    tjx
+====================================  ===============================================
+``mtp.pre_fc_norm_embedding.weight``  ``mtp.layers.0.enorm.scale``
+``mtp.pre_fc_norm_hidden.weight``     ``mtp.layers.0.hnorm.scale``
+``mtp.fc.weight`` ``[d, 2·d]``        ``mtp.layers.0.eh_proj.kernel`` (the embedding first)
+``mtp.norm.weight``                   ``mtp.layers.0.norm.scale``
+====================================  ===============================================
+
+the embedding and head the main model's (``mtp_use_dedicated_embeddings`` false).
 """
 
 from __future__ import annotations
@@ -26,8 +43,10 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.gated_deltanet import DeltaConfig
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.mtp_config import MTPConfig
@@ -139,3 +158,67 @@ def mtp_mapping(
         return name in shared or skipped(name)
 
     return tables.mapping(ignored)
+
+
+#: Qwen3.5's MTP tensors beside its layer: HF suffix (under ``mtp.``) → tjx suffix (depth 0's).
+_QWEN_NORMS = {
+    "pre_fc_norm_embedding.weight": "enorm.scale",
+    "pre_fc_norm_hidden.weight": "hnorm.scale",
+    "norm.weight": "norm.scale",
+}
+
+
+def qwen_mtp_mapping(c: LlamaConfig, build: Callable[[LlamaConfig], HFMapping]) -> HFMapping:
+    """``build(c)`` (a Qwen3.5 family's mapping of ``c`` without MTP) with Qwen3.5's
+    multi-token-prediction module (``mtp.*``, the module doc) when ``c.mtp.depths`` is 1.
+
+    Its layer is ``build``'s layer 0 of a one-layer decoder that attends, moved from
+    ``model.layers.0.``/``stack.layers.0.`` to ``mtp.layers.0.``/``mtp.layers.0.block.``.
+
+    Raises
+    ------
+    ValueError
+        ``mtp.depths`` above 1: Qwen3.5's module is one depth.
+    """
+    base = build(c)
+    if not c.mtp.depths:
+        return base
+    if c.mtp.depths > 1:
+        raise ValueError(
+            f"mtp.depths={c.mtp.depths}: Qwen3.5's multi-token-prediction module is one depth "
+            "(mtp_num_hidden_layers chains its layers in it); set mtp.depths <= 1"
+        )
+    # A one-layer decoder that attends: no delta layer, so no delta sizes either.
+    one = c.replace(num_layers=1, mixer_pattern=None, delta=DeltaConfig(), mtp=MTPConfig())
+    assert isinstance(one, LlamaConfig)
+    layer = build(one)
+    hf_old, hf_new = "model.layers.0.", "mtp.layers.0."
+    t_old, t_new = "stack.layers.0.", "mtp.layers.0.block."
+
+    def moved(name: str, old: str, new: str) -> str:
+        return new + name[len(old) :] if name.startswith(old) else name
+
+    tables = Tables(dict(base.shapes), dict(base.to_tjx), dict(base.to_hf))
+    for name, shape in layer.shapes.items():
+        if name.startswith(hf_old):
+            tables.shapes[moved(name, hf_old, hf_new)] = shape
+    for name, convert in layer.to_tjx.items():
+        if name.startswith(t_old):
+            tables.to_tjx[moved(name, t_old, t_new)] = _read_as(convert, hf_new, hf_old)
+    for name, convert in layer.to_hf.items():
+        if name.startswith(hf_old):
+            tables.to_hf[moved(name, hf_old, hf_new)] = _read_as(convert, t_new, t_old)
+    d = c.d_model
+    for hf_name, tjx_name in _QWEN_NORMS.items():
+        tables.same("mtp." + hf_name, "mtp.layers.0." + tjx_name, (d,))
+    tables.linear("mtp.fc", "mtp.layers.0.eh_proj", (2 * d,), (d,))
+    return tables.mapping(base.ignored)
+
+
+def _read_as(convert: Convert, new: str, old: str) -> Convert:
+    """``convert`` reading its tensors under prefix ``new`` where it names ``old``."""
+
+    def read_moved(read: Any) -> Any:
+        return convert(lambda name: read(new + name[len(old) :] if name.startswith(old) else name))
+
+    return read_moved

@@ -129,8 +129,16 @@ def _read(folder: Path) -> dict[str, Any]:
     but does not hold, said in one line: transformers' DeepSeek-V3 and GLM-4.5 keep
     ``num_nextn_predict_layers`` in the config but neither load nor save those layers, so a folder
     it saved (a fine-tune, a conversion) holds none. Some of their tensors without the rest is
-    damage, which `check_tensors` names."""
+    damage, which `check_tensors` names. A family folder's config as its tensor names complete
+    it (`Family.layout`)."""
     hf = read_config(folder)
+    family = family_of(hf.get("model_type"))
+    if family is not None and family.layout is not None:
+        try:
+            names = _listed_names(folder)
+        except ValueError:  # an unreadable header: the load names it, a plan needs no names
+            names = set()
+        return family.layout(hf, names)
     specs = {**DEEPSEEK_SPECS, GLM4_MOE: GLM4_MOE_SPEC}
     if hf.get("model_type") not in specs:
         return hf

@@ -53,6 +53,7 @@ from tjx.nn.hf.family_tensors import family_mapping
 from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.keys import ABSENT, BASE, Key, count, flag, layer_list, size, text
 from tjx.nn.hf.mapping import HFMapping, Read
+from tjx.nn.hf.mtp_tensors import qwen_mtp_mapping
 from tjx.nn.hf.tables import Tables
 
 QWEN3_5 = "qwen3_5_text"
@@ -70,7 +71,8 @@ KEYS = frozenset(
         "linear_num_key_heads",
         "linear_num_value_heads",
         # Qwen's multi-token-prediction module beside the causal LM (``mtp.*``): transformers
-        # drops it on load, and so does tjx, in one line (`skip_modules`).
+        # drops it on load, and so does tjx, in one line (`skip_modules`), unless asked for
+        # (``mtp.depths=1``: `mtp_fields`, `tjx.nn.hf.mtp_tensors.qwen_mtp_mapping`).
         "mtp_num_hidden_layers",
         "mtp_use_dedicated_embeddings",
     }
@@ -151,7 +153,33 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    return make_config(LlamaConfig, {**hybrid_fields(SPEC.read(hf), QWEN3_5, KEYS), **overrides})
+    hf = SPEC.read(hf)
+    fields = {**hybrid_fields(hf, QWEN3_5, KEYS), **overrides}
+    return make_config(LlamaConfig, fields | mtp_fields(hf, fields))
+
+
+def mtp_fields(hf: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The multi-token-prediction module's fields of a Qwen3.5 config (``hf`` read by its spec,
+    ``fields`` the config's with the overrides): loaded only when asked (``mtp.depths=1``; by
+    default skipped in one line, as transformers skips it), from a checkpoint that stores one.
+
+    Raises
+    ------
+    ValueError
+        ``mtp.depths`` above what ``mtp_num_hidden_layers`` stores, or dedicated embeddings.
+    """
+    depths = fields.get("mtp.depths", 0)
+    if not depths:
+        return {}
+    stored = hf.get("mtp_num_hidden_layers", 0)
+    if depths > stored or stored > 1 or hf.get("mtp_use_dedicated_embeddings"):
+        raise ValueError(
+            f"mtp.depths={depths}: tjx reads Qwen3.5's multi-token-prediction module of one layer "
+            f"on the main model's embeddings; config.json has mtp_num_hidden_layers {stored}, "
+            f"mtp_use_dedicated_embeddings {hf.get('mtp_use_dedicated_embeddings', False)} "
+            "(set mtp.depths=0)"
+        )
+    return {"mtp.depths": depths}
 
 
 def image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,6 +288,8 @@ def hybrid_to_hf(
                       c.delta.key_dim, c.delta.value_dim), strict=True))  # fmt: skip
     if "delta" not in c.layer_mixers():  # no delta layer: transformers still builds the sizes
         sizes = {k: SPEC.keys[k].default for k in sizes}
+    if c.mtp.depths:  # Qwen3.5's module (`mtp_tensors.qwen_mtp_mapping`)
+        out |= {"mtp_num_hidden_layers": c.mtp.depths, "mtp_use_dedicated_embeddings": False}
     return out | {
         "architectures": [architecture],
         "model_type": model_type,
@@ -298,7 +328,7 @@ def _query_and_gate(query: str, gate: str) -> Any:
 def qwen3_5_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Qwen3.5 ``c``: Qwen3's (`family_mapping`) with each
     delta layer's ``linear_attn`` in place of ``self_attn`` and the gated ``q_proj``."""
-    return hybrid_mapping(c, family_mapping(c, "qwen3"), fused=False)
+    return qwen_mtp_mapping(c, lambda c: hybrid_mapping(c, family_mapping(c, "qwen3"), fused=False))
 
 
 def hybrid_mapping(c: LlamaConfig, base: HFMapping, *, fused: bool) -> HFMapping:

@@ -73,7 +73,7 @@ SPEC = QWEN3_5_SPEC.but(
 )
 #: What a config must have to be written as Qwen3-Next: Qwen3.5's decoder, any MoE placement,
 #: and (checked beside, when it has experts) Qwen2-MoE's router and gated shared expert.
-NEEDS = {k: v for k, v in QWEN3_5_NEEDS.items() if k != "moe.num_experts"}
+NEEDS = {k: v for k, v in QWEN3_5_NEEDS.items() if k != "moe.num_experts"} | {"mtp.depths": 0}
 MOE_NEEDS: dict[str, Any] = dict(
     router="softmax",
     router_scale=1.0,
@@ -94,6 +94,11 @@ def qwen3_next_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaC
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
+    if overrides.get("mtp.depths"):
+        raise ValueError(
+            f"mtp.depths={overrides['mtp.depths']}: tjx does not read Qwen3-Next's "
+            "multi-token-prediction module (Qwen3.5's it does); set mtp.depths=0"
+        )
     hf = SPEC.read(hf)
     fields = hybrid_fields(hf, QWEN3_NEXT, KEYS)
     experts = hf["num_experts"]

@@ -45,6 +45,7 @@ from tjx.nn.family_config import (
     check_mtp,
     kv_source,
     layer_shape,
+    nope_layers,
 )
 from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DeltaConfig
@@ -316,6 +317,11 @@ class TransformerConfig:
         if num_layers not in (None, self.num_layers):
             return None
         return tuple(self.layer_shape(i) for i in range(self.num_layers))
+
+    def nope_layers(self) -> tuple[bool, tuple[float, float] | None]:
+        """Whether the global layers rotate no position, and their queries' temperature:
+        `tjx.nn.family_config.nope_layers` of the ``llama4`` section."""
+        return nope_layers(self.llama4)
 
     def kv_source(self, i: int) -> int | None:
         """The layer whose keys and values layer ``i`` reads, or None (its own):

@@ -179,6 +179,12 @@ def shared_kv_layers(config: Any) -> int:
     return int(config.gemma4.kv_shared_layers)
 
 
+def nope_layers(options: Any) -> tuple[bool, tuple[float, float] | None]:
+    """Llama 4's NoPE (the ``llama4`` section ``options``): whether the global layers rotate no
+    position, and their queries' temperature ``(floor, scale)`` (None: untempered)."""
+    return options.global_nope, options.temperature()
+
+
 def check_mtp(config: Any, cls: str) -> None:
     """Multi-token prediction (the ``mtp`` section, :mod:`tjx.nn.mtp`) only on a decoder whose
     attention is full: an MTP module is one full-attention block (DeepSeek's, GLM-4.5's, and

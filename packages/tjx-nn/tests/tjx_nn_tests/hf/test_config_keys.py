@@ -6,11 +6,13 @@ out reads with transformers 5.24's defaults for its family (table below, from it
 ``configuration_*.py``), not tjx's own guesses. Configs only: no model is built, no weight read.
 """
 
+import dataclasses
 import json
 
 import pytest
 
 from tjx import nn as tnn
+from tjx.nn.families.deepseek_v32.hf import deepseek_v32_config_to_hf
 from tjx.nn.families.gemma4.hf_write import gemma4_config_to_hf
 from tjx.nn.families.llama4.hf_write import llama4_config_to_hf
 from tjx.nn.families.qwen3_5_moe.hf import qwen3_5_moe_config_to_hf
@@ -96,6 +98,10 @@ def _valid(model_type: str) -> dict:
         return moe_config_to_hf(config(**MOE_SIZES, **MOE_TYPES[model_type]), model_type)
     if model_type == "kimi_k2":  # Kimi-K2's folders: a DeepSeek-V3 config under its own type
         return _valid("deepseek_v3") | {"model_type": "kimi_k2"}
+    if model_type == "deepseek_v32":  # V3's with its sparse attention's indexer
+        v3 = tnn.make_config(tnn.LlamaConfig, {**V3, "position": tnn.PositionConfig()})
+        sparse = dict(index_topk=4, index_n_heads=2, index_head_dim=8)
+        return deepseek_v32_config_to_hf(v3.replace(mla=dataclasses.replace(v3.mla, **sparse)))
     if model_type in deepseek.DEEPSEEK_TYPES:
         fields = V2 if model_type == "deepseek_v2" else {**V3, "position": tnn.PositionConfig()}
         return deepseek_config_to_hf(config(**fields), model_type)

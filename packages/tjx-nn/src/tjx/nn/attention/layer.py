@@ -99,10 +99,9 @@ class Attention(nnx.Module):
         local_theta = c.position.rope_local_theta  # Gemma 3's windowed layers (family_config)
         if proportion < 1.0 and local_theta is None:
             local_theta = c.position.rope_theta  # only the global layers turn proportionally
-        # Global layers without RoPE (NoPE, the ``llama4`` section), their queries tempered by
-        # position; the rotated layers' q and k over their RMS (no weight); GLM-4.5's RoPE of
-        # each head's first dims.
-        nope, temperature = c.llama4.global_nope, c.llama4.temperature()
+        # Global layers without RoPE (NoPE), their queries tempered by position; the rotated
+        # layers' q and k over their RMS (no weight); GLM-4.5's RoPE of each head's first dims.
+        nope, temperature = c.nope_layers()
         self.positions = LayerPositions(
             rotated=rotated_dims(c),
             rope_proportion=proportion,

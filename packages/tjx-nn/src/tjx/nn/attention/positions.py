@@ -1,7 +1,7 @@
 """How an attention layer applies positions to its queries and keys: RoPE at the layer's base and
 scaling (a windowed layer's own local base, Gemma 3), over each head's first dims only (GLM's
 partial RoPE) or a share of its pairs (proportional RoPE of global layers); the weightless RMS of
-rotated q/k (``qk_l2_norm``); NoPE layers (Llama 4's ``llama4.global_nope``), unrotated, their
+rotated q/k (``qk_l2_norm``); NoPE layers (`tjx.nn.family_config.nope_layers`), unrotated, their
 queries tempered by position.
 
 `LayerPositions` holds one layer's settings (`tjx.nn.attention.Attention` builds it from the

@@ -9,10 +9,11 @@ from __future__ import annotations
 from tjx.nn.families.base import Family
 from tjx.nn.families.gemma4.family import FAMILY as GEMMA4
 from tjx.nn.families.llama4.family import FAMILY as LLAMA4
+from tjx.nn.families.minimax_m2.family import FAMILY as MINIMAX_M2
 
 #: Every family folder, in the order ``save_hf`` asks them whether they claim a config (the first
 #: that does saves it).
-FAMILIES: tuple[Family, ...] = (LLAMA4, GEMMA4)
+FAMILIES: tuple[Family, ...] = (LLAMA4, GEMMA4, MINIMAX_M2)
 
 
 def family_of(model_type: str | None) -> Family | None:

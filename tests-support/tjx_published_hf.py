@@ -4,7 +4,12 @@
 the Hugging Face hub (not downloaded: these machines reach no hub), as released:
 ``openai/gpt-oss-120b`` (MXFP4 experts, ``quantization_config`` ``mxfp4``) and
 ``deepseek-ai/DeepSeek-V3.1`` (block-scaled FP8, ``quant_method: fp8``, ``scale_fmt: ue8m0``,
-one multi-token-prediction layer). `config_only` lays one out as a folder of ``config.json``
+one multi-token-prediction layer), and ``MiniMaxAI/MiniMax-M2`` (block-scaled FP8 with
+``fmt: float8_e4m3fn``, the legacy ``rotary_dim``/``attn_type_list`` keys and the upstreamed
+``auto_map``; transcribed from the MiniMax-M2 family's published config as quoted in public
+sources: its sizes and keys as MiniMax-M2.5's (the same architecture), its ``quantization_config``
+and ``max_position_embeddings`` as quoted for M2; the shard names of its index entries are
+placeholders). `config_only` lays one out as a folder of ``config.json``
 and ``model.safetensors.index.json`` only, the index naming a few of the release's tensors
 (its shards absent), DeepSeek's multi-token-prediction layer among them. Standard library only.
 """
@@ -18,7 +23,7 @@ from pathlib import Path
 #: Where the transcribed configs are.
 HERE = Path(__file__).with_name("published_hf")
 #: The published models, by folder name.
-PUBLISHED = ("gpt-oss-120b", "DeepSeek-V3.1")
+PUBLISHED = ("gpt-oss-120b", "DeepSeek-V3.1", "MiniMax-M2")
 #: A few tensor names of each release's index and the shard the release puts them in.
 _INDEX = {
     "gpt-oss-120b": {
@@ -37,6 +42,15 @@ _INDEX = {
         "model.layers.61.eh_proj.weight": "model-00163-of-000163.safetensors",
         "model.layers.61.shared_head.head.weight": "model-00163-of-000163.safetensors",
         "lm_head.weight": "model-00162-of-000163.safetensors",
+    },
+    "MiniMax-M2": {
+        "model.embed_tokens.weight": "model-00001.safetensors",
+        "model.layers.0.self_attn.q_norm.weight": "model-00001.safetensors",
+        "model.layers.0.block_sparse_moe.gate.weight": "model-00001.safetensors",
+        "model.layers.0.block_sparse_moe.e_score_correction_bias": "model-00001.safetensors",
+        "model.layers.0.block_sparse_moe.experts.0.w1.weight": "model-00001.safetensors",
+        "model.layers.0.block_sparse_moe.experts.0.w1.weight_scale_inv": "model-00001.safetensors",
+        "lm_head.weight": "model-00002.safetensors",
     },
 }
 

@@ -1,6 +1,6 @@
 """The published quantized releases at their real sizes, from ``config.json`` and the index alone
-(#70, point 3): gpt-oss-120b (MXFP4) and DeepSeek-V3.1 (block-scaled FP8), their configs
-transcribed in tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan
+(#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1 and MiniMax-M2 (block-scaled FP8), their
+configs transcribed in tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan
 --init-from`` reads) gives their architectures, parameter counts as published, without a shard;
 loading the folder refuses the missing shards in one line."""
 
@@ -50,6 +50,27 @@ EXPECTED = {
             "mtp.depths": 1,
         },  # the index names layer 61's tensors
         params=671_026_419_200,  # "671B" without the multi-token-prediction layer
+    ),
+    "MiniMax-M2": dict(
+        fields={
+            "d_model": 3072,
+            "num_layers": 62,
+            "num_heads": 48,
+            "num_kv_heads": 8,
+            "head_dim": 128,
+            "position.rope_fraction": 0.5,
+            "position.rope_theta": 5_000_000.0,
+            "attention.qk_norm_scope": "projection",
+            "moe.num_experts": 256,
+            "moe.experts_per_token": 8,
+            "moe.expert_mlp_dim": 1536,
+            "moe.router": "sigmoid",
+            "vocab_size": 200064,
+            "max_seq_len": 196608,
+        },
+        # The card's "230B total"; its 3 multi-token-prediction modules are in neither
+        # transformers' model nor tjx's.
+        params=228_689_764_864,
     ),
 }  # fmt: skip
 

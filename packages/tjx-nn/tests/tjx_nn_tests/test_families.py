@@ -17,7 +17,7 @@ from tjx.nn.hf.start import HF_LLAMA_FIXED
 SRC = Path(families.__file__).parent.parent  # tjx/nn
 FOLDERS = Path(families.__file__).parent
 #: How the source names each family (its folder's name, or its name in prose).
-NAMED = {"gemma4": r"gemma[ _]?4", "llama4": r"llama[ _]?4"}
+NAMED = {"gemma4": r"gemma[ _]?4", "llama4": r"llama[ _]?4", "minimax_m2": r"minimax[ _-]?m2"}
 #: The most modules outside a family's folder that may name it: the registry, and the config
 #: fields of its switches with their checks (``configs``, ``family_config``) and one hook.
 MOST = 4

@@ -11,7 +11,12 @@ Attention's indexer: ``deepseek_v32``, FP8 as V3.1), ``moonshotai/Kimi-K2-Instru
 model planned from the same config without it, as a bf16 conversion has it), and
 ``Qwen/Qwen3.5-397B-A17B`` (the image-text ``qwen3_5_moe`` folder: its ``text_config``, the token
 ids beside it; its ``vision_config``, which tjx skips, is not transcribed; the shard names of its
-index are not the release's, which were not found). Kimi-K2.5's is
+index are not the release's, which were not found), and ``MiniMaxAI/MiniMax-M2`` (block-scaled
+FP8 with ``fmt: float8_e4m3fn``, the legacy ``rotary_dim``/``attn_type_list`` keys and the
+upstreamed ``auto_map``; transcribed from the MiniMax-M2 family's published config as quoted in
+public sources: its sizes and keys as MiniMax-M2.5's (the same architecture), its
+``quantization_config`` and ``max_position_embeddings`` as quoted for M2; the shard names of its
+index entries are placeholders). Kimi-K2.5's is
 transcribed from a printed copy of the release's config (transformers 5.7's: the keys it adds by
 default left out, its ``rope_parameters`` written as the ``rope_scaling`` it read; the vision
 tower's keys as the release's own code names them). `config_only` lays one out as a folder of
@@ -30,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).with_name("published_hf")
 #: The published models, by folder name.
 PUBLISHED: tuple[str, ...] = ("gpt-oss-120b", "DeepSeek-V3.1", "DeepSeek-V3.2", "Kimi-K2-Instruct")
-PUBLISHED += ("Qwen3.5-397B-A17B",)
+PUBLISHED += ("Qwen3.5-397B-A17B", "MiniMax-M2")
 #: Published models whose quantization tjx does not dequantize: a plan refuses them in one line.
 REFUSED = ("Kimi-K2.5",)
 #: A few tensor names of each release's index and the shard the release puts them in.
@@ -86,6 +91,15 @@ _INDEX = {
         "model.visual.patch_embed.proj.weight": "model-00002-of-00002.safetensors",
         "mtp.fc.weight": "model-00002-of-00002.safetensors",
         "lm_head.weight": "model-00002-of-00002.safetensors",
+    },
+    "MiniMax-M2": {
+        "model.embed_tokens.weight": "model-00001.safetensors",
+        "model.layers.0.self_attn.q_norm.weight": "model-00001.safetensors",
+        "model.layers.0.block_sparse_moe.gate.weight": "model-00001.safetensors",
+        "model.layers.0.block_sparse_moe.e_score_correction_bias": "model-00001.safetensors",
+        "model.layers.0.block_sparse_moe.experts.0.w1.weight": "model-00001.safetensors",
+        "model.layers.0.block_sparse_moe.experts.0.w1.weight_scale_inv": "model-00001.safetensors",
+        "lm_head.weight": "model-00002.safetensors",
     },
 }
 

@@ -199,6 +199,13 @@ def _kimi_k25_int4(d):
     tjx_published_hf.config_only("Kimi-K2.5", d / "hf")
 
 
+def _minimax_m2_lightning(d):
+    """A MiniMax folder whose attn_type_list asks for MiniMax-01's lightning-attention layers (0),
+    which transformers' minimax_m2 silently computes as full attention (#70)."""
+    _hf_config(d, "minimax_m2", head_dim=8, attn_type_list=[0], num_local_experts=2,
+               num_experts_per_tok=1)  # fmt: skip
+
+
 def _hf_qwen3_5(d):
     """A Qwen3.5-shaped checkpoint: a Gated DeltaNet layer, then attention."""
     from flax import nnx
@@ -803,6 +810,14 @@ CASES = [
         _kimi_k25_int4,
         "--init-from: config.json: quantization_config.quant_method 'compressed-tensors' is not "
         "one tjx reads (it reads fp8, mxfp4",
+    ),
+    (
+        "init-from-minimax-m2-lightning-attention",
+        T,
+        [*LLAMA, "--init-from", "hf"],
+        _minimax_m2_lightning,
+        "--init-from: config.json attn_type_list [0] is not supported for minimax_m2: 0 marks a "
+        "lightning-attention layer (MiniMax-01",
     ),
     (
         "delta-layers-on-a-split-sequence",

@@ -1,8 +1,8 @@
 """Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2/V3/V3.2, gpt-oss, GLM-4.5 MoE,
-Qwen3.5 (text, and the image-text model's folder), Qwen3-Next, Llama 4 (text), Gemma 4 (text, and
-the image-text model's folder) and Kimi-K2.5 (the image-text model's folder) round-trip through
-transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
-families).
+Qwen3.5 (text, and the image-text model's folder), Qwen3.5-MoE, Qwen3-Next, Llama 4 (text), Gemma 4
+(text, and the image-text model's folder), Kimi-K2.5 (the image-text model's folder) and
+MiniMax-M2 round-trip through transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer
+process each way for all families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -59,6 +59,10 @@ carries RoPE on a quarter of each head (``partial_rotary_factor`` 0.25 of head_d
 q/k norms, q/k/v biases, the sigmoid router with a random correction bias, grouped top-2 (2 of
 4 groups), routed scaling 2.5 and a shared expert. Both route, so (as DeepSeek's) they run
 bfloat16 as ``*_all`` siblings that choose every expert.
+MiniMax-M2 (2 layers, both MoE) carries q/k norms over the whole projection, RoPE on a quarter of
+each head (given as the released folders' legacy ``rotary_dim``) and the sigmoid router with a
+random correction bias (top-2 of 4, renormalised, no groups or scaling); its bfloat16 comparison
+runs as ``minimax_m2_all``.
 """
 
 from __future__ import annotations
@@ -452,6 +456,30 @@ CASES["llama4"] = dict(
         ),
     ),
     bf16=False,
+)
+# MiniMax-M2: every layer MoE (sigmoid top-2 of 4 with a random correction bias, renormalised),
+# q/k norms over the whole projection, RoPE on a quarter of each head given as the released
+# folders' legacy rotary_dim (4 of 16) with a top-level rope_theta. It routes, so it runs in float32
+# only (the module doc); its bfloat16 comparison is minimax_m2_all's.
+CASES["minimax_m2"] = dict(
+    config=dict(
+        COMMON,
+        model_type="minimax_m2",
+        head_dim=16,
+        initializer_range=0.2,
+        intermediate_size=16,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        rotary_dim=4,
+        rope_theta=100.0,
+    ),
+    make=dict(random_buffers=["e_score_correction_bias"]),
+    bf16=False,
+)
+CASES["minimax_m2_all"] = dict(
+    CASES["minimax_m2"],
+    config=dict(CASES["minimax_m2"]["config"], num_experts_per_tok=4),
+    bf16=True,
 )
 CASES["gpt_oss_all"] = dict(
     CASES["gpt_oss"], config=dict(CASES["gpt_oss"]["config"], num_experts_per_tok=4), bf16=True
@@ -970,11 +998,36 @@ def test_the_kimi_k25_case_exercises_each_piece(results):
     assert "model.layers.2.mlp.gate.e_score_correction_bias" in r["tensors"]
 
 
+def test_the_minimax_m2_case_exercises_each_piece(results):
+    """MiniMax-M2's pieces as the config reads them (the legacy rotary_dim and rope_theta among
+    them), and the tensors tjx wrote in the released folders' (Mixtral's) layout."""
+    r = results["minimax_m2"]
+    c = r["config"]
+    assert c.attention.qk_norm and c.attention.qk_norm_scope == "projection"
+    assert (c.position.rope_fraction, c.position.rope_theta, c.head_dim) == (0.25, 100.0, 16)
+    m = c.moe
+    assert (m.num_experts, m.experts_per_token, m.expert_mlp_dim, m.first_dense) == (4, 2, 16, 0)
+    assert (m.router, m.router_norm_topk, m.router_scale, m.num_shared_experts) == (
+        "sigmoid",
+        True,
+        1.0,
+        0,
+    )
+    assert {"model.layers.1.block_sparse_moe.e_score_correction_bias",
+            "model.layers.1.block_sparse_moe.gate.weight",
+            "model.layers.0.block_sparse_moe.experts.3.w3.weight",
+            "model.layers.0.self_attn.q_norm.weight"} <= r["tensors"]  # fmt: skip
+    saved = r["saved"]
+    assert (saved["model_type"], saved["rotary_dim"]) == ("minimax_m2", 4)
+    assert saved["rope_parameters"]["partial_rotary_factor"] == 0.25
+
+
 #: #56's families, each fine-tuned in the trainer from the folder transformers made (Qwen3.5's
 #: fine-tune, export and reload: test_hf_finetune.py).
 FINE_TUNED = ["gemma4", "gpt_oss", "glm4_moe", "llama4", "olmo3", "qwen3_next", "deepseek_v32"]
 FINE_TUNED += ["kimi_k25"]
 FINE_TUNED += ["qwen3_5_moe"]
+FINE_TUNED += ["minimax_m2"]
 
 
 @pytest.fixture(scope="module")

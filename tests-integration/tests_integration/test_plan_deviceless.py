@@ -320,7 +320,7 @@ def test_fp8_still_compiles_to_float8_gemms_for_an_h100(envs, tmp_path):
 #: proportional RoPE, layers reading an earlier layer's keys and values, per-layer embeddings,
 #: layer scalars, the MoE block beside the MLP), OLMo 3 (sliding layers on OLMo 2's post-norm
 #: block) and Qwen3-Next (delta layers, gated attention, MoE with a gated shared expert);
-#: Qwen3.5's layers are the hybrid's above.
+#: Qwen3.5's layers are the hybrid's above. #70's: MiniMax-M2 (below).
 FAMILY_SIZES = dict(vocab_size=64, max_seq_len=64, d_model=64, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=16, mlp=nn.MLPConfig(dim=64))  # fmt: skip
 FAMILIES = {
@@ -532,6 +532,14 @@ def _as_kimi_k25(folder: Path) -> None:
 AS_PUBLISHED = {"kimi_k25": _as_kimi_k25}
 #: The families whose folder is saved by name (the others: the family of the config's switches).
 FAMILY_TYPES = {"qwen3_5_moe": "qwen3_5_moe_text"}
+# MiniMax-M2: every layer MoE with the sigmoid router, q/k norms over the whole projection, RoPE
+# on half of each head.
+FAMILIES["minimax_m2"] = dict(
+    position=nn.PositionConfig(rope_fraction=0.5),
+    **{"attention.qk_norm": True},
+    **{"attention.qk_norm_scope": "projection"},
+    moe=nn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=32, router="sigmoid"),
+)
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]
 #: The families' plans in one process (the trainer's own ``main`` per family, as ``python -m
 #: trainer`` runs it): one start of jax and its CUDA plugin instead of one per family.

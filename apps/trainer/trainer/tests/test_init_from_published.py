@@ -69,6 +69,15 @@ def _llama_run():
                 "delta.value_heads": 64,
             },
         ),
+        (
+            "MiniMax-M2",
+            {
+                "d_model": 3072,
+                "num_layers": 62,
+                "moe.num_experts": 256,
+                "position.rope_fraction": 0.5,
+            },
+        ),
     ],
 )
 def test_a_plan_reads_a_published_release_from_its_config_and_index(tmp_path, name, sizes):

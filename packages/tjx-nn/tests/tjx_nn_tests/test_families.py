@@ -22,6 +22,7 @@ NAMED["kimi_k25"] = r"kimi"
 NAMED["qwen3_5_moe"] = r"qwen3[._]?5[ _-]?moe"
 #: DeepSeek-V3.2 by its folder's name and its sparse attention's settings and indexer.
 NAMED["deepseek_v32"] = r"deepseek_v32|index_topk|index_head_dim|lightning indexer"
+NAMED["minimax_m2"] = r"minimax[ _-]?m2"
 #: The most modules outside a family's folder that may name it: the registry, and the config
 #: fields of its switches with their checks (``configs``, ``family_config``) and one hook.
 MOST = 4

@@ -15,6 +15,7 @@ from tjx import nn as tnn
 from tjx.nn.families.deepseek_v32.hf import deepseek_v32_config_to_hf
 from tjx.nn.families.gemma4.hf_write import gemma4_config_to_hf
 from tjx.nn.families.llama4.hf_write import llama4_config_to_hf
+from tjx.nn.families.minimax_m2.hf_write import minimax_m2_config_to_hf
 from tjx.nn.families.qwen3_5_moe.hf import qwen3_5_moe_config_to_hf
 from tjx.nn.families.registry import FAMILIES
 from tjx.nn.hf import config as llama_hf
@@ -45,6 +46,7 @@ from tjx_nn_tests.hf.test_gemma4 import GEMMA4
 from tjx_nn_tests.hf.test_gpt_oss_glm import FAMILIES as OSS_GLM
 from tjx_nn_tests.hf.test_gpt_oss_glm import SIZES as OSS_GLM_SIZES
 from tjx_nn_tests.hf.test_llama4 import LLAMA4
+from tjx_nn_tests.hf.test_minimax_m2 import MINIMAX
 from tjx_nn_tests.hf.test_moe import SIZES as MOE_SIZES
 from tjx_nn_tests.hf.test_moe import TYPES as MOE_TYPES
 from tjx_nn_tests.hf.test_qwen3_5 import QWEN3_5
@@ -115,6 +117,7 @@ def _valid(model_type: str) -> dict:
         "llama4_text": (llama4_config_to_hf, LLAMA4),
         "gemma4_text": (gemma4_config_to_hf, GEMMA4),
         "qwen3_5_moe_text": (qwen3_5_moe_config_to_hf, QWEN3_5_MOE),
+        "minimax_m2": (minimax_m2_config_to_hf, MINIMAX),
     }
     write, fields = writers[model_type]
     return write(config(**fields))

@@ -1,10 +1,10 @@
 """The published quantized releases at their real sizes, from ``config.json`` and the index alone
-(#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1, -V3.2 and Kimi-K2-Instruct (block-scaled
-FP8), Kimi-K2.5 (INT4, refused; its text model planned without it) and Qwen3.5-397B-A17B (the
-image-text folder, read as its text model), their configs transcribed in tests-support's
-``tjx_published_hf``. ``read_hf_config`` (what ``--plan --init-from`` reads) gives their
-architectures, parameter counts as published, without a shard; loading the folder refuses the
-missing shards in one line."""
+(#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1, -V3.2, Kimi-K2-Instruct and MiniMax-M2
+(block-scaled FP8), Kimi-K2.5 (INT4, refused; its text model planned without it) and
+Qwen3.5-397B-A17B (the image-text folder, read as its text model), their configs transcribed in
+tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan --init-from`` reads) gives
+their architectures, parameter counts as published, without a shard; loading the folder refuses
+the missing shards in one line."""
 
 from __future__ import annotations
 
@@ -100,6 +100,27 @@ EXPECTED = {
         # "397B" on the card counts the vision tower and the multi-token-prediction layer too;
         # the text model's 396.3 B: 60 sparse layers of 512 experts, 45 delta and 15 attention.
         params=396_346_350_336,
+    ),
+    "MiniMax-M2": dict(
+        fields={
+            "d_model": 3072,
+            "num_layers": 62,
+            "num_heads": 48,
+            "num_kv_heads": 8,
+            "head_dim": 128,
+            "position.rope_fraction": 0.5,
+            "position.rope_theta": 5_000_000.0,
+            "attention.qk_norm_scope": "projection",
+            "moe.num_experts": 256,
+            "moe.experts_per_token": 8,
+            "moe.expert_mlp_dim": 1536,
+            "moe.router": "sigmoid",
+            "vocab_size": 200064,
+            "max_seq_len": 196608,
+        },
+        # The card's "230B total"; its 3 multi-token-prediction modules are in neither
+        # transformers' model nor tjx's.
+        params=228_689_764_864,
     ),
 }  # fmt: skip
 #: Kimi-K2 (model_type kimi_k2, read as deepseek_v3): "1T" total on its card; the release's 61

@@ -11,11 +11,12 @@ from tjx.nn.families.deepseek_v32.family import FAMILY as DEEPSEEK_V32
 from tjx.nn.families.gemma4.family import FAMILY as GEMMA4
 from tjx.nn.families.kimi_k25.family import FAMILY as KIMI_K25
 from tjx.nn.families.llama4.family import FAMILY as LLAMA4
+from tjx.nn.families.minimax_m2.family import FAMILY as MINIMAX_M2
 from tjx.nn.families.qwen3_5_moe.family import FAMILY as QWEN3_5_MOE
 
 #: Every family folder, in the order ``save_hf`` asks them whether they claim a config (the first
 #: that does saves it).
-FAMILIES: tuple[Family, ...] = (LLAMA4, GEMMA4, DEEPSEEK_V32, KIMI_K25, QWEN3_5_MOE)
+FAMILIES: tuple[Family, ...] = (LLAMA4, GEMMA4, DEEPSEEK_V32, KIMI_K25, QWEN3_5_MOE, MINIMAX_M2)
 
 
 def family_of(model_type: str | None) -> Family | None:

@@ -61,7 +61,8 @@ _QUANT_VALUES: dict[str, dict[str, tuple[Any, ...]]] = {
         "scale_fmt": ("float", "ue8m0"),
         # fp4: DeepSeek-V4's packed FP4 experts.
         "expert_dtype": ("fp8",),
-        "fmt": ("e4m3", "e5m2"),
+        # DeepSeek writes the short names, MiniMax-M2 the dtype's (the tensors' dtype rules).
+        "fmt": ("e4m3", "e5m2", "float8_e4m3fn"),
     },
     "mxfp4": {},
 }

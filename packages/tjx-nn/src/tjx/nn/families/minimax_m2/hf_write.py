@@ -1,0 +1,98 @@
+"""tjx config → config.json for MiniMax-M2 (``minimax_m2``; what maps to what:
+:mod:`tjx.nn.families.minimax_m2.hf`): which configs save as MiniMax-M2, and the dict they save
+as."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.families.minimax_m2.hf import ARCHITECTURE, MINIMAX_M2, MOE_NEEDS, NEEDS
+from tjx.nn.hf.family_base import mismatches, refuse_mismatches
+from tjx.nn.moe.config import expert_mlp_dim
+
+
+def is_minimax_m2(config: LlamaConfig, model_type: str | None) -> bool:
+    """Whether ``config`` saves as minimax_m2: asked for, or MoE layers with q/k norms over the
+    whole projection (which no other family tjx writes computes).
+
+    Parameters
+    ----------
+    config : LlamaConfig
+        The model's config.
+    model_type : str or None
+        The type ``save_hf`` was asked for; None: the config's switches choose.
+
+    Returns
+    -------
+    bool
+    """
+    if model_type is not None:
+        return model_type == MINIMAX_M2
+    c = config
+    return (
+        bool(c.moe.num_experts)
+        and c.attention.qk_norm
+        and c.attention.qk_norm_scope == "projection"
+    )
+
+
+def minimax_m2_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as minimax_m2.
+
+    Parameters
+    ----------
+    config : LlamaConfig
+        A config `is_minimax_m2` claims.
+
+    Returns
+    -------
+    dict
+        What transformers' ``MiniMaxM2Config`` reads (with the released folders' ``rotary_dim``,
+        which other readers of these folders take the rotated width from).
+
+    Raises
+    ------
+    ValueError
+        ``config`` computes something MiniMax-M2 cannot express (every such field named).
+    """
+    c = config
+    wrong = mismatches(c, NEEDS) | mismatches(c, MOE_NEEDS, "moe")
+    if not c.moe.num_experts:
+        wrong["moe.num_experts"] = (0, "> 0")
+    if c.mtp.depths:
+        wrong["mtp.depths"] = (c.mtp.depths, 0)
+    refuse_mismatches(wrong, f"model_type {MINIMAX_M2!r} cannot express this model")
+    assert c.head_dim is not None
+    rope: dict[str, Any] = {"rope_type": "default"}
+    if c.position.rope_scaling is not None:
+        rope = c.position.rope_scaling.as_dict()
+        rope["rope_type"] = rope.pop("type")
+    fraction = c.position.rope_fraction
+    return {
+        "architectures": [ARCHITECTURE],
+        "model_type": MINIMAX_M2,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "intermediate_size": expert_mlp_dim(c),
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": c.max_seq_len,
+        "rms_norm_eps": c.norm.eps,
+        "rope_parameters": rope
+        | {"rope_theta": c.position.rope_theta, "partial_rotary_factor": fraction},
+        "rotary_dim": int(c.head_dim * fraction),
+        "tie_word_embeddings": c.tie_embeddings,
+        "attention_dropout": c.attention.dropout,
+        "initializer_range": c.init.std,
+        "num_local_experts": c.moe.num_experts,
+        "num_experts_per_tok": c.moe.experts_per_token,
+        "router_aux_loss_coef": c.moe.router_aux_loss,
+        "router_jitter_noise": 0.0,
+    }

@@ -97,6 +97,11 @@ def test_a_model_json_of_tjx_0_1_loads():
             "q_lora_rank": None,
             "qk_rope_head_dim": None,
             "v_head_dim": None,
+            # #70's DeepSeek Sparse Attention and DeepSeek's latent norms' own epsilon: off.
+            "index_topk": None,
+            "index_n_heads": None,
+            "index_head_dim": None,
+            "latent_norm_eps": None,
         },
         "attention_sinks": False,
         # #56's Qwen3.5 settings: the gated attention output, the delta layers and their sizes.

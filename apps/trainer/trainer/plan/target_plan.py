@@ -241,6 +241,10 @@ def check_fp8(precision: nn.Precision, device: jax.Device | metrics.Accelerator)
         )
 
 
+#: The most devices a plan compiles for (tjx-metrics' deviceless topologies).
+MOST_PLANNED = 256
+
+
 def state_floor(step: StepConfig, target: Target, text: str, name: str) -> PlanResult | None:
     """The plan's end before any compile when the train state alone (parameters, optimizer state:
     its abstract shapes, nothing created) cannot fit ``target``'s devices even split evenly over
@@ -256,17 +260,21 @@ def state_floor(step: StepConfig, target: Target, text: str, name: str) -> PlanR
     result = PlanResult(text, name)
     device = target.device
     budget, _ = metrics.budget_bytes(device)
-    rounded = -(-need // target.count) * target.count  # whole multiples of the target's count
+    plannable = 1 << (need - 1).bit_length()  # --plan compiles power-of-two counts up to 256
+    where = (
+        f"plan it on --plan {plannable}x{device.key} --set mesh.strategy=fsdp --set mesh.data=1 "
+        "--set mesh.fsdp=-1"
+        if plannable <= MOST_PLANNED
+        else f"that is more than the {MOST_PLANNED} devices --plan compiles for"
+    )
     result.data.update(target=text, device=device.key, devices=target.count, config=name,
                        state_bytes=total, devices_needed=need)  # fmt: skip
     result.error = (
         f"--plan {text}: the train state alone is {total / GIB:,.0f} GiB (parameters "
         f"{params / GIB:,.0f} GiB, optimizer state {(total - params) / GIB:,.0f} GiB), more than "
         f"{target.count} × {budget / GIB:.1f} GiB (what a step may use of each {device.name}): "
-        f"it needs at least {need} {device.key} devices before any activation; plan it on "
-        f"--plan {rounded}x{device.key} "
-        "--set mesh.strategy=fsdp --set mesh.data=1 --set mesh.fsdp=-1, or train fewer "
-        "parameters (LoRA)"
+        f"it needs at least {need} {device.key} devices before any activation; {where}, or "
+        "train fewer parameters (LoRA)"
     )
     return result
 

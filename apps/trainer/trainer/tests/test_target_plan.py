@@ -156,7 +156,7 @@ def test_a_train_state_past_all_the_targets_devices_ends_the_plan_in_one_line_un
     assert result.data["devices_needed"] == need > 2
     assert result.error is not None and result.error.startswith("--plan 2xv5e: the train state")
     assert f"it needs at least {need} v5e devices" in result.error
-    assert f"--plan {-(-need // 2) * 2}xv5e --set mesh.strategy=fsdp" in result.error
+    assert f"--plan {1 << (need - 1).bit_length()}xv5e --set mesh.strategy=fsdp" in result.error
     # A state that fits them all split evenly goes on to the compile (none here: its floor).
     assert target_plan.state_floor(step_config(run), target(), "v5e", run.name) is None
 

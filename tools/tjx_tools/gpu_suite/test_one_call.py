@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -128,13 +129,15 @@ def test_tokamax_parts_check_passes_the_formula_in_bf16_and_fails_a_wrong_kernel
     seed = int(np.random.default_rng().integers(1 << 30))  # fresh inputs each run
     assert tokamax_parts.check(case, tokamax_parts.xla_fn(case), seed) <= tokamax_parts.TOLERANCE
     right = tokamax_parts.xla_fn(case)
-    if case.kind == "swiglu":
-        wrong = lambda x, w: jnp.einsum("td,dkh->kth", x, w).prod(axis=0)
-    elif case.kind == "layer_norm":
-        rms = tokamax_parts.xla_fn(dataclasses.replace(case, kind="rms_norm"))
-        wrong = lambda x, s, o: rms(x, s) + o  # no centring
-    else:
-        wrong = lambda x, s: right(x, jnp.ones_like(s))
+    rms = tokamax_parts.xla_fn(dataclasses.replace(case, kind="rms_norm"))
+
+    def wrong(x: jax.Array, *weights: jax.Array) -> jax.Array:
+        if case.kind == "swiglu":  # the gate without its activation
+            return jnp.einsum("td,dkh->kth", x, weights[0]).prod(axis=0)
+        if case.kind == "layer_norm":  # no centring
+            return rms(x, weights[0]) + weights[1]
+        return right(x, jnp.ones_like(weights[0]))  # the scale ignored
+
     assert tokamax_parts.check(case, wrong, seed) > tokamax_parts.TOLERANCE
 
 

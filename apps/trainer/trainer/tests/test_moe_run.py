@@ -98,7 +98,11 @@ def _flat(model: dict) -> dict:
     old = {new: name for name, new in nn.RENAMED_MODEL_KEYS.items()}
     out = {k: v for k, v in model.items() if k not in nn.SECTIONS}
     for section in nn.SECTIONS:
-        out |= {old[f"{section}.{k}"]: v for k, v in model[section].items()}
+        for k, v in model[section].items():
+            if f"{section}.{k}" in old:
+                out[old[f"{section}.{k}"]] = v
+            else:  # a setting newer than 0.28 (DeepSeek-V3.2's, Kimi's): not written then, off
+                assert v is None, f"{section}.{k}"
     return out
 
 

@@ -7,8 +7,8 @@ the Hugging Face hub (not downloaded: these machines reach no hub), as released:
 one multi-token-prediction layer), ``deepseek-ai/DeepSeek-V3.2`` (V3.1's with DeepSeek Sparse
 Attention's indexer: ``deepseek_v32``, FP8 as V3.1), ``moonshotai/Kimi-K2-Instruct``
 (``model_type`` kimi_k2, block-scaled FP8) and ``moonshotai/Kimi-K2.5`` (the image-text
-``kimi_k25``, INT4 ``compressed-tensors`` experts: a plan refuses its method in one line; its text
-model planned from the same config without it, as a bf16 conversion has it), and
+``kimi_k25``, INT4 ``compressed-tensors`` experts: planned as its text model, the experts
+dequantized as they load), and
 ``Qwen/Qwen3.5-397B-A17B`` (the image-text ``qwen3_5_moe`` folder: its ``text_config``, the token
 ids beside it; its ``vision_config``, which tjx skips, is not transcribed; the shard names of its
 index are not the release's, which were not found), and ``MiniMaxAI/MiniMax-M2`` (block-scaled
@@ -36,8 +36,8 @@ HERE = Path(__file__).with_name("published_hf")
 #: The published models, by folder name.
 PUBLISHED: tuple[str, ...] = ("gpt-oss-120b", "DeepSeek-V3.1", "DeepSeek-V3.2", "Kimi-K2-Instruct")
 PUBLISHED += ("Qwen3.5-397B-A17B", "MiniMax-M2")
-#: Published models whose quantization tjx does not dequantize: a plan refuses them in one line.
-REFUSED = ("Kimi-K2.5",)
+#: Published models with their own test (Kimi-K2.5: the image-text folder, INT4 experts).
+INT4 = ("Kimi-K2.5",)
 #: A few tensor names of each release's index and the shard the release puts them in.
 _INDEX = {
     "gpt-oss-120b": {
@@ -105,7 +105,7 @@ _INDEX = {
 
 
 def config(name: str) -> dict:
-    """The transcribed ``config.json`` of published model ``name`` (`PUBLISHED`, `REFUSED`)."""
+    """The transcribed ``config.json`` of published model ``name`` (`PUBLISHED`, `INT4`)."""
     return json.loads((HERE / name / "config.json").read_text())
 
 

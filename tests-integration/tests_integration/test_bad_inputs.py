@@ -191,12 +191,16 @@ def _deepseek_v32_sparse_first(d):
     _hf_config(d, "deepseek_v32", mlp_layer_types=["sparse", "dense"], **layers)
 
 
-def _kimi_k25_int4(d):
-    """The published Kimi-K2.5 (its config.json and index: INT4 ``compressed-tensors`` experts,
-    which tjx does not dequantize)."""
+def _kimi_k25_int8(d):
+    """The published Kimi-K2.5's config.json and index with its ``compressed-tensors`` experts
+    packed in 8 bits instead of 4 (a W8A16 scheme tjx does not dequantize)."""
     import tjx_published_hf
 
-    tjx_published_hf.config_only("Kimi-K2.5", d / "hf")
+    folder = tjx_published_hf.config_only("Kimi-K2.5", d / "hf")
+    hf = json.loads((folder / "config.json").read_text())
+    for config in (hf, hf["text_config"]):
+        config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 8
+    (folder / "config.json").write_text(json.dumps(hf))
 
 
 def _minimax_m2_lightning(d):
@@ -804,12 +808,12 @@ CASES = [
         "--init-from: config.json: partial_rotary_factor is 0, not a number in (0, 1]",
     ),
     (
-        "init-from-kimi-k25-int4-experts",
+        "init-from-kimi-k25-int8-experts",
         T,
         [*LLAMA, "--init-from", "hf"],
-        _kimi_k25_int4,
-        "--init-from: config.json: quantization_config.quant_method 'compressed-tensors' is not "
-        "one tjx reads (it reads fp8, mxfp4",
+        _kimi_k25_int8,
+        "--init-from: config.json: quantization_config.config_groups.group_0.weights is int8 "
+        "symmetric, strategy 'group': tjx reads pack-quantized INT4 weights",
     ),
     (
         "init-from-minimax-m2-lightning-attention",

@@ -103,8 +103,18 @@ def test_the_stored_names_map_to_the_text_models():
             "text_config.quantization_config differs from the folder's",
         ),
         (
-            dict(quantization_config={"quant_method": "compressed-tensors"}),
-            "quant_method 'compressed-tensors' is not one tjx reads (it reads fp8, mxfp4",
+            dict(
+                quantization_config={
+                    "quant_method": "compressed-tensors",
+                    "format": "dense",
+                    "config_groups": {},
+                }
+            ),
+            "quantization_config.format 'dense' is not read by tjx (it reads 'pack-quantized'",
+        ),
+        (
+            dict(quantization_config={"quant_method": "gptq", "bits": 4}),
+            "quant_method 'gptq' is not one tjx reads (it reads fp8, mxfp4, compressed-tensors",
         ),
     ],
 )

@@ -1,6 +1,6 @@
 """The published quantized releases at their real sizes, from ``config.json`` and the index alone
 (#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1, -V3.2, Kimi-K2-Instruct and MiniMax-M2
-(block-scaled FP8), Kimi-K2.5 (INT4, refused; its text model planned without it) and
+(block-scaled FP8), Kimi-K2.5 (INT4 compressed-tensors experts, its text model) and
 Qwen3.5-397B-A17B (the image-text folder, read as its text model), their configs transcribed in
 tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan --init-from`` reads) gives
 their architectures, parameter counts as published, without a shard; loading the folder refuses
@@ -8,14 +8,13 @@ the missing shards in one line."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import tjx_published_hf as published
 from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.hf import holds_weights
+from tjx.nn.hf.quantized import Quantization, quantization_from_hf
 from tjx.nn.utils import count_params
 
 #: What each release is, from its model card: the fields tjx reads, and its parameters.
@@ -175,23 +174,21 @@ def test_holds_weights_sees_a_single_file_and_any_shard(tmp_path):
     assert holds_weights(single) and not holds_weights(tmp_path / "nowhere")
 
 
-def test_kimi_k25_is_refused_by_its_int4_method_and_its_text_model_plans(tmp_path):
-    """The published Kimi-K2.5 (INT4 ``compressed-tensors`` experts) is refused in one line naming
-    the method and those tjx reads; the same config without it (a bf16 conversion's) plans as
-    Kimi-K2's text model with its own norms (rms_norm_eps 1e-5, the latent norms at 1e-6) and
-    256K yarn positions, the image-text folder's ``language_model.*`` names in its index."""
+def test_kimi_k25_plans_as_its_text_model_with_its_int4_experts(tmp_path):
+    """The published Kimi-K2.5 (INT4 ``compressed-tensors`` experts, its ``quantization_config``
+    repeated in its ``text_config``) plans as it is: Kimi-K2's text model with its own norms
+    (rms_norm_eps 1e-5, the latent norms at 1e-6) and 256K yarn positions, the image-text
+    folder's ``language_model.*`` names in its index; its scheme reads as symmetric INT4 in
+    groups of 32; loading it refuses the absent shards in one line."""
     folder = published.config_only("Kimi-K2.5", tmp_path / "k25")
-    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
-        tnn.read_hf_config(folder)
-    said = str(info.value)
-    assert "quant_method 'compressed-tensors' is not one tjx reads" in said
-    assert "fp8, mxfp4" in said
     hf = published.config("Kimi-K2.5")
-    del hf["quantization_config"], hf["text_config"]["quantization_config"]
-    (folder / "config.json").write_text(json.dumps(hf))
+    assert quantization_from_hf(hf) == Quantization("compressed-tensors", group=32)
     config = tnn.read_hf_config(folder, scan_layers=True)
     want = dict(KIMI_K2["fields"], **{"norm.eps": 1e-5, "mla.latent_norm_eps": 1e-6})
     assert {k: tnn.setting_value(config, k) for k in want} == want
     assert config.position.rope_scaling.factor == 64.0 and config.max_seq_len == 262144
     abstract = nnx.eval_shape(lambda: tnn.Llama(config, rngs=nnx.Rngs(0)))
     assert count_params(abstract) == KIMI_K2["params"]  # the same text model as Kimi-K2's
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        tnn.check_hf_weights(folder)
+    assert "is missing: model.safetensors.index.json names it as a shard" in str(info.value)

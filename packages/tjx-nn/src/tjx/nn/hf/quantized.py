@@ -1,6 +1,6 @@
 """Quantized Hugging Face checkpoints, dequantized as their tensors stream in (pure NumPy).
 
-Two published formats (``config.json``'s ``quantization_config``, read by
+Three published formats (``config.json``'s ``quantization_config``, read by
 `tjx.nn.hf.quantization_config.read_quantization`):
 
 ==========================  ===================================  ==================================
@@ -18,13 +18,24 @@ experts)                    and ``X_scales`` U8 (E8M0)           ``2k`` (its low
                                                                  4, 6}) times ``2^(scale − 127)``;
                                                                  ``[E, O, G·32]`` transposed to
                                                                  ``X`` ``[E, G·32, O]``
+``compressed-tensors``      ``X_packed`` I32 ``[..., O, W]``     value ``i`` of a row: the nibble
+(Kimi-K2.5's experts;       (``W = ⌈I/8⌉``), ``X_scale``         at bit ``4i`` of its words (byte
+``pack-quantized``,         ``[..., O, I/g]`` (F32, BF16,        ``k`` of a word holds ``2k`` low,
+symmetric INT4, one         F16) and ``X_shape`` ``[..., O,      ``2k + 1`` high) minus 8 (−8 … 7),
+scale per ``g`` inputs)     I]`` (I64 or I32); ``X`` is a        times its group's scale, rounded
+                            module's ``weight``                  to the scale's dtype: ``X``
+                                                                 ``[..., O, I]``
 ==========================  ===================================  ==================================
 
 As transformers 5.24 dequantizes them (``integrations/finegrained_fp8.py``'s ``Fp8Dequantize``,
-``integrations/mxfp4.py``'s ``convert_moe_packed_tensors`` with its ``transpose(1, 2)``): the
-products are float32 roundings of exact products (an FP8 value has 4 significant bits, a float32
-scale 24: the product is exact in float64), MXFP4's are exact; each is then cast to the model's
-param dtype, as transformers casts to its parameter's. FP8's grid is DeepSeek's own: a tensor
+``integrations/mxfp4.py``'s ``convert_moe_packed_tensors`` with its ``transpose(1, 2)``,
+``integrations/compressed_tensors.py``'s ``CompressedTensorsDequantize``, which runs
+compressed-tensors 0.20.0's ``PackedQuantizationCompressor.decompress``): FP8's products are
+float32 roundings of exact products (an FP8 value has 4 significant bits, a float32 scale 24:
+the product is exact in float64), MXFP4's are exact, INT4's are rounded to their scales' dtype
+(compressed-tensors multiplies in it; an INT4 value times a BF16 or F16 scale is exact in
+float32, so that is one rounding); each is then cast to the model's param dtype, as
+transformers casts to its parameter's. FP8's grid is DeepSeek's own: a tensor
 whose rows or columns the block does not divide has a last, partial block (DeepSeek-V3's
 ``kv_a_proj_with_mqa``, ``[576, 7168]``, has a ``[5, 56]`` grid), which transformers 5.24's
 dequantization refuses.
@@ -35,7 +46,9 @@ Each tensor is dequantized when the model asks for it, in chunks of at most `CHU
 float32 into an array of the param dtype: the loader holds the model plus one tensor's
 dequantized values (and its stored bytes), never a second copy of the model. Refused in one
 line naming the file and tensor: a quantized tensor without its scale (or scales without their
-tensor), a scale grid the ``weight_block_size`` does not give, blocks not of 16 bytes.
+tensor), a scale grid the ``weight_block_size`` does not give, blocks not of 16 bytes, packed
+INT4 words the ``group_size`` does not fit, a ``weight_shape`` its ``group_size`` does not
+divide, a zero point (an asymmetric scheme).
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.hf.quantization_config import QUANTIZATION_SPECS, read_quantization
+from tjx.nn.hf.quantization_config import CT_FORMAT, QUANTIZATION_SPECS, read_quantization
 from tjx.nn.hf.reading import Tensors
 
 #: The ``quant_method`` values tjx dequantizes (`QUANTIZATION_SPECS`).
@@ -66,6 +79,11 @@ E2M1 = np.array(
 )
 #: MXFP4: values per scale, and bytes per block (two values a byte).
 MX_BLOCK, MX_BYTES = 32, 16
+#: compressed-tensors' packed INT4: values per int32 word, the value stored for 0 (its offset),
+#: and the stored dtypes of the words, their scales and the unpacked shape.
+CT_PER_WORD, CT_OFFSET = 8, 8
+CT_SCALE_DTYPES = ("F32", "BF16", "F16")
+CT_SHAPE_DTYPES = ("I64", "I32")
 #: The float32 working set of one dequantization step: rows are converted this many bytes at a
 #: time into the output, so a tensor costs its output plus a bounded chunk, not a float32 copy.
 CHUNK_BYTES = 16 << 20
@@ -77,10 +95,12 @@ _FIX = "download or save the checkpoint again"
 @dataclass(frozen=True)
 class Quantization:
     """A checkpoint's quantization: ``method`` (`QUANT_METHODS`) and, for ``fp8``, the
-    ``(rows, columns)`` of each scaled block."""
+    ``(rows, columns)`` of each scaled block; for ``compressed-tensors``, the inputs per scale
+    (``group_size``)."""
 
     method: str
     block: tuple[int, int] | None = None
+    group: int | None = None
 
 
 def quantization_from_hf(hf: Mapping[str, Any]) -> Quantization | None:
@@ -105,13 +125,22 @@ def quantization_from_hf(hf: Mapping[str, Any]) -> Quantization | None:
                 f"{', '.join(_MXFP4_TYPES)}'s experts only; load an unquantized conversion"
             )
         return Quantization(method)
+    if method == "compressed-tensors":
+        return Quantization(method, group=int(config["group_size"]))
     rows, cols = config["weight_block_size"]
     return Quantization(method, (int(rows), int(cols)))
 
 
 def without_quantization(hf: Mapping[str, Any]) -> dict[str, Any]:
-    """``hf`` without its ``quantization_config``: the model it describes, unquantized."""
-    return {k: v for k, v in hf.items() if k != "quantization_config"}
+    """``hf`` without its ``quantization_config``: the model it describes, unquantized. An
+    image-text config's ``text_config`` that repeats the folder's (the published Kimi-K2.5's)
+    loses it too; one that differs stays, for the family to refuse."""
+    quantization = hf.get("quantization_config")
+    out = {k: v for k, v in hf.items() if k != "quantization_config"}
+    inner = out.get("text_config")
+    if isinstance(inner, Mapping) and inner.get("quantization_config", {}) == quantization:
+        out["text_config"] = {k: v for k, v in inner.items() if k != "quantization_config"}
+    return out
 
 
 def fp8_grid(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, ...] | None:
@@ -217,6 +246,73 @@ def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray, dtype: Any = np.flo
     return out
 
 
+def dequantize_int4(
+    packed: np.ndarray, scales: np.ndarray, group: int, dtype: Any = np.float32
+) -> np.ndarray:
+    """compressed-tensors' ``pack-quantized`` symmetric INT4 weight ``[..., O, I]``.
+
+    Value ``i`` of a row is the 4 bits from bit ``4i`` of the row's int32 words taken as one
+    little-endian bit string (word ``i // 8``; byte ``k`` of a word holds values ``2k``, its low
+    nibble, and ``2k + 1``), stored offset by 8: the weight is ``(nibble − 8) · scale`` of its
+    group of ``group`` inputs, rounded to the scales' dtype (compressed-tensors multiplies in
+    it), then cast to ``dtype``.
+
+    Parameters
+    ----------
+    packed : np.ndarray
+        int32 ``[..., O, ⌈I/8⌉]``.
+    scales : np.ndarray
+        float32, bfloat16 or float16 ``[..., O, I/group]``.
+    group : int
+        ``group_size``: inputs per scale.
+    dtype : dtype
+        The output's.
+
+    Returns
+    -------
+    np.ndarray
+        ``[..., O, I]`` in ``dtype``, ``I = scales.shape[-1] · group``.
+
+    Raises
+    ------
+    ValueError
+        ``packed`` not int32 of two dims or more, or ``scales`` not the shape it needs.
+    """
+    cols = scales.shape[-1] * group if scales.ndim else 0
+    words = -(-cols // CT_PER_WORD)
+    if (
+        packed.dtype != np.int32
+        or packed.ndim < 2
+        or scales.shape[:-1] != packed.shape[:-1]
+        or packed.shape[-1] != words
+    ):
+        raise ValueError(
+            f"packed INT4 weights {packed.dtype} {list(packed.shape)} with scales "
+            f"{list(scales.shape)} in groups of {group}: the weights must be int32 [..., rows, "
+            f"{words}] for [..., rows, {cols}] values (the scales' groups times {group})"
+        )
+    rows = packed.shape[-2]
+    groups = scales.shape[-1]
+    # compressed-tensors computes (q − zero point) · scale in the scale's dtype.
+    product = scales.dtype if scales.dtype.itemsize <= 4 else np.dtype(np.float32)
+    out = np.empty((*packed.shape[:-1], cols), dtype)
+    flat_p = np.ascontiguousarray(packed, "<i4").reshape(-1, rows, words)
+    flat_s = scales.reshape(-1, rows, groups)
+    flat_out = out.reshape(-1, rows, cols)
+    step = max(1, CHUNK_BYTES // (4 * max(words * CT_PER_WORD, 1)))
+    for k in range(flat_p.shape[0]):
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            nibbles = flat_p[k, r0:r1].view(np.uint8)  # little-endian: value 2k, 2k+1 in byte k
+            values = np.empty((r1 - r0, words * CT_PER_WORD), np.float32)
+            values[:, 0::2] = nibbles & 0x0F
+            values[:, 1::2] = nibbles >> 4
+            values = (values[:, :cols] - CT_OFFSET).reshape(r1 - r0, groups, group)
+            values *= flat_s[k, r0:r1, :, None].astype(np.float32)  # exact for BF16/F16 scales
+            flat_out[k, r0:r1] = values.reshape(r1 - r0, cols).astype(product)
+    return out
+
+
 class Dequantized:
     """The tensors of a quantized checkpoint as the unquantized one's, dequantized when read.
 
@@ -245,12 +341,16 @@ class Dequantized:
         #: name the model reads → (stored tensor, its scales) and the shape it reads.
         self._parts: dict[str, tuple[str, str]] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
+        #: Stored tensors a quantized one reads beside its pair (compressed-tensors' shapes).
+        self._aux: set[str] = set()
         stored = weights.names()
         if quantization.method == "fp8":
             self._pair_fp8(stored)
-        else:
+        elif quantization.method == "mxfp4":
             self._pair_mxfp4(stored)
-        hidden = {n for pair in self._parts.values() for n in pair}
+        else:
+            self._pair_packed(stored)
+        hidden = {n for pair in self._parts.values() for n in pair} | self._aux
         self._names = (stored - hidden) | set(self._parts)
         #: The last tensor dequantized: a tensor the mapping splits (gpt-oss's interleaved
         #: gate/up, DeepSeek's kv_a) is read once per part; one at a time is kept.
@@ -336,6 +436,74 @@ class Dequantized:
                 f"{name.removesuffix('_scales')}_blocks; {_FIX} with all its files",
             )  # fmt: skip
 
+    def _pair_packed(self, stored: set[str]) -> None:
+        w, group = self._weights, self._quantization.group
+        assert group is not None
+        g_key = "quantization_config.config_groups' group_size"
+        for name in sorted(n for n in stored if n.endswith("weight_packed")):
+            base = name.removesuffix("_packed")  # X.weight_packed → X.weight, as it loads
+            scale, shape_name, zero = base + "_scale", base + "_shape", base + "_zero_point"
+            for part in (scale, shape_name):
+                if part not in stored:
+                    raise self._refuse(
+                        name, f"holds packed INT4 weights ({CT_FORMAT}) without {part}; {_FIX} "
+                        "with all its files",
+                    )  # fmt: skip
+            if base in stored:
+                raise self._refuse(base, f"is stored both whole and packed ({name}); {_FIX}")
+            if zero in stored:
+                raise self._refuse(
+                    zero, "is a zero point (an asymmetric scheme): tjx reads symmetric INT4, as "
+                    "quantization_config says; load an unquantized conversion of the checkpoint",
+                )  # fmt: skip
+            for part, dtypes in ((name, ("I32",)), (scale, CT_SCALE_DTYPES),
+                                 (shape_name, CT_SHAPE_DTYPES)):  # fmt: skip
+                if w.dtype(part) not in dtypes:
+                    raise self._refuse(
+                        part, f"is stored as {w.dtype(part)}; {CT_FORMAT} stores "
+                        f"{' or '.join(dtypes)}; {_FIX}",
+                    )  # fmt: skip
+            packed, scales = w.shape(name), w.shape(scale)
+            if len(packed) < 2 or w.shape(shape_name) != (len(packed),):
+                raise self._refuse(
+                    name, f"has shape {list(packed)} with {shape_name} of shape "
+                    f"{list(w.shape(shape_name))}: packed weights have two dims or more, and "
+                    f"their shape one entry a dim; {_FIX}",
+                )  # fmt: skip
+            cols = scales[-1] * group if scales else 0
+            if scales[:-1] != packed[:-1] or packed[-1] != -(-cols // CT_PER_WORD):
+                raise self._refuse(
+                    scale, f"has shape {list(scales)}, but {name} {list(packed)} holds "
+                    f"{packed[-1] * CT_PER_WORD} values a row ({CT_PER_WORD} a word) and its "
+                    f"scales' groups of {g_key} {group} {cols}: the scales are another group "
+                    "size's; give the checkpoint's group_size",
+                )  # fmt: skip
+            self._parts[base] = (name, scale)
+            self._shapes[base] = (*packed[:-1], cols)
+            self._aux.add(shape_name)
+        used = {scale for _, scale in self._parts.values()} | self._aux
+        for name in sorted(stored - used):
+            if name.endswith(("weight_scale", "weight_shape")):
+                raise self._refuse(
+                    name, f"belongs to packed INT4 weights {name[:-6]}_packed, which are not "
+                    f"stored; {_FIX} with all its files",
+                )  # fmt: skip
+
+    def _check_shape(self, name: str) -> None:
+        """``name``'s stored ``weight_shape`` (read: a few integers) is the shape its packed words
+        and scales give: a width its ``group_size`` does not divide is refused, as
+        compressed-tensors refuses to compress it."""
+        stored = name + "_shape"
+        said = tuple(int(v) for v in self._weights.get(stored).reshape(-1))
+        want = self._shapes[name]
+        if said != want:
+            group = self._quantization.group
+            raise self._refuse(
+                stored, f"says {list(said)}, but its packed weights and their scales (groups of "
+                f"{group} inputs) hold {list(want)}: a width group_size {group} does not divide, "
+                f"or another group size's scales; {_FIX}",
+            )  # fmt: skip
+
     def names(self) -> set[str]:
         """Every tensor name, the quantized ones under the name of the tensor they make."""
         return set(self._names)
@@ -363,8 +531,12 @@ class Dequantized:
         if self._quantization.method == "fp8":
             assert self._quantization.block is not None
             value = dequantize_fp8(data, scales, self._quantization.block, self._dtype)
-        else:
+        elif self._quantization.method == "mxfp4":
             value = dequantize_mxfp4(data, scales, self._dtype)
+        else:
+            assert self._quantization.group is not None
+            self._check_shape(name)
+            value = dequantize_int4(data, scales, self._quantization.group, self._dtype)
         del data, scales
         self._last = (name, value)
         return value

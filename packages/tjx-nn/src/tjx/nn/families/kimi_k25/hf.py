@@ -20,10 +20,11 @@ published), ``...model.blocks.N.*``    too); transformers 5.24's ``save_pretrain
 ``vision_tower.*``, ``mm_projector.*`` skipped in one line (tjx loads the text model)
 =====================================  ==========================================================
 
-Refused in one line: a ``quantization_config`` tjx does not dequantize (the published
-Kimi-K2.5's INT4 ``compressed-tensors`` experts: `tjx.nn.hf.quantization_config` names the
-method and those tjx reads), one inside ``text_config`` that differs from the folder's, and any
-image-text key tjx does not know. The multi-token-prediction layers a ``text_config`` counts
+The published Kimi-K2.5's routed experts are INT4 (``compressed-tensors``, ``pack-quantized``):
+dequantized as they load (`tjx.nn.hf.quantized`), its ``text_config`` repeating the folder's
+``quantization_config``. Refused in one line: a ``quantization_config`` tjx does not dequantize
+(`tjx.nn.hf.quantization_config` names what it found and what tjx reads), one inside
+``text_config`` that differs from the folder's, and any image-text key tjx does not know. The multi-token-prediction layers a ``text_config`` counts
 (``num_nextn_predict_layers``) are skipped as transformers' image-text model skips them (its
 ``DeepseekV3Model`` builds ``num_hidden_layers`` layers): ``mtp.depths`` 0. The export is the
 text model, ``deepseek_v3`` (``DeepseekV3ForCausalLM``), which transformers reads.

@@ -31,9 +31,14 @@ PINS: Mapping[str, str] = {
     "trl": "1.16.0",
     "safetensors": "0.8.0",
     "numpy": "2.4.6",
+    "compressed-tensors": "0.20.0",
 }
 #: What the Hugging Face peers import (tests-integration's ``_hf_peer``).
 HF_PEERS = ("torch", "transformers", "safetensors", "numpy", "peft", "trl")
+#: What the quantized-folder peer imports besides (``test_hf_quantized_peer``): the
+#: compressed-tensors compressor that wrote Kimi-K2.5's INT4 release, and that transformers loads
+#: it with. Only that test asks for it, so the other peers' venvs stay as they are.
+QUANT_PEERS = (*HF_PEERS, "compressed-tensors")
 #: Where the venv lives unless ``$TJX_HF_PEER_VENV`` says otherwise.
 DEFAULT_VENV = Path.home() / ".cache" / "tjx" / "torch-peer-venv"
 #: Asks the venv's interpreter for each package's installed version (``null``: not installed).

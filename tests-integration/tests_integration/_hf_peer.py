@@ -21,21 +21,25 @@ import tjx_peers
 SCRIPT = Path(__file__).with_name("_hf_peer_script.py")
 
 
-def peer_python() -> Path:
+def peer_python(packages: tuple[str, ...] = tjx_peers.HF_PEERS) -> Path:
     """The scratch venv's interpreter (made or brought to the pins if needed); it imports
-    transformers, PEFT and TRL at ``tjx_peers.PINS``."""
-    return _ready(tjx_peers.venv_path())
+    ``packages`` (transformers, PEFT and TRL; compressed-tensors as well for the quantized
+    folders, `tjx_peers.QUANT_PEERS`) at ``tjx_peers.PINS``."""
+    return _ready(tjx_peers.venv_path(), packages)
 
 
 @functools.cache
-def _ready(venv: Path) -> Path:
-    """``venv``'s interpreter once its packages are at their pins; checked once per process
+def _ready(venv: Path, packages: tuple[str, ...]) -> Path:
+    """``venv``'s interpreter once ``packages`` are at their pins; checked once per process
     (CI's HF batch runs the peer a dozen times in one process, `run_peer`)."""
-    return tjx_peers.peer_python(venv, tjx_peers.HF_PEERS)
+    return tjx_peers.peer_python(venv, packages)
 
 
-def run_peer(jobs: list[dict[str, Any]], workdir: Path) -> None:
-    """Run ``jobs`` (see ``_hf_peer_script``) in the scratch venv; fail with its output."""
+def run_peer(
+    jobs: list[dict[str, Any]], workdir: Path, packages: tuple[str, ...] = tjx_peers.HF_PEERS
+) -> None:
+    """Run ``jobs`` (see ``_hf_peer_script``) in the scratch venv with ``packages`` at their pins;
+    fail with its output."""
     spec = workdir / f"jobs-{len(list(workdir.glob('jobs-*.json')))}.json"
     spec.write_text(json.dumps(jobs))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -45,14 +49,14 @@ def run_peer(jobs: list[dict[str, Any]], workdir: Path) -> None:
     # 190 CPU s; its 17 models made and scored, at low priority beside other work, 114 -> 18).
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [str(peer_python()), str(SCRIPT), str(spec)],
+        [str(peer_python(packages)), str(SCRIPT), str(spec)],
         env=env,
         capture_output=True,
         text=True,
         check=False,
         timeout=900,
     )
-    versions = tjx_peers.versions_line()  # what this result was checked against
+    versions = tjx_peers.versions_line(packages)  # what this result was checked against
     assert (
         proc.returncode == 0
     ), f"peer ({versions}) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

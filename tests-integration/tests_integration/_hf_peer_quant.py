@@ -14,11 +14,19 @@ folders are and written to ``FOLDER`` with ``config.json``'s ``quantization_conf
   in/32]`` E8M0 exponents, by hand (transformers' MXFP4 quantizer needs Triton kernels): each
   32 inputs of an output row share the scale ``2^(floor(log2 max|x|) - 2)`` (the OCP MX rule,
   e2m1's largest exponent being 2), each value is rounded to the nearest e2m1 code, value
-  ``2k`` in the low nibble of byte ``k`` and ``2k + 1`` in its high one.
+  ``2k`` in the low nibble of byte ``k`` and ``2k + 1`` in its high one;
+* ``"method": "compressed-tensors"`` (Kimi-K2.5's release): each routed expert's projection
+  (``mlp.experts.N.*_proj``) becomes compressed-tensors' ``pack-quantized`` symmetric INT4
+  (``weight_packed`` int32, ``weight_scale`` per ``SPEC["group"]`` inputs, stored in
+  ``SPEC["scale_dtype"]`` as the release's BF16, ``weight_shape``), by compressed-tensors' own
+  ``calculate_qparams`` and ``PackedQuantizationCompressor``; everything else stays, as the
+  release's ``ignore`` list says. transformers' dequantized experts (its parameters keep the
+  scales' dtype) are written to ``FOLDER/experts.npz`` (as float32) and their dtypes to
+  ``FOLDER/experts.json``.
 
 transformers then loads ``FOLDER`` with its dequantizing path (``dequantize=True``:
-``Fp8Dequantize`` / ``convert_moe_packed_tensors``) in float32 and scores it into
-``FOLDER/peer.npz`` as ``_hf_peer_script.score`` does.
+``Fp8Dequantize`` / ``convert_moe_packed_tensors`` / ``CompressedTensorsDequantize``) in
+float32 and scores it into ``FOLDER/peer.npz`` as ``_hf_peer_script.score`` does.
 """
 
 from __future__ import annotations
@@ -30,10 +38,19 @@ from pathlib import Path
 
 import numpy as np
 import torch  # pants: no-infer-dep (the scratch venv's, never the resolve's)
+from compressed_tensors.compressors.pack_quantized.base import (
+    PackedQuantizationCompressor,  # pants: no-infer-dep
+)
+from compressed_tensors.quantization import (
+    QuantizationArgs,  # pants: no-infer-dep
+    QuantizationScheme,  # pants: no-infer-dep
+)
+from compressed_tensors.quantization.utils import calculate_qparams  # pants: no-infer-dep
 from safetensors.torch import load_file, save_file  # pants: no-infer-dep
 from transformers import AutoModelForCausalLM  # pants: no-infer-dep
 from transformers.integrations.finegrained_fp8 import Fp8Quantize  # pants: no-infer-dep
 from transformers.utils.quantization_config import (
+    CompressedTensorsConfig,  # pants: no-infer-dep
     FineGrainedFP8Config,  # pants: no-infer-dep
     Mxfp4Config,  # pants: no-infer-dep
 )
@@ -93,6 +110,45 @@ def _mxfp4(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _int4_config(group: int) -> dict:
+    """The published Kimi-K2.5's ``quantization_config`` (its ``group_size`` changed)."""
+    weights = {"actorder": None, "block_structure": None, "dynamic": False, "group_size": group,
+               "num_bits": 4, "observer": "minmax", "observer_kwargs": {}, "strategy": "group",
+               "symmetric": True, "type": "int"}  # fmt: skip
+    return {
+        "config_groups": {"group_0": {"input_activations": None, "output_activations": None,
+                                      "targets": ["Linear"], "weights": weights}},
+        "format": "pack-quantized",
+        "ignore": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*",
+                   "re:.*mlp\\.(gate|up|gate_up|down)_proj.*"],
+        "kv_cache_scheme": None,
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+    }  # fmt: skip
+
+
+def _int4(
+    tensors: dict[str, torch.Tensor], group: int, scale_dtype: str
+) -> dict[str, torch.Tensor]:
+    config = _int4_config(group)["config_groups"]["group_0"]
+    scheme = QuantizationScheme(
+        targets=config["targets"], weights=QuantizationArgs(**config["weights"])
+    )
+    out: dict[str, torch.Tensor] = {}
+    for name, value in tensors.items():
+        if ".mlp.experts." not in name or not name.endswith("_proj.weight"):
+            out[name] = value
+            continue
+        groups = value.reshape(value.shape[0], -1, group)  # [out, in/group, group]
+        scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), scheme.weights)
+        state = {"weight": value, "weight_scale": scale.to(getattr(torch, scale_dtype)),
+                 "weight_zero_point": zero}  # fmt: skip
+        packed = PackedQuantizationCompressor.compress(state, scheme)
+        prefix = name.removesuffix("weight")
+        out.update({prefix + k: v.contiguous() for k, v in packed.items()})
+    return out
+
+
 def quantize(job: dict, score: Callable[..., None], eager: dict[str, str]) -> None:
     """Run one ``quantize`` job (the module doc); ``score``/``eager``: ``_hf_peer_script``'s."""
     spec, folder = job["quantize"], Path(job["out"])
@@ -109,6 +165,10 @@ def quantize(job: dict, score: Callable[..., None], eager: dict[str, str]) -> No
             "weight_block_size": spec["block"],
         }
         loading = FineGrainedFP8Config(weight_block_size=tuple(spec["block"]), dequantize=True)
+    elif spec["method"] == "compressed-tensors":
+        tensors = _int4(tensors, spec["group"], spec["scale_dtype"])
+        config["quantization_config"] = _int4_config(spec["group"])
+        loading = CompressedTensorsConfig(dequantize=True)
     else:
         tensors = _mxfp4(tensors)
         config["quantization_config"] = {
@@ -126,3 +186,10 @@ def quantize(job: dict, score: Callable[..., None], eager: dict[str, str]) -> No
     )
     tokens = np.asarray(spec["tokens"], dtype=np.int64)
     score(model, tokens, spec["new"], folder / "peer.npz")
+    if spec["method"] == "compressed-tensors":
+        # The experts as transformers dequantized them (in the scales' dtype: it keeps that dtype
+        # for the parameter, and computes the experts in it), for a comparison value by value.
+        experts = {k: v for k, v in model.state_dict().items() if ".mlp.experts." in k}
+        dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in experts.items()}
+        np.savez(folder / "experts.npz", **{k: v.float().numpy() for k, v in experts.items()})
+        (folder / "experts.json").write_text(json.dumps(dtypes))

@@ -1,16 +1,21 @@
-"""Quantized checkpoints as they are published (#70): DeepSeek-V3's block-scaled FP8 and gpt-oss's
-MXFP4 experts load into tjx with transformers' own dequantized model's logits.
+"""Quantized checkpoints as they are published (#70): DeepSeek-V3's block-scaled FP8, gpt-oss's
+MXFP4 experts and Kimi-K2.5's INT4 (compressed-tensors) experts load into tjx with transformers'
+own dequantized model's logits.
 
-transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process for both) builds a tiny
+transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process for all) builds a tiny
 random DeepSeek-V3 (3 layers: a dense one, then MoE with a shared expert and the grouped sigmoid
 router; MLA with a query rank) and gpt-oss (2 layers, sinks, biases, 4 experts), float32, and
 quantizes each folder as the releases are (``_hf_peer_quant``): every linear weight of
 DeepSeek's decoder layers in FP8 e4m3 with a ``weight_scale_inv`` per 4 × 4 block, by
 transformers' own ``Fp8Quantize`` (4 × 4 instead of 128 × 128: every width here is a multiple
-of 4); gpt-oss's experts as ``*_blocks``/``*_scales`` (32 e2m1 values per E8M0 scale). transformers
-loads each quantized folder with ``dequantize=True`` in float32 and scores it; tjx loads the same
-folder with ``tjx.nn.load_hf`` (dequantized as the tensors stream in, `tjx.nn.hf.quantized`):
-logits within 1e-4 of transformers' (relative to their largest) and 20 greedy tokens identical.
+of 4); gpt-oss's experts as ``*_blocks``/``*_scales`` (32 e2m1 values per E8M0 scale); a
+Kimi-K2-shaped DeepSeek-V3 (Kimi-K2.5's text model) with its routed experts in
+compressed-tensors' ``pack-quantized`` INT4, one BF16 scale per 32 inputs as the release, by
+compressed-tensors' own compressor (0.20.0, installed in the peer venv at its pin:
+`tjx_peers.QUANT_PEERS`). transformers loads each quantized folder with ``dequantize=True`` in
+float32 and scores it; tjx loads the same folder with ``tjx.nn.load_hf`` (dequantized as the
+tensors stream in, `tjx.nn.hf.quantized`): logits within 1e-4 of transformers' (relative to
+their largest) and 20 greedy tokens identical.
 Quantizing moved transformers' logits by more than 1e-3 from the unquantized model's, so the
 comparison sees the dequantized values.
 """
@@ -23,6 +28,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tjx_peers
+from safetensors.numpy import load_file
 
 from tests_integration._hf_peer import run_peer
 from tjx import nn
@@ -92,7 +99,47 @@ CASES: dict[str, dict[str, Any]] = {
         ),
         quantize=dict(method="mxfp4"),
     ),
+    "kimi_k2_int4": dict(
+        config=dict(
+            COMMON,
+            model_type="deepseek_v3",
+            hidden_size=64,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_key_value_heads=4,
+            initializer_range=0.2,
+            rms_norm_eps=1e-5,
+            q_lora_rank=12,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=4,
+            v_head_dim=8,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            first_k_dense_replace=1,
+            n_shared_experts=1,
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.827,
+            num_nextn_predict_layers=0,
+        ),
+        make=dict(random_buffers=["e_score_correction_bias"]),
+        quantize={"method": "compressed-tensors", "group": 32, "scale_dtype": "float32"},
+    ),
 }
+#: Kimi-K2.5's release stores its scales in BF16: transformers then keeps the dequantized experts
+#: in bfloat16 and computes them in it (its grouped matmul casts the float32 activations to the
+#: weight's dtype), which a float32 tjx model does not; so the logits are compared on float32
+#: scales (above) and the BF16-scaled folder value by value: tjx's dequantized experts, exported,
+#: equal transformers' parameters exactly.
+CASES["kimi_k2_int4_bf16"] = dict(
+    CASES["kimi_k2_int4"],
+    quantize={"method": "compressed-tensors", "group": 32, "scale_dtype": "bfloat16"},
+)
+#: The cases whose logits are compared (the BF16-scaled one: its weights).
+LOGITS = [name for name in CASES if name != "kimi_k2_int4_bf16"]
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -109,13 +156,27 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
         jobs.append({"make": make, "out": str(plain)})
         quantize = {"plain": str(plain), "tokens": TOKENS, "new": NEW, **case["quantize"]}
         jobs.append({"quantize": quantize, "out": str(root / name)})
-    run_peer(jobs, root)  # one process: make, then quantize and load back, per case
+    # One process: make, then quantize and load back, per case.
+    run_peer(jobs, root, tjx_peers.QUANT_PEERS)
     tokens = jnp.asarray(np.asarray(TOKENS, np.int32))
     out: dict[str, dict[str, Any]] = {}
     for name in CASES:
         folder = root / name
         hf = json.loads((folder / "config.json").read_text())
         model, config = nn.load_hf(folder)
+        if name not in LOGITS:
+            nn.save_hf(model, root / f"{name}-tjx")
+            out[name] = {
+                "export": load_file(str(root / f"{name}-tjx" / "model.safetensors")),
+                "experts": dict(np.load(folder / "experts.npz")),
+                "expert_dtypes": json.loads((folder / "experts.json").read_text()),
+                "quantization": hf["quantization_config"],
+                "dtypes": {
+                    k: e.dtype for k, e in read_header(folder / "model.safetensors").items()
+                },
+                "config": config,
+            }
+            continue
         greedy = nn.generate(model, tokens[:1, :4], max_new_tokens=NEW, temperature=0)
         out[name] = {
             "tjx": np.asarray(model(tokens)),
@@ -129,7 +190,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     return out
 
 
-@pytest.mark.parametrize("family", list(CASES))
+@pytest.mark.parametrize("family", LOGITS)
 def test_quantized_folder_loads_with_transformers_dequantized_logits(results, family):
     r = results[family]
     assert _rel(r["tjx"], r["peer"]["logits"]) < 1e-4
@@ -156,3 +217,34 @@ def test_the_folders_are_quantized_as_the_releases_are(results):
             assert name not in oss["dtypes"]
             assert oss["dtypes"][name + "_blocks"] == oss["dtypes"][name + "_scales"] == "U8"
     assert oss["config"].attention.sinks and oss["config"].moe.num_experts == 4
+
+
+def test_the_int4_folder_is_packed_as_kimi_k25s_release(results):
+    for name, scale in (("kimi_k2_int4", "F32"), ("kimi_k2_int4_bf16", "BF16")):
+        r = results[name]
+        assert r["quantization"]["format"] == "pack-quantized"
+        expert = "model.layers.1.mlp.experts.7.down_proj.weight"
+        assert expert not in r["dtypes"] and r["dtypes"][expert + "_packed"] == "I32"
+        assert r["dtypes"][expert + "_scale"] == scale and r["dtypes"][expert + "_shape"] == "I64"
+        assert r["dtypes"]["model.layers.1.mlp.shared_experts.down_proj.weight"] == "F32"
+        assert r["dtypes"]["model.layers.0.self_attn.q_a_proj.weight"] == "F32"
+        assert r["config"].moe.num_experts == 8 and r["config"].norm.eps == 1e-5
+
+
+def test_bf16_scaled_int4_experts_equal_transformers_dequantized_ones_exactly(results):
+    """compressed-tensors rounds each product to the scales' dtype: tjx's experts (float32
+    params, exported) hold the same bfloat16 values as transformers' parameters."""
+    r = results["kimi_k2_int4_bf16"]
+    experts = r["experts"]
+    assert set(r["expert_dtypes"].values()) == {"bfloat16"}
+    gate_up, down = (
+        experts[f"model.layers.1.mlp.experts.{p}"] for p in ("gate_up_proj", "down_proj")
+    )
+    dim = gate_up.shape[1] // 2
+    for e in range(8):
+        ours = {p: r["export"][f"model.layers.1.mlp.experts.{e}.{p}_proj.weight"]
+                for p in ("gate", "up", "down")}  # fmt: skip
+        np.testing.assert_array_equal(ours["gate"], gate_up[e, :dim])
+        np.testing.assert_array_equal(ours["up"], gate_up[e, dim:])
+        np.testing.assert_array_equal(ours["down"], down[e])
+    assert len(np.unique(down[0])) > 16  # scaled per group: more values than INT4's 16 codes

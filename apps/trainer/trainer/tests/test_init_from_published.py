@@ -61,6 +61,15 @@ def _llama_run():
             },
         ),
         (
+            "Kimi-K2.5",  # the image-text folder, INT4 compressed-tensors experts: its text model
+            {
+                "d_model": 7168,
+                "num_layers": 61,
+                "moe.num_experts": 384,
+                "norm.eps": 1e-5,
+            },
+        ),
+        (
             "Qwen3.5-397B-A17B",
             {
                 "d_model": 4096,

@@ -40,7 +40,7 @@ GROUP = 4
 SCALE_DTYPES = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16}
 
 
-def _ct_config(group: int = GROUP, **weights) -> dict:
+def _ct_config(group: int | None = GROUP, **weights) -> dict:
     """A ``quantization_config`` as Kimi-K2.5's release writes it (``weights`` changed)."""
     args = {"actorder": None, "block_structure": None, "dynamic": False, "group_size": group,
             "num_bits": 4, "observer": "minmax", "observer_kwargs": {}, "strategy": "group",
@@ -54,6 +54,10 @@ def _ct_config(group: int = GROUP, **weights) -> dict:
         "quant_method": "compressed-tensors",
         "quantization_status": "compressed",
     }  # fmt: skip
+
+
+#: Its one ``config_groups`` entry.
+GROUP_0 = _ct_config()["config_groups"]["group_0"]
 
 
 # -- the float64 reference ------------------------------------------------------------------------
@@ -243,9 +247,19 @@ def test_a_kimi_k25_folder_with_int4_experts_loads_and_exports_bf16(tmp_path):
                                                   "input_activations": {"num_bits": 8}}}},
          "config_groups.g.input_activations is set: the model would quantize its activations"),
         ({**_ct_config(), "config_groups": {
-            "a": _ct_config()["config_groups"]["group_0"],
+            "a": GROUP_0,
             "b": _ct_config(group=8)["config_groups"]["group_0"]}},
          "config_groups quantize with group sizes {'a': 4, 'b': 8}"),
+        ({**_ct_config(), "config_groups": {}}, "config_groups is empty: no weight is quantized"),
+        ({**_ct_config(), "config_groups": {"g": {**GROUP_0, "extra": 1}}},
+         "config_groups.g has key(s) extra that compressed-tensors' QuantizationScheme does not"),
+        ({**_ct_config(), "config_groups": {"g": {**GROUP_0, "format": "float-quantized"}}},
+         "config_groups.g.format is 'float-quantized', which tjx does not read"),
+        ({**_ct_config(), "config_groups": {"g": {**GROUP_0, "weights": None}}},
+         "config_groups.g.weights is missing or null"),
+        (_ct_config(zero=1), "weights has key(s) zero that compressed-tensors' QuantizationArgs"),
+        (_ct_config(dynamic=True, block_structure=[8, 8]),
+         "weights is int4 symmetric, strategy 'group', dynamic, block_structure [8, 8]"),
         ({"quant_method": "compressed-tensors"},
          "quantization_config.config_groups is missing; transformers' CompressedTensorsConfig"),
         (_ct_config() | {"sparsity": 1}, "has key(s) sparsity that transformers' "
@@ -292,6 +306,8 @@ def _packed_edit(plain: Path, out: Path, change) -> Path:
          f"tensor {EXPERT}_scale is stored as I32; pack-quantized stores F32 or BF16 or F16"),
         (lambda t: t.update({EXPERT + "_zero_point": ("I32", np.zeros((1, 4), np.int32))}),
          f"tensor {EXPERT}_zero_point is a zero point (an asymmetric scheme)"),
+        (lambda t: t.update({EXPERT + "_shape": ("I64", np.array([8, 16, 1], np.int64))}),
+         f"tensor {EXPERT}_packed has shape [8, 2] with {EXPERT}_shape of shape [3]"),
         (lambda t: t.update({EXPERT: ("F32", np.zeros((8, 16), np.float32))}),
          f"tensor {EXPERT} is stored both whole and packed ({EXPERT}_packed)"),
     ],

@@ -12,6 +12,7 @@ tests-integration's ``test_hf_quantized_peer.py``.
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import ml_dtypes
@@ -21,6 +22,7 @@ from safetensors.numpy import load_file
 
 from tjx import nn as tnn
 from tjx.nn.hf import quantized
+from tjx.nn.hf.io import INDEX
 from tjx.nn.hf.keys import HFConfigError
 from tjx.nn.hf.quantized import dequantize_int4
 from tjx.nn.hf.reading import read_header
@@ -32,7 +34,7 @@ from tjx_nn_tests.hf.test_quantized import (
     _export,
     _refusal,
     _same_params,
-    _write,
+    _write_shards,
 )
 
 #: The published Kimi-K2.5's scheme (its config's ``config_groups``), with a tiny group size.
@@ -135,6 +137,7 @@ def _pack_folder(
     kind: str = "BF16",
     rename=lambda n: n,
     change=None,
+    shards: int = 1,
 ) -> dict[str, np.ndarray]:
     """``out`` (and ``out-ref``): the routed experts' weights of ``plain_tensors`` replaced by
     random packed INT4 (as Kimi-K2.5's release stores them; ``-ref``: their decoding in float32),
@@ -167,7 +170,7 @@ def _pack_folder(
         stored = {rename(k): v for k, v in {**kept, **extra}.items()}
         if change is not None and folder == out:
             change(stored)
-        _write(folder / "model.safetensors", stored)
+        _write_shards(folder, stored, shards)
     return decoded
 
 
@@ -194,6 +197,33 @@ def test_a_packed_int4_deepseek_v3_loads_as_its_decoded_weights(deepseek_plain, 
     tnn.check_hf_weights(folder)
     _same_params(folder)
     _same_params(folder, precision=tnn.Precision("bfloat16", "bfloat16"))
+
+
+def test_loading_int4_holds_one_tensor_dequantized_not_a_shard(tmp_path):
+    """A 2-shard packed DeepSeek-V3: what NumPy holds at once while loading (tracemalloc) stays
+    below one shard's experts dequantized, half the model's: as for FP8 and MXFP4, the model plus
+    one tensor (2026-11-28: 2.9 MB at once against 4.7 MB for a shard's experts, 64 KB each)."""
+    moe = tnn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=128,
+                        num_shared_experts=1, first_dense=1, router="sigmoid")  # fmt: skip
+    plain = _export(tmp_path, DEEPSEEK_V3, d_model=128, num_layers=8, moe=moe)
+    folder = tmp_path / "int4"
+    decoded = _packed_deepseek(plain, folder, shards=2)
+    index = json.loads((folder / INDEX).read_text())["weight_map"]
+    per_shard: dict[str, int] = {}
+    for name, value in decoded.items():
+        file = index[name + "_packed"]
+        per_shard[file] = per_shard.get(file, 0) + value.size * 4  # float32 params
+    shard_bytes = min(per_shard.values())
+    largest = max(v.size * 4 for v in decoded.values())
+    assert len(per_shard) == 2 and shard_bytes >= 16 * largest
+    tnn.load_hf(folder)  # imported and traced once, so the measure sees the load alone
+    tracemalloc.start()
+    try:
+        tnn.load_hf(folder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < shard_bytes, (peak, shard_bytes, largest)
 
 
 def test_a_kimi_k25_folder_with_int4_experts_loads_and_exports_bf16(tmp_path):

@@ -25,7 +25,7 @@ from tjx.nn.hf import quantized
 from tjx.nn.hf.io import INDEX
 from tjx.nn.hf.keys import HFConfigError
 from tjx.nn.hf.quantized import dequantize_int4
-from tjx.nn.hf.reading import read_header
+from tjx.nn.hf.reading import LazyWeights, read_header
 from tjx_nn_tests._helpers import saved_random
 from tjx_nn_tests.hf.test_kimi_k25 import KIMI, _as_kimi_k25
 from tjx_nn_tests.hf.test_quantized import (
@@ -197,6 +197,17 @@ def test_a_packed_int4_deepseek_v3_loads_as_its_decoded_weights(deepseek_plain, 
     tnn.check_hf_weights(folder)
     _same_params(folder)
     _same_params(folder, precision=tnn.Precision("bfloat16", "bfloat16"))
+
+
+def test_the_header_check_reads_no_tensor_of_a_packed_folder(deepseek_plain, tmp_path, monkeypatch):
+    folder = tmp_path / "int4"
+    _packed_deepseek(deepseek_plain, folder)
+
+    def never(self, name):
+        raise AssertionError(f"check_hf_weights read tensor {name}")
+
+    monkeypatch.setattr(LazyWeights, "get", never)
+    tnn.check_hf_weights(folder)  # not even a weight_shape
 
 
 def test_loading_int4_holds_one_tensor_dequantized_not_a_shard(tmp_path):

@@ -53,6 +53,9 @@ class LoadedRun:
     run_data: RunData | ChatRunData  # data.json read back by tjx.data
     #: tjx.nn's `LoraConfig` of a LoRA run (its adapters are in ``model``); ``None`` otherwise.
     lora: Any = None
+    #: The ``model_type`` ``--export-hf`` writes unless asked (`tjx.nn.hf_export_type` of the
+    #: Hugging Face folder the run started from); ``None``: ``save_hf``'s default.
+    export_type: str | None = None
 
     @property
     def chat(self) -> bool:
@@ -178,7 +181,27 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     model = nnx.merge(graphdef, restored, nn.concrete_state(rest))
     # tjx.data reads back what the trainer wrote (its describe), tokenizer (and template) too.
     run_data = _run_data(run_dir, info)
-    return LoadedRun(run_dir, config, info, nn_config, model, int(step), run_data, lora)
+    export_type = nn.hf_export_type(_started_as(run_dir))
+    return LoadedRun(
+        run_dir, config, info, nn_config, model, int(step), run_data, lora, export_type
+    )
+
+
+def _started_as(run_dir: Path) -> str | None:
+    """The ``config.json`` model type of the Hugging Face folder the run started from (its
+    ``init.json``), or None: a run from scratch or from a tjx run, or one whose record an
+    older trainer wrote without it."""
+    try:
+        init = ckpt.RunFolder(run_dir).read("init.json")
+    except ckpt.RunFileNotFoundError:
+        return None
+    except ckpt.RunFileError as err:
+        raise RunError(
+            f"--checkpoint: {str(err.path)!r} is unreadable ({err.reason}); the trainer writes "
+            "it, so the run directory was changed by hand or damaged"
+        ) from None
+    model_type = init.get("model_type") if init.get("kind") == "hugging-face" else None
+    return model_type if isinstance(model_type, str) else None
 
 
 def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:

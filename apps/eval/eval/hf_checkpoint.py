@@ -13,7 +13,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from eval.runs import LoadedRun, RunError, load_run
+from eval.runs import LoadedRun, RunError, load_run, started_as
 from tjx import data
 from tjx.core.lazy import lazy_imports
 
@@ -117,7 +117,7 @@ def export_run(run: LoadedRun, args: argparse.Namespace) -> None:
             out,
             dtype=args.export_dtype,
             max_shard_size=args.max_shard_size,
-            model_type=args.export_model_type or run.export_type,
+            model_type=args.export_model_type or nn.hf_export_type(started_as(run.run_dir)),
         )
     except ValueError as err:
         raise RunError(f"--export-hf: {err}") from None

@@ -53,9 +53,6 @@ class LoadedRun:
     run_data: RunData | ChatRunData  # data.json read back by tjx.data
     #: tjx.nn's `LoraConfig` of a LoRA run (its adapters are in ``model``); ``None`` otherwise.
     lora: Any = None
-    #: The ``model_type`` ``--export-hf`` writes unless asked (`tjx.nn.hf_export_type` of the
-    #: Hugging Face folder the run started from); ``None``: ``save_hf``'s default.
-    export_type: str | None = None
 
     @property
     def chat(self) -> bool:
@@ -181,16 +178,14 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     model = nnx.merge(graphdef, restored, nn.concrete_state(rest))
     # tjx.data reads back what the trainer wrote (its describe), tokenizer (and template) too.
     run_data = _run_data(run_dir, info)
-    export_type = nn.hf_export_type(_started_as(run_dir))
-    return LoadedRun(
-        run_dir, config, info, nn_config, model, int(step), run_data, lora, export_type
-    )
+    return LoadedRun(run_dir, config, info, nn_config, model, int(step), run_data, lora)
 
 
-def _started_as(run_dir: Path) -> str | None:
+def started_as(run_dir: Path) -> str | None:
     """The ``config.json`` model type of the Hugging Face folder the run started from (its
     ``init.json``), or None: a run from scratch or from a tjx run, or one whose record an
-    older trainer wrote without it."""
+    older trainer wrote without it. Read only by ``--export-hf`` (`tjx.nn.hf_export_type`): a
+    damaged record stops an export in one line, never a scoring."""
     try:
         init = ckpt.RunFolder(run_dir).read("init.json")
     except ckpt.RunFileNotFoundError:

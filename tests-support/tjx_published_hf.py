@@ -16,7 +16,13 @@ FP8 with ``fmt: float8_e4m3fn``, the legacy ``rotary_dim``/``attn_type_list`` ke
 upstreamed ``auto_map``; transcribed from the MiniMax-M2 family's published config as quoted in
 public sources: its sizes and keys as MiniMax-M2.5's (the same architecture), its
 ``quantization_config`` and ``max_position_embeddings`` as quoted for M2; the shard names of its
-index entries are placeholders). Kimi-K2.5's is
+index entries are placeholders), and ``Qwen/Qwen3.5-27B`` (the dense image-text ``qwen3_5``
+folder: its ``text_config`` with the release's ``attn_output_gate``, ``mamba_ssm_dtype``,
+``mlp_only_layers``, ``mtp_*``, ``layer_types``, ``full_attention_interval``, ``linear_*`` and
+``rope_parameters`` with ``mrope_*``, its ``vision_config`` and token ids; transcribed from the
+27B's config as quoted in public sources (a public model wrapper building transformers'
+``Qwen3_5Config`` with the release's values; slime's Qwen3.5-27B training script agrees on
+every size), not from the hub; the shard names of its index are placeholders). Kimi-K2.5's is
 transcribed from a printed copy of the release's config (transformers 5.7's: the keys it adds by
 default left out, its ``rope_parameters`` written as the ``rope_scaling`` it read; the vision
 tower's keys as the release's own code names them). `config_only` lays one out as a folder of
@@ -35,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).with_name("published_hf")
 #: The published models, by folder name.
 PUBLISHED: tuple[str, ...] = ("gpt-oss-120b", "DeepSeek-V3.1", "DeepSeek-V3.2", "Kimi-K2-Instruct")
-PUBLISHED += ("Qwen3.5-397B-A17B", "MiniMax-M2")
+PUBLISHED += ("Qwen3.5-397B-A17B", "MiniMax-M2", "Qwen3.5-27B")
 #: Published models with their own test (Kimi-K2.5: the image-text folder, INT4 experts).
 INT4 = ("Kimi-K2.5",)
 #: A few tensor names of each release's index and the shard the release puts them in.
@@ -86,6 +92,18 @@ _INDEX = {
             "model-00001-of-00002.safetensors"
         ),
         "model.language_model.layers.3.mlp.experts.gate_up_proj": (
+            "model-00001-of-00002.safetensors"
+        ),
+        "model.visual.patch_embed.proj.weight": "model-00002-of-00002.safetensors",
+        "mtp.fc.weight": "model-00002-of-00002.safetensors",
+        "lm_head.weight": "model-00002-of-00002.safetensors",
+    },
+    "Qwen3.5-27B": {
+        "model.language_model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.language_model.layers.0.linear_attn.in_proj_qkv.weight": (
+            "model-00001-of-00002.safetensors"
+        ),
+        "model.language_model.layers.3.self_attn.q_proj.weight": (
             "model-00001-of-00002.safetensors"
         ),
         "model.visual.patch_embed.proj.weight": "model-00002-of-00002.safetensors",

@@ -5,10 +5,15 @@ the scratch venv (torch inside), from ``_hf_peer_script``.
 ``make`` wrote (a tiny random float32 model, scored); its tensors are quantized as the published
 folders are and written to ``FOLDER`` with ``config.json``'s ``quantization_config``:
 
-* ``"method": "fp8"`` (DeepSeek-V3's release): every ``nn.Linear`` weight of the decoder layers
-  (attention, dense MLPs, each routed and shared expert; not the router ``mlp.gate``, the
-  embeddings, norms or head) becomes ``float8_e4m3fn`` and its ``weight_scale_inv`` per
-  ``SPEC["block"]`` block, by transformers' own quantizer (``finegrained_fp8.Fp8Quantize``);
+* ``"method": "fp8"`` (DeepSeek-V3's, V3.2's and MiniMax-M2's releases): every ``nn.Linear``
+  weight of the decoder layers (attention, dense MLPs, each routed and shared expert; not the
+  embeddings, norms or head, nor the modules ``SPEC["keep"]`` names, matched as transformers'
+  ``should_convert_module`` matches a suffix: by default the router ``mlp.gate``) becomes
+  ``float8_e4m3fn`` and its ``weight_scale_inv`` per ``SPEC["block"]`` block, by transformers'
+  own quantizer (``finegrained_fp8.Fp8Quantize``); ``SPEC["scale_fmt"]`` ``"ue8m0"`` (V3.1's and
+  V3.2's) rounds each scale up to a power of two, stored as float32 as those releases store it;
+  ``SPEC["config"]`` holds the release's own ``quantization_config`` keys written beside
+  (MiniMax-M2's ``fmt`` and ``modules_to_not_convert``);
 * ``"method": "mxfp4"`` (gpt-oss's release): each layer's experts (``gate_up_proj``,
   ``down_proj``) become ``*_blocks`` ``[E, out, in/32, 16]`` bytes and ``*_scales`` ``[E, out,
   in/32]`` E8M0 exponents, by hand (transformers' MXFP4 quantizer needs Triton kernels): each
@@ -66,8 +71,10 @@ GPT_OSS_KEEP = [
 ]
 
 
-def _fp8(tensors: dict[str, torch.Tensor], block: list[int]) -> dict[str, torch.Tensor]:
-    config = FineGrainedFP8Config(weight_block_size=tuple(block))
+def _fp8(
+    tensors: dict[str, torch.Tensor], block: list[int], keep: list[str], scale_fmt: str
+) -> dict[str, torch.Tensor]:
+    config = FineGrainedFP8Config(weight_block_size=tuple(block), scale_fmt=scale_fmt)
 
     class Quantizer:  # what Fp8Quantize reads of its quantizer
         quantization_config = config
@@ -76,8 +83,11 @@ def _fp8(tensors: dict[str, torch.Tensor], block: list[int]) -> dict[str, torch.
     out: dict[str, torch.Tensor] = {}
     for name, value in tensors.items():
         linear = name.startswith("model.layers.") and name.endswith(".weight") and value.ndim == 2
-        if linear and ".mlp.gate.weight" not in name:
-            out.update(op._quantize_one(name, value))
+        module = name.removesuffix(".weight")
+        if linear and not any(module == k or module.endswith("." + k) for k in keep):
+            for key, part in op._quantize_one(name, value).items():
+                # ue8m0 scales come back as float8_e8m0fnu; the releases store float32 ones.
+                out[key] = part.float() if key.endswith("_scale_inv") else part
         else:
             out[name] = value
     return out
@@ -157,12 +167,15 @@ def quantize(job: dict, score: Callable[..., None], eager: dict[str, str]) -> No
     tensors = load_file(str(plain / "model.safetensors"))
     config = json.loads((plain / "config.json").read_text())
     if spec["method"] == "fp8":
-        tensors = _fp8(tensors, spec["block"])
+        scale_fmt = spec.get("scale_fmt", "float")
+        tensors = _fp8(tensors, spec["block"], spec.get("keep", ["mlp.gate"]), scale_fmt)
         config["quantization_config"] = {
             "quant_method": "fp8",
             "activation_scheme": "dynamic",
             "fmt": "e4m3",
             "weight_block_size": spec["block"],
+            **({"scale_fmt": scale_fmt} if scale_fmt != "float" else {}),
+            **spec.get("config", {}),
         }
         loading = FineGrainedFP8Config(weight_block_size=tuple(spec["block"]), dequantize=True)
     elif spec["method"] == "compressed-tensors":

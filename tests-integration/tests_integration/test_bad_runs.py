@@ -68,6 +68,10 @@ def _break_model_json(run: Path) -> None:
     (run / "model.json").write_text("{not json")
 
 
+def _break_init_json(run: Path) -> None:
+    (run / "init.json").write_text("{not json")
+
+
 def _empty_model_json(run: Path) -> None:
     (run / "model.json").write_text("{}")
 
@@ -216,6 +220,13 @@ CASES = [
     ),
     ("eval-model-json-broken", E, ["--checkpoint", "r"], _break_model_json, "model.json"),
     ("eval-model-json-empty", E, ["--checkpoint", "r"], _empty_model_json, "does not describe"),
+    (  # the export reads where the run started (the model type to write back): one line
+        "eval-export-init-json-broken",
+        E,
+        ["--checkpoint", "r", "--export-hf", "out"],
+        _break_init_json,
+        "init.json' is unreadable",
+    ),
     ("eval-model-json-missing", E, ["--checkpoint", "r"], _drop_model_json, "model.json"),
     ("eval-config-broken", E, ["--checkpoint", "r"], _break_config, "config.yaml"),
     (

@@ -76,6 +76,7 @@ import numpy as np
 import pytest
 import tokenizers
 
+from eval.cli import main as eval_main
 from tests_integration._hf_peer import run_peer
 from tjx import nn
 from trainer.cli import main as trainer_main
@@ -1068,3 +1069,32 @@ def test_each_new_family_fine_tunes_in_the_trainer(results, corpus, family, tmp_
     trained = nn.config_from_dict(json.loads((run / "model.json").read_text()))
     assert nn.config_clashes(trained, results[family]["config"], vocab=True) == {}
     assert (run / "samples" / "step_0000002.txt").read_text().strip()
+    if family in EXPORTED_AS:
+        _check_export_types(run, family, tmp_path, capsys)
+
+
+#: The fine-tunes ``eval --export-hf`` writes back without ``--export-model-type``, and as what:
+#: Qwen3.5-MoE's switches are Qwen3-Next's, so the family it was read from (the run's init.json)
+#: decides; Qwen3-Next's stays Qwen3-Next's.
+EXPORTED_AS = {"qwen3_5_moe": "qwen3_5_moe_text", "qwen3_next": "qwen3_next"}
+
+
+def _check_export_types(run: Path, family: str, tmp_path: Path, capsys: Any) -> None:
+    """The run exports as the family it was read from; as Qwen3-Next when asked, or when its
+    init.json is an older trainer's (no ``model_type``: save_hf's default, as before)."""
+
+    def exported(name: str, *asked: str) -> str:
+        out = tmp_path / name
+        argv = ["--checkpoint", str(run), "--export-hf", str(out), *asked]
+        assert eval_main(argv) == 0, capsys.readouterr()
+        return str(json.loads((out / "config.json").read_text())["model_type"])
+
+    init = json.loads((run / "init.json").read_text())
+    assert init["model_type"] == CASES[family]["config"]["model_type"]
+    assert exported("default") == EXPORTED_AS[family]
+    if family != "qwen3_5_moe":
+        return
+    assert exported("asked", "--export-model-type", "qwen3_next") == "qwen3_next"
+    del init["model_type"]  # as an older trainer wrote it
+    (run / "init.json").write_text(json.dumps(init))
+    assert exported("older") == "qwen3_next"

@@ -1,6 +1,6 @@
-"""Quantized checkpoints as they are published (#70): DeepSeek-V3's block-scaled FP8, gpt-oss's
-MXFP4 experts and Kimi-K2.5's INT4 (compressed-tensors) experts load into tjx with transformers'
-own dequantized model's logits.
+"""Quantized checkpoints as they are published (#70): DeepSeek-V3's, DeepSeek-V3.2's and
+MiniMax-M2's block-scaled FP8, gpt-oss's MXFP4 experts and Kimi-K2.5's INT4 (compressed-tensors)
+experts load into tjx with transformers' own dequantized model's logits.
 
 transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process for all) builds a tiny
 random DeepSeek-V3 (3 layers: a dense one, then MoE with a shared expert and the grouped sigmoid
@@ -8,7 +8,12 @@ router; MLA with a query rank) and gpt-oss (2 layers, sinks, biases, 4 experts),
 quantizes each folder as the releases are (``_hf_peer_quant``): every linear weight of
 DeepSeek's decoder layers in FP8 e4m3 with a ``weight_scale_inv`` per 4 × 4 block, by
 transformers' own ``Fp8Quantize`` (4 × 4 instead of 128 × 128: every width here is a multiple
-of 4); gpt-oss's experts as ``*_blocks``/``*_scales`` (32 e2m1 values per E8M0 scale); a
+of 4); MiniMax-M2 (2 layers, 4 experts, the sigmoid router) as its release: ``fmt:
+float8_e4m3fn``, its router ``gate`` left out by ``modules_to_not_convert``; DeepSeek-V3.2 (V3's
+case with the lightning indexer) as its release: ``scale_fmt: ue8m0`` (each scale a power of two,
+stored float32), the indexer's ``wq_b`` and ``wk`` FP8, its ``weights_proj`` not (transformers'
+``_keep_in_fp32_modules``, DeepSeek's own code keeps it bf16); gpt-oss's experts as
+``*_blocks``/``*_scales`` (32 e2m1 values per E8M0 scale); a
 Kimi-K2-shaped DeepSeek-V3 (Kimi-K2.5's text model) with its routed experts in
 compressed-tensors' ``pack-quantized`` INT4, one BF16 scale per 32 inputs as the release, by
 compressed-tensors' own compressor (0.20.0, installed in the peer venv at its pin:
@@ -73,6 +78,35 @@ CASES: dict[str, dict[str, Any]] = {
         ),
         make=dict(random_buffers=["e_score_correction_bias"]),
         quantize=dict(method="fp8", block=[4, 4]),
+    ),
+    # MiniMax-M2's release (MiniMaxAI/MiniMax-M2, tjx_published_hf): FP8 in 128 x 128 blocks,
+    # ``fmt: float8_e4m3fn``, its router ``gate`` (and bias, and head) in modules_to_not_convert;
+    # every other linear of the layers (q/k/v/o, each expert's w1/w2/w3) quantized.
+    "minimax_m2": dict(
+        config=dict(
+            COMMON,
+            model_type="minimax_m2",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            initializer_range=0.2,
+            intermediate_size=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            rotary_dim=4,
+            rope_theta=100.0,
+        ),
+        make=dict(random_buffers=["e_score_correction_bias"]),
+        quantize=dict(
+            method="fp8",
+            block=[4, 4],
+            keep=["gate"],
+            config=dict(
+                fmt="float8_e4m3fn",
+                modules_to_not_convert=["gate", "e_score_correction_bias", "lm_head"],
+            ),
+        ),
     ),
     "gpt_oss": dict(
         config=dict(
@@ -142,6 +176,24 @@ CASES["kimi_k2_int4_bf16"] = dict(
 LOGITS = [name for name in CASES if name != "kimi_k2_int4_bf16"]
 
 
+# DeepSeek-V3.2's release (deepseek-ai/DeepSeek-V3.2, tjx_published_hf): V3.1's FP8 (ue8m0
+# scales), and each layer's lightning indexer's wq_b and wk in FP8 too; its weights_proj stays
+# unquantized (DeepSeek's inference code keeps it in bf16, transformers' _keep_in_fp32_modules).
+CASES["deepseek_v32"] = dict(
+    config=dict(
+        CASES["deepseek_v3"]["config"],
+        model_type="deepseek_v32",
+        index_topk=4,
+        index_n_heads=8,
+        index_head_dim=8,
+    ),
+    make=CASES["deepseek_v3"]["make"],
+    quantize=dict(
+        method="fp8", block=[4, 4], scale_fmt="ue8m0", keep=["mlp.gate", "indexer.weights_proj"]
+    ),
+)
+
+
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
@@ -209,6 +261,21 @@ def test_the_folders_are_quantized_as_the_releases_are(results):
     assert all(ds["dtypes"][k + "_scale_inv"] == "F32" for k in fp8)
     assert ds["dtypes"]["model.layers.1.mlp.gate.weight"] == "F32"  # the router stays
     assert ds["config"].moe.router == "sigmoid" and ds["config"].mla.q_lora_rank == 12
+    mm = results["minimax_m2"]
+    q = mm["quantization"]
+    assert q["fmt"] == "float8_e4m3fn" and "gate" in q["modules_to_not_convert"]
+    mm_fp8 = {k for k, d in mm["dtypes"].items() if d == "F8_E4M3"}
+    assert "model.layers.1.block_sparse_moe.experts.3.w2.weight" in mm_fp8
+    assert "model.layers.0.self_attn.k_proj.weight" in mm_fp8
+    assert mm["dtypes"]["model.layers.0.block_sparse_moe.gate.weight"] == "F32"
+    assert mm["config"].moe.router == "sigmoid" and mm["config"].moe.num_experts == 4
+    v32 = results["deepseek_v32"]
+    assert v32["quantization"]["scale_fmt"] == "ue8m0"
+    v32_fp8 = {k for k, d in v32["dtypes"].items() if d == "F8_E4M3"}
+    indexer = "model.layers.2.self_attn.indexer."
+    assert {indexer + "wq_b.weight", indexer + "wk.weight"} <= v32_fp8
+    assert v32["dtypes"][indexer + "weights_proj.weight"] == "F32"
+    assert v32["dtypes"][indexer + "k_norm.bias"] == "F32"
     oss = results["gpt_oss"]
     assert oss["quantization"]["quant_method"] == "mxfp4"
     for layer in range(2):

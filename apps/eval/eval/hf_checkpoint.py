@@ -13,7 +13,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from eval.runs import LoadedRun, RunError, load_run
+from eval.runs import LoadedRun, RunError, load_run, started_as
 from tjx import data
 from tjx.core.lazy import lazy_imports
 
@@ -42,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export-model-type",
         default=None,
-        choices=("llama", "mistral", "qwen2"),
-        help="with --export-hf, for a Llama run: the HF model_type to write (default: qwen2 when "
-        "only q/k/v have biases, else llama)",
+        choices=("llama", "mistral", "qwen2", "qwen3_next", "qwen3_5_moe_text"),
+        help="with --export-hf, for a Llama run: the HF model_type to write (default: the "
+        "family of the model's switches: qwen2 when only q/k/v have biases, else llama; a run "
+        "started from a Qwen3.5-MoE folder as qwen3_5_moe_text, whose switches are Qwen3-Next's)",
     )
     parser.add_argument(
         "--max-shard-size",
@@ -116,7 +117,7 @@ def export_run(run: LoadedRun, args: argparse.Namespace) -> None:
             out,
             dtype=args.export_dtype,
             max_shard_size=args.max_shard_size,
-            model_type=args.export_model_type,
+            model_type=args.export_model_type or nn.hf_export_type(started_as(run.run_dir)),
         )
     except ValueError as err:
         raise RunError(f"--export-hf: {err}") from None

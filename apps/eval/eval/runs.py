@@ -181,6 +181,24 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     return LoadedRun(run_dir, config, info, nn_config, model, int(step), run_data, lora)
 
 
+def started_as(run_dir: Path) -> str | None:
+    """The ``config.json`` model type of the Hugging Face folder the run started from (its
+    ``init.json``), or None: a run from scratch or from a tjx run, or one whose record an
+    older trainer wrote without it. Read only by ``--export-hf`` (`tjx.nn.hf_export_type`): a
+    damaged record stops an export in one line, never a scoring."""
+    try:
+        init = ckpt.RunFolder(run_dir).read("init.json")
+    except ckpt.RunFileNotFoundError:
+        return None
+    except ckpt.RunFileError as err:
+        raise RunError(
+            f"--checkpoint: {str(err.path)!r} is unreadable ({err.reason}); the trainer writes "
+            "it, so the run directory was changed by hand or damaged"
+        ) from None
+    model_type = init.get("model_type") if init.get("kind") == "hugging-face" else None
+    return model_type if isinstance(model_type, str) else None
+
+
 def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:
     """Validation shards and bytes/token: the run's own, or ``source`` with the run's tokenizer.
 

@@ -204,16 +204,23 @@ class RunDir(RunFolder):
         """``final.json``: it exists whole or not at all (an app rebuilds it when missing)."""
         return self.write_json(self.FINAL_FILE, summary)
 
-    def write_init(self, source: str, *, kind: str, step: int | None) -> bool:
+    def write_init(
+        self, source: str, *, kind: str, step: int | None, model_type: str | None = None
+    ) -> bool:
         """``init.json``: the run started from ``source`` (a checkpoint of an app's ``kind``, at
-        ``step``), unless the file exists: a resume keeps the first run's record. A local source
-        is written as its absolute path (the run may be resumed from another folder), anything
-        else (a hub name) as given. Returns whether it wrote."""
+        ``step``; a Hugging Face folder's ``config.json`` ``model_type``, which the export
+        writes back where its switches alone would not say it), unless the file exists: a
+        resume keeps the first run's record. A local source is written as its absolute path (the
+        run may be resumed from another folder), anything else (a hub name) as given. Returns
+        whether it wrote."""
         if (self.path / self.INIT_FILE).exists():
             return False
         local = Path(source).expanduser()
         where = str(local.resolve()) if local.exists() else source
-        return self.write_json(self.INIT_FILE, {"init_from": where, "kind": kind, "step": step})
+        record = {"init_from": where, "kind": kind, "step": step}
+        if model_type is not None:  # absent from older runs' records: the export's default
+            record["model_type"] = model_type
+        return self.write_json(self.INIT_FILE, record)
 
     def read_init(self) -> Record | None:
         """``init.json`` (`write_init`'s record), or None without one: a run from scratch, or one

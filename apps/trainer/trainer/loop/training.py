@@ -117,7 +117,8 @@ def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Bundle) -> No
     if plan.init_from is not None:
         kind = "tjx-run" if RunDir.is_run(plan.init_from) else "hugging-face"
         where = RunDir.split_start(plan.init_from)[0]  # RUN@STEP: the run, and its step below
-        folder.write_init(where, kind=kind, step=setup.init_step)
+        read_as = nn.hf_model_type(where) if kind == "hugging-face" else None
+        folder.write_init(where, kind=kind, step=setup.init_step, model_type=read_as)
 
 
 def _restore(

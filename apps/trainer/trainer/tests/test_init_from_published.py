@@ -79,6 +79,15 @@ def _llama_run():
             },
         ),
         (
+            "Qwen3.5-27B",
+            {
+                "d_model": 5120,
+                "num_layers": 64,
+                "moe.num_experts": 0,
+                "delta.value_heads": 48,
+            },
+        ),
+        (
             "MiniMax-M2",
             {
                 "d_model": 3072,

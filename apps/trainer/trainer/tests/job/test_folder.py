@@ -65,6 +65,15 @@ def test_init_json_keeps_a_hub_name_as_given(tmp_path: Path) -> None:
                                           "step": None}  # fmt: skip
 
 
+def test_init_json_records_a_hugging_face_folders_model_type(tmp_path: Path) -> None:
+    """What the export writes back where the model's switches alone would name another family."""
+    run = RunDir(tmp_path / "run")
+    run.create({"a": 1})
+    run.write_init(str(tmp_path), kind="hugging-face", step=None, model_type="qwen3_5_moe")
+    assert run.read_init() == {"init_from": str(tmp_path.resolve()), "kind": "hugging-face",
+                               "step": None, "model_type": "qwen3_5_moe"}  # fmt: skip
+
+
 def test_a_run_is_a_folder_with_its_model_and_config_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,7 +49,7 @@ from tjx.nn.grpo.losses import GrpoOutput, grpo_loss
 from tjx.nn.hf.checkpoints import check_hf_weights, load_hf, load_hf_gpt2, save_hf, save_hf_gpt2
 from tjx.nn.hf.gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
 from tjx.nn.hf.io import is_hub_id
-from tjx.nn.hf.plan import HF_MODEL_TYPES, hf_kind, read_hf_config
+from tjx.nn.hf.plan import HF_MODEL_TYPES, hf_export_type, hf_kind, hf_model_type, read_hf_config
 from tjx.nn.hf.start import (
     HF_LLAMA_FIXED,
     HOW_TO_TRAIN,
@@ -286,7 +286,9 @@ __all__ = [
     "heldout_preference",
     "hf_conflicts",
     "hf_gpt2_conflicts",
+    "hf_export_type",
     "hf_kind",
+    "hf_model_type",
     "idle_fp8_settings",
     "init_cache",
     "is_hub_id",

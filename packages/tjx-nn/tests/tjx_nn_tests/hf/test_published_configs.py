@@ -1,7 +1,8 @@
 """The published quantized releases at their real sizes, from ``config.json`` and the index alone
 (#70, point 3): gpt-oss-120b (MXFP4), DeepSeek-V3.1, -V3.2, Kimi-K2-Instruct and MiniMax-M2
 (block-scaled FP8), Kimi-K2.5 (INT4 compressed-tensors experts, its text model) and
-Qwen3.5-397B-A17B (the image-text folder, read as its text model), their configs transcribed in
+Qwen3.5-397B-A17B and the dense Qwen3.5-27B (the image-text folders, read as their text models,
+with the keys their releases carry), their configs transcribed in
 tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan --init-from`` reads) gives
 their architectures, parameter counts as published, without a shard; loading the folder refuses
 the missing shards in one line."""
@@ -100,6 +101,33 @@ EXPECTED = {
         # the text model's 396.3 B: 60 sparse layers of 512 experts, 45 delta and 15 attention.
         params=396_346_350_336,
     ),
+    "Qwen3.5-27B": dict(
+        fields={
+            "d_model": 5120,
+            "num_layers": 64,
+            "num_heads": 24,
+            "num_kv_heads": 4,
+            "head_dim": 256,
+            "mlp.dim": 17408,
+            "mixer_pattern": ("delta", "delta", "delta", "attention"),
+            "delta.key_heads": 16,
+            "delta.value_heads": 48,
+            "delta.key_dim": 128,
+            "delta.value_dim": 128,
+            "attention.output_gate": True,
+            "position.rope_fraction": 0.25,
+            "position.rope_theta": 10_000_000.0,
+            "moe.num_experts": 0,
+            "tie_embeddings": False,
+            "vocab_size": 248320,
+            "max_seq_len": 262144,
+            "mtp.depths": 0,
+        },
+        # "27B" on the card (its vision tower and multi-token-prediction layer besides): 2
+        # untied 248,320 x 5,120 embeddings, 64 SwiGLU MLPs of 17,408, 16 gated attention
+        # layers, 48 delta layers of 16 key and 48 value heads (summed by hand the same).
+        params=26_895_998_464,
+    ),
     "MiniMax-M2": dict(
         fields={
             "d_model": 3072,
@@ -161,6 +189,24 @@ def test_a_published_release_reads_from_its_config_and_index_alone(tmp_path, nam
     with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
         tnn.check_hf_weights(folder)
     assert "is missing: model.safetensors.index.json names it as a shard" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("attn_output_gate", False), ("mamba_ssm_dtype", 16), ("mlp_only_layers", "all")],
+)
+def test_a_dense_qwen3_5_release_key_at_a_value_tjx_does_not_compute_is_refused(
+    tmp_path, key, value
+):
+    """The keys Qwen3.5-27B's release carries (read above at their published values) keep a
+    one-line refusal for a value transformers would not compute with or that is not one."""
+    folder = published.config_only("Qwen3.5-27B", tmp_path / "q")
+    hf = published.config("Qwen3.5-27B")
+    hf["text_config"][key] = value
+    (folder / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        tnn.read_hf_config(folder)
+    assert key in str(info.value)
 
 
 def test_holds_weights_sees_a_single_file_and_any_shard(tmp_path):

@@ -267,3 +267,20 @@ def test_the_published_layout_of_fused_experts_reads_as_the_same_model(tmp_path)
     want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_model_read_from_a_qwen3_5_moe_folder_exports_back_as_it_by_default(tmp_path):
+    """Its switches are Qwen3-Next's (save_hf's default for them); the folder's model type,
+    recorded, asks for its own family back; any other family keeps save_hf's default."""
+    for read_from in ("qwen3_5_moe_text", "qwen3_5_moe"):
+        assert tnn.hf_export_type(read_from) == "qwen3_5_moe_text"
+    for read_from in ("qwen3_next", "qwen3_5_text", "deepseek_v32", "llama", None):
+        assert tnn.hf_export_type(read_from) is None
+    folder = tmp_path / "f"
+    assert tnn.hf_model_type(folder) is None  # no folder: nothing to record
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    assert tnn.hf_model_type(folder) is None  # the load names a damaged config, not this
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3_5_moe"}))
+    assert tnn.hf_model_type(folder) == "qwen3_5_moe"
+    assert tnn.hf_model_type("Qwen/Qwen3.5-35B-A3B") is None  # a hub name: nothing fetched

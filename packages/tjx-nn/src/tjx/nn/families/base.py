@@ -50,6 +50,11 @@ class Family:
         the names say that the config does not, where a family's folders come in several
         layouts (Qwen3.5-MoE's experts: fused as published, one per expert as transformers
         saves them); None: the config says it all.
+    saves_as_read : bool
+        Whether a model read from one of ``model_types`` saves back as ``model_types[0]`` when
+        no type is asked (`tjx.nn.families.registry.saved_as`): true where ``claims`` holds only
+        when asked, its switches computing what another family saves by default (Qwen3.5-MoE's,
+        Qwen3-Next's).
     """
 
     name: str
@@ -61,6 +66,7 @@ class Family:
     stored_names: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
     fixed: tuple[str, ...] = ()
     layout: Callable[[Mapping[str, Any], Collection[str]], dict[str, Any]] | None = None
+    saves_as_read: bool = False
 
     def text_name(self, model_type: str) -> Callable[[str], str]:
         """The stored name → text model name of a folder of ``model_type``."""

@@ -24,6 +24,14 @@ def family_of(model_type: str | None) -> Family | None:
     return next((f for f in FAMILIES if model_type in f.model_types), None)
 
 
+def saved_as(read_from: str | None) -> str | None:
+    """The ``model_type`` ``save_hf`` writes by default for a model read from a checkpoint of
+    ``read_from``: its family's text model type where the family saves as read
+    (`Family.saves_as_read`), else None (``save_hf``'s default: the config's switches say)."""
+    family = family_of(read_from)
+    return family.model_types[0] if family is not None and family.saves_as_read else None
+
+
 def model_types() -> tuple[str, ...]:
     """Every model type the family folders read."""
     return tuple(t for f in FAMILIES for t in f.model_types)

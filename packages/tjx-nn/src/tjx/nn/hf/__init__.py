@@ -29,7 +29,14 @@ from tjx.nn.hf.checkpoints import (
 from tjx.nn.hf.gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
 from tjx.nn.hf.io import is_hub_id
 from tjx.nn.hf.keys import HFConfigError
-from tjx.nn.hf.plan import HF_MODEL_TYPES, hf_kind, holds_weights, read_hf_config
+from tjx.nn.hf.plan import (
+    HF_MODEL_TYPES,
+    hf_export_type,
+    hf_kind,
+    hf_model_type,
+    holds_weights,
+    read_hf_config,
+)
 from tjx.nn.hf.start import (
     HF_LLAMA_FIXED,
     HOW_TO_TRAIN,
@@ -51,7 +58,9 @@ __all__ = [
     "config_clashes",
     "hf_conflicts",
     "hf_gpt2_conflicts",
+    "hf_export_type",
     "hf_kind",
+    "hf_model_type",
     "holds_weights",
     "is_hub_id",
     "load_hf",

@@ -11,6 +11,7 @@ ignore) and its mapping module the tensors. Moving the weights is `tjx.nn.hf.che
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import replace
@@ -19,7 +20,7 @@ from typing import Any
 
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
-from tjx.nn.families.registry import FAMILIES, family_of, model_types
+from tjx.nn.families.registry import FAMILIES, family_of, model_types, saved_as
 from tjx.nn.hf.config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
 from tjx.nn.hf.deepseek import (
     DEEPSEEK_TYPES,
@@ -106,6 +107,27 @@ def hf_kind(path_or_hub: str | os.PathLike[str]) -> str:
         Not a checkpoint folder (no config.json or weights) or an unsupported ``model_type``.
     """
     return _kind(read_config(resolve(path_or_hub)))
+
+
+def hf_model_type(path_or_hub: str | os.PathLike[str]) -> str | None:
+    """The ``config.json`` ``model_type`` of local HF folder ``path_or_hub`` (what a run that
+    starts from it records, for `hf_export_type`); None for a hub name or a folder without a
+    readable one: nothing is fetched, and the load names what is wrong with a folder."""
+    config_file = Path(path_or_hub).expanduser() / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) else None
+
+
+def hf_export_type(read_from: str | None) -> str | None:
+    """The ``model_type`` to export a model read from a HF checkpoint of ``read_from`` (its
+    ``config.json`` model type, `hf_model_type`) as, when none is asked: the type it was read
+    as where its config's switches alone would save it as another family (a Qwen3.5-MoE
+    folder's model saves as ``qwen3_5_moe_text``, not as Qwen3-Next's, whose computation it
+    shares; `tjx.nn.families.registry.saved_as`), else None (``save_hf``'s default)."""
+    return saved_as(read_from)
 
 
 def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> TransformerConfig:

@@ -26,8 +26,12 @@ text: its three position rows are the same token index. The published checkpoint
 image-text model's (``model_type`` qwen3_5): its ``text_config`` and ``model.language_model.*``
 are this text model (`image_text_config`, `text_name`); its vision tower (``model.visual.*``) and
 the multi-token-prediction module (``mtp.*``) are skipped in one line each (`skip_modules`), as
-transformers' causal LM drops them. Refused in one line naming the key:
-unknown keys, ``attention_bias`` true, another activation, a RoPE scaling.
+transformers' causal LM drops them. The published configs' ``attn_output_gate``
+(true: the gated ``q_proj``, which transformers always builds), ``mamba_ssm_dtype`` (the delta
+state's dtype at serving; transformers and tjx keep float32) and ``mlp_only_layers`` (every layer
+of a dense model is dense) change nothing transformers computes: transformers 5.24's
+``Qwen3_5TextConfig`` drops them. Refused in one line naming the key: unknown keys,
+``attn_output_gate`` false, ``attention_bias`` true, another activation, a RoPE scaling.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from tjx.nn.hf.family_base import (
 )
 from tjx.nn.hf.family_tensors import family_mapping
 from tjx.nn.hf.image_text import skip_beside, text_config
-from tjx.nn.hf.keys import ABSENT, BASE, Key, count, flag, layer_list, size, text
+from tjx.nn.hf.keys import ABSENT, BASE, Key, count, flag, int_list, layer_list, size, text
 from tjx.nn.hf.mapping import HFMapping, Read
 from tjx.nn.hf.mtp_tensors import qwen_mtp_mapping
 from tjx.nn.hf.tables import Tables
@@ -75,8 +79,17 @@ KEYS = frozenset(
         # (``mtp.depths=1``: `mtp_fields`, `tjx.nn.hf.mtp_tensors.qwen_mtp_mapping`).
         "mtp_num_hidden_layers",
         "mtp_use_dedicated_embeddings",
+        # The published configs' keys that transformers' Qwen3.5 configs drop: the gate is
+        # always there (`NO_OP`); the delta state's dtype at serving (vLLM's; transformers and
+        # tjx keep float32); which layers are dense (all of a dense model's are).
+        "attn_output_gate",
+        "mamba_ssm_dtype",
+        "mlp_only_layers",
     }
 )
+#: The keys a Qwen hybrid reads only at the value transformers computes with (it has no other):
+#: key → value (`hybrid_fields` refuses another in one line).
+NO_OP: dict[str, Any] = {"attn_output_gate": True}
 #: ``layer_types`` ↔ ``mixer_pattern``.
 MIXER_OF = {"linear_attention": "delta", "full_attention": "attention"}
 #: The keys Qwen3.5's import reads (`keys.Spec`), with transformers 5.24's
@@ -98,6 +111,9 @@ SPEC = BASE.but(
     partial_rotary_factor=Key("float", 0.25, above=0, high=1),
     mtp_num_hidden_layers=count(ABSENT),
     mtp_use_dedicated_embeddings=flag(ABSENT),
+    attn_output_gate=flag(ABSENT),
+    mamba_ssm_dtype=text(ABSENT),
+    mlp_only_layers=int_list(ABSENT),
     rules=(("linear_num_key_heads", "divides", "linear_num_value_heads"),),
 )
 LAYER_TYPE_OF = {v: k for k, v in MIXER_OF.items()}
@@ -209,6 +225,26 @@ def skip_modules(base: Callable[[str], bool], image_text: bool) -> Callable[[str
     return skip_beside(base, beside)
 
 
+def refuse_no_ops(
+    hf: Mapping[str, Any], no_op: Mapping[str, Any], model_type: str, why: str
+) -> None:
+    """Refuse, in one line, a key of ``no_op`` that ``hf`` sets to another value than the one
+    transformers computes with (``why``: what it computes); transformers would drop the key.
+
+    Raises
+    ------
+    ValueError
+        The first such key, its value and the one to set.
+    """
+    for key, value in no_op.items():
+        if key in hf and hf[key] != value:
+            raise ValueError(
+                f"config.json {key} {hf[key]!r} is not supported for {model_type}: "
+                f"transformers' config has no such switch ({why}) and would drop it; set it "
+                f"to {value!r} or remove it"
+            )
+
+
 def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) -> dict[str, Any]:
     """The ``LlamaConfig`` fields of a Qwen hybrid (delta and gated attention layers: Qwen3.5,
     and Qwen3-Next's decoder) from ``hf`` as the type's `keys.Spec` has read it (transformers'
@@ -220,6 +256,7 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
     check_keys(hf, model_type, keys)
+    refuse_no_ops(hf, NO_OP, model_type, "its attention output is always gated (the gated q_proj)")
     act = hf["hidden_act"]
     if act != "silu":
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")

@@ -61,4 +61,5 @@ FAMILY = Family(
     write=_write,
     stored_names={IMAGE_TEXT: text_name},
     layout=folder_layout,
+    saves_as_read=True,  # its switches are Qwen3-Next's, which save_hf writes unless asked
 )

@@ -25,8 +25,8 @@ transformers' config has no dense layers and no router switch: ``decoder_sparse_
 ``mlp_only_layers`` and ``norm_topk_prob`` (Qwen3-Next's keys, which some published configs
 carry) are read only at what transformers computes (1, ``[]``, true), and refused by name
 otherwise (transformers would drop them and build every layer sparse, renormalised). The
-published configs' ``attn_output_gate`` (true: the gated ``q_proj``) and ``mamba_ssm_dtype``
-(the delta state's dtype at serving; tjx keeps it float32) change nothing transformers computes.
+published configs' ``attn_output_gate`` and ``mamba_ssm_dtype`` are read as Qwen3.5's
+(`tjx.nn.hf.qwen3_5`): they change nothing transformers computes.
 The multi-token-prediction module (``mtp.*``) is skipped in one line, as transformers skips it,
 unless asked for (``mtp.depths=1``: Qwen3.5's, `tjx.nn.hf.mtp_tensors.qwen_mtp_mapping`).
 """
@@ -41,13 +41,20 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
-from tjx.nn.hf.keys import ABSENT, flag, int_list, nonneg, size, text
+from tjx.nn.hf.keys import ABSENT, flag, nonneg, size
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.mtp_tensors import qwen_mtp_mapping
 from tjx.nn.hf.qwen3_5 import KEYS as QWEN3_5_KEYS
+from tjx.nn.hf.qwen3_5 import NO_OP as QWEN3_5_NO_OP
 from tjx.nn.hf.qwen3_5 import SPEC as QWEN3_5_SPEC
-from tjx.nn.hf.qwen3_5 import hybrid_fields, hybrid_mapping, hybrid_to_hf, mtp_fields
+from tjx.nn.hf.qwen3_5 import (
+    hybrid_fields,
+    hybrid_mapping,
+    hybrid_to_hf,
+    mtp_fields,
+    refuse_no_ops,
+)
 from tjx.nn.hf.qwen3_next import MOE_NEEDS as QWEN3_NEXT_MOE_NEEDS
 from tjx.nn.hf.qwen3_next import NEEDS as QWEN3_NEXT_NEEDS
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
@@ -55,8 +62,7 @@ from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
 QWEN3_5_MOE = "qwen3_5_moe_text"
 ARCHITECTURE = "Qwen3_5MoeForCausalLM"
 #: The keys read only at the value transformers computes with (it has no other): key → value.
-NO_OP = {"decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True,
-         "attn_output_gate": True}  # fmt: skip
+NO_OP = QWEN3_5_NO_OP | {"decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True}
 #: Qwen3.5-MoE's keys beyond ``family_base.BASE_KEYS``: Qwen3.5's and the sparse block's.
 KEYS = (
     QWEN3_5_KEYS
@@ -67,7 +73,6 @@ KEYS = (
         "moe_intermediate_size",
         "shared_expert_intermediate_size",
         "router_aux_loss_coef",
-        "mamba_ssm_dtype",  # the serving state's dtype (vLLM's); transformers' is float32, as tjx's
         "output_router_logits",  # what a forward returns, not what it computes
     }
 )
@@ -83,10 +88,7 @@ SPEC = QWEN3_5_SPEC.but(
     shared_expert_intermediate_size=size(512),
     router_aux_loss_coef=nonneg(0.001),
     decoder_sparse_step=size(ABSENT),
-    mlp_only_layers=int_list(ABSENT),
     norm_topk_prob=flag(ABSENT),
-    attn_output_gate=flag(ABSENT),
-    mamba_ssm_dtype=text(ABSENT),
     rules=(("num_experts_per_tok", "<=", "num_experts"),),
 )
 #: What a config must have to be written as Qwen3.5-MoE: Qwen3.5's decoder with every layer
@@ -108,14 +110,8 @@ def qwen3_5_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> Llama
         or a value tjx does not compute as transformers does, named.
     """
     hf = SPEC.read(hf)
-    for key, value in NO_OP.items():
-        if key in hf and hf[key] != value:
-            raise ValueError(
-                f"config.json {key} {hf[key]!r} is not supported for {QWEN3_5_MOE}: "
-                f"transformers' Qwen3_5MoeTextConfig has no such switch (every layer is sparse, "
-                f"its top-k renormalised, its attention output gated) and would drop it; set it "
-                f"to {value!r} or remove it"
-            )
+    why = "every layer is sparse, its top-k renormalised, its attention output gated"
+    refuse_no_ops(hf, NO_OP, QWEN3_5_MOE, why)
     # Every layer is sparse: the dense width (``mlp.dim``, which no layer uses) is the experts'.
     # A config.json that names ``intermediate_size`` (transformers drops it) changes nothing.
     dense = {"intermediate_size": hf["moe_intermediate_size"]}

@@ -4,9 +4,12 @@ joined; 2: a bad setup, or processes started differently), and the dead-peer wat
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 
+import jax
 import yaml  # type: ignore[import-untyped]
 
 from tjx import ckpt, parallel
@@ -80,11 +83,13 @@ def join(
 PEER_SILENCE_S = 15.0
 
 
-def watch(run_dir: Path) -> parallel.PeerWatch:
+def watch(run_dir: Path) -> AbstractContextManager[object]:
     """The run's peer watch (`tjx.parallel.watch_peers`), a context manager: a dead peer costs one
     line naming it and the newest checkpoint, then exit 1 at once; leaving the block normally
-    marks this process done (peers still writing their last files do not report it)."""
-
+    marks this process done (peers still writing their last files do not report it). A run of
+    one process has no peer to watch or to lose: a null context."""
+    if jax.process_count() == 1:
+        return contextlib.nullcontext()
     # A save that a dead peer cuts short would add orbax's traceback to the watch's one line:
     # held back, and printed only if this process goes on (it was no lost-peer ending).
     ckpt.silence_lost_peer_commits()

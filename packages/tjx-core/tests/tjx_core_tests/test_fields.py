@@ -13,9 +13,18 @@ from tjx.core import setting
 
 
 @dataclasses.dataclass(frozen=True)
+class _Inner:
+    built = 0  # how many instances were made
+
+    def __post_init__(self) -> None:
+        type(self).built += 1
+
+
+@dataclasses.dataclass(frozen=True)
 class _Section:
     lr: float = setting(3e-4, gt=0, help="peak learning rate", resumable=True)
     names: list[str] = setting(list, factory=True, help="a list: one per instance")
+    inner: _Inner = setting(_Inner(), help="a frozen section: one instance, shared")
 
 
 def test_a_setting_carries_its_default_and_every_metadata_key_given() -> None:
@@ -33,3 +42,11 @@ def test_a_factory_setting_gives_each_instance_its_own_value() -> None:
     assert first.names == [word] and second.names == []
     field = {f.name: f for f in dataclasses.fields(_Section)}["names"]
     assert field.default is dataclasses.MISSING and field.default_factory is list
+
+
+def test_a_frozen_sections_default_is_one_instance_shared_and_not_built_again() -> None:
+    before = _Inner.built
+    first, second = _Section(), _Section(lr=1e-3)
+    assert first.inner is second.inner and _Inner.built == before
+    field = {f.name: f for f in dataclasses.fields(_Section)}["inner"]
+    assert field.default is first.inner and field.default_factory is dataclasses.MISSING

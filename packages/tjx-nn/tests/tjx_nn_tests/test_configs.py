@@ -316,12 +316,28 @@ def test_the_model_config_holds_its_components_as_sections():
     assert tnn.setting_value(changed, "delta.impl") == "xla"
 
 
+def test_a_section_left_out_is_its_classs_one_default_not_built_again(monkeypatch):
+    """A config that leaves a section out shares the section class's default instance (frozen):
+    a GPT-2 builds and checks no MLA, MoE, MTP ... section of its own; one it sets is its own."""
+    built = []
+    for cls in (tnn.MLAConfig, tnn.MoEConfig, tnn.MTPConfig, tnn.DeltaConfig, Llama4Options):
+        check = cls.__post_init__  # counted, then run
+        monkeypatch.setattr(cls, "__post_init__", lambda s, c=check: built.append(s) or c(s))
+    first, second = tnn.GPT2Config(num_layers=2), tnn.GPT2Config(num_layers=3, d_model=96)
+    assert built == []
+    fields = {f.name: f for f in dataclasses.fields(tnn.GPT2Config)}
+    for name in ("mla", "moe", "mtp", "delta", "llama4", "gemma4", "attention"):
+        assert getattr(first, name) is getattr(second, name) is fields[name].default, name
+    own = first.replace(**{"moe.num_experts": 4})
+    assert own.moe is not first.moe and first.moe.num_experts == 0 and own.moe.num_experts == 4
+
+
 def test_gemma4s_switches_are_its_familys_option_section():
     """Gemma 4's ten switches are one field, ``gemma4`` (`Gemma4Options`, from its family's
     folder): none flat beside it; dotted keys change and read them; the section checks its own
     values, the model config what the section needs of it."""
     fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
-    assert fields["gemma4"].default_factory is Gemma4Options
+    assert type(fields["gemma4"].default) is Gemma4Options
     assert not {f.name for f in dataclasses.fields(Gemma4Options)} & set(fields)
     assert "gemma4" in tnn.SECTIONS
     window = tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"])

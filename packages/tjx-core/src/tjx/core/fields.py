@@ -16,8 +16,10 @@ def setting(default: Any, *, factory: bool = False, **meta: Any) -> Any:
     Parameters
     ----------
     default : Any
-        The field's default; with ``factory``, a callable that makes it (a list, a nested config),
-        so that no two instances share one mutable default.
+        The field's default; with ``factory``, a callable that makes it (a list), so that no two
+        instances share one mutable default. A nested section of a frozen class is given as one
+        instance (``MoEConfig()``): built once with the outer class, shared by every config that
+        leaves the section out, which then builds and checks none of it.
     factory : bool
         Whether ``default`` is a factory.
     **meta : Any

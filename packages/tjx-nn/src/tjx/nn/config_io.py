@@ -110,10 +110,9 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     if unknown:
         raise ValueError(f"config_from_dict: {name} has no field(s) {', '.join(unknown)}")
     for key, value in values.items():
-        section = known[key].default_factory  # a component section's class (MoEConfig ...)
-        is_section = section is not Precision and dataclasses.is_dataclass(section)
-        if isinstance(value, Mapping) and is_section:
-            values[key] = _section(section, value, f"{name}.{key}")  # type: ignore[arg-type]
+        default = known[key].default  # a component section's: its class's instance (MoEConfig)
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(default):
+            values[key] = _section(type(default), value, f"{name}.{key}")
     precision = values.get("precision")
     if isinstance(precision, Mapping):  # dtype names; a preset name passes through as it is
         # A float8 setting its run never read (an amax history under current scaling, saved

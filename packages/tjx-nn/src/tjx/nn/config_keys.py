@@ -36,7 +36,7 @@ def setting_default(config: Any, key: str) -> Any:
 
 def field_defaults(config: Any) -> dict[str, Any]:
     """Each field of ``config``'s class (or of the class ``config``) → its default (a
-    section's: a fresh default instance)."""
+    section's: its shared default instance)."""
     return {
         f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         for f in dataclasses.fields(config)

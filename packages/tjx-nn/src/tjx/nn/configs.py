@@ -152,12 +152,12 @@ class TransformerConfig:
         None, help="key/value heads (grouped-query attention); None: num_heads"
     )
     head_dim: int | None = setting(None, help="width of one head; None: d_model // num_heads")
-    mlp: MLPConfig = setting(MLPConfig, factory=True, help="the feed-forward blocks")
-    norm: NormConfig = setting(
-        NormConfig, factory=True, help="the normalisation layers: kind, eps, position"
-    )
+    # A section's default is one instance of its frozen class, built with the class: a config
+    # that leaves a section out (a GPT-2's mla, moe ...) shares it and builds or checks nothing.
+    mlp: MLPConfig = setting(MLPConfig(), help="the feed-forward blocks")
+    norm: NormConfig = setting(NormConfig(), help="the normalisation layers: kind, eps, position")
     position: PositionConfig = setting(
-        PositionConfig, factory=True, help="the position encoding: kind, RoPE's settings, T5's"
+        PositionConfig(), help="the position encoding: kind, RoPE's settings, T5's"
     )
     use_bias: bool = setting(True, help="biases of dense layers and LayerNorms")
     dropout: float = setting(
@@ -186,25 +186,21 @@ class TransformerConfig:
     precision: Precision = setting(
         Precision, factory=True, help="parameter and compute dtypes (param_dtype, compute_dtype)"
     )
-    init: InitConfig = setting(
-        InitConfig, factory=True, help="the initial weights' std and residual scaling"
-    )
+    init: InitConfig = setting(InitConfig(), help="the initial weights' std and residual scaling")
     attention: AttentionConfig = setting(
-        AttentionConfig, factory=True, help="self-attention: its form, window, norms, caps, gate"
+        AttentionConfig(), help="self-attention: its form, window, norms, caps, gate"
     )
     mla: MLAConfig = setting(
-        MLAConfig, factory=True, help="attention.type=mla: the latent's and DeepSeek's sizes"
+        MLAConfig(), help="attention.type=mla: the latent's and DeepSeek's sizes"
     )
-    mtp: MTPConfig = setting(
-        MTPConfig, factory=True, help="multi-token prediction modules after the decoder"
-    )
+    mtp: MTPConfig = setting(MTPConfig(), help="multi-token prediction modules after the decoder")
     scale_embeddings: bool = setting(False, help="token embeddings times sqrt(d_model) (Gemma)")
     final_logit_softcap: float | None = setting(None, help="output logits c·tanh(x/c) (Gemma 2)")
     qk_l2_norm: bool = setting(
         False, help="q and k over their RMS, no weight, after RoPE, on rotated layers (Llama 4)"
     )
     llama4: Llama4Options = setting(
-        Llama4Options, factory=True, help="Llama 4's NoPE global layers and their temperature"
+        Llama4Options(), help="Llama 4's NoPE global layers and their temperature"
     )
     mixer_pattern: list[str] | None = setting(
         None,
@@ -212,13 +208,13 @@ class TransformerConfig:
         help="layers' token mixers, repeated (delta: Gated DeltaNet); None: all attention",
     )
     delta: DeltaConfig = setting(
-        DeltaConfig, factory=True, help="the Gated DeltaNet layers (mixer_pattern's delta)"
+        DeltaConfig(), help="the Gated DeltaNet layers (mixer_pattern's delta)"
     )
     gemma4: Gemma4Options = setting(
-        Gemma4Options, factory=True, help="Gemma 4's layer switches (its option section)"
+        Gemma4Options(), help="Gemma 4's layer switches (its option section)"
     )
     moe: MoEConfig = setting(
-        MoEConfig, factory=True, help="mixture-of-experts layers; num_experts 0: dense MLPs"
+        MoEConfig(), help="mixture-of-experts layers; num_experts 0: dense MLPs"
     )
 
     def __post_init__(self) -> None:
@@ -389,8 +385,8 @@ def check_sections(config: Any, cls: str) -> None:
     """Each component section (`SECTIONS`) is its section's class, not a value of one of its
     settings (``norm="rmsnorm"``), which Python does not check and a later read would trip on."""
     for f in dataclasses.fields(config):
-        part, kind = getattr(config, f.name), f.default_factory
-        if f.name not in SECTIONS or not isinstance(kind, type) or isinstance(part, kind):
+        part, kind = getattr(config, f.name), cast(type[Any], type(f.default))
+        if f.name not in SECTIONS or isinstance(part, kind):
             continue
         # What to write instead: a dict's items, or the setting a string is a choice of.
         items = dict(part) if isinstance(part, Mapping) else {"<setting>": part}

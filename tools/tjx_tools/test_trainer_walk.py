@@ -21,7 +21,11 @@ from ci_summary import WALK_PROPERTY
 TOOL = Path(trainer_walk.__file__).resolve()
 #: Each setting walk's bound in files: #53's goal for ``train.steps``; for
 #: ``model.attention_impl`` (walked to where the kernel is called) what holds today, #69's goal
-#: being 12.
+#: being 12. Why 12 is out of reach while the model holds its kernel: the resolved kernel
+#: (``tjx.kernels.AttentionKernel``, a StrEnum) equals its name, so a frame holding an attention
+#: layer within 3 steps carries the setting: the blocks and the stack (the first kernel call runs
+#: inside them), and every frame holding the model config (``attention_impl``) or a
+#: ``ModelAttention`` (``name``): the step, the plan, the memory fit, the model's build.
 MAX_FILES = {"train.steps": 10, "model.attention_impl": 23}
 #: The whole walk's bound (files, returns) to the first train step: what holds today, #69's goal
 #: being 70 files and 90 returns.

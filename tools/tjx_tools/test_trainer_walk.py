@@ -21,7 +21,13 @@ from ci_summary import WALK_PROPERTY
 TOOL = Path(trainer_walk.__file__).resolve()
 #: Each setting walk's bound in files: #53's goal for ``train.steps``; for
 #: ``model.attention_impl`` (walked to where the kernel is called) what holds today, #69's goal
-#: being 12.
+#: being 12. Why 12 is out of reach while the model holds its kernel: the resolved kernel
+#: (``tjx.kernels.AttentionKernel``, a StrEnum) equals its name, so the model's build (given a
+#: ``ModelAttention``), its blocks and stack (an attention layer within 3 steps) carry the
+#: setting; so does every frame holding the model config (``attention_impl``) or a
+#: ``ModelAttention`` (``name``): the step's and the plan's. Were neither of those two to hold
+#: the name after the kernel choice, this walk would be 17 files (first_compile, target_plan,
+#: state, train_step, objectives and families/parts go).
 MAX_FILES = {"train.steps": 10, "model.attention_impl": 23}
 #: The whole walk's bound (files, returns) to the first train step: what holds today, #69's goal
 #: being 70 files and 90 returns.

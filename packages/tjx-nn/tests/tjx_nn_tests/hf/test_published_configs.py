@@ -9,6 +9,8 @@ the missing shards in one line."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import tjx_published_hf as published
 from flax import nnx

@@ -53,8 +53,7 @@ class Family:
     saves_as_read : bool
         Whether a model read from one of ``model_types`` saves back as ``model_types[0]`` when
         no type is asked (`tjx.nn.families.registry.saved_as`): true where ``claims`` holds only
-        when asked, its switches computing what another family saves by default (Qwen3.5-MoE's,
-        Qwen3-Next's).
+        when asked, its switches computing what another family saves by default.
     """
 
     name: str

@@ -124,9 +124,9 @@ def hf_model_type(path_or_hub: str | os.PathLike[str]) -> str | None:
 def hf_export_type(read_from: str | None) -> str | None:
     """The ``model_type`` to export a model read from a HF checkpoint of ``read_from`` (its
     ``config.json`` model type, `hf_model_type`) as, when none is asked: the type it was read
-    as where its config's switches alone would save it as another family (a Qwen3.5-MoE
-    folder's model saves as ``qwen3_5_moe_text``, not as Qwen3-Next's, whose computation it
-    shares; `tjx.nn.families.registry.saved_as`), else None (``save_hf``'s default)."""
+    as where its config's switches alone would save it as another family whose computation it
+    shares (`tjx.nn.families.registry.saved_as`, a family's ``saves_as_read``), else None
+    (``save_hf``'s default)."""
     return saved_as(read_from)
 
 

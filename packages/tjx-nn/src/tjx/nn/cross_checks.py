@@ -188,6 +188,14 @@ def check_mla(config: Any, cls: str) -> None:
             f"{cls}.mla.kv_latent_dim: only attention.type 'mla' uses it (got attention.type "
             f"{config.attention.type!r}); set it to None"
         )
+    if config.mla.index_loss_weight > 0 and not config.moe.num_experts:
+        # The sparse attention's loss travels with the MoE layers' statistics (MoEStats) to the
+        # training loss: a model without them would drop it unseen.
+        raise ValueError(
+            f"{cls}.mla.index_loss_weight: the indexer's loss reaches the training loss through "
+            "the MoE layers' statistics and this model has none (moe.num_experts=0); set "
+            "mla.index_loss_weight to 0"
+        )
 
 
 def check_family(config: Any, cls: str) -> None:

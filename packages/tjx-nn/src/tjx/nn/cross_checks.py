@@ -188,14 +188,6 @@ def check_mla(config: Any, cls: str) -> None:
             f"{cls}.mla.kv_latent_dim: only attention.type 'mla' uses it (got attention.type "
             f"{config.attention.type!r}); set it to None"
         )
-    if config.mla.index_loss_weight > 0 and not config.moe.num_experts:
-        # The sparse attention's loss travels with the MoE layers' statistics (MoEStats) to the
-        # training loss: a model without them would drop it unseen.
-        raise ValueError(
-            f"{cls}.mla.index_loss_weight: the indexer's loss reaches the training loss through "
-            "the MoE layers' statistics and this model has none (moe.num_experts=0); set "
-            "mla.index_loss_weight to 0"
-        )
 
 
 def check_family(config: Any, cls: str) -> None:
@@ -278,3 +270,32 @@ def check_unused(config: Any, cls: str) -> None:
         value, default = setting_value(config, name), setting_default(config, name)
         if value != default:
             raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {default!r}")
+
+
+def check_index_loss(config: Any, cls: str) -> None:
+    """``mla.index_loss_weight`` > 0 trains a sparse attention's indexer: the model must have one
+    (``mla.index_*`` set, DeepSeek's MLA) and MoE layers, whose statistics (``MoEStats``) carry
+    its loss to the training loss. Checked as the model is built, not with the config: a run
+    started from a checkpoint sets the weight on a config whose architecture comes later.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``mla.index_loss_weight`` and what the model lacks.
+    """
+    weight = config.mla.index_loss_weight
+    if weight <= 0:
+        return
+    lacks = None
+    if config.attention.type != "mla" or config.mla.index_n_heads is None:
+        lacks = "no sparse-attention indexer (mla.index_* unset)"
+    elif not config.moe.num_experts:
+        lacks = (
+            "no MoE layers (moe.num_experts=0), whose statistics carry the indexer's loss to the "
+            "training loss"
+        )
+    if lacks is not None:
+        raise ValueError(
+            f"{cls}.mla.index_loss_weight: {weight!r} trains a sparse attention's indexer and "
+            f"this model has {lacks}; set mla.index_loss_weight to 0"
+        )

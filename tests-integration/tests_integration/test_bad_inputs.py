@@ -538,6 +538,16 @@ CASES = [
         "sm100 GPU (Hopper, Blackwell); this run's device is cpu",
     ),
     ("zero-batch", T, [*TINY, "--set", "data.batch_size=0"], None, "data.batch_size: 0 is too"),
+    # #70: the sparse attention indexer's loss on a model without an indexer (refused as the
+    # model is built: an --init-from run sets it on the checkpoint's architecture).
+    (
+        "index-loss-without-an-indexer",
+        T,
+        [*TINY, "--set", "model.mla.index_loss_weight=1.0"],
+        None,
+        "mla.index_loss_weight: 1.0 trains a sparse attention's indexer and this model has no "
+        "sparse-attention indexer (mla.index_* unset); set mla.index_loss_weight to 0",
+    ),
     # GRPO (issue #55): rewards are named code, checked before anything is written.
     (
         "grpo-unknown-reward",

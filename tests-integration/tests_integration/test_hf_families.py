@@ -1048,10 +1048,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return text, root / "tokenizer.json"
 
 
+#: A family's own settings in its fine-tune: DeepSeek-V3.2 trains its indexer by its KL loss
+#: (``mla.index_loss_weight``, over the selected keys), logged every step for four steps.
+FINE_TUNE_SETS = {
+    "deepseek_v32": ["model.mla.index_loss_weight=1.0", "train.log_every=1", "train.steps=4",
+                     "train.checkpoint_every=4"],
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("family", FINE_TUNED)
 def test_each_new_family_fine_tunes_in_the_trainer(results, corpus, family, tmp_path, capsys):
-    """``--init-from`` transformers' folder: two steps, a finite loss, the checkpoint's own
-    architecture trained, and the last step's samples (the family's generation cache)."""
+    """``--init-from`` transformers' folder: two steps (DeepSeek-V3.2: four, its indexer's loss
+    falling), a finite loss, the checkpoint's own architecture trained, and the last step's
+    samples (the family's generation cache)."""
     text, tokenizer = corpus
     sets = [
         "model.kind=llama", "data.seq_len=16", "data.batch_size=8", "eval.batch_size=8",
@@ -1059,16 +1068,24 @@ def test_each_new_family_fine_tunes_in_the_trainer(results, corpus, family, tmp_
         "train.checkpoint_every=2", "optimizer.schedule.warmup_steps=0",
         "sampling.max_new_tokens=4", "logging.sinks=[jsonl]", "logging.progress=false",
         f"data.tokenizer={tokenizer}", f"data.cache_dir={tmp_path / 'cache'}",
+        *FINE_TUNE_SETS.get(family, []),
     ]  # fmt: skip
+    steps = 4 if family in FINE_TUNE_SETS else 2
     run = tmp_path / "run"
     argv = ["--config", "tiny", "--run-dir", str(run), "--data", str(text)]
     argv += ["--init-from", str(results[family]["folder"])]
     assert trainer_main([*argv, *(x for s in sets for x in ("--set", s))]) == 0, capsys.readouterr()
     final = json.loads((run / "final.json").read_text())
-    assert final["step"] == 2 and np.isfinite(final["val_loss"])
+    assert final["step"] == steps and np.isfinite(final["val_loss"])
     trained = nn.config_from_dict(json.loads((run / "model.json").read_text()))
     assert nn.config_clashes(trained, results[family]["config"], vocab=True) == {}
-    assert (run / "samples" / "step_0000002.txt").read_text().strip()
+    assert (run / "samples" / f"step_{steps:07d}.txt").read_text().strip()
+    if family == "deepseek_v32":  # the indexer learns the main attention: its KL falls
+        assert trained.mla.index_loss_weight == 1.0
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        index = {r["step"]: r["index_loss"] for r in map(json.loads, lines) if "index_loss" in r}
+        assert sorted(index) == [1, 2, 3, 4] and all(np.isfinite(list(index.values())))
+        assert index[4] < index[1] and index[1] > 0, index
     if family in EXPORTED_AS:
         _check_export_types(run, family, tmp_path, capsys)
 

@@ -92,6 +92,10 @@ FLAT_MOE = ["model.moe_layer_step=2", "model.router=sigmoid", "model.router_bias
 SAVED_BEFORE_SECTIONS = Path(__file__).parent / "saved_before_sections"
 
 
+#: The settings newer than 0.28 whose off value is not None (the rest are off at None).
+NEWER_OFF = {"mla.index_loss_weight": 0.0, "mla.index_loss": "sparse"}
+
+
 def _flat(model: dict) -> dict:
     """A model section (or a model.json's fields) as tjx-nn 0.28 wrote it: the ``moe``, ``mla``
     and ``delta`` sections' settings flat, by their old names."""
@@ -102,7 +106,7 @@ def _flat(model: dict) -> dict:
             if f"{section}.{k}" in old:
                 out[old[f"{section}.{k}"]] = v
             else:  # a setting newer than 0.28 (DeepSeek-V3.2's, Kimi's): not written then, off
-                assert v is None, f"{section}.{k}"
+                assert v == NEWER_OFF.get(f"{section}.{k}"), f"{section}.{k}"
     return out
 
 

@@ -62,3 +62,16 @@ def test_one_layer_mappings_and_empty_sums():
         metrics.moe_metrics({k: v for k, v in one.items() if k != "z_loss_sum"})
     with pytest.raises(ValueError, match="layers names 3 rows"):
         metrics.moe_metrics(one, per_layer=True, layers=[0, 1, 2])
+
+
+def test_an_indexer_loss_in_the_sums_is_logged_as_its_mean_per_query():
+    """The optional ``index_loss_sum``/``index_queries`` rows (every layer with the loss, more
+    than the MoE rows): ``index_loss`` is the mean over layers of each one's mean per query;
+    without them (or None) nothing is logged."""
+    moe = _step([[4, 4, 4, 4]], [0], [8], [1.0], [2.0])._asdict()
+    sums = moe | {"index_loss_sum": np.asarray([3.0, 1.0, 0.0]), "index_queries": [12, 4, 0]}
+    got = metrics.moe_metrics(sums, per_layer=True)
+    assert got["index_loss"] == pytest.approx((3 / 12 + 1 / 4 + 0) / 3)
+    assert got["moe_balance_loss"] == pytest.approx(1.0)
+    assert "index_loss" not in metrics.moe_metrics(moe | {"index_loss_sum": None})
+    assert "index_loss" not in metrics.moe_metrics(moe)

@@ -101,6 +101,8 @@ def test_a_model_json_of_tjx_0_1_loads():
             "index_topk": None,
             "index_n_heads": None,
             "index_head_dim": None,
+            "index_loss_weight": 0.0,  # the indexer's loss: off, over the selected keys
+            "index_loss": "sparse",
             "latent_norm_eps": None,
         },
         "attention_sinks": False,

@@ -3,6 +3,7 @@ selection against a NumPy reference on fresh random scores, the cached decode ag
 forward (greedy tokens), a packed batch's segments kept apart, the fused kernels refused by name,
 and the settings' refusals (tests-integration's test_hf_families.py compares with transformers)."""
 
+import re
 from dataclasses import replace
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.families.deepseek_v32.indexer import Indexer
+from tjx.nn.families.deepseek_v32.indexer import Indexer, Selection, index_loss
 from tjx.nn.kernel_choice import resolve_attention
 from tjx.nn.kv_cache import init_cache, kv_cache_bytes
 
@@ -112,11 +113,149 @@ def test_auto_runs_xla():
         (dict(index_topk=0), "index_topk"),
         (dict(q_lora_rank=None), "reads DeepSeek's low-rank query"),
         (dict(index_head_dim=2), "narrower than the 4 dims its RoPE turns"),
+        (dict(index_loss="kl"), "index_loss: 'kl' is not one of sparse, dense"),
+        (dict(index_loss_weight=-1.0), "index_loss_weight: -1.0 must be >= 0"),
+        (dict(index_loss_weight=float("nan")), "index_loss_weight: nan must be >= 0"),
     ],
 )
 def test_bad_settings_are_refused(changes, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
         replace(SPARSE, **changes)
+    assert re.search(message, str(info.value)), info.value
+
+
+@pytest.mark.parametrize(
+    ("sparse", "lacks"),
+    [
+        (False, "no sparse-attention indexer (mla.index_* unset)"),
+        (True, "no MoE layers (moe.num_experts=0), whose statistics carry the indexer's loss"),
+    ],
+)
+def test_the_index_loss_on_a_model_that_cannot_train_it_is_refused(sparse, lacks):
+    """Refused as the model is built (a checkpoint's start sets the weight on a config whose
+    architecture comes later): without an indexer, or without MoE statistics to carry it."""
+    config = _config(index_loss_weight=1.0)
+    if not sparse:
+        config = config.replace(mla=replace(config.mla, index_topk=None, index_n_heads=None,
+                                            index_head_dim=None))  # fmt: skip
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        tnn.Llama(config, rngs=nnx.Rngs(0))
+    assert str(info.value) == (
+        f"LlamaConfig.mla.index_loss_weight: 1.0 trains a sparse attention's indexer and this "
+        f"model has {lacks}"
+        + (" to the training loss" if sparse else "")
+        + "; set mla.index_loss_weight to 0"
+    )
+
+
+def _reference_index_loss(q, k, scores, visible, topk, scale, form):
+    """float64 NumPy: Σ_t KL(p_t ‖ softmax(I_t)) over the queries that see a key, and their
+    count; p_t the heads' softmax of ``scale · q·k`` summed over heads and L1-normalised, both
+    over the ``topk`` visible keys of highest score (sparse) or every visible key (dense)."""
+    q, k, scores = (np.asarray(a, np.float64) for a in (q, k, scores))
+    total, queries = 0.0, 0
+    for b in range(q.shape[0]):
+        for t in range(q.shape[1]):
+            seen = np.flatnonzero(visible[b, t])
+            if not seen.size:
+                continue
+            keys = seen[np.argsort(-scores[b, t, seen])][:topk] if form == "sparse" else seen
+            logits = np.einsum("hd,thd->ht", q[b, t], k[b, keys]) * scale
+            heads = np.exp(logits - logits.max(-1, keepdims=True))
+            heads /= heads.sum(-1, keepdims=True)
+            p = heads.sum(0) / heads.sum()
+            i = np.exp(scores[b, t, keys] - scores[b, t, keys].max())
+            total += float(np.sum(p * np.log(p / (i / i.sum()))))
+            queries += 1
+    return total, queries
+
+
+@pytest.mark.parametrize("form", ["sparse", "dense"])
+def test_the_index_loss_is_the_reports_kl(form):
+    """The indexer loss against float64 NumPy on fresh random queries, keys and scores (two
+    documents packed in one row, padding in the other), within 1e-5 relative: float32."""
+    seed = np.random.SeedSequence().entropy
+    rng = np.random.default_rng(seed)
+    b, s, h, width, scale = 2, 7, 3, 5, 0.7
+    q, k = (rng.normal(size=(b, s, h, width)).astype(np.float32) for _ in range(2))
+    scores = rng.normal(size=(b, s, s)).astype(np.float32)
+    seg = np.asarray([[1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 1, 1, 0, 0]])
+    visible = np.tril(np.ones((s, s), bool))[None] & (seg[:, :, None] == seg[:, None, :])
+    visible &= seg[:, None, :] != 0
+    indexer = Indexer(_config(), rngs=nnx.Rngs(0))  # index_topk=3
+    bias = indexer.bias(jnp.asarray(scores), jnp.asarray(visible))
+    keys = jnp.zeros((b, s, 8))
+    selection = Selection(bias, keys, jnp.asarray(scores), jnp.asarray(visible))
+    got, count = index_loss(selection, jnp.asarray(q), jnp.asarray(k), scale, form)
+    want, queries = _reference_index_loss(q, k, scores, visible, 3, scale, form)
+    assert int(count) == queries == 12, seed  # the two padding queries see no key
+    np.testing.assert_allclose(float(got), want, rtol=1e-5, err_msg=f"seed {seed}")
+    assert want > 0, seed
+
+
+def _loss_config(weight, **changes):
+    """A tiny DeepSeek-V3.2 with a dense first layer, scanned (a dense segment, then MoE)."""
+    moe = tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, first_dense=1)
+    fields = {**SIZES, "num_layers": 3, "scan_layers": True, "moe": moe, **changes}
+    return tnn.make_config(
+        tnn.LlamaConfig, {**fields, "mla": replace(SPARSE, index_loss_weight=weight)}
+    )
+
+
+def _grads(weight, batch):
+    """The objective's gradient and, from the same call, that of ``weight`` × the indexer loss
+    alone (each layer's mean over its queries, summed): one compile."""
+    model = tnn.Llama(_loss_config(weight), rngs=nnx.Rngs(3))
+    graph, params = nnx.split(model, nnx.Param)
+
+    def both(p):
+        def total(p):
+            out = tnn.objective_loss(nnx.merge(graph, p), batch)
+            return out.loss, out.moe
+
+        def kl(p):
+            stats = tnn.objective_loss(nnx.merge(graph, p), batch).moe
+            if stats.index_loss_sum is None:  # weight 0: no loss reported
+                return jnp.zeros(()), stats
+            return weight * jnp.sum(stats.index_loss_sum / stats.index_queries), stats
+
+        (g, stats), g_kl = jax.grad(total, has_aux=True)(p), jax.grad(kl, has_aux=True)(p)[0]
+        return g, g_kl, stats
+
+    g, g_kl, stats = jax.jit(both)(params)
+    return _flat(g), _flat(g_kl), stats
+
+
+def _flat(tree):
+    return {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(tree)}
+
+
+def test_the_index_loss_trains_the_indexer_alone():
+    """Weight 0: no indexer gradient, the main model's as before; weight 0.5: the main model's
+    gradients bit for bit the same (the indexer's inputs detached, ``p`` a constant) and the
+    indexer's those of 0.5 × its KL, in every layer (the dense first one too)."""
+    rng = np.random.default_rng()
+    batch = {
+        "inputs": jnp.asarray(rng.integers(0, 48, size=(2, 8))),
+        "targets": jnp.asarray(rng.integers(0, 48, size=(2, 8))),
+        "segment_ids": jnp.asarray([[1] * 5 + [2] * 3, [1] * 6 + [0] * 2]),
+    }
+    off, _, stats_off = _grads(0.0, batch)
+    on, kl, stats = _grads(0.5, batch)
+    assert stats_off.index_loss_sum is None and stats.index_loss_sum.shape == (3,)
+    assert stats.expert_tokens.shape == (2, 4)  # the MoE rows: layers 1 and 2
+    np.testing.assert_array_equal(np.asarray(stats.index_queries), [14.0] * 3)  # no padding
+    indexer = [name for name in on if "/indexer/" in name]
+    assert len(indexer) == 10  # scanned: each weight stacked in the dense and the MoE segment
+    for name in on:
+        if name in indexer:
+            assert not np.any(off[name]), name
+            np.testing.assert_allclose(on[name], kl[name], rtol=1e-6, atol=1e-12, err_msg=name)
+            layers = on[name].reshape(on[name].shape[0], -1)  # every layer's is trained
+            assert np.all(np.abs(layers).max(-1) > 0), name
+        else:
+            np.testing.assert_array_equal(on[name], off[name], err_msg=name)
+            assert not np.any(kl[name]), name
 
 
 def test_the_main_loss_sends_the_indexer_no_gradient(model):

@@ -11,6 +11,8 @@ field                  shape        what is summed
 ``tokens``             ``[L]``      tokens routed
 ``balance_loss_sum``   ``[L]``      the load-balancing loss × the tokens it was measured on
 ``z_loss_sum``         ``[L]``      ``Σ_t logsumexp(router logits_t)²``
+``index_loss_sum``     ``[L]``      optional: a sparse attention's indexer KL over its queries
+``index_queries``      ``[L]``      optional: the queries ``index_loss_sum`` covers
 =====================  ===========  =========================================================
 
 Sums add up over micro-batches, steps and devices, so :func:`moe_metrics` of the sums of a
@@ -19,6 +21,8 @@ logging interval gives its exact token-weighted means:
 - ``moe_balance_loss``, ``moe_z_loss``: the mean over MoE layers of each layer's token-weighted
   mean (the balance loss is 1 for a perfectly balanced router, ``E`` if every token picks the
   same ``k`` experts with probability 1);
+- ``index_loss`` (with the optional fields): the mean over layers of each layer's mean
+  indexer KL per query (DeepSeek Sparse Attention's ``mla.index_loss_weight``);
 - ``moe_dropped_fraction``: dropped assignments over all assignments (0 when dropless);
 - ``moe_load_max``, ``moe_load_min``: the largest and smallest expert load of any layer, as a
   multiple of the fair share ``1/E`` (1.0 both when balanced);
@@ -37,6 +41,8 @@ __all__ = ["MOE_FIELDS", "expert_load", "moe_metrics"]
 
 #: The summed fields :func:`moe_metrics` reads.
 MOE_FIELDS = ("expert_tokens", "dropped_tokens", "tokens", "balance_loss_sum", "z_loss_sum")
+#: The optional summed fields (None or absent: not logged): a sparse attention's indexer loss.
+INDEX_FIELDS = ("index_loss_sum", "index_queries")
 
 
 def _fields(sums: Any) -> dict[str, np.ndarray]:
@@ -47,7 +53,8 @@ def _fields(sums: Any) -> dict[str, np.ndarray]:
     missing = [f for f in MOE_FIELDS if f not in data]
     if missing:
         raise ValueError(f"MoE sums lack {', '.join(missing)} (need {', '.join(MOE_FIELDS)})")
-    out = {f: np.asarray(data[f], np.float64) for f in MOE_FIELDS}
+    present = [f for f in INDEX_FIELDS if data.get(f) is not None]
+    out = {f: np.asarray(data[f], np.float64) for f in (*MOE_FIELDS, *present)}
     if out["expert_tokens"].ndim == 1:  # one layer's row
         out = {f: v[None] for f, v in out.items()}
     return out
@@ -94,6 +101,9 @@ def moe_metrics(
         "moe_load_max": float(share.max()),
         "moe_load_min": float(share.min()),
     }
+    if all(name in f for name in INDEX_FIELDS):
+        queries = np.maximum(f["index_queries"], 1.0)
+        out["index_loss"] = float(np.mean(f["index_loss_sum"] / queries))
     if per_layer:
         names = list(range(load.shape[0])) if layers is None else list(layers)
         if len(names) != load.shape[0]:

@@ -20,7 +20,7 @@ from tjx.nn.kernel_choice import ModelAttention, layer_kind
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
-from tjx.nn.moe.layer import MoE, MoEStats
+from tjx.nn.moe.layer import MoE, MoEStats, index_stats
 from tjx.nn.norm_config import filled
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
 from tjx.nn.params import make_param, ones
@@ -248,6 +248,7 @@ class Block(nnx.Module):
 
         new_cache: list[LayerCache | None] = [cache]
         kept: LayerCache | None = {} if self.keeps_kv else None
+        index: dict[str, Array] = {}  # the attention's indexer loss sums, when it has one
 
         def self_attn(h: Array, out_bias: bool = True) -> Array:
             if self.delta is not None:
@@ -271,6 +272,7 @@ class Block(nnx.Module):
                 lengths=lengths,
                 extend=extend,
                 out_bias=out_bias,
+                index_out=index,
             )
             return out
 
@@ -286,7 +288,7 @@ class Block(nnx.Module):
 
         if self._fuses_residual_norm(deterministic):
             x = self._fused_pre_ln(x, self_attn, ffn)
-            return self._tail(x, per_layer_input, kept, new_cache[0], stats[0])
+            return self._tail(x, per_layer_input, kept, new_cache[0], _with(stats[0], index))
         x = sub(x, self.attn_norm, self.attn_post_norm, self_attn, keys[1])
         if self.cross_attn is not None and self.cross_norm is not None:
             cross_attn = self.cross_attn
@@ -318,7 +320,7 @@ class Block(nnx.Module):
             x = sub(x, None, self.mlp_post_norm, beside, keys[4])
         else:
             x = sub(x, self.mlp_norm, self.mlp_post_norm, ffn, keys[4])
-        return self._tail(x, per_layer_input, kept, new_cache[0], stats[0])
+        return self._tail(x, per_layer_input, kept, new_cache[0], _with(stats[0], index))
 
     def _tail(
         self,
@@ -370,6 +372,17 @@ class Block(nnx.Module):
         h = attend(self.attn_norm(x), out_bias=False)
         x, y, (carried,) = self.mlp_norm.residual(x, h, out_bias[...], (fc_bias[...],))
         return x + (ffn(y, out_bias=False) + carried)
+
+
+def _with(stats: MoEStats | None, index: dict[str, Array]) -> MoEStats | None:
+    """The layer's statistics with its attention's indexer loss sums (``index``, filled by a
+    call whose indexer has a loss): an MoE layer's row gets them, a dense layer returns a row of
+    them alone (`tjx.nn.moe.layer.index_stats`)."""
+    if not index:
+        return stats
+    if stats is None:
+        return index_stats(index["loss_sum"], index["queries"])
+    return stats._replace(index_loss_sum=index["loss_sum"], index_queries=index["queries"])
 
 
 def _delta_mix(

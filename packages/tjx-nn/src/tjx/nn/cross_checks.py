@@ -270,3 +270,32 @@ def check_unused(config: Any, cls: str) -> None:
         value, default = setting_value(config, name), setting_default(config, name)
         if value != default:
             raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {default!r}")
+
+
+def check_index_loss(config: Any, cls: str) -> None:
+    """``mla.index_loss_weight`` > 0 trains a sparse attention's indexer: the model must have one
+    (``mla.index_*`` set, DeepSeek's MLA) and MoE layers, whose statistics (``MoEStats``) carry
+    its loss to the training loss. Checked as the model is built, not with the config: a run
+    started from a checkpoint sets the weight on a config whose architecture comes later.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``mla.index_loss_weight`` and what the model lacks.
+    """
+    weight = config.mla.index_loss_weight
+    if weight <= 0:
+        return
+    lacks = None
+    if config.attention.type != "mla" or config.mla.index_n_heads is None:
+        lacks = "no sparse-attention indexer (mla.index_* unset)"
+    elif not config.moe.num_experts:
+        lacks = (
+            "no MoE layers (moe.num_experts=0), whose statistics carry the indexer's loss to the "
+            "training loss"
+        )
+    if lacks is not None:
+        raise ValueError(
+            f"{cls}.mla.index_loss_weight: {weight!r} trains a sparse attention's indexer and "
+            f"this model has {lacks}; set mla.index_loss_weight to 0"
+        )

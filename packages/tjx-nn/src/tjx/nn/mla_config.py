@@ -18,6 +18,9 @@ DEEPSEEK_MLA = ("q_lora_rank", "qk_rope_head_dim", "v_head_dim")
 #: DeepSeek Sparse Attention's lightning indexer (DeepSeek-V3.2, :mod:`tjx.nn.families.
 #: deepseek_v32`): set together, on DeepSeek's MLA with a low-rank query, or all None (off).
 SPARSE_MLA = ("index_topk", "index_n_heads", "index_head_dim")
+#: The indexer loss's forms: over each query's selected keys (the sparse stage, what a fine-tune
+#: of the released model trains) or over every key it may see (the dense warm-up).
+INDEX_LOSSES = ("sparse", "dense")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +41,16 @@ class MLAConfig:
     index_n_heads: int | None = setting(None, help="DeepSeek Sparse Attention: indexer heads")
     index_head_dim: int | None = setting(
         None, help="DeepSeek Sparse Attention: an indexer head's width"
+    )
+    index_loss_weight: float = setting(
+        0.0,
+        help="DeepSeek Sparse Attention: the indexer's KL loss weight in the training loss "
+        "(0: off, the indexer stays as loaded)",
+    )
+    index_loss: str = setting(
+        "sparse",
+        help="the indexer loss over each query's selected keys (sparse) or all it sees (dense)",
+        choices=INDEX_LOSSES,
     )
     latent_norm_eps: float | None = setting(
         None, help="DeepSeek's q/kv latent norms' epsilon (HF's: 1e-6); None: norm.eps"
@@ -74,6 +87,17 @@ class MLAConfig:
                     f"{cls}.index_head_dim: {self.index_head_dim} is narrower than the "
                     f"{self.qk_rope_head_dim} dims its RoPE turns (qk_rope_head_dim); widen it"
                 )
+        if self.index_loss not in INDEX_LOSSES:
+            raise ValueError(
+                f"{cls}.index_loss: {self.index_loss!r} is not one of {', '.join(INDEX_LOSSES)}"
+            )
+        # A number >= 0 here; that the model has an indexer (and MoE statistics to carry its
+        # loss) is the built model's check (`tjx.nn.cross_checks.check_index_loss`): a run
+        # started from a checkpoint sets it on a config whose architecture comes later.
+        if not self.index_loss_weight >= 0.0:
+            raise ValueError(
+                f"{cls}.index_loss_weight: {self.index_loss_weight!r} must be >= 0 (0: off)"
+            )
         eps = self.latent_norm_eps
         if eps is not None and (eps <= 0 or self.qk_rope_head_dim is None):
             # transformers' DeepSeek-V3 keeps its latent norms at 1e-6 whatever rms_norm_eps says

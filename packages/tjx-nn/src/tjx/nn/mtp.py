@@ -33,7 +33,7 @@ from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.moe.config import moe_layers
-from tjx.nn.moe.layer import MoEStats, router_penalty
+from tjx.nn.moe.layer import MoEStats, join_stats, router_penalty
 from tjx.nn.params import normal
 from tjx.nn.sequence import current_sequence_parallel
 
@@ -192,7 +192,7 @@ def mtp_hidden(
         outs.append(layer.norm(h))
         if st is not None:
             stats.append(st)
-    moe = None if not stats else jax.tree.map(lambda *a: jnp.stack(a), *stats)
+    moe = None if not stats else join_stats(stats, jnp.stack)
     return outs, moe
 
 

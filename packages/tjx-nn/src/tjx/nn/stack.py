@@ -36,7 +36,7 @@ from tjx.nn.kv_cache import (
 )
 from tjx.nn.layer_runs import LayerKind, Segment, Unit, scanned, segments
 from tjx.nn.moe.config import moe_layers
-from tjx.nn.moe.layer import MoEStats
+from tjx.nn.moe.layer import MoEStats, join_stats
 from tjx.nn.relative_bias import RelativePositionBias
 
 Array = jax.Array
@@ -196,7 +196,8 @@ class Stack(nnx.Module):
         cache keeps each row's last ones). Each layer learns whether its window applies
         (``local``): statically when unrolled or when every layer is alike, as a scanned flag
         otherwise. Returns ``(x, updated cache, stats)``: ``stats`` is the MoE layers'
-        `MoEStats` stacked in layer order (one row per MoE layer), None without any.
+        `MoEStats` stacked in layer order (one row per MoE layer; the indexer loss's fields one
+        per layer that reports it, dense ones too: `join_stats`), None without any.
         ``per_layer``: the per-layer inputs ``[b, s, layers, P]`` (unrolled stacks; the
         ``kv_shared_layers`` get the keys and values of their source layer here too).
         ``extend``: with a cache, the ``s`` tokens continue each row's cached sequence at
@@ -283,7 +284,7 @@ class Stack(nnx.Module):
             if stats is not None:
                 all_stats.append(stats)
         new_cache = None if cache is None else restack(caches, self.groups)
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *all_stats) if all_stats else None
+        stacked = join_stats(all_stats, jnp.stack) if all_stats else None
         return x, new_cache, stacked
 
     def _run_segments(
@@ -310,7 +311,7 @@ class Stack(nnx.Module):
             if stats is not None:  # [repeats, MoE blocks per unit, ...] in layer order
                 all_stats.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), stats))
         new_cache = None if cache is None else concat_layer_caches(caches)
-        return x, new_cache, _concat(all_stats) if all_stats else None
+        return x, new_cache, join_stats(all_stats, jnp.concatenate) if all_stats else None
 
     def update_router_bias(self, expert_tokens: Array, rate: float) -> None:
         """Move each MoE layer's balancing bias (a router that has one) in place: ``bias_e +=
@@ -428,7 +429,7 @@ def _unit_step(body: Any, mixers: tuple[str, ...]) -> Any:
             outs.append(out)
         new = None if unit_cache is None else stack_layer_caches([o[0] for o in outs])
         moe = [o[1] for o in outs if o[1] is not None]
-        return h, (new, _stack(moe) if moe else None)
+        return h, (new, join_stats(moe, jnp.stack) if moe else None)
 
     return step
 
@@ -436,11 +437,3 @@ def _unit_step(body: Any, mixers: tuple[str, ...]) -> Any:
 def _layer(tree: Any, i: int) -> Any:
     """Layer ``i`` of a tree with a leading layers axis (None stays None)."""
     return None if tree is None else jax.tree.map(lambda a: a[i], tree)
-
-
-def _stack(trees: list[Any]) -> Any:
-    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
-
-
-def _concat(trees: list[Any]) -> Any:
-    return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)

@@ -165,6 +165,8 @@ class Attention(nnx.Module):
             )
         # DeepSeek-V3.2's lightning indexer: each query's top-k keys (DeepSeek Sparse Attention).
         self.indexer = parts.sparse_indexer(c, rngs=rngs) if self.deepseek else None
+        # Its KL loss (mla.index_loss_weight > 0): reported to the block through ``index_out``.
+        self.index_loss = c.mla.index_loss if c.mla.index_loss_weight > 0 else None
         self.out = Dense(
             (h, self.v_dim),
             (d,),
@@ -329,6 +331,7 @@ class Attention(nnx.Module):
         kv_out: LayerCache | None = None,
         extend: bool = False,
         out_bias: bool = True,
+        index_out: dict[str, Array] | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Attend.
 
@@ -380,6 +383,10 @@ class Attention(nnx.Module):
         out_bias : bool
             False: the output projection's bias is left to the caller (a pre-LN block adds it
             in `tjx.nn.norms.residual_layer_norm`).
+        index_out : dict, optional
+            Filled, by a call without a cache of a layer whose sparse-attention indexer has a
+            loss (``mla.index_loss_weight > 0``), with its sums ``{"loss_sum", "queries"}``
+            (`tjx.nn.families.parts.index_loss`), which the block adds to its MoE statistics.
 
         Returns
         -------
@@ -421,7 +428,7 @@ class Attention(nnx.Module):
         if not self.deepseek:
             q = self.positions.temper(q, positions, local)
         rng = dropout_rng if drop > 0.0 else None
-        index_keys = None
+        index_keys = selection = None
         if self.indexer is not None:  # the sparse selection: an additive -inf bias (XLA path)
             if current_sequence_parallel() is not None:
                 raise ValueError(
@@ -432,8 +439,8 @@ class Attention(nnx.Module):
                 assert cache is not None and cache_pos is not None
                 sparse, cache = self.indexer.step(self, x, positions, cache, cache_pos, local)
             else:
-                ids = mask.segment_ids
-                sparse, index_keys = self.indexer.prefill(self, x, positions, ids, local)
+                selection = self.indexer.prefill(self, x, positions, mask.segment_ids, local)
+                sparse, index_keys = selection.bias, selection.keys
             bias = add_bias(bias, sparse)
         if self.reads_kv:  # no cache of its own: a decode step by its positions alone
             step = cache_pos is not None and (s == 1 or extend)
@@ -456,6 +463,16 @@ class Attention(nnx.Module):
             elif self.deepseek:
                 latent, rope_key = ds.latents(self, x, positions, local)
                 k, v = ds.keys_values(self, latent, rope_key, k_kv)
+                # A training or scoring call (no cache: not a generation's prefill) scores it.
+                if (
+                    self.index_loss
+                    and selection is not None
+                    and index_out is not None
+                    and cache is None
+                ):
+                    index_out.update(zip(("loss_sum", "queries"), parts.index_loss(
+                        selection, q, k, self.scale, self.index_loss
+                    ), strict=True))  # fmt: skip
             elif fused is not None:
                 k, v = normed(self.k_norm, self.qk_scope, fused[1]), fused[2]
                 if self.position == "rope":

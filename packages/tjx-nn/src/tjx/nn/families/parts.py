@@ -8,6 +8,7 @@ from flax import nnx
 
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.families.deepseek_v32.indexer import Indexer
+from tjx.nn.families.deepseek_v32.indexer import index_loss as index_loss  # the layer's hook
 from tjx.nn.families.gemma4.layers import PerLayerEmbed, PerLayerInput
 
 

@@ -33,6 +33,8 @@ HOW_TO_TRAIN = (
     "attention.decode_topk",
     "init.std",
     "init.scaled_residual",
+    "mla.index_loss_weight",  # a sparse attention indexer's loss
+    "mla.index_loss",
 )
 
 #: The config fields a run decides when a Hugging Face checkpoint fixed the architecture (what an
@@ -46,6 +48,8 @@ TRAINING_FIELDS = (
     "dropout",
     "attention.decode_topk",
     "precision",
+    "mla.index_loss_weight",  # a sparse attention indexer's loss: how the run trains it
+    "mla.index_loss",
 )
 
 #: ``LlamaConfig`` fields a checkpoint of the LLaMA family fixes: its shape, its windows and the

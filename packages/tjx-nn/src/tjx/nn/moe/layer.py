@@ -27,6 +27,7 @@ Expert parallelism: inside ``parallel.expert_parallel_scope(ep)`` (tjx-parallel'
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -75,6 +76,29 @@ class MoEStats(NamedTuple):
     #: float32 (float64 likewise): ``Σ_t logsumexp(logits_t)²`` (divide by the summed
     #: ``tokens``).
     z_loss_sum: Array
+    #: float32: the layer's sparse-attention indexer loss summed over its queries
+    #: (``mla.index_loss_weight`` > 0; the block adds it from its attention), else None. Its
+    #: rows are the layers with that loss, dense ones too (`index_stats`), not the MoE layers.
+    index_loss_sum: Array | None = None
+    #: float32: the queries ``index_loss_sum`` covers (divide by the summed count), else None.
+    index_queries: Array | None = None
+
+
+def index_stats(loss_sum: Array, queries: Array) -> MoEStats:
+    """A dense layer's row: its attention's indexer loss sums, its MoE fields None (`join_stats`
+    joins each field over the rows that hold it)."""
+    return MoEStats._make([None] * 5 + [loss_sum, queries])
+
+
+def join_stats(rows: Sequence[MoEStats], join: Callable[[Sequence[Array]], Array]) -> MoEStats:
+    """Layers' statistics joined field by field in layer order (``join``: ``jnp.stack`` of
+    layer rows, ``jnp.concatenate`` of stacked ones); a field joins the rows that hold it, so the
+    MoE fields' rows are the MoE layers and the indexer loss's those that report one."""
+    fields = []
+    for name in MoEStats._fields:
+        held = [getattr(row, name) for row in rows if getattr(row, name) is not None]
+        fields.append(join(held) if held else None)
+    return MoEStats._make(fields)
 
 
 class Router(nnx.Module):
@@ -297,7 +321,9 @@ def _stats(logits: Array, experts: Array, probs: Array, dropped: Array, num: int
 
 def router_penalty(stats: MoEStats, config: TransformerConfig) -> Array:
     """The router's losses as they enter the training loss: ``router_aux_loss`` times each MoE
-    layer's load-balancing loss plus ``router_z_loss`` times its z-loss, summed over layers.
+    layer's load-balancing loss plus ``router_z_loss`` times its z-loss, summed over layers;
+    with the sparse attention's indexer loss in the statistics, ``mla.index_loss_weight`` times
+    each layer's mean over its queries, summed over layers, too.
 
     Parameters
     ----------
@@ -316,4 +342,8 @@ def router_penalty(stats: MoEStats, config: TransformerConfig) -> Array:
         config.moe.router_aux_loss * stats.balance_loss_sum
         + config.moe.router_z_loss * stats.z_loss_sum
     ) / tokens
-    return jnp.sum(per_layer)
+    penalty = jnp.sum(per_layer)
+    if stats.index_loss_sum is not None and stats.index_queries is not None:
+        index = stats.index_loss_sum / jnp.maximum(stats.index_queries, 1.0)
+        penalty = penalty + config.mla.index_loss_weight * jnp.sum(index).astype(penalty.dtype)
+    return penalty

@@ -42,6 +42,8 @@ DEEPSEEK_V32 = "deepseek_v32"
 ARCHITECTURE = "DeepseekV32ForCausalLM"
 #: config.json's indexer keys → the ``mla`` section's settings (the same names).
 INDEX_KEYS = ("index_topk", "index_n_heads", "index_head_dim")
+#: The indexer loss's settings (how a run trains it: overrides, not config.json keys).
+LOSS_KEYS = ("mla.index_loss_weight", "mla.index_loss")
 #: The config fields a checkpoint of it fixes (its indexer's shape and top-k).
 OWN = tuple(f"mla.{k}" for k in INDEX_KEYS)
 #: The keys the V3.2 class adds to V3's (read here, not by V3's import).
@@ -86,8 +88,9 @@ def deepseek_v32_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> Llam
         raise _refuse("rope_interleave", False, "transformers' deepseek_v32 always interleaves")
     v3 = {k: v for k, v in hf.items() if k not in _OWN_KEYS} | {"model_type": "deepseek_v3"}
     index = {f"mla.{k}": int(hf[k]) for k in INDEX_KEYS}
-    base = deepseek_config_from_hf(v3, **{k: v for k, v in overrides.items() if k not in index})
-    sparse = {**index, **{k: v for k, v in overrides.items() if k in index}}
+    own = (*index, *LOSS_KEYS)  # set on the sparse model, not on V3's (which has no indexer)
+    base = deepseek_config_from_hf(v3, **{k: v for k, v in overrides.items() if k not in own})
+    sparse = {**index, **{k: v for k, v in overrides.items() if k in own}}
     config = base.replace(**sparse)
     assert isinstance(config, LlamaConfig)
     return config

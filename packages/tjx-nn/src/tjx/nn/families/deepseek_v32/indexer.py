@@ -18,13 +18,23 @@ transformers computes the indexer under ``torch.no_grad``: the main loss sends i
 (the selection is a constant of the step); here ``stop_gradient`` does the same. Its keys are
 cached per layer (``"index_key"`` ``[L, b, T, D]``, `tjx.nn.kv_cache`), so a decode step scores
 its queries against every cached key, as transformers' ``update_indexer`` does.
+
+Its loss (`index_loss`; transformers 5.24 defines none) is the DeepSeek-V3.2 report's
+("DeepSeek Sparse Attention", continued pre-training): per query ``t``, ``KL(p_t ‖
+softmax(I_t))`` with ``p_t`` the main attention's probabilities summed over its heads and
+L1-normalised, both over the keys ``t`` selected (``mla.index_loss="sparse"``, the report's
+sparse stage) or every key ``t`` may see (``"dense"``, its warm-up; the forward stays sparse: a
+warm-up proper keeps every key, ``index_topk`` ≥ the sequence). ``p`` is a constant
+(``stop_gradient``) and the indexer's inputs are detached from the main model (the report's
+"the indexer input is detached from the computational graph"): the loss trains the indexer
+only, and the language-model loss never reaches it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -42,6 +52,19 @@ Array = jax.Array
 KEY_NORM_EPS = 1e-6
 #: Rotates ``[b, s, heads, ρ]`` at positions ``[b, s]`` (the layer's RoPE).
 Rope = Callable[[Array, Array], Array]
+
+
+class Selection(NamedTuple):
+    """A prefill's selection (`Indexer.prefill`): what the attention and the loss read."""
+
+    #: float32 ``[b, 1, s, s]``: 0 at each query's selected keys, ``-inf`` elsewhere.
+    bias: Array
+    #: ``[b, s, D]``: the indexer keys (what a cache keeps).
+    keys: Array
+    #: float32 ``[b, s, s]``: the index scores ``I`` (differentiable in the indexer's weights).
+    scores: Array
+    #: bool ``[b, s, s]``: the keys each query may see (causal, its segment).
+    visible: Array
 
 
 class Indexer(nnx.Module):
@@ -96,11 +119,13 @@ class Indexer(nnx.Module):
 
     def prefill(
         self, attn: Any, x: Array, positions: Array, segment_ids: Any, local: Any
-    ) -> tuple[Array, Array]:
-        """A whole call's sparse bias ``[b, 1, s, s]`` (causal within each segment, ``segment_ids``
-        ``[b, s]`` with 0 = padding, or None) and its keys ``[b, s, D]`` (for a cache), for the
-        DeepSeek MLA layer ``attn`` (its query latent and RoPE; ``local`` its window switch)."""
+    ) -> Selection:
+        """A whole call's `Selection`: its sparse bias (causal within each segment,
+        ``segment_ids`` ``[b, s]`` with 0 = padding, or None), keys, scores and visible keys, for
+        the DeepSeek MLA layer ``attn`` (its query latent and RoPE; ``local`` its window
+        switch). The inputs are detached: only `index_loss` trains the indexer."""
         rope = _rope(attn, local)
+        x, latent = _detached(attn, x)
         keys = self.keys(x, positions, rope)
         s = x.shape[1]
         visible = jnp.tril(jnp.ones((s, s), bool))[None]
@@ -113,8 +138,8 @@ class Indexer(nnx.Module):
             seg = segment_ids.astype(jnp.int32)
             visible = visible & (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
         visible = jnp.broadcast_to(visible, (x.shape[0], s, s))
-        scores = self.scores(x, _latent(attn, x), positions, keys, rope)
-        return self.bias(scores, visible), keys
+        scores = self.scores(x, latent, positions, keys, rope)
+        return Selection(self.bias(scores, visible), keys, scores, visible)
 
     def step(
         self,
@@ -129,16 +154,61 @@ class Indexer(nnx.Module):
         with the step's indexer keys written (`tjx.nn.kv_cache.write_step`: the same slots the
         latents take), for the DeepSeek MLA layer ``attn``."""
         rope = _rope(attn, local)
+        x, latent = _detached(attn, x)
         new = {"index_key": self.keys(x, positions, rope)}
         cache, seen, held = write_step(cache, new, cache_pos, rolling=False)
         visible = step_visible(held, positions)
-        scores = self.scores(x, _latent(attn, x), positions, seen["index_key"], rope)
+        scores = self.scores(x, latent, positions, seen["index_key"], rope)
         return self.bias(scores, visible), cache
 
 
-def _latent(attn: Any, x: Array) -> Array:
-    """DeepSeek's query latent ``q_a_layernorm(q_a_proj(x))`` of the MLA layer ``attn``."""
-    return attn.query_latent_norm(attn.query_down(x))  # type: ignore[no-any-return]
+def index_loss(
+    selection: Selection, q: Array, k: Array, scale: float, form: str
+) -> tuple[Array, Array]:
+    """One layer's indexer loss as sums: ``Σ_t KL(p_t ‖ softmax(I_t))`` over its queries, and
+    how many queries it sums (each sees at least one key).
+
+    Parameters
+    ----------
+    selection : Selection
+        The layer's prefill selection (its scores ``I`` carry the indexer's gradient).
+    q, k : Array
+        The main attention's queries and keys ``[b, s, heads, width]``, as its kernel reads them
+        (``scale`` its softmax scale): ``p_t`` is their softmax summed over heads, L1-normalised
+        (a constant: ``stop_gradient``).
+    scale : float
+        The main attention's logit scale.
+    form : str
+        ``"sparse"``: ``p`` and ``softmax(I)`` over each query's selected keys; ``"dense"``:
+        over every key it may see.
+
+    Returns
+    -------
+    (Array, Array)
+        float32 scalars: the summed KL and the queries it covers.
+    """
+    chex.assert_equal_shape([q, k])
+    keep = selection.visible
+    if form == "sparse":
+        keep = keep & (selection.bias[:, 0] == 0)
+    f32 = jnp.float32
+    logits = jnp.einsum("bshd,bthd->bhst", q.astype(f32), k.astype(f32)) * scale
+    floor = jnp.finfo(f32).min  # not -inf: a query that sees nothing (padding) stays finite
+    probs = jax.nn.softmax(jnp.where(keep[:, None], logits, floor), axis=-1)
+    target = jax.lax.stop_gradient(jnp.mean(probs, axis=1))  # Σ_h, then L1: each row sums to H
+    log_q = jax.nn.log_softmax(jnp.where(keep, selection.scores, floor), axis=-1)
+    safe = jnp.where(target > 0, target, 1.0)
+    kl = jnp.where(keep & (target > 0), target * (jnp.log(safe) - log_q), 0.0)
+    queries = jnp.any(keep, axis=-1)
+    return jnp.sum(jnp.where(queries, jnp.sum(kl, -1), 0.0)), jnp.sum(queries).astype(f32)
+
+
+def _detached(attn: Any, x: Array) -> tuple[Array, Array]:
+    """The indexer's inputs, ``x`` and DeepSeek's query latent ``q_a_layernorm(q_a_proj(x))`` of
+    the MLA layer ``attn``, detached from the main model (the report trains the indexer by its
+    own loss alone: that loss must not move the main model's weights)."""
+    latent = attn.query_latent_norm(attn.query_down(x))
+    return jax.lax.stop_gradient(x), jax.lax.stop_gradient(latent)
 
 
 def _rope(attn: Any, local: Any) -> Rope:

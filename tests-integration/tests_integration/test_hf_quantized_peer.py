@@ -172,9 +172,6 @@ CASES["kimi_k2_int4_bf16"] = dict(
     CASES["kimi_k2_int4"],
     quantize={"method": "compressed-tensors", "group": 32, "scale_dtype": "bfloat16"},
 )
-#: The cases whose logits are compared (the BF16-scaled one: its weights).
-LOGITS = [name for name in CASES if name != "kimi_k2_int4_bf16"]
-
 
 # DeepSeek-V3.2's release (deepseek-ai/DeepSeek-V3.2, tjx_published_hf): V3.1's FP8 (ue8m0
 # scales), and each layer's lightning indexer's wq_b and wk in FP8 too; its weights_proj stays
@@ -192,6 +189,8 @@ CASES["deepseek_v32"] = dict(
         method="fp8", block=[4, 4], scale_fmt="ue8m0", keep=["mlp.gate", "indexer.weights_proj"]
     ),
 )
+#: The cases whose logits are compared (the BF16-scaled one: its weights).
+LOGITS = [name for name in CASES if name != "kimi_k2_int4_bf16"]
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

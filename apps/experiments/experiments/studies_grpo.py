@@ -517,7 +517,7 @@ GRPO_STUDY = Study(
     "success more than continuing SFT for the same updates and compute, over three seeds?",
     varied="the objective from the one start: GRPO, GSPO (sequence-level ratio), GRPO with "
     f"μ = {MU} and β = {BETA} (clipping and KL act), continued SFT (the same updates, optimizer "
-    "and positions per update), and a GRPO control whose reward is a coin flip by the "
+    "and at least the positions per update), and a GRPO control whose reward is a coin flip by the "
     "completion's hash (answer_blind; exact_answer logged at weight 0); the seed (train.seed: "
     "the rollouts' samples, SFT's batch order)",
     fixed=f"the reversal task (tjx.data's generated '{TASK}': "
@@ -553,10 +553,13 @@ GRPO_STUDY = Study(
     after_run=arm_after,
     notes=(
         "The start's row is one SFT run (seed 0): every arm's seeds start from its checkpoint.",
-        "Compute is matched per update (the same updates and positions per update); GRPO's "
-        "rollouts (sampling 8 tokens for 64 completions a step) are compute the continued SFT "
-        "arm does not spend, and its wall column shows it.",
+        "Compute is matched per update (the same updates; SFT's positions per update at least "
+        f"GRPO's); GRPO's rollouts (sampling up to {MAX_NEW} tokens for 64 completions a step) "
+        "are compute the continued SFT arm does not spend, and its wall column shows it.",
         "Continued SFT logs no held-out reward during its run (its curves are the RL arms'); "
         "its final success is measured like every arm's.",
+        "The start is the plateau's first checkpoint: the SFT run's later checkpoints may be up "
+        f"to {PLATEAU_RISE:.0f} points better (the checkpoints measured, below), so part of any "
+        "arm's gain is what the SFT run itself went on to gain.",
     ),
 )

@@ -69,8 +69,8 @@ from experiments.spec import SEEDS, Column, Row, RunContext, RunSpec, Study
 from experiments.stats import Difference, aggregate, difference
 from tjx.data import REVERSE, REVERSE_LONG, REVERSE_LONG_LENGTHS
 
-#: The task (tjx.data's generated source): long strings, which SFT levels off on well below
-#: 100 % (on `REVERSE`'s 3 to 5 letters it reached 100 %: the verdict could not tell).
+#: The task (tjx.data's generated source): long strings, which SFT levels off on below 100 %
+#: (94.7 % over 400 steps; on `REVERSE`'s 3 to 5 letters 100 %: the verdict could not tell).
 TASK = REVERSE_LONG
 #: New tokens of a completion: the longest answer's letters (one token each) and its
 #: ``<|im_end|>``, and one spare (the GRPO runs and the held-out measurement).

@@ -24,6 +24,7 @@ from experiments.studies_grpo import (
     PLATEAU_RISE,
     SFT_LABEL,
     START_FILE,
+    TASK,
     choose_start,
     grpo_conclude,
     plateau,
@@ -155,6 +156,10 @@ def test_the_grpo_study_compares_rl_with_continued_sft_from_a_levelled_start(
     readme = (out / "README.md").read_text()
     assert "GRPO − continued SFT: " in readme and "| issue #72 |" in readme
     assert "Verdict: **" in readme
+    # The start is the long strings' (its task kept with it), every arm's task the same.
+    assert json.loads((kept.parent / START_FILE).read_text())["source"] == TASK
+    arm = folders[0] / "grpo/smoke" / GRPO_LABEL / "seed_0/config.yaml"
+    assert f"source: {TASK}" in arm.read_text()
 
 
 def _arm(label: str, successes: list[float], **extra: float) -> Row:
@@ -228,6 +233,29 @@ def test_the_plateau_is_the_newest_checkpoints_within_the_rise_of_the_best_after
     measured: dict[int, float], flat: list[int]
 ) -> None:
     assert plateau(measured) == flat
+
+
+def test_a_start_of_the_short_reversal_task_asks_for_a_fresh_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The study before #72's second round trained its start on 'reverse' (3-5 letters), where
+    # SFT levels off at 100 %: its runs folder is refused in one line, nothing trained or lost.
+    sft = tmp_path / "runs/grpo/smoke" / SFT_LABEL / "seed_0"
+    (sft / "checkpoints/120").mkdir(parents=True)
+    (sft / "config.yaml").write_text("data:\n  source: reverse\n")
+    start = {"step": 120, "success": 100.0, "levelled_off": True, "plateau": [120, 200]}
+    (sft / START_FILE).write_text(json.dumps(start))
+    assert _run("grpo", (tmp_path / "runs", tmp_path / "docs")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'reverse' task, not 'reverse_long'" in err[0], err
+    assert "--fresh" in err[0] and sorted(p.name for p in sft.iterdir()) == sorted(
+        ["checkpoints", "config.yaml", START_FILE]
+    )
+    assert not (tmp_path / "docs").exists()
+    # A start.json alone (no config.yaml) without its task is the short task's too.
+    (sft / "config.yaml").unlink()
+    with pytest.raises(StudyError, match="'reverse' task"):
+        choose_start(sft, "cpu", 0.0)
 
 
 def test_a_start_chosen_by_the_band_rule_asks_for_a_fresh_study(tmp_path: Path) -> None:

@@ -12,16 +12,21 @@ from tjx.data import (
     ARITHMETIC,
     GENERATED,
     REVERSE,
+    REVERSE_LONG,
+    REVERSE_LONG_LENGTHS,
     ChatRunData,
     DataError,
     arithmetic_rows,
     prepare_arithmetic,
     prepare_chat_run_data,
     prepare_generated,
+    reverse_long_rows,
     reverse_rows,
 )
 from tjx.data.chat.store import load_sequences, read_prompt_rows
 
+#: reverse_rows' first row with seed 0, as it was before its lengths were a setting.
+FIRST_REVERSE = "Reverse: w v g z f"
 NAMES = {"tokenizer": "data.tokenizer", "source": "data.source", "batch_size": "data.batch_size"}
 
 
@@ -69,6 +74,26 @@ def test_the_reverse_rows_are_seeded_reversals_and_every_rejected_answer_is_wron
         next(reverse_rows(1, kind="pairs"))
 
 
+def test_the_long_reversal_task_draws_its_own_lengths_and_the_short_one_is_unchanged():
+    seed = int(np.random.default_rng().integers(1 << 20))
+    lo, hi = REVERSE_LONG_LENGTHS
+    chat = list(reverse_long_rows(400, seed=seed))
+    lengths = {len(r["messages"][0]["content"].removeprefix("Reverse: ").split(" ")) for r in chat}
+    assert lengths == set(range(lo, hi + 1))  # every length drawn, none outside
+    for row in chat:
+        letters = row["messages"][0]["content"].removeprefix("Reverse: ").split(" ")
+        assert row["messages"][1]["content"] == " ".join(letters[::-1])
+    for row in reverse_long_rows(300, seed=seed, kind="preference"):
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+    assert chat == list(reverse_rows(400, seed=seed, lengths=REVERSE_LONG_LENGTHS))
+    # The 3-5 letter task keeps its rows (runs made before the lengths were a setting read them).
+    assert list(reverse_rows(50, seed=seed)) == list(reverse_rows(50, seed=seed, lengths=(3, 5)))
+    assert next(reverse_rows(1, seed=0))["messages"][0]["content"] == FIRST_REVERSE
+    for bad in ((1, 4), (5, 4)):
+        with pytest.raises(ValueError, match="lengths must be"):
+            next(reverse_rows(1, lengths=bad))
+
+
 def test_a_row_of_one_repeated_letter_gets_a_near_miss_that_differs():
     # "a a a" reversed is itself, and so is every swap of its letters: the rejected answer changes
     # one letter instead (swapping until it differed never ended: CI's stop 65 hung here).
@@ -87,7 +112,7 @@ def test_a_row_of_one_repeated_letter_gets_a_near_miss_that_differs():
 
 
 def test_each_generated_source_is_prepared_once_under_its_name(tmp_path):
-    assert set(GENERATED) == {ARITHMETIC, REVERSE}
+    assert set(GENERATED) == {ARITHMETIC, REVERSE, REVERSE_LONG}
     path = prepare_generated(REVERSE, "prompts", tmp_path)
     assert path.parent.name == "reverse-prompts-v1" and path == prepare_generated(
         REVERSE, "prompts", tmp_path

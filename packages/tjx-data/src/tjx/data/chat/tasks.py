@@ -8,6 +8,10 @@ ChatML tokenizer folder trained on their text. Each is a `tjx.data` source name 
   letters. An easier skill (copying at fixed offsets) that a tiny model learns in a few hundred
   steps and that carries over to strings it never saw (26^3 + 26^4 + 26^5 of them, so held-out
   rows are new strings): the GRPO preset's task, whose SFT start lands in the 10-50 % band.
+- ``reverse_long``: the same with 8 to 12 letters (`REVERSE_LONG_LENGTHS`; answers up to 12
+  tokens and ``<|im_end|>``, so GRPO needs ``grpo.max_new_tokens`` ≥ 13). A harder skill:
+  sft_tiny's 300 SFT steps end near 80 % held out where ``reverse`` reaches 100 %, which leaves
+  RL and more SFT room to differ (the GRPO study's task, issue #72).
 
 As preference pairs the chosen answer is the right one and the rejected one a near miss
 (arithmetic: one off, ten off, or its digits swapped; reverse: the letters as given, or two of
@@ -32,9 +36,12 @@ __all__ = [
     "CHATML_TEMPLATE",
     "GENERATED",
     "REVERSE",
+    "REVERSE_LONG",
+    "REVERSE_LONG_LENGTHS",
     "arithmetic_rows",
     "prepare_arithmetic",
     "prepare_generated",
+    "reverse_long_rows",
     "reverse_rows",
     "write_chatml_folder",
 ]
@@ -43,6 +50,9 @@ __all__ = [
 ARITHMETIC = "arithmetic"
 #: The generated letter-reversal source's name.
 REVERSE = "reverse"
+#: The generated long letter-reversal source's name, and its (fewest, most) letters.
+REVERSE_LONG = "reverse_long"
+REVERSE_LONG_LENGTHS = (8, 12)
 #: The row layouts each generated task is written in.
 TASK_KINDS = ("chat", "preference", "prompts")
 #: Rows of each generated task (every 10th row is held out for validation).
@@ -101,14 +111,24 @@ def _other_letter(letter: str, rng: np.random.Generator) -> str:
     return _LETTERS[(_LETTERS.index(letter) + 1 + int(rng.integers(25))) % 26]
 
 
-def reverse_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[str, Any]]:
-    """``n`` rows of the letter-reversal task ("Reverse: q w e" → "e w q", 3 to 5 letters), in
-    ``kind``'s layout as `arithmetic_rows`; a rejected answer is never the right one."""
+def reverse_rows(
+    n: int, seed: int = 0, *, kind: str = "chat", lengths: tuple[int, int] = (3, 5)
+) -> Iterator[dict[str, Any]]:
+    """``n`` rows of the letter-reversal task ("Reverse: q w e" → "e w q", ``lengths`` = (fewest,
+    most) letters, 3 to 5 by default), in ``kind``'s layout as `arithmetic_rows`; a rejected
+    answer is never the right one."""
     if kind not in TASK_KINDS:
         raise ValueError(f"reverse_rows: kind must be one of {TASK_KINDS}; got {kind!r}")
+    lo, hi = lengths
+    if not 2 <= lo <= hi:
+        raise ValueError(
+            f"reverse_rows: lengths must be (fewest, most) letters with 2 <= fewest <= most; "
+            f"got {lengths!r}"
+        )
     rng = np.random.default_rng([seed, _VERSION, 1])
     for _ in range(n):
-        letters = [_LETTERS[int(i)] for i in rng.integers(0, 26, size=int(rng.integers(3, 6)))]
+        size = int(rng.integers(lo, hi + 1))
+        letters = [_LETTERS[int(i)] for i in rng.integers(0, 26, size=size)]
         answer = " ".join(reversed(letters))
         prompt = [{"role": "user", "content": "Reverse: " + " ".join(letters)}]
         if kind == "chat":
@@ -134,10 +154,16 @@ def reverse_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[
             }
 
 
+def reverse_long_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[str, Any]]:
+    """`reverse_rows` with `REVERSE_LONG_LENGTHS` letters (the ``reverse_long`` source)."""
+    return reverse_rows(n, seed, kind=kind, lengths=REVERSE_LONG_LENGTHS)
+
+
 #: The generated sources by name: each a seeded row generator ``(n, seed, kind=...)``.
 GENERATED: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
     ARITHMETIC: arithmetic_rows,
     REVERSE: reverse_rows,
+    REVERSE_LONG: reverse_long_rows,
 }
 
 

@@ -28,7 +28,7 @@ from experiments.claims import (
 from experiments.spec import Row
 from experiments.stability import SCHEDULES as SCHEDULE_NAMES
 from experiments.stats import Difference, difference, value_text
-from experiments.studies_grpo import GRPO_LABEL, SFT_LABEL, at_ceiling, rl_minus_sft
+from experiments.studies_grpo import GRPO_LABEL, SFT_LABEL, at_ceiling, at_floor, rl_minus_sft
 from experiments.studies_grpo import MARGIN as GRPO_MARGIN
 from experiments.studies_moe import DENSE, MOE_GROUP
 
@@ -345,6 +345,8 @@ def _rl_beats_sft(rows: list[Row]) -> Judgement:
                 f"SFT: {d.words('.1f', 'points')}")  # fmt: skip
     if not start["levelled_off"]:
         return measured, CANNOT_TELL, "SFT had not levelled off at the start."
+    if at_floor(start):
+        return measured, CANNOT_TELL, "SFT had not learnt the task: its flat stretch is near 0 %."
     if at_ceiling(start):
         return (measured, CANNOT_TELL, "SFT levels off near 100 %: no arm has room to gain, "
                 "so this task cannot separate RL from more SFT.")  # fmt: skip

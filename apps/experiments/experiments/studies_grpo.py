@@ -91,6 +91,9 @@ PLATEAU_RISE = 5.0
 #: A start above this held-out success (%) leaves no arm room to gain `PLATEAU_RISE` points:
 #: the task cannot separate RL from more SFT (the verdict cannot tell).
 CEILING = 100.0 - PLATEAU_RISE
+#: A start below this held-out success (%) is a flat stretch of a task SFT has not learnt (a
+#: run whose skill never arrived): not a plateau the arms can be compared from.
+FLOOR = PLATEAU_RISE
 #: The steps of SFT the plateau must span for SFT to have levelled off.
 PLATEAU_SPAN = {"smoke": 2, "cpu": 40, "gpu": 40}
 START_FILE = "start.json"
@@ -400,6 +403,11 @@ def rl_minus_sft(rows: list[Row], label: str = GRPO_LABEL) -> Difference:
     return difference(rl, sft, "success")
 
 
+def at_floor(start: Row) -> bool:
+    """Whether the start's held-out success is below `FLOOR` (SFT has not learnt the task)."""
+    return float(start["success"]) < FLOOR
+
+
 def at_ceiling(start: Row) -> bool:
     """Whether the start's held-out success is above `CEILING` (no room to gain)."""
     return float(start["success"]) > CEILING
@@ -493,6 +501,12 @@ def _verdict(rows: list[Row], start: Row, scale: str) -> str:
         )
     d = rl_minus_sft(rows)
     text = d.words(".1f", "points")
+    if at_floor(start):
+        return (
+            f"Verdict: **cannot tell** — SFT levels off at {start['success']:.1f} %, below "
+            f"{FLOOR:.0f} %: it has not learnt the task, so its flat stretch is no start to "
+            f"compare RL with more SFT from (GRPO − continued SFT is {text}){smoke}."
+        )
     if at_ceiling(start):
         return (
             f"Verdict: **cannot tell** — SFT levels off at {start['success']:.1f} %, above "

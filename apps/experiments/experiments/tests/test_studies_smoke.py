@@ -195,6 +195,8 @@ def _rows(
         ([97.0, 98.0, 99.0], False, 90.0, "**cannot tell** — SFT had not", "cannot"),
         # A start near 100 % leaves no room: the task cannot separate the two.
         ([97.0, 98.0, 99.0], True, 96.0, "**cannot tell** — SFT levels off at 96.0 %", "cannot"),
+        # A flat stretch at 0 % is a task SFT never learnt, not a plateau to start from.
+        ([97.0, 98.0, 99.0], True, 2.0, "**cannot tell** — SFT levels off at 2.0 %", "cannot"),
     ],
 )
 def test_the_grpo_verdict_weighs_rl_against_continued_sft_with_the_seeds_spread(

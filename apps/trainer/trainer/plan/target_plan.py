@@ -247,6 +247,7 @@ def plan_from_args(args: argparse.Namespace) -> int:
             resolved = load_config(args.config, sets)
         if args.init_from is not None:  # the architecture the start fixes; its notes said
             resolved = init_from.start_config(resolved, args.init_from)
+        check_split(resolved, args.plan)
         with quiet_native_stderr():
             target = open_target(args.plan, parallel.abstract_devices)
             say = functools.partial(print, flush=True)
@@ -259,6 +260,31 @@ def plan_from_args(args: argparse.Namespace) -> int:
         except OSError as err:  # checked writable above: a full disk, a folder gone since
             return error_exit(f"--plan-json: cannot write {str(out)!r} ({err.strerror or err})")
     return 0 if result.error is None else error_exit(result.error)
+
+
+def target_count(text: str) -> int:
+    """The device count of ``--plan TARGET`` (``8xh100``: 8), read without opening its compiler
+    (a `ConfigError` for an unknown target)."""
+    try:
+        return metrics.parse_target(text)[1]
+    except ValueError as err:
+        raise ConfigError(f"--plan: {err}") from None
+
+
+def check_split(run: Config, text: str) -> None:
+    """An overlapped GRPO run's split against ``--plan TARGET``'s devices, before its compiler
+    is opened: a `ConfigError` (trainer.step.state's `trainer_devices`' words) when the sampler
+    leaves no trainer."""
+    sampler = run.rollout.sampler_devices if is_grpo(run.data) else 0
+    count = target_count(text)
+    if sampler and sampler >= count:
+        raise ConfigError(
+            f"grpo.sampler_devices: {sampler} of --plan {text}'s {count} devices sample, which "
+            f"leaves none to train on; set it to at most {count - 1}"
+            if count > 1 else
+            f"grpo.overlap: 1 samples and trains on devices of their own, and --plan {text} is "
+            "one device; set grpo.overlap=0 and grpo.sampler_devices=0, or plan more devices"
+        )  # fmt: skip
 
 
 def plan_here(resolved: Config, *, device: str | None = None, say: Say | None = None) -> Record:

@@ -603,8 +603,9 @@ def test_an_rl_search_estimates_each_rollout_from_its_h100_programs_and_picks_th
     and chooses the batch with the most samples per second; the runner-up is said and the
     winner's YAML written."""
     out, winner = tmp_path / "rl.json", tmp_path / "rl.yaml"
+    # Overlap 0 only (the splits' programs: test_an_overlapped_rl_plan_for_h100s_..., below)
     args = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "16,32",
-            "--plan-json", str(out), "--search-out", str(winner),
+            "--search-samplers", "0", "--plan-json", str(out), "--search-out", str(winner),
             *(a for value in RL_SMALL for a in ("--set", value))]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", *args], cwd=tmp_path,

@@ -61,7 +61,7 @@ FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
      "and four times the configured one)"),
     ("--search-samplers", {"metavar": "N,..."}, "with --search of an RL config: the sampler "
      "devices of the overlapped splits to plan (grpo.overlap: 1; default: the rest a half, a "
-     "quarter, ... of the devices)"),
+     "quarter, ... of the devices; 0: overlap 0 only)"),
     ("--export-peft", {"metavar": "DIR"}, "with lora.enabled: write the trained adapters to DIR "
      "as a PEFT adapter (adapter_config.json + adapter_model.safetensors) when the run ends"),
     ("--replay", {"metavar": "RUN"}, "re-run steps of a finished, stopped or killed run from its "

@@ -685,15 +685,19 @@ def test_an_rl_search_where_nothing_fits_on_8_devices_is_one_line(capsys, in_tmp
     assert planned == [64] and planned.splits == [] and not list(in_tmp.iterdir())
 
 
-def test_an_rl_search_plans_the_splits_it_is_given(capsys, in_tmp, monkeypatch):
+@pytest.mark.parametrize(("samplers", "splits"), [("2,4", [(64, 4)]), ("0", [])])
+def test_an_rl_search_plans_the_splits_it_is_given(samplers, splits, capsys, in_tmp, monkeypatch):
     """``--search-samplers 2,4``: those splits only, where the trainer's mesh splits the batch
-    (6 trainers do not split 64 completions: 2 is left out)."""
+    (6 trainers do not split 64 completions: 2 is left out); ``0``: overlap 0 only, said."""
     on_8(monkeypatch, memory=GIB)
     planned = fake_rl_plans(monkeypatch, lambda b, n: (GIB // 2, 0.05, 0.01))
     argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "64",
-            "--search-samplers", "2,4"]  # fmt: skip
+            "--search-samplers", samplers]  # fmt: skip
     assert main(argv) == 0
-    assert planned == [64] and planned.splits == [(64, 4)]
+    assert planned == [64] and planned.splits == splits
+    said = capsys.readouterr().out.splitlines()
+    none = "search: sampler/trainer split: not searched: --search-samplers 0: overlap 0 only"
+    assert (none in said) == (not splits)
 
 
 @pytest.mark.parametrize(
@@ -701,7 +705,10 @@ def test_an_rl_search_plans_the_splits_it_is_given(capsys, in_tmp, monkeypatch):
     [
         (["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-samplers", "8"],
          "--search-samplers: '8' is no count of sampler devices of --plan 8xh100's 8: each must "
-         "leave a trainer; give integers from 1 to 7 separated by commas"),
+         "leave a trainer; give integers from 1 to 7 separated by commas (0 alone: no split)"),
+        (["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-samplers", "0,4"],
+         "--search-samplers: '0' is no count of sampler devices of --plan 8xh100's 8: each must "
+         "leave a trainer; give integers from 1 to 7 separated by commas (0 alone: no split)"),
         (["--config", "grpo_tiny", "--plan", "h100", "--search", "--search-samplers", "1"],
          "--search-samplers: --plan h100 is one device, which cannot be split into sampler and "
          "trainer devices; drop --search-samplers or plan more devices"),

@@ -185,7 +185,7 @@ def rollout_batches(text: str | None, run: Config, target: Target) -> list[int]:
 
 def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None:
     """``--search-samplers``' counts of sampler devices (``"1,4"``), each leaving a trainer;
-    None: the default (`sampler_counts`).
+    ``"0"``: none (overlap 0 only, an empty list); None: the default (`sampler_counts`).
 
     Raises
     ------
@@ -194,6 +194,8 @@ def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None
     """
     if text is None:
         return None
+    if text.strip() == "0":
+        return []
     found: list[int] = []
     for part in text.split(","):
         try:
@@ -204,7 +206,7 @@ def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None
             raise ConfigError(
                 f"--search-samplers: {part.strip()!r} is no count of sampler devices of "
                 f"--plan {where}'s {count}: each must leave a trainer; give integers from 1 to "
-                f"{count - 1} separated by commas" if count > 1 else
+                f"{count - 1} separated by commas (0 alone: no split)" if count > 1 else
                 f"--search-samplers: --plan {where} is one device, which cannot be split into "
                 "sampler and trainer devices; drop --search-samplers or plan more devices"
             )  # fmt: skip
@@ -222,6 +224,8 @@ def sampler_counts(
     count = target.count
     if count < 2:
         return [], f"one device ({target.describe()}): nothing to split"
+    if wanted == []:
+        return [], "--search-samplers 0: overlap 0 only"
     if wanted is None:
         wanted = []
         trainers = count // 2

@@ -165,7 +165,9 @@ def compile_rollout(
 
         def held(label: str, lowered: Callable[[], jax.stages.Lowered]) -> Compiled:
             """Compiled (or the cache's), its peak with what the devices keep resident."""
-            key = f"{label} on the sampler" if overlap else ""
+            # The model's settings a fit may change are in the key (the split's N is not)
+            m = run.model
+            key = f"{label} on the sampler ({m.remat}, {m.attention_impl})" if overlap else ""
             one = cache.get(key) if cache is not None and key else None
             if one is None:
                 one = metrics.compile_lowered(lowered, label)

@@ -497,7 +497,7 @@ def test_a_grpo_plans_memory_fit_never_splits_the_update_into_micro_batches(monk
     trainer would refuse (it did: "fits with optimizer.accumulation_steps=2")."""
     peaks = {("none", 1): None, ("full", 1): None, ("full", 2): GIB, ("full", 4): GIB}
     seen = fake_compiles(monkeypatch, peaks)
-    monkeypatch.setattr(target_plan, "compile_rollout", lambda run, tgt: [])
+    monkeypatch.setattr(target_plan, "compile_rollout", lambda run, tgt, cache=None: [])
     run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), GRPO_SMALL)), 300)
     result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lambda line: None)
     assert seen[-1] == "model.remat=full" and not any("accumulation" in s for s in seen), seen

@@ -685,19 +685,29 @@ def test_an_rl_search_where_nothing_fits_on_8_devices_is_one_line(capsys, in_tmp
     assert planned == [64] and planned.splits == [] and not list(in_tmp.iterdir())
 
 
-@pytest.mark.parametrize(("samplers", "splits"), [("2,4", [(64, 4)]), ("0", [])])
-def test_an_rl_search_plans_the_splits_it_is_given(samplers, splits, capsys, in_tmp, monkeypatch):
+@pytest.mark.parametrize(
+    ("samplers", "splits", "why"),
+    [
+        ("2,4", [(64, 4)], None),
+        ("0", [], "--search-samplers 0: overlap 0 only"),
+        ("2", [], "no trainer's mesh of 6 of the 8 devices splits 64 completions as the config's "
+         "mesh lays them out"),
+    ],
+)  # fmt: skip
+def test_an_rl_search_plans_the_splits_it_is_given(
+    samplers, splits, why, capsys, in_tmp, monkeypatch
+):
     """``--search-samplers 2,4``: those splits only, where the trainer's mesh splits the batch
-    (6 trainers do not split 64 completions: 2 is left out); ``0``: overlap 0 only, said."""
+    (6 trainers do not split 64 completions: 2 is left out, and alone it leaves no split);
+    ``0``: overlap 0 only. Why no split was planned is said."""
     on_8(monkeypatch, memory=GIB)
     planned = fake_rl_plans(monkeypatch, lambda b, n: (GIB // 2, 0.05, 0.01))
     argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "64",
             "--search-samplers", samplers]  # fmt: skip
     assert main(argv) == 0
     assert planned == [64] and planned.splits == splits
-    said = capsys.readouterr().out.splitlines()
-    none = "search: sampler/trainer split: not searched: --search-samplers 0: overlap 0 only"
-    assert (none in said) == (not splits)
+    said = [x for x in capsys.readouterr().out.splitlines() if "split: not searched" in x]
+    assert said == ([] if why is None else [f"search: sampler/trainer split: not searched: {why}"])
 
 
 @pytest.mark.parametrize(
@@ -722,6 +732,10 @@ def test_an_rl_search_plans_the_splits_it_is_given(samplers, splits, capsys, in_
           "grpo.sampler_devices=8"],
          "grpo.sampler_devices: 8 of --plan 8xh100's 8 devices sample, which leaves none to "
          "train on; set it to at most 7"),
+        (["--config", "grpo_tiny", "--plan", "h100", "--set", "grpo.overlap=1", "--set",
+          "grpo.sampler_devices=1"],
+         "grpo.overlap: 1 samples and trains on devices of their own, and --plan h100 is one "
+         "device; set grpo.overlap=0 and grpo.sampler_devices=0, or plan more devices"),
     ],
 )  # fmt: skip
 def test_a_split_that_leaves_no_trainer_is_one_line(argv, words, capsys, in_tmp, monkeypatch):

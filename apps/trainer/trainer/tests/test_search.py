@@ -17,8 +17,10 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import pytest
 
+from tjx import nn
 from tjx.metrics import GIB, Target, accelerator
 from trainer.cli import main
 from trainer.config.settings import apply_overrides, load_config, load_config_data
@@ -771,6 +773,38 @@ def test_an_rl_search_space_that_cannot_be_searched_is_one_line(
     assert main(argv) == 2
     assert error_line(capsys) == f"trainer: error: {words}"
     assert planned == [] and not list(in_tmp.iterdir())
+
+
+def test_why_grpo_keeps_one_micro_batch_bnpo_and_dapo_normalise_per_micro_batch():
+    """The search's micro-batch line (`rl.MICRO_LINE`), checked: on fresh random rows of unequal
+    completion lengths, the mean of two micro-batches' losses equals the whole batch's (within
+    1e-6) for ``grpo`` (per-row means) and ``dr_grpo`` (a constant divisor), not for ``bnpo`` and
+    ``dapo`` (each divides by its own micro-batch's tokens); ``dapo`` given the whole batch's
+    token count, summed, would (what the accumulation does not pass yet)."""
+    keys = jax.random.split(jax.random.key(int(time.time())), 3)
+    rows, width = 8, 6
+    logps = jax.random.normal(keys[0], (rows, width)) * 0.1 - 1.0
+    old = logps + jax.random.normal(keys[1], (rows, width)) * 0.01
+    advantages = jax.random.normal(keys[2], (rows,))
+    lengths = jnp.array([1, 1, 2, 1, 3, 6, 5, 4])  # 5 tokens in the first half, 18 in the second
+    mask = (jnp.arange(width)[None] < lengths[:, None]).astype(jnp.float32)
+    halves = (slice(0, 4), slice(4, 8))
+    gap = {}
+    for kind in ("grpo", "dr_grpo", "bnpo", "dapo"):
+        config = nn.GrpoConfig(loss_type=kind)
+
+        def loss(part: slice, config: nn.GrpoConfig = config, **kw) -> jax.Array:
+            return nn.grpo_loss(logps[part], old[part], advantages[part], mask[part],
+                                config=config, max_completion_length=width, **kw).loss  # fmt: skip
+
+        whole = loss(slice(None))
+        gap[kind] = abs(float(sum(loss(h) for h in halves) / 2 - whole))
+        if kind == "dapo":
+            summed = sum(loss(h, total_tokens=mask.sum()) for h in halves)
+            assert abs(float(summed - whole)) < 1e-6
+    assert gap["grpo"] < 1e-6 and gap["dr_grpo"] < 1e-6
+    assert gap["bnpo"] > 1e-3 and gap["dapo"] > 1e-3
+    assert "bnpo and dapo divide by the completion tokens of the rows a step sees" in rl.MICRO_LINE
 
 
 def test_a_rollout_batchs_outcome_is_read_from_its_plan(monkeypatch):

@@ -11,7 +11,9 @@ dimensions, and what each costs in compiles:
 * remat: the plan's memory fit takes none, else full where none does not fit;
 * the **update micro-batch** is not searched: GRPO's update steps on the whole rollout batch
   (``optimizer.accumulation_steps`` must be 1; `trainer.config.typed`), so the micro-batch is
-  the rollout batch over the mesh's batch ways, and the search says so;
+  the rollout batch over the mesh's batch ways, and the search says why (`MICRO_LINE`: ``bnpo``
+  and ``dapo`` divide by each micro-batch's own tokens, so accumulating them would change the
+  loss; ``grpo`` and ``dr_grpo`` would accumulate exactly);
 * the **group size** G: at a given rollout batch it changes no program (a rollout of B
   completions is B rows, whatever G), so it changes no estimate: it is kept as configured and
   the batches are multiples of it (more prompts per batch, or more completions per prompt, is a

@@ -567,8 +567,10 @@ def fake_rl_plans(monkeypatch, answer) -> Planned:
         }
         fits = peak <= tgt.device.memory_bytes
         fitted = {"remat": "full" if batch > 32 else "none", "accumulation": 1, "attention": "xla"}
+        # A peak within 2 × the memory: the update fitted, the (sequential) rollout did not
+        update_fits = peak <= 2 * tgt.device.memory_bytes
         return rl.RlOutcome(batch, None if fits else "does not fit", record if fits else {},
-                            fitted, peak, 1.0, sampler)  # fmt: skip
+                            fitted, peak, 1.0, sampler, update_fits)  # fmt: skip
 
     monkeypatch.setattr(rl, "_plan_batch", plan_batch)
     return planned
@@ -673,11 +675,33 @@ def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(
         (256, 7), (128, 7)]  # fmt: skip
 
 
+def test_a_batch_whose_sequential_rollout_does_not_fit_is_tried_split(
+    capsys, in_tmp, monkeypatch
+):
+    """512 completions: the update fits, the sequential rollout does not (the devices keep the
+    optimizer state while they sample); its 4 + 4 split (the sampler holds the policy alone)
+    fits and wins, planned beside the two best batches' splits."""
+    on_8(monkeypatch, memory=GIB)
+
+    def answer(batch, sampler):
+        if batch == 512:
+            return (GIB if sampler == 4 else 3 * GIB // 2), 0.05, 0.01
+        return GIB // 2, 0.05, 0.01
+
+    planned = fake_rl_plans(monkeypatch, answer)
+    argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts",
+            "128,256,512", "--search-samplers", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert planned.splits == [(256, 4), (128, 4), (512, 4)]
+    chosen = next(x for x in capsys.readouterr().out.splitlines() if "search: chosen: " in x)
+    assert chosen.startswith("search: chosen: rollout batch 512 (64 prompts × 8), overlap 1: 4 ")
+
+
 def test_an_rl_search_where_nothing_fits_on_8_devices_is_one_line(capsys, in_tmp, monkeypatch):
     """No rollout batch fits with overlap 0 (the update alone is too large): no split is
     planned (fewer trainer devices hold more each), and the refusal is one line."""
     on_8(monkeypatch, memory=GIB)
-    planned = fake_rl_plans(monkeypatch, lambda b, n: (2 * GIB, 0.01, 0.01))
+    planned = fake_rl_plans(monkeypatch, lambda b, n: (3 * GIB, 0.01, 0.01))
     argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "64"]
     assert main(argv) == 2
     assert error_line(capsys) == (

@@ -20,8 +20,10 @@ dimensions, and what each costs in compiles:
   choice of signal, not of speed);
 * the **sampler/trainer split** of the devices: ``grpo.overlap: 0`` (every device samples,
   then trains) at each rollout batch; then, at the `SPLIT_BATCHES` batches with the most
-  samples per second that way, ``grpo.overlap: 1`` with N sampler devices for each N of
-  `sampler_counts` (the trainer's mesh the other devices, where it splits the batch). Each
+  samples per second that way (and the largest whose update fits but whose sequential rollout
+  does not: the sampler's devices keep no optimizer state), ``grpo.overlap: 1`` with N
+  sampler devices for each N of `sampler_counts` (the trainer's mesh the other devices, where
+  it splits the batch). Each
   split is planned as ``--plan`` plans it (`trainer.plan.target_plan.plan`): the update
   compiled for the trainer's devices, the rollout for the sampler's, where the policy is
   replicated, so its programs are the same for any N and compiled once (a cache by label);
@@ -97,6 +99,8 @@ class RlOutcome:
         The largest compiled peak per device of the update and the rollout's programs.
     wall_s : float
         Seconds the plan took.
+    update_fits : bool
+        The update compiled and fitted (where the outcome errs: a rollout program did not).
     """
 
     batch: int
@@ -106,6 +110,8 @@ class RlOutcome:
     peak_bytes: int | None = None
     wall_s: float = 0.0
     sampler_devices: int = 0
+    #: The update fitted the trainer's devices (only a rollout program did not, where it errs).
+    update_fits: bool = False
 
     @property
     def key(self) -> tuple[int, int]:
@@ -294,9 +300,10 @@ def _plan_batch(
     error = result.error
     if error is None and "rollout" not in data:
         error = "no rollout estimate (a program did not compile)"
+    update_fits = bool(train.get("compiles")) and bool(data.get("memory", {}).get("fits"))
     return RlOutcome(batch, error, dict(data.get("rollout", {})), fitted,
                      max(known) if known else None, time.perf_counter() - started,
-                     sampler)  # fmt: skip
+                     sampler, update_fits)  # fmt: skip
 
 
 def rl_search(
@@ -333,6 +340,11 @@ def rl_search(
         if not plan_one(batch, 0):
             break
     best = [o.batch for o in found.ranked()][:SPLIT_BATCHES]
+    # The largest batch whose update fits but whose sequential rollout does not (its devices
+    # keep the optimizer state while sampling): a sampler's devices hold the policy alone.
+    unfit = [o.batch for o in found.outcomes.values() if not o.fits and o.update_fits]
+    if unfit and max(unfit) not in best:
+        best.append(max(unfit))
     for batch in best:
         counts, why = sampler_counts(run, target, batch, samplers)
         found.no_split = found.no_split or why

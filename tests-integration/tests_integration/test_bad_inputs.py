@@ -594,6 +594,25 @@ CASES = [
         "grpo.sampler_devices: 8 of the run's 8 devices sample, which leaves none to train on; "
         "set it to at most 7",
     ),
+    # #72 point 4: a plan's or a search's split, against --plan TARGET's devices, before its
+    # compiler is opened.
+    (
+        "plan-grpo-sampler-leaves-no-trainer",
+        T,
+        ["--config", "grpo_tiny", "--plan", "8xh100", "--set", "grpo.overlap=1", "--set",
+         "grpo.sampler_devices=8"],
+        None,
+        "grpo.sampler_devices: 8 of --plan 8xh100's 8 devices sample, which leaves none to "
+        "train on; set it to at most 7",
+    ),  # fmt: skip
+    (
+        "search-samplers-leave-no-trainer",
+        T,
+        ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-samplers", "4,8"],
+        None,
+        "--search-samplers: '8' is no count of sampler devices of --plan 8xh100's 8: each must "
+        "leave a trainer; give integers from 1 to 7",
+    ),
     (
         "grpo-sampler-without-overlap",
         T,

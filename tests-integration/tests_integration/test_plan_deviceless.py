@@ -603,8 +603,9 @@ def test_an_rl_search_estimates_each_rollout_from_its_h100_programs_and_picks_th
     and chooses the batch with the most samples per second; the runner-up is said and the
     winner's YAML written."""
     out, winner = tmp_path / "rl.json", tmp_path / "rl.yaml"
+    # Overlap 0 only (the splits' programs: test_an_overlapped_rl_plan_for_h100s_..., below)
     args = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "16,32",
-            "--plan-json", str(out), "--search-out", str(winner),
+            "--search-samplers", "0", "--plan-json", str(out), "--search-out", str(winner),
             *(a for value in RL_SMALL for a in ("--set", value))]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", *args], cwd=tmp_path,
@@ -629,3 +630,28 @@ def test_an_rl_search_estimates_each_rollout_from_its_h100_programs_and_picks_th
     assert f"search: runner-up: rollout batch {runner['batch']} " in said
     assert f"batch_size: {chosen['batch']}" in winner.read_text()
     print(f"deviceless RL search: {data['elapsed_s']:.1f} s", file=sys.stderr)
+
+
+def test_an_overlapped_rl_plan_for_h100s_is_the_longer_side_plus_the_weights_copy(envs, tmp_path):
+    """#72 point 4: ``--plan 2xh100`` of grpo_tiny overlapped on 1 sampler device compiles the
+    update for the trainer's H100 and the rollout's prefill, decode step and π_old's pass for
+    the sampler's (four compiles); its step is, by hand from the plan's own per-program costs,
+    max(rollout, update) + the policy's bytes over NVLink (the device table's 450 GB/s)."""
+    out = tmp_path / "overlap.json"
+    sets = [*RL_SMALL, "data.batch_size=16", "grpo.overlap=1", "grpo.sampler_devices=1"]
+    args = ["--config", "grpo_tiny", "--plan", "2xh100", "--plan-json", str(out),
+            *(a for value in sets for a in ("--set", value))]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", *args], cwd=tmp_path,
+        env=plan_env(envs["cuda12"], tmp_path), capture_output=True, text=True, timeout=900,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    r = json.loads(out.read_text())["rollout"]
+    assert (r["sampler_devices"], r["logps_passes"], r["decode_steps"]) == (1, 1, 3)
+    rollout = r["prefill_s"] + 3 * r["decode_step_s"] + r["logps_pass_s"]
+    assert r["seconds"] == pytest.approx(rollout, rel=1e-12)
+    assert r["copy_s"] == pytest.approx(r["policy_bytes"] / 450e9, rel=1e-12)
+    assert r["step_s"] == pytest.approx(max(rollout, r["update_s"]) + r["copy_s"], rel=1e-12)
+    assert r["sequential_s"] == pytest.approx(rollout + r["update_s"], rel=1e-12)
+    assert "rl step (estimate (calibrated on " in proc.stdout and "overlapped: " in proc.stdout

@@ -59,6 +59,9 @@ FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("--search-rollouts", {"metavar": "B,..."}, "with --search of an RL config: the rollout "
      "batches (data.batch_size: completions per rollout) to plan (default: half, once, twice "
      "and four times the configured one)"),
+    ("--search-samplers", {"metavar": "N,..."}, "with --search of an RL config: the sampler "
+     "devices of the overlapped splits to plan (grpo.overlap: 1; default: the rest a half, a "
+     "quarter, ... of the devices; 0: overlap 0 only)"),
     ("--export-peft", {"metavar": "DIR"}, "with lora.enabled: write the trained adapters to DIR "
      "as a PEFT adapter (adapter_config.json + adapter_model.safetensors) when the run ends"),
     ("--replay", {"metavar": "RUN"}, "re-run steps of a finished, stopped or killed run from its "
@@ -228,7 +231,8 @@ def _check_plan_flags(args: argparse.Namespace) -> None:
             "for; add --plan TARGET or drop --plan-json"
         )
     flags = (("--search-out", args.search_out), ("--search-budget", args.search_budget),
-             ("--search-rollouts", args.search_rollouts))  # fmt: skip
+             ("--search-rollouts", args.search_rollouts),
+             ("--search-samplers", args.search_samplers))  # fmt: skip
     for flag, value in flags:
         if value is not None and not args.search:
             raise ConfigError(

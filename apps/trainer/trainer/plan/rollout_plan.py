@@ -20,14 +20,24 @@ launch from the host each; the decode loop reads each step's tokens back before 
 The log-probability passes of π_old (``μ > 1``) and of the reference (``β > 0``) are one
 forward over the rollout batch each, once per rollout: the same compiled program, counted in
 the rollout. Not counted: the rewards (host Python).
+
+Overlapped (``grpo.overlap: 1``, trainer.step.grpo's `Rollouts`): the rollout runs on the last
+``grpo.sampler_devices`` devices (each holds the whole policy and samples the whole batch), with
+π_old's pass there too (the sampling weights' log-probabilities, always); the update runs on the
+others. A step's rollout is sampled while the update before it runs, so a cycle of μ steps takes
+the longer of the rollout and one update, the other ``μ - 1`` updates, the reference's pass on
+the trainer's devices (``β > 0``, priced as the sampler's pass: an upper bound, its rows are not
+split there) and the weights' copy to the sampler (`trainer.step.grpo.overlap_estimate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from tjx.metrics import ProgramCost
 from trainer.config.seams import Record
+from trainer.step.grpo import overlap_estimate
 
 __all__ = ["RolloutEstimate", "decode_label", "logps_label", "logps_passes", "prefill_label"]
 
@@ -47,9 +57,12 @@ def logps_label(rows: int, width: int) -> str:
     return f"rollout log-probabilities ({rows} × {width} tokens)"
 
 
-def logps_passes(iterations: int, beta: float) -> int:
-    """Forward passes over a rollout batch for its log-probabilities: π_old's when μ > 1, the
-    reference's when β > 0 (trainer.step.grpo's `Rollouts`)."""
+def logps_passes(iterations: int, beta: float, overlap: bool = False) -> int:
+    """Forward passes over a rollout batch for its log-probabilities in the rollout: π_old's when
+    μ > 1, the reference's when β > 0 (trainer.step.grpo's `Rollouts`); overlapped, π_old's
+    only, always (the sampler scores its own weights; the reference's runs on the trainers)."""
+    if overlap:
+        return 1
     return int(iterations > 1) + int(beta > 0)
 
 
@@ -73,6 +86,15 @@ class RolloutEstimate:
         Log-probability passes per rollout (`logps_passes`).
     scoring : ProgramCost or None
         One such pass (None without any).
+    sampler_devices : int
+        Overlapped (``grpo.sampler_devices``): the devices the rollout runs on, the update on
+        the rest; 0: one after the other on every device.
+    copy_s : float
+        Overlapped: the policy's copy to the sampler, once per rollout.
+    policy_bytes : int
+        The policy's bytes (what the copy moves).
+    trainer_passes : int
+        Overlapped: log-probability passes on the trainer's devices (the reference's, β > 0).
     """
 
     rows: int
@@ -85,6 +107,10 @@ class RolloutEstimate:
     iterations: int
     passes: int = 0
     scoring: ProgramCost | None = None
+    sampler_devices: int = 0
+    copy_s: float = 0.0
+    policy_bytes: int = 0
+    trainer_passes: int = 0
 
     @property
     def decode_steps(self) -> int:
@@ -108,9 +134,19 @@ class RolloutEstimate:
         return self.scoring.seconds if self.scoring is not None else 0.0
 
     @property
-    def step_seconds(self) -> float:
-        """A rollout and the μ updates that use it."""
+    def sequential_s(self) -> float:
+        """A rollout and the μ updates that use it, one after the other."""
         return self.seconds + self.iterations * self.update_s
+
+    @property
+    def step_seconds(self) -> float:
+        """A rollout and the μ updates that use it: one after the other, or overlapped (the
+        module doc: the longer of the rollout and one update, the other updates, the
+        reference's passes on the trainers and the weights' copy)."""
+        if not self.sampler_devices:
+            return self.sequential_s
+        trainer = (self.iterations - 1) * self.update_s + self.trainer_passes * self.scoring_s
+        return overlap_estimate(self.seconds, self.update_s, self.copy_s).overlapped_s + trainer
 
     @property
     def samples_per_s(self) -> float:
@@ -149,10 +185,31 @@ class RolloutEstimate:
                 if self.decode.overhead_s
                 else ""
             ),
-            f"rl step ({label}): the rollout {ms(self.seconds)} + {updates} × "
-            f"{ms(self.update_s)} = {ms(self.step_seconds)}: {self.samples_per_s:,.0f} "
-            f"samples/s, the rollout {self.share:.0%} of the step",
+            self._step_line(ms, label, updates),
         ]
+
+    def _step_line(self, ms: Callable[[float], str], label: str, updates: str) -> str:
+        """The RL step's line: the sum, or (overlapped) the longer side plus the copy."""
+        tail = f"{self.samples_per_s:,.0f} samples/s, the rollout {self.share:.0%} of the step"
+        if not self.sampler_devices:
+            return (
+                f"rl step ({label}): the rollout {ms(self.seconds)} + {updates} × "
+                f"{ms(self.update_s)} = {ms(self.step_seconds)}: {tail}"
+            )
+        rest = self.iterations - 1
+        others = f" + {rest} × {ms(self.update_s)}" if rest else ""
+        ref = (
+            f" + {self.trainer_passes} reference pass × {ms(self.scoring_s)}"
+            if self.trainer_passes
+            else ""
+        )
+        return (
+            f"rl step ({label}), overlapped: the rollout on {self.sampler_devices} sampler "
+            f"devices, the update on the others: max(rollout {ms(self.seconds)}, update "
+            f"{ms(self.update_s)}){others}{ref} + the weights' copy {ms(self.copy_s)} "
+            f"({self.policy_bytes / 1e6:,.1f} MB) = {ms(self.step_seconds)} (one after the "
+            f"other: {ms(self.sequential_s)}): {tail}"
+        )
 
     def record(self) -> Record:
         """``--plan-json``'s ``rollout``: the inputs and every derived figure."""
@@ -175,6 +232,11 @@ class RolloutEstimate:
             "update_s": self.update_s,
             "iterations": self.iterations,
             "step_s": self.step_seconds,
+            "sequential_s": self.sequential_s,
+            "sampler_devices": self.sampler_devices,
+            "copy_s": self.copy_s,
+            "policy_bytes": self.policy_bytes,
+            "trainer_passes": self.trainer_passes,
             "samples_per_s": self.samples_per_s,
             "rollout_share": self.share,
         }

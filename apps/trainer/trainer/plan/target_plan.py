@@ -10,15 +10,18 @@ the memory fit (advice: the trainer does not split a batch itself) and an **esti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import jax
+import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tjx import data, kernels, metrics, nn, parallel
 from tjx.metrics import GIB, Compiled, Target, quiet_native_stderr
@@ -85,21 +88,56 @@ def build(run: StepConfig, devices: list[jax.Device]) -> AbstractRun:
     )
 
 
-def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled]]:
+def device_bytes(tree: object) -> int:
+    """Bytes one device holds of an abstract, sharded tree (each leaf's shard)."""
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+        for x in jax.tree.leaves(tree)
+    )
+
+
+def full_bytes(tree: object) -> int:
+    """Bytes of a tree's leaves, whole (not per device)."""
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def compile_rollout(
+    run: StepConfig,
+    target: Target,
+    cache: dict[str, Compiled] | None = None,
+) -> list[tuple[str, Compiled]]:
     """A GRPO run's rollout programs compiled for ``target``: tjx.nn's generation (prefill and
     one decode step, `lower_generation`) of ``data.batch_size`` completions of prompts padded
     to ``data.seq_len``, with the run's sampling settings and its parameters as the train state
     lays them out; each (label, result), a failure kept. The held-out greedy completions run
-    the same programs at ``eval.batch_size`` rows."""
+    the same programs at ``eval.batch_size`` rows.
+
+    Where they run: one after the other (``grpo.overlap: 0``), on the trainer's mesh, whose
+    devices keep the optimizer state while sampling: each program's peak counts it. Overlapped,
+    on the sampler's devices (the last ``grpo.sampler_devices``; trainer.step.grpo's
+    `Rollouts`): the policy replicated, the whole batch on each, π_old's log-probabilities
+    there too; nothing else is resident. Replicated, a program is the same for any count of
+    sampler devices: ``cache`` (by label) keeps it across a search's splits.
+    """
     r = run.rollout
     rows, prompt = run.data.batch_size, run.data.seq_len
+    overlap = r.sampler_devices > 0
     out: list[tuple[str, Compiled]] = []
     with kernels.target(*target.kernel_target), quiet_native_stderr():
         b = build(run, target.devices)
         mesh, _ = make_mesh(run.mesh, run.mesh_needs(), target.devices)
         parts = abstract_state(run)
+        if overlap:  # the sampler's devices: the last ones (trainer.step.grpo's sampler_devices)
+            sampler = Mesh(np.array(target.devices[target.count - r.sampler_devices :]),
+                           ("sampler",))  # fmt: skip
+            whole = NamedSharding(sampler, PartitionSpec())
+            resident = 0  # the sampler holds the policy (the programs' arguments) only
+        else:  # the trainer's devices also hold the optimizer state while they sample
+            resident = device_bytes(b.state) - device_bytes(b.state.model_tree())
 
         def place(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:  # rows over the batch axes
+            if overlap:
+                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=whole)
             sharding = parallel.batch_sharding(mesh, len(x.shape))
             if not x.shape or x.shape[0] != rows:
                 sharding = NamedSharding(mesh, PartitionSpec())
@@ -107,7 +145,11 @@ def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled
 
         rest = nn.split_fp8_meta(nn.concrete_state(parts.rest))[0]
         rest = jax.tree.map(place, jax.eval_shape(lambda: rest))
-        model = nnx.merge(parts.graphdef, b.state.model_tree(), rest)
+        tree = b.state.model_tree()
+        batch = b.batch
+        if overlap:  # the weights copied to the sampler, the rollout made there
+            tree, batch = jax.tree.map(place, tree), jax.tree.map(place, batch)
+        model = nnx.merge(parts.graphdef, tree, rest)
 
         def lower(which: str) -> jax.stages.Lowered:
             programs = nn.lower_generation(
@@ -121,13 +163,30 @@ def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled
             )
             return getattr(programs, which)  # type: ignore[no-any-return]
 
-        cache = prompt + r.max_new_tokens
+        def held(label: str, lowered: Callable[[], jax.stages.Lowered]) -> Compiled:
+            """Compiled (or the cache's), its peak with what the devices keep resident."""
+            # The model's settings a fit may change are in the key (the split's N is not)
+            m = run.model
+            key = f"{label} on the sampler ({m.remat}, {m.attention_impl})" if overlap else ""
+            one = cache.get(key) if cache is not None and key else None
+            if one is None:
+                one = metrics.compile_lowered(lowered, label)
+                if cache is not None and key:
+                    cache[key] = one
+            if resident and one.peak is not None:
+                note = (f"{one.note}; " if one.note else "") + (
+                    f"with the optimizer state the devices keep ({resident / GIB:.2f} GiB)"
+                )
+                one = dataclasses.replace(one, peak=one.peak + resident, note=note)
+            return one
+
+        cache_len = prompt + r.max_new_tokens
         for which, label in (
             ("prefill", rollout_plan.prefill_label(rows, prompt)),
-            ("decode", rollout_plan.decode_label(rows, cache)),
+            ("decode", rollout_plan.decode_label(rows, cache_len)),
         ):
-            out.append((label, metrics.compile_lowered(functools.partial(lower, which), label)))
-        if rollout_plan.logps_passes(r.iterations, run.grpo.beta):
+            out.append((label, held(label, functools.partial(lower, which))))
+        if rollout_plan.logps_passes(r.iterations, run.grpo.beta, overlap):
             # π_old's and the reference's log-probabilities (trainer.step.grpo's `Rollouts`):
             # one forward over the rollout batch each, the same program
             width = b.batch["inputs"].shape[1]
@@ -138,9 +197,9 @@ def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled
                 return nn.grpo.token_logprobs(model, batch, temperature=r.temperature)
 
             def lower_logps() -> jax.stages.Lowered:
-                return jax.jit(scored).lower(b.state.model_tree(), rest, b.batch)
+                return jax.jit(scored).lower(tree, rest, batch)
 
-            out.append((label, metrics.compile_lowered(lower_logps, label)))
+            out.append((label, held(label, lower_logps)))
     return out
 
 
@@ -190,6 +249,7 @@ def plan_from_args(args: argparse.Namespace) -> int:
             resolved = load_config(args.config, sets)
         if args.init_from is not None:  # the architecture the start fixes; its notes said
             resolved = init_from.start_config(resolved, args.init_from)
+        check_split(resolved, args.plan)
         with quiet_native_stderr():
             target = open_target(args.plan, parallel.abstract_devices)
             say = functools.partial(print, flush=True)
@@ -202,6 +262,31 @@ def plan_from_args(args: argparse.Namespace) -> int:
         except OSError as err:  # checked writable above: a full disk, a folder gone since
             return error_exit(f"--plan-json: cannot write {str(out)!r} ({err.strerror or err})")
     return 0 if result.error is None else error_exit(result.error)
+
+
+def target_count(text: str) -> int:
+    """The device count of ``--plan TARGET`` (``8xh100``: 8), read without opening its compiler
+    (a `ConfigError` for an unknown target)."""
+    try:
+        return metrics.parse_target(text)[1]
+    except ValueError as err:
+        raise ConfigError(f"--plan: {err}") from None
+
+
+def check_split(run: Config, text: str) -> None:
+    """An overlapped GRPO run's split against ``--plan TARGET``'s devices, before its compiler
+    is opened: a `ConfigError` (trainer.step.state's `trainer_devices`' words) when the sampler
+    leaves no trainer."""
+    sampler = run.rollout.sampler_devices if is_grpo(run.data) else 0
+    count = target_count(text)
+    if sampler and sampler >= count:
+        raise ConfigError(
+            f"grpo.sampler_devices: {sampler} of --plan {text}'s {count} devices sample, which "
+            f"leaves none to train on; set it to at most {count - 1}"
+            if count > 1 else
+            f"grpo.overlap: 1 samples and trains on devices of their own, and --plan {text} is "
+            "one device; set grpo.overlap=0 and grpo.sampler_devices=0, or plan more devices"
+        )  # fmt: skip
 
 
 def plan_here(resolved: Config, *, device: str | None = None, say: Say | None = None) -> Record:
@@ -281,9 +366,16 @@ def state_floor(step: StepConfig, target: Target, text: str, name: str) -> PlanR
     return result
 
 
-def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
+def plan(
+    run: Config,
+    target: Target,
+    text: str,
+    say: Say,
+    rollout_cache: dict[str, Compiled] | None = None,
+) -> PlanResult:
     """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`); ended
-    before any compile where the train state alone cannot fit (`state_floor`)."""
+    before any compile where the train state alone cannot fit (`state_floor`). A search passes
+    ``rollout_cache`` to compile an overlapped rollout's programs once (`compile_rollout`)."""
     check_fp8(run.model.precision, target.device)
     step = step_config(run)  # what the steps compile: the model, optimizer, data shapes, mesh
     floor = state_floor(step, target, text, run.name)
@@ -300,7 +392,7 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
     rollout: list[tuple[str, Compiled]] = []  # the rollout's programs, kept for its estimate
 
     def programs(r: StepConfig) -> list[tuple[str, Compiled]]:
-        rollout[:] = compile_rollout(r, target)
+        rollout[:] = compile_rollout(r, target, rollout_cache)
         return rollout
 
     estimate_args = lambda r: roofline_inputs(
@@ -341,7 +433,8 @@ def rollout_estimate(
     r, rows, prompt = run.rollout, run.data.batch_size, run.data.seq_len
     prefill = programs.get(rollout_plan.prefill_label(rows, prompt))
     decode = programs.get(rollout_plan.decode_label(rows, prompt + r.max_new_tokens))
-    passes = rollout_plan.logps_passes(r.iterations, run.grpo.beta)
+    overlap = r.sampler_devices > 0
+    passes = rollout_plan.logps_passes(r.iterations, run.grpo.beta, overlap)
     width = prompt + r.max_new_tokens - 1  # the rollout batch's rows (trainer.step.grpo)
     scored = programs.get(rollout_plan.logps_label(rows, width)) if passes else None
     update = result.data.get("estimate")
@@ -356,10 +449,17 @@ def rollout_estimate(
             one.compiled.as_text() or "", target.device, custom_call_cost=cost
         )
 
+    # Overlapped, the policy is copied to the sampler once a rollout: its bytes over one link
+    # (each sampler device receives the whole policy; tjx-metrics' per-direction figure).
+    policy = full_bytes(abstract_state(run).state.model_tree()) if overlap else 0
     found = rollout_plan.RolloutEstimate(
         rows, r.group_size, prompt, r.max_new_tokens, priced(prefill), priced(decode),
         float(update["seconds"]), r.iterations, passes,
         priced(scored) if scored is not None else None,
+        sampler_devices=r.sampler_devices,
+        copy_s=policy / target.device.link_bandwidth,
+        policy_bytes=policy,
+        trainer_passes=int(overlap and run.grpo.beta > 0),
     )  # fmt: skip
     for line in found.lines():
         say(line)

@@ -17,8 +17,10 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import pytest
 
+from tjx import nn
 from tjx.metrics import GIB, Target, accelerator
 from trainer.cli import main
 from trainer.config.settings import apply_overrides, load_config, load_config_data
@@ -529,28 +531,46 @@ def test_a_split_the_compiler_fails_on_is_left_for_the_next_split(monkeypatch):
 # --- An RL config's search (#72): the rollout batch for the most samples per second -------------
 
 
-def fake_rl_plans(monkeypatch, answer) -> list[int]:
-    """`rl._plan_batch` answering ``answer(batch) -> (peak_bytes, rollout_s, update_s)`` against
-    the target's memory; the batches planned, in order."""
-    planned: list[int] = []
+class Planned(list):
+    """The batches a fake RL search planned with overlap 0; ``splits`` its (batch, sampler)."""
 
-    def plan_batch(run, batch, tgt, text):
-        planned.append(batch)
-        peak, rollout, update = answer(batch)
-        step = rollout + update
+    splits: list[tuple[int, int]]
+
+
+def fake_rl_plans(monkeypatch, answer) -> Planned:
+    """`rl._plan_batch` answering ``answer(batch) -> (peak_bytes, rollout_s, update_s)`` (or
+    ``answer(batch, sampler)`` when it takes two) against the target's memory; the batches
+    planned with overlap 0, in order (a split's plans are in ``planned.splits``)."""
+    planned = Planned()
+    planned.splits = []
+
+    def plan_batch(run, batch, tgt, text, sampler, cache):
+        if sampler:
+            planned.splits.append((batch, sampler))
+            peak, rollout, update = answer(batch, sampler)
+            copy = 0.001
+            step = max(rollout, update) + copy
+        else:
+            planned.append(batch)
+            peak, rollout, update = answer(batch) if answer.__code__.co_argcount == 1 else (
+                answer(batch, 0))  # fmt: skip
+            copy, step = 0.0, rollout + update
         record = {
             "label": "estimate",
             "seconds": rollout,
             "update_s": update,
             "iterations": 1,
             "step_s": step,
+            "copy_s": copy,
             "samples_per_s": batch / step,
             "rollout_share": rollout / step,
         }
         fits = peak <= tgt.device.memory_bytes
         fitted = {"remat": "full" if batch > 32 else "none", "accumulation": 1, "attention": "xla"}
+        # A peak within 2 × the memory: the update fitted, the (sequential) rollout did not
+        update_fits = peak <= 2 * tgt.device.memory_bytes
         return rl.RlOutcome(batch, None if fits else "does not fit", record if fits else {},
-                            fitted, peak, 1.0)  # fmt: skip
+                            fitted, peak, 1.0, sampler, update_fits)  # fmt: skip
 
     monkeypatch.setattr(rl, "_plan_batch", plan_batch)
     return planned
@@ -573,14 +593,16 @@ def test_an_rl_search_takes_the_rollout_batch_with_the_most_samples_per_second_t
     assert planned == [32, 64, 128, 256]
     assert any(line.startswith("search: group size 8 kept: ") for line in lines)
     for words in (
-        "sampler/trainer split: not searched: grpo.overlap and grpo.sampler_devices are",
-        "update micro-batch: not searched: GRPO's update steps on the whole rollout",
+        "sampler/trainer split: not searched: one device (",
+        "update micro-batch: not searched: GRPO's update steps on the whole rollout batch "
+        "(optimizer.accumulation_steps must be 1): bnpo and dapo divide by the completion tokens",
     ):
         assert any(words in line for line in lines), words
     chosen = next(line for line in lines if line.startswith("search: chosen: "))
-    assert chosen.startswith("search: chosen: rollout batch 64 (8 prompts × 8), remat full: ")
+    assert chosen.startswith("search: chosen: rollout batch 64 (8 prompts × 8), overlap 0 (all 1 "
+                             "devices sample, then train), remat full: ")
     runner = next(line for line in lines if line.startswith("search: runner-up: "))
-    assert runner.startswith("search: runner-up: rollout batch 32 (4 prompts × 8), remat none")
+    assert runner.startswith("search: runner-up: rollout batch 32 (4 prompts × 8), overlap 0")
     table_rows = [line.split() for line in lines if line.startswith("  1 ") or
                   line.startswith("  2 ")]  # fmt: skip
     assert [r[1] for r in table_rows] == ["64", "32"]
@@ -602,6 +624,152 @@ def test_an_rl_search_where_no_rollout_batch_fits_is_one_line(capsys, in_tmp, mo
         "grpo.max_new_tokens or data.seq_len, or plan more devices"
     )
     assert not list(in_tmp.iterdir())  # no winner file
+
+
+def on_8(monkeypatch, memory: int) -> None:
+    """As `on_cpu`, with 8 of this machine's devices as the target (``--plan 8xh100``)."""
+    monkeypatch.setattr(target_plan, "open_target",
+                        lambda text, devices, flag="--plan": target(8, memory))  # fmt: skip
+    monkeypatch.setattr(search_cli, "WORKERS", 0)
+
+
+def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(
+    capsys, in_tmp, monkeypatch
+):
+    """#72: every rollout batch is planned with overlap 0, then the two best with overlap 1 on
+    4, 6 and 7 sampler devices (the trainer's mesh 4, 2, 1). The rollout takes 50 ms on any
+    split (the sampler replicates the policy), the update 15 ms × 8 / trainers; 7 samplers
+    leave one trainer, which does not fit. 4 + 4 (max(50, 30) + 1 ms copy) beats 6 + 2 (max(50,
+    60) + 1) and the sequential 65 ms: chosen, with 6 + 2 the runner-up; the YAML and the JSON
+    carry the split."""
+    on_8(monkeypatch, memory=GIB)
+
+    def answer(batch, sampler):
+        trainers = 8 - sampler if sampler else 8
+        return (2 * GIB if trainers == 1 else GIB // 2), 0.05, 0.015 * 8 / trainers
+
+    planned = fake_rl_plans(monkeypatch, answer)
+    out = in_tmp / "rl.json"
+    argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-out", "rl.yaml",
+            "--plan-json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert planned == [32, 64, 128, 256]
+    assert planned.splits == [(b, n) for b in (256, 128) for n in (4, 6, 7)]
+    assert any(line.startswith("search: sampler/trainer split: overlap 0 (every device samples")
+               for line in lines)  # fmt: skip
+    chosen = next(line for line in lines if line.startswith("search: chosen: "))
+    assert chosen.startswith("search: chosen: rollout batch 256 (32 prompts × 8), overlap 1: 4 "
+                             "sampler + 4 trainer devices, remat full: 5,020 samples/s")
+    runner = next(line for line in lines if line.startswith("search: runner-up: "))
+    assert "overlap 1: 6 sampler + 2 trainer devices" in runner
+    row = next(line.split() for line in lines if line.startswith("  1 "))
+    assert row[1:6] == ["256", "32", "×", "8", "4"] and "1.0" in row  # the split, the copy
+    loaded = load_config(str(in_tmp / "rl.yaml"), [])
+    assert loaded.data.batch_size == 256
+    assert (loaded.rollout.overlap, loaded.rollout.sampler_devices) == (1, 4)
+    record = json.loads(out.read_text())
+    assert (record["chosen"]["batch"], record["chosen"]["sampler_devices"]) == (256, 4)
+    assert record["chosen"]["overlap"] == 1 and record["splits"] == [4, 6, 7]
+    assert [(p["batch"], p["sampler_devices"]) for p in record["planned"] if p["error"]] == [
+        (256, 7), (128, 7)]  # fmt: skip
+
+
+def test_a_batch_whose_sequential_rollout_does_not_fit_is_tried_split(
+    capsys, in_tmp, monkeypatch
+):
+    """512 completions: the update fits, the sequential rollout does not (the devices keep the
+    optimizer state while they sample); its 4 + 4 split (the sampler holds the policy alone)
+    fits and wins, planned beside the two best batches' splits."""
+    on_8(monkeypatch, memory=GIB)
+
+    def answer(batch, sampler):
+        if batch == 512:
+            return (GIB if sampler == 4 else 3 * GIB // 2), 0.05, 0.01
+        return GIB // 2, 0.05, 0.01
+
+    planned = fake_rl_plans(monkeypatch, answer)
+    argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts",
+            "128,256,512", "--search-samplers", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert planned.splits == [(256, 4), (128, 4), (512, 4)]
+    chosen = next(x for x in capsys.readouterr().out.splitlines() if "search: chosen: " in x)
+    assert chosen.startswith("search: chosen: rollout batch 512 (64 prompts × 8), overlap 1: 4 ")
+
+
+def test_an_rl_search_where_nothing_fits_on_8_devices_is_one_line(capsys, in_tmp, monkeypatch):
+    """No rollout batch fits with overlap 0 (the update alone is too large): no split is
+    planned (fewer trainer devices hold more each), and the refusal is one line."""
+    on_8(monkeypatch, memory=GIB)
+    planned = fake_rl_plans(monkeypatch, lambda b, n: (3 * GIB, 0.01, 0.01))
+    argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "64"]
+    assert main(argv) == 2
+    assert error_line(capsys) == (
+        "trainer: error: --plan 8xh100 --search: no rollout batch fits (1 planned: 64); lower "
+        "grpo.max_new_tokens or data.seq_len, or plan more devices"
+    )
+    assert planned == [64] and planned.splits == [] and not list(in_tmp.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("samplers", "splits", "why"),
+    [
+        ("2,4", [(64, 4)], None),
+        ("0", [], "--search-samplers 0: overlap 0 only"),
+        ("2", [], "no trainer's mesh of 6 of the 8 devices splits 64 completions as the config's "
+         "mesh lays them out"),
+    ],
+)  # fmt: skip
+def test_an_rl_search_plans_the_splits_it_is_given(
+    samplers, splits, why, capsys, in_tmp, monkeypatch
+):
+    """``--search-samplers 2,4``: those splits only, where the trainer's mesh splits the batch
+    (6 trainers do not split 64 completions: 2 is left out, and alone it leaves no split);
+    ``0``: overlap 0 only. Why no split was planned is said."""
+    on_8(monkeypatch, memory=GIB)
+    planned = fake_rl_plans(monkeypatch, lambda b, n: (GIB // 2, 0.05, 0.01))
+    argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "64",
+            "--search-samplers", samplers]  # fmt: skip
+    assert main(argv) == 0
+    assert planned == [64] and planned.splits == splits
+    said = [x for x in capsys.readouterr().out.splitlines() if "split: not searched" in x]
+    assert said == ([] if why is None else [f"search: sampler/trainer split: not searched: {why}"])
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-samplers", "8"],
+         "--search-samplers: '8' is no count of sampler devices of --plan 8xh100's 8: each must "
+         "leave a trainer; give integers from 1 to 7 separated by commas (0 alone: no split)"),
+        (["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-samplers", "0,4"],
+         "--search-samplers: '0' is no count of sampler devices of --plan 8xh100's 8: each must "
+         "leave a trainer; give integers from 1 to 7 separated by commas (0 alone: no split)"),
+        (["--config", "grpo_tiny", "--plan", "h100", "--search", "--search-samplers", "1"],
+         "--search-samplers: --plan h100 is one device, which cannot be split into sampler and "
+         "trainer devices; drop --search-samplers or plan more devices"),
+        (["--config", "tiny", "--plan", "8xh100", "--search", "--search-samplers", "4"],
+         "--search-samplers: applies to an RL config (data.format: prompts); 'tiny' trains on "
+         "data.format='text', which samples nothing; drop --search-samplers"),
+        (["--config", "grpo_tiny", "--plan", "8xh100", "--search-samplers", "4"],
+         "--search-samplers: applies to --plan TARGET --search, which this command does not ask "
+         "for; add --search or drop --search-samplers"),
+        (["--config", "grpo_tiny", "--plan", "8xh100", "--set", "grpo.overlap=1", "--set",
+          "grpo.sampler_devices=8"],
+         "grpo.sampler_devices: 8 of --plan 8xh100's 8 devices sample, which leaves none to "
+         "train on; set it to at most 7"),
+        (["--config", "grpo_tiny", "--plan", "h100", "--set", "grpo.overlap=1", "--set",
+          "grpo.sampler_devices=1"],
+         "grpo.overlap: 1 samples and trains on devices of their own, and --plan h100 is one "
+         "device; set grpo.overlap=0 and grpo.sampler_devices=0, or plan more devices"),
+    ],
+)  # fmt: skip
+def test_a_split_that_leaves_no_trainer_is_one_line(argv, words, capsys, in_tmp, monkeypatch):
+    on_8(monkeypatch, memory=GIB)
+    planned = fake_rl_plans(monkeypatch, lambda b, n: (GIB, 0.01, 0.01))
+    assert main(argv) == 2
+    assert error_line(capsys) == f"trainer: error: {words}"
+    assert planned == [] and not list(in_tmp.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -631,6 +799,38 @@ def test_an_rl_search_space_that_cannot_be_searched_is_one_line(
     assert planned == [] and not list(in_tmp.iterdir())
 
 
+def test_why_grpo_keeps_one_micro_batch_bnpo_and_dapo_normalise_per_micro_batch():
+    """The search's micro-batch line (`rl.MICRO_LINE`), checked: on fresh random rows of unequal
+    completion lengths, the mean of two micro-batches' losses equals the whole batch's (within
+    1e-6) for ``grpo`` (per-row means) and ``dr_grpo`` (a constant divisor), not for ``bnpo`` and
+    ``dapo`` (each divides by its own micro-batch's tokens); ``dapo`` given the whole batch's
+    token count, summed, would (what the accumulation does not pass yet)."""
+    keys = jax.random.split(jax.random.key(int(time.time())), 3)
+    rows, width = 8, 6
+    logps = jax.random.normal(keys[0], (rows, width)) * 0.1 - 1.0
+    old = logps + jax.random.normal(keys[1], (rows, width)) * 0.01
+    advantages = jax.random.normal(keys[2], (rows,))
+    lengths = jnp.array([1, 1, 2, 1, 3, 6, 5, 4])  # 5 tokens in the first half, 18 in the second
+    mask = (jnp.arange(width)[None] < lengths[:, None]).astype(jnp.float32)
+    halves = (slice(0, 4), slice(4, 8))
+    gap = {}
+    for kind in ("grpo", "dr_grpo", "bnpo", "dapo"):
+        config = nn.GrpoConfig(loss_type=kind)
+
+        def loss(part: slice, config: nn.GrpoConfig = config, **kw) -> jax.Array:
+            return nn.grpo_loss(logps[part], old[part], advantages[part], mask[part],
+                                config=config, max_completion_length=width, **kw).loss  # fmt: skip
+
+        whole = loss(slice(None))
+        gap[kind] = abs(float(sum(loss(h) for h in halves) / 2 - whole))
+        if kind == "dapo":
+            summed = sum(loss(h, total_tokens=mask.sum()) for h in halves)
+            assert abs(float(summed - whole)) < 1e-6
+    assert gap["grpo"] < 1e-6 and gap["dr_grpo"] < 1e-6
+    assert gap["bnpo"] > 1e-3 and gap["dapo"] > 1e-3
+    assert "bnpo and dapo divide by the completion tokens of the rows a step sees" in rl.MICRO_LINE
+
+
 def test_a_rollout_batchs_outcome_is_read_from_its_plan(monkeypatch):
     """`rl._plan_batch` plans the run at the batch (nothing else changed), takes the largest
     peak of the update and the rollout's programs, the fitted remat, and the plan's refusal or
@@ -639,8 +839,8 @@ def test_a_rollout_batchs_outcome_is_read_from_its_plan(monkeypatch):
 
     seen = []
 
-    def plan(run, tgt, text, say):
-        seen.append(run.data.batch_size)
+    def plan(run, tgt, text, say, cache=None):
+        seen.append((run.data.batch_size, run.rollout.overlap, run.rollout.sampler_devices))
         if run.data.batch_size == 16:
             raise ValueError("mesh: a rule refused it")
         data = {"train": {"peak_bytes": 3, "remat": "full", "accumulation_steps": 1},
@@ -652,12 +852,14 @@ def test_a_rollout_batchs_outcome_is_read_from_its_plan(monkeypatch):
 
     monkeypatch.setattr(target_plan, "plan", plan)
     run = resolve(read_config(load_config_data("grpo_tiny")), 300)
-    fits = rl._plan_batch(run, 64, target(1), "v5e")
+    fits = rl._plan_batch(run, 64, target(1), "v5e", 0, {})
     assert fits.fits and fits.peak_bytes == 5 and fits.samples_per_s == 10.0
     assert fits.fitted == {"remat": "full", "accumulation": 1, "attention": "xla"}
-    assert rl._plan_batch(run, 32, target(1), "v5e").error == (
+    assert rl._plan_batch(run, 32, target(1), "v5e", 0, {}).error == (
         "no rollout estimate (a program did not compile)"
     )
-    refused = rl._plan_batch(run, 16, target(1), "v5e")
+    refused = rl._plan_batch(run, 16, target(1), "v5e", 0, {})
     assert refused.error == "refused: mesh: a rule refused it" and refused.samples_per_s == 0.0
-    assert seen == [64, 32, 16]
+    split = rl._plan_batch(run, 64, target(1), "v5e", 4, {})  # overlapped: the split's settings
+    assert split.key == (64, 4) and split.fits
+    assert seen == [(64, 0, 0), (32, 0, 0), (16, 0, 0), (64, 1, 4)]

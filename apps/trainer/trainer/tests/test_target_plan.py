@@ -13,7 +13,16 @@ import pytest
 from flax import nnx
 
 from tjx import nn
-from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, fit_compiled
+from tjx.metrics import (
+    GIB,
+    Compiled,
+    Target,
+    accelerator,
+    deviceless,
+    fit_compiled,
+    peak_bytes,
+    program_cost,
+)
 from tjx.nn.utils import count_params
 from trainer.cli import main
 from trainer.config.schema import ConfigError
@@ -23,6 +32,7 @@ from trainer.plan import target_plan
 from trainer.plan.memory_fit import lighter
 from trainer.plan.plan_report import does_not_fit
 from trainer.plan.run_plan import output_file
+from trainer.step.state import abstract_state
 
 TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
 
@@ -429,13 +439,65 @@ def test_the_rollout_estimate_is_the_prefill_plus_each_decode_step_and_grows_wit
     assert found[6][1] >= found[2][1]  # a decode step over a longer cache costs no less
 
 
+def test_an_overlapped_plan_is_the_longer_side_plus_the_copy_and_each_side_holds_its_own(
+    monkeypatch,
+):
+    """#72 point 4: ``grpo.overlap: 1`` on 1 of 2 devices. The rollout's programs are compiled
+    for the sampler's device (the policy replicated, the whole batch: 8 rows), π_old's pass
+    there; the step is, by hand from the same programs' costs, max(rollout, update) + the other
+    μ - 1 updates + the reference's pass (β > 0) + the policy's bytes over one link. Memory:
+    the sequential rollout's devices keep the optimizer state (Adam's two moments: at least
+    twice the policy on top of the program), the sampler's hold the policy only."""
+    kept: list = []
+    compile_rollout = target_plan.compile_rollout
+    monkeypatch.setattr(
+        target_plan, "compile_rollout", lambda *a: kept.append(compile_rollout(*a)) or kept[-1]
+    )
+    peaks = {}
+    for overlap in (0, 1):
+        sets = [*GRPO_SMALL, f"grpo.overlap={overlap}", f"grpo.sampler_devices={overlap}"]
+        run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), sets)), 300)
+        lines: list[str] = []
+        result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lines.append)
+        assert result.error is None, result.error
+        params = abstract_state(step_config(run)).state.params
+        policy = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+        (_, prefill), (_, decode), (_, scored) = kept[-1]
+        # Above the program's own peak (XLA's memory analysis): what its devices keep besides
+        peaks[overlap] = (prefill.peak - peak_bytes(prefill.compiled)["peak"], policy)
+        if not overlap:
+            assert "optimizer state the devices keep" in (prefill.note or "")
+            continue
+        r = result.data["rollout"]
+        v5e = accelerator("v5e")
+        cost = target_plan.roofline_inputs(run.model, 32, 8, 1, v5e)["custom_call_cost"]
+        p, d, s = (program_cost(c.compiled.as_text(), v5e, custom_call_cost=cost).seconds
+                   for c in (prefill, decode, scored))  # fmt: skip
+        rollout = p + 3 * d + s  # π_old's pass on the sampler, always
+        update = result.data["estimate"]["seconds"]
+        copy = policy / v5e.link_bandwidth
+        assert r["policy_bytes"] == policy and r["copy_s"] == pytest.approx(copy, rel=1e-12)
+        assert (r["sampler_devices"], r["logps_passes"], r["trainer_passes"]) == (1, 1, 1)
+        assert r["seconds"] == pytest.approx(rollout, rel=1e-12)
+        by_hand = max(rollout, update) + update + s + copy  # μ = 2, β > 0
+        assert r["step_s"] == pytest.approx(by_hand, rel=1e-12)
+        assert r["sequential_s"] == pytest.approx(rollout + 2 * update, rel=1e-12)
+        assert lines[-1].startswith("rl step (estimate), overlapped: the rollout on 1 sampler "
+                                    "devices, the update on the others: max(rollout ")  # fmt: skip
+        placed = jax.tree.leaves(prefill.compiled.input_shardings)
+        assert {d for x in placed for d in x.device_set} == {jax.devices()[1]}  # the last
+    kept_beside, policy = peaks[0]
+    assert kept_beside >= 2 * policy  # Adam's two moments, per device (replicated: data=2)
+    assert peaks[1][0] == 0  # the sampler: the policy (the program's argument), nothing else
+
+
 def test_a_grpo_plans_memory_fit_never_splits_the_update_into_micro_batches(monkeypatch):
     """GRPO's update takes the whole rollout batch (``optimizer.accumulation_steps`` must be 1):
     the fit of a step that does not fit tries full remat only, never a micro-batch split the
     trainer would refuse (it did: "fits with optimizer.accumulation_steps=2")."""
     peaks = {("none", 1): None, ("full", 1): None, ("full", 2): GIB, ("full", 4): GIB}
     seen = fake_compiles(monkeypatch, peaks)
-    monkeypatch.setattr(target_plan, "compile_rollout", lambda run, tgt: [])
+    monkeypatch.setattr(target_plan, "compile_rollout", lambda run, tgt, cache=None: [])
     run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), GRPO_SMALL)), 300)
     result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lambda line: None)
     assert seen[-1] == "model.remat=full" and not any("accumulation" in s for s in seen), seen

@@ -139,6 +139,16 @@ def search_from_args(args: argparse.Namespace) -> int:
         sets = [*args.overrides, *([] if args.data is None else [f"data.source={args.data}"])]
         with quiet_native_stderr():
             run = target_plan.plan_vocab(load_config(args.config, sets))
+            if args.search_samplers is not None and not is_grpo(run.data):
+                raise ConfigError(
+                    f"--search-samplers: applies to an RL config (data.format: prompts); "
+                    f"{run.name!r} trains on data.format={run.data.format!r}, which samples "
+                    "nothing; drop --search-samplers"
+                )
+            # Checked against the target's count before its compiler is opened
+            samplers = rl.parse_samplers(
+                args.search_samplers, target_plan.target_count(args.plan), args.plan
+            )
             target = target_plan.open_target(args.plan, parallel.abstract_devices)
             if winner is None:  # the default: named after the run and the target
                 name = f"{run.name}-{args.plan}-search.yaml"
@@ -156,7 +166,7 @@ def search_from_args(args: argparse.Namespace) -> int:
             space = Space.of(run, target) if batches is None else None
         if batches is not None:
             outputs = Outputs(winner, plan_json)
-            return _rl_search(args, run, target, batches, budget, say, outputs)
+            return _rl_search(args, run, target, batches, budget, say, outputs, samplers)
         assert space is not None
         say(f"search: {run.name} on {target.describe()}, each candidate compiled without the "
             f"device; budget {budget:g} min, {WORKERS} worker processes")  # fmt: skip
@@ -238,7 +248,7 @@ def _report(
 
 def _rl_search(
     args: argparse.Namespace, run: Config, target: Target, batches: list[int], budget: float,
-    say: target_plan.Say, outputs: Outputs,
+    say: target_plan.Say, outputs: Outputs, samplers: list[int] | None = None,
 ) -> int:  # fmt: skip
     """An RL config's search (`trainer.plan.search.rl`): its lines, table, chosen and runner-up,
     the winner's file; the exit code (raises `ConfigError` for bad input before compiling)."""
@@ -259,32 +269,42 @@ def _rl_search(
     say(f"search: group size {group} kept: at a given rollout batch it changes no program (B "
         "completions are B rows whatever the group size), so no estimate")  # fmt: skip
     say(f"search: {rl.MICRO_LINE}")
-    say(f"search: {rl.SPLIT_LINE}")
+    link = target.device.link_bandwidth / 1e9
+    say(f"search: sampler/trainer split: overlap 0 (every device samples, then trains) at each "
+        f"rollout batch, then at the {rl.SPLIT_BATCHES} best of those overlap 1 with N sampler "
+        "devices (the trainer's mesh the rest: a half, a quarter, ... of the devices); a split's "
+        "step is max(the rollout on the sampler's devices, the update on the trainer's) + the "
+        f"policy's copy at {link:.0f} GB/s, each program compiled for the devices it runs on "
+        "(the sampler's once: replicated, the same for any N)")  # fmt: skip
     with quiet_native_stderr():
-        found = rl.rl_search(run, target, args.plan, batches, budget_s=budget * 60, say=say)
-    planned = ", ".join(str(b) for b in found.outcomes)
+        found = rl.rl_search(run, target, args.plan, batches, budget_s=budget * 60, say=say,
+                             samplers=samplers)  # fmt: skip
+    if found.no_split:
+        say(f"search: sampler/trainer split: not searched: {found.no_split}")
+    batches_planned = sorted({b for b, _ in found.outcomes})
+    planned = ", ".join(map(str, batches_planned))
     ranked = found.ranked()
     if found.ran_out:
         say(f"search: the budget ({budget:g} min) ran out after {found.elapsed:.0f} s and "
-            f"{len(found.outcomes)} of {len(batches)} rollout batches (raise --search-budget to "
-            "plan the rest)")  # fmt: skip
+            f"{len(found.outcomes)} plans of rollout batches and splits (raise --search-budget "
+            "to plan the rest)")  # fmt: skip
     if not ranked:
         more = "raise --search-budget, or " if found.ran_out else ""
         return error_exit(
-            f"--plan {args.plan} --search: no rollout batch fits ({len(found.outcomes)} planned: "
+            f"--plan {args.plan} --search: no rollout batch fits ({len(batches_planned)} planned: "
             f"{planned}); {more}lower grpo.max_new_tokens or data.seq_len, or plan more devices"
         )
     chosen = ranked[0]
     label = chosen.rollout.get("label", "estimate")
     say(f"search: the most samples/s that fit ({label}):")
-    for line in rl.rl_table(run, found):
+    for line in rl.rl_table(run, found, target.count):
         say(f"  {line}")
     for word, o in (("chosen", chosen), ("runner-up", ranked[1] if len(ranked) > 1 else None)):
         if o is None:
-            say(f"search: {word}: none (one rollout batch fits)")
+            say(f"search: {word}: none (one rollout batch and split fits)")
             continue
         say(f"search: {word}: rollout batch {o.batch} ({o.batch // group} prompts × {group}), "
-            f"remat {o.fitted['remat']}: "
+            f"{rl.split_words(o.sampler_devices, target.count)}, remat {o.fitted['remat']}: "
             f"{o.samples_per_s:,.0f} samples/s (est.), the rollout "
             f"{o.rollout['rollout_share']:.0%} of the step")  # fmt: skip
     sized, c = rl.winner_config(run, chosen, target.count)

@@ -11,18 +11,28 @@ dimensions, and what each costs in compiles:
 * remat: the plan's memory fit takes none, else full where none does not fit;
 * the **update micro-batch** is not searched: GRPO's update steps on the whole rollout batch
   (``optimizer.accumulation_steps`` must be 1; `trainer.config.typed`), so the micro-batch is
-  the rollout batch over the mesh's batch ways, and the search says so;
+  the rollout batch over the mesh's batch ways, and the search says why (`MICRO_LINE`: ``bnpo``
+  and ``dapo`` divide by each micro-batch's own tokens, so accumulating them would change the
+  loss; ``grpo`` and ``dr_grpo`` would accumulate exactly);
 * the **group size** G: at a given rollout batch it changes no program (a rollout of B
   completions is B rows, whatever G), so it changes no estimate: it is kept as configured and
   the batches are multiples of it (more prompts per batch, or more completions per prompt, is a
   choice of signal, not of speed);
-* a **sampler/trainer split** of the devices (``grpo.overlap`` with ``grpo.sampler_devices``)
-  is not searched: each split is the config's, priced as the sequential rollout beside the
-  update (overlapped, a step takes about the longer of the two plus the weights' copy:
-  `trainer.step.grpo.overlap_estimate`), and the search says so;
+* the **sampler/trainer split** of the devices: ``grpo.overlap: 0`` (every device samples,
+  then trains) at each rollout batch; then, at the `SPLIT_BATCHES` batches with the most
+  samples per second that way (and the largest whose update fits but whose sequential rollout
+  does not: the sampler's devices keep no optimizer state), ``grpo.overlap: 1`` with N
+  sampler devices for each N of `sampler_counts` (the trainer's mesh the other devices, where
+  it splits the batch). Each
+  split is planned as ``--plan`` plans it (`trainer.plan.target_plan.plan`): the update
+  compiled for the trainer's devices, the rollout for the sampler's, where the policy is
+  replicated, so its programs are the same for any N and compiled once (a cache by label);
+  its step is the longer of the rollout and the update plus the policy's copy over a link
+  (`trainer.plan.rollout_plan`);
 * the mesh, the kernels and fp8 are the config's (the mesh search ranks by the update alone).
 
-The chosen batch and the runner-up are said; the chosen is written as a YAML ``--config`` takes.
+The chosen batch and split and the runner-up are said; the chosen is written as a YAML
+``--config`` takes (with its ``grpo.overlap`` and ``grpo.sampler_devices``).
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import math
 import time
 from collections.abc import Callable
 
-from tjx.metrics import GIB, Target
+from tjx.metrics import GIB, Compiled, Target
 from trainer.config.schema import ConfigError
 from trainer.config.seams import Record
 from trainer.config.typed import Config
@@ -43,24 +53,27 @@ __all__ = [
     "RlOutcome",
     "RlSearch",
     "batch_ways",
+    "parse_samplers",
     "record",
     "rl_search",
     "rl_table",
     "rollout_batches",
+    "sampler_counts",
+    "split_words",
     "winner_config",
 ]
 
 Say = Callable[[str], None]
 #: The default rollout batches: these multiples of the configured one.
 DEFAULT_SCALES = (0.5, 1, 2, 4)
+#: The overlap-0 batches (the most samples per second first) whose splits are planned.
+SPLIT_BATCHES = 2
 MICRO_LINE = (
     "update micro-batch: not searched: GRPO's update steps on the whole rollout batch "
-    "(optimizer.accumulation_steps must be 1), so it is the rollout batch over the mesh"
-)
-SPLIT_LINE = (
-    "sampler/trainer split: not searched: grpo.overlap and grpo.sampler_devices are the config's; "
-    "overlapped, a step takes about the longer of the rollout and the update (plus the weights' "
-    "copy), not their sum"
+    "(optimizer.accumulation_steps must be 1): bnpo and dapo divide by the completion tokens "
+    "of the rows a step sees, so the mean of micro-batches' losses is not the whole batch's "
+    "(grpo's per-row means and dr_grpo's constant would be) and the accumulation passes no "
+    "whole-batch token count; so it is the rollout batch over the mesh"
 )
 
 
@@ -72,6 +85,9 @@ class RlOutcome:
     ----------
     batch : int
         ``data.batch_size``: completions per rollout.
+    sampler_devices : int
+        ``grpo.sampler_devices`` of an overlapped split (``grpo.overlap: 1``); 0: every device
+        samples, then trains.
     error : str or None
         Why it does not fit or compile (None: it fits).
     rollout : dict
@@ -83,6 +99,8 @@ class RlOutcome:
         The largest compiled peak per device of the update and the rollout's programs.
     wall_s : float
         Seconds the plan took.
+    update_fits : bool
+        The update compiled and fitted (where the outcome errs: a rollout program did not).
     """
 
     batch: int
@@ -91,6 +109,14 @@ class RlOutcome:
     fitted: Record = dataclasses.field(default_factory=dict)
     peak_bytes: int | None = None
     wall_s: float = 0.0
+    sampler_devices: int = 0
+    #: The update fitted the trainer's devices (only a rollout program did not, where it errs).
+    update_fits: bool = False
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The outcome's place in a search: (rollout batch, sampler devices)."""
+        return self.batch, self.sampler_devices
 
     @property
     def fits(self) -> bool:
@@ -107,14 +133,18 @@ class RlOutcome:
 class RlSearch:
     """An RL search's findings: each planned batch's outcome, in order, and how it ended."""
 
-    outcomes: dict[int, RlOutcome]
+    outcomes: dict[tuple[int, int], RlOutcome]
     ran_out: bool
     elapsed: float
+    #: The sampler devices each split tried (empty: no split could be searched) and why not.
+    splits: list[int] = dataclasses.field(default_factory=list)
+    no_split: str | None = None
 
     def ranked(self) -> list[RlOutcome]:
-        """The batches that fit, the most samples per second first."""
+        """The (batch, split) pairs that fit, the most samples per second first (the fewer
+        sampler devices, then overlap 0, on a tie)."""
         fit = [o for o in self.outcomes.values() if o.fits]
-        return sorted(fit, key=lambda o: (-o.samples_per_s, o.batch))
+        return sorted(fit, key=lambda o: (-o.samples_per_s, o.batch, o.sampler_devices))
 
 
 def batch_ways(run: Config, target: Target) -> int:
@@ -161,14 +191,102 @@ def rollout_batches(text: str | None, run: Config, target: Target) -> list[int]:
     return sorted(set(found))
 
 
-def _plan_batch(run: Config, batch: int, target: Target, text: str) -> RlOutcome:
-    """``run`` with ``batch`` completions per rollout, planned (a rule's refusal is an error)."""
+def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None:
+    """``--search-samplers``' counts of sampler devices (``"1,4"``), each leaving a trainer;
+    ``"0"``: none (overlap 0 only, an empty list); None: the default (`sampler_counts`).
+
+    Raises
+    ------
+    ConfigError
+        A value that is no integer from 1 to ``count - 1`` (``where`` names the target).
+    """
+    if text is None:
+        return None
+    if text.strip() == "0":
+        return []
+    found: list[int] = []
+    for part in text.split(","):
+        try:
+            n = int(part.strip())
+        except ValueError:
+            n = -1
+        if n < 1 or n >= count:
+            raise ConfigError(
+                f"--search-samplers: {part.strip()!r} is no count of sampler devices of "
+                f"--plan {where}'s {count}: each must leave a trainer; give integers from 1 to "
+                f"{count - 1} separated by commas (0 alone: no split)" if count > 1 else
+                f"--search-samplers: --plan {where} is one device, which cannot be split into "
+                "sampler and trainer devices; drop --search-samplers or plan more devices"
+            )  # fmt: skip
+        found.append(n)
+    return sorted(set(found))
+
+
+def sampler_counts(
+    run: Config, target: Target, batch: int, wanted: list[int] | None = None
+) -> tuple[list[int], str | None]:
+    """The sampler devices a split of ``target`` tries at rollout ``batch``: ``wanted``, else N
+    where the other ``count - N`` devices are a half, a quarter, ... of the target; each where
+    the trainer's mesh (the config's, over those devices) splits the batch's rows. And why
+    none, if none."""
+    count = target.count
+    if count < 2:
+        return [], f"one device ({target.describe()}): nothing to split"
+    if wanted == []:
+        return [], "--search-samplers 0: overlap 0 only"
+    if wanted is None:
+        wanted = []
+        trainers = count // 2
+        while trainers >= 1:
+            wanted.append(count - trainers)
+            trainers //= 2
+    found: list[int] = []
+    for sampler in wanted:
+        try:
+            ways = candidate_of(run, count - sampler).mesh.batch_ways
+        except ValueError:  # the config's mesh does not cover that many devices
+            ways = 0
+        if ways and batch % ways == 0:
+            found.append(sampler)
+    if not found:
+        tried = ", ".join(str(count - n) for n in wanted)
+        return [], (
+            f"no trainer's mesh of {tried} of the {count} devices splits {batch} completions as "
+            "the config's mesh lays them out"
+        )
+    return found, None
+
+
+def split_words(sampler: int, count: int) -> str:
+    """A split in words (the chosen line, a row)."""
+    if not sampler:
+        return f"overlap 0 (all {count} devices sample, then train)"
+    return f"overlap 1: {sampler} sampler + {count - sampler} trainer devices"
+
+
+def with_split(run: Config, sampler: int) -> Config:
+    """``run`` overlapped on ``sampler`` sampler devices (0: sequential)."""
+    rollout = dataclasses.replace(run.rollout, overlap=int(sampler > 0), sampler_devices=sampler)
+    return dataclasses.replace(run, rollout=rollout)
+
+
+PlanBatch = Callable[[Config, int, Target, str, int, dict[str, Compiled]], RlOutcome]
+
+
+def _plan_batch(
+    run: Config, batch: int, target: Target, text: str, sampler: int, cache: dict[str, Compiled]
+) -> RlOutcome:
+    """``run`` with ``batch`` completions per rollout on the split ``sampler``, planned (a
+    rule's refusal is an error); ``cache`` keeps the sampler's replicated programs."""
     started = time.perf_counter()
-    sized = dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch))
+    sized = with_split(
+        dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch)), sampler
+    )
     try:
-        result = target_plan.plan(sized, target, text, lambda line: None)
+        result = target_plan.plan(sized, target, text, lambda line: None, cache)
     except ValueError as err:  # a ConfigError: a rule refused it
-        return RlOutcome(batch, f"refused: {err}", wall_s=time.perf_counter() - started)
+        return RlOutcome(batch, f"refused: {err}", wall_s=time.perf_counter() - started,
+                         sampler_devices=sampler)  # fmt: skip
     data = result.data
     train = data.get("train", {})
     peaks = [train.get("peak_bytes")] + [p.get("peak_bytes") for p in data.get("programs", {})
@@ -182,8 +300,10 @@ def _plan_batch(run: Config, batch: int, target: Target, text: str) -> RlOutcome
     error = result.error
     if error is None and "rollout" not in data:
         error = "no rollout estimate (a program did not compile)"
+    update_fits = bool(train.get("compiles")) and bool(data.get("memory", {}).get("fits"))
     return RlOutcome(batch, error, dict(data.get("rollout", {})), fitted,
-                     max(known) if known else None, time.perf_counter() - started)  # fmt: skip
+                     max(known) if known else None, time.perf_counter() - started,
+                     sampler, update_fits)  # fmt: skip
 
 
 def rl_search(
@@ -194,26 +314,53 @@ def rl_search(
     *,
     budget_s: float,
     say: Say = lambda line: None,
-    plan_batch: Callable[[Config, int, Target, str], RlOutcome] | None = None,
+    plan_batch: PlanBatch | None = None,
+    samplers: list[int] | None = None,
 ) -> RlSearch:
-    """Plan each rollout batch once, smallest first, until all are planned or ``budget_s``
-    seconds have passed (module doc); one progress line each."""
+    """Plan each rollout batch once with overlap 0, smallest first, then the splits of the best
+    `SPLIT_BATCHES` (module doc), until all are planned or ``budget_s`` seconds have passed;
+    one progress line each. ``samplers``: the splits' sampler devices (default
+    `sampler_counts`')."""
     plan_batch = plan_batch or _plan_batch
     started = time.perf_counter()
-    outcomes: dict[int, RlOutcome] = {}
-    ran_out = False
-    for n, batch in enumerate(batches, 1):
+    found = RlSearch({}, False, 0.0)
+    cache: dict[str, Compiled] = {}  # the sampler's programs, by label: the same for any N
+
+    def plan_one(batch: int, sampler: int) -> bool:
         if time.perf_counter() - started >= budget_s:
-            ran_out = True
+            found.ran_out = True
+            return False
+        o = plan_batch(run, batch, target, text, sampler, cache)
+        found.outcomes[o.key] = o
+        say(f"search: [{len(found.outcomes)}] {_describe(run, o, target.count)} "
+            f"({o.wall_s:.0f} s)")  # fmt: skip
+        return True
+
+    for batch in batches:
+        if not plan_one(batch, 0):
             break
-        o = outcomes[batch] = plan_batch(run, batch, target, text)
-        say(f"search: [{n}] {_describe(run, o)} ({o.wall_s:.0f} s)")
-    return RlSearch(outcomes, ran_out, time.perf_counter() - started)
+    best = [o.batch for o in found.ranked()][:SPLIT_BATCHES]
+    # The largest batch whose update fits but whose sequential rollout does not (its devices
+    # keep the optimizer state while sampling): a sampler's devices hold the policy alone.
+    unfit = [o.batch for o in found.outcomes.values() if not o.fits and o.update_fits]
+    if unfit and max(unfit) not in best:
+        best.append(max(unfit))
+    for batch in best:
+        counts, why = sampler_counts(run, target, batch, samplers)
+        found.no_split = found.no_split or why
+        for sampler in counts:
+            if sampler not in found.splits:
+                found.splits.append(sampler)
+            if found.ran_out or not plan_one(batch, sampler):
+                break
+    found.elapsed = time.perf_counter() - started
+    return found
 
 
-def _describe(run: Config, o: RlOutcome) -> str:
+def _describe(run: Config, o: RlOutcome, count: int) -> str:
     group = run.rollout.group_size
-    what = f"rollout batch {o.batch} ({o.batch // group} prompts × {group})"
+    what = (f"rollout batch {o.batch} ({o.batch // group} prompts × {group}), "
+            f"{split_words(o.sampler_devices, count)}")  # fmt: skip
     if not o.fits:
         return f"{what}: {(o.error or '')[:160]}"
     r = o.rollout
@@ -224,10 +371,11 @@ def _describe(run: Config, o: RlOutcome) -> str:
     )
 
 
-def rl_table(run: Config, found: RlSearch, top: int = 5) -> list[str]:
-    """The batches that fit, the most samples per second first, one row each (estimates)."""
-    head = ("#", "rollout batch", "prompts × G", "remat", "rollout", "update", "step",
-            "samples/s", "peak/device")  # fmt: skip
+def rl_table(run: Config, found: RlSearch, count: int, top: int = 6) -> list[str]:
+    """The (batch, split) pairs that fit, the most samples per second first, one row each
+    (estimates); a split's ``sampler + trainer`` devices of the ``count``."""
+    head = ("#", "rollout batch", "prompts × G", "split", "remat", "rollout", "update", "copy",
+            "step", "samples/s", "peak/device")  # fmt: skip
     rows = [head]
     group, ms = run.rollout.group_size, lambda s: f"{s * 1e3:,.1f} ms"
     for n, o in enumerate(found.ranked()[:top], 1):
@@ -235,9 +383,12 @@ def rl_table(run: Config, found: RlSearch, top: int = 5) -> list[str]:
         update = (
             f"{r['iterations']} × {ms(r['update_s'])}" if r["iterations"] > 1 else ms(r["update_s"])
         )
+        split = (f"{o.sampler_devices} + {count - o.sampler_devices}" if o.sampler_devices
+                 else "sequential")  # fmt: skip
+        copy = ms(r.get("copy_s", 0.0)) if o.sampler_devices else "-"
         rows.append((
-            str(n), str(o.batch), f"{o.batch // group} × {group}", str(o.fitted["remat"]),
-            ms(r["seconds"]), update, ms(r["step_s"]), f"{o.samples_per_s:,.0f}",
+            str(n), str(o.batch), f"{o.batch // group} × {group}", split, str(o.fitted["remat"]),
+            ms(r["seconds"]), update, copy, ms(r["step_s"]), f"{o.samples_per_s:,.0f}",
             f"{(o.peak_bytes or 0) / GIB:.2f} GiB",
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -245,9 +396,13 @@ def rl_table(run: Config, found: RlSearch, top: int = 5) -> list[str]:
 
 
 def winner_config(run: Config, o: RlOutcome, count: int) -> tuple[Config, Candidate]:
-    """``run`` at ``o``'s rollout batch, and the search candidate of its fitted settings
-    (`trainer.plan.search.write_winner` writes the two)."""
-    sized = dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=o.batch))
+    """``run`` at ``o``'s rollout batch and split (``grpo.overlap``, ``grpo.sampler_devices``),
+    and the search candidate of its fitted settings (`trainer.plan.search.write_winner` writes
+    the two)."""
+    sized = with_split(
+        dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=o.batch)),
+        o.sampler_devices,
+    )
     c = candidate_of(sized, count).replace(**o.fitted)
     return sized, c
 
@@ -256,7 +411,8 @@ def record(found: RlSearch) -> Record:
     """The RL search as JSON-ready data (``--plan-json``)."""
 
     def row(o: RlOutcome) -> Record:
-        return {"batch": o.batch, "error": o.error, "fitted": o.fitted,
+        return {"batch": o.batch, "sampler_devices": o.sampler_devices,
+                "overlap": int(o.sampler_devices > 0), "error": o.error, "fitted": o.fitted,
                 "peak_bytes": o.peak_bytes, "samples_per_s": o.samples_per_s,
                 "rollout": o.rollout, "wall_s": o.wall_s}  # fmt: skip
 
@@ -265,7 +421,8 @@ def record(found: RlSearch) -> Record:
         "kind": "rl",
         "elapsed_s": found.elapsed,
         "ran_out": found.ran_out,
-        "split": SPLIT_LINE,
+        "splits": found.splits,
+        "no_split": found.no_split,
         "micro_batch": MICRO_LINE,
         "planned": [row(o) for o in found.outcomes.values()],
         "chosen": row(ranked[0]) if ranked else None,

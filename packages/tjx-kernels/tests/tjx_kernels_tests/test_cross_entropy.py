@@ -357,3 +357,51 @@ def test_the_chunk_scan_sums_nothing_to_a_scalar_per_chunk(z_loss):
         for e in body.eqns:
             if e.primitive.name in ("reduce_sum", "reduce", "reduce_max", "argmax"):
                 assert all(v.aval.ndim >= 1 for v in e.outvars), e  # per token, never a scalar
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_a_vocab_major_unembedding_is_read_transposed_inside_the_chunks(z_loss):
+    """#68: ``vocab_major=True`` takes the unembedding as ``[vocab, d_model]`` (a tied table
+    as stored) and gives its gradient in that layout; loss and gradients are the float64
+    full-logits loss's within float32 rounding, and the table is transposed only inside the
+    scan (where XLA folds it into the products), never before it (a transposed copy)."""
+    from tjx.kernels import linear_cross_entropy
+
+    rng = np.random.default_rng(681)
+    h = jnp.asarray(rng.standard_normal((2, 16, 6)), jnp.float32)
+    table = jnp.asarray(rng.standard_normal((32, 6)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 32, (2, 16)), jnp.int32).at[0, 3].set(-100)
+
+    def loss(h, t):
+        return chunked_cross_entropy(
+            h, t, labels, chunk_size=8, z_loss=z_loss, vocab_major=True
+        ).loss
+
+    def full(h, t):
+        logits = jnp.einsum("bsd,vd->bsv", h, t)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        pick = jnp.take_along_axis(logits, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+        valid = labels >= 0
+        ce = jnp.where(valid, lse - pick, 0.0)
+        z = jnp.where(valid, lse * lse, 0.0)
+        return (jnp.sum(ce) + z_loss * jnp.sum(z)) / jnp.sum(valid)
+
+    got_loss, got = jax.value_and_grad(loss, argnums=(0, 1))(h, table)
+    with jax.enable_x64(True):
+        args64 = [jnp.asarray(np.asarray(a), jnp.float64) for a in (h, table)]
+        want_loss, want = jax.value_and_grad(full, argnums=(0, 1))(*args64)
+        want = [np.asarray(w) for w in want]
+    assert abs(float(got_loss) - float(want_loss)) < 1e-6 * abs(float(want_loss))
+    assert got[1].shape == table.shape
+    for g, r in zip(got, want, strict=True):
+        assert rel_err(np.asarray(g, np.float64), r) < 1e-6
+    same = linear_cross_entropy(h, table, labels, implementation="xla", vocab_major=True)
+    ref = chunked_cross_entropy(h, table.T, labels)
+    assert abs(float(same.loss) - float(ref.loss)) < 1e-6 * abs(float(ref.loss))
+    # what the chunks' loop reads is the table itself, not a transposed copy of it
+    outer = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(h, table).jaxpr.eqns
+    loops = [e for e in outer if e.primitive.name == "scan"]
+    assert loops and all(v.aval.shape != (6, 32) for e in loops for v in e.invars)
+    assert any(v.aval.shape == table.shape for e in loops for v in e.invars)
+    with pytest.raises(ValueError, match=r"\[vocab, d_model\]"):
+        chunked_cross_entropy(h, table.T, labels, vocab_major=True)

@@ -255,10 +255,12 @@ def test_default_chunks_keep_compiled_logits_memory_within_a_quarter(batch):
     assert _temp_bytes(chunked, h, w, labels) <= _temp_bytes(_full_logits_ce, h, w, labels) / 4
 
 
-@pytest.mark.parametrize(("z_loss", "products"), [(0.0, 3), (1e-2, 4)])
+@pytest.mark.parametrize(("z_loss", "products"), [(0.0, 6), (1e-2, 4)])
 def test_without_z_loss_the_gradient_needs_three_head_products_not_four(z_loss, products):
     """Without z-loss the forward forms the gradient while the logits exist (h·W, dlogits·Wᵀ,
-    hᵀ·dlogits); with it the backward recomputes the logits first (a fourth product)."""
+    hᵀ·dlogits); with it the backward recomputes the logits first (a fourth product). The
+    program holds the fused chunk's three twice: the first chunk runs before the scan (it
+    starts the d(unembedding) accumulator), the others in the scan's body."""
     h = jax.ShapeDtypeStruct((2, 16, 8), jnp.float32)
     w = jax.ShapeDtypeStruct((8, 32), jnp.float32)
     labels = jnp.zeros((2, 16), jnp.int32)
@@ -268,6 +270,45 @@ def test_without_z_loss_the_gradient_needs_three_head_products_not_four(z_loss, 
 
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(h, w).as_text()
     assert text.count("stablehlo.dot_general") == products
+
+
+@pytest.mark.parametrize("chunk_size", [8, 32])
+def test_the_fused_gradient_starts_its_accumulator_from_the_first_chunk(chunk_size):
+    """#68: no float32 zeros of the unembedding's shape are made for the d(unembedding)
+    accumulator (GPT-2 small: 154 MB written, a kernel, each step): the first chunk's product
+    starts it. Several chunks and one (no scan) give the gradients of the full-logits loss."""
+    rng = np.random.default_rng(68)
+    # d_model 6: no chunk's [tokens, vocab] logits have the unembedding's shape
+    h = jnp.asarray(rng.standard_normal((2, 16, 6)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((6, 32)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 32, (2, 16)), jnp.int32)
+
+    def loss(h, w):
+        return chunked_cross_entropy(h, w, labels, chunk_size=chunk_size).loss
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(h, w).jaxpr
+    zeros = [
+        e
+        for e in _eqns(jaxpr)
+        if e.primitive.name == "broadcast_in_dim" and e.outvars[0].aval.shape == w.shape
+    ]
+    assert not zeros
+    got = jax.grad(loss, argnums=(0, 1))(h, w)
+    with jax.enable_x64(True):  # the float64 reference: full logits, autodiff
+        h64, w64 = jnp.asarray(np.asarray(h), jnp.float64), jnp.asarray(np.asarray(w), jnp.float64)
+        full = lambda h, w: _full_logits_ce(h, w, labels)
+        want = [np.asarray(g) for g in jax.grad(full, argnums=(0, 1))(h64, w64)]
+    for g, r in zip(got, want, strict=True):
+        assert rel_err(np.asarray(g, np.float64), r) < 1e-6
+
+
+def _eqns(jaxpr):
+    found = []
+    for e in jaxpr.eqns:
+        found.append(e)
+        for sub in jax.extend.core.jaxprs_in_params(e.params):
+            found += _eqns(sub)
+    return found
 
 
 def test_one_pass_row_stats_match_float64_and_take_the_first_of_equal_maxima():
@@ -316,3 +357,51 @@ def test_the_chunk_scan_sums_nothing_to_a_scalar_per_chunk(z_loss):
         for e in body.eqns:
             if e.primitive.name in ("reduce_sum", "reduce", "reduce_max", "argmax"):
                 assert all(v.aval.ndim >= 1 for v in e.outvars), e  # per token, never a scalar
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_a_vocab_major_unembedding_is_read_transposed_inside_the_chunks(z_loss):
+    """#68: ``vocab_major=True`` takes the unembedding as ``[vocab, d_model]`` (a tied table
+    as stored) and gives its gradient in that layout; loss and gradients are the float64
+    full-logits loss's within float32 rounding, and the table is transposed only inside the
+    scan (where XLA folds it into the products), never before it (a transposed copy)."""
+    from tjx.kernels import linear_cross_entropy
+
+    rng = np.random.default_rng(681)
+    h = jnp.asarray(rng.standard_normal((2, 16, 6)), jnp.float32)
+    table = jnp.asarray(rng.standard_normal((32, 6)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 32, (2, 16)), jnp.int32).at[0, 3].set(-100)
+
+    def loss(h, t):
+        return chunked_cross_entropy(
+            h, t, labels, chunk_size=8, z_loss=z_loss, vocab_major=True
+        ).loss
+
+    def full(h, t):
+        logits = jnp.einsum("bsd,vd->bsv", h, t)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        pick = jnp.take_along_axis(logits, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+        valid = labels >= 0
+        ce = jnp.where(valid, lse - pick, 0.0)
+        z = jnp.where(valid, lse * lse, 0.0)
+        return (jnp.sum(ce) + z_loss * jnp.sum(z)) / jnp.sum(valid)
+
+    got_loss, got = jax.value_and_grad(loss, argnums=(0, 1))(h, table)
+    with jax.enable_x64(True):
+        args64 = [jnp.asarray(np.asarray(a), jnp.float64) for a in (h, table)]
+        want_loss, want = jax.value_and_grad(full, argnums=(0, 1))(*args64)
+        want = [np.asarray(w) for w in want]
+    assert abs(float(got_loss) - float(want_loss)) < 1e-6 * abs(float(want_loss))
+    assert got[1].shape == table.shape
+    for g, r in zip(got, want, strict=True):
+        assert rel_err(np.asarray(g, np.float64), r) < 1e-6
+    same = linear_cross_entropy(h, table, labels, implementation="xla", vocab_major=True)
+    ref = chunked_cross_entropy(h, table.T, labels)
+    assert abs(float(same.loss) - float(ref.loss)) < 1e-6 * abs(float(ref.loss))
+    # what the chunks' loop reads is the table itself, not a transposed copy of it
+    outer = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(h, table).jaxpr.eqns
+    loops = [e for e in outer if e.primitive.name == "scan"]
+    assert loops and all(v.aval.shape != (6, 32) for e in loops for v in e.invars)
+    assert any(v.aval.shape == table.shape for e in loops for v in e.invars)
+    with pytest.raises(ValueError, match=r"\[vocab, d_model\]"):
+        chunked_cross_entropy(h, table.T, labels, vocab_major=True)

@@ -20,6 +20,7 @@ from flax import nnx
 from tjx import nn as tnn
 from tjx.nn.activations import with_derivative
 from tjx.nn.block import Block
+from tjx.nn.embeddings import Embed, take_rows
 from tjx.nn.mlp import gated_projection
 from tjx.nn.norms import layer_norm, residual_layer_norm
 from tjx.nn.positions import apply_rope
@@ -424,3 +425,55 @@ def test_rope_turns_the_gradient_back_in_one_custom_pass():
         for e in _primitives(jax.make_jaxpr(lambda x: apply_rope(x, pos))(xb).jaxpr)
     ]
     assert "custom_vjp_call" in names or "custom_vjp_call_jaxpr" in names
+
+
+# ------------------------------------------------------------------------ the tied table lookup
+
+
+def test_the_lookup_gathers_from_the_cast_table_with_autodiffs_float32_gradient():
+    """`take_rows` gathers the rows of the table cast to the compute dtype (so a tied head and
+    the lookup share one cast and XLA writes no transposed float32 copy for the gather: fails
+    before #68's change, which gathered float32 rows); the rows are the cast rows bit for bit and
+    the table's gradient is autodiff's float32 scatter-add of the old lookup, bit for bit, within
+    float32 rounding of float64 (repeated ids sum many rows)."""
+    rng = np.random.default_rng(107)
+    table = rng.standard_normal((50, 24)).astype(np.float32)
+    ids = jnp.asarray(rng.integers(0, 50, (4, 33)).astype(np.int32))
+    ids = ids.at[0, :9].set(7)  # one row looked up many times: its gradient sums them
+    g = _bf16_values(rng, (4, 33, 24))
+    t = jnp.asarray(table)
+
+    def old(t):
+        return jnp.take(t, ids, axis=0).astype(BF16)
+
+    def new(t):
+        return take_rows(t, ids, BF16)
+
+    y, vjp = jax.vjp(new, t)
+    y_ref, vjp_ref = jax.vjp(old, t)
+    assert y.dtype == BF16 and np.array_equal(np.asarray(y, F32), np.asarray(y_ref, F32))
+    dt, dt_ref = vjp(jnp.asarray(g, BF16))[0], vjp_ref(jnp.asarray(g, BF16))[0]
+    assert dt.dtype == F32 and np.array_equal(np.asarray(dt), np.asarray(dt_ref))
+    with jax.enable_x64(True):
+        want = np.zeros((50, 24))
+        np.add.at(want, np.asarray(ids), g)
+    assert _err(dt, want) < 1e-6
+    embed = Embed(50, 24, rngs=nnx.Rngs(0), precision=tnn.Precision(compute_dtype=BF16))
+    found = _primitives(jax.make_jaxpr(lambda i: embed(i))(ids).jaxpr)
+    gathers = [e for e in found if e.primitive.name == "gather"]
+    assert gathers and all(e.invars[0].aval.dtype == BF16 for e in gathers)
+    # a float32 lookup is the plain gather (float32 programs unchanged)
+    y32 = take_rows(t, ids, F32)
+    assert np.array_equal(np.asarray(y32), np.asarray(jnp.take(t, ids, axis=0)))
+
+
+def test_a_tied_head_casts_the_table_before_transposing_it():
+    """`Embed.unembedding(dtype)` is the cast table transposed (the same values as the old
+    transpose then cast), so the head and the lookup read one cast."""
+    e = Embed(10, 6, rngs=nnx.Rngs(0))
+    got = e.unembedding(BF16)
+    assert got.dtype == BF16 and got.shape == (6, 10)
+    assert np.array_equal(np.asarray(got, F32), np.asarray(e.unembedding().astype(BF16), F32))
+    jaxpr = jax.make_jaxpr(lambda: e.unembedding(BF16))().jaxpr
+    names = [x.primitive.name for x in jaxpr.eqns]
+    assert names.index("convert_element_type") < names.index("transpose")

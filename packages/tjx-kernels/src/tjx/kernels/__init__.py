@@ -41,6 +41,7 @@ from tjx.kernels.cross_entropy import (
     CrossEntropyOutput,
     DotProducts,
     HeadProducts,
+    VocabMajor,
     auto_chunk_size,
     chunked_cross_entropy,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "KernelCompileError",
     "LaunchDefaults",
     "Target",
+    "VocabMajor",
     "__version__",
     "attention",
     "attention_backward",

@@ -149,6 +149,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     logits_dtype: Any = None,
     products: HeadProducts | None = None,
+    vocab_major: bool = False,
 ) -> Any:
     """``CE(hidden @ unembedding, labels)`` by the implementation `ce_implementation` picks.
 
@@ -158,19 +159,18 @@ def linear_cross_entropy(
     (`CrossEntropyOutput`). ``softcap`` (Gemma 2's final-logit cap) and ``logits_dtype`` (the
     dtype a chunk's logits are stored in) are chunked only: the fused kernel keeps its logits
     in registers and shared memory, never in device memory. ``products`` (how the head's
-    products multiply, `chunked_cross_entropy`'s) is chunked only too.
+    products multiply, `chunked_cross_entropy`'s) is chunked only too. ``vocab_major``: the
+    unembedding is ``[vocab, d_model]`` (a tied table as stored; `chunked_cross_entropy`'s).
     """
     from tjx.kernels.cross_entropy import chunked_cross_entropy
 
-    choice = ce_implementation(
-        implementation, hidden, unembedding, softcap=softcap, products=products
-    )
+    # the fused kernel and the choice read [d_model, vocab] (a lazy transpose, used if chosen)
+    dv = unembedding.T if vocab_major else unembedding
+    choice = ce_implementation(implementation, hidden, dv, softcap=softcap, products=products)
     if choice == "pallas":
         from tjx.kernels.fused_ce import fused_cross_entropy  # Pallas only when chosen
 
-        return fused_cross_entropy(
-            hidden, unembedding, labels, ignore_index=ignore_index, z_loss=z_loss
-        )
+        return fused_cross_entropy(hidden, dv, labels, ignore_index=ignore_index, z_loss=z_loss)
     return chunked_cross_entropy(
         hidden,
         unembedding,
@@ -181,4 +181,5 @@ def linear_cross_entropy(
         softcap=softcap,
         logits_dtype=logits_dtype,
         products=products,
+        vocab_major=vocab_major,
     )

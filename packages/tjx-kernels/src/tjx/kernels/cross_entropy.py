@@ -147,6 +147,28 @@ class DotProducts:
 DOT_PRODUCTS = DotProducts()
 
 
+@dataclass(frozen=True)
+class VocabMajor:
+    """``inner``'s products of an unembedding given as ``[vocab, d_model]`` (a tied token table
+    as it is stored): each chunk transposes it where its products read it, and turns the
+    ``d(unembedding)`` product back, so XLA folds both turns into the products' operand layouts.
+
+    Why: transposed before the call, the table would be a loop-invariant input of the chunks'
+    loop, which XLA writes out transposed (GPT-2 small's bf16 table: 77 MB, a kernel a step),
+    and the float32 ``d(unembedding)`` would be turned back by another pass."""
+
+    inner: HeadProducts
+
+    def forward(self, h: Array, w: Array, stored: Any) -> tuple[Array, Any]:
+        """``inner``'s forward of ``h`` and ``wᵀ``."""
+        return self.inner.forward(h, w.T, stored)
+
+    def backward(self, res: Any, dlogits: Array) -> tuple[Array, Array]:
+        """``inner``'s backward, ``d(unembedding)`` as ``[vocab, d_model]``."""
+        dh, dw = self.inner.backward(res, dlogits)
+        return dh, dw.T
+
+
 def _chunk_logits(
     h_c: Array,
     w: Array,
@@ -312,19 +334,33 @@ def _sums_and_grads(
     """
     one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
 
-    def step(carry: tuple[Acc, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
-        acc, dw = carry
-        h_c, (valid, safe) = xs[0], _unpack(xs[1])
+    def chunk(acc: Acc, h_c: Array, packed: Array) -> tuple[Acc, Array, Array]:
+        valid, safe = _unpack(packed)
         logits, t, res = _chunk_logits(h_c, w, softcap, stored, products)
         ce, lse, valid, correct = _chunk_stats(logits, safe, valid)
         dlabels = jnp.where(valid, safe, -1)  # _dlogits zeroes the rows of ignored tokens
         dlogits = uncap_grad(_dlogits(logits, dlabels, lse, one, zero), cap_derivative(t))
         dh, dw_c = products.backward(res, dlogits)
-        return (_add_acc(acc, ce, lse, valid, correct), dw + dw_c), dh
+        return _add_acc(acc, ce, lse, valid, correct), dh, dw_c
 
-    start = (_zero_acc(lc.shape[1]), jnp.zeros(w.shape, jnp.float32))
-    (acc, dw), dh = jax.lax.scan(step, start, (hc, _labels(lc, ignore_index)))
-    return _total(acc), dh, dw
+    def step(carry: tuple[Acc, Array], i: Array) -> tuple[Any, Array]:
+        acc, dw = carry
+        # indexed, not sliced as the scan's inputs: ``hc[1:]`` would be a copy of the chunks
+        acc, dh, dw_c = chunk(acc, hc[i], labels[i])
+        return (acc, dw + dw_c), dh
+
+    # The first chunk outside the scan: its d(unembedding) starts the accumulator, which is
+    # then never written as zeros (GPT-2's [768, 50304] float32: 154 MB, a kernel, a step);
+    # the sum is the same (0 + x is x).
+    labels = _labels(lc, ignore_index)
+    if hc.shape[0] == 0:  # no tokens, no chunk: zero sums, zero gradients
+        zeros = jnp.zeros(hc.shape, jnp.float32), jnp.zeros(w.shape, jnp.float32)
+        return _total(_zero_acc(lc.shape[1])), *zeros
+    acc, dh0, dw = chunk(_zero_acc(lc.shape[1]), hc[0], labels[0])
+    if hc.shape[0] == 1:
+        return _total(acc), dh0[None], dw
+    (acc, dw), dh = jax.lax.scan(step, (acc, dw), jnp.arange(1, hc.shape[0]))
+    return _total(acc), jnp.concatenate([dh0[None], dh]), dw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
@@ -396,11 +432,16 @@ def _ce_sums_bwd(
 _ce_sums.defvjp(_ce_sums_fwd, _ce_sums_bwd)
 
 
-def check_ce_args(hidden: Array, unembedding: Array, labels: Array, z_loss: float) -> None:
-    """The argument checks every linear cross-entropy shares (``ValueError`` naming the fault)."""
-    if hidden.ndim < 1 or unembedding.ndim != 2 or hidden.shape[-1] != unembedding.shape[0]:
+def check_ce_args(
+    hidden: Array, unembedding: Array, labels: Array, z_loss: float, vocab_major: bool = False
+) -> None:
+    """The argument checks every linear cross-entropy shares (``ValueError`` naming the fault);
+    ``vocab_major``: the unembedding is ``[vocab, d_model]``."""
+    layout = "[vocab, d_model]" if vocab_major else "[d_model, vocab]"
+    width = unembedding.shape[1 if vocab_major else 0] if unembedding.ndim == 2 else None
+    if hidden.ndim < 1 or unembedding.ndim != 2 or hidden.shape[-1] != width:
         raise ValueError(
-            f"`hidden` [..., d_model] and `unembedding` [d_model, vocab] disagree: "
+            f"`hidden` [..., d_model] and `unembedding` {layout} disagree: "
             f"{hidden.shape} vs {unembedding.shape}"
         )
     if labels.shape != hidden.shape[:-1]:
@@ -424,6 +465,7 @@ def chunked_cross_entropy(
     softcap: float | None = None,
     logits_dtype: Any = None,
     products: HeadProducts | None = None,
+    vocab_major: bool = False,
 ) -> CrossEntropyOutput:
     """Cross-entropy of ``hidden @ unembedding`` against ``labels`` without full logits.
 
@@ -458,6 +500,10 @@ def chunked_cross_entropy(
     products : HeadProducts, optional
         How each chunk's three products multiply (the logits; ``dh``, ``dw``); None:
         `DotProducts` (the operands' dtype). ``tjx.nn.fp8.Fp8HeadProducts``: float8.
+    vocab_major : bool
+        The unembedding is given as ``[vocab, d_model]`` (a tied token table as stored; its
+        gradient comes back in that layout): the products read it transposed where they run
+        (`VocabMajor`), so no transposed copy of it is written.
 
     Returns
     -------
@@ -465,9 +511,10 @@ def chunked_cross_entropy(
         ``loss`` (float32 mean incl. z-loss), ``sum_loss`` (float32 sum of CE), ``num_tokens`` and
         ``num_correct`` (int32).
     """
-    check_ce_args(hidden, unembedding, labels, z_loss)
+    check_ce_args(hidden, unembedding, labels, z_loss, vocab_major)
     if chunk_size is None:
-        chunk_size = auto_chunk_size(math.prod(labels.shape), unembedding.shape[1])
+        vocab = unembedding.shape[0 if vocab_major else 1]
+        chunk_size = auto_chunk_size(math.prod(labels.shape), vocab)
     if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
     check_softcap(softcap)
@@ -492,7 +539,9 @@ def chunked_cross_entropy(
     lc = lab.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n, rows * cols)
     fused = z_loss == 0.0  # then the loss differentiates the sum of CE alone (_sums_and_grads)
     cap = None if softcap is None else float(softcap)
-    dots = DOT_PRODUCTS if products is None else products
+    dots: HeadProducts = DOT_PRODUCTS if products is None else products
+    if vocab_major:
+        dots = VocabMajor(dots)
     s_ce, s_z, n_tok, n_ok = _ce_sums(
         hc, unembedding, lc, int(ignore_index), fused, cap, stored, dots
     )

@@ -156,7 +156,10 @@ def head_cross_entropy(
         # The products in the compute dtype (the kernel accumulates in float32), as the unchunked
         # path: a raw float32 table would make them float32 (TF32 on a GPU) at twice the bytes.
         dt = precision.compute_dtype
-        w = head_unembedding(embed, head).astype(dt)
+        # A tied table as stored, [vocab, d_model] (the loss reads it transposed where its
+        # products run): the lookup's cast of it too (`take_rows`), no transposed copy.
+        tied = head is None
+        w = embed.embedding[...].astype(dt) if tied else head_unembedding(embed, head).astype(dt)
         products = (
             Fp8HeadProducts(Fp8Policy(precision.fp8_scaling)) if precision.fp8_lm_head else None
         )
@@ -170,6 +173,7 @@ def head_cross_entropy(
             softcap=softcap,
             logits_dtype=precision.logits_dtype,
             products=products,
+            vocab_major=tied,
         )
     logits = head_logits(embed, head, hidden, precision, softcap)
     return logits_cross_entropy(logits, labels, z_loss=z_loss)

@@ -353,9 +353,6 @@ def _sums_and_grads(
     # then never written as zeros (GPT-2's [768, 50304] float32: 154 MB, a kernel, a step);
     # the sum is the same (0 + x is x).
     labels = _labels(lc, ignore_index)
-    if hc.shape[0] == 0:  # no tokens, no chunk: zero sums, zero gradients
-        zeros = jnp.zeros(hc.shape, jnp.float32), jnp.zeros(w.shape, jnp.float32)
-        return _total(_zero_acc(lc.shape[1])), *zeros
     acc, dh0, dw = chunk(_zero_acc(lc.shape[1]), hc[0], labels[0])
     if hc.shape[0] == 1:
         return _total(acc), dh0[None], dw

@@ -334,30 +334,19 @@ def _sums_and_grads(
     """
     one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
 
-    def chunk(acc: Acc, h_c: Array, packed: Array) -> tuple[Acc, Array, Array]:
-        valid, safe = _unpack(packed)
+    def step(carry: tuple[Acc, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
+        acc, dw = carry
+        h_c, (valid, safe) = xs[0], _unpack(xs[1])
         logits, t, res = _chunk_logits(h_c, w, softcap, stored, products)
         ce, lse, valid, correct = _chunk_stats(logits, safe, valid)
         dlabels = jnp.where(valid, safe, -1)  # _dlogits zeroes the rows of ignored tokens
         dlogits = uncap_grad(_dlogits(logits, dlabels, lse, one, zero), cap_derivative(t))
         dh, dw_c = products.backward(res, dlogits)
-        return _add_acc(acc, ce, lse, valid, correct), dh, dw_c
+        return (_add_acc(acc, ce, lse, valid, correct), dw + dw_c), dh
 
-    def step(carry: tuple[Acc, Array], i: Array) -> tuple[Any, Array]:
-        acc, dw = carry
-        # indexed, not sliced as the scan's inputs: ``hc[1:]`` would be a copy of the chunks
-        acc, dh, dw_c = chunk(acc, hc[i], labels[i])
-        return (acc, dw + dw_c), dh
-
-    # The first chunk outside the scan: its d(unembedding) starts the accumulator, which is
-    # then never written as zeros (GPT-2's [768, 50304] float32: 154 MB, a kernel, a step);
-    # the sum is the same (0 + x is x).
-    labels = _labels(lc, ignore_index)
-    acc, dh0, dw = chunk(_zero_acc(lc.shape[1]), hc[0], labels[0])
-    if hc.shape[0] == 1:
-        return _total(acc), dh0[None], dw
-    (acc, dw), dh = jax.lax.scan(step, (acc, dw), jnp.arange(1, hc.shape[0]))
-    return _total(acc), jnp.concatenate([dh0[None], dh]), dw
+    start = (_zero_acc(lc.shape[1]), jnp.zeros(w.shape, jnp.float32))
+    (acc, dw), dh = jax.lax.scan(step, start, (hc, _labels(lc, ignore_index)))
+    return _total(acc), dh, dw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))

@@ -83,10 +83,61 @@ def _lagged_reference(monkeypatch, every):
     monkeypatch.setattr(Rollouts, "batch", batch)
 
 
+def _spy_on_the_sampler(monkeypatch):
+    """Record the shardings of the rows the rollout's programs read: the prompts of each
+    prefill, the tokens and the cache of each decode step (tjx.nn's generation) and π_old's
+    batch (trainer.step.grpo's `_logps_fn`)."""
+    from tjx.nn import generation
+    from trainer.step import grpo
+
+    seen: list[tuple[str, list[jax.Array]]] = []  # (program, the arrays it reads)
+    prefill, decode, logps_fn = generation._prefill, generation._decode, grpo._logps_fn
+
+    def spy_prefill(graphdef, state, prompts, lengths, cache, *rest, **kw):
+        seen.append(("prefill", [prompts, lengths, *jax.tree.leaves(cache)]))
+        return prefill(graphdef, state, prompts, lengths, cache, *rest, **kw)
+
+    def spy_decode(graphdef, state, tokens, pos, cache, *rest, **kw):
+        seen.append(("decode", [tokens, pos, *jax.tree.leaves(cache)]))
+        return decode(graphdef, state, tokens, pos, cache, *rest, **kw)
+
+    def spy_logps_fn(*args):
+        fn = logps_fn(*args)
+
+        def scored(params, batch, adapters_off):
+            seen.append(("logps", jax.tree.leaves(batch)))
+            return fn(params, batch, adapters_off)
+
+        return scored
+
+    monkeypatch.setattr(generation, "_prefill", spy_prefill)
+    monkeypatch.setattr(generation, "_decode", spy_decode)
+    monkeypatch.setattr(grpo, "_logps_fn", spy_logps_fn)
+    return seen
+
+
 def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, monkeypatch, capsys):
     # A large step size: one step moves the policy enough that the lag shows (clipped ratios).
     sets = ("train.steps=4", "train.checkpoint_every=2", "optimizer.schedule.peak_lr=0.01")
-    assert main(_argv(in_tmp, "whole", *sets, *OVERLAP)) == 0
+    with monkeypatch.context() as spied:
+        seen = _spy_on_the_sampler(spied)
+        assert main(_argv(in_tmp, "whole", *sets, *OVERLAP)) == 0
+    # The sampler's 4 devices split the rollout's rows (data.batch_size = 8: 2 per device):
+    # every program of the rollout reads its rows sharded over all 4 (none idles), π_old's too
+    # (the reference's log-probabilities, β > 0, are scored on the trainer's 4 devices).
+    sampler = set(jax.devices()[4:])
+    on_sampler = [
+        (kind, arrays) for kind, arrays in seen if arrays[0].sharding.device_set & sampler
+    ]
+    assert {kind for kind, _ in on_sampler} == {"prefill", "decode", "logps"}, seen
+    assert {kind for kind, _ in seen} - {kind for kind, _ in on_sampler} <= {"logps"}
+    for kind, arrays in on_sampler:
+        assert all(x.sharding.device_set == sampler for x in arrays), kind
+        rows = [x for x in arrays if x.ndim and x.shape[0] == 8]
+        assert rows, kind  # the prompts, tokens, the cache, π_old's batch
+        for x in rows:
+            assert x.sharding.spec[0] == "sampler", (kind, x.shape, x.sharding)
+            assert {s.data.shape[0] for s in x.addressable_shards} == {2}, (kind, x.shape)
     out = capsys.readouterr().out
     # The trainer's mesh: the first 4 devices; the sampler: the other 4.
     assert "× data 4 ×" in out and ", rollouts on the other 4 (dp, 8 devices)" in out, out

@@ -324,7 +324,7 @@ def rl_search(
     plan_batch = plan_batch or _plan_batch
     started = time.perf_counter()
     found = RlSearch({}, False, 0.0)
-    cache: dict[str, Compiled] = {}  # the sampler's programs, by label: the same for any N
+    cache: dict[str, Compiled] = {}  # the sampler's programs, by label and N
 
     def plan_one(batch: int, sampler: int) -> bool:
         if time.perf_counter() - started >= budget_s:

@@ -163,10 +163,11 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
     # The reference: the same lag (steps 2 and 4 sample with the weights of steps 1 and 3),
     # sequential, on the trainer's 4 devices; the same keys and prompts, so the same tokens:
     # the same rewards and clipped fractions. The losses are not bit-identical: the sampler's
-    # programs (the whole batch on each of its devices) and the trainer mesh's (rows over 4
-    # devices) score the log-probabilities in other orders, and a loss of ~1e-4 is a sum of
-    # ratio × advantage terms near 1, so float32's rounding of those (~1e-7 each) shows:
-    # atol 1e-6 (measured: up to 5e-8; without the lag, step 4's loss is 8e-4 against 8e-5).
+    # programs (its own mesh, the weights copied there) and the trainer mesh's are other
+    # compiled programs and may score the log-probabilities in other orders, and a loss of
+    # ~1e-4 is a sum of ratio × advantage terms near 1, so float32's rounding of those (~1e-7
+    # each) shows: atol 1e-6 (measured up to 5e-8 with the whole batch on each sampler device;
+    # without the lag, step 4's loss is 8e-4 against 8e-5).
     _lagged_reference(monkeypatch, every=2)
     assert main(_argv(in_tmp, "reference", *sets, *OVERLAP)) == 0
     want = _lines(in_tmp / "reference")

@@ -233,15 +233,18 @@ def run_generation(
     src: np.ndarray | None = None,
     src_ids: np.ndarray | None = None,
     place: Place | None = None,
+    place_cache: Place | None = None,
 ) -> Array:
     """The shared prefill + decode loop (arguments already validated; ``key`` from
     ``sampling_key``). Every sampled step gets its own key split off ``key``, never ``key``
-    itself, and one key samples a whole batch row-independently. ``place``: `generate`'s."""
+    itself, and one key samples a whole batch row-independently. ``place``, ``place_cache``:
+    `generate`'s."""
     put: Place = jnp.asarray if place is None else place
+    put_cache = place if place_cache is None else place_cache
 
     def new_cache() -> Any:  # unplaced as before without ``place``: the same programs
         cache = model.init_cache(b, total)
-        return cache if place is None else jax.tree.map(place, cache)
+        return cache if put_cache is None else jax.tree.map(put_cache, cache)
 
     b, P = prompts.shape
     total = P + max_new_tokens
@@ -306,6 +309,7 @@ def lower_generation(
     top_k: int | None = None,
     top_p: float | None = None,
     place: Callable[[jax.ShapeDtypeStruct], jax.ShapeDtypeStruct] = lambda x: x,
+    place_cache: Callable[[jax.ShapeDtypeStruct], jax.ShapeDtypeStruct] | None = None,
 ) -> GenerationPrograms:
     """`generate`'s prefill and decode step for ``rows`` prompts of ``prompt_len`` tokens,
     lowered over abstract inputs: what a plan compiles for a device that is not here (a GRPO
@@ -325,6 +329,9 @@ def lower_generation(
     place : callable
         Gives each non-state input (prompts, lengths, tokens, positions, the cache's leaves,
         the key) its sharding; the identity by default (one device).
+    place_cache : callable, optional
+        The cache's leaves' own (their rows are axis 1, after the layers: tjx.nn.kv_cache);
+        default ``place``.
 
     Returns
     -------
@@ -338,7 +345,8 @@ def lower_generation(
             f"the model's max_seq_len={model.config.max_seq_len}"
         )
     graphdef, state = nnx.split(model)
-    cache = jax.tree.map(place, jax.eval_shape(lambda: model.init_cache(rows, total)))
+    cache_shape = jax.eval_shape(lambda: model.init_cache(rows, total))
+    cache = jax.tree.map(place if place_cache is None else place_cache, cache_shape)
     ids = place(jax.ShapeDtypeStruct((rows, prompt_len), jnp.int32))
     lengths = place(jax.ShapeDtypeStruct((rows,), jnp.int32))
     key = place(jax.eval_shape(lambda: jax.random.key(0)))
@@ -373,6 +381,7 @@ def generate(
     pad_id: int | None = None,
     key: Array | None = None,
     place: Place | None = None,
+    place_cache: Place | None = None,
 ) -> Array:
     """Generate ``max_new_tokens`` tokens after each prompt.
 
@@ -408,6 +417,9 @@ def generate(
         step's tokens and positions) where its programs run: e.g. its rows split over a data
         mesh with ``model``'s weights replicated there (`jax.device_put`); default: left to
         JAX (the default device). The tokens are the same wherever the rows run.
+    place_cache : callable, optional
+        The same for the KV cache's leaves, whose rows are their axis 1 (a leading layers
+        axis: tjx.nn.kv_cache); default ``place``.
 
     Returns
     -------
@@ -442,4 +454,5 @@ def generate(
         key=root,
         pad_id=pad_id,
         place=place,
+        place_cache=place_cache,
     )

@@ -88,21 +88,30 @@ def test_groups_sampled_with_their_rows_split_over_a_mesh_are_the_same_completio
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("rows",))
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
     whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    by_layer = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "rows"))
     placed: list[jax.Array] = []
+    cached: list[jax.Array] = []
 
     def place(x):
-        out = jax.device_put(x, split if np.ndim(x) and np.shape(x)[0] == 8 else whole)
-        placed.append(out)
-        return out
+        placed.append(jax.device_put(x, split if np.ndim(x) and np.shape(x)[0] == 8 else whole))
+        return placed[-1]
+
+    def place_cache(x):  # [layers, rows, ...]
+        cached.append(jax.device_put(x, by_layer))
+        return cached[-1]
 
     graphdef, state = nnx.split(model)
     replicated = nnx.merge(graphdef, jax.device_put(state, whole))
-    got = sample_groups(replicated, prompts, lengths, key=key, place=place, **kw)
+    got = sample_groups(
+        replicated, prompts, lengths, key=key, place=place, place_cache=place_cache, **kw
+    )
     want = sample_groups(model, prompts, lengths, key=key, **kw)
     np.testing.assert_array_equal(got.completions, want.completions)
     np.testing.assert_array_equal(got.lengths, want.lengths)
-    rows = [x for x in placed if x.ndim and x.shape[0] == 8]  # prompts, the cache, tokens
+    rows = [x for x in placed if x.ndim and x.shape[0] == 8]  # prompts, lengths, tokens
     assert len(rows) > 3 and all(x.sharding == split for x in rows)
+    assert cached and all(x.shape[1] == 8 for x in cached)  # the cache: its rows split
+    assert all({s.data.shape[1] for s in x.addressable_shards} == {2} for x in cached)
 
 
 def test_a_temperature_divides_the_logits_before_the_log_softmax_and_the_entropy():

@@ -148,6 +148,11 @@ def compile_rollout(
         def replicate(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:  # the policy's weights
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=whole)
 
+        def place_cache(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:  # rows: axis 1
+            ours = len(x.shape) > 1 and x.shape[1] == rows
+            spec = PartitionSpec(None, "sampler") if ours else PartitionSpec()
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(sampler, spec))
+
         rest = nn.split_fp8_meta(nn.concrete_state(parts.rest))[0]
         rest = jax.tree.map(replicate if overlap else place, jax.eval_shape(lambda: rest))
         tree = b.state.model_tree()
@@ -165,6 +170,8 @@ def compile_rollout(
                 temperature=r.temperature,
                 top_p=r.top_p,
                 place=place,
+                # overlapped: the cache's rows split as the run's sampler splits them
+                place_cache=place_cache if overlap else None,
             )
             return getattr(programs, which)  # type: ignore[no-any-return]
 

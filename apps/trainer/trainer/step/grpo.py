@@ -201,9 +201,6 @@ class Rollouts:
             devices = np.array(sampler_devices(self.r.sampler_devices))
             mesh = jax.sharding.Mesh(devices, ("sampler",))
             self.sampler = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            self.sampler_rows = jax.sharding.NamedSharding(
-                mesh, jax.sharding.PartitionSpec("sampler")
-            )
             self.sampler_rest = jax.device_put(rest, self.sampler)
         self.lagged: tuple[int, chex.ArrayTree] | None = None  # (its step, the weights)
         self.pending: tuple[int, Batch, dict[str, float]] | None = None
@@ -269,14 +266,20 @@ class Rollouts:
         params = state.param_tree() if frozen is None else frozen
         return self.logps(params, batch, frozen is None)
 
-    def on_sampler(self, x: Any) -> jax.Array:
-        """``x`` on the sampler's devices (``grpo.overlap``): an array of the rollout's rows
-        (``data.batch_size``, which the sampler's devices divide: trainer.config's rule) split
-        over them, anything else (the cache's per-layer leaves, a key) replicated."""
+    def on_sampler(self, x: Any, axis: int = 0) -> jax.Array:
+        """``x`` on the sampler's devices (``grpo.overlap``): an array whose axis ``axis`` is the
+        rollout's rows (``data.batch_size``, which the sampler's devices divide: trainer.config's
+        rule) split over them along it, anything else replicated."""
         assert self.sampler is not None
-        rows = self.cfg.data.batch_size
-        split = np.ndim(x) > 0 and np.shape(x)[0] == rows
-        return jax.device_put(x, self.sampler_rows if split else self.sampler)
+        split = np.ndim(x) > axis and np.shape(x)[axis] == self.cfg.data.batch_size
+        spec = jax.sharding.PartitionSpec(*[None] * axis, "sampler")
+        where = jax.sharding.NamedSharding(self.sampler.mesh, spec) if split else self.sampler
+        return jax.device_put(x, where)
+
+    def on_sampler_cache(self, x: Any) -> jax.Array:
+        """A KV cache's leaf on the sampler's devices: its rows (axis 1, after the layers:
+        tjx.nn.kv_cache) split over them."""
+        return self.on_sampler(x, axis=1)
 
     def _sample(self, step: int, params: chex.ArrayTree) -> tuple[Batch, dict[str, float]]:
         """Sample, score and lay out step ``step``'s rollout with ``params``: on the trainer's
@@ -294,7 +297,9 @@ class Rollouts:
             if self.sampler is None
             else jax.default_device(self.sampler.mesh.devices.flat[0])
         )
-        place = None if self.sampler is None else self.on_sampler
+        place, place_cache = (
+            (None, None) if self.sampler is None else (self.on_sampler, self.on_sampler_cache)
+        )
         with where:
             model = nnx.merge(self.graphdef, params, rest)
             rollout = nn.grpo.sample_groups(
@@ -310,6 +315,7 @@ class Rollouts:
                 pad_id=0,
                 mask_truncated=r.mask_truncated_completions,
                 place=place,
+                place_cache=place_cache,
             )
         took = time.perf_counter() - started
         examples = [self.rows[int(i)] for i in np.repeat(prompts["row_ids"], r.group_size)]

@@ -90,22 +90,26 @@ def _spy_on_the_sampler(monkeypatch):
     from tjx.nn import generation
     from trainer.step import grpo
 
-    seen: list[tuple[str, list[jax.Array]]] = []  # (program, the arrays it reads)
+    seen = []  # (program, its rows' and its cache's (shape, sharding)): the cache is donated
+
+    def laid(arrays):
+        return [(x.shape, x.sharding) for x in arrays]
+
     prefill, decode, logps_fn = generation._prefill, generation._decode, grpo._logps_fn
 
     def spy_prefill(graphdef, state, prompts, lengths, cache, *rest, **kw):
-        seen.append(("prefill", [prompts, lengths, *jax.tree.leaves(cache)]))
+        seen.append(("prefill", laid([prompts, lengths]), laid(jax.tree.leaves(cache))))
         return prefill(graphdef, state, prompts, lengths, cache, *rest, **kw)
 
     def spy_decode(graphdef, state, tokens, pos, cache, *rest, **kw):
-        seen.append(("decode", [tokens, pos, *jax.tree.leaves(cache)]))
+        seen.append(("decode", laid([tokens, pos]), laid(jax.tree.leaves(cache))))
         return decode(graphdef, state, tokens, pos, cache, *rest, **kw)
 
     def spy_logps_fn(*args):
         fn = logps_fn(*args)
 
         def scored(params, batch, adapters_off):
-            seen.append(("logps", jax.tree.leaves(batch)))
+            seen.append(("logps", laid(jax.tree.leaves(batch)), []))
             return fn(params, batch, adapters_off)
 
         return scored
@@ -126,18 +130,18 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
     # every program of the rollout reads its rows sharded over all 4 (none idles), π_old's too
     # (the reference's log-probabilities, β > 0, are scored on the trainer's 4 devices).
     sampler = set(jax.devices()[4:])
-    on_sampler = [
-        (kind, arrays) for kind, arrays in seen if arrays[0].sharding.device_set & sampler
-    ]
-    assert {kind for kind, _ in on_sampler} == {"prefill", "decode", "logps"}, seen
-    assert {kind for kind, _ in seen} - {kind for kind, _ in on_sampler} <= {"logps"}
-    for kind, arrays in on_sampler:
-        assert all(x.sharding.device_set == sampler for x in arrays), kind
-        rows = [x for x in arrays if x.ndim and x.shape[0] == 8]
-        assert rows, kind  # the prompts, tokens, the cache, π_old's batch
-        for x in rows:
-            assert x.sharding.spec[0] == "sampler", (kind, x.shape, x.sharding)
-            assert {s.data.shape[0] for s in x.addressable_shards} == {2}, (kind, x.shape)
+    on_sampler = [call for call in seen if call[1][0][1].device_set & sampler]
+    assert {call[0] for call in on_sampler} == {"prefill", "decode", "logps"}, seen
+    assert {call[0] for call in seen} - {call[0] for call in on_sampler} <= {"logps"}
+    for kind, rows, cache in on_sampler:
+        # the prompts and lengths, each step's tokens and positions, π_old's batch: axis 0;
+        # the KV cache's leaves ([layers, rows, ...]): axis 1
+        assert all(shape[0] == 8 for shape, _ in rows) and all(sh[1] == 8 for sh, _ in cache)
+        for axis, arrays in ((0, rows), (1, cache)):
+            for shape, sharding in arrays:
+                assert sharding.device_set == sampler, (kind, shape)
+                assert sharding.shard_shape(shape)[axis] == 2, (kind, shape, sharding)
+        assert kind == "logps" or cache, kind
     out = capsys.readouterr().out
     # The trainer's mesh: the first 4 devices; the sampler: the other 4.
     assert "× data 4 ×" in out and ", rollouts on the other 4 (dp, 8 devices)" in out, out

@@ -594,6 +594,14 @@ CASES = [
         "grpo.sampler_devices: 8 of the run's 8 devices sample, which leaves none to train on; "
         "set it to at most 7",
     ),
+    (
+        "grpo-sampler-rows-not-divided",
+        T,
+        [*GRPO, "--set", "grpo.overlap=1", "--set", "grpo.sampler_devices=3"],
+        None,
+        "grpo.sampler_devices: 3 sampler devices split the rollout's 64 completions "
+        "(data.batch_size) by rows, which they do not divide",
+    ),
     # #72 point 4: a plan's or a search's split, against --plan TARGET's devices, before its
     # compiler is opened.
     (

@@ -393,6 +393,12 @@ def _check_grpo(cfg: Config, given: list[str]) -> None:
         "grpo.overlap=1, or grpo.sampler_devices=0 (sequential rollouts use the trainer's mesh)",
     )
     _require(
+        r.sampler_devices == 0 or d.batch_size % r.sampler_devices == 0,
+        f"grpo.sampler_devices: {r.sampler_devices} sampler devices split the rollout's "
+        f"{d.batch_size} completions (data.batch_size) by rows, which they do not divide; set "
+        "data.batch_size to a multiple of grpo.sampler_devices, or another grpo.sampler_devices",
+    )
+    _require(
         t.stop_at is None or t.stop_at % r.iterations == 0,
         f"train.stop_at: {t.stop_at} must be a multiple of grpo.iterations ({r.iterations})",
     )

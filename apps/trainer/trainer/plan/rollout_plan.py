@@ -22,7 +22,8 @@ forward over the rollout batch each, once per rollout: the same compiled program
 the rollout. Not counted: the rewards (host Python).
 
 Overlapped (``grpo.overlap: 1``, trainer.step.grpo's `Rollouts`): the rollout runs on the last
-``grpo.sampler_devices`` devices (each holds the whole policy and samples the whole batch), with
+``grpo.sampler_devices`` devices (each holds the whole policy and samples its share of the
+batch: the rows split over them, data parallel; its programs priced per device), with
 π_old's pass there too (the sampling weights' log-probabilities, always); the update runs on the
 others. A step's rollout is sampled while the update before it runs, so a cycle of μ steps takes
 the longer of the rollout and one update, the other ``μ - 1`` updates, the reference's pass on

@@ -115,9 +115,9 @@ def compile_rollout(
     Where they run: one after the other (``grpo.overlap: 0``), on the trainer's mesh, whose
     devices keep the optimizer state while sampling: each program's peak counts it. Overlapped,
     on the sampler's devices (the last ``grpo.sampler_devices``; trainer.step.grpo's
-    `Rollouts`): the policy replicated, the whole batch on each, π_old's log-probabilities
-    there too; nothing else is resident. Replicated, a program is the same for any count of
-    sampler devices: ``cache`` (by label) keeps it across a search's splits.
+    `Rollouts`): the policy replicated, the rollout's rows split over them (data parallel: each
+    samples ``data.batch_size / N``), π_old's log-probabilities there too; nothing else is
+    resident. ``cache`` (by label and N) keeps a program across a search's candidates.
     """
     r = run.rollout
     rows, prompt = run.data.batch_size, run.data.seq_len
@@ -131,24 +131,34 @@ def compile_rollout(
             sampler = Mesh(np.array(target.devices[target.count - r.sampler_devices :]),
                            ("sampler",))  # fmt: skip
             whole = NamedSharding(sampler, PartitionSpec())
+            split = NamedSharding(sampler, PartitionSpec("sampler"))
             resident = 0  # the sampler holds the policy (the programs' arguments) only
         else:  # the trainer's devices also hold the optimizer state while they sample
             resident = device_bytes(b.state) - device_bytes(b.state.model_tree())
 
         def place(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:  # rows over the batch axes
-            if overlap:
-                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=whole)
+            ours = bool(x.shape) and x.shape[0] == rows
+            if overlap:  # trainer.step.grpo's `Rollouts.on_sampler`
+                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=split if ours else whole)
             sharding = parallel.batch_sharding(mesh, len(x.shape))
-            if not x.shape or x.shape[0] != rows:
+            if not ours:
                 sharding = NamedSharding(mesh, PartitionSpec())
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
+        def replicate(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:  # the policy's weights
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=whole)
+
+        def place_cache(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:  # rows: axis 1
+            ours = len(x.shape) > 1 and x.shape[1] == rows
+            spec = PartitionSpec(None, "sampler") if ours else PartitionSpec()
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(sampler, spec))
+
         rest = nn.split_fp8_meta(nn.concrete_state(parts.rest))[0]
-        rest = jax.tree.map(place, jax.eval_shape(lambda: rest))
+        rest = jax.tree.map(replicate if overlap else place, jax.eval_shape(lambda: rest))
         tree = b.state.model_tree()
         batch = b.batch
-        if overlap:  # the weights copied to the sampler, the rollout made there
-            tree, batch = jax.tree.map(place, tree), jax.tree.map(place, batch)
+        if overlap:  # the weights copied to the sampler, the rollout made there, rows split
+            tree, batch = jax.tree.map(replicate, tree), jax.tree.map(place, batch)
         model = nnx.merge(parts.graphdef, tree, rest)
 
         def lower(which: str) -> jax.stages.Lowered:
@@ -160,14 +170,17 @@ def compile_rollout(
                 temperature=r.temperature,
                 top_p=r.top_p,
                 place=place,
+                # overlapped: the cache's rows split as the run's sampler splits them
+                place_cache=place_cache if overlap else None,
             )
             return getattr(programs, which)  # type: ignore[no-any-return]
 
         def held(label: str, lowered: Callable[[], jax.stages.Lowered]) -> Compiled:
             """Compiled (or the cache's), its peak with what the devices keep resident."""
-            # The model's settings a fit may change are in the key (the split's N is not)
-            m = run.model
-            key = f"{label} on the sampler ({m.remat}, {m.attention_impl})" if overlap else ""
+            # The model's settings a fit may change are in the key, and the split's N (the
+            # rows each sampler device holds)
+            m, n = run.model, r.sampler_devices
+            key = f"{label} on {n} samplers ({m.remat}, {m.attention_impl})" if overlap else ""
             one = cache.get(key) if cache is not None and key else None
             if one is None:
                 one = metrics.compile_lowered(lowered, label)

@@ -156,9 +156,10 @@ class Rollouts:
 
     With ``grpo.overlap: 1`` the rollout of a step ``s`` (a multiple of μ) is sampled with the
     weights of step ``s - 1``, on devices of its own (``grpo.sampler_devices``, the last ones;
-    the trainer's mesh is the rest), while step ``s - 1``'s update runs. Once a step that
-    precedes a rollout, `batch` copies the policy's weights to the sampler (``device_put`` to
-    its replicated sharding, dispatched before the update donates them); the loop dispatches
+    the trainer's mesh is the rest; the rollout's rows split over them, the policy replicated),
+    while step ``s - 1``'s update runs. Once a step that precedes a rollout, `batch` copies the
+    policy's weights to the sampler (``device_put`` to its replicated sharding, dispatched
+    before the update donates them); the loop dispatches
     the update, which returns at once (JAX's dispatch is asynchronous), and calls `ahead`,
     which samples on the sampler's devices: the host waits for each generated token there (the
     decode loop reads it), scores the completions and scores the sampling policy's
@@ -192,8 +193,9 @@ class Rollouts:
         self.logps = _logps_fn(graphdef, rest, cfg.rollout.temperature)
         self.current: Batch | None = None
         self.stats: dict[str, float] = {}
-        # grpo.overlap: the sampler's devices (each holds the whole policy, replicated), the
-        # weights copied there for the next rollout, and that rollout once sampled.
+        # grpo.overlap: the sampler's devices, a 1-D mesh that splits the rollout's rows as the
+        # trainer's splits a batch (each holds the whole policy, replicated), the weights
+        # copied there for the next rollout, and that rollout once sampled.
         self.sampler: jax.sharding.NamedSharding | None = None
         if self.r.overlap:
             devices = np.array(sampler_devices(self.r.sampler_devices))
@@ -264,6 +266,21 @@ class Rollouts:
         params = state.param_tree() if frozen is None else frozen
         return self.logps(params, batch, frozen is None)
 
+    def on_sampler(self, x: Any, axis: int = 0) -> jax.Array:
+        """``x`` on the sampler's devices (``grpo.overlap``): an array whose axis ``axis`` is the
+        rollout's rows (``data.batch_size``, which the sampler's devices divide: trainer.config's
+        rule) split over them along it, anything else replicated."""
+        assert self.sampler is not None
+        split = np.ndim(x) > axis and np.shape(x)[axis] == self.cfg.data.batch_size
+        spec = jax.sharding.PartitionSpec(*[None] * axis, "sampler")
+        where = jax.sharding.NamedSharding(self.sampler.mesh, spec) if split else self.sampler
+        return jax.device_put(x, where)
+
+    def on_sampler_cache(self, x: Any) -> jax.Array:
+        """A KV cache's leaf on the sampler's devices: its rows (axis 1, after the layers:
+        tjx.nn.kv_cache) split over them."""
+        return self.on_sampler(x, axis=1)
+
     def _sample(self, step: int, params: chex.ArrayTree) -> tuple[Batch, dict[str, float]]:
         """Sample, score and lay out step ``step``'s rollout with ``params``: on the trainer's
         mesh, or (``grpo.overlap``) on the sampler's devices, whose results are copied over."""
@@ -271,12 +288,17 @@ class Rollouts:
         prompts: HostBatch = next(self.loader)
         started = time.perf_counter()
         rest = self.rest if self.sampler is None else self.sampler_rest
-        # The sampler's arrays made in the decode loop (cache, tokens) live on its devices: on
-        # an accelerator, an array made on a trainer's device would queue behind the update.
+        # The sampler's arrays made in the decode loop (cache, tokens) live on its devices, the
+        # rows split over them (`on_sampler`: each samples its share, none idles); the keys
+        # split on the host's side too: on an accelerator, an array made on a trainer's device
+        # would queue behind the update.
         where = (
             contextlib.nullcontext()
             if self.sampler is None
             else jax.default_device(self.sampler.mesh.devices.flat[0])
+        )
+        place, place_cache = (
+            (None, None) if self.sampler is None else (self.on_sampler, self.on_sampler_cache)
         )
         with where:
             model = nnx.merge(self.graphdef, params, rest)
@@ -292,6 +314,8 @@ class Rollouts:
                 eos_id=self.eos_id,
                 pad_id=0,
                 mask_truncated=r.mask_truncated_completions,
+                place=place,
+                place_cache=place_cache,
             )
         took = time.perf_counter() - started
         examples = [self.rows[int(i)] for i in np.repeat(prompts["row_ids"], r.group_size)]
@@ -308,9 +332,9 @@ class Rollouts:
             jnp.asarray(rewards), r.group_size, scale=settings.scale_rewards
         )
         batch["advantages"] = self.place({"a": advantages})["a"]
-        if self.sampler is not None:  # π_old: the sampler's weights, lagging or not
+        if self.sampler is not None:  # π_old: the sampler's weights, lagging or not; rows split
             with where:
-                old = self.logps(params, jax.device_put(rollout.batch, self.sampler), False)
+                old = self.logps(params, jax.tree.map(self.on_sampler, rollout.batch), False)
             batch["old_logps"] = self.place({"old": old})["old"]
         elif r.iterations > 1:  # π_old: the policy that sampled, for the μ steps that follow
             batch["old_logps"] = self.logps(params, batch, False)

@@ -83,10 +83,65 @@ def _lagged_reference(monkeypatch, every):
     monkeypatch.setattr(Rollouts, "batch", batch)
 
 
+def _spy_on_the_sampler(monkeypatch):
+    """Record the shardings of the rows the rollout's programs read: the prompts of each
+    prefill, the tokens and the cache of each decode step (tjx.nn's generation) and π_old's
+    batch (trainer.step.grpo's `_logps_fn`)."""
+    from tjx.nn import generation
+    from trainer.step import grpo
+
+    seen = []  # (program, its rows' and its cache's (shape, sharding)): the cache is donated
+
+    def laid(arrays):
+        return [(x.shape, x.sharding) for x in arrays]
+
+    prefill, decode, logps_fn = generation._prefill, generation._decode, grpo._logps_fn
+
+    def spy_prefill(graphdef, state, prompts, lengths, cache, *rest, **kw):
+        seen.append(("prefill", laid([prompts, lengths]), laid(jax.tree.leaves(cache))))
+        return prefill(graphdef, state, prompts, lengths, cache, *rest, **kw)
+
+    def spy_decode(graphdef, state, tokens, pos, cache, *rest, **kw):
+        seen.append(("decode", laid([tokens, pos]), laid(jax.tree.leaves(cache))))
+        return decode(graphdef, state, tokens, pos, cache, *rest, **kw)
+
+    def spy_logps_fn(*args):
+        fn = logps_fn(*args)
+
+        def scored(params, batch, adapters_off):
+            seen.append(("logps", laid(jax.tree.leaves(batch)), []))
+            return fn(params, batch, adapters_off)
+
+        return scored
+
+    monkeypatch.setattr(generation, "_prefill", spy_prefill)
+    monkeypatch.setattr(generation, "_decode", spy_decode)
+    monkeypatch.setattr(grpo, "_logps_fn", spy_logps_fn)
+    return seen
+
+
 def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, monkeypatch, capsys):
     # A large step size: one step moves the policy enough that the lag shows (clipped ratios).
     sets = ("train.steps=4", "train.checkpoint_every=2", "optimizer.schedule.peak_lr=0.01")
-    assert main(_argv(in_tmp, "whole", *sets, *OVERLAP)) == 0
+    with monkeypatch.context() as spied:
+        seen = _spy_on_the_sampler(spied)
+        assert main(_argv(in_tmp, "whole", *sets, *OVERLAP)) == 0
+    # The sampler's 4 devices split the rollout's rows (data.batch_size = 8: 2 per device):
+    # every program of the rollout reads its rows sharded over all 4 (none idles), π_old's too
+    # (the reference's log-probabilities, β > 0, are scored on the trainer's 4 devices).
+    sampler = set(jax.devices()[4:])
+    on_sampler = [call for call in seen if call[1][0][1].device_set & sampler]
+    assert {call[0] for call in on_sampler} == {"prefill", "decode", "logps"}, seen
+    assert {call[0] for call in seen} - {call[0] for call in on_sampler} <= {"logps"}
+    for kind, rows, cache in on_sampler:
+        # the prompts and lengths, each step's tokens and positions, π_old's batch: axis 0;
+        # the KV cache's leaves ([layers, rows, ...]): axis 1
+        assert all(shape[0] == 8 for shape, _ in rows) and all(sh[1] == 8 for sh, _ in cache)
+        for axis, arrays in ((0, rows), (1, cache)):
+            for shape, sharding in arrays:
+                assert sharding.device_set == sampler, (kind, shape)
+                assert sharding.shard_shape(shape)[axis] == 2, (kind, shape, sharding)
+        assert kind == "logps" or cache, kind
     out = capsys.readouterr().out
     # The trainer's mesh: the first 4 devices; the sampler: the other 4.
     assert "× data 4 ×" in out and ", rollouts on the other 4 (dp, 8 devices)" in out, out
@@ -112,10 +167,11 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
     # The reference: the same lag (steps 2 and 4 sample with the weights of steps 1 and 3),
     # sequential, on the trainer's 4 devices; the same keys and prompts, so the same tokens:
     # the same rewards and clipped fractions. The losses are not bit-identical: the sampler's
-    # programs (the whole batch on each of its devices) and the trainer mesh's (rows over 4
-    # devices) score the log-probabilities in other orders, and a loss of ~1e-4 is a sum of
-    # ratio × advantage terms near 1, so float32's rounding of those (~1e-7 each) shows:
-    # atol 1e-6 (measured: up to 5e-8; without the lag, step 4's loss is 8e-4 against 8e-5).
+    # programs (its own mesh, the weights copied there) and the trainer mesh's are other
+    # compiled programs and may score the log-probabilities in other orders, and a loss of
+    # ~1e-4 is a sum of ratio × advantage terms near 1, so float32's rounding of those (~1e-7
+    # each) shows: atol 1e-6 (measured up to 5e-8 with the whole batch on each sampler device;
+    # without the lag, step 4's loss is 8e-4 against 8e-5).
     _lagged_reference(monkeypatch, every=2)
     assert main(_argv(in_tmp, "reference", *sets, *OVERLAP)) == 0
     want = _lines(in_tmp / "reference")

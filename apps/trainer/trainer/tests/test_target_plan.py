@@ -491,6 +491,32 @@ def test_an_overlapped_plan_is_the_longer_side_plus_the_copy_and_each_side_holds
     assert peaks[1][0] == 0  # the sampler: the policy (the program's argument), nothing else
 
 
+def test_an_overlapped_plan_splits_the_rollouts_rows_over_the_sampler_devices():
+    """#72: ``grpo.sampler_devices: 2`` of 4 devices: the rollout's programs are compiled as the
+    run's sampler runs them (trainer.step.grpo's `Rollouts.on_sampler`): the policy replicated
+    on the last 2 devices, the 8 rows of the prompts, the KV cache (its axis 1, after the
+    layers) and π_old's batch split over them (4 each), so each program is priced for its
+    share of the rows."""
+    sets = [*GRPO_SMALL, "grpo.overlap=1", "grpo.sampler_devices=2"]
+    run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), sets)), 300)
+    programs = target_plan.compile_rollout(step_config(run), target("v5e", 4))
+    assert [label.split(" (")[0] for label, _ in programs] == [
+        "rollout prefill", "rollout decode step", "rollout log-probabilities"]  # fmt: skip
+    sampler = set(jax.devices()[2:4])
+    for label, one in programs:
+        assert one.compiled is not None, (label, one.error)
+        args = jax.tree.leaves(one.compiled.input_shardings[0])
+        assert {d for x in args for d in x.device_set} == sampler, label
+        split = [x for x in args if x.spec and x.spec[0] == "sampler"]
+        assert split, label  # the rows of the prompts (the tokens), the batch
+        assert all(x.shard_shape((8, 36))[0] == 4 for x in split), label
+        cache = [x for x in args if len(x.spec) > 1 and x.spec[1] == "sampler"]
+        assert bool(cache) == (label != programs[2][0]), label  # [layers, rows, ...]
+        assert all(x.shard_shape((1, 8, 36))[1] == 4 for x in cache), label
+        replicated = [x for x in args if x.is_fully_replicated]
+        assert len(replicated) > len(split), label  # the policy's weights, each whole
+
+
 def test_a_grpo_plans_memory_fit_never_splits_the_update_into_micro_batches(monkeypatch):
     """GRPO's update takes the whole rollout batch (``optimizer.accumulation_steps`` must be 1):
     the fit of a step that does not fit tries full remat only, never a micro-batch split the

@@ -272,10 +272,11 @@ def _rl_search(
     link = target.device.link_bandwidth / 1e9
     say(f"search: sampler/trainer split: overlap 0 (every device samples, then trains) at each "
         f"rollout batch, then at the {rl.SPLIT_BATCHES} best of those overlap 1 with N sampler "
-        "devices (the trainer's mesh the rest: a half, a quarter, ... of the devices); a split's "
-        "step is max(the rollout on the sampler's devices, the update on the trainer's) + the "
-        f"policy's copy at {link:.0f} GB/s, each program compiled for the devices it runs on "
-        "(the sampler's once: replicated, the same for any N)")  # fmt: skip
+        "devices (the trainer's mesh the rest: a half, a quarter, ... of the devices; both "
+        "sides divide the batch); a split's step is max(the rollout on the sampler's devices, "
+        "the update on the trainer's) + the policy's copy at "
+        f"{link:.0f} GB/s, each program compiled for the devices it runs on (the sampler's: the "
+        "policy replicated, the rows split over the N)")  # fmt: skip
     with quiet_native_stderr():
         found = rl.rl_search(run, target, args.plan, batches, budget_s=budget * 60, say=say,
                              samplers=samplers)  # fmt: skip

@@ -23,12 +23,12 @@ dimensions, and what each costs in compiles:
   samples per second that way (and the largest whose update fits but whose sequential rollout
   does not: the sampler's devices keep no optimizer state), ``grpo.overlap: 1`` with N
   sampler devices for each N of `sampler_counts` (the trainer's mesh the other devices, where
-  it splits the batch). Each
-  split is planned as ``--plan`` plans it (`trainer.plan.target_plan.plan`): the update
+  it splits the batch, as the N sampler devices split the rollout's rows: both divide it).
+  Each split is planned as ``--plan`` plans it (`trainer.plan.target_plan.plan`): the update
   compiled for the trainer's devices, the rollout for the sampler's, where the policy is
-  replicated, so its programs are the same for any N and compiled once (a cache by label);
-  its step is the longer of the rollout and the update plus the policy's copy over a link
-  (`trainer.plan.rollout_plan`);
+  replicated and the rows split, its programs compiled once per batch and N (a cache by label
+  and N); its step is the longer of the rollout and the update plus the policy's copy over a
+  link (`trainer.plan.rollout_plan`);
 * the mesh, the kernels and fp8 are the config's (the mesh search ranks by the update alone).
 
 The chosen batch and split and the runner-up are said; the chosen is written as a YAML
@@ -227,8 +227,8 @@ def sampler_counts(
 ) -> tuple[list[int], str | None]:
     """The sampler devices a split of ``target`` tries at rollout ``batch``: ``wanted``, else N
     where the other ``count - N`` devices are a half, a quarter, ... of the target; each where
-    the trainer's mesh (the config's, over those devices) splits the batch's rows. And why
-    none, if none."""
+    the trainer's mesh (the config's, over those devices) splits the batch's rows and the N
+    sampler devices do too (they split the rollout's rows). And why none, if none."""
     count = target.count
     if count < 2:
         return [], f"one device ({target.describe()}): nothing to split"
@@ -246,13 +246,13 @@ def sampler_counts(
             ways = candidate_of(run, count - sampler).mesh.batch_ways
         except ValueError:  # the config's mesh does not cover that many devices
             ways = 0
-        if ways and batch % ways == 0:
+        if ways and batch % ways == 0 and batch % sampler == 0:
             found.append(sampler)
     if not found:
         tried = ", ".join(str(count - n) for n in wanted)
         return [], (
-            f"no trainer's mesh of {tried} of the {count} devices splits {batch} completions as "
-            "the config's mesh lays them out"
+            f"no split of the {count} devices into {tried} trainers (the config's mesh) and "
+            f"the rest samplers divides {batch} completions on both sides"
         )
     return found, None
 
@@ -277,7 +277,7 @@ def _plan_batch(
     run: Config, batch: int, target: Target, text: str, sampler: int, cache: dict[str, Compiled]
 ) -> RlOutcome:
     """``run`` with ``batch`` completions per rollout on the split ``sampler``, planned (a
-    rule's refusal is an error); ``cache`` keeps the sampler's replicated programs."""
+    rule's refusal is an error); ``cache`` keeps the sampler's programs (by batch and N)."""
     started = time.perf_counter()
     sized = with_split(
         dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch)), sampler
@@ -324,7 +324,7 @@ def rl_search(
     plan_batch = plan_batch or _plan_batch
     started = time.perf_counter()
     found = RlSearch({}, False, 0.0)
-    cache: dict[str, Compiled] = {}  # the sampler's programs, by label: the same for any N
+    cache: dict[str, Compiled] = {}  # the sampler's programs, by label and N
 
     def plan_one(batch: int, sampler: int) -> bool:
         if time.perf_counter() - started >= budget_s:

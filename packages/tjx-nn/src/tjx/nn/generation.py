@@ -39,6 +39,8 @@ Array = jax.Array
 TRACE_COUNTS = {"prefill": 0, "decode": 0}
 
 Sampling = tuple[float, int | None, float | None]
+#: Where a generation's arrays go (`generate`'s ``place``): one array in, that array placed.
+Place = Callable[[Any], Array]
 
 
 def sample_logits(
@@ -230,10 +232,20 @@ def run_generation(
     pad_id: int | None,
     src: np.ndarray | None = None,
     src_ids: np.ndarray | None = None,
+    place: Place | None = None,
+    place_cache: Place | None = None,
 ) -> Array:
     """The shared prefill + decode loop (arguments already validated; ``key`` from
     ``sampling_key``). Every sampled step gets its own key split off ``key``, never ``key``
-    itself, and one key samples a whole batch row-independently."""
+    itself, and one key samples a whole batch row-independently. ``place``, ``place_cache``:
+    `generate`'s."""
+    put: Place = jnp.asarray if place is None else place
+    put_cache = place if place_cache is None else place_cache
+
+    def new_cache() -> Any:  # unplaced as before without ``place``: the same programs
+        cache = model.init_cache(b, total)
+        return cache if put_cache is None else jax.tree.map(put_cache, cache)
+
     b, P = prompts.shape
     total = P + max_new_tokens
     max_len = model.config.max_seq_len
@@ -246,15 +258,13 @@ def run_generation(
         return jnp.zeros((0, total), jnp.int32)
     fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     graphdef, state = nnx.split(model)
-    cache = model.init_cache(b, total)
+    cache = new_cache()
     short = _longrope_original(model)  # set while the cache holds short-factor keys
     if short is not None and short < P:
         short = None
     key, sub = jax.random.split(key)
-    extra = () if src is None else (jnp.asarray(src), jnp.asarray(src_ids))
-    cache, tok = _prefill(
-        graphdef, state, jnp.asarray(prompts), jnp.asarray(lengths), cache, sub, sampling, *extra
-    )
+    extra = () if src is None else (put(src), put(src_ids))
+    cache, tok = _prefill(graphdef, state, put(prompts), put(lengths), cache, sub, sampling, *extra)
     out = np.full((b, total), fill, np.int32)
     for r in range(b):
         out[r, : lengths[r]] = prompts[r, : lengths[r]]
@@ -273,13 +283,11 @@ def run_generation(
         if short is not None and int(pos.max()) + 1 > short:  # LongRoPE turns long: re-read
             short, seen = None, int(pos.max()) + 1
             cache, tok = _prefill(
-                graphdef, state, jnp.asarray(out[:, :seen]), jnp.asarray(pos + 1),
-                model.init_cache(b, total), sub, sampling, *extra,
+                graphdef, state, put(out[:, :seen]), put(pos + 1),
+                new_cache(), sub, sampling, *extra,
             )  # fmt: skip
         else:
-            cache, tok = _decode(
-                graphdef, state, jnp.asarray(tok_np), jnp.asarray(pos), cache, sub, sampling
-            )
+            cache, tok = _decode(graphdef, state, put(tok_np), put(pos), cache, sub, sampling)
         pos = pos + 1
     return jnp.asarray(out)
 
@@ -301,6 +309,7 @@ def lower_generation(
     top_k: int | None = None,
     top_p: float | None = None,
     place: Callable[[jax.ShapeDtypeStruct], jax.ShapeDtypeStruct] = lambda x: x,
+    place_cache: Callable[[jax.ShapeDtypeStruct], jax.ShapeDtypeStruct] | None = None,
 ) -> GenerationPrograms:
     """`generate`'s prefill and decode step for ``rows`` prompts of ``prompt_len`` tokens,
     lowered over abstract inputs: what a plan compiles for a device that is not here (a GRPO
@@ -320,6 +329,9 @@ def lower_generation(
     place : callable
         Gives each non-state input (prompts, lengths, tokens, positions, the cache's leaves,
         the key) its sharding; the identity by default (one device).
+    place_cache : callable, optional
+        The cache's leaves' own (their rows are axis 1, after the layers: tjx.nn.kv_cache);
+        default ``place``.
 
     Returns
     -------
@@ -333,7 +345,8 @@ def lower_generation(
             f"the model's max_seq_len={model.config.max_seq_len}"
         )
     graphdef, state = nnx.split(model)
-    cache = jax.tree.map(place, jax.eval_shape(lambda: model.init_cache(rows, total)))
+    cache_shape = jax.eval_shape(lambda: model.init_cache(rows, total))
+    cache = jax.tree.map(place if place_cache is None else place_cache, cache_shape)
     ids = place(jax.ShapeDtypeStruct((rows, prompt_len), jnp.int32))
     lengths = place(jax.ShapeDtypeStruct((rows,), jnp.int32))
     key = place(jax.eval_shape(lambda: jax.random.key(0)))
@@ -367,6 +380,8 @@ def generate(
     prompt_lengths: Any = None,
     pad_id: int | None = None,
     key: Array | None = None,
+    place: Place | None = None,
+    place_cache: Place | None = None,
 ) -> Array:
     """Generate ``max_new_tokens`` tokens after each prompt.
 
@@ -397,6 +412,14 @@ def generate(
         One PRNG key instead of ``seed``. Each step samples with its own key split off it and
         rows sample independently; the same key (or seed) gives the same tokens, so pass a new
         one (``jax.random.split``) per call.
+    place : callable, optional
+        Puts each array the loop makes (the prompts, their lengths, the KV cache's leaves, each
+        step's tokens and positions) where its programs run: e.g. its rows split over a data
+        mesh with ``model``'s weights replicated there (`jax.device_put`); default: left to
+        JAX (the default device). The tokens are the same wherever the rows run.
+    place_cache : callable, optional
+        The same for the KV cache's leaves, whose rows are their axis 1 (a leading layers
+        axis: tjx.nn.kv_cache); default ``place``.
 
     Returns
     -------
@@ -430,4 +453,6 @@ def generate(
         eos_id=eos_id,
         key=root,
         pad_id=pad_id,
+        place=place,
+        place_cache=place_cache,
     )

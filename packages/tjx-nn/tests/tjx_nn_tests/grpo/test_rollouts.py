@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.grpo import greedy_completions, rollout_batch, sample_groups
@@ -72,6 +73,45 @@ def test_groups_repeat_each_prompt_and_sample_their_own_completions():
     assert np.all(logps[np.asarray(out.mask) == 1] < 0)
     with pytest.raises(ValueError, match="temperature > 0"):
         sample_groups(model, prompts, lengths, key=key, **{**kw, "temperature": 0.0})
+
+
+def test_groups_sampled_with_their_rows_split_over_a_mesh_are_the_same_completions():
+    # An overlapped run's sampler (the trainer's grpo.overlap) splits the rows over its devices:
+    # each array the loop makes is placed so, the weights replicated; the tokens are the
+    # one-device call's (the sampling's random bits do not depend on the split).
+    model = build(llama_tiny())
+    rng = np.random.default_rng()
+    prompts = rng.integers(1, model.config.vocab_size, (2, 4)).astype(np.int32)
+    lengths = np.array([3, 4])
+    key = jax.random.key(int(rng.integers(1 << 30)))
+    kw = dict(group=4, max_new_tokens=5, temperature=1.5, eos_id=3, pad_id=0)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("rows",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    by_layer = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "rows"))
+    placed: list[jax.Array] = []
+    cached: list[jax.Array] = []
+
+    def place(x):
+        placed.append(jax.device_put(x, split if np.ndim(x) and np.shape(x)[0] == 8 else whole))
+        return placed[-1]
+
+    def place_cache(x):  # [layers, rows, ...]
+        cached.append(jax.device_put(x, by_layer))
+        return cached[-1]
+
+    graphdef, state = nnx.split(model)
+    replicated = nnx.merge(graphdef, jax.device_put(state, whole))
+    got = sample_groups(
+        replicated, prompts, lengths, key=key, place=place, place_cache=place_cache, **kw
+    )
+    want = sample_groups(model, prompts, lengths, key=key, **kw)
+    np.testing.assert_array_equal(got.completions, want.completions)
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    rows = [x for x in placed if x.ndim and x.shape[0] == 8]  # prompts, lengths, tokens
+    assert len(rows) > 3 and all(x.sharding == split for x in rows)
+    assert cached and all(x.shape[1] == 8 for x in cached)  # the cache: its rows split
+    assert all({s.data.shape[1] for s in x.addressable_shards} == {2} for x in cached)
 
 
 def test_a_temperature_divides_the_logits_before_the_log_softmax_and_the_entropy():

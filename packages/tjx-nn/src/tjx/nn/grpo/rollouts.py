@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tjx.nn.decoder import DecoderLM
-from tjx.nn.generation import generate
+from tjx.nn.generation import Place, generate
 
 __all__ = ["Rollout", "greedy_completions", "rollout_batch", "sample_groups"]
 
@@ -124,6 +124,8 @@ def sample_groups(
     eos_id: int | None = None,
     pad_id: int | None = None,
     mask_truncated: bool = False,
+    place: Place | None = None,
+    place_cache: Place | None = None,
 ) -> Rollout:
     """``group`` sampled completions of each prompt (a group's rows consecutive).
 
@@ -145,6 +147,10 @@ def sample_groups(
     eos_id, pad_id : the end-of-turn token and the filler after it.
     mask_truncated : bool
         Leave the completions that did not end out of the loss (`rollout_batch`).
+    place, place_cache : callable, optional
+        Where the generation's arrays go (`generate`'s ``place``: e.g. the ``prompts × group``
+        rows split over a data mesh); default: JAX's default device. ``place_cache``: the KV
+        cache's leaves' (their rows at axis 1; `generate`'s).
 
     Returns
     -------
@@ -156,7 +162,7 @@ def sample_groups(
     lengths = np.repeat(np.asarray(prompt_lengths), group, axis=0)
     out = generate(model, reps, max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, eos_id=eos_id, prompt_lengths=lengths, pad_id=pad_id,
-                   key=key)  # fmt: skip
+                   key=key, place=place, place_cache=place_cache)  # fmt: skip
     return rollout_batch(
         np.asarray(out),
         lengths,

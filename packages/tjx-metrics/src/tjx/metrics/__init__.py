@@ -147,7 +147,7 @@ from tjx.metrics.roofline_report import (
 from tjx.metrics.spikes import Spike, SpikeDetector
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.21.0"
+__version__ = "0.22.0"
 
 _TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
 

@@ -91,8 +91,7 @@ def build(run: StepConfig, devices: list[jax.Device]) -> AbstractRun:
 def device_bytes(tree: object) -> int:
     """Bytes one device holds of an abstract, sharded tree (each leaf's shard)."""
     return sum(
-        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-        for x in jax.tree.leaves(tree)
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
     )
 
 

@@ -599,8 +599,10 @@ def test_an_rl_search_takes_the_rollout_batch_with_the_most_samples_per_second_t
     ):
         assert any(words in line for line in lines), words
     chosen = next(line for line in lines if line.startswith("search: chosen: "))
-    assert chosen.startswith("search: chosen: rollout batch 64 (8 prompts × 8), overlap 0 (all 1 "
-                             "devices sample, then train), remat full: ")
+    assert chosen.startswith(
+        "search: chosen: rollout batch 64 (8 prompts × 8), overlap 0 (all 1 "
+        "devices sample, then train), remat full: "
+    )
     runner = next(line for line in lines if line.startswith("search: runner-up: "))
     assert runner.startswith("search: runner-up: rollout batch 32 (4 prompts × 8), overlap 0")
     table_rows = [line.split() for line in lines if line.startswith("  1 ") or
@@ -633,9 +635,7 @@ def on_8(monkeypatch, memory: int) -> None:
     monkeypatch.setattr(search_cli, "WORKERS", 0)
 
 
-def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(
-    capsys, in_tmp, monkeypatch
-):
+def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(capsys, in_tmp, monkeypatch):
     """#72: every rollout batch is planned with overlap 0, then the two best with overlap 1 on
     4 sampler devices: of the default 4, 6 and 7, the samplers split the rollout's rows, and
     6 and 7 divide no batch of 32 to 256. The rollout takes 30 ms + 80 ms / its devices (a
@@ -661,8 +661,10 @@ def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(
     assert any(line.startswith("search: sampler/trainer split: overlap 0 (every device samples")
                for line in lines)  # fmt: skip
     chosen = next(line for line in lines if line.startswith("search: chosen: "))
-    assert chosen.startswith("search: chosen: rollout batch 256 (32 prompts × 8), overlap 1: 4 "
-                             "sampler + 4 trainer devices, remat full: 5,020 samples/s")
+    assert chosen.startswith(
+        "search: chosen: rollout batch 256 (32 prompts × 8), overlap 1: 4 "
+        "sampler + 4 trainer devices, remat full: 5,020 samples/s"
+    )
     runner = next(line for line in lines if line.startswith("search: runner-up: "))
     assert runner.startswith("search: runner-up: rollout batch 256 (32 prompts × 8), overlap 0")
     row = next(line.split() for line in lines if line.startswith("  1 "))
@@ -677,9 +679,7 @@ def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(
         (128, 4)]  # fmt: skip
 
 
-def test_a_batch_whose_sequential_rollout_does_not_fit_is_tried_split(
-    capsys, in_tmp, monkeypatch
-):
+def test_a_batch_whose_sequential_rollout_does_not_fit_is_tried_split(capsys, in_tmp, monkeypatch):
     """512 completions: the update fits, the sequential rollout does not (the devices keep the
     optimizer state while they sample); its 4 + 4 split (the sampler holds the policy alone)
     fits and wins, planned beside the two best batches' splits."""

@@ -24,9 +24,10 @@ The published Kimi-K2.5's routed experts are INT4 (``compressed-tensors``, ``pac
 dequantized as they load (`tjx.nn.hf.quantized`), its ``text_config`` repeating the folder's
 ``quantization_config``. Refused in one line: a ``quantization_config`` tjx does not dequantize
 (`tjx.nn.hf.quantization_config` names what it found and what tjx reads), one inside
-``text_config`` that differs from the folder's, and any image-text key tjx does not know. The multi-token-prediction layers a ``text_config`` counts
-(``num_nextn_predict_layers``) are skipped as transformers' image-text model skips them (its
-``DeepseekV3Model`` builds ``num_hidden_layers`` layers): ``mtp.depths`` 0. The export is the
+``text_config`` that differs from the folder's, and any image-text key tjx does not know. The
+multi-token-prediction layers a ``text_config`` counts (``num_nextn_predict_layers``) are
+skipped as transformers' image-text model skips them (its ``DeepseekV3Model`` builds
+``num_hidden_layers`` layers): ``mtp.depths`` 0. The export is the
 text model, ``deepseek_v3`` (``DeepseekV3ForCausalLM``), which transformers reads.
 """
 

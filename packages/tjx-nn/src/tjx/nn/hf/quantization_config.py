@@ -229,12 +229,7 @@ def _ct_group_size(config: Mapping[str, Any], where: str) -> int:
                 f"{at} is {group!r}, a preset scheme's name with its targets: tjx reads the "
                 f"scheme written out ({what}); give its weights, or {fix}"
             )
-        unknown = sorted(set(group) - set(_CT_GROUP.keys))
-        if unknown:
-            raise HFConfigError(
-                f"{at} has key(s) {', '.join(unknown)} that {_CT_GROUP.cls} does not have (it "
-                f"reads {', '.join(_CT_GROUP.keys)}): remove them or {fix}"
-            )
+        _known_keys(group, _CT_GROUP, at, fix)
         group = _CT_GROUP.read(group, prefix=f"quantization_config.config_groups.{name}.")
         for part in ("input_activations", "output_activations"):
             if group[part]:
@@ -250,12 +245,7 @@ def _ct_group_size(config: Mapping[str, Any], where: str) -> int:
         weights = group["weights"]
         if not weights:
             raise HFConfigError(f"{at}.weights is missing or null: {what}; {fix}")
-        unknown = sorted(set(weights) - set(_CT_ARGS.keys))
-        if unknown:
-            raise HFConfigError(
-                f"{at}.weights has key(s) {', '.join(unknown)} that {_CT_ARGS.cls} does not have "
-                f"(it reads {', '.join(_CT_ARGS.keys)}): remove them or {fix}"
-            )
+        _known_keys(weights, _CT_ARGS, f"{at}.weights", fix)
         args = _CT_ARGS.read(weights, prefix=f"quantization_config.config_groups.{name}.weights.")
         found = {k: args[k] for k in CT_SCHEME}
         if found != CT_SCHEME or args["dynamic"] or args["block_structure"] is not None:
@@ -286,6 +276,16 @@ _CT_EXTRAS = {
     "transform_config": "rotate its weights (a transform tjx does not apply)",
     "moe_sparsity_config": "prune its experts",
 }
+
+
+def _known_keys(given: Mapping[str, Any], spec: Spec, at: str, fix: str) -> None:
+    """Refuse, in one line, keys of ``given`` (at ``at``) that ``spec``'s class does not have."""
+    unknown = sorted(set(given) - set(spec.keys))
+    if unknown:
+        raise HFConfigError(
+            f"{at} has key(s) {', '.join(unknown)} that {spec.cls} does not have (it reads "
+            f"{', '.join(spec.keys)}): remove them or {fix}"
+        )
 
 
 def _scheme_words(args: Mapping[str, Any] = CT_SCHEME) -> str:

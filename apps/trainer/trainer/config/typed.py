@@ -325,15 +325,15 @@ def read_config(data: object) -> Config:
     mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
     lora_read = read.get("lora", {})
     use_lora = bool(lora_read.pop("enabled", False))
-    lora = build(section_class("lora"), lora_read, "lora")
-    if not use_lora:  # a setting changed while LoRA is off would do nothing
+    lora = _package_section("lora", lora_read)
+    if lora_read and not use_lora:  # a setting changed while LoRA is off would do nothing
         why = "LoRA is off; set lora.enabled=true to train adapters, or drop the lora settings"
         check_unchanged(lora, lora_read, "lora", why)
-    preference = build(section_class("preference"), read.get("preference", {}), "preference")
+    preference = _package_section("preference", read.get("preference", {}))
     grpo_read = {**read.get("grpo", {})}
     grpo_given = sorted(grpo_read)
     rollout = GrpoRollout(**{k: grpo_read.pop(k) for k in _ROLLOUT_KEYS if k in grpo_read})
-    grpo = build(section_class("grpo"), grpo_read, "grpo")
+    grpo = _package_section("grpo", grpo_read)
     more = {"lora": lora, "use_lora": use_lora, "preference": preference, "vocab_size": vocab}
     more |= {"grpo": grpo, "rollout": rollout}
     name = str(read.get("name", Config.name))
@@ -341,6 +341,14 @@ def read_config(data: object) -> Config:
     _check_across(cfg, sorted(read.get("preference", {})))
     _check_grpo(cfg, grpo_given)
     return cfg
+
+
+def _package_section(name: str, read: ConfigData) -> Any:
+    """Package section ``name`` (LoRA's, DPO's, GRPO's) built from its settings ``read``; with
+    none, its class's ``DEFAULTS``, built once as tjx.nn loads: a run that sets none of a
+    section's keys builds nothing of it."""
+    cls = section_class(name)
+    return build(cls, read, name) if read else cls.DEFAULTS  # type: ignore[attr-defined]
 
 
 #: The ``grpo`` section's own keys (the rollout's), the others are tjx.nn's `GrpoConfig`.
@@ -352,12 +360,13 @@ def _check_grpo(cfg: Config, given: list[str]) -> None:
     the loop reads must fit (groups in the batch, checkpoints at rollout boundaries, the
     completions in the model's context, rewards that exist)."""
     d, r, t = cfg.data, cfg.rollout, cfg.train
-    if d.format != "prompts":  # a saved config lists every key, at its default
-        why = "applies to prompt data only (GRPO); set data.format=prompts or drop the grpo"
-        check_unchanged(
-            cfg.grpo, [k for k in given if k not in _ROLLOUT_KEYS], "grpo", f"{why} settings"
-        )
-        check_unchanged(r, [k for k in given if k in _ROLLOUT_KEYS], "grpo", f"{why} settings")
+    if d.format != "prompts":
+        if given:  # a saved config lists every key, at its default
+            why = "applies to prompt data only (GRPO); set data.format=prompts or drop the grpo"
+            own = [k for k in given if k in _ROLLOUT_KEYS]
+            loss = [k for k in given if k not in _ROLLOUT_KEYS]
+            check_unchanged(cfg.grpo, loss, "grpo", f"{why} settings")
+            check_unchanged(r, own, "grpo", f"{why} settings")
         return
     names = ", ".join(sorted(data.REWARDS))
     _require(
@@ -488,14 +497,14 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
         _check_delayed_fp8(cfg)
     if m.precision.fp8_lm_head:
         _check_fp8_lm_head(cfg)
-    if d.format != "preference":  # a saved config lists every key, at its default
-        why = "applies to preference pairs only; set data.format=preference or drop the preference"
-        check_unchanged(cfg.preference, preference, "preference", f"{why} settings")
-    else:
+    if d.format == "preference":
         with keyed(None):
             nn.check_preference_run(
                 m, pipeline=mesh.pipeline, context=mesh.context, z_loss=t.z_loss
             )
+    elif preference:  # a saved config lists every key, at its default
+        why = "applies to preference pairs only; set data.format=preference or drop the preference"
+        check_unchanged(cfg.preference, preference, "preference", f"{why} settings")
 
 
 def _check_delayed_fp8(cfg: Config) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from flax import nnx
 
 from tjx import kernels, metrics, nn, optim, parallel
@@ -296,3 +297,24 @@ def test_every_package_declares_its_settings_with_tjx_cores_one_helper():
     assert (made.default, dict(made.metadata)) == (1, {"help": "h", "resumable": True})
     # and the packages' classes use it: a mesh field's metadata is what `setting` stored
     assert dict(parallel.MeshConfig.__dataclass_fields__["data"].metadata)["resumable"] is True
+
+
+def test_a_section_a_config_does_not_set_is_its_class_defaults_and_a_set_one_is_built():
+    # No lora, preference or grpo settings: each section is its class's DEFAULTS (built once, as
+    # tjx.nn loads), equal to the class built with no arguments.
+    cfg = read_config(load_config_data("tiny"))
+    for section, cls in (
+        ("lora", nn.LoraConfig),
+        ("preference", nn.PreferenceConfig),
+        ("grpo", nn.GrpoConfig),
+    ):
+        assert getattr(cfg, section) is cls.DEFAULTS
+        assert cls() == cls.DEFAULTS
+    # One setting given: the section is built from it (and the others stay the defaults).
+    data = apply_overrides(load_config_data("tiny"), ["lora.enabled=true", "lora.rank=4"])
+    cfg = read_config(data)
+    assert cfg.lora == nn.LoraConfig(rank=4) and cfg.lora is not nn.LoraConfig.DEFAULTS
+    assert cfg.use_lora and cfg.preference is nn.PreferenceConfig.DEFAULTS
+    # A saved config.yaml lists every key: read back, it is the same config.
+    again = read_config(yaml.safe_load(read_config(load_config_data("tiny")).to_yaml()))
+    assert again.lora == nn.LoraConfig() and again.grpo == nn.GrpoConfig()

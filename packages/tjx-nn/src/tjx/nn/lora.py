@@ -24,12 +24,9 @@ model with adapters merged; `save_peft` writes them as a PEFT adapter. `adapters
 model with its adapters zeroed (no copy of the weights): DPO's reference model.
 """
 
-# `setting()` returns dataclasses.field objects (with the metadata apps read).
-# ruff: noqa: RUF009
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -37,10 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tjx.core.config.values import positive, rate
-from tjx.core.fields import setting
 from tjx.nn.attention import Attention
 from tjx.nn.linear import Dense, LoRAAdapter
+from tjx.nn.lora_config import LORA_ROLES, LoraConfig
 from tjx.nn.mlp import MLP
 from tjx.nn.params import is_stacked
 
@@ -57,51 +53,8 @@ __all__ = [
     "projections",
 ]
 
-#: The logical roles a LoRA target may name.
-LORA_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 _ATTENTION = {"query": "q", "key": "k", "value": "v", "out": "o"}
 _MLP = {"fc_gate": "gate", "fc_in": "up", "fc_out": "down"}
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """Which projections get adapters, and their shape."""
-
-    rank: int = setting(8, help="rank r of each adapter (A is [in, r], B is [r, out])")
-    alpha: float = setting(16.0, help="the update is scaled by alpha / rank (PEFT's lora_alpha)")
-    dropout: float = setting(
-        0.0, resumable=True, help="dropout on an adapter's input while training"
-    )
-    targets: tuple[str, ...] = setting(
-        ("q", "k", "v", "o"),
-        help="projections by role: q, k, v, o, gate, up, down",
-        each_choices=LORA_ROLES,
-    )
-    rslora: bool = setting(False, help="scale by alpha / sqrt(rank) (rank-stabilised LoRA)")
-
-    def __post_init__(self) -> None:
-        positive("LoraConfig", "rank", self.rank)
-        if (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, int | float)
-            or self.alpha <= 0
-        ):
-            raise ValueError(f"LoraConfig.alpha must be a positive number; got {self.alpha!r}")
-        rate("LoraConfig", "dropout", self.dropout)
-        targets = tuple(self.targets) if isinstance(self.targets, list | tuple) else None
-        if not targets:
-            raise ValueError(f"LoraConfig.targets must name at least one of {LORA_ROLES}")
-        unknown = [t for t in targets if t not in LORA_ROLES]
-        if unknown:
-            raise ValueError(
-                f"LoraConfig.targets: {unknown} are not roles; choose from {LORA_ROLES}"
-            )
-        object.__setattr__(self, "targets", targets)
-
-    @property
-    def scale(self) -> float:
-        """The factor of ``A · B``: ``alpha / rank``, or ``alpha / √rank`` with ``rslora``."""
-        return float(self.alpha / (np.sqrt(self.rank) if self.rslora else self.rank))
 
 
 def projections(model: nnx.Module) -> Iterator[tuple[tuple[Any, ...], str, Dense]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from tjx.core.config.values import choice
 from tjx.core.fields import setting
@@ -118,6 +119,8 @@ class GrpoConfig:
     vespo_lambda_pos: float = setting(3.0, gt=0, help="vespo: the decay λ for A >= 0")
     vespo_k_neg: float = setting(3.0, min=0, help="vespo: the power k for A < 0")
     vespo_lambda_neg: float = setting(2.0, gt=0, help="vespo: the decay λ for A < 0")
+    #: The defaults, built once: what a config without ``grpo`` loss settings runs with.
+    DEFAULTS: ClassVar[GrpoConfig]
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # the numbers' bounds, from their metadata
@@ -190,3 +193,6 @@ def _check_number(f: dataclasses.Field[object], value: object) -> None:
     if not ok:
         null = " or null" if f.default is None else ""
         raise ValueError(f"GrpoConfig.{f.name} must be a number {rule}{null}; got {value!r}")
+
+
+GrpoConfig.DEFAULTS = GrpoConfig()

@@ -18,23 +18,19 @@ either side, are left out), as TRL's ``DPOTrainer`` averages. Rewards are ``β``
 log-ratio; margins their difference; accuracy the share of pairs whose chosen reward is higher.
 """
 
-# `setting()` returns dataclasses.field objects (with the metadata apps read).
-# ruff: noqa: RUF009
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from tjx.core.config.values import choice
-from tjx.core.fields import setting
 from tjx.kernels import chunked_cross_entropy
 from tjx.nn.decoder import DecoderLM
 from tjx.nn.lora import adapters_off, has_lora
 from tjx.nn.losses import target_logprobs
+from tjx.nn.preference.config import PREFERENCE_LOSSES, PreferenceConfig
 
 __all__ = [
     "PREFERENCE_LOSSES",
@@ -49,29 +45,6 @@ __all__ = [
 
 Array = jax.Array
 Batch = dict[str, Array]
-
-#: The preference losses by name.
-PREFERENCE_LOSSES = ("sigmoid", "ipo")
-
-
-@dataclass(frozen=True)
-class PreferenceConfig:
-    """How preference pairs train (`preference_loss`'s settings; the trainer's ``preference:``)."""
-
-    beta: float = setting(
-        0.1, gt=0, help="β: how strongly the policy is held to the reference (TRL's beta)"
-    )
-    loss_type: str = setting(
-        "sigmoid",
-        choices=PREFERENCE_LOSSES,
-        help="sigmoid (DPO) or ipo (IPO, per-token log-ratios)",
-    )
-
-    def __post_init__(self) -> None:
-        beta = self.beta
-        if isinstance(beta, bool) or not isinstance(beta, int | float) or not beta > 0:
-            raise ValueError(f"PreferenceConfig.beta must be a number > 0; got {beta!r}")
-        choice("PreferenceConfig", "loss_type", self.loss_type, PREFERENCE_LOSSES)
 
 
 class PreferenceOutput(NamedTuple):

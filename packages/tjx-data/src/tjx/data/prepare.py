@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tjx.data.bpe import load_tokenizer, train_bpe
 from tjx.data.cache import Staging, atomic_prepare, cache_root, staged
@@ -47,8 +48,21 @@ __all__ = [
 SPLITS = ("train", "validation")
 
 
+class SplitFolders:
+    """The folder of each prepared split: ``root / split`` for each split in ``indexes`` (shared
+    by the prepared shards and the prepared chat sequences, which lay their splits out alike)."""
+
+    root: Path
+    indexes: Mapping[str, Any]
+
+    @property
+    def dirs(self) -> dict[str, Path]:
+        """The folder of each split (what the loaders of its kind read)."""
+        return {split: self.root / split for split in self.indexes}
+
+
 @dataclass(frozen=True)
-class PreparedShards:
+class PreparedShards(SplitFolders):
     """The shards `prepare_shards` made or found.
 
     Attributes
@@ -71,11 +85,6 @@ class PreparedShards:
     root: Path
     indexes: Mapping[str, ShardIndex]
     held_out: bool
-
-    @property
-    def dirs(self) -> dict[str, Path]:
-        """The shard folder of each split (what `PackedLoader` and `validation_batches` read)."""
-        return {split: self.root / split for split in self.indexes}
 
     @property
     def tokens(self) -> dict[str, int]:

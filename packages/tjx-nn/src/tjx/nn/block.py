@@ -19,7 +19,7 @@ from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet
 from tjx.nn.kernel_choice import ModelAttention, layer_kind
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
-from tjx.nn.mlp import MLP
+from tjx.nn.mlp import MLP, model_mlp
 from tjx.nn.moe.layer import MoE, MoEStats, index_stats
 from tjx.nn.norm_config import filled
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
@@ -175,15 +175,8 @@ class Block(nnx.Module):
         self.mlp: MLP | None = (
             None
             if moe and not beside
-            else MLP(
-                c.d_model,
-                c.mlp.dim if shape is None else shape.mlp_dim,
-                rngs=rngs,
-                activation_name=c.mlp.activation,
-                use_bias=c.use_bias,
-                init_std=c.init.std,
-                out_std=out_std,
-                precision=c.precision,
+            else model_mlp(
+                c, c.mlp.dim if shape is None else shape.mlp_dim, rngs=rngs, out_std=out_std
             )
         )
         self.router_reads_residual = c.moe.router_input_norm  # the router reads the raw residual

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -302,6 +303,19 @@ class DecoderLM(nnx.Module):
             rngs=rngs,
         )
         return out
+
+    def on_batch(
+        self, batch: Mapping[str, Array], *, deterministic: bool = True, return_hidden: bool = False
+    ) -> Array:
+        """``__call__`` on a packed batch: its ``inputs``, and its ``positions`` and
+        ``segment_ids`` where it has them (``targets`` and any other key are not read)."""
+        return self(
+            batch["inputs"],
+            positions=batch.get("positions"),
+            segment_ids=batch.get("segment_ids"),
+            deterministic=deterministic,
+            return_hidden=return_hidden,
+        )
 
     def forward(
         self,

@@ -400,11 +400,7 @@ def _lm_outputs(
     if not isinstance(model, DecoderLM):
         allowed = ", ".join(m.__name__ for m in _MODELS)
         raise ValueError(f"no objective for a {type(model).__name__}; models: {allowed}")
-    out = model(
-        batch["inputs"],
-        positions=batch.get("positions"),
-        segment_ids=batch.get("segment_ids"),
-        deterministic=deterministic,
-        return_hidden=hidden,
+    return (
+        model.on_batch(batch, deterministic=deterministic, return_hidden=hidden),
+        batch["targets"],
     )
-    return out, batch["targets"]

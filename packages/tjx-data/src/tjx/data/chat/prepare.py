@@ -21,7 +21,7 @@ from tjx.data.cache import Staging, cache_root, staged
 from tjx.data.chat.encode import ChatEncoder
 from tjx.data.chat.store import KINDS, SequenceIndex, load_sequences, write_sequences
 from tjx.data.errors import DataError
-from tjx.data.prepare import SPLITS, needs_held_out, shard_key
+from tjx.data.prepare import SPLITS, SplitFolders, needs_held_out, shard_key
 from tjx.data.sources import is_local_source
 from tjx.data.sources.hub import hub_error, open_hub_dataset
 from tjx.data.sources.local import jsonl_rows, resolve_files
@@ -151,7 +151,7 @@ def _lazy(source: str, split: str) -> Rows:
 
 
 @dataclass(frozen=True)
-class PreparedSequences:
+class PreparedSequences(SplitFolders):
     """The encoded splits `prepare_chat_data` made or found.
 
     Attributes
@@ -171,11 +171,6 @@ class PreparedSequences:
     root: Path
     indexes: Mapping[str, SequenceIndex]
     held_out: bool
-
-    @property
-    def dirs(self) -> dict[str, Path]:
-        """The folder of each split (what `ChatLoader` and `PreferenceLoader` read)."""
-        return {split: self.root / split for split in self.indexes}
 
 
 def prepare_chat_data(

@@ -36,7 +36,7 @@ from flax import nnx
 
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.linear import Dense
-from tjx.nn.mlp import MLP, activation, gate_function
+from tjx.nn.mlp import activation, gate_function, model_mlp
 from tjx.nn.moe.config import expert_capacity, expert_mlp_dim, shared_mlp_dim
 from tjx.nn.moe.dispatch import FFN, ExpertWeights, capacity, dropless
 from tjx.nn.moe.parallel import current_expert_parallel
@@ -213,21 +213,7 @@ class MoE(nnx.Module):
         self.router = Router(c, rngs=rngs)
         self.experts = Experts(c, rngs=rngs, out_std=out_std)
         shared = shared_mlp_dim(c)
-        assert c.mlp.activation is not None  # the config filled it (its family's)
-        self.shared = (
-            MLP(
-                c.d_model,
-                shared,
-                rngs=rngs,
-                activation_name=c.mlp.activation,
-                use_bias=c.use_bias,
-                init_std=c.init.std,
-                out_std=out_std,
-                precision=c.precision,
-            )
-            if shared
-            else None
-        )
+        self.shared = model_mlp(c, shared, rngs=rngs, out_std=out_std) if shared else None
         self.shared_gate = (
             Dense(
                 (c.d_model,),

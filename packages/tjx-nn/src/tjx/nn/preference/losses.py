@@ -169,13 +169,7 @@ def sequence_logprobs(
         float32 ``[rows]`` sums and int32 ``[rows]`` counts (a row with none sums to 0).
     """
     targets = batch["targets"]
-    hidden = model(
-        batch["inputs"],
-        positions=batch.get("positions"),
-        segment_ids=batch.get("segment_ids"),
-        deterministic=deterministic,
-        return_hidden=True,
-    )
+    hidden = model.on_batch(batch, deterministic=deterministic, return_hidden=True)
     counts = jnp.sum(targets != -100, axis=-1, dtype=jnp.int32)
     if chunked:
         dt = model.config.precision.compute_dtype

@@ -8,6 +8,8 @@ NCCL, ... several GB) are for running kernels, not compiling them, and are left 
 (jax checks its version while tracing cuDNN attention) and ``ptxas`` (PTX to GPU code) are all
 it needs. Installs are atomic and serialised by a lock (tests-support's `target_install`), so
 tests in parallel batches share one copy; the cold install's seconds are kept beside it.
+`plan` runs one ``python -m trainer --plan`` there, and `check_preset_plan` holds a preset's
+plan to test_plan_deviceless's rules (that file and test_plan_deviceless_small share them).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def plan_env(env_dir: Path, tmp: Path, *more: Path) -> dict[str, str]:
         JAX_PLATFORMS="cpu",
         # Not the tests' compile-speed flags (pants.toml): the guard compiles what a user's --plan
         # compiles (with them, the v5e plans took 90 s in CI, 60 s without; load may play a part).
+        # They would not pay on an H100 either: llama_small's XLA plan took 85.6 CPU-s with LLVM
+        # at -O0, 89.7 without, ptxas included (2026-11-29, a loaded 2-core machine).
         XLA_FLAGS="--xla_force_host_platform_device_count=8",
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",

@@ -29,6 +29,10 @@ copy back) has its usual cost left (`COST`), else it is listed as skipped, never
 ``environment``
     (first, it is cheap) the device, driver, jax's CUDA libraries (cuDNN, cuBLAS, runtime:
     `environment.cuda_libraries`) and a measured matmul peak; PyTorch's in ``attention_vs_torch``.
+``ce_rows``
+    the loss head's row kernel (``cross_entropy_impl: pallas_rows``) compiled: correctness
+    against float64, then gpt2_small's head timed with it and with XLA's two passes (`ce_rows`;
+    no GPU has measured it: ``auto`` does not take it).
 ``search``
     ``--plan h100 --search``'s winner for llama_small (`SEARCH_CONFIG`, a config file as the
     search writes it) against the preset's step measured in ``steps``; the estimate's ratio
@@ -63,7 +67,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tjx_tools.gpu_suite import delta_rule, speculative, tokamax_parts, train_step, versus_torch
+from tjx_tools.gpu_suite import (
+    ce_rows,
+    delta_rule,
+    speculative,
+    tokamax_parts,
+    train_step,
+    versus_torch,
+)
 from tjx_tools.gpu_suite.report import Report, Section, fmt, md_table
 
 GPT2, LLAMA = "gpt2_small", "llama_small"
@@ -85,7 +96,8 @@ LLAMA_SMOKE = [*train_step.SMOKE_SETS, "model.num_kv_heads=1", "model.vocab_size
 #: What a cell usually costs on an H100 (compile + steps; a peer: torch.compile + steps): a cell
 #: starts only with that much of the budget left, so the call ends inside the device tool's limit.
 COST = {"step": 30.0, "profiled step": 40.0, "peer": 50.0, "8b step": 50.0, "attention": 80.0,
-        "gated delta": 45.0, "speculative": 30.0, "tokamax parts": 40.0}  # fmt: skip
+        "gated delta": 45.0, "speculative": 30.0, "tokamax parts": 40.0,
+        "ce rows": 40.0}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -215,6 +227,9 @@ def run_all(report: Report, smoke: bool, meta: dict[str, Any], out: Path) -> Non
     # What no GPU has measured yet comes before what the H200 call of 2026-11-28 measured (fp8,
     # the gated delta kernels: their timings are in the launch table already), so a call that
     # runs out of budget loses a repeat, not a first measurement.
+    with report.section("ce_rows") as sec:
+        if call.starts(sec, "the loss head's row kernel", "ce rows"):
+            ce_rows.run(sec, smoke, call.deadline(20.0))
     with report.section("search") as sec:
         run_search(call, sec, shape)
     with report.section("speculative") as sec:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tjx_tools.gpu_suite import (
+    ce_rows,
     environment,
     fold,
     one_call,
@@ -32,8 +33,8 @@ from tjx_tools.gpu_suite.report import Report
 from tjx_tools.gpu_suite.test_gpu_suite import REPO, smoke_run
 
 PEER_VENV = Path.home() / ".cache" / "tjx" / "torch-peer-venv" / "bin" / "python"
-SECTIONS = ["environment", "steps", "attention_vs_torch", "tokamax_parts", "search", "speculative",
-            "kernel_sets", "fp8", "gated_delta"]  # fmt: skip
+SECTIONS = ["environment", "steps", "attention_vs_torch", "tokamax_parts", "ce_rows", "search",
+            "speculative", "kernel_sets", "fp8", "gated_delta"]  # fmt: skip
 COMMAND = (
     "PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false tools/gpu_suite run --part all "
     "--out $OUT"
@@ -161,6 +162,31 @@ def test_the_gated_delta_kernels_are_checked_then_timed(run_all: tuple) -> None:
     check = sec["summary"]["check"]
     assert check["pass"] and check["worst"] < 1e-4 and check["pallas_vs_recurrence"] < 1e-3
     assert set(sec["summary"]["timings"]["gdelta-bf16"]) == {"xla", "pallas"}
+
+
+def test_the_loss_heads_row_kernel_is_checked_then_timed_beside_xla(run_all: tuple) -> None:
+    _, doc, _ = run_all
+    sec = doc["sections"]["ce_rows"]
+    checks = [r for r in sec["rows"] if r["kind"] == "check"]
+    assert [(r["impl"], r["z_loss"]) for r in checks] == [("xla", 0.0), ("pallas_rows", 0.0)]
+    assert all(max(r["loss"], r["dh"], r["dw"]) < 1e-5 for r in checks)  # interpreted, float32
+    assert set(sec["summary"]["timings"]["ce-bf16"]) == {"xla", "pallas_rows"}
+    assert "× XLA" in sec["markdown"]
+
+
+def test_a_wrong_row_kernel_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check can fail: a head whose gradient is off (the hidden states' doubled) is out."""
+    real = ce_rows.linear_cross_entropy
+
+    def doubled(h: Any, *a: Any, **kw: Any) -> Any:
+        out = real(h, *a, **kw)
+        if kw["implementation"] == "xla":
+            return out
+        return out._replace(loss=out.loss + jax.lax.stop_gradient(-out.loss) + out.loss)
+
+    monkeypatch.setattr(ce_rows, "linear_cross_entropy", doubled)
+    rows = ce_rows.check(smoke=True, seed=3)
+    assert [r["pass"] for r in rows] == [True, False]
 
 
 def test_the_search_winner_is_measured_against_its_preset(run_all: tuple) -> None:

@@ -67,7 +67,9 @@ def test_an_explicit_implementation_is_taken_and_a_bad_one_named():
     h, w = jnp.zeros((4, 8), jnp.bfloat16), jnp.zeros((8, 16), jnp.bfloat16)
     assert ce_implementation("pallas", h, w, Target("cpu")) == "pallas"
     assert ce_implementation("xla", h, w, H100) == "xla"
-    with pytest.raises(ValueError, match="must be one of auto, xla, pallas; got 'fused'"):
+    with pytest.raises(
+        ValueError, match="must be one of auto, xla, pallas, pallas_rows; got 'fused'"
+    ):
         ce_implementation("fused", h, w)
 
 

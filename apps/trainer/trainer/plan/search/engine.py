@@ -101,8 +101,11 @@ def evaluate(run: Config, target: Target, text: str) -> Outcome:
     calls = train.get("custom_calls")
     reads_loss = "cross_entropy_impl" not in type(run.model).unused_fields
     if reads_loss and run.model.cross_entropy_impl == "auto" and calls is not None:  # auto's: the
-        # fused loss is its own kernels (tjx_ce_fwd, _dx, _dw) in the compiled program
-        fitted["loss"] = "pallas" if any("tjx_ce" in name for name in calls) else "xla"
+        # fused loss is its own kernels (tjx_ce_fwd, _dx, _dw) in the compiled program, the row
+        # kernel's tjx_ce_rows
+        fused = any(name.startswith(("tjx_ce_fwd", "tjx_ce_dx", "tjx_ce_dw")) for name in calls)
+        rows = any(name.startswith("tjx_ce_rows") for name in calls)
+        fitted["loss"] = "pallas" if fused else ("pallas_rows" if rows else "xla")
     return Outcome(
         result.error,
         fitted,

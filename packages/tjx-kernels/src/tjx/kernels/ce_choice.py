@@ -16,6 +16,10 @@ estimated the way tjx-metrics' roofline counts a compiled program:
 At GPT-2 sizes the fused kernels' estimate is ~25x the chunked program's (every token tile
 re-reads the 77 MB unembedding), so without a measurement ``auto`` is XLA there: the kernel is
 used where a GPU has measured it faster, or by name. On CPUs and TPUs ``auto`` is XLA.
+
+``"pallas_rows"`` is the chunked XLA head with each chunk's row statistics and logits gradient
+in one Pallas kernel (`tjx.kernels.ce_rows`); ``auto`` takes it only where the launch table
+holds its measured timing (the GPU suite's ``ce rows`` cell), never by the byte estimate.
 """
 
 from __future__ import annotations
@@ -31,8 +35,13 @@ from tjx.kernels.costs import ce_cost
 from tjx.kernels.cross_entropy import HeadProducts, auto_chunk_size
 from tjx.kernels.launch import load_launch_tables, norm_kind
 
-#: ``cross_entropy_impl``: ``"xla"`` is `chunked_cross_entropy`, ``"pallas"`` the fused kernel.
-CE_IMPLEMENTATIONS = ("auto", "xla", "pallas")
+#: ``cross_entropy_impl``: ``"xla"`` is `chunked_cross_entropy`, ``"pallas"`` the fused kernel,
+#: ``"pallas_rows"`` the chunked one with its per-chunk passes in one kernel (`ce_rows`).
+CE_IMPLEMENTATIONS = ("auto", "xla", "pallas", "pallas_rows")
+#: The implementations a measured timing may rank (all but ``auto``).
+_MEASURED = CE_IMPLEMENTATIONS[1:]
+#: The kernels' names in a refusal.
+CE_KERNEL_NAMES = {"pallas": "fused (pallas)", "pallas_rows": "row-kernel (pallas_rows)"}
 _NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -69,7 +78,7 @@ def measured_ce_timings(device_kind: str, dtype: Any) -> dict[str, float]:
     for kind, table in load_launch_tables().items():
         if norm_kind(kind) == norm_kind(device_kind):
             times = table.timings.get(key, {})
-            found.update({k: v for k, v in times.items() if k in ("xla", "pallas")})
+            found.update({k: v for k, v in times.items() if k in _MEASURED})
     return found
 
 
@@ -105,29 +114,31 @@ def ce_implementation(
     softcap: float | None = None,
     products: HeadProducts | None = None,
 ) -> str:
-    """``"xla"`` or ``"pallas"`` for a call (``implementation`` one of `CE_IMPLEMENTATIONS`).
+    """``"xla"``, ``"pallas"`` or ``"pallas_rows"`` for a call (``implementation`` one of
+    `CE_IMPLEMENTATIONS`).
 
-    A soft-capped head (``softcap``, Gemma 2) is always ``"xla"``: the fused kernel does not cap
-    its logits, so ``auto`` never takes it and an explicit ``"pallas"`` is refused. So is a
-    head with its own ``products`` (a float8 head, ``tjx.nn.fp8.Fp8HeadProducts``): the fused
-    kernel multiplies in the operands' dtype only."""
+    A soft-capped head (``softcap``, Gemma 2) is always ``"xla"``: neither kernel caps its
+    logits, so ``auto`` never takes one and an explicit ``"pallas"`` or ``"pallas_rows"`` is
+    refused. So is a head with its own ``products`` (a float8 head,
+    ``tjx.nn.fp8.Fp8HeadProducts``): the fused kernel multiplies in the operands' dtype only, and
+    the row kernel writes its gradient in that dtype where the float8 head takes float32."""
     if implementation not in CE_IMPLEMENTATIONS:
         raise ValueError(
             f"cross-entropy implementation must be one of {', '.join(CE_IMPLEMENTATIONS)}; "
             f"got {implementation!r}"
         )
     if softcap is not None:
-        if implementation == "pallas":
+        if implementation in CE_KERNEL_NAMES:
             raise ValueError(
-                "the fused (pallas) cross-entropy does not soft-cap logits; a model with "
-                "final_logit_softcap needs cross_entropy_impl: xla (or auto)"
+                f"the {CE_KERNEL_NAMES[implementation]} cross-entropy does not soft-cap logits; "
+                "a model with final_logit_softcap needs cross_entropy_impl: xla (or auto)"
             )
         return "xla"
     if products is not None:
-        if implementation == "pallas":
+        if implementation in CE_KERNEL_NAMES:
             raise ValueError(
-                "the fused (pallas) cross-entropy has no float8 path; a float8 LM head "
-                "(precision.fp8_lm_head) needs cross_entropy_impl: xla (or auto)"
+                f"the {CE_KERNEL_NAMES[implementation]} cross-entropy has no float8 path; a "
+                "float8 LM head (precision.fp8_lm_head) needs cross_entropy_impl: xla (or auto)"
             )
         return "xla"
     if implementation != "auto":
@@ -155,6 +166,7 @@ def linear_cross_entropy(
 
     ``"xla"``: `tjx.kernels.chunked_cross_entropy` (``chunk_size`` applies); ``"pallas"``:
     `tjx.kernels.fused_cross_entropy` (compiled on a CUDA GPU, interpreted elsewhere);
+    ``"pallas_rows"``: the chunked one with ``row_kernel=True`` (the same settings apply);
     ``"auto"``: the module docstring's rule. Same arguments and result as both
     (`CrossEntropyOutput`). ``softcap`` (Gemma 2's final-logit cap) and ``logits_dtype`` (the
     dtype a chunk's logits are stored in) are chunked only: the fused kernel keeps its logits
@@ -182,4 +194,5 @@ def linear_cross_entropy(
         logits_dtype=logits_dtype,
         products=products,
         vocab_major=vocab_major,
+        row_kernel=choice == "pallas_rows",
     )

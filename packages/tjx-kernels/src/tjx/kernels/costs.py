@@ -44,6 +44,13 @@ and multiplies by its ``B_d`` rows of the unembedding:
 ``tjx_ce_dw``, grid (D / B_d, V / B_v): each program walks every token tile:
     reads   (D/B_d)(V/B_v)·(T/B_t)·((B_t·D + D·B_v + B_t·B_d)·I + 8·B_t + 8)
     writes  D·V·I       FLOPs   2·T·D·V·(D/B_d + 1)
+The chunked loss head's row kernels (`ce_rows`), one chunk's stored logits ``x [c, V]`` (item
+size ``I``) and their gradient (item size ``O``): a program sweeps its rows twice, and the
+second sweep is counted as a second read (no credit for L2, module end):
+``tjx_ce_rows`` (statistics and gradient):
+    reads   2·c·V·I + 4·c + 8        writes  c·V·O + 12·c
+``tjx_ce_rows_grad`` (the log-sum-exp given: one sweep):
+    reads   c·V·I + 8·c + 8          writes  c·V·O
 The gated delta rule's sequential kernels (`gated_delta_pallas`), grid (d_v / B_v, b, h), ``R``
 the chunked rows (chunks · padded chunk), ``n`` the chunks, ``I`` the item size: every program
 reads its head's ``[R, d_k]`` operands and decays whole and its own ``B_v`` columns of the rest,
@@ -85,7 +92,9 @@ __all__ = [
     "GATED_DELTA_KERNELS",
     "KERNELS",
     "STACKED_KERNELS",
+    "CE_ROWS_KERNELS",
     "ce_cost",
+    "ce_rows_cost",
     "custom_call_cost",
     "gated_delta_cost",
     "roofline_costs",
@@ -101,6 +110,8 @@ STACKED_KERNELS = {
     "tjx_flash_qkv_bwd_dkdv": "tjx_flash_bwd_dkdv",
 }
 CE_KERNELS = ("tjx_ce_fwd", "tjx_ce_dx", "tjx_ce_dw")
+#: The chunked head's row kernels (`ce_rows`): how many sweeps of the logits each makes.
+CE_ROWS_KERNELS = {"tjx_ce_rows": 2, "tjx_ce_rows_grad": 1}
 #: The gated delta rule's kernels (`gated_delta_pallas`) → the operands every program of a
 #: head reads whole (its ``[R, d_k]`` operands and decays; the rest it reads by its columns).
 GATED_DELTA_KERNELS = {"tjx_gdelta_fwd_h": (0, 2, 3), "tjx_gdelta_bwd_dh": (0, 1, 2, 5)}
@@ -156,6 +167,8 @@ def custom_call_cost(
     """
     if kernel in CE_KERNELS and len(operands) >= 3:
         return ce_cost(kernel, grid, operands)
+    if kernel in CE_ROWS_KERNELS and len(operands) >= 3 and results:
+        return ce_rows_cost(kernel, operands, results)
     if kernel in GATED_DELTA_KERNELS and len(operands) == 7 - 2 * (kernel == "tjx_gdelta_fwd_h"):
         return gated_delta_cost(kernel, grid, operands, results)
     if kernel in STACKED_KERNELS and len(operands) >= 3 and results:
@@ -365,6 +378,21 @@ def ce_cost(
     tile = (bt * d + d * bv + bt * bd) * item + 8 * bt + 8
     read = (d // bd) * (v // bv) * (t // bt) * tile
     return {dtype: products * (d // bd + 1)}, float(read), float(d * v * item)
+
+
+def ce_rows_cost(
+    kernel: str, operands: Sequence[Shape], results: Sequence[Shape]
+) -> tuple[dict[str, float], float, float]:
+    """``(FLOPs by dtype, bytes read, bytes written)`` of one launch of a row kernel
+    (``operands``: ``x [c, V], labels [c], g [2][, lse [c]]``; ``results`` end with the
+    gradient ``[c, V]``; formulas above). No matmul FLOPs: the exponentials are not counted."""
+    (dtype, (c, v)), (out_dtype, _) = operands[0], results[-1]
+    rows, cols = int(c), int(v)
+    logits = rows * cols
+    read = CE_ROWS_KERNELS[kernel] * logits * _ITEM.get(dtype, 4) + 8
+    read += 4 * rows * (len(operands) - 2)  # the labels, and the given log-sum-exp
+    written = logits * _ITEM.get(out_dtype, 4) + 4 * rows * (len(results) - 1)
+    return {}, float(read), float(written)
 
 
 def gated_delta_cost(

@@ -24,6 +24,12 @@ overhead. Each chunk's log-sum-exp and argmax come from one pass over its logits
 
 With ``softcap`` (Gemma 2's final-logit cap) each chunk's logits are ``cap · tanh(x / cap)``
 before `row_stats`, and the gradient through them carries the cap's derivative ``1 - t²``.
+
+With ``row_kernel=True`` (opt-in) each chunk's statistics and logits gradient under
+differentiation come from one Pallas kernel over its stored logits (`tjx.kernels.ce_rows`)
+instead of XLA's reduction and elementwise pass (two launches a chunk); the z-loss backward's
+gradient pass takes it too (given the saved log-sum-exp). The forward without differentiation
+(evaluation) stays XLA's one reduction.
 """
 
 from __future__ import annotations
@@ -296,6 +302,16 @@ def _dlogits(logits: Array, labels: Array, lse: Array, g_ce: Array, g_z: Array) 
     return jnp.where(labels[:, None] >= 0, out, 0.0)
 
 
+def _row_kernel_grad(
+    y: Array, labels: Array, g: Array, out_dtype: Any, lse: Array | None = None
+) -> tuple[Array, Array, Array, Array]:
+    """`tjx.kernels.ce_rows.ce_rows` of one chunk's stored logits ``y`` (imported here: Pallas
+    only when a head asks for it)."""
+    from tjx.kernels.ce_rows import ce_rows
+
+    return ce_rows(y, labels, g, out_dtype, lse=lse)
+
+
 def _sums_fwd_impl(
     hc: Array,
     w: Array,
@@ -323,6 +339,7 @@ def _sums_and_grads(
     softcap: float | None,
     stored: Any,
     products: HeadProducts,
+    row_kernel: bool = False,
 ) -> tuple[Sums, Array, Array]:
     """The sums and, in the same pass over the chunks, d(sum of CE)/d(hc, w).
 
@@ -330,9 +347,22 @@ def _sums_and_grads(
     gradient is known up to the scalar cotangent before the backward pass starts: forming it
     here, while each chunk's logits exist anyway, saves the backward's recomputation of every
     chunk's logits (one of the head's four ``[tokens, d] x [d, vocab]`` products per step;
-    Liger-Kernel's fused linear cross-entropy does the same on GPUs).
+    Liger-Kernel's fused linear cross-entropy does the same on GPUs). ``row_kernel``: each
+    chunk's statistics and gradient by `_row_kernel_grad` (no soft-cap).
     """
     one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
+
+    def kernel_step(carry: tuple[Acc, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
+        acc, dw = carry
+        h_c, (valid, safe) = xs[0], _unpack(xs[1])
+        y, res = products.forward(h_c, w, stored)  # read as stored: the kernel upcasts
+        dlabels = jnp.where(valid, safe, -1)  # the kernel zeroes the rows of ignored tokens
+        out_dtype = jnp.promote_types(h_c.dtype, w.dtype)
+        g = jnp.stack([one, zero])
+        lse, top, pick, dlogits = _row_kernel_grad(y, dlabels, g, out_dtype)
+        ce = jnp.where(valid, lse - pick, 0.0)
+        dh, dw_c = products.backward(res, dlogits)
+        return (_add_acc(acc, ce, lse, valid, valid & (top == safe)), dw + dw_c), dh
 
     def step(carry: tuple[Acc, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
         acc, dw = carry
@@ -345,11 +375,12 @@ def _sums_and_grads(
         return (_add_acc(acc, ce, lse, valid, correct), dw + dw_c), dh
 
     start = (_zero_acc(lc.shape[1]), jnp.zeros(w.shape, jnp.float32))
-    (acc, dw), dh = jax.lax.scan(step, start, (hc, _labels(lc, ignore_index)))
+    body = kernel_step if row_kernel else step
+    (acc, dw), dh = jax.lax.scan(body, start, (hc, _labels(lc, ignore_index)))
     return _total(acc), dh, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
 def _ce_sums(
     hc: Array,
     w: Array,
@@ -359,12 +390,14 @@ def _ce_sums(
     softcap: float | None,
     stored: Any,
     products: HeadProducts,
+    row_kernel: bool,
 ) -> Sums:
     """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``.
 
     ``fused``: the caller differentiates the sum of CE only (no z-loss), so the forward pass
-    under differentiation also forms its gradient (`_sums_and_grads`)."""
-    del fused
+    under differentiation also forms its gradient (`_sums_and_grads`). ``row_kernel``: the
+    gradient's per-chunk passes are `tjx.kernels.ce_rows`'s kernel."""
+    del fused, row_kernel
     sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored, products)
     return sums
 
@@ -378,9 +411,12 @@ def _ce_sums_fwd(
     softcap: float | None,
     stored: Any,
     products: HeadProducts,
+    row_kernel: bool,
 ) -> tuple[Sums, tuple[Array, ...]]:
     if fused:
-        sums, dh, dw = _sums_and_grads(hc, w, lc, ignore_index, softcap, stored, products)
+        sums, dh, dw = _sums_and_grads(
+            hc, w, lc, ignore_index, softcap, stored, products, row_kernel
+        )
         # Empty arrays carry the inputs' dtypes to the backward (residuals are arrays only).
         return sums, (dh, dw, jnp.zeros((0,), hc.dtype), jnp.zeros((0,), w.dtype))
     sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored, products)
@@ -393,6 +429,7 @@ def _ce_sums_bwd(
     softcap: float | None,
     stored: Any,
     products: HeadProducts,
+    row_kernel: bool,
     res: tuple[Array, ...],
     cts: Sums,
 ) -> tuple[Array, Array, None]:
@@ -411,7 +448,18 @@ def _ce_sums_bwd(
         dh, dw_c = products.backward(fwd, dlogits)
         return dw + dw_c, dh.astype(hc.dtype)
 
-    dw, dh = jax.lax.scan(step, jnp.zeros(w.shape, jnp.float32), (hc, lc, lsec))
+    def kernel_step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
+        h_c, l_c, lse_c = xs
+        y, fwd = products.forward(h_c, w, stored)
+        labels = jnp.where(l_c != ignore_index, l_c, -1)
+        out_dtype = jnp.promote_types(h_c.dtype, w.dtype)
+        g = jnp.stack([g_ce, g_z])
+        dlogits = _row_kernel_grad(y, labels, g, out_dtype, lse=lse_c)[3]
+        dh, dw_c = products.backward(fwd, dlogits)
+        return dw + dw_c, dh.astype(hc.dtype)
+
+    body = kernel_step if row_kernel else step
+    dw, dh = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (hc, lc, lsec))
     return dh, dw.astype(w.dtype), None
 
 
@@ -452,6 +500,7 @@ def chunked_cross_entropy(
     logits_dtype: Any = None,
     products: HeadProducts | None = None,
     vocab_major: bool = False,
+    row_kernel: bool = False,
 ) -> CrossEntropyOutput:
     """Cross-entropy of ``hidden @ unembedding`` against ``labels`` without full logits.
 
@@ -490,6 +539,11 @@ def chunked_cross_entropy(
         The unembedding is given as ``[vocab, d_model]`` (a tied token table as stored; its
         gradient comes back in that layout): the products read it transposed where they run
         (`VocabMajor`), so no transposed copy of it is written.
+    row_kernel : bool
+        Under differentiation, each chunk's row statistics and logits gradient come from one
+        Pallas kernel over its stored logits (`tjx.kernels.ce_rows`: compiled by Triton on a
+        CUDA GPU, interpreted elsewhere) instead of XLA's two passes; not with ``softcap``.
+        Opt-in: no GPU has measured it.
 
     Returns
     -------
@@ -504,6 +558,11 @@ def chunked_cross_entropy(
     if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
     check_softcap(softcap)
+    if row_kernel and softcap is not None:
+        raise ValueError(
+            "the row kernel (row_kernel=True) does not soft-cap logits; a capped head needs "
+            "row_kernel=False"
+        )
     stored = jnp.dtype(jnp.float32 if logits_dtype is None else logits_dtype)
     if not jnp.issubdtype(stored, jnp.floating):
         raise ValueError(f"`logits_dtype` must be a floating dtype; got {stored}")
@@ -529,7 +588,7 @@ def chunked_cross_entropy(
     if vocab_major:
         dots = VocabMajor(dots)
     s_ce, s_z, n_tok, n_ok = _ce_sums(
-        hc, unembedding, lc, int(ignore_index), fused, cap, stored, dots
+        hc, unembedding, lc, int(ignore_index), fused, cap, stored, dots, bool(row_kernel)
     )
     denom = jnp.maximum(n_tok, 1).astype(jnp.float32)
     loss = (s_ce + jnp.float32(z_loss) * s_z) / denom

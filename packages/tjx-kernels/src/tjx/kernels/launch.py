@@ -188,7 +188,7 @@ def device_kind_of_default_device() -> str | None:
 
 
 _TABLE_KEYS = {"source", "entries", "timings"}
-_KERNELS = ("xla", "cudnn", "pallas", "tokamax")
+_KERNELS = ("xla", "cudnn", "pallas", "tokamax", "pallas_rows")  # the last: cross-entropy only
 
 
 def _checked_timings(data: Any, at: str) -> Mapping[str, Mapping[str, float]]:

@@ -60,7 +60,8 @@ from tjx.nn.precision import Precision, as_precision
 
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
-#: The vocabulary head's loss: chunked XLA or the fused Pallas kernel (tjx.kernels.ce_choice).
+#: The vocabulary head's loss: chunked XLA, the fused Pallas kernel, or the chunked one with its
+#: per-chunk passes in one Pallas kernel (tjx.kernels.ce_choice).
 CE_IMPLS: tuple[str, ...] = CE_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 #: The component sections of a model config (their own config classes): a setting in one is named
@@ -174,7 +175,8 @@ class TransformerConfig:
         "auto",
         choices=CE_IMPLS,
         resumable=True,
-        help="the vocabulary head's loss: xla (chunked), pallas (fused kernel); auto: by evidence",
+        help="the vocabulary head's loss: xla (chunked), pallas (fused kernel), pallas_rows "
+        "(chunked, one row kernel a chunk); auto: by evidence",
     )
     scan_layers: bool = setting(False, help="one scan over the layers (stacked): faster compiles")
     remat: str = setting(

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from tjx.core.config.values import choice, positive, positive_float
+from tjx.kernels.ce_choice import CE_KERNEL_NAMES
 from tjx.nn.config_keys import setting_default, setting_value
 from tjx.nn.family_config import DECODER_NORM_POSITIONS
 from tjx.nn.gated_deltanet import DELTA_SIZES
@@ -218,10 +219,11 @@ def check_family(config: Any, cls: str) -> None:
         )
     check_sinks(config, cls)
     check_rope_fraction(config, cls)
-    if config.final_logit_softcap is not None and config.cross_entropy_impl == "pallas":
+    impl = config.cross_entropy_impl
+    if config.final_logit_softcap is not None and impl in CE_KERNEL_NAMES:
         raise ValueError(
-            f"{cls}.cross_entropy_impl 'pallas' cannot soft-cap the output logits "
-            f"(final_logit_softcap {config.final_logit_softcap}): the fused kernel has no soft "
+            f"{cls}.cross_entropy_impl '{impl}' cannot soft-cap the output logits "
+            f"(final_logit_softcap {config.final_logit_softcap}): the kernel has no soft "
             "cap; use 'auto' (which then takes the chunked XLA loss) or 'xla'"
         )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tjx.kernels.ce_choice import CE_KERNEL_NAMES
+
 
 def check_fp8(config: Any, cls: str) -> None:
     """``precision.matmul="fp8"`` only where every linear product can take it: a `Dense`
@@ -40,8 +42,8 @@ def check_fp8_lm_head(config: Any, cls: str) -> None:
             f"{key}: the head is the token embedding table (tie_embeddings=True), which stays in "
             "the compute dtype; set tie_embeddings=False or fp8_lm_head=False"
         )
-    if config.cross_entropy_impl == "pallas":
+    if config.cross_entropy_impl in CE_KERNEL_NAMES:
         raise ValueError(
-            f"{key}: the fused (pallas) cross-entropy has no float8 path; set "
-            "cross_entropy_impl='xla' (or 'auto') or fp8_lm_head=False"
+            f"{key}: the {CE_KERNEL_NAMES[config.cross_entropy_impl]} cross-entropy has no "
+            "float8 path; set cross_entropy_impl='xla' (or 'auto') or fp8_lm_head=False"
         )

@@ -76,6 +76,7 @@ def model_norm(config: TransformerConfig, *, rngs: nnx.Rngs) -> LayerNorm | RMSN
         use_bias=c.use_bias,
         precision=c.precision,
         plus_one=c.norm.plus_one,
+        impl=c.norm.impl,
     )
 
 
@@ -184,6 +185,7 @@ class Block(nnx.Module):
                 init_std=c.init.std,
                 out_std=out_std,
                 precision=c.precision,
+                impl=c.mlp.impl,
             )
         )
         self.router_reads_residual = c.moe.router_input_norm  # the router reads the raw residual

@@ -257,6 +257,17 @@ def load_launch_tables(path: str | os.PathLike[str] | None = None) -> Mapping[st
     return _read_tables(chosen)
 
 
+def measured_bucket(bucket: str, device_kind: str, kernels: tuple[str, ...]) -> dict[str, float]:
+    """Kernel → measured milliseconds in the timings ``bucket`` of ``device_kind``'s tables (only
+    ``kernels``; empty when nothing was measured)."""
+    found: dict[str, float] = {}
+    for kind, table in load_launch_tables().items():
+        if norm_kind(kind) == norm_kind(device_kind):
+            times = table.timings.get(bucket, {})
+            found.update({k: v for k, v in times.items() if k in kernels})
+    return found
+
+
 def clear_launch_cache() -> None:
     """Forget every launch-table file read so far (the next lookup reads the file again)."""
     _read_tables.cache_clear()

@@ -33,7 +33,7 @@ from tjx.kernels.choice import (
     current_target,
     installed,
 )
-from tjx.kernels.launch import dtype_name, load_launch_tables, norm_kind
+from tjx.kernels.launch import dtype_name, measured_bucket
 
 __all__ = [
     "GLU_ACTIVATIONS",
@@ -145,14 +145,7 @@ def measured_layer_timings(layer: str, device_kind: str, dtype: Any) -> dict[str
     ``device_kind`` for inputs of ``dtype`` (the launch table's ``<layer>-<dtype>`` bucket;
     empty when nothing was measured)."""
     name = dtype_name(dtype)
-    found: dict[str, float] = {}
-    if name is None:
-        return found
-    for kind, table in load_launch_tables().items():
-        if norm_kind(kind) == norm_kind(device_kind):
-            times = table.timings.get(f"{layer}-{name}", {})
-            found.update({k: v for k, v in times.items() if k in _MEASURED})
-    return found
+    return {} if name is None else measured_bucket(f"{layer}-{name}", device_kind, _MEASURED)
 
 
 def layer_auto(

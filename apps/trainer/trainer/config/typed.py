@@ -184,6 +184,9 @@ class Config(_SectionViews):
         return dataclasses.replace(self, model=step.model, optimizer=step.optimizer)
 
 
+#: The model settings that name kernels, at XLA: a model built on no device (its abstract state,
+#: whose shapes no kernel changes) is refused nothing a fused kernel needs a GPU for.
+XLA_KERNELS: dict[str, str] = {"attention_impl": "xla", "norm.impl": "xla", "mlp.impl": "xla"}
 #: Model settings the attention kernels do not read: a `StepConfig` changed only in these keeps
 #: its resolved ``attention`` (`StepConfig.with_model`).
 KERNEL_BLIND = frozenset({"remat"})
@@ -279,12 +282,12 @@ def step_config(cfg: Config) -> StepConfig:
 
 
 def _with_model(cfg: _C, changes: Mapping[str, Any]) -> _C:
-    """``cfg`` (a `Config` or `StepConfig`) with model settings ``changes``; itself if none
-    changes a value."""
-    if all(getattr(cfg.model, k) == v for k, v in changes.items()):
+    """``cfg`` (a `Config` or `StepConfig`) with model settings ``changes`` (a section's by its
+    dotted key, ``"norm.impl"``); itself if none changes a value."""
+    if all(nn.setting_value(cfg.model, k) == v for k, v in changes.items()):
         return cfg
     with reworded(_words(type(cfg.model), "model")):
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
+        return dataclasses.replace(cfg, model=cfg.model.replace(**changes))
 
 
 SCHEMA = schema_of(Config)

@@ -30,7 +30,14 @@ from trainer.config.grpo_settings import is_grpo
 from trainer.config.schema import ConfigError, keyed
 from trainer.config.seams import Record
 from trainer.config.settings import load_config
-from trainer.config.typed import Config, StepConfig, resolve, step_config, units_per_step
+from trainer.config.typed import (
+    XLA_KERNELS,
+    Config,
+    StepConfig,
+    resolve,
+    step_config,
+    units_per_step,
+)
 from trainer.plan import rollout_plan
 from trainer.plan.memory_fit import Say, lighter, resolve_kernel
 from trainer.plan.plan_report import PlanResult, local_target, open_target, plan_report
@@ -350,7 +357,7 @@ def state_floor(step: StepConfig, target: Target, text: str, name: str) -> PlanR
     fit (the compile and the memory fit decide)."""
     # The state's shapes do not depend on the attention kernel: built with XLA's, which any
     # target runs, so the kernel's own checks stay where the plan chooses it.
-    state = abstract_state(step.with_model(attention_impl="xla")).state
+    state = abstract_state(step.with_model(**XLA_KERNELS)).state
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
     total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
     need = metrics.devices_for_bytes(total, target.device)

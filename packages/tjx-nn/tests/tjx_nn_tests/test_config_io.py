@@ -144,8 +144,9 @@ def test_a_model_json_of_tjx_0_1_loads():
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}
     # The init and MLP settings as their sections (their flat keys moved in).
     newer["init"] = {"std": 0.02, "scaled_residual": False}
-    newer["mlp"] = {"dim": 64, "activation": "swiglu"}
+    newer["mlp"] = {"dim": 64, "activation": "swiglu", "impl": "auto"}
     newer["norm"] = {"kind": "rmsnorm", "eps": 1e-06, "position": "pre", "plus_one": False}
+    newer["norm"] |= {"impl": "auto"}  # who runs them (#68), at its default
     moved = ("kv_latent_dim", "init_std", "scaled_residual_init", "mlp_dim", "mlp_activation")
     moved += ("norm", "norm_eps", "norm_position")
     # The position settings as their section (its flat keys moved in; rope_scaling,

@@ -34,7 +34,7 @@ from tjx.metrics import GIB
 from tjx.metrics.memory import budget_bytes
 from tjx.nn import REMAT_POLICIES, check_sequence_split
 from tjx.nn.precision import MATMULS
-from trainer.config.typed import Config, step_config
+from trainer.config.typed import XLA_KERNELS, Config, step_config
 from trainer.step.state import abstract_state
 
 __all__ = [
@@ -171,8 +171,8 @@ def _fp8_refusal(run: Config, device: Any) -> str | None:
 
 def state_bytes(run: Config) -> int:
     """Bytes of the parameters and optimizer state of ``run``'s train state, on no device."""
-    # The state does not depend on the attention kernel; a fused one is refused off its device
-    state = abstract_state(step_config(run.with_model(attention_impl="xla"))).state
+    # The state does not depend on the kernels; a fused one is refused off its device
+    state = abstract_state(step_config(run.with_model(**XLA_KERNELS))).state
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
 
 
@@ -181,7 +181,7 @@ def gradient_bytes(run: Config) -> int:
     counted with LoRA, whose adapters' gradients are small beside the frozen base)."""
     if run.use_lora:
         return 0
-    state = abstract_state(step_config(run.with_model(attention_impl="xla"))).state
+    state = abstract_state(step_config(run.with_model(**XLA_KERNELS))).state
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.param_tree())))
 
 

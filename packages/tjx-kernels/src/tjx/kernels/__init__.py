@@ -54,6 +54,7 @@ from tjx.kernels.gated_delta import (
     gated_delta_step,
 )
 from tjx.kernels.launch import LaunchDefaults, default_launch
+from tjx.kernels.layer_kernels import LAYER_IMPLEMENTATIONS, layer_auto, resolve_glu, resolve_norm
 from tjx.kernels.mask import AttentionMask
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
@@ -75,6 +76,7 @@ __all__ = [
     "BLOCK_IMPLEMENTATIONS",
     "CE_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
+    "LAYER_IMPLEMENTATIONS",
     "AttentionKernel",
     "AttentionMask",
     "AutoChoice",
@@ -109,11 +111,14 @@ __all__ = [
     "flash_attention_qkv",
     "fused_cross_entropy",
     "kernel_order",
+    "layer_auto",
     "linear_cross_entropy",
     "out_of_memory",
     "reads_stacked_qkv",
     "reference_attention",
     "resolve_attention",
+    "resolve_glu",
+    "resolve_norm",
     "roofline_costs",
     "soft_cap",
     "target",

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from tjx.kernels.choice import AutoChoice, Target, current_target
-from tjx.kernels.launch import dtype_name, load_launch_tables, norm_kind
+from tjx.kernels.launch import dtype_name, measured_bucket
 
 __all__ = [
     "GATED_DELTA_IMPLEMENTATIONS",
@@ -224,14 +224,7 @@ def measured_delta_timings(device_kind: str, dtype: Any) -> dict[str, float]:
     """Implementation → measured forward+backward ms of the rule on ``device_kind`` for inputs of
     ``dtype`` (the launch table's ``gdelta-<dtype>`` bucket; empty when nothing was measured)."""
     name = dtype_name(dtype)
-    found: dict[str, float] = {}
-    if name is None:
-        return found
-    for kind, table in load_launch_tables().items():
-        if norm_kind(kind) == norm_kind(device_kind):
-            times = table.timings.get(f"gdelta-{name}", {})
-            found.update({k: v for k, v in times.items() if k in _MEASURED})
-    return found
+    return {} if name is None else measured_bucket(f"gdelta-{name}", device_kind, _MEASURED)
 
 
 def gated_delta_auto(t: Target | None = None, dtype: Any = jnp.bfloat16) -> AutoChoice:

@@ -39,6 +39,9 @@ CE_KEY = re.compile(r"ce-(bf16|fp16|fp32)")
 #: Timings of the gated delta rule's sequential part (``tjx.kernels.gated_delta``: the scan
 #: against the Pallas kernels, forward and backward): one bucket per input dtype.
 GDELTA_KEY = re.compile(r"gdelta-(bf16|fp16|fp32)")
+#: Timings of the norms and the gated linear unit (``tjx.kernels.layer_kernels``: XLA against
+#: tokamax's kernels, forward and backward): one bucket per layer and input dtype.
+LAYER_KEY = re.compile(r"(norm|glu)-(bf16|fp16|fp32)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,12 +204,14 @@ def _checked_timings(data: Any, at: str) -> Mapping[str, Mapping[str, float]]:
             k in _KERNELS and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
             for k, v in times.items()
         )
-        bucket = _KEY.fullmatch(key) or CE_KEY.fullmatch(key) or GDELTA_KEY.fullmatch(key)
+        keys = (_KEY, CE_KEY, GDELTA_KEY, LAYER_KEY)
+        bucket = any(pattern.fullmatch(key) for pattern in keys)
         if not bucket or not ok:
             raise ValueError(
                 f"{at}, timings {key!r}: want '<bf16|fp16|fp32>-<64|128|256>' (attention), "
-                f"'ce-<bf16|fp16|fp32>' (cross-entropy) or 'gdelta-<bf16|fp16|fp32>' (the gated "
-                f"delta rule) → {{kernel ({', '.join(_KERNELS)}): milliseconds > 0}}"
+                f"'ce-<bf16|fp16|fp32>' (cross-entropy), 'gdelta-<bf16|fp16|fp32>' (the gated "
+                f"delta rule) or '<norm|glu>-<bf16|fp16|fp32>' (the norms, the gated linear "
+                f"unit) → {{kernel ({', '.join(_KERNELS)}): milliseconds > 0}}"
             )
         out[key] = MappingProxyType({k: float(v) for k, v in times.items()})
     return MappingProxyType(out)
@@ -250,6 +255,17 @@ def load_launch_tables(path: str | os.PathLike[str] | None = None) -> Mapping[st
     """
     chosen = os.fspath(path) if path is not None else os.environ.get(ENV_VAR) or None
     return _read_tables(chosen)
+
+
+def measured_bucket(bucket: str, device_kind: str, kernels: tuple[str, ...]) -> dict[str, float]:
+    """Kernel → measured milliseconds in the timings ``bucket`` of ``device_kind``'s tables (only
+    ``kernels``; empty when nothing was measured)."""
+    found: dict[str, float] = {}
+    for kind, table in load_launch_tables().items():
+        if norm_kind(kind) == norm_kind(device_kind):
+            times = table.timings.get(bucket, {})
+            found.update({k: v for k, v in times.items() if k in kernels})
+    return found
 
 
 def clear_launch_cache() -> None:

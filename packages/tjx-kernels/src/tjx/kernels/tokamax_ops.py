@@ -1,4 +1,7 @@
-"""OpenXLA's tokamax attention as a tjx kernel: the one module of tjx-kernels that imports tokamax.
+"""OpenXLA's tokamax kernels in tjx: the one module of tjx-kernels that imports tokamax.
+
+Attention (below), and the norms and gated linear unit of ``norm.impl``/``mlp.impl: tokamax``
+(`tokamax_norm`, `tokamax_glu`; their rule is :mod:`tjx.kernels.layer_kernels`').
 
 tokamax (PyPI, Apache 2.0) ships Pallas **Mosaic GPU** flash attention for sm90 (Hopper) and
 sm100 (Blackwell), forward and backward, with a causal backward in bfloat16 (jax's own
@@ -54,6 +57,7 @@ from tjx.kernels.choice import (  # the rule lives with the other kernels' (no t
     installed,
     tokamax_reason,
 )
+from tjx.kernels.layer_kernels import GLU_ACTIVATIONS
 from tjx.kernels.mask import AttentionMask
 from tjx.kernels.reference import attention_mask, rows_seeing_a_key, zero_unseen_rows
 
@@ -68,6 +72,8 @@ __all__ = [
     "installed",
     "load",
     "tokamax_attention",
+    "tokamax_glu",
+    "tokamax_norm",
     "tokamax_reason",
 ]
 
@@ -152,7 +158,9 @@ def cross_lowering_hooks() -> None:
     answer yes) and, once, wraps tokamax's private ``gpu_utils._compute_capability`` so that a
     question about the default device answers with the target's capability: tokamax picks its
     sm90 or sm100 kernel (and refuses others) by the host's device, which here is the CPU, and
-    has no public way to be told the target's. Private, so here only (tokamax==0.0.12).
+    has no public way to be told the target's; the question about a named host device (an
+    op's ``supported_on``, e.g. the gated linear unit's) gets the same answer. Private, so here
+    only (tokamax==0.0.12).
     """
     global _HOOKED
     t = current_target()
@@ -169,7 +177,10 @@ def cross_lowering_hooks() -> None:
 
     def capability(device: Any = None) -> float | None:
         target = current_target()
-        cross = device is None and target.cuda and jax.default_backend() != "gpu"
+        # The host's own device stands for the target too: tokamax's ops check the device their
+        # arguments live on (``supported_on``), which while cross-lowering is the CPU.
+        host = device is None or getattr(device, "platform", "gpu") != "gpu"
+        cross = host and target.cuda and jax.default_backend() != "gpu"
         if cross and target.compute_capability is not None:
             major, minor = target.compute_capability
             return float(f"{major}.{minor}")
@@ -251,3 +262,102 @@ def tokamax_attention(
     )
     visible = _visible_rows(shapes, mask.replace(kv_lengths=lengths))
     return zero_unseen_rows(out.astype(q.dtype), visible)
+
+
+#: tokamax's names of its norm and gated linear unit GPU kernels (0.0.12: no Mosaic GPU norm).
+NORM_KERNEL = "triton"
+GLU_KERNEL = "mosaic"
+#: The gated linear unit's row tile (the Mosaic GPU kernel's heuristic ``tile_m``): rows are
+#: padded to a multiple of it (a decoding step's few rows; training's batch · seq already is).
+GLU_ROWS = 128
+
+
+def tokamax_norm(
+    x: Array,
+    scale: Array,
+    bias: Array | None,
+    *,
+    eps: float,
+    rms: bool,
+    out_dtype: Any,
+    implementation: str = NORM_KERNEL,
+) -> Array:
+    """LayerNorm (RMSNorm with ``rms``) of ``x`` ``[..., d]`` through ``tokamax.layer_norm``.
+
+    Parameters
+    ----------
+    x : Array
+        The input ``[..., d]``.
+    scale, bias : Array
+        ``[d]`` (``bias`` None: none; RMSNorm has none). Gemma's ``1 + w`` is the caller's.
+    eps : float
+        Added to the variance (mean square).
+    rms : bool
+        RMSNorm (no centring): tokamax's ``subtract_mean=False``.
+    out_dtype
+        The output dtype (the compute dtype): tokamax returns ``x``'s, cast once here.
+    implementation : str
+        ``"triton"``, tokamax's GPU kernel (what ``norm.impl: tokamax`` runs, forward and
+        backward), or ``"xla"``, its reference path (the CPU tests).
+
+    Returns
+    -------
+    Array
+        ``x̂ · scale (+ bias)`` in ``out_dtype``, statistics in float32 (float64 stays).
+    """
+    tokamax = load()
+    if implementation != "xla":
+        cross_lowering_hooks()
+    y = tokamax.layer_norm(
+        x, scale, bias, epsilon=eps, subtract_mean=not rms, implementation=implementation
+    )
+    return y.astype(out_dtype)  # type: ignore[no-any-return]
+
+
+def gelu_tanh(x: Array) -> Array:
+    """GELU's tanh form (GeGLU's, tjx's ``gelu``): a named function, since tokamax writes its
+    op's arguments, the activation among them, into the program as JSON (a partial cannot be)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def tokamax_glu(
+    x: Array, kernels: tuple[Array, Array], *, activation: str, implementation: str = GLU_KERNEL
+) -> Array:
+    """``act(x · W_gate) · (x · W_up)`` through ``tokamax.gated_linear_unit``, forward only.
+
+    A call that is differentiated runs tokamax's XLA path for its forward (tokamax 0.0.12
+    computes the residuals it keeps with XLA); tjx-nn differentiates around this call instead
+    (its own backward), so that the kernel runs in training too.
+
+    Parameters
+    ----------
+    x : Array
+        ``[..., d]`` in the compute dtype (the kernels' dtype).
+    kernels : (Array, Array)
+        The gate's and the up projection's ``[d, f]`` kernels.
+    activation : str
+        ``"silu"`` (SwiGLU) or ``"gelu"`` (GeGLU, tanh form), `GLU_ACTIVATIONS`.
+    implementation : str
+        ``"mosaic"``, tokamax's Mosaic GPU kernel (sm90/sm100), or ``"xla"``, its reference path.
+
+    Returns
+    -------
+    Array
+        ``[..., f]`` in ``x``'s dtype; the unit is computed in float32 from the rounded products.
+    """
+    functions: dict[str, Callable[[Array], Array]] = {"silu": jax.nn.silu, "gelu": gelu_tanh}
+    if activation not in functions:
+        raise ValueError(f"tokamax_glu: activation must be one of {GLU_ACTIVATIONS}; got "
+                         f"{activation!r}")  # fmt: skip
+    tokamax = load()
+    if implementation != "xla":
+        cross_lowering_hooks()
+    lead, d = x.shape[:-1], x.shape[-1]
+    rows = x.reshape(-1, d)
+    m = rows.shape[0]
+    if m % GLU_ROWS:
+        rows = jnp.pad(rows, ((0, -m % GLU_ROWS), (0, 0)))
+    out = tokamax.gated_linear_unit(
+        rows, kernels, activation=functions[activation], implementation=implementation
+    )
+    return out[:m].reshape(*lead, out.shape[-1])  # type: ignore[no-any-return]

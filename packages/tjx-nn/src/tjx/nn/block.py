@@ -76,6 +76,7 @@ def model_norm(config: TransformerConfig, *, rngs: nnx.Rngs) -> LayerNorm | RMSN
         use_bias=c.use_bias,
         precision=c.precision,
         plus_one=c.norm.plus_one,
+        impl=c.norm.impl,
     )
 
 

@@ -18,6 +18,8 @@ from flax import nnx
 
 from tjx.core.config.values import choice, positive
 from tjx.core.fields import setting
+from tjx.kernels import tokamax_ops
+from tjx.kernels.layer_kernels import LAYER_IMPLEMENTATIONS, resolve_glu
 from tjx.nn.activations import fused_activation, gated_activation, with_derivative
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.params import normal
@@ -69,7 +71,16 @@ class MLPConfig:
         help="MLP activation (swiglu, geglu, swiglu_clamped: gated); None: the family's",
     )
 
+    impl: str = setting(
+        "auto",
+        choices=LAYER_IMPLEMENTATIONS,
+        resumable=True,
+        help="who runs a gated MLP's unit: xla (tjx's), tokamax (its Mosaic GPU kernel, opt-in); "
+        "auto: tokamax only where a GPU measured it faster (the launch table), else xla",
+    )
+
     def __post_init__(self) -> None:
+        choice("MLPConfig", "impl", self.impl, LAYER_IMPLEMENTATIONS)
         if self.activation is not None:
             choice("MLPConfig", "activation", self.activation, ACTIVATIONS)
         if self.dim is not None:
@@ -190,6 +201,39 @@ def _gated_projection_bwd(
 gated_projection.defvjp(_gated_projection_fwd, _gated_projection_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def tokamax_gated_projection(name: str, x: Array, kernels: tuple[Array, Array]) -> Array:
+    """`gated_projection` (no biases) with its forward tokamax's gated linear unit
+    (``mlp.impl: tokamax``, `tjx.kernels.tokamax_ops.tokamax_glu`) and tjx's backward.
+
+    tokamax 0.0.12 runs its Mosaic GPU kernel only where its op is not differentiated (a
+    differentiated call computes its forward with XLA, for the pre-activations it keeps); here
+    the forward keeps only ``x`` and the kernels, so the kernel runs in training too, and the
+    backward recomputes the two products (XLA) before `gated_projection`'s own backward: the
+    price of the kernel is one more pair of products per step, which the GPU suite's
+    measurement weighs.
+    """
+    return tokamax_ops.tokamax_glu(x, kernels, activation=name)
+
+
+def _tokamax_fwd(
+    name: str, x: Array, kernels: tuple[Array, Array]
+) -> tuple[Array, tuple[Array, tuple[Array, Array]]]:
+    return tokamax_gated_projection(name, x, kernels), (x, kernels)
+
+
+def _tokamax_bwd(
+    name: str, res: tuple[Array, tuple[Array, Array]], dh: Array
+) -> tuple[Array, tuple[Array, Array]]:
+    x, kernels = res
+    _, again = _gated_projection_fwd(name, x, kernels, ())
+    dx, dw, _ = _gated_projection_bwd(name, again, dh)
+    return dx, dw
+
+
+tokamax_gated_projection.defvjp(_tokamax_fwd, _tokamax_bwd)
+
+
 def _wide(x: Array) -> Array:
     """``x`` in float32 (float64 stays)."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -212,11 +256,24 @@ class MLP(nnx.Module):
         init_std: float = 0.02,
         out_std: float | None = None,
         precision: Precision | None = None,
+        impl: str = "xla",
     ) -> None:
         self.act = activation(activation_name)
         self.gate_act = _GATED.get(activation_name)
         self.gated = self.gate_act is not None
         self.glu = gate_function(activation_name)
+        # Who runs the gated unit (``mlp.impl``), resolved once: tokamax serves act(gate)·up
+        # without biases (its rule: tjx.kernels.layer_kernels); an ungated MLP has no unit.
+        unit = self.gate_act if self.glu is None else None
+        compute = (precision or Precision()).compute_dtype
+        self.impl = resolve_glu(
+            impl, compute, activation=unit, bias=use_bias, d_model=d_model, mlp_dim=mlp_dim
+        )
+        if impl == "tokamax" and precision is not None and precision.fp8:
+            raise ValueError(
+                "mlp.impl 'tokamax': tokamax's gated linear unit has no float8 products "
+                "(precision fp8); use 'auto' or 'xla'"
+            )
         common: dict[str, Any] = dict(rngs=rngs, use_bias=use_bias, precision=precision)
         self.fc_in = Dense(
             (d_model,), (mlp_dim,), ("embed",), ("mlp",), init=normal(init_std), **common
@@ -264,13 +321,16 @@ class MLP(nnx.Module):
             return None
         dt = gate.precision.compute_dtype
         kernels = (gate.kernel[...].astype(dt), up.kernel[...].astype(dt))
+        if self.impl == "tokamax":  # no biases, no adapter, no float8: resolve_glu checked
+            return tokamax_gated_projection(self.gate_act, x.astype(dt), kernels)
         biases = tuple(p.bias[...].astype(dt) for p in parts if p.bias is not None)
         return gated_projection(self.gate_act, x.astype(dt), kernels, biases)
 
 
 def model_mlp(config: TransformerConfig, mlp_dim: int, *, rngs: nnx.Rngs, out_std: float) -> MLP:
-    """The `MLP` of a model's layer, ``mlp_dim`` wide, with the config's activation, biases, init
-    and precision (a dense layer's MLP and an MoE layer's shared experts alike).
+    """The `MLP` of a model's layer, ``mlp_dim`` wide, with the config's activation, biases, init,
+    precision and implementation (``mlp.impl``; a dense layer's MLP and an MoE layer's shared
+    experts alike).
 
     Parameters
     ----------
@@ -297,4 +357,5 @@ def model_mlp(config: TransformerConfig, mlp_dim: int, *, rngs: nnx.Rngs, out_st
         init_std=config.init.std,
         out_std=out_std,
         precision=config.precision,
+        impl=config.mlp.impl,
     )

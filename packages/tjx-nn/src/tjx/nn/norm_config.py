@@ -1,5 +1,6 @@
 """The norm section of a model config (`NormConfig`): which normalisation layer
-(:mod:`tjx.nn.norms`), its epsilon, where the blocks put it and Gemma's ``1 + scale``. The model
+(:mod:`tjx.nn.norms`), its epsilon, where the blocks put it, Gemma's ``1 + scale`` and who runs
+it (``impl``: tjx's XLA layers or tokamax's kernel, :mod:`tjx.kernels.layer_kernels`). The model
 config fills a setting left None with its family's and checks what the section needs of the rest
 of the model (``norm.position``'s decoder-only choices).
 """
@@ -13,6 +14,7 @@ from typing import TypeVar
 
 from tjx.core.config.values import choice
 from tjx.core.fields import setting
+from tjx.kernels.layer_kernels import LAYER_IMPLEMENTATIONS
 
 T = TypeVar("T")
 
@@ -40,8 +42,16 @@ class NormConfig:
         help="pre: x+f(n(x)); post: n(x+f(x)); sandwich: x+n(f(n(x))); output: x+n(f(x))",
     )
     plus_one: bool = setting(False, help="norms scale by 1 + weight, weight from 0 (Gemma)")
+    impl: str = setting(
+        "auto",
+        choices=LAYER_IMPLEMENTATIONS,
+        resumable=True,
+        help="who runs the model-wide norms: xla (tjx's), tokamax (its Triton kernel, opt-in); "
+        "auto: tokamax only where a GPU measured it faster (the launch table), else xla",
+    )
 
     def __post_init__(self) -> None:
+        choice("NormConfig", "impl", self.impl, LAYER_IMPLEMENTATIONS)
         if self.kind is not None:
             choice("NormConfig", "kind", self.kind, NORMS)
         if self.position is not None:

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.kernels import tokamax_ops
+from tjx.kernels.layer_kernels import resolve_norm
 from tjx.nn.linear import column_sums
 from tjx.nn.params import make_param, ones, zeros
 from tjx.nn.precision import Precision
@@ -360,10 +362,12 @@ class LayerNorm(nnx.Module):
         use_bias: bool = True,
         precision: Precision | None = None,
         plus_one: bool = False,
+        impl: str = "xla",
     ) -> None:
         self.precision = precision or Precision()
         self.eps = eps
         self.plus_one = plus_one
+        self.impl = resolve_norm(impl, self.precision.compute_dtype)
         dtype = self.precision.param_dtype
         self.scale = make_param(rngs, zeros() if plus_one else ones(), (dim,), ("norm",), dtype)
         self.bias = make_param(rngs, zeros(), (dim,), ("norm",), dtype) if use_bias else None
@@ -372,7 +376,10 @@ class LayerNorm(nnx.Module):
         """Normalise ``x`` [..., dim]."""
         bias = None if self.bias is None else self.bias[...]
         scale = _gain(self.scale[...], x, self.plus_one)
-        return layer_norm(x, scale, bias, self.eps, self.precision.compute_dtype)
+        dt = self.precision.compute_dtype
+        if self.impl == "tokamax":
+            return tokamax_ops.tokamax_norm(x, scale, bias, eps=self.eps, rms=False, out_dtype=dt)
+        return layer_norm(x, scale, bias, self.eps, dt)
 
     def residual(
         self, x: Array, h: Array, h_bias: Array | None, carried: tuple[Array, ...] = ()
@@ -396,6 +403,10 @@ class LayerNorm(nnx.Module):
         (Array, Array, tuple of Array)
             ``s``, its norm, the carried biases broadcast.
         """
+        if self.impl == "tokamax":  # the same forward, the norm tokamax's (autodiff around it)
+            s = x + (h if h_bias is None else h + h_bias.astype(h.dtype))
+            out = tuple(jnp.broadcast_to(c.astype(h.dtype), s.shape) for c in carried)
+            return s, self(s), out
         bias = None if self.bias is None else self.bias[...]
         scale = _gain(self.scale[...], x, self.plus_one)
         dt = self.precision.compute_dtype
@@ -413,17 +424,22 @@ class RMSNorm(nnx.Module):
         eps: float = 1e-6,
         precision: Precision | None = None,
         plus_one: bool = False,
+        impl: str = "xla",
     ) -> None:
         self.precision = precision or Precision()
         self.eps = eps
         self.plus_one = plus_one
+        self.impl = resolve_norm(impl, self.precision.compute_dtype)
         init = zeros() if plus_one else ones()
         self.scale = make_param(rngs, init, (dim,), ("norm",), self.precision.param_dtype)
 
     def __call__(self, x: Array) -> Array:
         """Normalise ``x`` [..., dim]."""
         scale = _gain(self.scale[...], x, self.plus_one)
-        return rms_norm(x, scale, self.eps, self.precision.compute_dtype)
+        dt = self.precision.compute_dtype
+        if self.impl == "tokamax":
+            return tokamax_ops.tokamax_norm(x, scale, None, eps=self.eps, rms=True, out_dtype=dt)
+        return rms_norm(x, scale, self.eps, dt)
 
 
 def _gain(scale: Array, x: Array, plus_one: bool) -> Array:
@@ -441,16 +457,17 @@ def make_norm(
     use_bias: bool = True,
     precision: Precision | None = None,
     plus_one: bool = False,
+    impl: str = "xla",
 ) -> LayerNorm | RMSNorm:
     """``LayerNorm`` for ``kind="layernorm"``, ``RMSNorm`` for ``"rmsnorm"`` (``plus_one``:
-    Gemma's ``1 + scale``); ``kind`` and ``eps`` are a model config's ``norm`` section's, which
-    it fills (None there is a ``ValueError``)."""
+    Gemma's ``1 + scale``; ``impl``: ``norm.impl``, who runs it, resolved here by
+    `tjx.kernels.resolve_norm`); ``kind`` and ``eps`` are a model config's ``norm`` section's,
+    which it fills (None there is a ``ValueError``)."""
     if eps is None:
         raise ValueError("make_norm: eps is None; a model config's norm.eps is filled in")
+    common: dict[str, Any] = dict(rngs=rngs, eps=eps, precision=precision, plus_one=plus_one)
     if kind == "layernorm":
-        return LayerNorm(
-            dim, rngs=rngs, eps=eps, use_bias=use_bias, precision=precision, plus_one=plus_one
-        )
+        return LayerNorm(dim, use_bias=use_bias, impl=impl, **common)
     if kind == "rmsnorm":
-        return RMSNorm(dim, rngs=rngs, eps=eps, precision=precision, plus_one=plus_one)
+        return RMSNorm(dim, impl=impl, **common)
     raise ValueError(f"norm.kind must be one of ('layernorm', 'rmsnorm'); got {kind!r}")

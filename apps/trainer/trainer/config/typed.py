@@ -421,8 +421,11 @@ def _check_grpo(cfg: Config, given: list[str]) -> None:
         "model.max_seq_len",
     )
     _require(
-        cfg.optimizer.accumulation_steps == 1,
-        "optimizer.accumulation_steps: GRPO steps on the whole rollout batch; set it to 1",
+        cfg.optimizer.accumulation_steps == 1 or cfg.grpo.top_entropy_quantile == 1.0,
+        f"optimizer.accumulation_steps: {cfg.optimizer.accumulation_steps} micro-batches cannot "
+        f"take grpo.top_entropy_quantile={cfg.grpo.top_entropy_quantile}'s entropy quantile of "
+        "the whole rollout batch; set optimizer.accumulation_steps=1 or "
+        "grpo.top_entropy_quantile=1",
     )
     _require(
         cfg.mesh.pipeline == 1 and cfg.mesh.context == 1,

@@ -425,8 +425,7 @@ def plan(
         choose=choose,
         with_kernel=lambda kernel: step.with_model(attention_impl=kernel),
         compile_step=lambda r, label, train: compile_train(r, target, label, train=train),
-        # GRPO's update takes the whole rollout batch (no micro-batches): full remat only
-        lighter=lambda r: lighter(r, None if is_grpo(run.data) else target.count),
+        lighter=lambda r: lighter(r, fit_devices(run, target.count)),
         settings={"remat": "model.remat", "accumulation_steps": "optimizer.accumulation_steps"},
         estimate_args=estimate_args,
         eval_rows=lambda r: r.eval.batch_size,
@@ -435,6 +434,18 @@ def plan(
     if rollout:
         rollout_estimate(result, step, rollout, target, estimate_args, say)
     return result
+
+
+def fit_devices(run: Config, count: int) -> int | None:
+    """The devices the memory fit splits the update's micro-batches over (`lighter`): the
+    target's ``count``, less an overlapped GRPO run's sampler devices (the update runs on the
+    rest); None (full remat only) where GRPO's update cannot take micro-batches (the entropy
+    mask's quantile is the whole batch's: trainer.config's rule)."""
+    if not is_grpo(run.data):
+        return count
+    if run.grpo.top_entropy_quantile < 1.0:
+        return None
+    return count - (run.rollout.sampler_devices if run.rollout.overlap else 0)
 
 
 def rollout_estimate(

@@ -10,10 +10,13 @@ turned into group-normalised advantages, with the sampling policy's log-probabil
 ``μ > 1``) and the reference's (when ``β > 0``: DPO's reference, trainer/step/dpo.py: the adapters
 off with LoRA, else the frozen start in the train state). Each step then makes one update on that
 batch (`loss_fn`: tjx.nn's `grpo_loss` inside the trainer's usual train step), so μ updates use
-one rollout. A checkpoint at a multiple of μ resumes bit for bit: the keys are the step's, the
-prompt loader's position is saved. A run resumed inside a rollout's μ steps (a signal's save)
-samples a fresh rollout at its first step. With ``grpo.overlap: 1`` a rollout is sampled with the
-weights of the step before, on devices of its own, while that step's update runs (`Rollouts`).
+one rollout; with ``optimizer.accumulation_steps: k`` that update is k micro-batches, each
+scored with the whole batch's counts (`micro_totals`): their sum is the whole batch's loss and
+gradient for every loss type. A checkpoint at a multiple of μ resumes bit for bit: the keys
+are the step's, the prompt loader's position is saved. A run resumed inside a rollout's μ
+steps (a signal's save) samples a fresh rollout at its first step. With ``grpo.overlap: 1`` a
+rollout is sampled with the weights of the step before, on devices of its own, while that
+step's update runs (`Rollouts`).
 
 Logged with TRL's names: ``loss``, ``kl``, ``entropy``, ``clip_ratio/*`` (or the loss type's
 own: tjx.nn's `GrpoOutput.metrics`), ``reward``, ``reward_std``, ``rewards/<name>/mean``,
@@ -51,11 +54,13 @@ ROLLOUT_STREAM = 0x6772706F
 def loss_fn(
     graphdef: nnx.GraphDef[nnx.Module], rest: nnx.State, cfg: StepConfig
 ) -> Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, chex.ArrayTree]]:
-    """``loss_fn(params, batch, step, reference=None) -> (loss, aux)``: tjx.nn's `grpo_loss` of
-    a rollout batch (`Rollouts.batch`) with the config's loss type, ratio level and masks;
-    ``aux`` holds the completion tokens (``num_tokens``) and TRL's metrics (``"grpo"``). Without
-    ``old_logps`` in the batch (μ = 1) the sampling policy is the policy itself, its
-    log-probabilities without gradient (TRL's ``detach``)."""
+    """``loss_fn(params, batch, step, reference=None, totals=None) -> (loss, aux)``: tjx.nn's
+    `grpo_loss` of a rollout batch (`Rollouts.batch`) with the config's loss type, ratio level
+    and masks; ``aux`` holds the completion tokens (``num_tokens``) and TRL's metrics
+    (``"grpo"``). Without ``old_logps`` in the batch (μ = 1) the sampling policy is the policy
+    itself, its log-probabilities without gradient (TRL's ``detach``). ``totals``
+    (`micro_totals`): ``batch`` is a micro-batch of a batch with these counts, and the loss and
+    metrics are its shares of the batch's."""
     settings, r = cfg.grpo, cfg.rollout
 
     def fn(
@@ -63,6 +68,7 @@ def loss_fn(
         batch: Batch,
         step: jax.Array,
         reference: chex.ArrayTree | None = None,
+        totals: nn.grpo.GrpoTotals | None = None,
     ) -> tuple[jax.Array, chex.ArrayTree]:
         # No dropout: the rollout's log-probabilities are the deterministic model's. The
         # reference (DPO's, bound by the step) was scored once per rollout: batch["ref_logps"].
@@ -82,10 +88,27 @@ def loss_fn(
             ref_logps=batch.get("ref_logps"),
             entropies=entropies,
             max_completion_length=r.max_new_tokens,
+            totals=totals,
         )
         return out.loss, {"num_tokens": out.tokens, "grpo": out.metrics()}
 
     return fn
+
+
+def micro_totals(batch: Batch) -> nn.grpo.GrpoTotals:
+    """The whole rollout batch's counts (completions, scored tokens), taken once before the
+    update splits it into micro-batches (``optimizer.accumulation_steps``): each micro-batch's
+    loss divides by them, not by its own (`loss_fn`)."""
+    return nn.grpo.batch_totals(batch["mask"])
+
+
+def micro_aux(stacked: chex.ArrayTree) -> chex.ArrayTree:
+    """The whole batch's aux from its micro-batches' (stacked on a leading axis): the tokens
+    summed, TRL's metrics merged (tjx.nn's `merge_micro_metrics`)."""
+    return {
+        "num_tokens": jnp.sum(stacked["num_tokens"], axis=0),
+        "grpo": nn.grpo.merge_micro_metrics(stacked["grpo"]),
+    }
 
 
 def batch_shapes(cfg: StepConfig) -> dict[str, tuple[tuple[int, ...], Any]]:

@@ -116,6 +116,10 @@ def make_train_step(
     balance_bias = cfg.model.moe.num_experts > 0 and cfg.model.moe.router == "sigmoid"
     micro = cfg.optimizer.accumulation_steps
     scaled = cfg.optimizer.loss_scale is not None
+    # GRPO in micro-batches: each one's loss is its share of the whole batch's (divided by the
+    # batch's counts), so the micro-batches sum, where tokens-weighted means would not (bnpo's,
+    # dapo's token means over each micro-batch's own tokens).
+    grpo_parts = grpo_settings.is_grpo(cfg.data) and micro > 1
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         params, opt_state, step = state.param_tree(), state.opt_state, state.step
@@ -126,9 +130,13 @@ def make_train_step(
             if trainable is not None:
                 trainable = nn.join_fp8_meta(trainable, jax.tree.map(lambda _: True, state.fp8))
         step_loss = dpo.bind_reference(loss_fn, state)  # DPO's frozen reference, if it has one
+        if grpo_parts:  # the whole batch's counts, taken before it is split
+            step_loss = functools.partial(step_loss, totals=grpo.micro_totals(batch))
 
         def scaled_loss(p: chex.ArrayTree, b: Batch) -> tuple[jax.Array, Aux]:
             loss, aux = step_loss(p, b, step)
+            if grpo_parts:  # the accumulation's equal-weight mean of k shares: their sum
+                loss = loss * micro
             # fp16: differentiate loss × scale; the optimizer chain unscales (and skips on inf).
             return (scale_loss(loss, opt_state) if scaled else loss), aux
 
@@ -141,8 +149,8 @@ def make_train_step(
             batch,
             trainable=trainable,
             num_micro_batches=micro,
-            aux_reduce="sum",
-            weight="num_tokens",
+            aux_reduce="stack" if grpo_parts else "sum",
+            weight=None if grpo_parts else "num_tokens",
             # tjx.nn's losses divide by max(count, 1): an empty batch has zero gradients
             # already, and a NaN from any other cause is skipped by the optimizer. Not masking
             # saves one select kernel per parameter leaf every step (128 of gpt2_small's).
@@ -153,6 +161,8 @@ def make_train_step(
             # jax's cuDNN attention cannot partition).
             interleave_rows=cfg.data.batch_rows(1),
         )
+        if grpo_parts:
+            aux = grpo.micro_aux(aux)
         fp8 = state.fp8
         if fp8 is not None:  # each product's amaxes (its meta's cotangent) into its history
             grads, amaxes = nn.part_fp8_meta(grads)

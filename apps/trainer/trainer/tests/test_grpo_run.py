@@ -154,6 +154,75 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
     np.testing.assert_array_equal(np.asarray(masked["mask"]), want_mask)
 
 
+def test_an_update_in_micro_batches_is_the_whole_batchs_for_each_loss_type(in_tmp):
+    """#72: ``optimizer.accumulation_steps`` k ∈ {2, 4} gives the loss, TRL's metrics and every
+    parameter's gradient of the unaccumulated step within 1e-6, on a rollout of the loop with
+    random advantages and a π_old off the policy (so the clips bite), for bnpo (a token mean
+    over each micro-batch's own tokens moved it by ~4e-2; tjx.nn's tests hold every loss type's
+    micro-batches to the whole batch's)."""
+    import dataclasses
+
+    import trainer.step.data_setup as data_setup
+    import trainer.step.state as state
+    from trainer.step.grpo import Rollouts
+    from trainer.step.train_step import PROBED, make_train_step
+
+    cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2", "grpo.entropy_coef=0.01")).config
+    bundle = data_setup.prepare(cfg)
+    cfg = resolve(cfg, bundle.vocab_size)
+    setup = state.build(step_config(cfg))
+    batch, _ = Rollouts(cfg, setup, data_setup.train_loader(bundle, cfg), bundle).batch(
+        0, setup.state
+    )
+    rng = np.random.default_rng()
+    rows, width = batch["mask"].shape
+    batch["advantages"] = jnp.asarray(rng.normal(size=rows), jnp.float32)
+    noise = jnp.asarray(rng.normal(0, 0.3, (rows, width)), jnp.float32)
+    batch["old_logps"] = batch["old_logps"] + noise
+    flat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
+    probe = lambda params, grads, updates: {"grads": flat(grads)}
+    base = setup.step_config
+
+    def step(loss_type: str, level: str, k: int) -> dict:
+        grpo = dataclasses.replace(base.grpo, loss_type=loss_type, importance_sampling_level=level)
+        optimizer = dataclasses.replace(base.optimizer, accumulation_steps=k)
+        sc = dataclasses.replace(base, grpo=grpo, optimizer=optimizer)
+        fn = make_train_step(setup.graphdef, setup.rest, setup.tx, sc, probe=probe)
+        return jax.jit(fn)(setup.state, batch)[1]
+
+    for loss_type, level, parts in (("bnpo", "token", (2, 4)),):
+        whole = step(loss_type, level, 1)
+        assert np.any(np.asarray(whole[PROBED + "grads"]) != 0)
+        for k in parts:
+            got = step(loss_type, level, k)
+            assert set(got) == set(whole), (loss_type, k)
+            for name in ("loss", "num_tokens", "kl", "entropy", "clip_ratio/region_mean",
+                         "clip_ratio/low_min", "clip_ratio/high_max", "policy_loss"):  # fmt: skip
+                np.testing.assert_allclose(got[name], whole[name], rtol=1e-6, atol=1e-6,
+                                           err_msg=f"{loss_type} k={k} {name}")  # fmt: skip
+            np.testing.assert_allclose(got[PROBED + "grads"], whole[PROBED + "grads"], rtol=1e-6,
+                                       atol=1e-6, err_msg=f"{loss_type} k={k}")  # fmt: skip
+
+
+def test_a_grpo_run_in_micro_batches_resumes_bit_for_bit(in_tmp, capsys):
+    """#72: with ``optimizer.accumulation_steps: 2`` a run stopped at a rollout boundary and
+    resumed ends with the uninterrupted run's weights and losses."""
+    # 16 completions: 2 micro-batches of 8, one row a device.
+    sets = ("train.steps=4", "train.checkpoint_every=2", "optimizer.accumulation_steps=2",
+            "data.batch_size=16")  # fmt: skip
+    assert main(_argv(in_tmp, "whole", *sets)) == 0
+    assert main(_argv(in_tmp, "parts", *sets, "train.stop_at=2")) == 0
+    assert main([*_argv(in_tmp, "parts", *sets), "--resume"]) == 0
+    capsys.readouterr()
+    done = [json.loads((in_tmp / r / "final.json").read_text()) for r in ("whole", "parts")]
+    assert done[0]["params_sha256"] == done[1]["params_sha256"]
+    lines = [x for x in _metrics(in_tmp / "whole") if "loss" in x]
+    again = [x for x in _metrics(in_tmp / "parts") if "loss" in x and x["step"] > 2]
+    assert [x["step"] for x in again] == [3, 4]
+    for a, b in zip(lines[2:], again, strict=True):
+        assert (a["loss"], a["kl"], a["num_tokens"]) == (b["loss"], b["kl"], b["num_tokens"])
+
+
 def test_group_advantages_of_the_loop_are_group_normalised_rewards():
     from trainer.config.grpo_settings import GrpoRollout
     from trainer.step.grpo import score

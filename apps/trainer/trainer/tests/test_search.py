@@ -17,10 +17,8 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import pytest
 
-from tjx import nn
 from tjx.metrics import GIB, Target, accelerator
 from trainer.cli import main
 from trainer.config.settings import apply_overrides, load_config, load_config_data
@@ -566,7 +564,9 @@ def fake_rl_plans(monkeypatch, answer) -> Planned:
             "rollout_share": rollout / step,
         }
         fits = peak <= tgt.device.memory_bytes
-        fitted = {"remat": "full" if batch > 32 else "none", "accumulation": 1, "attention": "xla"}
+        # The fit's micro-batches: 2 from 64 completions up (what it splits past full remat)
+        fitted = {"remat": "full" if batch > 32 else "none",
+                  "accumulation": 2 if batch >= 64 else 1, "attention": "xla"}  # fmt: skip
         # A peak within 2 × the memory: the update fitted, the (sequential) rollout did not
         update_fits = peak <= 2 * tgt.device.memory_bytes
         return rl.RlOutcome(batch, None if fits else "does not fit", record if fits else {},
@@ -582,7 +582,8 @@ def test_an_rl_search_takes_the_rollout_batch_with_the_most_samples_per_second_t
     """A larger rollout batch samples more per second (the decode steps' fixed cost is shared)
     until it no longer fits: of grpo_tiny's 32, 64, 128 and 256 completions, 64 is chosen and 32
     is the runner-up; 128 and 256 are planned and do not fit. The group size and the split are
-    said, not searched; the winner's YAML loads with its batch and micro-batch."""
+    said, not searched; the update micro-batch is the fit's (2 micro-batches from 64 up); the
+    winner's YAML loads with its batch and micro-batch."""
     on_cpu(monkeypatch, memory=GIB)
     planned = fake_rl_plans(monkeypatch, lambda b: (b / 64 * GIB, 0.01 + b * 1e-4, 0.002))
     out = in_tmp / "rl.json"
@@ -594,25 +595,29 @@ def test_an_rl_search_takes_the_rollout_batch_with_the_most_samples_per_second_t
     assert any(line.startswith("search: group size 8 kept: ") for line in lines)
     for words in (
         "sampler/trainer split: not searched: one device (",
-        "update micro-batch: not searched: GRPO's update steps on the whole rollout batch "
-        "(optimizer.accumulation_steps must be 1): bnpo and dapo divide by the completion tokens",
+        "update micro-batch: at each rollout batch and split, the whole batch, else (after full "
+        "remat) 2, 4, ... micro-batches",
     ):
         assert any(words in line for line in lines), words
     chosen = next(line for line in lines if line.startswith("search: chosen: "))
     assert chosen.startswith(
         "search: chosen: rollout batch 64 (8 prompts × 8), overlap 0 (all 1 "
-        "devices sample, then train), remat full: "
+        "devices sample, then train), remat full, micro-batch 32 × 2: "
     )
     runner = next(line for line in lines if line.startswith("search: runner-up: "))
     assert runner.startswith("search: runner-up: rollout batch 32 (4 prompts × 8), overlap 0")
     table_rows = [line.split() for line in lines if line.startswith("  1 ") or
                   line.startswith("  2 ")]  # fmt: skip
     assert [r[1] for r in table_rows] == ["64", "32"]
+    assert [r[7:10] for r in table_rows] == [["32", "×", "2"], ["32", "×", "1"]]  # micro-batch
     loaded = load_config(str(in_tmp / "rl.yaml"), [])
     assert loaded.data.batch_size == 64 and loaded.model.remat == "full"
-    assert loaded.rollout.group_size == 8
+    assert loaded.rollout.group_size == 8 and loaded.optimizer.accumulation_steps == 2
     record = json.loads(out.read_text())
     assert record["chosen"]["batch"] == 64 and record["runner_up"]["batch"] == 32
+    assert (record["chosen"]["accumulation_steps"], record["chosen"]["micro_batch"]) == (2, 32)
+    assert record["runner_up"]["accumulation_steps"] == 1
+    assert record["micro_batch"] == rl.MICRO_LINE
     assert [p["batch"] for p in record["planned"] if p["error"]] == [128, 256]
 
 
@@ -663,7 +668,7 @@ def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(capsys, i
     chosen = next(line for line in lines if line.startswith("search: chosen: "))
     assert chosen.startswith(
         "search: chosen: rollout batch 256 (32 prompts × 8), overlap 1: 4 "
-        "sampler + 4 trainer devices, remat full: 5,020 samples/s"
+        "sampler + 4 trainer devices, remat full, micro-batch 128 × 2: 5,020 samples/s"
     )
     runner = next(line for line in lines if line.startswith("search: runner-up: "))
     assert runner.startswith("search: runner-up: rollout batch 256 (32 prompts × 8), overlap 0")
@@ -805,36 +810,16 @@ def test_an_rl_search_space_that_cannot_be_searched_is_one_line(
     assert planned == [] and not list(in_tmp.iterdir())
 
 
-def test_why_grpo_keeps_one_micro_batch_bnpo_and_dapo_normalise_per_micro_batch():
-    """The search's micro-batch line (`rl.MICRO_LINE`), checked: on fresh random rows of unequal
-    completion lengths, the mean of two micro-batches' losses equals the whole batch's (within
-    1e-6) for ``grpo`` (per-row means) and ``dr_grpo`` (a constant divisor), not for ``bnpo`` and
-    ``dapo`` (each divides by its own micro-batch's tokens); ``dapo`` given the whole batch's
-    token count, summed, would (what the accumulation does not pass yet)."""
-    keys = jax.random.split(jax.random.key(int(time.time())), 3)
-    rows, width = 8, 6
-    logps = jax.random.normal(keys[0], (rows, width)) * 0.1 - 1.0
-    old = logps + jax.random.normal(keys[1], (rows, width)) * 0.01
-    advantages = jax.random.normal(keys[2], (rows,))
-    lengths = jnp.array([1, 1, 2, 1, 3, 6, 5, 4])  # 5 tokens in the first half, 18 in the second
-    mask = (jnp.arange(width)[None] < lengths[:, None]).astype(jnp.float32)
-    halves = (slice(0, 4), slice(4, 8))
-    gap = {}
-    for kind in ("grpo", "dr_grpo", "bnpo", "dapo"):
-        config = nn.GrpoConfig(loss_type=kind)
-
-        def loss(part: slice, config: nn.GrpoConfig = config, **kw) -> jax.Array:
-            return nn.grpo_loss(logps[part], old[part], advantages[part], mask[part],
-                                config=config, max_completion_length=width, **kw).loss  # fmt: skip
-
-        whole = loss(slice(None))
-        gap[kind] = abs(float(sum(loss(h) for h in halves) / 2 - whole))
-        if kind == "dapo":
-            summed = sum(loss(h, total_tokens=mask.sum()) for h in halves)
-            assert abs(float(summed - whole)) < 1e-6
-    assert gap["grpo"] < 1e-6 and gap["dr_grpo"] < 1e-6
-    assert gap["bnpo"] > 1e-3 and gap["dapo"] > 1e-3
-    assert "bnpo and dapo divide by the completion tokens of the rows a step sees" in rl.MICRO_LINE
+def test_the_rl_search_says_how_it_searches_the_update_micro_batch():
+    """#72: the micro-batch line says the memory fit splits the update (exact for every loss
+    type) and prices the k programs; with the entropy mask (the whole batch's quantile) it says
+    the update stays whole."""
+    run = resolve(read_config(load_config_data("grpo_tiny")), 300)
+    assert rl.micro_line(run) == rl.MICRO_LINE
+    assert "2, 4, ... micro-batches" in rl.MICRO_LINE and "every loss type" in rl.MICRO_LINE
+    masked = apply_overrides(load_config_data("grpo_tiny"), ["grpo.top_entropy_quantile=0.2"])
+    assert rl.micro_line(resolve(read_config(masked), 300)) == rl.MICRO_MASKED
+    assert rl.MICRO_MASKED.startswith("update micro-batch: not searched: ")
 
 
 def test_a_rollout_batchs_outcome_is_read_from_its_plan(monkeypatch):

@@ -517,17 +517,44 @@ def test_an_overlapped_plan_splits_the_rollouts_rows_over_the_sampler_devices():
         assert len(replicated) > len(split), label  # the policy's weights, each whole
 
 
-def test_a_grpo_plans_memory_fit_never_splits_the_update_into_micro_batches(monkeypatch):
-    """GRPO's update takes the whole rollout batch (``optimizer.accumulation_steps`` must be 1):
-    the fit of a step that does not fit tries full remat only, never a micro-batch split the
-    trainer would refuse (it did: "fits with optimizer.accumulation_steps=2")."""
-    peaks = {("none", 1): None, ("full", 1): None, ("full", 2): GIB, ("full", 4): GIB}
+def test_a_grpo_plans_memory_fit_splits_the_update_into_micro_batches(monkeypatch):
+    """#72: GRPO's update accumulates exactly, so the fit of a step that does not fit tries
+    full remat, then 2 and 4 micro-batches (8 rows over the 2 devices' batch ways: 8 would
+    leave one row for two); with the entropy mask (the whole batch's quantile, which the
+    trainer refuses to split) full remat only."""
+    peaks = {("none", 1): None, ("full", 1): None, ("full", 2): None, ("full", 4): None}
     seen = fake_compiles(monkeypatch, peaks)
     monkeypatch.setattr(target_plan, "compile_rollout", lambda run, tgt, cache=None: [])
     run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), GRPO_SMALL)), 300)
     result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lambda line: None)
+    assert seen[-3:] == ["model.remat=full", "optimizer.accumulation_steps=2",
+                         "optimizer.accumulation_steps=4"], seen  # fmt: skip
+    assert result.error is not None and "optimizer.accumulation_steps=4" in result.error
+    seen.clear()
+    masked = apply_overrides(load_config_data("grpo_tiny"),
+                             [*GRPO_SMALL, "grpo.top_entropy_quantile=0.2"])  # fmt: skip
+    result = target_plan.plan(resolve(read_config(masked), 300), target("v5e", 2), "2xv5e",
+                              say=lambda line: None)  # fmt: skip
     assert seen[-1] == "model.remat=full" and not any("accumulation" in s for s in seen), seen
     assert result.error is not None and "the train step does not fit" in result.error
+
+
+def test_grpo_micro_batches_with_the_entropy_mask_are_one_line():
+    """The entropy mask's quantile is the whole rollout batch's: with micro-batches, refused
+    naming both settings (without the mask, micro-batches load)."""
+    sets = [*GRPO_SMALL, "optimizer.accumulation_steps=2"]
+    data = apply_overrides(load_config_data("grpo_tiny"), sets)
+    assert resolve(read_config(data), 300).optimizer.accumulation_steps == 2
+    masked = apply_overrides(
+        load_config_data("grpo_tiny"), [*sets, "grpo.top_entropy_quantile=0.2"]
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve(read_config(masked), 300)
+    assert str(err.value) == (
+        "optimizer.accumulation_steps: 2 micro-batches cannot take grpo.top_entropy_quantile=0.2's "
+        "entropy quantile of the whole rollout batch; set optimizer.accumulation_steps=1 or "
+        "grpo.top_entropy_quantile=1"
+    )
 
 
 def test_a_rollout_program_past_the_devices_memory_is_the_plans_error():

@@ -268,7 +268,7 @@ def _rl_search(
         "memory fit)")  # fmt: skip
     say(f"search: group size {group} kept: at a given rollout batch it changes no program (B "
         "completions are B rows whatever the group size), so no estimate")  # fmt: skip
-    say(f"search: {rl.MICRO_LINE}")
+    say(f"search: {rl.micro_line(run)}")
     link = target.device.link_bandwidth / 1e9
     say(f"search: sampler/trainer split: overlap 0 (every device samples, then trains) at each "
         f"rollout batch, then at the {rl.SPLIT_BATCHES} best of those overlap 1 with N sampler "
@@ -305,7 +305,8 @@ def _rl_search(
             say(f"search: {word}: none (one rollout batch and split fits)")
             continue
         say(f"search: {word}: rollout batch {o.batch} ({o.batch // group} prompts × {group}), "
-            f"{rl.split_words(o.sampler_devices, target.count)}, remat {o.fitted['remat']}: "
+            f"{rl.split_words(o.sampler_devices, target.count)}, remat {o.fitted['remat']}, "
+            f"{rl.micro_words(o)}: "
             f"{o.samples_per_s:,.0f} samples/s (est.), the rollout "
             f"{o.rollout['rollout_share']:.0%} of the step")  # fmt: skip
     sized, c = rl.winner_config(run, chosen, target.count)

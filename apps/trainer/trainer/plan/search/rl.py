@@ -9,11 +9,14 @@ dimensions, and what each costs in compiles:
   the rollout's prefill and decode step, its log-probability pass where μ > 1 or β > 0;
   `trainer.plan.target_plan.plan`): a batch is compiled once (`RlSearch.outcomes` holds it);
 * remat: the plan's memory fit takes none, else full where none does not fit;
-* the **update micro-batch** is not searched: GRPO's update steps on the whole rollout batch
-  (``optimizer.accumulation_steps`` must be 1; `trainer.config.typed`), so the micro-batch is
-  the rollout batch over the mesh's batch ways, and the search says why (`MICRO_LINE`: ``bnpo``
-  and ``dapo`` divide by each micro-batch's own tokens, so accumulating them would change the
-  loss; ``grpo`` and ``dr_grpo`` would accumulate exactly);
+* the **update micro-batch** (``optimizer.accumulation_steps``: the update's k micro-batches,
+  each scored with the whole rollout batch's counts, so their sum is the batch's loss and
+  gradient for every loss type; trainer.step.grpo): at each rollout batch and split, the
+  plan's memory fit continues past full remat with 2, 4, ... micro-batches (while they split
+  over the trainer's batch ways) until the update fits, so a rollout batch whose whole-batch
+  update did not fit may; the estimate is of the step compiled with those k micro-batches
+  (more micro-batches never estimate faster, so the fewest that fit is the dimension's best).
+  Not with ``grpo.top_entropy_quantile < 1`` (its quantile is the whole batch's: `micro_line`);
 * the **group size** G: at a given rollout batch it changes no program (a rollout of B
   completions is B rows, whatever G), so it changes no estimate: it is kept as configured and
   the batches are multiples of it (more prompts per batch, or more completions per prompt, is a
@@ -53,6 +56,8 @@ __all__ = [
     "RlOutcome",
     "RlSearch",
     "batch_ways",
+    "micro_line",
+    "micro_words",
     "parse_samplers",
     "record",
     "rl_search",
@@ -69,12 +74,30 @@ DEFAULT_SCALES = (0.5, 1, 2, 4)
 #: The overlap-0 batches (the most samples per second first) whose splits are planned.
 SPLIT_BATCHES = 2
 MICRO_LINE = (
-    "update micro-batch: not searched: GRPO's update steps on the whole rollout batch "
-    "(optimizer.accumulation_steps must be 1): bnpo and dapo divide by the completion tokens "
-    "of the rows a step sees, so the mean of micro-batches' losses is not the whole batch's "
-    "(grpo's per-row means and dr_grpo's constant would be) and the accumulation passes no "
-    "whole-batch token count; so it is the rollout batch over the mesh"
+    "update micro-batch: at each rollout batch and split, the whole batch, else (after full "
+    "remat) 2, 4, ... micro-batches (optimizer.accumulation_steps: each divided by the whole "
+    "batch's completions and tokens, so they sum to its loss and gradient for every loss type) "
+    "until the update fits; the estimate prices the k micro-batch programs, and the fewest "
+    "that fit are the fastest"
 )
+#: Where the update cannot take micro-batches (`micro_line`).
+MICRO_MASKED = (
+    "update micro-batch: not searched: grpo.top_entropy_quantile < 1 masks by the whole "
+    "rollout batch's entropy quantile, which a micro-batch cannot see; so it is the rollout "
+    "batch over the mesh"
+)
+
+
+def micro_line(run: Config) -> str:
+    """What the search says of the update micro-batch for ``run`` (`MICRO_LINE`, or
+    `MICRO_MASKED` where the entropy mask keeps the update whole)."""
+    return MICRO_MASKED if run.grpo.top_entropy_quantile < 1.0 else MICRO_LINE
+
+
+def micro_words(o: RlOutcome) -> str:
+    """An outcome's update micro-batch in words: ``micro-batch 32 × 2`` (rows × steps)."""
+    steps = int(o.fitted.get("accumulation", 1))
+    return f"micro-batch {o.batch // steps} × {steps}"
 
 
 @dataclasses.dataclass
@@ -139,6 +162,8 @@ class RlSearch:
     #: The sampler devices each split tried (empty: no split could be searched) and why not.
     splits: list[int] = dataclasses.field(default_factory=list)
     no_split: str | None = None
+    #: What was searched of the update micro-batch (`micro_line`).
+    micro: str = MICRO_LINE
 
     def ranked(self) -> list[RlOutcome]:
         """The (batch, split) pairs that fit, the most samples per second first (the fewer
@@ -323,7 +348,7 @@ def rl_search(
     `sampler_counts`')."""
     plan_batch = plan_batch or _plan_batch
     started = time.perf_counter()
-    found = RlSearch({}, False, 0.0)
+    found = RlSearch({}, False, 0.0, micro=micro_line(run))
     cache: dict[str, Compiled] = {}  # the sampler's programs, by label and N
 
     def plan_one(batch: int, sampler: int) -> bool:
@@ -365,7 +390,7 @@ def _describe(run: Config, o: RlOutcome, count: int) -> str:
         return f"{what}: {(o.error or '')[:160]}"
     r = o.rollout
     return (
-        f"{what}: {r['step_s'] * 1e3:,.1f} ms per step (est.), the rollout "
+        f"{what}, {micro_words(o)}: {r['step_s'] * 1e3:,.1f} ms per step (est.), the rollout "
         f"{r['rollout_share']:.0%} of it, {o.samples_per_s:,.0f} samples/s, "
         f"{(o.peak_bytes or 0) / GIB:.2f} GiB per device"
     )
@@ -374,8 +399,8 @@ def _describe(run: Config, o: RlOutcome, count: int) -> str:
 def rl_table(run: Config, found: RlSearch, count: int, top: int = 6) -> list[str]:
     """The (batch, split) pairs that fit, the most samples per second first, one row each
     (estimates); a split's ``sampler + trainer`` devices of the ``count``."""
-    head = ("#", "rollout batch", "prompts × G", "split", "remat", "rollout", "update", "copy",
-            "step", "samples/s", "peak/device")  # fmt: skip
+    head = ("#", "rollout batch", "prompts × G", "split", "remat", "micro-batch", "rollout",
+            "update", "copy", "step", "samples/s", "peak/device")  # fmt: skip
     rows = [head]
     group, ms = run.rollout.group_size, lambda s: f"{s * 1e3:,.1f} ms"
     for n, o in enumerate(found.ranked()[:top], 1):
@@ -388,8 +413,8 @@ def rl_table(run: Config, found: RlSearch, count: int, top: int = 6) -> list[str
         copy = ms(r.get("copy_s", 0.0)) if o.sampler_devices else "-"
         rows.append((
             str(n), str(o.batch), f"{o.batch // group} × {group}", split, str(o.fitted["remat"]),
-            ms(r["seconds"]), update, copy, ms(r["step_s"]), f"{o.samples_per_s:,.0f}",
-            f"{(o.peak_bytes or 0) / GIB:.2f} GiB",
+            micro_words(o).removeprefix("micro-batch "), ms(r["seconds"]), update, copy,
+            ms(r["step_s"]), f"{o.samples_per_s:,.0f}", f"{(o.peak_bytes or 0) / GIB:.2f} GiB",
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -414,7 +439,9 @@ def record(found: RlSearch) -> Record:
         return {"batch": o.batch, "sampler_devices": o.sampler_devices,
                 "overlap": int(o.sampler_devices > 0), "error": o.error, "fitted": o.fitted,
                 "peak_bytes": o.peak_bytes, "samples_per_s": o.samples_per_s,
-                "rollout": o.rollout, "wall_s": o.wall_s}  # fmt: skip
+                "rollout": o.rollout, "wall_s": o.wall_s,
+                "accumulation_steps": int(o.fitted.get("accumulation", 1)),
+                "micro_batch": o.batch // int(o.fitted.get("accumulation", 1))}  # fmt: skip
 
     ranked = found.ranked()
     return {
@@ -423,7 +450,7 @@ def record(found: RlSearch) -> Record:
         "ran_out": found.ran_out,
         "splits": found.splits,
         "no_split": found.no_split,
-        "micro_batch": MICRO_LINE,
+        "micro_batch": found.micro,
         "planned": [row(o) for o in found.outcomes.values()],
         "chosen": row(ranked[0]) if ranked else None,
         "runner_up": row(ranked[1]) if len(ranked) > 1 else None,

@@ -231,6 +231,66 @@ def test_each_loss_variant_its_gradient_and_metrics_match_a_float64_reference(va
     assert np.any(grad_ent != 0) == (cfg.entropy_coef > 0)  # only the bonus differentiates them
 
 
+#: One variant of each aggregation (and GSPO's ratio, the off-policy mask, the entropy bonus)
+#: for micro-batches (the entropy mask's quantile is the whole batch's: refused there).
+MICRO_VARIANTS = ["grpo", "bnpo", "dr_grpo", "dapo", "gspo", "gspo-dr_grpo-off-policy", "cispo",
+                  "sapo", "luspo", "vespo", "entropy-bonus"]  # fmt: skip
+VARIANTS_MICRO = {**VARIANTS, "entropy-bonus": {"loss_type": "bnpo", "entropy_coef": 0.02}}
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("variant", MICRO_VARIANTS)
+def test_micro_batches_with_the_batchs_totals_add_up_to_the_whole_batch(variant: str, k: int):
+    """#72: k micro-batches (rows i, i + k, ..., as the trainer interleaves them), each scored
+    with the whole batch's `GrpoTotals`: their losses, gradients (logps and entropies) and
+    merged metrics are the whole batch's within 1e-6 (float32), for every aggregation."""
+    rng = np.random.default_rng()
+    parts = [_inputs(rng) for _ in range(2)]  # 12 rows: split into 2 or 4
+    logps, old, ref, mask, adv, ent = (np.concatenate(x) for x in zip(*parts, strict=True))
+    mask[:k] = 0.0  # a micro-batch holds a completion without a scored token
+    logps, old, ref, mask, adv, ent = (jnp.asarray(x) for x in (logps, old, ref, mask, adv, ent))
+    cfg = tnn.GrpoConfig(**{"beta": 0.04, "epsilon": 0.2, "epsilon_high": 0.28,
+                            **VARIANTS_MICRO[variant]})  # fmt: skip
+    totals = tnn.grpo.batch_totals(mask)
+
+    every = slice(None)
+
+    def score(x, e, rows=every, with_totals=None):
+        return tnn.grpo_loss(x[rows], old[rows], adv[rows], mask[rows], config=cfg,
+                             ref_logps=ref[rows], entropies=e[rows],
+                             totals=with_totals)  # fmt: skip
+
+    def accumulated(x, e):
+        outs = [score(x, e, slice(i, None, k), totals) for i in range(k)]
+        merged = tnn.grpo.merge_micro_metrics(
+            {n: jnp.stack([o.metrics()[n] for o in outs]) for n in outs[0].metrics()}
+        )
+        return sum(o.loss for o in outs), merged
+
+    whole = score(logps, ent)
+    loss, merged = accumulated(logps, ent)
+    np.testing.assert_allclose(float(loss), float(whole.loss), rtol=1e-6, atol=1e-6)
+    assert set(merged) == set(whole.metrics())
+    for name, value in whole.metrics().items():
+        np.testing.assert_allclose(float(merged[name]), float(value), rtol=1e-6, atol=1e-6,
+                                   err_msg=name)  # fmt: skip
+    want = jax.grad(lambda x, e: score(x, e).loss, (0, 1))(logps, ent)
+    got = jax.grad(lambda x, e: accumulated(x, e)[0], (0, 1))(logps, ent)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
+    assert np.any(np.asarray(want[0]) != 0)
+    if VARIANTS_MICRO[variant]["loss_type"] == "bnpo":  # a micro-batch's own token mean is not
+        own = sum(score(logps, ent, slice(i, None, k)).loss for i in range(k)) / k
+        assert abs(float(own) - float(whole.loss)) > 1e-4
+
+
+def test_a_micro_batch_with_the_entropy_mask_is_refused():
+    x, cfg = jnp.zeros((2, 3)), tnn.GrpoConfig(top_entropy_quantile=0.2)
+    with pytest.raises(ValueError, match="whole batch's, which a micro-batch"):
+        tnn.grpo_loss(x, x, jnp.zeros(2), jnp.ones((2, 3)), config=cfg, entropies=x,
+                      totals=tnn.grpo.batch_totals(jnp.ones((4, 3))))  # fmt: skip
+
+
 def test_the_logged_shares_count_clipped_tokens_of_the_right_sign():
     logps = jnp.zeros((1, 4))
     old = jnp.log(jnp.array([[1 / 0.5, 1 / 0.5, 1 / 2.0, 1.0]]))  # ratios 0.5, 0.5, 2, 1

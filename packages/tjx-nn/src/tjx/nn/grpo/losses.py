@@ -34,6 +34,15 @@ where the baseline is the group's own mean reward instead of a value model:
 - **entropy bonus**: ``- entropy_coef ×`` the token mean of the policy's entropy (over the
   tokens the entropy mask keeps).
 
+**Micro-batches** (`GrpoTotals`): a rollout batch scored in ``k`` parts (the trainer's
+``optimizer.accumulation_steps``) gives each part the whole batch's rows and completion tokens,
+counted once before the parts; each part's loss is then its share of the batch's (its token or
+row sums over the batch's counts), so the parts' losses, gradients and logged shares add up to
+the batch's for every ``loss_type`` (`merge_micro_metrics` takes the extremes' min and max).
+A part's own counts would not: ``bnpo``'s and ``dapo``'s token means over each part differ
+from the batch's where the parts' token counts differ. The entropy mask's quantile is the
+batch's, over entropies of the policy being differentiated, which no part knows: refused.
+
 These are the formulas of TRL's ``GRPOTrainer._compute_loss`` (trl 1.16) and its settings of the
 same names (no vLLM correction, no adaptive entropy coefficient); the peer test holds tjx's loss,
 gradient and logged metrics to TRL's within 1e-5 for every loss type and ratio level. The metrics
@@ -52,7 +61,7 @@ import jax.numpy as jnp
 
 from tjx.nn.grpo.config import CLIPPED_LOSSES, GrpoConfig
 
-__all__ = ["GrpoOutput", "grpo_loss"]
+__all__ = ["GrpoOutput", "GrpoTotals", "batch_totals", "grpo_loss", "merge_micro_metrics"]
 
 Array = jax.Array
 
@@ -96,6 +105,56 @@ class GrpoOutput(NamedTuple):
         ``cispo_clip_ratio`` (cispo), ``vespo/phi_seq_mean`` (vespo); ``policy_loss`` (the loss
         before the bonus) and ``entropy_coef`` with an entropy bonus."""
         return dict(self.logged)
+
+
+class GrpoTotals(NamedTuple):
+    """A whole rollout batch's counts, for `grpo_loss` of one of its micro-batches.
+
+    Attributes
+    ----------
+    rows : int
+        The batch's completions (rows), the divisor of ``grpo``, ``sapo``, ``luspo``,
+        ``dr_grpo`` (times the completion length) and of the per-completion shares.
+    tokens : Array
+        Scalar float32: the batch's scored completion tokens, the divisor of ``bnpo``,
+        ``dapo``, ``cispo``, ``vespo`` (without ``total_tokens``), the per-token shares and the
+        entropy bonus.
+    """
+
+    rows: int
+    tokens: Array
+
+
+def batch_totals(mask: Array) -> GrpoTotals:
+    """The `GrpoTotals` of a rollout batch from its ``[rows, T]`` completion mask (counted once,
+    before the batch is split into micro-batches)."""
+    return GrpoTotals(int(mask.shape[0]), jnp.sum(mask.astype(jnp.float32)))
+
+
+#: How a logged metric of micro-batches' `grpo_loss` (with `GrpoTotals`) combines into the
+#: batch's: these by min or max over the micro-batches, ``entropy_coef`` (a constant) taken
+#: once; every other one is a share of the batch's and adds up.
+_MICRO_PICK: dict[str, Callable[..., Array]] = {
+    "clip_ratio/low_min": jnp.min,
+    "clip_ratio/high_max": jnp.max,
+}
+
+
+def merge_micro_metrics(stacked: dict[str, Array]) -> dict[str, Array]:
+    """The whole batch's `GrpoOutput.metrics` from its micro-batches' (each scored with the
+    batch's `GrpoTotals`), stacked on a leading axis of ``k``: the shares summed, the extremes'
+    min / max (a micro-batch without a scored completion gives ±inf there: 0 when all do, as
+    for the whole batch), ``entropy_coef`` the first."""
+    merged: dict[str, Array] = {}
+    for name, values in stacked.items():
+        if name in _MICRO_PICK:
+            picked = _MICRO_PICK[name](values, axis=0)
+            merged[name] = jnp.where(jnp.isinf(picked), 0.0, picked)
+        elif name == "entropy_coef":
+            merged[name] = values[0]
+        else:
+            merged[name] = jnp.sum(values, axis=0)
+    return merged
 
 
 def _safe(x: Array) -> Array:
@@ -143,6 +202,7 @@ def grpo_loss(
     entropies: Array | None = None,
     max_completion_length: int | None = None,
     total_tokens: Array | None = None,
+    totals: GrpoTotals | None = None,
 ) -> GrpoOutput:
     """The GRPO loss of one batch of completions (the module docstring's formulas).
 
@@ -172,6 +232,11 @@ def grpo_loss(
         The divisor of ``dapo``, ``cispo`` and ``vespo``: the completion tokens of the whole
         generation batch, when this batch is one of several micro-batches (default: this
         batch's).
+    totals : GrpoTotals, optional
+        This batch is a micro-batch of a rollout batch with these counts (`batch_totals`): the
+        loss and the logged shares are its parts of the whole batch's (they add up over the
+        micro-batches; `merge_micro_metrics`). Not with ``top_entropy_quantile < 1`` (the
+        quantile is the whole batch's). Default: this batch is the whole batch.
 
     Returns
     -------
@@ -188,6 +253,11 @@ def grpo_loss(
         )
     if entropies is not None:
         chex.assert_equal_shape([logps, entropies])
+    if totals is not None and config.top_entropy_quantile < 1.0:
+        raise ValueError(
+            "grpo_loss: the entropy mask's quantile is the whole batch's, which a micro-batch "
+            "(totals) cannot see; score the whole batch, or set top_entropy_quantile to 1"
+        )
     m = mask.astype(jnp.float32)
     adv = advantages.astype(jnp.float32)[:, None]
     log_ratio = logps - jax.lax.stop_gradient(old_logps)
@@ -234,7 +304,11 @@ def grpo_loss(
     per_token = jnp.broadcast_to(per_token + config.beta * kl, m.shape)
     tokens = jnp.sum(m)
     summed = jnp.sum(per_token * m, axis=-1)
-    if kind in ("grpo", "sapo"):
+    # The divisors: this batch's counts, or (a micro-batch) the whole batch's.
+    all_tokens = tokens if totals is None else totals.tokens
+    if totals is not None:
+        loss = _micro_loss(summed, m, kind, totals, max_completion_length, total_tokens)
+    elif kind in ("grpo", "sapo"):
         loss = jnp.mean(summed / _safe(jnp.sum(m, axis=-1)))
     elif kind == "bnpo":
         loss = jnp.sum(summed) / _safe(tokens)
@@ -251,8 +325,8 @@ def grpo_loss(
         per-completion one's ([rows, 1]) over the completions."""
         x = jax.lax.stop_gradient(x.astype(jnp.float32))
         if x.shape[1] == 1:
-            return jnp.mean(x)
-        return jnp.sum(x * m) / _safe(tokens)
+            return jnp.mean(x) if totals is None else jnp.sum(x) / totals.rows
+        return jnp.sum(x * m) / _safe(all_tokens)
 
     logged["kl"] = share(kl)
     if entropies is not None:
@@ -265,8 +339,9 @@ def grpo_loss(
         low_s, high_s, region_s = share(low), share(high_clip), share(low | high_clip)
         logged["clip_ratio/low_mean"], logged["clip_ratio/high_mean"] = low_s, high_s
         logged["clip_ratio/region_mean"] = region_s
-        logged["clip_ratio/low_min"] = _extreme(low, m, jnp.min)
-        logged["clip_ratio/high_max"] = _extreme(high_clip, m, jnp.max)
+        whole = totals is None  # a micro-batch's extremes are merged (merge_micro_metrics)
+        logged["clip_ratio/low_min"] = _extreme(low, m, jnp.min, whole)
+        logged["clip_ratio/high_max"] = _extreme(high_clip, m, jnp.max, whole)
     elif kind == "cispo":
         logged["cispo_clip_ratio"] = share((ratio > high) & (adv > 0))
     elif kind == "vespo":
@@ -275,7 +350,9 @@ def grpo_loss(
         assert entropies is not None
         logged["policy_loss"] = jax.lax.stop_gradient(loss)
         logged["entropy_coef"] = jnp.asarray(config.entropy_coef, jnp.float32)
-        bonus = jnp.sum(entropies * kept) / _safe(jnp.sum(kept))
+        # Without the entropy mask (refused with totals) the kept tokens are the scored ones.
+        kept_count = jnp.sum(kept) if totals is None else totals.tokens
+        bonus = jnp.sum(entropies * kept) / _safe(kept_count)
         loss = loss - config.entropy_coef * bonus
     return GrpoOutput(
         loss=loss,
@@ -288,10 +365,33 @@ def grpo_loss(
     )
 
 
-def _extreme(flags: Array, mask: Array, pick: Callable[..., Array]) -> Array:
+def _micro_loss(
+    summed: Array,
+    m: Array,
+    kind: str,
+    totals: GrpoTotals,
+    max_completion_length: int | None,
+    total_tokens: Array | None,
+) -> Array:
+    """A micro-batch's share of the whole batch's loss: its completions' token sums
+    (``summed``) aggregated as ``kind`` over the batch's counts (``totals``)."""
+    if kind in ("grpo", "sapo"):
+        return jnp.sum(summed / _safe(jnp.sum(m, axis=-1))) / totals.rows
+    if kind == "dr_grpo":
+        length = m.shape[1] if max_completion_length is None else max_completion_length
+        return jnp.sum(summed) / (totals.rows * length)
+    if kind == "luspo":
+        return jnp.sum(summed) / totals.rows
+    if kind == "bnpo" or total_tokens is None:  # and dapo, cispo, vespo by default
+        return jnp.sum(summed) / _safe(totals.tokens)
+    return jnp.sum(summed) / _safe(total_tokens)
+
+
+def _extreme(flags: Array, mask: Array, pick: Callable[..., Array], whole: bool = True) -> Array:
     """TRL's ``clip_ratio/low_min`` and ``high_max``: ``pick`` (min or max) over completions of
     each one's share of clipped tokens (a per-completion flag ``[rows, 1]`` as it is), the
-    completions without a scored token left out (0 when none is left)."""
+    completions without a scored token left out (0 when none is left; ±inf when not ``whole``:
+    a micro-batch's, which `merge_micro_metrics` picks among)."""
     x = jax.lax.stop_gradient(flags.astype(jnp.float32))
     if x.shape[1] == 1:
         return pick(x)
@@ -299,4 +399,4 @@ def _extreme(flags: Array, mask: Array, pick: Callable[..., Array]) -> Array:
     per_row = jnp.sum(x * mask, axis=-1) / _safe(counts)
     fill = jnp.inf if pick is jnp.min else -jnp.inf
     value = pick(jnp.where(counts > 0, per_row, fill))
-    return jnp.where(jnp.any(counts > 0), value, 0.0)
+    return jnp.where(jnp.any(counts > 0), value, 0.0) if whole else value

@@ -640,12 +640,12 @@ def test_an_rl_search_on_8_devices_tries_every_split_and_chooses_the_fastest_tha
     capsys, in_tmp, monkeypatch
 ):
     """#72: every rollout batch is planned with overlap 0, then the two best (256, 128) split
-    into 1 to 7 sampler devices, the fewest first, each at the batch nearest that the group
-    size (8), the samplers and the trainers divide (256: 1 + 7 at 280, 2 + 6 at 264, 3 + 5 at
-    240, ...). As a decode step reads the whole policy on each device, the rollout barely falls
+    into 1 to 7 sampler devices, the fewest first, each at the largest batch up to it that the
+    group size (8), the samplers and the trainers divide (256: 1 + 7 at 224, 2 + 6 and 3 + 5
+    at 240, ...). As a decode step reads the whole policy on each device, the rollout barely falls
     with more samplers (40 ms + 20 µs a row on each), while the update is 1 ms a row on each
-    trainer; a sampler device holds at most 192 rows. 2 + 6 at 264 (max(42.6, 44) + 1 ms copy)
-    beats 4 + 4 (65 ms) and the sequential 256 (72.6 ms); 1 + 7 at 280 does not fit; 3 + 5 at
+    trainer; a sampler device holds at most 192 rows. 2 + 6 at 240 (max(42.4, 40) + 1 ms copy)
+    beats 4 + 4 (65 ms) and the sequential 256 (72.6 ms); 1 + 7 at 224 does not fit; 3 + 5 at
     240 is the runner-up. The YAML builds its trainer's mesh over 6 devices here (data 6, the
     held-out batch 30 that they split), and the JSON carries the split."""
     on_8(monkeypatch, memory=GIB)
@@ -663,15 +663,15 @@ def test_an_rl_search_on_8_devices_tries_every_split_and_chooses_the_fastest_tha
     lines = capsys.readouterr().out.splitlines()
     assert planned == [32, 64, 128, 256]
     assert planned.splits == [
-        (280, 1), (264, 2), (240, 3), (256, 4), (240, 5), (264, 6), (280, 7),
+        (224, 1), (240, 2), (240, 3), (256, 4), (240, 5), (240, 6), (224, 7),
         (112, 1), (120, 2), (120, 3), (128, 4), (120, 5), (120, 6), (112, 7),
     ]  # fmt: skip
     assert any(line.startswith("search: sampler/trainer split: overlap 0 (every device samples")
                and "N = 1, 2, 3, 4, 5, 6, 7 " in line for line in lines)  # fmt: skip
     chosen = next(line for line in lines if line.startswith("search: chosen: "))
     assert chosen.startswith(
-        "search: chosen: rollout batch 264 (33 prompts × 8), overlap 1: 2 "
-        "sampler + 6 trainer devices, remat full: 5,867 samples/s"
+        "search: chosen: rollout batch 240 (30 prompts × 8), overlap 1: 2 "
+        "sampler + 6 trainer devices, remat full: 5,530 samples/s"
     )
     runner = next(line for line in lines if line.startswith("search: runner-up: "))
     assert runner.startswith(
@@ -681,18 +681,18 @@ def test_an_rl_search_on_8_devices_tries_every_split_and_chooses_the_fastest_tha
     assert "search: eval.batch_size 32 → 30 in the winner: the held-out completions run on its " \
         "6 trainer devices, which must split them" in lines  # fmt: skip
     row = next(line.split() for line in lines if line.startswith("  1 "))
-    assert row[1:8] == ["264", "33", "×", "8", "2", "+", "6"] and "1.0" in row  # split, copy
+    assert row[1:8] == ["240", "30", "×", "8", "2", "+", "6"] and "1.0" in row  # split, copy
     loaded = load_config(str(in_tmp / "rl.yaml"), [])
-    assert (loaded.data.batch_size, loaded.eval.batch_size) == (264, 30)
+    assert (loaded.data.batch_size, loaded.eval.batch_size) == (240, 30)
     assert (loaded.rollout.overlap, loaded.rollout.sampler_devices) == (1, 2)
     # The run's mesh as the trainer builds it: the first 6 of 8 devices, every batch split
     mesh, _ = make_mesh(loaded.mesh, loaded.mesh_needs(), jax.devices()[:8])
     assert mesh.shape["data"] == 6 and mesh.devices.size == 6
     record = json.loads(out.read_text())
-    assert (record["chosen"]["batch"], record["chosen"]["sampler_devices"]) == (264, 2)
+    assert (record["chosen"]["batch"], record["chosen"]["sampler_devices"]) == (240, 2)
     assert record["chosen"]["overlap"] == 1 and record["splits"] == [1, 2, 3, 4, 5, 6, 7]
     assert [(p["batch"], p["sampler_devices"]) for p in record["planned"] if p["error"]] == [
-        (280, 1)]  # fmt: skip
+        (224, 1)]  # fmt: skip
 
 
 def test_a_batch_whose_sequential_rollout_does_not_fit_is_tried_split(capsys, in_tmp, monkeypatch):
@@ -732,9 +732,9 @@ def test_an_rl_search_where_nothing_fits_on_8_devices_is_one_line(capsys, in_tmp
 @pytest.mark.parametrize(
     ("samplers", "sets", "splits", "why"),
     [
-        # 2 + 6: 64 completions round to 72 (groups of 8 that 2 and 6 devices both divide)
-        ("2,4", [], [(72, 2), (64, 4)], None),
-        ("6", [], [(72, 6)], None),
+        # 2 + 6: 64 completions round down to 48 (groups of 8 that 2 and 6 devices divide)
+        ("2,4", [], [(48, 2), (64, 4)], None),
+        ("6", [], [(48, 6)], None),
         ("0", [], [], "--search-samplers 0: overlap 0 only"),
         # A mesh of 8 fixed data ways covers no trainer count of a split
         ("2,4", ["mesh.data=8"], [], "the config's mesh (pipeline=1, data=8, fsdp=1, "
@@ -744,8 +744,8 @@ def test_an_rl_search_where_nothing_fits_on_8_devices_is_one_line(capsys, in_tmp
 def test_an_rl_search_plans_the_splits_it_is_given(
     samplers, sets, splits, why, capsys, in_tmp, monkeypatch
 ):
-    """``--search-samplers 2,4``: those splits only, each at the batch nearest 64 that the
-    group size and both sides divide; ``0``: overlap 0 only; a split whose trainer count the
+    """``--search-samplers 2,4``: those splits only, each at the largest batch up to 64 that
+    the group size and both sides divide; ``0``: overlap 0 only; a split whose trainer count the
     config's mesh does not cover is not planned. Why no split was planned is said."""
     on_8(monkeypatch, memory=GIB)
     planned = fake_rl_plans(monkeypatch, lambda b, n: (GIB // 2, 0.05, 0.01))

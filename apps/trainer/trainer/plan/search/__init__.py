@@ -274,8 +274,8 @@ def _rl_search(
     say(f"search: sampler/trainer split: overlap 0 (every device samples, then trains) at each "
         f"rollout batch, then at the {rl.SPLIT_BATCHES} best of those overlap 1 with N sampler "
         f"devices, N = {', '.join(map(str, said)) or 'none'} (the trainer's mesh the rest), "
-        "each at the rollout batch nearest that one which the group size and both sides' "
-        "devices divide; a split's step is max(the rollout on the sampler's devices, "
+        "each at the largest rollout batch up to that one which the group size and both "
+        "sides' devices divide; a split's step is max(the rollout on the sampler's devices, "
         "the update on the trainer's) + the policy's copy at "
         f"{link:.0f} GB/s, each program compiled for the devices it runs on (the sampler's: the "
         "policy replicated, the rows split over the N)")  # fmt: skip

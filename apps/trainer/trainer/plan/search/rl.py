@@ -24,10 +24,11 @@ dimensions, and what each costs in compiles:
   does not: the sampler's devices keep no optimizer state), ``grpo.overlap: 1`` with N
   sampler devices for each N of `default_samplers` (on 8 devices every N from 1 to 7), the
   fewest first: the trainer's mesh the other devices (the config's, data parallel by default,
-  over any count: 6 + 2 and 3 + 5 as 4 + 4), each N at the rollout batch nearest the
-  overlap-0 one that the group size, the N sampler devices (they split the rollout's rows) and
-  the trainer's batch ways all divide (`split_step`: 240 or 264 for 256 completions of groups
-  of 8 on 2 + 6); a split whose trainer count the config's mesh does not cover is not tried.
+  over any count: 6 + 2 and 3 + 5 as 4 + 4), each N at the largest rollout batch up to
+  the overlap-0 one that the group size, the N sampler devices (they split the rollout's rows)
+  and the trainer's batch ways all divide (`split_step`, `split_batch`: 240 for 256
+  completions of groups of 8 on 2 + 6); a split whose trainer count the config's mesh does
+  not cover is not tried.
   Each split is planned as ``--plan`` plans it (`trainer.plan.target_plan.plan`): the update
   compiled for the trainer's devices, the rollout for the sampler's, where the policy is
   replicated and the rows split, its programs compiled once per batch and N (a cache by label
@@ -260,19 +261,19 @@ def split_step(run: Config, target: Target, sampler: int) -> int:
 
 
 def split_batch(near: int, step: int) -> int:
-    """The multiple of ``step`` nearest ``near`` (the smaller on a tie; at least ``step``): the
-    rollout batch a split is planned at beside an overlap-0 batch of ``near`` completions."""
-    below = max(step, near // step * step)
-    above = below + step
-    return below if near - below <= above - near else above
+    """The largest multiple of ``step`` at most ``near`` (at least ``step``): the rollout batch
+    a split is planned at beside an overlap-0 batch of ``near`` completions. Not above it:
+    where a step's time barely moves with its rows (a decode bound by reading the weights), a
+    larger batch alone would win, and the split would be credited with it."""
+    return max(step, near // step * step)
 
 
 def sampler_counts(
     run: Config, target: Target, batch: int, wanted: list[int] | None = None
 ) -> tuple[list[tuple[int, int]], str | None]:
     """The splits of ``target`` planned beside the overlap-0 rollout ``batch``: for each N of
-    ``wanted`` (default `default_samplers`), N sampler devices at the rollout batch nearest
-    ``batch`` that both sides divide (`split_step`, `split_batch`), as (N, batch), the fewest
+    ``wanted`` (default `default_samplers`), N sampler devices at the largest rollout batch up
+    to ``batch`` that both sides divide (`split_step`, `split_batch`), as (N, batch), the fewest
     sampler devices first; and why none, if none."""
     count = target.count
     if count < 2:
@@ -327,7 +328,8 @@ def _plan_batch(
     rule's refusal is an error); ``cache`` keeps the sampler's programs (by batch and N)."""
     started = time.perf_counter()
     sized = with_split(
-        dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch)), sampler,
+        dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch)),
+        sampler,
         target.count,
     )
     try:

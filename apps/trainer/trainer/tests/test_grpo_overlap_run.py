@@ -206,3 +206,29 @@ def test_the_overlap_estimate_is_the_longer_side_plus_the_copy():
     assert est.sequential_s == pytest.approx(rollout + update, rel=1e-12)
     assert est.overlapped_s == pytest.approx(max(rollout, update) + copy, rel=1e-12)
     assert est.speedup == pytest.approx((rollout + update) / (max(rollout, update) + copy))
+
+
+def test_a_split_into_3_sampler_and_5_trainer_devices_trains(in_tmp, monkeypatch, capsys):
+    """Neither side a power of two: the trainer's mesh is data parallel over the first 5
+    devices, the sampler splits the rollout's rows over the other 3 (15 completions: 5 prompts
+    × 3, 3 rows each on the trainer's devices, 5 on the sampler's; the held-out batch 5 rows,
+    which 5 trainers split); two steps, the second sampled with the first's weights while its
+    update runs."""
+    sets = ("train.steps=2", "train.checkpoint_every=1000", "data.batch_size=15",
+            "eval.batch_size=5", "grpo.group_size=3", "grpo.overlap=1",
+            "grpo.sampler_devices=3")  # fmt: skip
+    with monkeypatch.context() as spied:
+        seen = _spy_on_the_sampler(spied)
+        assert main(_argv(in_tmp, "run", *sets)) == 0
+    out = capsys.readouterr().out
+    assert "× data 5 ×" in out and ", rollouts on the other 3 (dp, 8 devices)" in out, out
+    sampler = set(jax.devices()[5:])
+    # Both rollouts' decode steps (up to 15 each: 16 new tokens) on the sampler, 5 rows a device
+    decodes = [rows for kind, rows, _ in seen if kind == "decode" and rows[0][1].device_set
+               & sampler]  # fmt: skip
+    assert 2 <= len(decodes) <= 2 * 15
+    assert all(sh.device_set == sampler and sh.shard_shape(shape)[0] == 5
+               for rows in decodes for shape, sh in rows)  # fmt: skip
+    lines = _lines(in_tmp / "run")
+    assert [x["step"] for x in lines] == [1, 2]
+    assert all(np.isfinite(x["loss"]) for x in lines)

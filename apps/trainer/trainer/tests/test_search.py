@@ -28,6 +28,7 @@ from trainer.plan import target_plan
 from trainer.plan.search import candidates, engine, rl, table, write_winner
 from trainer.plan.search.candidates import Candidate, MeshChoice, Space, apply, describe
 from trainer.plan.search.engine import Outcome, search
+from trainer.step.state import make_mesh
 
 TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
 
@@ -640,20 +641,24 @@ def on_8(monkeypatch, memory: int) -> None:
     monkeypatch.setattr(search_cli, "WORKERS", 0)
 
 
-def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(capsys, in_tmp, monkeypatch):
-    """#72: every rollout batch is planned with overlap 0, then the two best with overlap 1 on
-    4 sampler devices: of the default 4, 6 and 7, the samplers split the rollout's rows, and
-    6 and 7 divide no batch of 32 to 256. The rollout takes 30 ms + 80 ms / its devices (a
-    decode step reads the whole policy on each, whatever its rows), the update 15 ms × 8 /
-    trainers; at 128 the 4 + 4 split does not fit. 4 + 4 at 256 (max(50, 30) + 1 ms copy)
-    beats the sequential 40 + 15 ms: chosen, with the sequential the runner-up; the YAML and
-    the JSON carry the split."""
+def test_an_rl_search_on_8_devices_tries_every_split_and_chooses_the_fastest_that_fits(
+    capsys, in_tmp, monkeypatch
+):
+    """#72: every rollout batch is planned with overlap 0, then the two best (256, 128) split
+    into 1 to 7 sampler devices, the fewest first, each at the largest batch up to it that the
+    group size (8), the samplers and the trainers divide (256: 1 + 7 at 224, 2 + 6 and 3 + 5
+    at 240, ...). As a decode step reads the whole policy on each device, the rollout barely falls
+    with more samplers (40 ms + 20 µs a row on each), while the update is 1 ms a row on each
+    trainer; a sampler device holds at most 192 rows. 2 + 6 at 240 (max(42.4, 40) + 1 ms copy)
+    beats 4 + 4 (65 ms) and the sequential 256 (72.6 ms); 1 + 7 at 224 does not fit; 3 + 5 at
+    240 is the runner-up. The YAML builds its trainer's mesh over 6 devices here (data 6, the
+    held-out batch 30 that they split), and the JSON carries the split."""
     on_8(monkeypatch, memory=GIB)
 
     def answer(batch, sampler):
-        trainers = 8 - sampler if sampler else 8
-        peak = 2 * GIB if (batch, sampler) == (128, 4) else GIB // 2
-        return peak, 0.03 + 0.08 / (sampler or 8), 0.015 * 8 / trainers
+        devices, trainers = (sampler, 8 - sampler) if sampler else (8, 8)
+        peak = 2 * GIB if batch / devices > 192 else GIB // 2
+        return peak, 0.040 + 2e-5 * batch / devices, 1e-3 * batch / trainers
 
     planned = fake_rl_plans(monkeypatch, answer)
     out = in_tmp / "rl.json"
@@ -662,26 +667,37 @@ def test_an_rl_search_on_8_devices_chooses_the_fastest_split_that_fits(capsys, i
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert planned == [32, 64, 128, 256]
-    assert planned.splits == [(256, 4), (128, 4)]
+    assert planned.splits == [
+        (224, 1), (240, 2), (240, 3), (256, 4), (240, 5), (240, 6), (224, 7),
+        (112, 1), (120, 2), (120, 3), (128, 4), (120, 5), (120, 6), (112, 7),
+    ]  # fmt: skip
     assert any(line.startswith("search: sampler/trainer split: overlap 0 (every device samples")
-               for line in lines)  # fmt: skip
+               and "N = 1, 2, 3, 4, 5, 6, 7 " in line for line in lines)  # fmt: skip
     chosen = next(line for line in lines if line.startswith("search: chosen: "))
     assert chosen.startswith(
-        "search: chosen: rollout batch 256 (32 prompts × 8), overlap 1: 4 "
-        "sampler + 4 trainer devices, remat full, micro-batch 128 × 2: 5,020 samples/s"
+        "search: chosen: rollout batch 240 (30 prompts × 8), overlap 1: 2 "
+        "sampler + 6 trainer devices, remat full, micro-batch 120 × 2: 5,530 samples/s"
     )
     runner = next(line for line in lines if line.startswith("search: runner-up: "))
-    assert runner.startswith("search: runner-up: rollout batch 256 (32 prompts × 8), overlap 0")
+    assert runner.startswith(
+        "search: runner-up: rollout batch 240 (30 prompts × 8), overlap 1: 3 sampler + 5 "
+        "trainer devices, remat full, micro-batch 120 × 2: 4,898 samples/s"
+    )
+    assert "search: eval.batch_size 32 → 30 in the winner: the held-out completions run on its " \
+        "6 trainer devices, which must split them" in lines  # fmt: skip
     row = next(line.split() for line in lines if line.startswith("  1 "))
-    assert row[1:6] == ["256", "32", "×", "8", "4"] and "1.0" in row  # the split, the copy
+    assert row[1:8] == ["240", "30", "×", "8", "2", "+", "6"] and "1.0" in row  # split, copy
     loaded = load_config(str(in_tmp / "rl.yaml"), [])
-    assert loaded.data.batch_size == 256
-    assert (loaded.rollout.overlap, loaded.rollout.sampler_devices) == (1, 4)
+    assert (loaded.data.batch_size, loaded.eval.batch_size) == (240, 30)
+    assert (loaded.rollout.overlap, loaded.rollout.sampler_devices) == (1, 2)
+    # The run's mesh as the trainer builds it: the first 6 of 8 devices, every batch split
+    mesh, _ = make_mesh(loaded.mesh, loaded.mesh_needs(), jax.devices()[:8])
+    assert mesh.shape["data"] == 6 and mesh.devices.size == 6
     record = json.loads(out.read_text())
-    assert (record["chosen"]["batch"], record["chosen"]["sampler_devices"]) == (256, 4)
-    assert record["chosen"]["overlap"] == 1 and record["splits"] == [4]
+    assert (record["chosen"]["batch"], record["chosen"]["sampler_devices"]) == (240, 2)
+    assert record["chosen"]["overlap"] == 1 and record["splits"] == [1, 2, 3, 4, 5, 6, 7]
     assert [(p["batch"], p["sampler_devices"]) for p in record["planned"] if p["error"]] == [
-        (128, 4)]  # fmt: skip
+        (224, 1)]  # fmt: skip
 
 
 def test_a_batch_whose_sequential_rollout_does_not_fit_is_tried_split(capsys, in_tmp, monkeypatch):
@@ -719,28 +735,27 @@ def test_an_rl_search_where_nothing_fits_on_8_devices_is_one_line(capsys, in_tmp
 
 
 @pytest.mark.parametrize(
-    ("samplers", "splits", "why"),
+    ("samplers", "sets", "splits", "why"),
     [
-        ("2,4", [(64, 4)], None),
-        ("0", [], "--search-samplers 0: overlap 0 only"),
-        ("2", [], "no split of the 8 devices into 6 trainers (the config's mesh) and the rest "
-         "samplers divides 64 completions on both sides"),
-        # 2 trainers split 64 rows, 6 samplers do not (they split the rollout's rows too)
-        ("6", [], "no split of the 8 devices into 2 trainers (the config's mesh) and the rest "
-         "samplers divides 64 completions on both sides"),
+        # 2 + 6: 64 completions round down to 48 (groups of 8 that 2 and 6 devices divide)
+        ("2,4", [], [(48, 2), (64, 4)], None),
+        ("6", [], [(48, 6)], None),
+        ("0", [], [], "--search-samplers 0: overlap 0 only"),
+        # A mesh of 8 fixed data ways covers no trainer count of a split
+        ("2,4", ["mesh.data=8"], [], "the config's mesh (pipeline=1, data=8, fsdp=1, "
+         "expert=1, context=1, tensor=1) covers none of 6, 4 trainer devices"),
     ],
 )  # fmt: skip
 def test_an_rl_search_plans_the_splits_it_is_given(
-    samplers, splits, why, capsys, in_tmp, monkeypatch
+    samplers, sets, splits, why, capsys, in_tmp, monkeypatch
 ):
-    """``--search-samplers 2,4``: those splits only, where the trainer's mesh splits the batch
-    (6 trainers do not split 64 completions: 2 is left out, and alone it leaves no split; nor
-    do 6 samplers, which split the rollout's rows);
-    ``0``: overlap 0 only. Why no split was planned is said."""
+    """``--search-samplers 2,4``: those splits only, each at the largest batch up to 64 that
+    the group size and both sides divide; ``0``: overlap 0 only; a split whose trainer count the
+    config's mesh does not cover is not planned. Why no split was planned is said."""
     on_8(monkeypatch, memory=GIB)
     planned = fake_rl_plans(monkeypatch, lambda b, n: (GIB // 2, 0.05, 0.01))
     argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "64",
-            "--search-samplers", samplers]  # fmt: skip
+            "--search-samplers", samplers, *[x for s in sets for x in ("--set", s)]]  # fmt: skip
     assert main(argv) == 0
     assert planned == [64] and planned.splits == splits
     said = [x for x in capsys.readouterr().out.splitlines() if "split: not searched" in x]

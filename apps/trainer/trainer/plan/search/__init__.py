@@ -270,10 +270,12 @@ def _rl_search(
         "completions are B rows whatever the group size), so no estimate")  # fmt: skip
     say(f"search: {rl.micro_line(run)}")
     link = target.device.link_bandwidth / 1e9
+    said = samplers if samplers is not None else rl.default_samplers(target.count)
     say(f"search: sampler/trainer split: overlap 0 (every device samples, then trains) at each "
         f"rollout batch, then at the {rl.SPLIT_BATCHES} best of those overlap 1 with N sampler "
-        "devices (the trainer's mesh the rest: a half, a quarter, ... of the devices; both "
-        "sides divide the batch); a split's step is max(the rollout on the sampler's devices, "
+        f"devices, N = {', '.join(map(str, said)) or 'none'} (the trainer's mesh the rest), "
+        "each at the largest rollout batch up to that one which the group size and both "
+        "sides' devices divide; a split's step is max(the rollout on the sampler's devices, "
         "the update on the trainer's) + the policy's copy at "
         f"{link:.0f} GB/s, each program compiled for the devices it runs on (the sampler's: the "
         "policy replicated, the rows split over the N)")  # fmt: skip
@@ -310,6 +312,10 @@ def _rl_search(
             f"{o.samples_per_s:,.0f} samples/s (est.), the rollout "
             f"{o.rollout['rollout_share']:.0%} of the step")  # fmt: skip
     sized, c = rl.winner_config(run, chosen, target.count)
+    if sized.eval.batch_size != run.eval.batch_size:  # with_split's: the trainers split it
+        say(f"search: eval.batch_size {run.eval.batch_size} → {sized.eval.batch_size} in the "
+            f"winner: the held-out completions run on its {target.count - chosen.sampler_devices} "
+            "trainer devices, which must split them")  # fmt: skip
     note = (f"--plan {args.plan} --search's winner for {run.name}: {chosen.samples_per_s:,.0f} "
             f"samples/s ({label})")  # fmt: skip
     try:

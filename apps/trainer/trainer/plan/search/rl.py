@@ -25,13 +25,18 @@ dimensions, and what each costs in compiles:
   then trains) at each rollout batch; then, at the `SPLIT_BATCHES` batches with the most
   samples per second that way (and the largest whose update fits but whose sequential rollout
   does not: the sampler's devices keep no optimizer state), ``grpo.overlap: 1`` with N
-  sampler devices for each N of `sampler_counts` (the trainer's mesh the other devices, where
-  it splits the batch, as the N sampler devices split the rollout's rows: both divide it).
+  sampler devices for each N of `default_samplers` (on 8 devices every N from 1 to 7), the
+  fewest first: the trainer's mesh the other devices (the config's, data parallel by default,
+  over any count: 6 + 2 and 3 + 5 as 4 + 4), each N at the largest rollout batch up to
+  the overlap-0 one that the group size, the N sampler devices (they split the rollout's rows)
+  and the trainer's batch ways all divide (`split_step`, `split_batch`: 240 for 256
+  completions of groups of 8 on 2 + 6); a split whose trainer count the config's mesh does
+  not cover is not tried.
   Each split is planned as ``--plan`` plans it (`trainer.plan.target_plan.plan`): the update
   compiled for the trainer's devices, the rollout for the sampler's, where the policy is
   replicated and the rows split, its programs compiled once per batch and N (a cache by label
   and N); its step is the longer of the rollout and the update plus the policy's copy over a
-  link (`trainer.plan.rollout_plan`);
+  link (`trainer.plan.rollout_plan`), and both sides' peaks must fit;
 * the mesh, the kernels and fp8 are the config's (the mesh search ranks by the update alone).
 
 The chosen batch and split and the runner-up are said; the chosen is written as a YAML
@@ -56,6 +61,7 @@ __all__ = [
     "RlOutcome",
     "RlSearch",
     "batch_ways",
+    "default_samplers",
     "micro_line",
     "micro_words",
     "parse_samplers",
@@ -64,6 +70,8 @@ __all__ = [
     "rl_table",
     "rollout_batches",
     "sampler_counts",
+    "split_batch",
+    "split_step",
     "split_words",
     "winner_config",
 ]
@@ -218,7 +226,7 @@ def rollout_batches(text: str | None, run: Config, target: Target) -> list[int]:
 
 def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None:
     """``--search-samplers``' counts of sampler devices (``"1,4"``), each leaving a trainer;
-    ``"0"``: none (overlap 0 only, an empty list); None: the default (`sampler_counts`).
+    ``"0"``: none (overlap 0 only, an empty list); None: the default (`default_samplers`).
 
     Raises
     ------
@@ -247,37 +255,66 @@ def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None
     return sorted(set(found))
 
 
+#: Up to this many devices every split is tried; beyond, sampler counts below it and those that
+#: leave the trainer a half, a quarter, ... of the devices (`default_samplers`).
+EVERY_SPLIT_BELOW = 8
+
+
+def default_samplers(count: int) -> list[int]:
+    """The sampler devices a split of ``count`` devices tries by default: every N from 1 to
+    ``count - 1`` on up to `EVERY_SPLIT_BELOW` devices; beyond, 1 to ``EVERY_SPLIT_BELOW - 1``
+    (few samplers: a decode step reads the whole policy on each, so its time barely falls with
+    more of them) and those that leave the trainer a half, a quarter, ... of the devices."""
+    wanted = set(range(1, min(count, EVERY_SPLIT_BELOW)))
+    trainers = count // 2
+    while trainers >= 1:
+        wanted.add(count - trainers)
+        trainers //= 2
+    return sorted(n for n in wanted if 1 <= n < count)
+
+
+def split_step(run: Config, target: Target, sampler: int) -> int:
+    """The smallest rollout batch a split with ``sampler`` sampler devices runs: a multiple of
+    the group size, of the N sampler devices (they split the rollout's rows) and of the
+    trainer's batch ways (the config's mesh over the other devices); 0 where that mesh does
+    not cover them (a fixed axis the trainer's device count does not divide)."""
+    try:
+        ways = candidate_of(run, target.count - sampler).mesh.batch_ways
+    except ValueError:  # e.g. mesh.fsdp=2 over 5 trainer devices
+        return 0
+    return math.lcm(run.rollout.group_size, sampler, ways)
+
+
+def split_batch(near: int, step: int) -> int:
+    """The largest multiple of ``step`` at most ``near`` (at least ``step``): the rollout batch
+    a split is planned at beside an overlap-0 batch of ``near`` completions. Not above it:
+    where a step's time barely moves with its rows (a decode bound by reading the weights), a
+    larger batch alone would win, and the split would be credited with it."""
+    return max(step, near // step * step)
+
+
 def sampler_counts(
     run: Config, target: Target, batch: int, wanted: list[int] | None = None
-) -> tuple[list[int], str | None]:
-    """The sampler devices a split of ``target`` tries at rollout ``batch``: ``wanted``, else N
-    where the other ``count - N`` devices are a half, a quarter, ... of the target; each where
-    the trainer's mesh (the config's, over those devices) splits the batch's rows and the N
-    sampler devices do too (they split the rollout's rows). And why none, if none."""
+) -> tuple[list[tuple[int, int]], str | None]:
+    """The splits of ``target`` planned beside the overlap-0 rollout ``batch``: for each N of
+    ``wanted`` (default `default_samplers`), N sampler devices at the largest rollout batch up
+    to ``batch`` that both sides divide (`split_step`, `split_batch`), as (N, batch), the fewest
+    sampler devices first; and why none, if none."""
     count = target.count
     if count < 2:
         return [], f"one device ({target.describe()}): nothing to split"
     if wanted == []:
         return [], "--search-samplers 0: overlap 0 only"
-    if wanted is None:
-        wanted = []
-        trainers = count // 2
-        while trainers >= 1:
-            wanted.append(count - trainers)
-            trainers //= 2
-    found: list[int] = []
+    wanted = default_samplers(count) if wanted is None else wanted
+    found: list[tuple[int, int]] = []
     for sampler in wanted:
-        try:
-            ways = candidate_of(run, count - sampler).mesh.batch_ways
-        except ValueError:  # the config's mesh does not cover that many devices
-            ways = 0
-        if ways and batch % ways == 0 and batch % sampler == 0:
-            found.append(sampler)
+        step = split_step(run, target, sampler)
+        if step:
+            found.append((sampler, split_batch(batch, step)))
     if not found:
         tried = ", ".join(str(count - n) for n in wanted)
         return [], (
-            f"no split of the {count} devices into {tried} trainers (the config's mesh) and "
-            f"the rest samplers divides {batch} completions on both sides"
+            f"the config's mesh ({run.mesh.describe()}) covers none of {tried} trainer devices"
         )
     return found, None
 
@@ -289,10 +326,21 @@ def split_words(sampler: int, count: int) -> str:
     return f"overlap 1: {sampler} sampler + {count - sampler} trainer devices"
 
 
-def with_split(run: Config, sampler: int) -> Config:
-    """``run`` overlapped on ``sampler`` sampler devices (0: sequential)."""
+def with_split(run: Config, sampler: int, count: int) -> Config:
+    """``run`` overlapped on ``sampler`` of ``count`` devices (0: sequential), its held-out
+    batch (``eval.batch_size``, the greedy completions the trainer's mesh runs) the largest
+    multiple of the trainer's batch ways at most the configured one, where those do not split
+    it (6 trainers and 32 rows: 30): the rollout's estimate does not read it."""
     rollout = dataclasses.replace(run.rollout, overlap=int(sampler > 0), sampler_devices=sampler)
-    return dataclasses.replace(run, rollout=rollout)
+    split = dataclasses.replace(run, rollout=rollout)
+    if not sampler:
+        return split
+    ways = candidate_of(split, count - sampler).mesh.batch_ways
+    rows = run.eval.batch_size
+    if rows % ways == 0:
+        return split
+    held = dataclasses.replace(run.eval, batch_size=max(ways, rows // ways * ways))
+    return dataclasses.replace(split, eval=held)
 
 
 PlanBatch = Callable[[Config, int, Target, str, int, dict[str, Compiled]], RlOutcome]
@@ -305,7 +353,9 @@ def _plan_batch(
     rule's refusal is an error); ``cache`` keeps the sampler's programs (by batch and N)."""
     started = time.perf_counter()
     sized = with_split(
-        dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch)), sampler
+        dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=batch)),
+        sampler,
+        target.count,
     )
     try:
         result = target_plan.plan(sized, target, text, lambda line: None, cache)
@@ -345,7 +395,7 @@ def rl_search(
     """Plan each rollout batch once with overlap 0, smallest first, then the splits of the best
     `SPLIT_BATCHES` (module doc), until all are planned or ``budget_s`` seconds have passed;
     one progress line each. ``samplers``: the splits' sampler devices (default
-    `sampler_counts`')."""
+    `default_samplers`)."""
     plan_batch = plan_batch or _plan_batch
     started = time.perf_counter()
     found = RlSearch({}, False, 0.0, micro=micro_line(run))
@@ -373,10 +423,12 @@ def rl_search(
     for batch in best:
         counts, why = sampler_counts(run, target, batch, samplers)
         found.no_split = found.no_split or why
-        for sampler in counts:
+        for sampler, near in counts:
             if sampler not in found.splits:
                 found.splits.append(sampler)
-            if found.ran_out or not plan_one(batch, sampler):
+            if (near, sampler) in found.outcomes:  # two batches round to one for this split
+                continue
+            if found.ran_out or not plan_one(near, sampler):
                 break
     found.elapsed = time.perf_counter() - started
     return found
@@ -427,8 +479,10 @@ def winner_config(run: Config, o: RlOutcome, count: int) -> tuple[Config, Candid
     sized = with_split(
         dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=o.batch)),
         o.sampler_devices,
+        count,
     )
-    c = candidate_of(sized, count).replace(**o.fitted)
+    # The mesh over the devices that train (a split's run builds it over the others)
+    c = candidate_of(sized, count - o.sampler_devices).replace(**o.fitted)
     return sized, c
 
 

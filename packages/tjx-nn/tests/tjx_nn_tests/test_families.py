@@ -26,11 +26,6 @@ NAMED["minimax_m2"] = r"minimax[ _-]?m2"
 #: The most modules outside a family's folder that may name it: the registry, and the config
 #: fields of its switches with their checks (``configs``, ``family_config``) and one hook.
 MOST = 4
-#: Above #69's four: DeepSeek-V3.2's sparse attention is a new attention part, not only a
-#: family's: the attention layer applies its mask, the KV cache keeps its keys, the kernel choice
-#: refuses the kernels whose masks cannot hold it, the MLA section holds its settings, the
-#: family parts build its indexer (and the registry). Named as a miss, not hidden.
-MOST_OF = {"deepseek_v32": 6}
 
 
 def test_each_family_folder_declares_itself_and_is_listed_once():
@@ -57,8 +52,7 @@ def test_a_family_is_named_by_at_most_four_modules_outside_its_folder(name):
         if own not in path.parents and pattern.search(path.read_text(encoding="utf-8"))
     )
     assert naming, f"the pattern finds no module naming {name}: the check would pass blindly"
-    most = MOST_OF.get(name, MOST)
-    assert len(naming) <= most, f"{name} is named outside its folder by {naming}"
+    assert len(naming) <= MOST, f"{name} is named outside its folder by {naming}"
     # The loader, the exporter and the start's fixed settings look families up in the registry.
     assert not {"hf/checkpoints.py", "hf/plan.py", "hf/start.py", "hf/keys.py"} & set(naming)
 

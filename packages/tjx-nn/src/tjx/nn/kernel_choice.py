@@ -5,8 +5,9 @@ Each kind of attention layer (`ATTENTION_KINDS`: a decoder's causal self-attenti
 bidirectional one, an encoder-decoder's cross-attention) asks ``tjx.kernels.resolve_attention``
 for its kernel with the config's name, compute dtype, the width its kernels see
 (`attention_width`; DeepSeek's MLA: the wider of keys and values), a soft cap, a window without a
-causal mask, attention sinks and DeepSeek Sparse Attention's top-k keys (XLA only: a fused
-kernel named for them is refused in one line, `SPARSE_REFUSAL`). `resolve_attention` resolves
+causal mask, attention sinks and a per-query key selection (``mla.key_selection``: DeepSeek
+Sparse Attention's top-k keys; XLA only: a fused kernel named for them is refused in one line,
+`SPARSE_REFUSAL`). `resolve_attention` resolves
 each kind a config's model builds (``attention_layers``, a class attribute of the config) into a
 `ModelAttention`: a `Stack` is built from it, and its blocks' layers run those kernels without
 resolving again (an `Attention` built alone resolves its own kind). A resolution is kept for its
@@ -50,9 +51,10 @@ __all__ = [
 ATTENTION_KINDS = ("causal", "bidirectional", "cross")
 
 
-#: Why a fused kernel cannot run DeepSeek Sparse Attention (its name formatted in).
+#: Why a fused kernel cannot run a per-query key selection (its name and the selection's
+#: formatted in, ``mla.key_selection``).
 SPARSE_REFUSAL = (
-    "attention_impl {!r} cannot run DeepSeek Sparse Attention (mla.index_topk): the cudnn, "
+    "attention_impl {!r} cannot run {}: the cudnn, "
     "pallas and tokamax kernels take a mask of causal/segments/window/chunk/sinks, not each "
     "query's own top-k keys; set attention_impl to 'xla' (or 'auto', which takes it)"
 )
@@ -74,8 +76,9 @@ class _Call:
     bidirectional_window: bool
     #: The layers add attention sinks (gpt-oss; served by XLA only).
     sinks: bool = False
-    #: The layers keep each query's own top-k keys (DeepSeek Sparse Attention; XLA only).
-    sparse: bool = False
+    #: The layers keep each query's own keys (the ``mla`` section's key selection, named: DeepSeek
+    #: Sparse Attention's; XLA only), or None.
+    sparse: str | None = None
 
 
 def attention_width(config: TransformerConfig, kind: str) -> int:
@@ -106,7 +109,7 @@ def _call(config: TransformerConfig, kind: str) -> _Call:
         softcap=c.attention.logit_softcap is not None,
         bidirectional_window=window is not None and kind == "bidirectional",
         sinks=c.attention.sinks and not cross,
-        sparse=deepseek and c.mla.index_topk is not None,
+        sparse=c.mla.key_selection if deepseek else None,
     )
 
 
@@ -123,8 +126,8 @@ def _layer_kernel(
     kept for its arguments, target and launch tables (a ``ValueError`` line for a named kernel
     that cannot serve these layers there)."""
     call = _call(config, kind)
-    if call.sparse and call.implementation not in ("auto", "xla"):
-        raise ValueError(SPARSE_REFUSAL.format(call.implementation))
+    if call.sparse is not None and call.implementation not in ("auto", "xla"):
+        raise ValueError(SPARSE_REFUSAL.format(call.implementation, call.sparse))
     t = kernels.current_target() if target is None else target
     # Only `auto` on a CUDA GPU reads the launch tables' measurements (elsewhere none are read:
     # a bad tables file there stays unread, as in tjx.kernels).
@@ -139,7 +142,7 @@ def _layer_kernel(
         target=t,
         softcap=call.softcap,
         bidirectional_window=call.bidirectional_window,
-        sinks=call.sinks or call.sparse,  # both: XLA only ("auto" is XLA)
+        sinks=call.sinks or call.sparse is not None,  # both: XLA only ("auto" is XLA)
     )
     if len(_RESOLVED) >= 64:  # a long test session: forget the oldest
         del _RESOLVED[next(iter(_RESOLVED))]
@@ -341,10 +344,11 @@ def _compiling(
         return impl, False
     if impl == "xla" and not say_xla:
         return impl, False
-    if _call(config, "causal").sparse:  # DeepSeek Sparse Attention: XLA only, nothing to rank
+    sparse = _call(config, "causal").sparse
+    if sparse is not None:  # a per-query key selection: XLA only, nothing to rank
         if impl != "auto":
-            raise ValueError(SPARSE_REFUSAL.format(impl))
-        say(f"attention: xla ({named_by} auto: DeepSeek Sparse Attention's top-k keys run on xla)")
+            raise ValueError(SPARSE_REFUSAL.format(impl, sparse))
+        say(f"attention: xla ({named_by} auto: {sparse} runs on xla)")
         return "xla", False
     capped = config.attention.logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
     dtype, head_dim = config.precision.compute_dtype, config.head_dim

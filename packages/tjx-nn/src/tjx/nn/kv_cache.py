@@ -4,11 +4,12 @@ A cache is a dict of stacked arrays with a leading ``layers`` axis:
 ``{"k": [L, b, T, kv_heads, head_dim], "v": ...}`` for standard attention, or
 ``{"latent": [L, b, T, kv_latent_dim]}`` for the MLA-style compressed cache (keys and values are
 up-projected from the latent at each decode step; DeepSeek's MLA adds ``"rope_key"`` ``[L, b, T,
-qk_rope_head_dim]``, the rotated key its heads share; DeepSeek-V3.2 ``"index_key"`` ``[L, b, T,
-index_head_dim]``, its lightning indexer's keys). Slot ``p mod T`` holds the token at absolute
-position ``p`` (prompts are right-padded, see ``generate``): while ``p < T`` slot ``t`` is
-position ``t``; a model whose every layer has a sliding window gets a *rolling* cache of the
-window's size (``init_cache``), where a new token overwrites the one that just left the window.
+qk_rope_head_dim]``, the rotated key its heads share; a key-selection part its own entries
+``[L, b, T, width]``, ``mla.selection_cache``: DeepSeek-V3.2's indexer keys). Slot ``p mod T``
+holds the token at absolute position ``p`` (prompts are right-padded, see ``generate``): while
+``p < T`` slot ``t`` is position ``t``; a model whose every layer has a sliding window gets a
+*rolling* cache of the window's size (``init_cache``), where a new token overwrites the one that
+just left the window.
 A decode step writes one token, or several (`write_step`: a speculative draft's verification),
 and each of its queries sees the positions up to its own (`step_visible`), so rows past a row's
 length (a rejected draft's) are never read.
@@ -110,8 +111,8 @@ def _attention_cache(
         cache = {"latent": jnp.zeros((layers, batch, slots, config.mla.kv_latent_dim), dt)}
         if config.mla.qk_rope_head_dim is not None:  # DeepSeek's: and the shared rotated key
             cache["rope_key"] = jnp.zeros((layers, batch, slots, config.mla.qk_rope_head_dim), dt)
-        if config.mla.index_head_dim is not None:  # DeepSeek-V3.2's: and its indexer's keys
-            cache["index_key"] = jnp.zeros((layers, batch, slots, config.mla.index_head_dim), dt)
+        for name, width in config.mla.selection_cache.items():  # a key selection's entries
+            cache[name] = jnp.zeros((layers, batch, slots, width), dt)
         return cache
     assert config.num_kv_heads is not None and config.head_dim is not None
     shape = (layers, batch, slots, config.num_kv_heads, config.head_dim)
@@ -371,7 +372,7 @@ def kv_cache_bytes(
     if config.attention.type == "mla":
         assert config.mla.kv_latent_dim is not None
         per_token = config.mla.kv_latent_dim + (config.mla.qk_rope_head_dim or 0)
-        per_token += config.mla.index_head_dim or 0  # DeepSeek-V3.2's indexer keys
+        per_token += sum(config.mla.selection_cache.values())  # a key selection's entries
     else:
         assert config.num_kv_heads is not None and config.head_dim is not None
         per_token = 2 * config.num_kv_heads * config.head_dim

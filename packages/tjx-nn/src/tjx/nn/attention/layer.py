@@ -163,10 +163,11 @@ class Attention(nnx.Module):
                 if own_kv and not self.values_from_keys
                 else None
             )
-        # DeepSeek-V3.2's lightning indexer: each query's top-k keys (DeepSeek Sparse Attention).
-        self.indexer = parts.sparse_indexer(c, rngs=rngs) if self.deepseek else None
-        # Its KL loss (mla.index_loss_weight > 0): reported to the block through ``index_out``.
-        self.index_loss = c.mla.index_loss if c.mla.index_loss_weight > 0 else None
+        # A key selection: the keys each query attends to, and its own loss, reported to the
+        # block through ``index_out`` (DeepSeek Sparse Attention's indexer).
+        self.indexer: parts.KeySelector[Any] | None = (
+            parts.key_selector(c, rngs=rngs) if self.deepseek else None
+        )
         self.out = Dense(
             (h, self.v_dim),
             (d,),
@@ -384,9 +385,10 @@ class Attention(nnx.Module):
             False: the output projection's bias is left to the caller (a pre-LN block adds it
             in `tjx.nn.norms.residual_layer_norm`).
         index_out : dict, optional
-            Filled, by a call without a cache of a layer whose sparse-attention indexer has a
-            loss (``mla.index_loss_weight > 0``), with its sums ``{"loss_sum", "queries"}``
-            (`tjx.nn.families.parts.index_loss`), which the block adds to its MoE statistics.
+            Filled, by a call without a cache of a layer whose key selection has a loss (the
+            sparse-attention indexer's: ``mla.index_loss_weight > 0``), with its sums
+            ``{"loss_sum", "queries"}`` (`tjx.nn.families.parts.KeySelector.loss`), which the
+            block adds to its MoE statistics.
 
         Returns
         -------
@@ -428,19 +430,19 @@ class Attention(nnx.Module):
         if not self.deepseek:
             q = self.positions.temper(q, positions, local)
         rng = dropout_rng if drop > 0.0 else None
-        index_keys = selection = None
-        if self.indexer is not None:  # the sparse selection: an additive -inf bias (XLA path)
+        selection = None
+        if self.indexer is not None:  # the key selection: an additive -inf bias (XLA path)
             if current_sequence_parallel() is not None:
                 raise ValueError(
-                    "mla.index_topk (DeepSeek Sparse Attention) is not supported under "
-                    "sequence_parallel: each query's top-k needs every key; train without the split"
+                    f"{self.indexer.selection_name} is not supported under sequence_parallel: "
+                    "each query's key selection needs every key; train without the split"
                 )
             if decoding:
                 assert cache is not None and cache_pos is not None
                 sparse, cache = self.indexer.step(self, x, positions, cache, cache_pos, local)
             else:
                 selection = self.indexer.prefill(self, x, positions, mask.segment_ids, local)
-                sparse, index_keys = selection.bias, selection.keys
+                sparse = selection.bias
             bias = add_bias(bias, sparse)
         if self.reads_kv:  # no cache of its own: a decode step by its positions alone
             step = cache_pos is not None and (s == 1 or extend)
@@ -465,14 +467,14 @@ class Attention(nnx.Module):
                 k, v = ds.keys_values(self, latent, rope_key, k_kv)
                 # A training or scoring call (no cache: not a generation's prefill) scores it.
                 if (
-                    self.index_loss
+                    self.indexer is not None
                     and selection is not None
                     and index_out is not None
                     and cache is None
                 ):
-                    index_out.update(zip(("loss_sum", "queries"), parts.index_loss(
-                        selection, q, k, self.scale, self.index_loss
-                    ), strict=True))  # fmt: skip
+                    sums = self.indexer.loss(selection, q, k, self.scale)
+                    if sums is not None:
+                        index_out.update(zip(("loss_sum", "queries"), sums, strict=True))
             elif fused is not None:
                 k, v = normed(self.k_norm, self.qk_scope, fused[1]), fused[2]
                 if self.position == "rope":
@@ -514,8 +516,8 @@ class Attention(nnx.Module):
                 new = {"k": k, "v": v}
                 if self.deepseek:
                     new = {"latent": latent, "rope_key": rope_key}
-                    if index_keys is not None:
-                        new["index_key"] = index_keys
+                    if selection is not None:
+                        new |= selection.cached
                 elif "latent" in cache:
                     assert self.kv_down is not None
                     new = {"latent": self.kv_down(x)}

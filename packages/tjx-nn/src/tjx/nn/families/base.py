@@ -12,9 +12,43 @@ from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.keys import Spec
 from tjx.nn.hf.mapping import HFMapping
 
+#: ``read``: (config.json dict, model type, overrides) → (config, tensor mapping).
+Read = Callable[[Mapping[str, Any], str, Mapping[str, Any]], tuple[LlamaConfig, HFMapping]]
+#: ``write``: config → (config.json dict, tensor mapping).
+Write = Callable[[LlamaConfig], tuple[dict[str, Any], HFMapping]]
+
 
 def _same(stored: str) -> str:
     return stored
+
+
+def reads(
+    config_from_hf: Callable[..., LlamaConfig], mapping: Callable[[LlamaConfig], HFMapping]
+) -> Read:
+    """The ``read`` of a family whose folders are read alike whatever their model type: the
+    config from ``config.json`` (``config_from_hf(hf, **overrides)``), its tensors from the
+    config (``mapping``)."""
+
+    def read(
+        hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
+    ) -> tuple[LlamaConfig, HFMapping]:
+        config = config_from_hf(hf, **overrides)
+        return config, mapping(config)
+
+    return read
+
+
+def writes(
+    config_to_hf: Callable[[LlamaConfig], dict[str, Any]],
+    mapping: Callable[[LlamaConfig], HFMapping],
+) -> Write:
+    """The ``write`` of a family: ``config.json`` (``config_to_hf``) and the tensor mapping
+    (``mapping``), each of the config alone."""
+
+    def write(config: LlamaConfig) -> tuple[dict[str, Any], HFMapping]:
+        return config_to_hf(config), mapping(config)
+
+    return write
 
 
 @dataclass(frozen=True)
@@ -59,9 +93,9 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     spec: Spec
-    read: Callable[[Mapping[str, Any], str, Mapping[str, Any]], tuple[LlamaConfig, HFMapping]]
+    read: Read
     claims: Callable[[LlamaConfig, str | None], bool]
-    write: Callable[[LlamaConfig], tuple[dict[str, Any], HFMapping]]
+    write: Write
     stored_names: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
     fixed: tuple[str, ...] = ()
     layout: Callable[[Mapping[str, Any], Collection[str]], dict[str, Any]] | None = None

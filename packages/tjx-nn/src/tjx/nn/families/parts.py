@@ -1,15 +1,65 @@
 """The layers a family folder adds to the shared decoder, built where the decoder and its blocks
 ask for them (a config that does not switch them on gets None), so the shared modules name no
-family."""
+family; and the interfaces the shared layers call them through (`KeySelector`)."""
 
 from __future__ import annotations
 
+from typing import Any, Protocol, TypeVar
+
+import jax
 from flax import nnx
 
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.families.deepseek_v32.indexer import Indexer
-from tjx.nn.families.deepseek_v32.indexer import index_loss as index_loss  # the layer's hook
 from tjx.nn.families.gemma4.layers import PerLayerEmbed, PerLayerInput
+
+Array = jax.Array
+#: A layer's KV cache (`tjx.nn.kv_cache.LayerCache`).
+Cache = dict[str, Array]
+
+
+class Selected(Protocol):
+    """A prefill's key selection, as the attention layer reads it."""
+
+    @property
+    def bias(self) -> Array:
+        """float32 ``[b, 1, s, s]``: 0 at each query's kept keys, ``-inf`` elsewhere."""
+        ...
+
+    @property
+    def cached(self) -> dict[str, Array]:
+        """What a cache keeps of it: its entries ``[b, s, ...]`` (``mla.selection_cache``)."""
+        ...
+
+
+S = TypeVar("S", bound=Selected)
+
+
+class KeySelector(Protocol[S]):
+    """A part that picks the keys each query of an attention layer attends to (an additive
+    ``-inf`` logit bias: tjx.kernels' XLA path), with its own cache entries and, optionally, a
+    loss of its own; the layer calls it by this interface alone (DeepSeek Sparse Attention's
+    indexer is one, `Indexer`)."""
+
+    #: What it is, for the one-line refusals of what cannot hold a per-query key set.
+    selection_name: str
+
+    def prefill(self, attn: Any, x: Array, positions: Array, segment_ids: Any, local: Any) -> S:
+        """A whole call's selection of the layer ``attn``'s inputs ``x`` ``[b, s, d_model]``
+        (``segment_ids``: the call's, or None; ``local``: the layer's window switch)."""
+        ...
+
+    def step(
+        self, attn: Any, x: Array, positions: Array, cache: Cache, cache_pos: Array, local: Any
+    ) -> tuple[Array, Cache]:
+        """A decode step's bias ``[b, 1, s, T]`` over the cache's slots, and the cache with the
+        step's entries written."""
+        ...
+
+    def loss(self, selected: S, q: Array, k: Array, scale: float) -> tuple[Array, Array] | None:
+        """Its loss as sums ``(loss_sum, queries)`` given the main attention's queries and keys
+        (``scale``: its logit scale), or None where the config trains none."""
+        ...
 
 
 def per_layer_embed(config: TransformerConfig, *, rngs: nnx.Rngs) -> PerLayerEmbed | None:
@@ -54,9 +104,9 @@ def layer_input(
     )
 
 
-def sparse_indexer(config: TransformerConfig, *, rngs: nnx.Rngs) -> Indexer | None:
-    """A DeepSeek MLA layer's lightning indexer (DeepSeek Sparse Attention: ``mla.index_topk``
-    set), else None.
+def key_selector(config: TransformerConfig, *, rngs: nnx.Rngs) -> KeySelector[Any] | None:
+    """A DeepSeek MLA layer's key selection: DeepSeek-V3.2's lightning indexer (DeepSeek Sparse
+    Attention: ``mla.index_topk`` set), else None.
 
     Parameters
     ----------
@@ -67,6 +117,6 @@ def sparse_indexer(config: TransformerConfig, *, rngs: nnx.Rngs) -> Indexer | No
 
     Returns
     -------
-    Indexer or None
+    KeySelector or None
     """
     return Indexer(config, rngs=rngs) if config.mla.index_topk else None

@@ -44,8 +44,8 @@ from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
 
 QWEN3_NEXT = "qwen3_next"
 ARCHITECTURE = "Qwen3NextForCausalLM"
-#: Qwen3-Next's keys beyond ``family_base.BASE_KEYS``: Qwen3.5's and the sparse block's.
-KEYS = QWEN3_5_KEYS | {
+#: The sparse block's keys (Qwen3-Next's and Qwen3.5-MoE's).
+SPARSE_KEYS = {
     "num_experts",
     "num_experts_per_tok",
     "moe_intermediate_size",
@@ -56,6 +56,8 @@ KEYS = QWEN3_5_KEYS | {
     "router_aux_loss_coef",
     "output_router_logits",  # what a forward returns, not what it computes
 }
+#: Qwen3-Next's keys beyond ``family_base.BASE_KEYS``: Qwen3.5's and the sparse block's.
+KEYS = QWEN3_5_KEYS | SPARSE_KEYS
 #: The keys Qwen3-Next's import reads (`keys.Spec`): Qwen3.5's and the sparse block's, with
 #: transformers 5.24's ``Qwen3NextConfig`` defaults.
 SPEC = QWEN3_5_SPEC.but(

@@ -3,7 +3,8 @@
 keeps each query's top ``index_topk`` keys.
 
 Modules: ``family`` (`FAMILY`: what the shared code looks up), ``hf`` (config.json and tensors ↔
-tjx: what is read, written and refused), ``indexer`` (`Indexer`, the layer the shared attention
-builds through :mod:`tjx.nn.families.parts`). Its settings are the ``mla`` section's
-``index_topk``, ``index_n_heads`` and ``index_head_dim`` (:mod:`tjx.nn.mla_config`).
+tjx: what is read, written and refused), ``indexer`` (`Indexer`, the key selection the shared
+attention builds and calls through :mod:`tjx.nn.families.parts`' ``KeySelector``), ``options``
+(`IndexerSettings`: the ``mla`` section's ``index_*`` settings, their checks and the cache entry
+of the indexer's keys, which :mod:`tjx.nn.mla_config` inherits).
 """

@@ -150,7 +150,9 @@ def deepseek_v32_mapping(c: LlamaConfig, *, mtp: int | None = None) -> HFMapping
     return mtp_mapping(c, layers, mtp, "num_nextn_predict_layers")
 
 
-def read(hf: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[LlamaConfig, HFMapping]:
-    """A deepseek_v32 folder's config and tensor mapping."""
+def read(
+    hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
+) -> tuple[LlamaConfig, HFMapping]:
+    """A deepseek_v32 folder's config and tensor mapping (`tjx.nn.families.base.Family.read`)."""
     config = deepseek_v32_config_from_hf(hf, **overrides)
     return config, deepseek_v32_mapping(config, mtp=mtp_layers(hf))

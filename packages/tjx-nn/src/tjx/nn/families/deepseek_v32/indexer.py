@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.families.deepseek_v32.options import INDEX_KEY
 from tjx.nn.kv_cache import step_visible, write_step
 from tjx.nn.linear import Dense
 from tjx.nn.norms import LayerNorm
@@ -66,16 +67,26 @@ class Selection(NamedTuple):
     #: bool ``[b, s, s]``: the keys each query may see (causal, its segment).
     visible: Array
 
+    @property
+    def cached(self) -> dict[str, Array]:
+        """What a cache keeps of it: the indexer keys (``mla.selection_cache``)."""
+        return {INDEX_KEY: self.keys}
+
 
 class Indexer(nnx.Module):
     """One MLA layer's lightning indexer (module docstring): ``query`` (``wq_b``), ``key``
-    (``wk``), ``key_norm`` (``k_norm``) and ``weights`` (``weights_proj``)."""
+    (``wk``), ``key_norm`` (``k_norm``) and ``weights`` (``weights_proj``); the attention layer's
+    key selection (`tjx.nn.families.parts.KeySelector`)."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs) -> None:
         c, m = config, config.mla
         assert m.q_lora_rank and m.index_n_heads and m.index_head_dim and m.qk_rope_head_dim
+        assert m.key_selection is not None
+        self.selection_name = m.key_selection
         self.heads, self.dim, self.rope = m.index_n_heads, m.index_head_dim, m.qk_rope_head_dim
         self.topk = int(m.index_topk or 0)
+        # Its KL loss's form (mla.index_loss_weight > 0), else None: `loss` reports none.
+        self.loss_form = m.index_loss if m.index_loss_weight > 0 else None
         common: dict[str, Any] = dict(
             rngs=rngs, use_bias=False, init=normal(c.init.std), precision=c.precision
         )
@@ -155,11 +166,20 @@ class Indexer(nnx.Module):
         latents take), for the DeepSeek MLA layer ``attn``."""
         rope = _rope(attn, local)
         x, latent = _detached(attn, x)
-        new = {"index_key": self.keys(x, positions, rope)}
+        new = {INDEX_KEY: self.keys(x, positions, rope)}
         cache, seen, held = write_step(cache, new, cache_pos, rolling=False)
         visible = step_visible(held, positions)
-        scores = self.scores(x, latent, positions, seen["index_key"], rope)
+        scores = self.scores(x, latent, positions, seen[INDEX_KEY], rope)
         return self.bias(scores, visible), cache
+
+    def loss(
+        self, selected: Selection, q: Array, k: Array, scale: float
+    ) -> tuple[Array, Array] | None:
+        """`index_loss` of ``selected`` in the configured form, or None where the config does
+        not train the indexer (``mla.index_loss_weight`` 0)."""
+        if self.loss_form is None:
+            return None
+        return index_loss(selected, q, k, scale, self.loss_form)
 
 
 def index_loss(

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.families.base import Family
+from tjx.nn.families.base import Family, writes
 from tjx.nn.families.gemma4.hf import GEMMA4, OWN
 from tjx.nn.families.gemma4.hf_image_text import IMAGE_TEXT, gemma4_image_text_config, skip_towers
 from tjx.nn.families.gemma4.hf_read import SPEC, gemma4_config_from_hf
@@ -30,10 +30,6 @@ def _read(
     return config, mapping
 
 
-def _write(config: LlamaConfig) -> tuple[dict[str, Any], HFMapping]:
-    return gemma4_config_to_hf(config), gemma4_mapping(config)
-
-
 #: Gemma 4: gemma4_text, and the image-text gemma4 read as its text model
 #: (``model.language_model.*``).
 FAMILY = Family(
@@ -42,7 +38,7 @@ FAMILY = Family(
     spec=SPEC,
     read=_read,
     claims=is_gemma4,
-    write=_write,
+    write=writes(gemma4_config_to_hf, gemma4_mapping),
     stored_names={IMAGE_TEXT: text_name},
     fixed=OWN,
 )

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.families.base import Family
+from tjx.nn.families.base import Family, writes
 from tjx.nn.families.llama4.hf import LLAMA4
 from tjx.nn.families.llama4.hf_image_text import (
     IMAGE_TEXT,
@@ -35,10 +35,6 @@ def _read(
     return config, replace(mapping, ignored=skip_vision(mapping.ignored))
 
 
-def _write(config: LlamaConfig) -> tuple[dict[str, Any], HFMapping]:
-    return llama4_config_to_hf(config), llama4_mapping(config)
-
-
 #: Llama 4: llama4_text, and the image-text llama4 read as its text model (``language_model.*``).
 FAMILY = Family(
     name="llama4",
@@ -46,7 +42,7 @@ FAMILY = Family(
     spec=SPEC,
     read=_read,
     claims=is_llama4,
-    write=_write,
+    write=writes(llama4_config_to_hf, llama4_mapping),
     stored_names={IMAGE_TEXT: text_name},
     # Its attention switches and the experts scaled at their input (the sigmoid_plain router is
     # the router setting's, which every MoE checkpoint fixes).

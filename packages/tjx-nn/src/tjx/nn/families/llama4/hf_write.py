@@ -8,6 +8,7 @@ from typing import Any
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.families.llama4.hf import ARCHITECTURE, LLAMA4, MOE_NEEDS, NEEDS
 from tjx.nn.families.llama4.hf_read import SPEC
+from tjx.nn.hf.config import llama_sizes_to_hf
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
@@ -62,14 +63,9 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.d_model,
+        **llama_sizes_to_hf(c),
         "intermediate_size": expert_mlp_dim(c) if c.moe.num_experts else c.mlp.dim,
         "intermediate_size_mlp": c.mlp.dim,
-        "num_hidden_layers": c.num_layers,
-        "num_attention_heads": c.num_heads,
-        "num_key_value_heads": c.num_kv_heads,
-        "head_dim": c.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": c.max_seq_len,
         "rms_norm_eps": c.norm.eps,

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.families.base import Family
+from tjx.nn.families.base import Family, writes
 from tjx.nn.families.qwen3_5_moe.hf import (
     FUSED,
     QWEN3_5_MOE,
@@ -47,10 +47,6 @@ def _read(
     return config, replace(mapping, ignored=skip_modules(mapping.ignored, image_text))
 
 
-def _write(config: LlamaConfig) -> tuple[dict[str, Any], HFMapping]:
-    return qwen3_5_moe_config_to_hf(config), qwen3_5_moe_mapping(config)
-
-
 #: Qwen3.5-MoE: qwen3_5_moe_text, and the image-text qwen3_5_moe read as its text model.
 FAMILY = Family(
     name="qwen3_5_moe",
@@ -58,7 +54,7 @@ FAMILY = Family(
     spec=SPEC,
     read=_read,
     claims=is_qwen3_5_moe,
-    write=_write,
+    write=writes(qwen3_5_moe_config_to_hf, qwen3_5_moe_mapping),
     stored_names={IMAGE_TEXT: text_name},
     layout=folder_layout,
     saves_as_read=True,  # its switches are Qwen3-Next's, which save_hf writes unless asked

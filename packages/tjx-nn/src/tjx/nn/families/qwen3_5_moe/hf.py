@@ -57,25 +57,16 @@ from tjx.nn.hf.qwen3_5 import (
 )
 from tjx.nn.hf.qwen3_next import MOE_NEEDS as QWEN3_NEXT_MOE_NEEDS
 from tjx.nn.hf.qwen3_next import NEEDS as QWEN3_NEXT_NEEDS
+from tjx.nn.hf.qwen3_next import SPARSE_KEYS
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
 
 QWEN3_5_MOE = "qwen3_5_moe_text"
 ARCHITECTURE = "Qwen3_5MoeForCausalLM"
 #: The keys read only at the value transformers computes with (it has no other): key → value.
 NO_OP = QWEN3_5_NO_OP | {"decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True}
-#: Qwen3.5-MoE's keys beyond ``family_base.BASE_KEYS``: Qwen3.5's and the sparse block's.
-KEYS = (
-    QWEN3_5_KEYS
-    | set(NO_OP)
-    | {
-        "num_experts",
-        "num_experts_per_tok",
-        "moe_intermediate_size",
-        "shared_expert_intermediate_size",
-        "router_aux_loss_coef",
-        "output_router_logits",  # what a forward returns, not what it computes
-    }
-)
+#: Qwen3.5-MoE's keys beyond ``family_base.BASE_KEYS``: Qwen3.5's and the sparse block's
+#: (Qwen3-Next's).
+KEYS = QWEN3_5_KEYS | set(NO_OP) | SPARSE_KEYS
 #: The keys Qwen3.5-MoE's import reads (`keys.Spec`), with transformers 5.24's
 #: ``Qwen3_5MoeTextConfig`` defaults (35B-A3B's).
 SPEC = QWEN3_5_SPEC.but(

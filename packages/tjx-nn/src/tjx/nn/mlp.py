@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,6 @@ from tjx.nn.activations import fused_activation, gated_activation, with_derivati
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
-
-if TYPE_CHECKING:  # configs imports this module: the type alone, no import circle
-    from tjx.nn.configs import TransformerConfig
 
 Array = jax.Array
 
@@ -325,37 +322,3 @@ class MLP(nnx.Module):
             return tokamax_gated_projection(self.gate_act, x.astype(dt), kernels)
         biases = tuple(p.bias[...].astype(dt) for p in parts if p.bias is not None)
         return gated_projection(self.gate_act, x.astype(dt), kernels, biases)
-
-
-def model_mlp(config: TransformerConfig, mlp_dim: int, *, rngs: nnx.Rngs, out_std: float) -> MLP:
-    """The `MLP` of a model's layer, ``mlp_dim`` wide, with the config's activation, biases, init,
-    precision and implementation (``mlp.impl``; a dense layer's MLP and an MoE layer's shared
-    experts alike).
-
-    Parameters
-    ----------
-    config : TransformerConfig
-        The model's config, its ``mlp.activation`` filled.
-    mlp_dim : int
-        The hidden width.
-    rngs : nnx.Rngs
-        The parameters' keys.
-    out_std : float
-        The output projection's init std (GPT-2 scales the residual branches').
-
-    Returns
-    -------
-    MLP
-    """
-    assert config.mlp.activation is not None  # the config filled it (its family's)
-    return MLP(
-        config.d_model,
-        mlp_dim,
-        rngs=rngs,
-        activation_name=config.mlp.activation,
-        use_bias=config.use_bias,
-        init_std=config.init.std,
-        out_std=out_std,
-        precision=config.precision,
-        impl=config.mlp.impl,
-    )

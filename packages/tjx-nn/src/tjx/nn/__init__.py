@@ -143,7 +143,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.33.0"
+__version__ = "0.34.0"
 
 _TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
 

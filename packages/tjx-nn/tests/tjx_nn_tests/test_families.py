@@ -70,3 +70,13 @@ def test_a_family_folder_keeps_each_module_at_most_500_lines(name):
     assert "hf.py" in sizes, f"no modules found in {FOLDERS / name}: the check would pass blindly"
     too_long = {module: n for module, n in sizes.items() if n > MOST_LINES}
     assert not too_long, f"{name}'s modules above {MOST_LINES} lines: {too_long}"
+
+
+def test_no_module_of_tjx_nn_holds_more_than_500_lines():
+    sizes = {
+        str(path.relative_to(SRC)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in SRC.rglob("*.py")
+    }
+    assert len(sizes) > 100, f"only {len(sizes)} modules found under {SRC}: the check would pass"
+    too_long = {module: n for module, n in sizes.items() if n > MOST_LINES}
+    assert not too_long, f"tjx-nn's modules above {MOST_LINES} lines: {too_long}"

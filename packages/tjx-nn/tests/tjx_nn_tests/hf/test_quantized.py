@@ -22,7 +22,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from tjx import nn as tnn
-from tjx.nn.hf import quantized
+from tjx.nn.hf import dequantize, quantized
 from tjx.nn.hf.io import INDEX
 from tjx.nn.hf.keys import HFConfigError
 from tjx.nn.hf.quantized import dequantize_fp8, dequantize_mxfp4
@@ -101,7 +101,7 @@ def _scales(rng: np.random.Generator, shape, kind: str) -> np.ndarray:
 @pytest.mark.parametrize("chunk", [None, 64])
 def test_fp8_is_the_float64_product_rounded_once(monkeypatch, scale_kind, chunk):
     if chunk is not None:  # a few rows at a time: the chunks meet inside the tensor
-        monkeypatch.setattr(quantized, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(dequantize, "CHUNK_BYTES", chunk)
     rng = np.random.default_rng()
     block = (int(rng.integers(2, 6)), int(rng.integers(2, 9)))
     shape = (3, int(rng.integers(5, 30)), int(rng.integers(5, 30)))  # partial blocks likely
@@ -119,7 +119,7 @@ def test_fp8_is_the_float64_product_rounded_once(monkeypatch, scale_kind, chunk)
 @pytest.mark.parametrize("chunk", [None, 64])
 def test_mxfp4_is_the_bitwise_e2m1_decoding_transposed(monkeypatch, chunk):
     if chunk is not None:
-        monkeypatch.setattr(quantized, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(dequantize, "CHUNK_BYTES", chunk)
     rng = np.random.default_rng()
     shape = (int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 4)))
     blocks = rng.integers(0, 256, size=(*shape, 16), dtype=np.uint8)

@@ -21,7 +21,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from tjx import nn as tnn
-from tjx.nn.hf import quantized
+from tjx.nn.hf import dequantize
 from tjx.nn.hf.io import INDEX
 from tjx.nn.hf.keys import HFConfigError
 from tjx.nn.hf.quantized import dequantize_int4
@@ -99,7 +99,7 @@ def _random_packed(rng: np.random.Generator, lead, rows: int, cols: int, group: 
 @pytest.mark.parametrize("chunk", [None, 64])
 def test_int4_is_the_bitwise_decoding_times_the_scale_rounded_once(monkeypatch, kind, chunk):
     if chunk is not None:  # a few rows at a time: the chunks meet inside the tensor
-        monkeypatch.setattr(quantized, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(dequantize, "CHUNK_BYTES", chunk)
     rng = np.random.default_rng()
     group = int(rng.choice([2, 4, 6, 32]))
     cols = group * int(rng.integers(1, 5))  # often not a multiple of 8: a padded last word

@@ -16,7 +16,7 @@ from tjx.nn import mla as ds
 from tjx.nn import probes
 from tjx.nn.attention.decode import add_bias, decode_step, shared_layer, write_prefill
 from tjx.nn.attention.positions import LayerPositions, Local
-from tjx.nn.attention.projections import normed, output, qkv_alike
+from tjx.nn.attention.projections import normed, output, qkv_alike, qkv_projections
 from tjx.nn.configs import TransformerConfig, rotated_dims
 from tjx.nn.families import parts
 from tjx.nn.family_config import LayerShape
@@ -64,16 +64,9 @@ class Attention(nnx.Module):
         c = config
         assert c.head_dim is not None and c.num_kv_heads is not None
         # A global layer's own head width and key/value heads (``layer_shape``).
-        if (
-            layer is not None
-            and not cross
-            and (layer.head_dim, layer.kv_heads)
-            != (
-                c.head_dim,
-                c.num_kv_heads,
-            )
-        ):
-            c = c.replace(head_dim=layer.head_dim, num_kv_heads=layer.kv_heads)
+        own = None if layer is None or cross else (layer.head_dim, layer.kv_heads)
+        if own is not None and own != (c.head_dim, c.num_kv_heads):
+            c = c.replace(head_dim=own[0], num_kv_heads=own[1])
             kernel = None  # resolved for this width, below
         assert c.head_dim is not None and c.num_kv_heads is not None
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
@@ -134,35 +127,13 @@ class Attention(nnx.Module):
         modules = ds.deepseek_modules(c, rngs=rngs, common=qkv, init=init) if self.deepseek else {}
         for name in ds.DEEPSEEK_ONLY:  # None in any other attention
             setattr(self, name, modules.pop(name, None))
-        if self.deepseek:
-            for name, module in modules.items():
-                setattr(self, name, module)
-        elif self.mla:
-            r = c.mla.kv_latent_dim
-            assert r is not None
-            self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
-            # The latent dim is not one of the logical axes: leave it replicated (None).
-            self.kv_down: Dense | None = Dense((d,), (r,), ("embed",), (None,), init=init, **common)
-            self.key: Dense | None = Dense(
-                (r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv
-            )
-            self.value: Dense | None = Dense(
-                (r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv
-            )
-        else:
-            self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
-            self.kv_down = None
-            own_kv = not self.reads_kv
-            self.key = (
-                Dense((d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv)
-                if own_kv
-                else None
-            )
-            self.value = (
-                Dense((d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv)
-                if own_kv and not self.values_from_keys
-                else None
-            )
+        for name, module in modules.items():  # DeepSeek's own projections (none otherwise)
+            setattr(self, name, module)
+        if not self.deepseek:
+            self.query, self.kv_down, self.key, self.value = qkv_projections(
+                c, mla=self.mla, own_kv=not self.reads_kv, own_values=not self.values_from_keys,
+                init=init, qkv=qkv, common=common,
+            )  # fmt: skip
         # A key selection: the keys each query attends to, and its own loss, reported to the
         # block through ``index_out`` (DeepSeek Sparse Attention's indexer).
         self.indexer: parts.KeySelector[Any] | None = (

@@ -1,17 +1,22 @@
-"""An attention layer's projections at call time, apart from the layer: a q/k norm per head or over
-the whole projection, and whether the query, key and value projections are alike enough to run as
-one stacked product (`tjx.nn.linear.stacked_projection`) or one tensor for a kernel that reads a
-stacked qkv (`tjx.nn.linear.joint_projection`); the heads' output gated and projected back.
+"""An attention layer's projections, apart from the layer: the q/k/v projections it is built
+with; at call time, a q/k norm per head or over the whole projection, and whether the query, key
+and value projections are alike enough to run as one stacked product
+(`tjx.nn.linear.stacked_projection`) or one tensor for a kernel that reads a stacked qkv
+(`tjx.nn.linear.joint_projection`); the heads' output gated and projected back.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from tjx.nn.configs import TransformerConfig
 from tjx.nn.linear import Dense
 from tjx.nn.norms import RMSNorm
+from tjx.nn.params import Initializer
 
 Array = jax.Array
 
@@ -123,3 +128,54 @@ def output(
         gate = jax.nn.sigmoid(gate_proj(x).astype(jnp.promote_types(out.dtype, jnp.float32)))
         out = (out * gate).astype(out.dtype)
     return out_proj(out, rng, add_bias=bias)
+
+
+def qkv_projections(
+    c: TransformerConfig,
+    *,
+    mla: bool,
+    own_kv: bool,
+    own_values: bool,
+    init: Initializer,
+    qkv: dict[str, Any],
+    common: dict[str, Any],
+) -> tuple[Dense, Dense | None, Dense | None, Dense | None]:
+    """A (non-DeepSeek) attention layer's query, latent, key and value projections, made in that
+    order (their keys are drawn in it).
+
+    Parameters
+    ----------
+    c : TransformerConfig
+        The layer's config (its own head width and key/value heads).
+    mla : bool
+        Keys and values from a shared latent (``kv_down``, replicated: the latent dim is not a
+        logical axis).
+    own_kv, own_values : bool
+        The layer projects its own keys (not read from another layer's) and its own values (not
+        the keys' projection reused).
+    init : Initializer
+        The weights' initializer.
+    qkv, common : dict
+        `Dense`'s keywords for q/k/v (their biases) and for the other projections.
+
+    Returns
+    -------
+    tuple
+        ``(query, kv_down, key, value)``; None where the layer has none.
+    """
+    d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
+    assert hk is not None and hd is not None
+    query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
+    if mla:
+        r = c.mla.kv_latent_dim
+        assert r is not None
+        kv_down = Dense((d,), (r,), ("embed",), (None,), init=init, **common)
+        latent_key = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
+        latent_value = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
+        return query, kv_down, latent_key, latent_value
+    kv = ("kv_heads", "head_dim")
+    key = Dense((d,), (hk, hd), ("embed",), kv, init=init, **qkv) if own_kv else None
+    value = (
+        Dense((d,), (hk, hd), ("embed",), kv, init=init, **qkv) if own_kv and own_values else None
+    )
+    return query, None, key, value

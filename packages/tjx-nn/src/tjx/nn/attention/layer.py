@@ -129,16 +129,15 @@ class Attention(nnx.Module):
             setattr(self, name, modules.pop(name, None))
         for name, module in modules.items():  # DeepSeek's own projections (none otherwise)
             setattr(self, name, module)
-        if not self.deepseek:
+        if not self.deepseek:  # MLA's latent width: the config's checks require it
             self.query, self.kv_down, self.key, self.value = qkv_projections(
-                c, mla=self.mla, own_kv=not self.reads_kv, own_values=not self.values_from_keys,
+                (d, h, hk, hd), latent=c.mla.kv_latent_dim if self.mla else None,
+                own_kv=not self.reads_kv, own_values=not self.values_from_keys,
                 init=init, qkv=qkv, common=common,
             )  # fmt: skip
         # A key selection: the keys each query attends to, and its own loss, reported to the
         # block through ``index_out`` (DeepSeek Sparse Attention's indexer).
-        self.indexer: parts.KeySelector[Any] | None = (
-            parts.key_selector(c, rngs=rngs) if self.deepseek else None
-        )
+        self.indexer = parts.key_selector(c, rngs=rngs) if self.deepseek else None
         self.out = Dense(
             (h, self.v_dim),
             (d,),

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from tjx.nn.configs import TransformerConfig
 from tjx.nn.linear import Dense
 from tjx.nn.norms import RMSNorm
 from tjx.nn.params import Initializer
@@ -131,9 +130,9 @@ def output(
 
 
 def qkv_projections(
-    c: TransformerConfig,
+    sizes: tuple[int, int, int, int],
     *,
-    mla: bool,
+    latent: int | None,
     own_kv: bool,
     own_values: bool,
     init: Initializer,
@@ -145,11 +144,11 @@ def qkv_projections(
 
     Parameters
     ----------
-    c : TransformerConfig
-        The layer's config (its own head width and key/value heads).
-    mla : bool
-        Keys and values from a shared latent (``kv_down``, replicated: the latent dim is not a
-        logical axis).
+    sizes : tuple of int
+        ``(d_model, heads, kv_heads, head_dim)``: the layer's own.
+    latent : int or None
+        MLA's shared latent width (keys and values from ``kv_down``, replicated: the latent dim
+        is not a logical axis); None: keys and values from the input.
     own_kv, own_values : bool
         The layer projects its own keys (not read from another layer's) and its own values (not
         the keys' projection reused).
@@ -163,15 +162,14 @@ def qkv_projections(
     tuple
         ``(query, kv_down, key, value)``; None where the layer has none.
     """
-    d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    assert hk is not None and hd is not None
+    d, h, hk, hd = sizes
     query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
-    if mla:
-        r = c.mla.kv_latent_dim
-        assert r is not None
-        kv_down = Dense((d,), (r,), ("embed",), (None,), init=init, **common)
-        latent_key = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
-        latent_value = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
+    if latent is not None:
+        kv_down = Dense((d,), (latent,), ("embed",), (None,), init=init, **common)
+        latent_key = Dense((latent,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
+        latent_value = Dense(
+            (latent,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv
+        )
         return query, kv_down, latent_key, latent_value
     kv = ("kv_heads", "head_dim")
     key = Dense((d,), (hk, hd), ("embed",), kv, init=init, **qkv) if own_kv else None

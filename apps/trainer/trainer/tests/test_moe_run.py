@@ -92,8 +92,14 @@ FLAT_MOE = ["model.moe_layer_step=2", "model.router=sigmoid", "model.router_bias
 SAVED_BEFORE_SECTIONS = Path(__file__).parent / "saved_before_sections"
 
 
-#: The settings newer than 0.28 whose off value is not None (the rest are off at None).
-NEWER_OFF = {"mla.index_loss_weight": 0.0, "mla.index_loss": "sparse"}
+#: The settings newer than 0.28 whose off value is not None (the rest are off at None); the
+#: norm's and the MLP's kernels at ``auto`` are tjx's own layers on a CPU (no measured tokamax).
+NEWER_OFF = {
+    "mla.index_loss_weight": 0.0,
+    "mla.index_loss": "sparse",
+    "norm.impl": "auto",
+    "mlp.impl": "auto",
+}
 
 
 def _flat(model: dict) -> dict:
@@ -105,7 +111,7 @@ def _flat(model: dict) -> dict:
         for k, v in model[section].items():
             if f"{section}.{k}" in old:
                 out[old[f"{section}.{k}"]] = v
-            else:  # a setting newer than 0.28 (DeepSeek-V3.2's, Kimi's): not written then, off
+            else:  # newer than 0.28 (DeepSeek-V3.2's, Kimi's, the kernels'): not written then, off
                 assert v == NEWER_OFF.get(f"{section}.{k}"), f"{section}.{k}"
     return out
 

@@ -38,12 +38,13 @@ number.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig, make_config
-from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, unsupported
 from tjx.nn.hf.family_base import layer_types, mismatches
 from tjx.nn.hf.keys import ATTENTION_KINDS, flag, layer_list, nonneg, positive, size
 from tjx.nn.hf.mapping import HFMapping
@@ -123,8 +124,7 @@ MOE_NEEDS: dict[str, Any] = dict(
 )
 
 
-def _refuse(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config.json {key} {value!r} is not supported for gpt_oss: {why}")
+_refuse = partial(unsupported, family="gpt_oss")
 
 
 def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:

@@ -16,7 +16,14 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     distributed_from_args,
 )
 from trainer.config.schema import ConfigError, keyed
-from trainer.config.settings import apply_overrides, load_config_data, preset_names, renamed, render
+from trainer.config.settings import (
+    apply_overrides,
+    load_config_data,
+    parse_pair,
+    preset_names,
+    renamed,
+    render,
+)
 from trainer.config.typed import SCHEMA, read_config
 from trainer.loop.location import start_location
 from trainer.loop.resume import check_chat_template, check_resume, describe_changes
@@ -94,12 +101,7 @@ def parse_profile(text: str | None, steps: int | None = None) -> tuple[int, int]
     """``"10:15"`` → (10, 15), within ``steps`` if given; errors name the flag."""
     if text is None:
         return None
-    try:
-        start, stop = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise ConfigError(
-            f"--profile-steps: expected A:B with integers A < B, got {text!r}"
-        ) from None
+    start, stop = parse_pair("--profile-steps", text, "A:B with integers A < B")
     if not 0 <= start < stop:
         raise ConfigError(f"--profile-steps: expected 0 <= A < B, got {text!r}")
     if steps is not None and stop > steps:

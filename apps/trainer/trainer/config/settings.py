@@ -88,6 +88,16 @@ def parse_override(text: str, data: ConfigData | None = None) -> tuple[str, obje
     return config.parse_override(SCHEMA, text, data, renamed)
 
 
+def parse_pair(flag: str, text: str, expected: str) -> tuple[int, int]:
+    """``"A:B"`` → (A, B), two integers; else a ConfigError naming ``flag`` and, in words, the
+    ``expected`` form (each flag checks its own bounds on them)."""
+    try:
+        a, b = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"{flag}: expected {expected}, got {text!r}") from None
+    return a, b
+
+
 def apply_overrides(
     data: ConfigData, overrides: list[str], say: Callable[[str], None] | None = None
 ) -> ConfigData:

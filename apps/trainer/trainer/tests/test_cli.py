@@ -15,6 +15,7 @@ from tjx.parallel.arguments import distributed_from_args
 from trainer.cli import _launch_flags, build_parser, main, parse_profile, plan_run
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
+from trainer.start.replay.request import parse_steps
 
 
 def _plan(*argv):
@@ -169,6 +170,21 @@ def test_parse_profile(text, expected):
 def test_parse_profile_rejects(text):
     with pytest.raises(ConfigError, match="--profile-steps"):
         parse_profile(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("x:2", "--steps: expected A:B, the first and last step to replay (integers), got 'x:2'"),
+        ("3:2", "--steps: expected 1 <= A <= B"),
+        ("0:2", "--steps: expected 1 <= A <= B"),
+    ],
+)
+def test_replay_steps_reject_what_is_not_a_range_of_logged_steps_naming_the_flag(text, needle):
+    assert parse_steps("2:2") == (2, 2)
+    with pytest.raises(ConfigError) as err:
+        parse_steps(text)
+    assert needle in str(err.value)
 
 
 @pytest.mark.parametrize(

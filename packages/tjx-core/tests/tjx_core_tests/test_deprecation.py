@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from tjx.core import moved, moved_out
+from tjx.core import moved, moved_out, moved_to_trainer
 from tjx.core.fields import setting
 
 
@@ -95,3 +95,13 @@ def test_a_name_moved_out_to_an_app_is_an_import_error_naming_its_new_home() -> 
         getattr_("nope")
     with pytest.raises(AttributeError, match="module 'x' has no attribute 'nope'"):
         moved_out("x", {}, since="pkg 0.2")("nope")
+
+
+def test_moved_to_trainer_names_each_names_import_from_the_trainer_module() -> None:
+    targets = moved_to_trainer("step plan", "trainer.plan", ("A", "b"))
+    assert targets == {
+        "A": "a training run's step plan is the trainer app's: `from trainer.plan import A`",
+        "b": "a training run's step plan is the trainer app's: `from trainer.plan import b`",
+    }
+    with pytest.raises(ImportError, match="moved out of m in pkg 0.3: a training run's step plan"):
+        moved_out("m", targets, since="pkg 0.3")("b")

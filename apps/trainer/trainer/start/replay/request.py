@@ -23,6 +23,7 @@ from tjx.ckpt.storage import StoragePath
 from tjx.core.lazy import lazy_imports
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
+from trainer.config.settings import parse_pair
 from trainer.config.typed import Config, read_config
 from trainer.loop.resume import as_written
 
@@ -110,12 +111,7 @@ def refused_flags(args: argparse.Namespace) -> None:
 
 def parse_steps(text: str) -> tuple[int, int]:
     """``"10:12"`` → (10, 12): logged steps, both included, 1 <= A <= B."""
-    try:
-        first, last = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise ConfigError(
-            f"--steps: expected A:B, the first and last step to replay (integers), got {text!r}"
-        ) from None
+    first, last = parse_pair("--steps", text, "A:B, the first and last step to replay (integers)")
     if not 1 <= first <= last:
         raise ConfigError(
             f"--steps: expected 1 <= A <= B (the first and last step, both replayed), got {text!r}"

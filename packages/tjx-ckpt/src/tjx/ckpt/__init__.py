@@ -51,7 +51,7 @@ from tjx.ckpt.storage import (
 )
 from tjx.ckpt.version import __version__
 from tjx.core import config as _config
-from tjx.core.deprecation import moved_out
+from tjx.core.deprecation import moved_out, moved_to_trainer
 from tjx.core.lazy import lazy_api
 
 _CORE = "{} is tjx-core's (its old name here warned until 0.16): `from {} import {}`"
@@ -71,24 +71,23 @@ _moved_to_core = moved_out(
     since="tjx-ckpt 0.14",
 )
 
-_TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
+_run_dir = moved_to_trainer("directory", "trainer", ("RunDir",))
+_run_dir["RunDir"] += " (its storage stays here: `tjx.ckpt.RunFolder`)"
 
 #: Names that moved to the trainer app in 0.15 (a package never imports an app, so no shim):
 #: reading one is an ImportError naming its new import; every other name goes to `_moved_to_core`.
 _moved_out = moved_out(
     __name__,
-    {
-        "RunDir": _TRAINER.format("directory", "trainer", "RunDir")
-        + " (its storage stays here: `tjx.ckpt.RunFolder`)",
-        "final_summary": _TRAINER.format("final.json", "trainer.config.folder", "final_summary"),
-        "RunStartError": _TRAINER.format("start check", "trainer.config.folder", "RunStartError"),
-        "start_location": _TRAINER.format("start check", "trainer.loop.location", "start_location"),
-        "resumed_config": _TRAINER.format("resume", "trainer.loop.location", "resumed_config"),
-        **{
-            name: _TRAINER.format("config check on resume", "trainer.config.changes", name)
-            for name in ("ConfigChanges", "config_changes", "describe_changes", "key_matches")
-        },
-    },
+    _run_dir
+    | moved_to_trainer("final.json", "trainer.config.folder", ("final_summary",))
+    | moved_to_trainer("start check", "trainer.config.folder", ("RunStartError",))
+    | moved_to_trainer("start check", "trainer.loop.location", ("start_location",))
+    | moved_to_trainer("resume", "trainer.loop.location", ("resumed_config",))
+    | moved_to_trainer(
+        "config check on resume",
+        "trainer.config.changes",
+        ("ConfigChanges", "config_changes", "describe_changes", "key_matches"),
+    ),
     since="tjx-ckpt 0.15",
     otherwise=_moved_to_core,
 )

@@ -8,7 +8,7 @@
   line each, for a command's terminal;
 - `moved`, `module_moved` (``tjx.core.deprecation``): an old import path (a name, a whole module)
   that warns once for one release; `moved_out`: a name that left for an app, an ImportError
-  naming its new home;
+  naming its new home (`moved_to_trainer`: the messages of names that went to the trainer);
 - `lazy_imports`, `lazy_api` (``tjx.core.lazy``, imported on its own): imports written as imports,
   loaded on first use: the one lazy-import idiom of every package and app;
 - the config engine (``tjx.core.config``, imported on its own): `Schema`, `ConfigError`,
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from tjx.core.axes import LOGICAL_AXES
 from tjx.core.console import warning_line, warning_lines
-from tjx.core.deprecation import module_moved, moved, moved_out
+from tjx.core.deprecation import module_moved, moved, moved_out, moved_to_trainer
 from tjx.core.fields import setting
 from tjx.core.standard_json import (
     NONFINITE_KEY,
@@ -44,6 +44,7 @@ __all__ = [
     "module_moved",
     "moved",
     "moved_out",
+    "moved_to_trainer",
     "setting",
     "to_standard_json",
     "warning_line",

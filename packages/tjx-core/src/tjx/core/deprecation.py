@@ -23,11 +23,11 @@ import importlib
 import inspect
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-__all__ = ["module_moved", "moved", "moved_out"]
+__all__ = ["module_moved", "moved", "moved_out", "moved_to_trainer"]
 
 
 def moved(module: str, targets: Mapping[str, str]) -> Callable[[str], Any]:
@@ -132,6 +132,29 @@ def moved_out(
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return attribute
+
+
+def moved_to_trainer(what: str, module: str, names: Iterable[str]) -> dict[str, str]:
+    """`moved_out` targets for names that went to the trainer app, each message in one wording.
+
+    Parameters
+    ----------
+    what : str
+        What the names are part of, in words (``"step plan"``).
+    module : str
+        The trainer module to import them from (``"trainer.plan.step_plan"``).
+    names : iterable of str
+        The names that moved there.
+
+    Returns
+    -------
+    dict of str to str
+        Name → ``"a training run's <what> is the trainer app's: `from <module> import <name>`"``.
+    """
+    return {
+        name: f"a training run's {what} is the trainer app's: `from {module} import {name}`"
+        for name in names
+    }
 
 
 def module_moved(

@@ -29,6 +29,7 @@ Tiles are the largest powers of two dividing the rows (at most `ROW_BLOCK`) and 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -59,16 +60,29 @@ def pow2_divisor(n: int, cap: int) -> int:
     return min(n & -n, cap)
 
 
-def _stats_sweep(x_ref: Any, labels: Array, br: int, bv: int, nv: int) -> tuple[Array, ...]:
-    """(lse, first argmax, label logit) of the program's rows, one read of their columns."""
+def online_row_stats(
+    tile: Callable[[Array], tuple[Array, Array]], labels: Array, tiles: int, no_column: int
+) -> tuple[Array, Array, Array]:
+    """(lse, first argmax, label logit) of a program's rows, one online pass over column tiles.
+
+    Parameters
+    ----------
+    tile : callable
+        ``j`` → tile ``j``'s float32 logits ``[rows, bv]`` and their column numbers ``[bv]``.
+    labels : Array
+        int32 ``[rows]``: each row's label column.
+    tiles : int
+        Column tiles to sweep.
+    no_column : int
+        The argmax of a tile with no column at its max (a NaN row): past every real column.
+    """
 
     def body(j: Array, carry: tuple[Array, Array, Array, Array]) -> Any:
         m, s, top, pick = carry
-        col = j * bv + jnp.arange(bv, dtype=jnp.int32)
-        x = x_ref[:, pl.ds(j * bv, bv)].astype(jnp.float32)
+        x, col = tile(j)
         tile_max = jnp.max(x, axis=1)
         # the tile's first column holding its max (ties: the lowest index, as jnp.argmax)
-        tile_arg = jnp.min(jnp.where(x == tile_max[:, None], col[None, :], nv * bv), axis=1)
+        tile_arg = jnp.min(jnp.where(x == tile_max[:, None], col[None, :], no_column), axis=1)
         m_new = jnp.maximum(m, tile_max)
         shift = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # an all -inf prefix: no inf - inf
         s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(x - shift[:, None]), axis=1)
@@ -76,14 +90,25 @@ def _stats_sweep(x_ref: Any, labels: Array, br: int, bv: int, nv: int) -> tuple[
         pick = pick + jnp.sum(jnp.where(col[None, :] == labels[:, None], x, 0.0), axis=1)
         return m_new, s, top, pick
 
+    rows = labels.shape[0]
     init = (
-        jnp.full((br,), -jnp.inf, jnp.float32),
-        jnp.zeros((br,), jnp.float32),
-        jnp.zeros((br,), jnp.int32),
-        jnp.zeros((br,), jnp.float32),
+        jnp.full((rows,), -jnp.inf, jnp.float32),
+        jnp.zeros((rows,), jnp.float32),
+        jnp.zeros((rows,), jnp.int32),
+        jnp.zeros((rows,), jnp.float32),
     )
-    m, s, top, pick = lax.fori_loop(0, nv, body, init)
+    m, s, top, pick = lax.fori_loop(0, tiles, body, init)
     return m + jnp.log(s), top, pick
+
+
+def _stats_sweep(x_ref: Any, labels: Array, bv: int, nv: int) -> tuple[Array, ...]:
+    """(lse, first argmax, label logit) of the program's rows, one read of their columns."""
+
+    def tile(j: Array) -> tuple[Array, Array]:
+        col = j * bv + jnp.arange(bv, dtype=jnp.int32)
+        return x_ref[:, pl.ds(j * bv, bv)].astype(jnp.float32), col
+
+    return online_row_stats(tile, labels, nv, nv * bv)
 
 
 def _grad_sweep(
@@ -116,12 +141,11 @@ def _rows_kernel(
     pick_ref: Any,
     dx_ref: Any,
     *,
-    br: int,
     bv: int,
     nv: int,
 ) -> None:
     labels = lab_ref[...]
-    lse, top, pick = _stats_sweep(x_ref, labels, br, bv, nv)
+    lse, top, pick = _stats_sweep(x_ref, labels, bv, nv)
     lse_ref[...] = lse
     top_ref[...] = top
     pick_ref[...] = pick
@@ -192,7 +216,7 @@ def ce_rows(
         return lse, zero, zero.astype(jnp.float32), dx
     stats = [out_struct((c,), dt, logits, labels) for dt in (jnp.float32, jnp.int32, jnp.float32)]
     out = pl.pallas_call(
-        functools.partial(_rows_kernel, br=br, bv=bv, nv=nv),
+        functools.partial(_rows_kernel, bv=bv, nv=nv),
         in_specs=[whole, row, both],
         out_specs=[row, row, row, whole],
         out_shape=[*stats, grad],

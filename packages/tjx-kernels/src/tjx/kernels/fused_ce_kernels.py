@@ -34,6 +34,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from tjx.kernels.ce_launch import CELaunch
+from tjx.kernels.ce_rows import online_row_stats
 from tjx.kernels.flash_fwd import dot_nn, dot_nt, dot_tn, out_struct
 
 Array = jax.Array
@@ -83,29 +84,13 @@ def _fwd_kernel(
     labels = lab_ref[...]
     rows = pl.ds(0, bt)
 
-    def body(j: Array, carry: tuple[Array, Array, Array, Array]) -> Any:
-        m, s, top, pick = carry
+    def tile(j: Array) -> tuple[Array, Array]:
         col = j * bv + jnp.arange(bv)
         logits = _logits(h_ref, w_ref, rows, pl.ds(j * bv, bv), d, bk)
-        logits = jnp.where(col[None, :] < vocab, logits, -jnp.inf)
-        tile_max = jnp.max(logits, axis=1)
-        # first column of the tile's max (ties: the lowest index, as jnp.argmax)
-        tile_arg = jnp.min(jnp.where(logits == tile_max[:, None], col[None, :], vocab), axis=1)
-        m_new = jnp.maximum(m, tile_max)
-        shift = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-        s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(logits - shift[:, None]), axis=1)
-        top = jnp.where(tile_max > m, tile_arg, top)  # an earlier tile keeps a tie
-        pick = pick + jnp.sum(jnp.where(col[None, :] == labels[:, None], logits, 0.0), axis=1)
-        return m_new, s, top, pick
+        return jnp.where(col[None, :] < vocab, logits, -jnp.inf), col
 
-    init = (
-        jnp.full((bt,), -jnp.inf, jnp.float32),
-        jnp.zeros((bt,), jnp.float32),
-        jnp.zeros((bt,), jnp.int32),
-        jnp.zeros((bt,), jnp.float32),
-    )
-    m, s, top, pick = lax.fori_loop(0, kw["nv"], body, init)
-    lse_ref[...] = m + jnp.log(s)
+    lse, top, pick = online_row_stats(tile, labels, kw["nv"], vocab)
+    lse_ref[...] = lse
     top_ref[...] = top
     pick_ref[...] = pick
 

@@ -42,7 +42,7 @@ A run's plan report, step log, device notes and progress bar (``plan_report``, `
 (the trainer's rooms): reading one here is an ImportError naming its new import.
 """
 
-from tjx.core.deprecation import moved_out
+from tjx.core.deprecation import moved_out, moved_to_trainer
 from tjx.metrics.accelerators import (
     ACCELERATORS,
     Accelerator,
@@ -149,26 +149,18 @@ from tjx.metrics.throughput import ThroughputMeter, mfu
 
 __version__ = "0.22.0"
 
-_TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
-
 #: Names that moved to the trainer app in 0.18 (a package never imports an app, so no shim).
 __getattr__ = moved_out(
     __name__,
-    {
-        **{
-            name: _TRAINER.format("plan report", "trainer.plan.plan_report", name)
-            for name in ("PlanResult", "does_not_fit", "local_target", "open_target", "plan_report")
-        },
-        **{
-            name: _TRAINER.format("step log", "trainer.loop.step_log", name)
-            for name in ("ProfileWindow", "StepLog")
-        },
-        "device_notes": _TRAINER.format(
-            "device notes", "trainer.start.device_notes", "device_notes"
-        ),
-        "progress_bar": _TRAINER.format("progress bar", "trainer", "progress_bar"),
-        "ProgressBar": _TRAINER.format("progress bar", "trainer.loop.progress", "ProgressBar"),
-    },
+    moved_to_trainer(
+        "plan report",
+        "trainer.plan.plan_report",
+        ("PlanResult", "does_not_fit", "local_target", "open_target", "plan_report"),
+    )
+    | moved_to_trainer("step log", "trainer.loop.step_log", ("ProfileWindow", "StepLog"))
+    | moved_to_trainer("device notes", "trainer.start.device_notes", ("device_notes",))
+    | moved_to_trainer("progress bar", "trainer", ("progress_bar",))
+    | moved_to_trainer("progress bar", "trainer.loop.progress", ("ProgressBar",)),
     since="tjx-metrics 0.18",
 )
 

@@ -15,7 +15,7 @@ start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``cl
 (the trainer's rooms): reading one here is an ImportError naming it.
 """
 
-from tjx.core.deprecation import moved_out
+from tjx.core.deprecation import moved_out, moved_to_trainer
 from tjx.nn import probes
 from tjx.nn.attention import Attention
 from tjx.nn.attention_config import LAYER_KINDS, AttentionConfig
@@ -145,22 +145,16 @@ from tjx.nn.vit import ViT
 
 __version__ = "0.34.0"
 
-_TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
-
 #: Names that moved to the trainer app in 0.21 (a package never imports an app, so no shim).
 __getattr__ = moved_out(
     __name__,
-    {
-        **{
-            name: _TRAINER.format("start check", "trainer.step.init_checks", name)
-            for name in ("check_hf_settings", "clash_names", "hf_start_config")
-        },
-        "roofline_inputs": _TRAINER.format("step plan", "trainer", "roofline_inputs"),
-        **{
-            name: _TRAINER.format("step plan", "trainer.plan.step_plan", name)
-            for name in ("TOKEN_KEYS", "batch_shapes")
-        },
-    },
+    moved_to_trainer(
+        "start check",
+        "trainer.step.init_checks",
+        ("check_hf_settings", "clash_names", "hf_start_config"),
+    )
+    | moved_to_trainer("step plan", "trainer", ("roofline_inputs",))
+    | moved_to_trainer("step plan", "trainer.plan.step_plan", ("TOKEN_KEYS", "batch_shapes")),
     since="tjx-nn 0.21",
 )
 

@@ -116,7 +116,7 @@ def test_the_released_form_and_transformers_defaults_read_as_transformers_reads_
         (dict(rotary_dim=9), r"partial_rotary_factor must be a number in \(0, 1\]"),
         (dict(partial_rotary_factor=0.25), "rotary_dim 4 .*make the two agree"),
         (dict(postnorm=True), "postnorm are not understood by tjx's minimax_m2 import"),
-        (dict(auto_map={"AutoConfig": "x.Y"}), "auto_map are not understood"),
+        (dict(auto_map={"AutoConfig": "x.Y"}), r"config.json has auto_map \(custom modelling code"),
     ],
 )
 def test_what_tjx_cannot_honour_is_refused_by_name(change, message):

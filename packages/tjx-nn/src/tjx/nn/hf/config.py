@@ -145,6 +145,13 @@ def check_known(
         )
 
 
+def unsupported(key: str, value: Any, why: str, family: str | None = None) -> ValueError:
+    """The one-line error of a config.json ``key`` whose ``value`` tjx does not compute as
+    transformers does (``family``: the model type named in it, where the message needs it)."""
+    where = f" for {family}" if family else ""
+    return ValueError(f"config.json {key} {value!r} is not supported{where}: {why}")
+
+
 def rope_from_hf(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScaling | None]:
     """(rope_theta, scaling or None) from the legacy keys or v5's ``rope_parameters``.
 

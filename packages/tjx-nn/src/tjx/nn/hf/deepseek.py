@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig, make_config
-from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, unsupported
 from tjx.nn.hf.family_base import refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
 from tjx.nn.mla_config import MLAConfig
@@ -153,10 +153,6 @@ _ROUTING = {
 LATENT_EPS = 1e-6
 
 
-def _refuse(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config.json {key} {value!r} is not supported: {why}")
-
-
 def mtp_layers(hf: Mapping[str, Any]) -> int:
     """V3's multi-token-prediction layers after the causal LM's (``mtp.depths``)."""
     return int(hf.get("num_nextn_predict_layers") or 0)
@@ -177,23 +173,25 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     hf = SPECS[model_type].read(hf)
     fields = llama_fields(hf, model_type, handled=KEYS)
     if fields["use_bias"]:
-        raise _refuse("attention_bias", True, "tjx's DeepSeek import has no biases")
+        raise unsupported("attention_bias", True, "tjx's DeepSeek import has no biases")
     heads, kv_heads = fields["num_heads"], fields["num_kv_heads"]
     if kv_heads != heads:
-        raise _refuse("num_key_value_heads", kv_heads, f"DeepSeek's MLA has one per head ({heads})")
+        raise unsupported(
+            "num_key_value_heads", kv_heads, f"DeepSeek's MLA has one per head ({heads})"
+        )
     scoring, methods = _ROUTING[model_type]
     for key, allowed in (("scoring_func", (scoring,)), ("topk_method", (*methods, None))):
         if hf.get(key, allowed[0]) not in allowed:
-            raise _refuse(key, hf[key], f"transformers' {model_type} computes {allowed[0]!r}")
+            raise unsupported(key, hf[key], f"transformers' {model_type} computes {allowed[0]!r}")
     if hf.get("moe_layer_freq", 1) != 1:
-        raise _refuse("moe_layer_freq", hf["moe_layer_freq"], "transformers reads only 1")
+        raise unsupported("moe_layer_freq", hf["moe_layer_freq"], "transformers reads only 1")
     shared = hf["n_shared_experts"]
     if shared < 1:
-        raise _refuse("n_shared_experts", shared, "tjx's DeepSeek import needs shared experts")
+        raise unsupported("n_shared_experts", shared, "tjx's DeepSeek import needs shared experts")
     rope, nope = hf["qk_rope_head_dim"], hf["qk_nope_head_dim"]
     grouped = model_type == "deepseek_v3" or hf.get("topk_method") == "group_limited_greedy"
     if model_type == "deepseek_v2" and hf.get("norm_topk_prob"):
-        raise _refuse("norm_topk_prob", True, "transformers' deepseek_v2 never renormalises")
+        raise unsupported("norm_topk_prob", True, "transformers' deepseek_v2 never renormalises")
     moe: dict[str, Any] = dict(
         num_experts=hf["n_routed_experts"],
         experts_per_token=hf["num_experts_per_tok"],

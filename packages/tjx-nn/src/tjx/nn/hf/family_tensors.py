@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.mapping import HFMapping
-from tjx.nn.hf.tables import Tables
+from tjx.nn.hf.tables import Tables, llama_sizes
 
 #: norm.position → {HF layer norm: tjx module of the block}.
 NORMS = {
@@ -38,9 +38,7 @@ NORMS = {
 
 def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
     """The HF ↔ tjx correspondence of ``c`` saved as ``model_type`` (see ``HFMapping``)."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
-    d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    m, v = c.mlp.dim, c.vocab_size
+    d, h, hk, hd, m, v = llama_sizes(c)
     tables = Tables()
     same, linear = tables.same, tables.linear
 

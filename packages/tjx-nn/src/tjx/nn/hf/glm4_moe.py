@@ -32,10 +32,17 @@ The tensors are DeepSeek's MoE ones on Llama's attention (``llama``: per-expert
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig, make_config
-from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, partial_rotary_factor
+from tjx.nn.hf.config import (
+    LLAMA,
+    llama_common_to_hf,
+    llama_fields,
+    partial_rotary_factor,
+    unsupported,
+)
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, Key, count, flag, positive, size
 from tjx.nn.hf.llama import llama_mapping
@@ -119,8 +126,7 @@ MOE_NEEDS: dict[str, Any] = dict(
 )
 
 
-def _refuse(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config.json {key} {value!r} is not supported for glm4_moe: {why}")
+_refuse = partial(unsupported, family="glm4_moe")
 
 
 def mtp_layers(hf: Mapping[str, Any]) -> int:

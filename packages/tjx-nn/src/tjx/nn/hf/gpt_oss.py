@@ -38,16 +38,17 @@ number.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig, make_config
-from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, unsupported
 from tjx.nn.hf.family_base import layer_types, mismatches
 from tjx.nn.hf.keys import ATTENTION_KINDS, flag, layer_list, nonneg, positive, size
 from tjx.nn.hf.mapping import HFMapping
-from tjx.nn.hf.tables import Tables, transposed
+from tjx.nn.hf.tables import Tables, llama_sizes, transposed
 from tjx.nn.mlp import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
 from tjx.nn.moe.config import MoEConfig
 
@@ -123,8 +124,7 @@ MOE_NEEDS: dict[str, Any] = dict(
 )
 
 
-def _refuse(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config.json {key} {value!r} is not supported for gpt_oss: {why}")
+_refuse = partial(unsupported, family="gpt_oss")
 
 
 def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -225,9 +225,8 @@ def gpt_oss_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
 
 def gpt_oss_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a gpt-oss ``c`` (see ``HFMapping`` and the module doc)."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
-    d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    e, f, v = c.moe.num_experts, c.mlp.dim, c.vocab_size
+    d, h, hk, hd, f, v = llama_sizes(c)
+    e = c.moe.num_experts
     tables = Tables()
     shapes, to_tjx, to_hf, same = tables.shapes, tables.to_tjx, tables.to_hf, tables.same
 

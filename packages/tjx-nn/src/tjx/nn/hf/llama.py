@@ -17,7 +17,7 @@ import numpy as np
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.moe import NAMES
-from tjx.nn.hf.tables import Convert, Tables
+from tjx.nn.hf.tables import Convert, Tables, llama_sizes
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 
@@ -58,9 +58,7 @@ def experts(tables: Tables, c: LlamaConfig, moe_type: str, p: str, t: str) -> No
 def llama_mapping(c: LlamaConfig, moe_type: str | None = None) -> HFMapping:
     """The HF ↔ tjx correspondence for a ``LlamaConfig`` (see ``HFMapping``); ``moe_type``
     (``mixtral``, ``qwen2_moe``, ``qwen3_moe``) names the MoE layers' tensors."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
-    d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    m, v = c.mlp.dim, c.vocab_size
+    d, h, hk, hd, m, v = llama_sizes(c)
     tables = Tables()
     same, linear = tables.same, tables.linear
 

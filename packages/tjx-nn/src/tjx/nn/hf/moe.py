@@ -36,6 +36,7 @@ from tjx.nn.hf.config import (
     check_llama_shape,
     llama_common_to_hf,
     llama_fields,
+    unsupported,
 )
 from tjx.nn.hf.keys import ABSENT, Spec, count, flag, int_list, nonneg, positive, size
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
@@ -131,10 +132,6 @@ NAMES: dict[str, tuple[str, str, tuple[str, str, str], str | None]] = {
 SHARED_GATE_TYPES = ("qwen2_moe", "qwen3_next")
 
 
-def _refuse(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config.json {key} {value!r} is not supported: {why}")
-
-
 def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     """A ``LlamaConfig`` with MoE layers from a mixtral/qwen2_moe/qwen3_moe ``config.json``.
 
@@ -148,7 +145,7 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     fields = llama_fields(hf, model_type, handled=KEYS[model_type])
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
     if experts < 1:
-        raise _refuse("num_experts", experts, f"a {model_type} without experts (load it dense)")
+        raise unsupported("num_experts", experts, f"a {model_type} without experts (load it dense)")
     moe: dict[str, Any] = dict(
         num_experts=experts,
         experts_per_token=hf["num_experts_per_tok"],
@@ -157,7 +154,7 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     if model_type == "mixtral":
         jitter = float(hf["router_jitter_noise"])
         if jitter:
-            raise _refuse("router_jitter_noise", jitter, "tjx's router adds no noise")
+            raise unsupported("router_jitter_noise", jitter, "tjx's router adds no noise")
         moe["expert_mlp_dim"] = None  # intermediate_size (mlp_dim) is an expert's width
     else:
         moe |= qwen_moe_fields(hf, model_type)
@@ -165,7 +162,7 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
         fields["attention.qkv_bias"] = hf["qkv_bias"]
     if model_type == "qwen3_moe":
         if fields["use_bias"]:
-            raise _refuse("attention_bias", True, "tjx's qwen3_moe import has no biases")
+            raise unsupported("attention_bias", True, "tjx's qwen3_moe import has no biases")
         fields["attention.qk_norm"] = True
     return make_config(LlamaConfig, {**fields, "moe": MoEConfig(**moe), **overrides})
 
@@ -183,7 +180,9 @@ def qwen_moe_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     """
     dense = sorted(hf["mlp_only_layers"])
     if dense != list(range(len(dense))):
-        raise _refuse("mlp_only_layers", dense, "tjx keeps only the first k layers dense (0..k-1)")
+        raise unsupported(
+            "mlp_only_layers", dense, "tjx keeps only the first k layers dense (0..k-1)"
+        )
     fields: dict[str, Any] = dict(
         expert_mlp_dim=hf["moe_intermediate_size"],
         router_norm_topk=hf["norm_topk_prob"],
@@ -193,7 +192,7 @@ def qwen_moe_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     if model_type in SHARED_GATE_TYPES:
         shared = hf["shared_expert_intermediate_size"]
         if shared < 1:
-            raise _refuse("shared_expert_intermediate_size", shared, f"{model_type} has one")
+            raise unsupported("shared_expert_intermediate_size", shared, f"{model_type} has one")
         fields |= dict(num_shared_experts=1, shared_expert_mlp_dim=shared, shared_expert_gate=True)
     return fields
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.mapping import HFMapping, Read, take
 
 Convert = Callable[[Read], np.ndarray]
@@ -49,6 +50,13 @@ def rows(hf: str, start: int, stop: int, shape: tuple[int, ...]) -> Convert:
 def joined_rows(parts: list[tuple[str, int]]) -> Convert:
     """The fused HF weight from tjx kernels ``(name, out_features)``, rows in that order."""
     return lambda read: np.concatenate([read(t).reshape(-1, n).T for t, n in parts], axis=0)
+
+
+def llama_sizes(c: LlamaConfig) -> tuple[int, int, int, int, int, int]:
+    """``(d_model, heads, kv_heads, head_dim, mlp width, vocab)`` of a LLaMA-shaped ``c``, the
+    sizes every layer's tensor shapes are made of (``c`` resolved: none of them unset)."""
+    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
+    return c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp.dim, c.vocab_size
 
 
 @dataclass

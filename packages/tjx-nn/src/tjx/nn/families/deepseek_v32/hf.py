@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import unsupported
 from tjx.nn.hf.deepseek import SPECS, deepseek_config_from_hf, deepseek_config_to_hf, mtp_layers
 from tjx.nn.hf.deepseek_tensors import deepseek_mapping
 from tjx.nn.hf.keys import Spec, layer_list, size
@@ -61,10 +62,6 @@ SPEC: Spec = SPECS["deepseek_v3"].but(
 )
 
 
-def _refuse(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config.json {key} {value!r} is not supported: {why}")
-
-
 def deepseek_v32_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     """A ``LlamaConfig`` from a deepseek_v32 ``config.json`` (``overrides`` win).
 
@@ -78,14 +75,14 @@ def deepseek_v32_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> Llam
     pattern = ["dense"] * min(dense, layers) + ["sparse"] * max(layers - dense, 0)
     kinds = hf.get("mlp_layer_types")
     if kinds is not None and list(kinds) != pattern:
-        raise _refuse(
+        raise unsupported(
             "mlp_layer_types",
             kinds,
             f"tjx's DeepSeek MoE layers are first_k_dense_replace ({dense}) dense layers then "
             "sparse ones; give that pattern or leave mlp_layer_types out",
         )
     if hf.get("rope_interleave") is False:
-        raise _refuse("rope_interleave", False, "transformers' deepseek_v32 always interleaves")
+        raise unsupported("rope_interleave", False, "transformers' deepseek_v32 always interleaves")
     v3 = {k: v for k, v in hf.items() if k not in _OWN_KEYS} | {"model_type": "deepseek_v3"}
     index = {f"mla.{k}": int(hf[k]) for k in INDEX_KEYS}
     own = (*index, *LOSS_KEYS)  # set on the sparse model, not on V3's (which has no indexer)

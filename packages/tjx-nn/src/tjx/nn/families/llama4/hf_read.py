@@ -14,7 +14,7 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.families.llama4.hf import LLAMA4, MOE_NEEDS
-from tjx.nn.hf.config import BASE_KEYS, HARMLESS, rope_from_hf
+from tjx.nn.hf.config import BASE_KEYS, HARMLESS, check_known, rope_from_hf
 from tjx.nn.hf.family_base import shortest_pattern
 from tjx.nn.hf.keys import BASE, flag, int_list, layer_list, nonneg, positive, size, text
 from tjx.nn.moe.config import MoEConfig
@@ -117,13 +117,7 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    unknown = sorted(set(hf) - BASE_KEYS - KEYS - HARMLESS)
-    if unknown or "auto_map" in hf:
-        raise ValueError(
-            f"config.json key(s) {', '.join(unknown or ['auto_map'])} are not understood by "
-            f"tjx's {LLAMA4} import and could change the model; remove them only if they "
-            "change no output"
-        )
+    check_known(hf, LLAMA4, BASE_KEYS | KEYS | HARMLESS, custom_code="auto_map" in hf)
     get = SPEC.read(hf)
     if get["attention_bias"]:
         raise ValueError(f"config.json attention_bias true is not supported for {LLAMA4}")

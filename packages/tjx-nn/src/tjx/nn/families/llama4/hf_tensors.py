@@ -16,7 +16,7 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.mapping import HFMapping
-from tjx.nn.hf.tables import Convert, Tables
+from tjx.nn.hf.tables import Convert, Tables, llama_sizes
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 
@@ -50,8 +50,7 @@ def _gate_up_out(gate: str, up: str) -> Convert:
 
 def llama4_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Llama 4 ``c`` (its tensor names: the module doc)."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
-    d, h, hk, hd, m, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp.dim, c.vocab_size
+    d, h, hk, hd, m, v = llama_sizes(c)
     tables = Tables()
     tables.same("model.embed_tokens.weight", "embed.embedding", (v, d))
     kinds = moe_layers(c)

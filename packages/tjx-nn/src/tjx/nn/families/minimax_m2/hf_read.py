@@ -12,11 +12,19 @@ lightning-attention layers, ``qk_norm_type`` other than ``per_layer``, ``use_qk_
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.families.minimax_m2.hf import DEFAULT_THETA, MINIMAX_M2, MOE_NEEDS, UPSTREAMED
-from tjx.nn.hf.config import BASE_KEYS, HARMLESS, partial_rotary_factor, rope_from_hf
+from tjx.nn.hf.config import (
+    BASE_KEYS,
+    HARMLESS,
+    check_known,
+    partial_rotary_factor,
+    rope_from_hf,
+    unsupported,
+)
 from tjx.nn.hf.keys import ABSENT, BASE, Key, count, flag, int_list, nonneg, positive, size, text
 from tjx.nn.moe.config import MoEConfig
 
@@ -80,8 +88,7 @@ _ONLY = {
 }
 
 
-def _refuse(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config.json {key} {value!r} is not supported for {MINIMAX_M2}: {why}")
+_refuse = partial(unsupported, family=MINIMAX_M2)
 
 
 def minimax_m2_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -105,13 +112,7 @@ def minimax_m2_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaC
     """
     if hf.get("auto_map") == UPSTREAMED:
         hf = {k: v for k, v in hf.items() if k != "auto_map"}
-    unknown = sorted(set(hf) - BASE_KEYS - KEYS - HARMLESS)
-    if unknown or "auto_map" in hf:
-        raise ValueError(
-            f"config.json key(s) {', '.join(unknown or ['auto_map'])} are not understood by "
-            f"tjx's {MINIMAX_M2} import and could change the model; remove them only if they "
-            "change no output"
-        )
+    check_known(hf, MINIMAX_M2, BASE_KEYS | KEYS | HARMLESS, custom_code="auto_map" in hf)
     get = SPEC.read(hf)
     for key, (want, why) in _ONLY.items():
         if get[key] != want:

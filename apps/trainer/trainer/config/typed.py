@@ -283,11 +283,11 @@ def step_config(cfg: Config) -> StepConfig:
 
 def _with_model(cfg: _C, changes: Mapping[str, Any]) -> _C:
     """``cfg`` (a `Config` or `StepConfig`) with model settings ``changes`` (a section's by its
-    dotted key, ``"norm.impl"``); itself if none changes a value."""
-    if all(nn.setting_value(cfg.model, k) == v for k, v in changes.items()):
-        return cfg
+    dotted key, ``"norm.impl"``); itself if none changes a value (the model config's own
+    equality says so: a kept ``cfg`` keeps what was resolved for it)."""
     with reworded(_words(type(cfg.model), "model")):
-        return dataclasses.replace(cfg, model=cfg.model.replace(**changes))
+        model = cfg.model.replace(**changes)
+    return cfg if model == cfg.model else dataclasses.replace(cfg, model=model)
 
 
 SCHEMA = schema_of(Config)

@@ -18,9 +18,8 @@ from tjx.nn.family_config import LayerShape
 from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet
 from tjx.nn.kernel_choice import ModelAttention, layer_kind
 from tjx.nn.kv_cache import LayerCache
-from tjx.nn.layer_mlp import model_mlp
 from tjx.nn.linear import dropout, split_key
-from tjx.nn.mlp import MLP
+from tjx.nn.mlp import MLP, model_mlp
 from tjx.nn.moe.layer import MoE, MoEStats, index_stats
 from tjx.nn.norm_config import filled
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm

@@ -50,7 +50,7 @@ from tjx.nn.family_config import (
 from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DeltaConfig
 from tjx.nn.mla_config import MLAConfig
-from tjx.nn.mlp import MLPConfig
+from tjx.nn.mlp_config import MLPConfig
 from tjx.nn.moe.config import MoEConfig
 from tjx.nn.mtp_config import MTPConfig
 from tjx.nn.norm_config import NormConfig
@@ -106,7 +106,7 @@ class TransformerConfig:
     window's size. So are the mixture of experts, multi-head latent attention and Gated
     DeltaNet: ``moe`` (`MoEConfig`, :mod:`tjx.nn.moe.config`), ``mla`` (`MLAConfig`,
     :mod:`tjx.nn.mla_config`) and ``delta`` (`DeltaConfig`, :mod:`tjx.nn.gated_deltanet`); so
-    are the MLP (``mlp``, `MLPConfig`, :mod:`tjx.nn.mlp`), the norms (``norm``, `NormConfig`,
+    are the MLP (``mlp``, `MLPConfig`, :mod:`tjx.nn.mlp_config`), the norms (``norm``, `NormConfig`,
     :mod:`tjx.nn.norm_config`), the init (``init``, `InitConfig`, :mod:`tjx.nn.params`) and
     multi-token prediction (``mtp``, `MTPConfig`, :mod:`tjx.nn.mtp_config`); a setting of theirs
     left None is the family's (``part_defaults``, filled in at construction). A family folder's

@@ -1,13 +1,11 @@
 """Feed-forward blocks: plain MLP (GELU/ReLU/SiLU) and gated MLPs (SwiGLU, GeGLU, and gpt-oss's
-clamped SwiGLU, ``swiglu_clamped``: `clamped_swiglu`), and the section of a model config that
-configures them (`MLPConfig`)."""
+clamped SwiGLU, ``swiglu_clamped``: `clamped_swiglu`), and a model layer's MLP as its config makes
+it (`model_mlp`). The config's section is :mod:`tjx.nn.mlp_config`'s `MLPConfig` (also served
+here)."""
 
-# `setting()` returns dataclasses.field objects (with the metadata apps read).
-# ruff: noqa: RUF009
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -16,12 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tjx.core.config.values import choice, positive
-from tjx.core.fields import setting
 from tjx.kernels import tokamax_ops
-from tjx.kernels.layer_kernels import LAYER_IMPLEMENTATIONS, resolve_glu
+from tjx.kernels.layer_kernels import resolve_glu
 from tjx.nn.activations import fused_activation, gated_activation, with_derivative
+from tjx.nn.configs import TransformerConfig
 from tjx.nn.linear import Dense, split_key
+from tjx.nn.mlp_config import ACTIVATIONS as ACTIVATIONS
+from tjx.nn.mlp_config import FLAT_MLP_KEYS as FLAT_MLP_KEYS
+from tjx.nn.mlp_config import GATED_ACTIVATIONS as GATED_ACTIVATIONS
+from tjx.nn.mlp_config import MLPConfig as MLPConfig
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
 
@@ -43,54 +44,6 @@ _GATED = {"swiglu": "silu", "geglu": "gelu", "swiglu_clamped": "silu"}
 #: the released checkpoints): the sigmoid's gain and the clamp of the gate and the up projection.
 CLAMPED_SWIGLU_ALPHA = 1.702
 CLAMPED_SWIGLU_LIMIT = 7.0
-
-
-ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu", "swiglu_clamped")
-#: The gated activations (two input projections; ``swiglu_clamped``: gpt-oss's).
-GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_clamped")
-
-
-@dataclass(frozen=True, kw_only=True)
-class MLPConfig:
-    """A model's feed-forward blocks (``model.mlp``): their hidden width and activation. The
-    model config fills a None with its family's (width ``4 d_model``, LLaMA's ``8/3 d_model``
-    rounded up to 64; activation ``gelu``, LLaMA's ``swiglu``, BERT's and ViT's ``gelu_exact``).
-
-    A bad value raises ``ValueError`` at construction naming ``MLPConfig.<field>``.
-    """
-
-    dim: int | None = setting(
-        None, help="MLP hidden width; None: the family's (4 d_model; LLaMA 8/3 d_model to 64)"
-    )
-    activation: str | None = setting(
-        None,
-        choices=ACTIVATIONS,
-        help="MLP activation (swiglu, geglu, swiglu_clamped: gated); None: the family's",
-    )
-
-    impl: str = setting(
-        "auto",
-        choices=LAYER_IMPLEMENTATIONS,
-        resumable=True,
-        help="who runs a gated MLP's unit: xla (tjx's), tokamax (its Mosaic GPU kernel, opt-in); "
-        "auto: tokamax only where a GPU measured it faster (the launch table), else xla",
-    )
-
-    def __post_init__(self) -> None:
-        choice("MLPConfig", "impl", self.impl, LAYER_IMPLEMENTATIONS)
-        if self.activation is not None:
-            choice("MLPConfig", "activation", self.activation, ACTIVATIONS)
-        if self.dim is not None:
-            positive("MLPConfig", "dim", self.dim)
-
-    @property
-    def gated(self) -> bool:
-        """Whether the MLP is gated (SwiGLU/GeGLU): two input projections."""
-        return self.activation in GATED_ACTIVATIONS
-
-
-#: The section's old flat keys in a model section → their key in ``mlp``.
-FLAT_MLP_KEYS = {"mlp_dim": "dim", "mlp_activation": "activation"}
 
 
 def clamped_swiglu(gate: Array, up: Array) -> Array:
@@ -322,3 +275,37 @@ class MLP(nnx.Module):
             return tokamax_gated_projection(self.gate_act, x.astype(dt), kernels)
         biases = tuple(p.bias[...].astype(dt) for p in parts if p.bias is not None)
         return gated_projection(self.gate_act, x.astype(dt), kernels, biases)
+
+
+def model_mlp(config: TransformerConfig, mlp_dim: int, *, rngs: nnx.Rngs, out_std: float) -> MLP:
+    """The `MLP` of a model's layer, ``mlp_dim`` wide, with the config's activation, biases, init,
+    precision and implementation (``mlp.impl``; a dense layer's MLP and an MoE layer's shared
+    experts alike).
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The model's config, its ``mlp.activation`` filled.
+    mlp_dim : int
+        The hidden width.
+    rngs : nnx.Rngs
+        The parameters' keys.
+    out_std : float
+        The output projection's init std (GPT-2 scales the residual branches').
+
+    Returns
+    -------
+    MLP
+    """
+    assert config.mlp.activation is not None  # the config filled it (its family's)
+    return MLP(
+        config.d_model,
+        mlp_dim,
+        rngs=rngs,
+        activation_name=config.mlp.activation,
+        use_bias=config.use_bias,
+        init_std=config.init.std,
+        out_std=out_std,
+        precision=config.precision,
+        impl=config.mlp.impl,
+    )

@@ -25,7 +25,7 @@ from tjx.nn.configs import FLAT_SECTION_KEYS
 from tjx.nn.family_config import FLAT_FAMILY_KEYS
 from tjx.nn.gated_deltanet import FLAT_DELTA_KEYS
 from tjx.nn.mla_config import FLAT_MLA_KEYS
-from tjx.nn.mlp import FLAT_MLP_KEYS
+from tjx.nn.mlp_config import FLAT_MLP_KEYS
 from tjx.nn.moe.config import FLAT_MOE_KEYS
 from tjx.nn.mtp_config import FLAT_MTP_KEYS
 from tjx.nn.norm_config import FLAT_NORM_KEYS

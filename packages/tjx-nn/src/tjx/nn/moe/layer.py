@@ -35,9 +35,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.configs import TransformerConfig
-from tjx.nn.layer_mlp import model_mlp
 from tjx.nn.linear import Dense
-from tjx.nn.mlp import activation, gate_function
+from tjx.nn.mlp import activation, gate_function, model_mlp
 from tjx.nn.moe.config import expert_capacity, expert_mlp_dim, shared_mlp_dim
 from tjx.nn.moe.dispatch import FFN, ExpertWeights, capacity, dropless
 from tjx.nn.moe.parallel import current_expert_parallel

@@ -231,15 +231,11 @@ def rollout_batches(text: str | None, run: Config, target: Target) -> list[int]:
         wanted = {int(run.data.batch_size * s) for s in DEFAULT_SCALES}
         return sorted(b for b in wanted if b > 0 and b % step == 0)
     found: list[int] = []
-    for part in text.split(","):
-        try:
-            batch = int(part.strip())
-        except ValueError:
-            batch = 0
+    for part, batch in _integers(text, 0):
         if batch <= 0:
             raise ConfigError(
                 f"--search-rollouts: expected rollout batches as positive integers separated by "
-                f"commas (e.g. 64,128), got {part.strip()!r}"
+                f"commas (e.g. 64,128), got {part!r}"
             )
         if batch % step:
             raise ConfigError(
@@ -264,19 +260,27 @@ def parse_groups(text: str | None, run: Config) -> list[int]:
     if text is None:
         return [first]
     found: list[int] = []
-    for part in text.split(","):
-        try:
-            g = int(part.strip())
-        except ValueError:
-            g = 0
+    for part, g in _integers(text, 0):
         if g < 2:
             raise ConfigError(
-                f"--search-groups: {part.strip()!r} is no group size (grpo.group_size: "
+                f"--search-groups: {part!r} is no group size (grpo.group_size: "
                 "completions per prompt, at least 2); give integers of at least 2 separated by "
                 "commas (e.g. 4,8,16)"
             )
         found.append(g)
     return sorted(set(found), key=lambda g: (g != first, g))
+
+
+def _integers(text: str, bad: int) -> list[tuple[str, int]]:
+    """Each comma-separated part of ``text``, stripped, and its integer (``bad`` where it is
+    none): a flag's list, which its caller checks."""
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            found.append((part, int(part)))
+        except ValueError:
+            found.append((part, bad))
+    return found
 
 
 def with_group(run: Config, group: int) -> Config:
@@ -300,14 +304,10 @@ def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None
     if text.strip() == "0":
         return []
     found: list[int] = []
-    for part in text.split(","):
-        try:
-            n = int(part.strip())
-        except ValueError:
-            n = -1
+    for part, n in _integers(text, -1):
         if n < 1 or n >= count:
             raise ConfigError(
-                f"--search-samplers: {part.strip()!r} is no count of sampler devices of "
+                f"--search-samplers: {part!r} is no count of sampler devices of "
                 f"--plan {where}'s {count}: each must leave a trainer; give integers from 1 to "
                 f"{count - 1} separated by commas (0 alone: no split)" if count > 1 else
                 f"--search-samplers: --plan {where} is one device, which cannot be split into "

@@ -138,7 +138,8 @@ def test_the_decodes_log_probabilities_are_a_full_forwards_in_float64():
     got = np.asarray(out.logps)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
     assert np.all(got[targets >= 0] < 0) and np.all(got[targets < 0] == 0)
-    assert rollout_batch(np.zeros((1, 3)), np.ones(1), max_new_tokens=2, eos_id=None).logps is None
+    plain = rollout_batch(np.zeros((1, 3), int), np.ones(1, int), max_new_tokens=2, eos_id=None)
+    assert plain.logps is None
 
 
 def test_a_temperature_divides_the_logits_before_the_log_softmax_and_the_entropy():

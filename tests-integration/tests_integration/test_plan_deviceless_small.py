@@ -490,9 +490,10 @@ def test_an_rl_search_estimates_each_rollout_from_its_h100_programs_and_picks_th
 
 def test_an_overlapped_rl_plan_for_h100s_is_the_longer_side_plus_the_weights_copy(envs, tmp_path):
     """#72 point 4: ``--plan 2xh100`` of grpo_tiny overlapped on 1 sampler device compiles the
-    update for the trainer's H100 and the rollout's prefill, decode step and π_old's pass for
-    the sampler's (four compiles); its step is, by hand from the plan's own per-program costs,
-    max(rollout, update) + the policy's bytes over NVLink (the device table's 450 GB/s)."""
+    update for the trainer's H100 and the rollout's prefill and decode step for the sampler's
+    (three compiles: π_old's log-probabilities are the decode's, scored inside those two); its
+    step is, by hand from the plan's own per-program costs, max(rollout, update) + the policy's
+    bytes over NVLink (the device table's 450 GB/s)."""
     out = tmp_path / "overlap.json"
     sets = [*RL_SMALL, "data.batch_size=16", "grpo.overlap=1", "grpo.sampler_devices=1"]
     args = ["--config", "grpo_tiny", "--plan", "2xh100", "--plan-json", str(out),
@@ -504,8 +505,9 @@ def test_an_overlapped_rl_plan_for_h100s_is_the_longer_side_plus_the_weights_cop
     )  # fmt: skip
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     r = json.loads(out.read_text())["rollout"]
-    assert (r["sampler_devices"], r["logps_passes"], r["decode_steps"]) == (1, 1, 3)
-    rollout = r["prefill_s"] + 3 * r["decode_step_s"] + r["logps_pass_s"]
+    assert (r["sampler_devices"], r["logps_passes"], r["decode_steps"]) == (1, 0, 3)
+    assert r["old_logps_from_decode"] and r["logps_pass_s"] == 0
+    rollout = r["prefill_s"] + 3 * r["decode_step_s"]
     assert r["seconds"] == pytest.approx(rollout, rel=1e-12)
     assert r["copy_s"] == pytest.approx(r["policy_bytes"] / 450e9, rel=1e-12)
     assert r["step_s"] == pytest.approx(max(rollout, r["update_s"]) + r["copy_s"], rel=1e-12)

@@ -69,6 +69,9 @@ FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("--search-samplers", {"metavar": "N,..."}, "with --search of an RL config: the sampler "
      "devices of the overlapped splits to plan (grpo.overlap: 1; default: the rest a half, a "
      "quarter, ... of the devices; 0: overlap 0 only)"),
+    ("--search-groups", {"metavar": "G,..."}, "with --search of an RL config: the group sizes "
+     "(grpo.group_size: completions per prompt) to try, each at the rollout batches it divides "
+     "(default: the configured one alone)"),
     ("--export-peft", {"metavar": "DIR"}, "with lora.enabled: write the trained adapters to DIR "
      "as a PEFT adapter (adapter_config.json + adapter_model.safetensors) when the run ends"),
     ("--replay", {"metavar": "RUN"}, "re-run steps of a finished, stopped or killed run from its "
@@ -234,7 +237,8 @@ def _check_plan_flags(args: argparse.Namespace) -> None:
         )
     flags = (("--search-out", args.search_out), ("--search-budget", args.search_budget),
              ("--search-rollouts", args.search_rollouts),
-             ("--search-samplers", args.search_samplers))  # fmt: skip
+             ("--search-samplers", args.search_samplers),
+             ("--search-groups", args.search_groups))  # fmt: skip
     for flag, value in flags:
         if value is not None and not args.search:
             raise ConfigError(

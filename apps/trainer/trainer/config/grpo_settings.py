@@ -14,6 +14,9 @@ from typing import Any
 from tjx.core.config.schema import Entry
 from tjx.core.fields import setting
 
+#: ``grpo.old_logps``: where π_old's log-probabilities come from (`GrpoRollout.old_from_decode`).
+OLD_LOGPS = ("auto", "decode", "recompute")
+
 
 @dataclass(frozen=True)
 class GrpoRollout:
@@ -54,11 +57,31 @@ class GrpoRollout:
         resumable=True,
         help="with grpo.overlap=1: the run's last N devices sample; the trainer's mesh is the rest",
     )
+    old_logps: str = setting(
+        "auto",
+        choices=OLD_LOGPS,
+        resumable=True,
+        help="π_old's log-probabilities (read with grpo.overlap=1 or grpo.iterations>1): decode "
+        "takes them from the sampler's own decode steps; recompute scores the rollout again "
+        "in a forward pass; auto: decode when overlapped, else recompute",
+    )
     mask_truncated_completions: bool = setting(
         False,
         help="leave completions that reach max_new_tokens without ending out of the loss "
         "(DAPO; TRL's mask_truncated_completions)",
     )
+
+    @property
+    def old_from_decode(self) -> bool:
+        """Whether the update's π_old log-probabilities (``old_logps``, scored with overlap or
+        μ > 1) are the ones the sampler's decode computed while sampling (trainer.step.grpo's
+        `Rollouts`), not a second forward pass over the rollout: ``grpo.old_logps``, whose
+        ``auto`` takes the decode's where the run overlaps (there the pass would run on the
+        sampler's devices, in the rollout's time; sequential, it keeps the ratio of a rollout's
+        first update exactly 1)."""
+        if self.iterations == 1 and not self.overlap:
+            return False  # μ = 1 sequential: π_old is the policy itself, nothing scored
+        return self.old_logps == "decode" or (self.old_logps == "auto" and bool(self.overlap))
 
 
 def is_grpo(data: Any) -> bool:

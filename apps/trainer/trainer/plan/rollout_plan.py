@@ -19,16 +19,20 @@ launch from the host each; the decode loop reads each step's tokens back before 
 
 The log-probability passes of π_old (``μ > 1``) and of the reference (``β > 0``) are one
 forward over the rollout batch each, once per rollout: the same compiled program, counted in
-the rollout. Not counted: the rewards (host Python).
+the rollout. Where π_old's log-probabilities come from the decode (``grpo.old_logps``: by
+default when overlapped) there is no π_old pass: the prefill and decode programs compiled and
+priced are the ones that also score each sampled token (a log-softmax over the vocabulary of
+each row, inside the program). Not counted: the rewards (host Python).
 
 Overlapped (``grpo.overlap: 1``, trainer.step.grpo's `Rollouts`): the rollout runs on the last
 ``grpo.sampler_devices`` devices (each holds the whole policy and samples its share of the
 batch: the rows split over them, data parallel; its programs priced per device), with
-π_old's pass there too (the sampling weights' log-probabilities, always); the update runs on the
-others. A step's rollout is sampled while the update before it runs, so a cycle of μ steps takes
-the longer of the rollout and one update, the other ``μ - 1`` updates, the reference's pass on
-the trainer's devices (``β > 0``, priced as the sampler's pass: an upper bound, its rows are not
-split there) and the weights' copy to the sampler (`trainer.step.grpo.overlap_estimate`).
+π_old's pass there too where it is not the decode's (``grpo.old_logps: recompute``); the
+update runs on the others. A step's rollout is sampled while the update before it runs, so a
+cycle of μ steps takes the longer of the rollout and one update, the other ``μ - 1`` updates,
+the reference's pass on the trainer's devices (``β > 0``, priced as the sampler's pass: an
+upper bound, its rows are not split there) and the weights' copy to the sampler
+(`trainer.step.grpo.overlap_estimate`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,14 @@ from tjx.metrics import ProgramCost
 from trainer.config.seams import Record
 from trainer.step.grpo import overlap_estimate
 
-__all__ = ["RolloutEstimate", "decode_label", "logps_label", "logps_passes", "prefill_label"]
+__all__ = [
+    "RolloutEstimate",
+    "decode_label",
+    "logps_label",
+    "logps_passes",
+    "prefill_label",
+    "trainer_passes",
+]
 
 
 def prefill_label(rows: int, prompt: int) -> str:
@@ -58,13 +69,19 @@ def logps_label(rows: int, width: int) -> str:
     return f"rollout log-probabilities ({rows} × {width} tokens)"
 
 
-def logps_passes(iterations: int, beta: float, overlap: bool = False) -> int:
+def logps_passes(iterations: int, beta: float, overlap: bool = False, decoded: bool = False) -> int:
     """Forward passes over a rollout batch for its log-probabilities in the rollout: π_old's when
-    μ > 1, the reference's when β > 0 (trainer.step.grpo's `Rollouts`); overlapped, π_old's
-    only, always (the sampler scores its own weights; the reference's runs on the trainers)."""
-    if overlap:
-        return 1
-    return int(iterations > 1) + int(beta > 0)
+    μ > 1 or overlapped, unless the decode scored them (``decoded``: trainer.config's
+    `GrpoRollout.old_from_decode`), and the reference's when β > 0 (trainer.step.grpo's
+    `Rollouts`); overlapped, π_old's only (on the sampler, its own weights; the reference's
+    runs on the trainers: `trainer_passes`)."""
+    old = int((overlap or iterations > 1) and not decoded)
+    return old if overlap else old + int(beta > 0)
+
+
+def trainer_passes(beta: float, overlap: bool) -> int:
+    """Overlapped, the reference's pass (β > 0) on the trainer's devices, once per rollout."""
+    return int(overlap and beta > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +113,9 @@ class RolloutEstimate:
         The policy's bytes (what the copy moves).
     trainer_passes : int
         Overlapped: log-probability passes on the trainer's devices (the reference's, β > 0).
+    decoded : bool
+        π_old's log-probabilities are the decode's (``grpo.old_logps``): the prefill and decode
+        programs priced score each sampled token, and no π_old pass is counted.
     """
 
     rows: int
@@ -112,6 +132,7 @@ class RolloutEstimate:
     copy_s: float = 0.0
     policy_bytes: int = 0
     trainer_passes: int = 0
+    decoded: bool = False
 
     @property
     def decode_steps(self) -> int:
@@ -185,6 +206,12 @@ class RolloutEstimate:
                 f"({ms(self.decode.overhead_s)}, fitted on a train step)"
                 if self.decode.overhead_s
                 else ""
+            )
+            + (
+                "; π_old's log-probabilities are the decode's (grpo.old_logps), scored inside "
+                "the prefill and each decode step: no pass of their own"
+                if self.decoded
+                else ""
             ),
             self._step_line(ms, label, updates),
         ]
@@ -238,6 +265,7 @@ class RolloutEstimate:
             "copy_s": self.copy_s,
             "policy_bytes": self.policy_bytes,
             "trainer_passes": self.trainer_passes,
+            "old_logps_from_decode": self.decoded,
             "samples_per_s": self.samples_per_s,
             "rollout_share": self.share,
         }

@@ -178,6 +178,8 @@ def compile_rollout(
                 place=place,
                 # overlapped: the cache's rows split as the run's sampler splits them
                 place_cache=place_cache if overlap else None,
+                # π_old from the decode: the programs that also score each sampled token
+                logprobs=r.old_from_decode,
             )
             return getattr(programs, which)  # type: ignore[no-any-return]
 
@@ -186,7 +188,8 @@ def compile_rollout(
             # The model's settings a fit may change are in the key, and the split's N (the
             # rows each sampler device holds)
             m, n = run.model, r.sampler_devices
-            key = f"{label} on {n} samplers ({m.remat}, {m.attention_impl})" if overlap else ""
+            key = (f"{label} on {n} samplers ({m.remat}, {m.attention_impl}, "
+                   f"{r.old_from_decode})" if overlap else "")  # fmt: skip
             one = cache.get(key) if cache is not None and key else None
             if one is None:
                 one = metrics.compile_lowered(lowered, label)
@@ -205,9 +208,11 @@ def compile_rollout(
             ("decode", rollout_plan.decode_label(rows, cache_len)),
         ):
             out.append((label, held(label, functools.partial(lower, which))))
-        if rollout_plan.logps_passes(r.iterations, run.grpo.beta, overlap):
-            # π_old's and the reference's log-probabilities (trainer.step.grpo's `Rollouts`):
-            # one forward over the rollout batch each, the same program
+        passes = rollout_plan.logps_passes(r.iterations, run.grpo.beta, overlap, r.old_from_decode)
+        if passes or rollout_plan.trainer_passes(run.grpo.beta, overlap):
+            # π_old's (unless the decode's) and the reference's log-probabilities
+            # (trainer.step.grpo's `Rollouts`): one forward over the rollout batch each, the
+            # same program
             width = b.batch["inputs"].shape[1]
             label = rollout_plan.logps_label(rows, width)
 
@@ -464,11 +469,13 @@ def rollout_estimate(
     prefill = programs.get(rollout_plan.prefill_label(rows, prompt))
     decode = programs.get(rollout_plan.decode_label(rows, prompt + r.max_new_tokens))
     overlap = r.sampler_devices > 0
-    passes = rollout_plan.logps_passes(r.iterations, run.grpo.beta, overlap)
+    passes = rollout_plan.logps_passes(r.iterations, run.grpo.beta, overlap, r.old_from_decode)
+    on_trainer = rollout_plan.trainer_passes(run.grpo.beta, overlap)
     width = prompt + r.max_new_tokens - 1  # the rollout batch's rows (trainer.step.grpo)
-    scored = programs.get(rollout_plan.logps_label(rows, width)) if passes else None
+    scoring = passes or on_trainer
+    scored = programs.get(rollout_plan.logps_label(rows, width)) if scoring else None
     update = result.data.get("estimate")
-    needed = [prefill, decode, *([scored] if passes else [])]
+    needed = [prefill, decode, *([scored] if scoring else [])]
     if update is None or any(p is None or p.compiled is None for p in needed):
         return
     assert prefill is not None and decode is not None
@@ -489,7 +496,8 @@ def rollout_estimate(
         sampler_devices=r.sampler_devices,
         copy_s=policy / target.device.link_bandwidth,
         policy_bytes=policy,
-        trainer_passes=int(overlap and run.grpo.beta > 0),
+        trainer_passes=on_trainer,
+        decoded=r.old_from_decode,
     )  # fmt: skip
     for line in found.lines():
         say(line)

@@ -2,21 +2,21 @@
 on rewards a program checks (tjx.data's `rewards`), never as SFT.
 
 At each step ``s`` with ``s % μ == 0`` (``grpo.iterations``) the loop asks `Rollouts` for a new
-rollout batch: the next ``data.batch_size / G`` prompts, ``G`` (``grpo.group_size``) completions
-of each sampled with the current parameters (tjx.nn's `sample_groups`: KV-cache generation,
-temperature, top-p, stop at end of turn) under the key ``fold_in(rollout key of train.seed,
-s)``, scored on the host by the named rewards (Python functions; nothing from the data is run),
-turned into group-normalised advantages, with the sampling policy's log-probabilities (when
-``μ > 1``) and the reference's (when ``β > 0``: DPO's reference, trainer/step/dpo.py: the adapters
-off with LoRA, else the frozen start in the train state). Each step then makes one update on that
-batch (`loss_fn`: tjx.nn's `grpo_loss` inside the trainer's usual train step), so μ updates use
-one rollout; with ``optimizer.accumulation_steps: k`` that update is k micro-batches, each
-scored with the whole batch's counts (`micro_totals`): their sum is the whole batch's loss and
-gradient for every loss type. A checkpoint at a multiple of μ resumes bit for bit: the keys
-are the step's, the prompt loader's position is saved. A run resumed inside a rollout's μ
-steps (a signal's save) samples a fresh rollout at its first step. With ``grpo.overlap: 1`` a
-rollout is sampled with the weights of the step before, on devices of its own, while that
-step's update runs (`Rollouts`).
+rollout batch: the next ``data.batch_size / G`` prompts, ``G`` (``grpo.group_size``) completions of
+each sampled with the current parameters (tjx.nn's `sample_groups`: KV-cache generation,
+temperature, top-p, stop at end of turn) under the key ``fold_in(rollout key of train.seed, s)``,
+scored on the host by the named rewards (Python functions; nothing from the data is run), turned
+into group-normalised advantages, with the sampling policy's log-probabilities (when ``μ > 1`` or
+overlapped: ``old_logps``, from the sampler's decode or a second forward pass, ``grpo.old_logps``)
+and the reference's (when ``β > 0``: DPO's reference, trainer/step/dpo.py: the adapters off with
+LoRA, else the frozen start in the train state). Each step then makes one update on that batch
+(`loss_fn`: tjx.nn's `grpo_loss` inside the trainer's usual train step), so μ updates use one
+rollout; with ``optimizer.accumulation_steps: k`` that update is k micro-batches, each scored with
+the whole batch's counts (`micro_totals`): their sum is the whole batch's loss and gradient for
+every loss type. A checkpoint at a multiple of μ resumes bit for bit: the keys are the step's, the
+prompt loader's position is saved. A run resumed inside a rollout's μ steps (a signal's save)
+samples a fresh rollout at its first step. With ``grpo.overlap: 1`` a rollout is sampled with the
+weights of the step before, on devices of its own, while that step's update runs (`Rollouts`).
 
 Logged with TRL's names: ``loss``, ``kl``, ``entropy``, ``clip_ratio/*`` (or the loss type's
 own: tjx.nn's `GrpoOutput.metrics`), ``reward``, ``reward_std``, ``rewards/<name>/mean``,
@@ -185,10 +185,12 @@ class Rollouts:
     before the update donates them); the loop dispatches
     the update, which returns at once (JAX's dispatch is asynchronous), and calls `ahead`,
     which samples on the sampler's devices: the host waits for each generated token there (the
-    decode loop reads it), scores the completions and scores the sampling policy's
-    log-probabilities (``old_logps``, what the importance ratio divides by: the one-step lag
-    corrected as μ > 1 corrects its own), all while the trainer's devices run the update. The
-    host waits for the update only when the step after reads its output. No thread is needed.
+    decode loop reads it) and scores the completions, all while the trainer's devices run the
+    update. The sampling policy's log-probabilities (``old_logps``, what the importance ratio
+    divides by: the one-step lag corrected as μ > 1 corrects its own) are by default the ones
+    the decode computed from the logits it sampled each token from (``grpo.old_logps: auto``;
+    ``recompute`` scores the rollout again in a forward pass on the sampler). The host waits
+    for the update only when the step after reads its output. No thread is needed.
 
     The rollouts of the run's first step, and of each step that is a multiple of
     ``train.checkpoint_every``, are sampled with that step's own weights, after the update
@@ -339,6 +341,7 @@ class Rollouts:
                 mask_truncated=r.mask_truncated_completions,
                 place=place,
                 place_cache=place_cache,
+                logprobs=r.old_from_decode,
             )
         took = time.perf_counter() - started
         examples = [self.rows[int(i)] for i in np.repeat(prompts["row_ids"], r.group_size)]
@@ -355,7 +358,14 @@ class Rollouts:
             jnp.asarray(rewards), r.group_size, scale=settings.scale_rewards
         )
         batch["advantages"] = self.place({"a": advantages})["a"]
-        if self.sampler is not None:  # π_old: the sampler's weights, lagging or not; rows split
+        if rollout.logps is not None:
+            # π_old as the decode scored it (no second pass): the same weights and float32
+            # log-softmax as the forward pass, but the KV cache's path rounds differently in
+            # the last bits. Expected: verl and TRL with vLLM take a sampler's log-probabilities
+            # too and keep an importance correction; here the clipped ratio is it.
+            # grpo.old_logps=recompute scores the forward pass instead.
+            batch["old_logps"] = self.place({"old": rollout.logps})["old"]
+        elif self.sampler is not None:  # π_old: the sampler's weights, lagging or not; rows split
             with where:
                 old = self.logps(params, jax.tree.map(self.on_sampler, rollout.batch), False)
             batch["old_logps"] = self.place({"old": old})["old"]

@@ -67,8 +67,9 @@ def test_without_overlap_a_run_is_todays_bit_for_bit(in_tmp):
 
 def _lagged_reference(monkeypatch, every):
     """Sequential rollouts on the trainer's mesh (the overlap run's first 4 devices, the sampler
-    unused), each sampled (and its ``old_logps`` scored) with a copy of the weights of the step
-    before, kept there; fresh at the run's first step and at each multiple of ``every``
+    unused), each sampled with a copy of the weights of the step before, kept there, its
+    ``old_logps`` taken as the run takes them (``grpo.old_logps: auto``, overlapped: the
+    decode's, as it sampled); fresh at the run's first step and at each multiple of ``every``
     (train.checkpoint_every): the lag grpo.overlap=1 applies, with nothing running at once."""
     from trainer.step.grpo import Rollouts
 
@@ -81,7 +82,7 @@ def _lagged_reference(monkeypatch, every):
         kept[step] = jax.tree.map(jnp.copy, params)  # the update donates the state's buffers
         weights = params if before is None or step % every == 0 else before
         out, stats = self._sample(step, weights)
-        out["old_logps"] = self.logps(weights, out, False)
+        assert out["old_logps"] is not None  # the decode's (`Rollouts._sample`)
         out["ref_logps"] = self._ref_logps(state, out)  # SMALL's β = 0.1
         return out, stats
 
@@ -132,11 +133,12 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
         seen = _spy_on_the_sampler(spied)
         assert main(_argv(in_tmp, "whole", *sets, *OVERLAP)) == 0
     # The sampler's 4 devices split the rollout's rows (data.batch_size = 8: 2 per device):
-    # every program of the rollout reads its rows sharded over all 4 (none idles), π_old's too
-    # (the reference's log-probabilities, β > 0, are scored on the trainer's 4 devices).
+    # every program of the rollout reads its rows sharded over all 4 (none idles). π_old's
+    # log-probabilities are the decode's (grpo.old_logps: auto): no pass of its own there (the
+    # reference's, β > 0, is scored on the trainer's 4 devices).
     sampler = set(jax.devices()[4:])
     on_sampler = [call for call in seen if call[1][0][1].device_set & sampler]
-    assert {call[0] for call in on_sampler} == {"prefill", "decode", "logps"}, seen
+    assert {call[0] for call in on_sampler} == {"prefill", "decode"}, seen
     assert {call[0] for call in seen} - {call[0] for call in on_sampler} <= {"logps"}
     for kind, rows, cache in on_sampler:
         # the prompts and lengths, each step's tokens and positions, π_old's batch: axis 0;
@@ -146,7 +148,7 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
             for shape, sharding in arrays:
                 assert sharding.device_set == sampler, (kind, shape)
                 assert sharding.shard_shape(shape)[axis] == 2, (kind, shape, sharding)
-        assert kind == "logps" or cache, kind
+        assert cache, kind
     out = capsys.readouterr().out
     # The trainer's mesh: the first 4 devices; the sampler: the other 4.
     assert "× data 4 ×" in out and ", rollouts on the other 4 (dp, 8 devices)" in out, out
@@ -170,13 +172,13 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
     assert main(["--replay", str(in_tmp / "whole"), "--steps", "3:4"]) == 0
     assert "faithful: 2 logged losses replayed bit for bit" in capsys.readouterr().out
     # The reference: the same lag (steps 2 and 4 sample with the weights of steps 1 and 3),
-    # sequential, on the trainer's 4 devices; the same keys and prompts, so the same tokens:
-    # the same rewards and clipped fractions. The losses are not bit-identical: the sampler's
-    # programs (its own mesh, the weights copied there) and the trainer mesh's are other
-    # compiled programs and may score the log-probabilities in other orders, and a loss of
-    # ~1e-4 is a sum of ratio × advantage terms near 1, so float32's rounding of those (~1e-7
-    # each) shows: atol 1e-6 (measured up to 5e-8 with the whole batch on each sampler device;
-    # without the lag, step 4's loss is 8e-4 against 8e-5).
+    # sequential, on the trainer's 4 devices, π_old from its decode; the same keys and prompts,
+    # so the same tokens: the same rewards and clipped fractions. The losses are not
+    # bit-identical: the sampler's programs (its own mesh, the weights copied there) and the
+    # trainer mesh's are other compiled programs and may score the log-probabilities in other
+    # orders, and a loss of ~1e-4 is a sum of ratio × advantage terms near 1, so float32's
+    # rounding of those (~1e-7 each) shows: atol 1e-6 (measured up to 5e-8 with the whole
+    # batch on each sampler device; without the lag, step 4's loss is 8e-4 against 8e-5).
     _lagged_reference(monkeypatch, every=2)
     assert main(_argv(in_tmp, "reference", *sets, *OVERLAP)) == 0
     want = _lines(in_tmp / "reference")
@@ -213,10 +215,11 @@ def test_a_split_into_3_sampler_and_5_trainer_devices_trains(in_tmp, monkeypatch
     devices, the sampler splits the rollout's rows over the other 3 (15 completions: 5 prompts
     × 3, 3 rows each on the trainer's devices, 5 on the sampler's; the held-out batch 5 rows,
     which 5 trainers split); two steps, the second sampled with the first's weights while its
-    update runs."""
+    update runs. ``grpo.old_logps: recompute``: π_old's pass runs on the sampler, its rows
+    split as the decode's."""
     sets = ("train.steps=2", "train.checkpoint_every=1000", "data.batch_size=15",
             "eval.batch_size=5", "grpo.group_size=3", "grpo.overlap=1",
-            "grpo.sampler_devices=3")  # fmt: skip
+            "grpo.sampler_devices=3", "grpo.old_logps=recompute")  # fmt: skip
     with monkeypatch.context() as spied:
         seen = _spy_on_the_sampler(spied)
         assert main(_argv(in_tmp, "run", *sets)) == 0
@@ -229,6 +232,10 @@ def test_a_split_into_3_sampler_and_5_trainer_devices_trains(in_tmp, monkeypatch
     assert 2 <= len(decodes) <= 2 * 15
     assert all(sh.device_set == sampler and sh.shard_shape(shape)[0] == 5
                for rows in decodes for shape, sh in rows)  # fmt: skip
+    passes = [rows for kind, rows, _ in seen if kind == "logps" and rows[0][1].device_set
+              & sampler]  # fmt: skip
+    assert len(passes) == 2 and all(sh.shard_shape(shape)[0] == 5 for rows in passes
+                                    for shape, sh in rows)  # fmt: skip
     lines = _lines(in_tmp / "run")
     assert [x["step"] for x in lines] == [1, 2]
     assert all(np.isfinite(x["loss"]) for x in lines)

@@ -734,6 +734,51 @@ def test_an_rl_search_where_nothing_fits_on_8_devices_is_one_line(capsys, in_tmp
     assert planned == [64] and planned.splits == [] and not list(in_tmp.iterdir())
 
 
+def test_an_rl_search_tries_group_sizes_reusing_each_batch_and_splits_plan(
+    capsys, in_tmp, monkeypatch
+):
+    """``--search-groups 4,8,16``: a group size changes no program at a rollout batch, so the
+    overlap-0 batch 256 is planned once (for the configured 8) and reused for 4 and 16; on the
+    2 + 6 split it changes the batch that runs: 240 for 8 and 16 (multiples of 24 and 48), 252
+    for 4 (of 12), two plans. With the update 1 ms a row on each trainer, the rollout 40 ms +
+    20 µs a row on each sampler, 252 in groups of 4 is the most samples per second; 240 is the
+    runner-up in groups of 8 (the configured size, before 16 on the tie). The line, table, YAML
+    and JSON say the group size."""
+    on_8(monkeypatch, memory=GIB)
+
+    def answer(batch, sampler):
+        devices, trainers = (sampler, 8 - sampler) if sampler else (8, 8)
+        return GIB // 2, 0.040 + 2e-5 * batch / devices, 1e-3 * batch / trainers
+
+    planned = fake_rl_plans(monkeypatch, answer)
+    out = in_tmp / "rl.json"
+    argv = ["--config", "grpo_tiny", "--plan", "8xh100", "--search", "--search-rollouts", "256",
+            "--search-samplers", "2", "--search-groups", "16,4,8", "--search-out", "rl.yaml",
+            "--plan-json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert planned == [256] and planned.splits == [(240, 2), (252, 2)]
+    assert any(line.startswith("search: group sizes 8, 4, 16 (grpo.group_size, --search-groups)")
+               for line in lines)  # fmt: skip
+    reused = [line for line in lines if line.endswith("(the same programs as planned)")]
+    assert len(reused) == 3  # 256 for 4 and 16, 240 on 2 + 6 for 16
+    chosen = next(line for line in lines if line.startswith("search: chosen: "))
+    assert chosen.startswith("search: chosen: rollout batch 252 (63 prompts × 4), overlap 1: 2 ")
+    runner = next(line for line in lines if line.startswith("search: runner-up: "))
+    assert runner.startswith("search: runner-up: rollout batch 240 (30 prompts × 8), overlap 1")
+    row = next(line.split() for line in lines if line.startswith("  1 "))
+    assert row[1:5] == ["252", "63", "×", "4"]
+    loaded = load_config(str(in_tmp / "rl.yaml"), [])
+    assert (loaded.data.batch_size, loaded.rollout.group_size) == (252, 4)
+    assert loaded.rollout.sampler_devices == 2
+    record = json.loads(out.read_text())
+    assert record["groups"] == [8, 4, 16] and record["chosen"]["group_size"] == 4
+    assert record["chosen"]["rollout"]["prompts"] == 63
+    assert sorted(
+        (p["batch"], p["sampler_devices"], p["group_size"]) for p in record["planned"]
+    ) == [(240, 2, 8), (240, 2, 16), (252, 2, 4), (256, 0, 4), (256, 0, 8), (256, 0, 16)]
+
+
 @pytest.mark.parametrize(
     ("samplers", "sets", "splits", "why"),
     [
@@ -813,6 +858,19 @@ def test_a_split_that_leaves_no_trainer_is_one_line(argv, words, capsys, in_tmp,
         (["--config", "grpo_tiny", "--plan", "v5e", "--search-rollouts", "64"],
          "--search-rollouts: applies to --plan TARGET --search, which this command does not ask "
          "for; add --search or drop --search-rollouts"),
+        (["--config", "grpo_tiny", "--plan", "v5e", "--search", "--search-groups", "4,1"],
+         "--search-groups: '1' is no group size (grpo.group_size: completions per prompt, at "
+         "least 2); give integers of at least 2 separated by commas (e.g. 4,8,16)"),
+        (["--config", "tiny", "--plan", "v5e", "--search", "--search-groups", "4"],
+         "--search-groups: applies to an RL config (data.format: prompts); 'tiny' trains on "
+         "data.format='text', whose search has no rollout; drop --search-groups"),
+        (["--config", "grpo_tiny", "--plan", "v5e", "--search", "--search-rollouts", "64",
+          "--search-groups", "8,48"],
+         "--search-rollouts: 64 completions do not split into groups of grpo.group_size=48 over "
+         "the mesh's 1 batch ways; use multiples of 48"),
+        (["--config", "grpo_tiny", "--plan", "v5e", "--search-groups", "4"],
+         "--search-groups: applies to --plan TARGET --search, which this command does not ask "
+         "for; add --search or drop --search-groups"),
     ],
 )  # fmt: skip
 def test_an_rl_search_space_that_cannot_be_searched_is_one_line(

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -443,9 +444,11 @@ def test_an_overlapped_plan_is_the_longer_side_plus_the_copy_and_each_side_holds
     monkeypatch,
 ):
     """#72 point 4: ``grpo.overlap: 1`` on 1 of 2 devices. The rollout's programs are compiled
-    for the sampler's device (the policy replicated, the whole batch: 8 rows), π_old's pass
-    there; the step is, by hand from the same programs' costs, max(rollout, update) + the other
-    μ - 1 updates + the reference's pass (β > 0) + the policy's bytes over one link. Memory:
+    for the sampler's device (the policy replicated, the whole batch: 8 rows), the prefill and
+    decode step those that score each sampled token (π_old from the decode, ``grpo.old_logps:
+    auto``: no π_old pass); the step is, by hand from the same programs' costs, max(rollout,
+    update) + the other μ - 1 updates + the reference's pass (β > 0) + the policy's bytes over
+    one link. Memory:
     the sequential rollout's devices keep the optimizer state (Adam's two moments: at least
     twice the policy on top of the program), the sampler's hold the policy only."""
     kept: list = []
@@ -473,11 +476,16 @@ def test_an_overlapped_plan_is_the_longer_side_plus_the_copy_and_each_side_holds
         cost = target_plan.roofline_inputs(run.model, 32, 8, 1, v5e)["custom_call_cost"]
         p, d, s = (program_cost(c.compiled.as_text(), v5e, custom_call_cost=cost).seconds
                    for c in (prefill, decode, scored))  # fmt: skip
-        rollout = p + 3 * d + s  # π_old's pass on the sampler, always
+        rollout = p + 3 * d  # π_old from the decode: no pass of its own
         update = result.data["estimate"]["seconds"]
         copy = policy / v5e.link_bandwidth
         assert r["policy_bytes"] == policy and r["copy_s"] == pytest.approx(copy, rel=1e-12)
-        assert (r["sampler_devices"], r["logps_passes"], r["trainer_passes"]) == (1, 1, 1)
+        assert (r["sampler_devices"], r["logps_passes"], r["trainer_passes"]) == (1, 0, 1)
+        assert r["old_logps_from_decode"]
+        # The programs priced return each row's token and its float32 log-probability
+        for program in (prefill, decode):
+            out = jax.tree.leaves(program.compiled.out_info)[-2:]
+            assert [(x.shape, x.dtype) for x in out] == [((8,), jnp.int32), ((8,), jnp.float32)]
         assert r["seconds"] == pytest.approx(rollout, rel=1e-12)
         by_hand = max(rollout, update) + update + s + copy  # μ = 2, β > 0
         assert r["step_s"] == pytest.approx(by_hand, rel=1e-12)
@@ -495,8 +503,8 @@ def test_an_overlapped_plan_splits_the_rollouts_rows_over_the_sampler_devices():
     """#72: ``grpo.sampler_devices: 2`` of 4 devices: the rollout's programs are compiled as the
     run's sampler runs them (trainer.step.grpo's `Rollouts.on_sampler`): the policy replicated
     on the last 2 devices, the 8 rows of the prompts, the KV cache (its axis 1, after the
-    layers) and π_old's batch split over them (4 each), so each program is priced for its
-    share of the rows."""
+    layers) and the scored batch (the reference's pass, β > 0, priced as the sampler's) split
+    over them (4 each), so each program is priced for its share of the rows."""
     sets = [*GRPO_SMALL, "grpo.overlap=1", "grpo.sampler_devices=2"]
     run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), sets)), 300)
     programs = target_plan.compile_rollout(step_config(run), target("v5e", 4))

@@ -154,19 +154,25 @@ def search_from_args(args: argparse.Namespace) -> int:
                 name = f"{run.name}-{args.plan}-search.yaml"
                 winner = output_file(name, "--search-out", "search.yaml")
             # An RL step is a rollout and its updates: its own search (search.rl)
+            for flag, value in (("--search-rollouts", args.search_rollouts),
+                                ("--search-groups", args.search_groups)):  # fmt: skip
+                if value is not None and not is_grpo(run.data):
+                    raise ConfigError(
+                        f"{flag}: applies to an RL config (data.format: prompts); "
+                        f"{run.name!r} trains on data.format={run.data.format!r}, whose search "
+                        f"has no rollout; drop {flag}"
+                    )
+            groups = rl.parse_groups(args.search_groups, run) if is_grpo(run.data) else []
+            # Each group size's rollout batches (the configured one's alone by default)
             batches = (
-                rl.rollout_batches(args.search_rollouts, run, target) if is_grpo(run.data) else None
-            )
-            if batches is None and args.search_rollouts is not None:
-                raise ConfigError(
-                    f"--search-rollouts: applies to an RL config (data.format: prompts); "
-                    f"{run.name!r} trains on data.format={run.data.format!r}, whose search "
-                    "has no rollout; drop --search-rollouts"
-                )
+                sorted({b for g in groups for b in rl.rollout_batches(
+                    args.search_rollouts, rl.with_group(run, g), target)})
+                if is_grpo(run.data) else None
+            )  # fmt: skip
             space = Space.of(run, target) if batches is None else None
         if batches is not None:
             outputs = Outputs(winner, plan_json)
-            return _rl_search(args, run, target, batches, budget, say, outputs, samplers)
+            return _rl_search(args, run, target, batches, budget, say, outputs, samplers, groups)
         assert space is not None
         say(f"search: {run.name} on {target.describe()}, each candidate compiled without the "
             f"device; budget {budget:g} min, {WORKERS} worker processes")  # fmt: skip
@@ -249,6 +255,7 @@ def _report(
 def _rl_search(
     args: argparse.Namespace, run: Config, target: Target, batches: list[int], budget: float,
     say: target_plan.Say, outputs: Outputs, samplers: list[int] | None = None,
+    groups: list[int] | None = None,
 ) -> int:  # fmt: skip
     """An RL config's search (`trainer.plan.search.rl`): its lines, table, chosen and runner-up,
     the winner's file; the exit code (raises `ConfigError` for bad input before compiling)."""
@@ -266,8 +273,13 @@ def _rl_search(
     say(f"search: rollout batches {', '.join(map(str, batches))} (data.batch_size: completions "
         "per rollout), each with remat none, else full where none does not fit (the plan's "
         "memory fit)")  # fmt: skip
-    say(f"search: group size {group} kept: at a given rollout batch it changes no program (B "
-        "completions are B rows whatever the group size), so no estimate")  # fmt: skip
+    if groups and groups != [group]:
+        say(f"search: group sizes {', '.join(map(str, groups))} (grpo.group_size, "
+            f"--search-groups): {rl.GROUPS_LINE}")  # fmt: skip
+    else:
+        say(f"search: group size {group} kept: at a given rollout batch it changes no program "
+            "(B completions are B rows whatever the group size), so no estimate; "
+            "--search-groups tries others")  # fmt: skip
     say(f"search: {rl.micro_line(run)}")
     link = target.device.link_bandwidth / 1e9
     said = samplers if samplers is not None else rl.default_samplers(target.count)
@@ -281,10 +293,10 @@ def _rl_search(
         "policy replicated, the rows split over the N)")  # fmt: skip
     with quiet_native_stderr():
         found = rl.rl_search(run, target, args.plan, batches, budget_s=budget * 60, say=say,
-                             samplers=samplers)  # fmt: skip
+                             samplers=samplers, groups=groups)  # fmt: skip
     if found.no_split:
         say(f"search: sampler/trainer split: not searched: {found.no_split}")
-    batches_planned = sorted({b for b, _ in found.outcomes})
+    batches_planned = sorted({o.batch for o in found.outcomes.values()})
     planned = ", ".join(map(str, batches_planned))
     ranked = found.ranked()
     if found.ran_out:
@@ -306,7 +318,8 @@ def _rl_search(
         if o is None:
             say(f"search: {word}: none (one rollout batch and split fits)")
             continue
-        say(f"search: {word}: rollout batch {o.batch} ({o.batch // group} prompts × {group}), "
+        g = o.group or group
+        say(f"search: {word}: rollout batch {o.batch} ({o.batch // g} prompts × {g}), "
             f"{rl.split_words(o.sampler_devices, target.count)}, remat {o.fitted['remat']}, "
             f"{rl.micro_words(o)}: "
             f"{o.samples_per_s:,.0f} samples/s (est.), the rollout "

@@ -17,10 +17,14 @@ dimensions, and what each costs in compiles:
   update did not fit may; the estimate is of the step compiled with those k micro-batches
   (more micro-batches never estimate faster, so the fewest that fit is the dimension's best).
   Not with ``grpo.top_entropy_quantile < 1`` (its quantile is the whole batch's: `micro_line`);
-* the **group size** G: at a given rollout batch it changes no program (a rollout of B
-  completions is B rows, whatever G), so it changes no estimate: it is kept as configured and
-  the batches are multiples of it (more prompts per batch, or more completions per prompt, is a
-  choice of signal, not of speed);
+* the **group size** G (``--search-groups``; default the configured one alone): at a given
+  rollout batch it changes no program (a rollout of B completions is B rows, whatever G), so it
+  changes no estimate, and a (batch, split) planned for one G is reused for another, not
+  compiled again; what it changes is which batches can run: a multiple of G and of the mesh's
+  batch ways, and on a split of G, the N sampler devices and the trainer's ways (2 + 6 near 256:
+  240 with G = 8 or 16, 252 with G = 4). Each G is planned at the batches it divides; on a tie
+  the configured G, then the smaller, is chosen (more prompts per batch or more completions per
+  prompt is otherwise a choice of signal, not of speed);
 * the **sampler/trainer split** of the devices: ``grpo.overlap: 0`` (every device samples,
   then trains) at each rollout batch; then, at the `SPLIT_BATCHES` batches with the most
   samples per second that way (and the largest whose update fits but whose sequential rollout
@@ -58,12 +62,14 @@ from trainer.plan import target_plan
 from trainer.plan.search.candidates import Candidate, candidate_of
 
 __all__ = [
+    "GROUPS_LINE",
     "RlOutcome",
     "RlSearch",
     "batch_ways",
     "default_samplers",
     "micro_line",
     "micro_words",
+    "parse_groups",
     "parse_samplers",
     "record",
     "rl_search",
@@ -74,6 +80,7 @@ __all__ = [
     "split_step",
     "split_words",
     "winner_config",
+    "with_group",
 ]
 
 Say = Callable[[str], None]
@@ -93,6 +100,14 @@ MICRO_MASKED = (
     "update micro-batch: not searched: grpo.top_entropy_quantile < 1 masks by the whole "
     "rollout batch's entropy quantile, which a micro-batch cannot see; so it is the rollout "
     "batch over the mesh"
+)
+
+
+#: What the search says of the group sizes it tries (`_rl_search`), after their list.
+GROUPS_LINE = (
+    "at one rollout batch a group size changes no program (B completions are B rows), so a "
+    "batch and split planned for one is reused for the others; each is planned at the batches "
+    "it divides (with a split's devices too), the configured one chosen on a tie"
 )
 
 
@@ -143,11 +158,18 @@ class RlOutcome:
     sampler_devices: int = 0
     #: The update fitted the trainer's devices (only a rollout program did not, where it errs).
     update_fits: bool = False
+    #: ``grpo.group_size`` (0: the config's, as planned; a search sets it).
+    group: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
-        """The outcome's place in a search: (rollout batch, sampler devices)."""
+        """The outcome's plan: (rollout batch, sampler devices), whatever its group size."""
         return self.batch, self.sampler_devices
+
+    @property
+    def slot(self) -> tuple[int, int, int]:
+        """Its place in a search: (rollout batch, sampler devices, group size)."""
+        return self.batch, self.sampler_devices, self.group
 
     @property
     def fits(self) -> bool:
@@ -164,7 +186,7 @@ class RlOutcome:
 class RlSearch:
     """An RL search's findings: each planned batch's outcome, in order, and how it ended."""
 
-    outcomes: dict[tuple[int, int], RlOutcome]
+    outcomes: dict[tuple[int, int, int], RlOutcome]
     ran_out: bool
     elapsed: float
     #: The sampler devices each split tried (empty: no split could be searched) and why not.
@@ -172,12 +194,17 @@ class RlSearch:
     no_split: str | None = None
     #: What was searched of the update micro-batch (`micro_line`).
     micro: str = MICRO_LINE
+    #: The group sizes tried, the configured one first.
+    groups: list[int] = dataclasses.field(default_factory=list)
 
     def ranked(self) -> list[RlOutcome]:
-        """The (batch, split) pairs that fit, the most samples per second first (the fewer
-        sampler devices, then overlap 0, on a tie)."""
+        """The (batch, split, group) that fit, the most samples per second first (the smaller
+        batch, the fewer sampler devices, then overlap 0, then the configured group size and
+        the smaller, on a tie)."""
         fit = [o for o in self.outcomes.values() if o.fits]
-        return sorted(fit, key=lambda o: (-o.samples_per_s, o.batch, o.sampler_devices))
+        first = self.groups[0] if self.groups else 0
+        return sorted(fit, key=lambda o: (-o.samples_per_s, o.batch, o.sampler_devices,
+                                          o.group != first, o.group))  # fmt: skip
 
 
 def batch_ways(run: Config, target: Target) -> int:
@@ -204,15 +231,11 @@ def rollout_batches(text: str | None, run: Config, target: Target) -> list[int]:
         wanted = {int(run.data.batch_size * s) for s in DEFAULT_SCALES}
         return sorted(b for b in wanted if b > 0 and b % step == 0)
     found: list[int] = []
-    for part in text.split(","):
-        try:
-            batch = int(part.strip())
-        except ValueError:
-            batch = 0
+    for part, batch in _integers(text, 0):
         if batch <= 0:
             raise ConfigError(
                 f"--search-rollouts: expected rollout batches as positive integers separated by "
-                f"commas (e.g. 64,128), got {part.strip()!r}"
+                f"commas (e.g. 64,128), got {part!r}"
             )
         if batch % step:
             raise ConfigError(
@@ -222,6 +245,49 @@ def rollout_batches(text: str | None, run: Config, target: Target) -> list[int]:
             )
         found.append(batch)
     return sorted(set(found))
+
+
+def parse_groups(text: str | None, run: Config) -> list[int]:
+    """``--search-groups``' group sizes (``"4,8,16"``), the configured ``grpo.group_size``
+    first; None: the configured one alone.
+
+    Raises
+    ------
+    ConfigError
+        A value that is no integer of at least 2 (GRPO's advantages compare a group's rows).
+    """
+    first = run.rollout.group_size
+    if text is None:
+        return [first]
+    found: list[int] = []
+    for part, g in _integers(text, 0):
+        if g < 2:
+            raise ConfigError(
+                f"--search-groups: {part!r} is no group size (grpo.group_size: "
+                "completions per prompt, at least 2); give integers of at least 2 separated by "
+                "commas (e.g. 4,8,16)"
+            )
+        found.append(g)
+    return sorted(set(found), key=lambda g: (g != first, g))
+
+
+def _integers(text: str, bad: int) -> list[tuple[str, int]]:
+    """Each comma-separated part of ``text``, stripped, and its integer (``bad`` where it is
+    none): a flag's list, which its caller checks."""
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            found.append((part, int(part)))
+        except ValueError:
+            found.append((part, bad))
+    return found
+
+
+def with_group(run: Config, group: int) -> Config:
+    """``run`` with ``grpo.group_size`` ``group`` (the rollout batch is left as it is)."""
+    if group == run.rollout.group_size:
+        return run
+    return dataclasses.replace(run, rollout=dataclasses.replace(run.rollout, group_size=group))
 
 
 def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None:
@@ -238,14 +304,10 @@ def parse_samplers(text: str | None, count: int, where: str) -> list[int] | None
     if text.strip() == "0":
         return []
     found: list[int] = []
-    for part in text.split(","):
-        try:
-            n = int(part.strip())
-        except ValueError:
-            n = -1
+    for part, n in _integers(text, -1):
         if n < 1 or n >= count:
             raise ConfigError(
-                f"--search-samplers: {part.strip()!r} is no count of sampler devices of "
+                f"--search-samplers: {part!r} is no count of sampler devices of "
                 f"--plan {where}'s {count}: each must leave a trainer; give integers from 1 to "
                 f"{count - 1} separated by commas (0 alone: no split)" if count > 1 else
                 f"--search-samplers: --plan {where} is one device, which cannot be split into "
@@ -391,51 +453,71 @@ def rl_search(
     say: Say = lambda line: None,
     plan_batch: PlanBatch | None = None,
     samplers: list[int] | None = None,
+    groups: list[int] | None = None,
 ) -> RlSearch:
     """Plan each rollout batch once with overlap 0, smallest first, then the splits of the best
     `SPLIT_BATCHES` (module doc), until all are planned or ``budget_s`` seconds have passed;
     one progress line each. ``samplers``: the splits' sampler devices (default
-    `default_samplers`)."""
+    `default_samplers`). ``groups``: the group sizes (`parse_groups`; default the configured
+    one), each at the ``batches`` it and the mesh divide; a (batch, split) planned for one is
+    reused for the others (the same programs)."""
     plan_batch = plan_batch or _plan_batch
     started = time.perf_counter()
-    found = RlSearch({}, False, 0.0, micro=micro_line(run))
+    groups = groups or [run.rollout.group_size]
+    found = RlSearch({}, False, 0.0, micro=micro_line(run), groups=groups)
     cache: dict[str, Compiled] = {}  # the sampler's programs, by label and N
+    plans: dict[tuple[int, int], RlOutcome] = {}  # by (batch, N): whatever the group size
 
-    def plan_one(batch: int, sampler: int) -> bool:
-        if time.perf_counter() - started >= budget_s:
+    def plan_one(grouped: Config, batch: int, sampler: int) -> bool:
+        group = grouped.rollout.group_size
+        if (batch, sampler, group) in found.outcomes:  # two batches round to one for a split
+            return True
+        reused = (batch, sampler) in plans
+        if not reused and time.perf_counter() - started >= budget_s:
             found.ran_out = True
             return False
-        o = plan_batch(run, batch, target, text, sampler, cache)
-        found.outcomes[o.key] = o
-        say(f"search: [{len(found.outcomes)}] {_describe(run, o, target.count)} "
-            f"({o.wall_s:.0f} s)")  # fmt: skip
+        o = plans.get((batch, sampler)) or plan_batch(grouped, batch, target, text, sampler, cache)
+        plans[o.key] = o
+        o = dataclasses.replace(o, group=group, rollout=_regrouped(o.rollout, batch, group))
+        found.outcomes[o.slot] = o
+        took = "the same programs as planned" if reused else f"{o.wall_s:.0f} s"
+        say(f"search: [{len(found.outcomes)}] {_describe(grouped, o, target.count)} ({took})")
         return True
 
-    for batch in batches:
-        if not plan_one(batch, 0):
-            break
-    best = [o.batch for o in found.ranked()][:SPLIT_BATCHES]
+    for group in groups:
+        grouped, ways = with_group(run, group), batch_ways(run, target)
+        for batch in batches:
+            if batch % math.lcm(group, ways) == 0 and not plan_one(grouped, batch, 0):
+                break
+    best = list(dict.fromkeys(o.batch for o in found.ranked()))[:SPLIT_BATCHES]
     # The largest batch whose update fits but whose sequential rollout does not (its devices
     # keep the optimizer state while sampling): a sampler's devices hold the policy alone.
     unfit = [o.batch for o in found.outcomes.values() if not o.fits and o.update_fits]
     if unfit and max(unfit) not in best:
         best.append(max(unfit))
     for batch in best:
-        counts, why = sampler_counts(run, target, batch, samplers)
-        found.no_split = found.no_split or why
-        for sampler, near in counts:
-            if sampler not in found.splits:
-                found.splits.append(sampler)
-            if (near, sampler) in found.outcomes:  # two batches round to one for this split
+        for group in groups:
+            if found.ran_out or (batch, 0, group) not in found.outcomes:
                 continue
-            if found.ran_out or not plan_one(near, sampler):
-                break
+            grouped = with_group(run, group)
+            counts, why = sampler_counts(grouped, target, batch, samplers)
+            found.no_split = found.no_split or why
+            for sampler, near in counts:
+                if sampler not in found.splits:
+                    found.splits.append(sampler)
+                if not plan_one(grouped, near, sampler):
+                    break
     found.elapsed = time.perf_counter() - started
     return found
 
 
+def _regrouped(rollout: Record, batch: int, group: int) -> Record:
+    """A plan's ``rollout`` record (`RolloutEstimate.record`) for ``group``: the same figures."""
+    return rollout | {"group_size": group, "prompts": batch // group} if rollout else rollout
+
+
 def _describe(run: Config, o: RlOutcome, count: int) -> str:
-    group = run.rollout.group_size
+    group = o.group or run.rollout.group_size
     what = (f"rollout batch {o.batch} ({o.batch // group} prompts × {group}), "
             f"{split_words(o.sampler_devices, count)}")  # fmt: skip
     if not o.fits:
@@ -454,9 +536,9 @@ def rl_table(run: Config, found: RlSearch, count: int, top: int = 6) -> list[str
     head = ("#", "rollout batch", "prompts × G", "split", "remat", "micro-batch", "rollout",
             "update", "copy", "step", "samples/s", "peak/device")  # fmt: skip
     rows = [head]
-    group, ms = run.rollout.group_size, lambda s: f"{s * 1e3:,.1f} ms"
+    ms = lambda s: f"{s * 1e3:,.1f} ms"
     for n, o in enumerate(found.ranked()[:top], 1):
-        r = o.rollout
+        r, group = o.rollout, o.group or run.rollout.group_size
         update = (
             f"{r['iterations']} × {ms(r['update_s'])}" if r["iterations"] > 1 else ms(r["update_s"])
         )
@@ -473,9 +555,10 @@ def rl_table(run: Config, found: RlSearch, count: int, top: int = 6) -> list[str
 
 
 def winner_config(run: Config, o: RlOutcome, count: int) -> tuple[Config, Candidate]:
-    """``run`` at ``o``'s rollout batch and split (``grpo.overlap``, ``grpo.sampler_devices``),
-    and the search candidate of its fitted settings (`trainer.plan.search.write_winner` writes
-    the two)."""
+    """``run`` at ``o``'s rollout batch, group size and split (``grpo.overlap``,
+    ``grpo.sampler_devices``), and the search candidate of its fitted settings
+    (`trainer.plan.search.write_winner` writes the two)."""
+    run = with_group(run, o.group or run.rollout.group_size)
     sized = with_split(
         dataclasses.replace(run, data=dataclasses.replace(run.data, batch_size=o.batch)),
         o.sampler_devices,
@@ -490,7 +573,7 @@ def record(found: RlSearch) -> Record:
     """The RL search as JSON-ready data (``--plan-json``)."""
 
     def row(o: RlOutcome) -> Record:
-        return {"batch": o.batch, "sampler_devices": o.sampler_devices,
+        return {"batch": o.batch, "group_size": o.group, "sampler_devices": o.sampler_devices,
                 "overlap": int(o.sampler_devices > 0), "error": o.error, "fitted": o.fitted,
                 "peak_bytes": o.peak_bytes, "samples_per_s": o.samples_per_s,
                 "rollout": o.rollout, "wall_s": o.wall_s,
@@ -505,6 +588,7 @@ def record(found: RlSearch) -> Record:
         "splits": found.splits,
         "no_split": found.no_split,
         "micro_batch": found.micro,
+        "groups": found.groups,
         "planned": [row(o) for o in found.outcomes.values()],
         "chosen": row(ranked[0]) if ranked else None,
         "runner_up": row(ranked[1]) if len(ranked) > 1 else None,

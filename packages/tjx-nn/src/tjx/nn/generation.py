@@ -32,6 +32,7 @@ from flax import nnx
 
 from tjx.nn.decoder import DecoderLM
 from tjx.nn.encdec import EncoderDecoder
+from tjx.nn.losses import target_logprobs
 
 Array = jax.Array
 
@@ -41,6 +42,16 @@ TRACE_COUNTS = {"prefill": 0, "decode": 0}
 Sampling = tuple[float, int | None, float | None]
 #: Where a generation's arrays go (`generate`'s ``place``): one array in, that array placed.
 Place = Callable[[Any], Array]
+
+
+class Generated(NamedTuple):
+    """`run_generation`'s tokens (int32 ``[b, P + T]``: `generate`'s) and, when asked, ``logps``
+    (float32 ``[b, P + T]``): at each new token's slot its log-probability under the float32
+    logits over the temperature, before top-k/top-p (tjx.nn.grpo's `token_logprobs`' reading);
+    0 at the prompt and the padding."""
+
+    tokens: Array
+    logps: np.ndarray | None = None
 
 
 def sample_logits(
@@ -92,7 +103,17 @@ def sample_logits(
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "sampling"))
+def _pick(logits: Array, key: Array, sampling: Sampling, logprobs: bool) -> Any:
+    """A token per row of ``logits`` ``[b, vocab]``, and with ``logprobs`` its log-probability
+    under the logits over the temperature (the whole vocabulary: what GRPO's π_old scores)."""
+    t, k, p = sampling
+    tok = sample_logits(logits, key, temperature=t, top_k=k, top_p=p)
+    if not logprobs:
+        return tok
+    return tok, target_logprobs(logits.astype(jnp.float32) / t, tok)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "sampling", "logprobs"))
 def _prefill(
     graphdef: Any,
     state: Any,
@@ -103,7 +124,8 @@ def _prefill(
     sampling: Sampling,
     src: Array | None = None,
     src_ids: Array | None = None,
-) -> tuple[Any, Array]:
+    logprobs: bool = False,
+) -> tuple[Any, Any]:
     TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, state)
     if src is not None:  # encoder-decoder: encode once, cross keys/values into the cache
@@ -111,11 +133,10 @@ def _prefill(
     b = prompts.shape[0]
     logits, cache = model.forward_cached(prompts, cache, jnp.zeros((b,), jnp.int32), lengths)
     last = logits[jnp.arange(b), lengths - 1]
-    t, k, p = sampling
-    return cache, sample_logits(last, key, temperature=t, top_k=k, top_p=p)
+    return cache, _pick(last, key, sampling, logprobs)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
+@partial(jax.jit, static_argnames=("graphdef", "sampling", "logprobs"), donate_argnames="cache")
 def _decode(
     graphdef: Any,
     state: Any,
@@ -124,12 +145,12 @@ def _decode(
     cache: Any,
     key: Array,
     sampling: Sampling,
-) -> tuple[Any, Array]:
+    logprobs: bool = False,
+) -> tuple[Any, Any]:
     TRACE_COUNTS["decode"] += 1
     model = nnx.merge(graphdef, state)
     logits, cache = model.forward_cached(tokens[:, None], cache, pos)
-    t, k, p = sampling
-    return cache, sample_logits(logits[:, 0], key, temperature=t, top_k=k, top_p=p)
+    return cache, _pick(logits[:, 0], key, sampling, logprobs)
 
 
 def check_sampling(
@@ -234,11 +255,15 @@ def run_generation(
     src_ids: np.ndarray | None = None,
     place: Place | None = None,
     place_cache: Place | None = None,
-) -> Array:
+    logprobs: bool = False,
+) -> Generated:
     """The shared prefill + decode loop (arguments already validated; ``key`` from
     ``sampling_key``). Every sampled step gets its own key split off ``key``, never ``key``
     itself, and one key samples a whole batch row-independently. ``place``, ``place_cache``:
-    `generate`'s."""
+    `generate`'s. ``logprobs`` (sampling only): each new token's log-probability too, computed
+    inside the prefill and decode programs from the logits they sample from (`Generated`)."""
+    if logprobs and sampling[0] == 0:
+        raise ValueError("logprobs: greedy decoding (temperature 0) has no sampled distribution")
     put: Place = jnp.asarray if place is None else place
     put_cache = place if place_cache is None else place_cache
 
@@ -255,7 +280,7 @@ def run_generation(
             f"model's max_seq_len={max_len}"
         )
     if b == 0:
-        return jnp.zeros((0, total), jnp.int32)
+        return Generated(jnp.zeros((0, total), jnp.int32), np.zeros((0, total), np.float32))
     fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     graphdef, state = nnx.split(model)
     cache = new_cache()
@@ -264,7 +289,11 @@ def run_generation(
         short = None
     key, sub = jax.random.split(key)
     extra = () if src is None else (put(src), put(src_ids))
-    cache, tok = _prefill(graphdef, state, put(prompts), put(lengths), cache, sub, sampling, *extra)
+    # With ``logprobs`` each program returns (token, its log-probability): the latter kept on
+    # the device, read once at the end (the loop already waits for each step's token).
+    cache, tok = _prefill(graphdef, state, put(prompts), put(lengths), cache, sub, sampling,
+                          *extra, logprobs=logprobs)  # fmt: skip
+    scores: list[tuple[np.ndarray, np.ndarray, Array]] = []  # (rows live, their slots, logps)
     out = np.full((b, total), fill, np.int32)
     for r in range(b):
         out[r, : lengths[r]] = prompts[r, : lengths[r]]
@@ -272,6 +301,9 @@ def run_generation(
     pos = lengths.copy()  # slot of the token just produced
     done = np.zeros((b,), bool)
     for step in range(max_new_tokens):
+        if logprobs:
+            tok, lp = tok
+            scores.append((~done, pos.copy(), lp))
         tok_np = np.asarray(tok)
         tok_np = np.where(done, fill, tok_np)
         out[rows, pos] = tok_np
@@ -284,12 +316,18 @@ def run_generation(
             short, seen = None, int(pos.max()) + 1
             cache, tok = _prefill(
                 graphdef, state, put(out[:, :seen]), put(pos + 1),
-                new_cache(), sub, sampling, *extra,
+                new_cache(), sub, sampling, *extra, logprobs=logprobs,
             )  # fmt: skip
         else:
-            cache, tok = _decode(graphdef, state, put(tok_np), put(pos), cache, sub, sampling)
+            cache, tok = _decode(graphdef, state, put(tok_np), put(pos), cache, sub, sampling,
+                                 logprobs=logprobs)  # fmt: skip
         pos = pos + 1
-    return jnp.asarray(out)
+    if not logprobs:
+        return Generated(jnp.asarray(out))
+    logps = np.zeros((b, total), np.float32)
+    for live, slots, lp in scores:  # a row's steps after its end-of-turn token score nothing
+        logps[rows, slots] = np.where(live, np.asarray(lp, np.float32), 0.0)
+    return Generated(jnp.asarray(out), logps)
 
 
 class GenerationPrograms(NamedTuple):
@@ -310,6 +348,7 @@ def lower_generation(
     top_p: float | None = None,
     place: Callable[[jax.ShapeDtypeStruct], jax.ShapeDtypeStruct] = lambda x: x,
     place_cache: Callable[[jax.ShapeDtypeStruct], jax.ShapeDtypeStruct] | None = None,
+    logprobs: bool = False,
 ) -> GenerationPrograms:
     """`generate`'s prefill and decode step for ``rows`` prompts of ``prompt_len`` tokens,
     lowered over abstract inputs: what a plan compiles for a device that is not here (a GRPO
@@ -332,6 +371,9 @@ def lower_generation(
     place_cache : callable, optional
         The cache's leaves' own (their rows are axis 1, after the layers: tjx.nn.kv_cache);
         default ``place``.
+    logprobs : bool
+        The programs also score each sampled token's log-probability (`run_generation`'s, a
+        GRPO rollout's π_old taken from its decode).
 
     Returns
     -------
@@ -351,8 +393,8 @@ def lower_generation(
     lengths = place(jax.ShapeDtypeStruct((rows,), jnp.int32))
     key = place(jax.eval_shape(lambda: jax.random.key(0)))
     return GenerationPrograms(
-        _prefill.lower(graphdef, state, ids, lengths, cache, key, sampling),
-        _decode.lower(graphdef, state, lengths, lengths, cache, key, sampling),
+        _prefill.lower(graphdef, state, ids, lengths, cache, key, sampling, logprobs=logprobs),
+        _decode.lower(graphdef, state, lengths, lengths, cache, key, sampling, logprobs=logprobs),
     )
 
 
@@ -455,4 +497,4 @@ def generate(
         pad_id=pad_id,
         place=place,
         place_cache=place_cache,
-    )
+    ).tokens

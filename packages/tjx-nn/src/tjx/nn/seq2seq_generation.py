@@ -130,4 +130,4 @@ def generate_seq2seq(
         pad_id=pad_id,
         src=source,
         src_ids=src_ids,
-    )
+    ).tokens

@@ -114,6 +114,34 @@ def test_groups_sampled_with_their_rows_split_over_a_mesh_are_the_same_completio
     assert all({s.data.shape[1] for s in x.addressable_shards} == {2} for x in cached)
 
 
+def test_the_decodes_log_probabilities_are_a_full_forwards_in_float64():
+    """GRPO's π_old from the sampler's own decode (``logprobs``): each completion token's
+    log-probability, scored by the prefill (the first token) and the decode steps from the
+    logits they sampled it from, equals a float64 log-softmax of one full forward pass over the
+    sequence (the logits over the temperature, the whole vocabulary: top-p only picks the
+    token) within 2e-5: the cache's path and the forward's round float32 differently. Nothing
+    outside the completions is scored; without ``logprobs`` there are none."""
+    model = build(llama_tiny())
+    rng = np.random.default_rng()
+    prompts = rng.integers(4, model.config.vocab_size, (2, 5)).astype(np.int32)
+    lengths = np.array([5, 3])
+    key = jax.random.key(int(rng.integers(1 << 30)))
+    kw = dict(group=3, max_new_tokens=6, temperature=0.7, top_p=0.9, eos_id=3, pad_id=0)
+    out = sample_groups(model, prompts, lengths, key=key, logprobs=True, **kw)
+    assert out.logps is not None
+    targets = np.asarray(out.batch["targets"])
+    logits = np.asarray(model(out.batch["inputs"], deterministic=True), np.float64) / 0.7
+    top = logits.max(-1, keepdims=True)
+    logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    picked = np.take_along_axis(logits, np.maximum(targets, 0)[..., None], -1)[..., 0]
+    want = np.where(targets >= 0, picked - logz, 0.0)
+    got = np.asarray(out.logps)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+    assert np.all(got[targets >= 0] < 0) and np.all(got[targets < 0] == 0)
+    plain = rollout_batch(np.zeros((1, 3), int), np.ones(1, int), max_new_tokens=2, eos_id=None)
+    assert plain.logps is None
+
+
 def test_a_temperature_divides_the_logits_before_the_log_softmax_and_the_entropy():
     model = build(llama_tiny())
     rng = np.random.default_rng()

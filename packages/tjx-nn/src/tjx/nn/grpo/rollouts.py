@@ -10,7 +10,9 @@ sequence but its last token, ``targets`` the next tokens where they are a comple
 turn token included, as TRL's completion mask includes it) and ``-100`` elsewhere: the prompt, and
 the padding after the end. With ``mask_truncated`` (TRL's ``mask_truncated_completions``, DAPO's
 advice) a completion that ran out of tokens before its end-of-turn token is left out of the
-loss: its ``mask`` row is 0 (its reward is still scored and logged).
+loss: its ``mask`` row is 0 (its reward is still scored and logged). `sample_groups` also returns
+each completion token's log-probability from the decode that sampled it (``Rollout.logps``: the
+sampling policy's, GRPO's π_old, without a second forward pass).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from tjx.nn.decoder import DecoderLM
-from tjx.nn.generation import Place, generate
+from tjx.nn.generation import (
+    Place,
+    check_sampling,
+    check_tokens,
+    generate,
+    run_generation,
+    sampling_key,
+)
 
 __all__ = ["Rollout", "greedy_completions", "rollout_batch", "sample_groups"]
 
@@ -46,6 +55,10 @@ class Rollout(NamedTuple):
     truncated : numpy.ndarray
         bool ``[rows]``: the completions without an end-of-turn token (all of them without
         ``eos_id``).
+    logps : Array or None
+        float32 ``[rows, P + T - 1]`` (`token_logprobs`' layout, 0 where ``targets`` is
+        ``-100``): each completion token's log-probability as the decode that sampled it scored
+        it (`sample_groups`); None for `greedy_completions`.
     """
 
     batch: dict[str, Array]
@@ -53,6 +66,7 @@ class Rollout(NamedTuple):
     completions: np.ndarray
     lengths: np.ndarray
     truncated: np.ndarray
+    logps: Array | None = None
 
 
 def rollout_batch(
@@ -62,6 +76,7 @@ def rollout_batch(
     max_new_tokens: int,
     eos_id: int | None,
     mask_truncated: bool = False,
+    logps: np.ndarray | None = None,
 ) -> Rollout:
     """Lay out generated ``sequences`` (``generate``'s output: each row's prompt, then its new
     tokens, padded) as a `Rollout`.
@@ -79,6 +94,9 @@ def rollout_batch(
         ``T`` tokens).
     mask_truncated : bool
         Zero the mask of the completions without an end-of-turn token (needs ``eos_id``).
+    logps : numpy.ndarray, optional
+        float ``[rows, P + T]``: each token's log-probability at its slot (`run_generation`'s
+        ``Generated.logps``), laid out as ``Rollout.logps``.
     """
     if mask_truncated and eos_id is None:
         raise ValueError("rollout_batch: mask_truncated needs eos_id (what ends a completion)")
@@ -97,6 +115,10 @@ def rollout_batch(
     nxt = np.arange(1, width)[None]
     scored = (nxt >= lengths_p[:, None]) & (nxt < (lengths_p + lengths)[:, None])
     targets = np.where(scored, seq[:, 1:], -100)
+    # targets[:, t] is the token at slot t + 1: its log-probability too (0 where not scored).
+    scores = (
+        None if logps is None else jnp.asarray(np.where(scored, logps[:, 1:], 0.0), jnp.float32)
+    )
     if mask_truncated:  # scored still (the logged length), but not in the loss
         scored = scored & ~truncated[:, None]
     pad = completions.dtype.type(0)
@@ -108,6 +130,7 @@ def rollout_batch(
         completions=np.where(keep, completions, pad).astype(np.int32),
         lengths=lengths,
         truncated=truncated,
+        logps=scores,
     )
 
 
@@ -126,6 +149,7 @@ def sample_groups(
     mask_truncated: bool = False,
     place: Place | None = None,
     place_cache: Place | None = None,
+    logprobs: bool = False,
 ) -> Rollout:
     """``group`` sampled completions of each prompt (a group's rows consecutive).
 
@@ -151,24 +175,38 @@ def sample_groups(
         Where the generation's arrays go (`generate`'s ``place``: e.g. the ``prompts × group``
         rows split over a data mesh); default: JAX's default device. ``place_cache``: the KV
         cache's leaves' (their rows at axis 1; `generate`'s).
+    logprobs : bool
+        Also score each completion token's log-probability in the programs that sample it
+        (``Rollout.logps``). Off, the programs are `generate`'s own.
 
     Returns
     -------
     Rollout
+        With ``logprobs``, ``logps``: each completion token's log-probability, scored in the
+        prefill's and decode steps' own programs from the logits they sampled it from (the
+        float32 logits over ``temperature``, the whole vocabulary, as `token_logprobs` reads
+        them).
     """
     if temperature <= 0:
         raise ValueError("sample_groups: GRPO samples (temperature > 0); greedy gives G copies")
-    reps = np.repeat(np.asarray(prompts), group, axis=0)
-    lengths = np.repeat(np.asarray(prompt_lengths), group, axis=0)
-    out = generate(model, reps, max_new_tokens=max_new_tokens, temperature=temperature,
-                   top_p=top_p, eos_id=eos_id, prompt_lengths=lengths, pad_id=pad_id,
-                   key=key, place=place, place_cache=place_cache)  # fmt: skip
+    reps, lengths = check_tokens(
+        np.repeat(np.asarray(prompts), group, axis=0),
+        np.repeat(np.asarray(prompt_lengths), group, axis=0),
+        name="prompts",
+        lengths_name="prompt_lengths",
+        empty_fix="every prompt needs at least one token",
+    )
+    out = run_generation(model, reps, lengths, max_new_tokens=max_new_tokens,
+                         sampling=check_sampling(max_new_tokens, temperature, None, top_p),
+                         eos_id=eos_id, key=sampling_key(None, key, temperature), pad_id=pad_id,
+                         place=place, place_cache=place_cache, logprobs=logprobs)  # fmt: skip
     return rollout_batch(
-        np.asarray(out),
+        np.asarray(out.tokens),
         lengths,
         max_new_tokens=max_new_tokens,
         eos_id=eos_id,
         mask_truncated=mask_truncated,
+        logps=out.logps,
     )
 
 

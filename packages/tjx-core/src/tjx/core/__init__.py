@@ -32,7 +32,7 @@ from tjx.core.standard_json import (
     to_standard_json,
 )
 
-__version__ = "0.6.1"
+__version__ = "0.7.0"
 
 __all__ = [
     "LOGICAL_AXES",

@@ -26,7 +26,7 @@ from trainer.config.settings import (
 )
 from trainer.config.typed import SCHEMA, read_config
 from trainer.loop.location import start_location
-from trainer.loop.resume import check_chat_template, check_resume, describe_changes
+from trainer.loop.resume import as_trained, check_chat_template, check_resume, describe_changes
 from trainer.plan.run_plan import RunPlan, error_exit, interrupted_exit
 
 # They load jax (seconds): `--help` and a bad flag answer first; the modules load on first use.
@@ -156,6 +156,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             ckpt.check_can_create(data.local_cache_folder(cfg.data.cache_dir))
     changes: dict[str, tuple[object, object]] = {}
     if resume:  # before anything is written: a mismatch leaves the run as it was
+        settings, kept = as_trained(settings, run_dir)  # a newer setting at what the run did
+        if kept:
+            cfg = read_config(settings)
+            notes.extend(kept)
         changes = check_resume(run_dir, cfg.to_dict())
         init_from.check_resumed_start(cfg, run_dir)  # a Hugging Face start's fixed architecture
         check_chat_template(run_dir, cfg)

@@ -33,9 +33,51 @@ def is_training_only(key: str, config: ConfigData | None = None) -> bool:
 
 def as_written(saved: ConfigData) -> ConfigData:
     """A saved config as this trainer writes it: migrated, a key added since at its default
-    (which the run had), the float8 settings its run never read at theirs (`_without_idle_fp8`).
+    (which the run had) or, where the default would train otherwise, at what the run did
+    (`_added_since`), the float8 settings its run never read at theirs (`_without_idle_fp8`).
     """
-    return read_config(migrate(_without_idle_fp8(saved))).to_dict()
+    return read_config(migrate(_with(_without_idle_fp8(saved), _added_since(saved)))).to_dict()
+
+
+def as_trained(settings: ConfigData, run_dir: Path) -> tuple[ConfigData, list[str]]:
+    """``settings`` (plain data) of a resume of ``run_dir``, with each setting newer than the
+    run whose default would train otherwise (`_added_since`) at what the run did, unless the
+    settings name it; and a line for each such setting, to print."""
+    added = _added_since(resumed_config(run_dir))
+    kept: dict[str, dict[str, object]] = {}
+    for section, values in added.items():
+        given = settings.get(section)
+        named = given if isinstance(given, dict) else {}
+        kept[section] = {k: v for k, v in values.items() if k not in named}
+    lines = [
+        f"resume: {section}.{key}={value}, as the run trained (it was written before the "
+        f"setting existed); --set {section}.{key}=... to change it"
+        for section, values in kept.items()
+        for key, value in values.items()
+    ]
+    return _with(settings, kept), lines
+
+
+def _added_since(saved: ConfigData) -> dict[str, dict[str, object]]:
+    """The settings a saved config lacks, being newer than its run, whose defaults would train
+    it otherwise: ``{section: {key: what the run did}}``. ``grpo.old_logps``: at ``auto`` an
+    overlapped run takes π_old's log-probabilities from the sampler's decode; one written
+    before the setting scored them in a second forward pass (``recompute``), and a resume
+    that goes on as it trained continues the same numbers."""
+    grpo = saved.get("grpo")
+    if isinstance(grpo, dict) and grpo.get("overlap") and "old_logps" not in grpo:
+        return {"grpo": {"old_logps": "recompute"}}
+    return {}
+
+
+def _with(config: ConfigData, added: dict[str, dict[str, object]]) -> ConfigData:
+    """``config`` with ``added``'s sections' keys set (a copy)."""
+    out = dict(config)
+    for section, values in added.items():
+        if values:
+            given = out.get(section)
+            out[section] = {**(given if isinstance(given, dict) else {}), **values}
+    return out
 
 
 def _compared(config: ConfigData, run_dir: Path) -> ConfigData:

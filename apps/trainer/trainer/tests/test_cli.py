@@ -313,6 +313,26 @@ def test_existing_checkpoints_need_resume(in_tmp, capsys):
     assert plan.resume and plan.resume_changes == {}
 
 
+def test_an_overlapped_grpo_run_written_before_old_logps_resumes_as_it_trained(in_tmp, capsys):
+    """Its config.yaml has no ``grpo.old_logps``, whose ``auto`` would now take π_old from the
+    decode: the resume keeps the forward pass it trained with and says so in one line; a value
+    named on the command line wins (and is a change the resume reports)."""
+    overlap = ["--set", "grpo.overlap=1", "--set", "grpo.sampler_devices=1"]
+    saved = _plan("--config", "grpo_tiny", *overlap, "--run-dir", "x").config.to_dict()
+    del saved["grpo"]["old_logps"]
+    (in_tmp / "r" / "checkpoints" / "4").mkdir(parents=True)
+    RunDir(in_tmp / "r").create(saved)
+    plan = _plan("--config", "grpo_tiny", *overlap, "--run-dir", "r", "--resume")
+    assert plan.config.rollout.old_logps == "recompute" and plan.resume_changes == {}
+    assert not plan.config.rollout.old_from_decode
+    assert "resume: grpo.old_logps=recompute, as the run trained" in capsys.readouterr().err
+    named = ["--set", "grpo.old_logps=decode"]
+    plan = _plan("--config", "grpo_tiny", *overlap, *named, "--run-dir", "r", "--resume")
+    assert plan.config.rollout.old_from_decode
+    assert plan.resume_changes == {"grpo.old_logps": ("recompute", "decode")}
+    assert "grpo.old_logps=recompute" not in capsys.readouterr().err
+
+
 def test_run_dir_that_is_a_file(in_tmp, capsys):
     (in_tmp / "f").write_text("x")
     assert main(["--config", "tiny", "--run-dir", "f"]) == 2

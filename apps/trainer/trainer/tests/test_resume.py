@@ -401,3 +401,19 @@ def test_a_config_yaml_with_flat_attention_keys_resumes_unchanged(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"model\.attention\.sliding_window 8 → 4"):
         resume.check_resume(tmp_path, read_config(other).to_dict())
+
+
+def test_a_newer_setting_is_read_at_what_an_older_run_did_where_its_default_would_differ():
+    """``grpo.old_logps`` (its ``auto`` takes an overlapped run's π_old from the decode): a saved
+    overlapped run without it reads as ``recompute``, what it trained with (a replay and a resume
+    compare that); a sequential one, and one that names it, read as saved."""
+    grpo = ["grpo.overlap=1", "grpo.sampler_devices=1"]
+    overlapped = read_config(apply_overrides(load_config_data("grpo_tiny"), grpo)).to_dict()
+    named = {**overlapped, "grpo": {**overlapped["grpo"], "old_logps": "decode"}}
+    del overlapped["grpo"]["old_logps"]
+    assert resume.as_written(overlapped)["grpo"]["old_logps"] == "recompute"
+    assert resume.as_written(named)["grpo"]["old_logps"] == "decode"
+    sequential = read_config(load_config_data("grpo_tiny")).to_dict()
+    del sequential["grpo"]["old_logps"]
+    assert resume.as_written(sequential)["grpo"]["old_logps"] == "auto"
+    assert resume.as_written(_config().to_dict()) == _config().to_dict()  # no grpo section read

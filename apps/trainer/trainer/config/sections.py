@@ -51,8 +51,10 @@ class TrainConfig:
     compilation_cache: str = resumable(
         "auto",
         help="GPU runs: JAX's persistent compilation cache folder (a rerun skips compiling and "
-        "autotuning); auto: tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else "
-        "~/.cache/tjx/jax-compilation); off: none",
+        "autotuning); --plan for a device that is not here keeps what each compile found in its "
+        "deviceless/ folder (a second plan of the same program skips the compile); auto: "
+        "tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else ~/.cache/tjx/jax-compilation); "
+        "off: none",
     )
     gpu_autotune: str = resumable(
         "default",

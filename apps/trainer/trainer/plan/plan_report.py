@@ -19,7 +19,9 @@ from typing import TypeVar
 
 import jax
 
+from tjx.kernels.compile_cache import compilation_cache_dir
 from tjx.metrics.accelerators import accelerator, accelerator_of, gpu_target_config, parse_target
+from tjx.metrics.compile_findings import CompileFindings, target_key
 from tjx.metrics.compiled import Compiled, fit_compiled
 from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
 from tjx.metrics.memory import GIB, budget_bytes
@@ -54,9 +56,13 @@ class PlanResult:
 
 
 def open_target(
-    text: str, abstract_devices: Callable[..., list[jax.Device]], flag: str = "--plan"
+    text: str,
+    abstract_devices: Callable[..., list[jax.Device]],
+    flag: str = "--plan",
+    compilation_cache: str = "auto",
 ) -> Target:
-    """The abstract devices of ``text`` (``"h100"``, ``"8xa100-40gb"``, ``"v5e"``).
+    """The abstract devices of ``text`` (``"h100"``, ``"8xa100-40gb"``, ``"v5e"``), with the
+    folder that keeps their compiles' findings (:class:`CompileFindings`).
 
     Parameters
     ----------
@@ -67,6 +73,9 @@ def open_target(
         ``abstract_devices``: the mesh library owns them).
     flag : str
         The command-line flag each error line starts with.
+    compilation_cache : str
+        The run's ``train.compilation_cache``: the findings go in its ``deviceless/`` folder
+        (``auto``: tjx.kernels' default; ``off``: every plan compiles everything).
 
     Raises
     ------
@@ -82,13 +91,19 @@ def open_target(
     check_packages(device.platform, flag)
     use_cpu_platform()
     topology = device.topology(count)
+    spec = gpu_target_config(device) if device.platform != "tpu" else ""
     with quiet_native_stderr():
         if device.platform == "tpu":
             found = abstract_devices("tpu", topology)
         else:
-            found = abstract_devices("cuda", topology, target_config=gpu_target_config(device))
+            found = abstract_devices("cuda", topology, target_config=spec)
+    folder = compilation_cache_dir(None if compilation_cache == "auto" else compilation_cache)
+    findings = None
+    if folder is not None:  # the target's compiler is named by its entry, topology and spec
+        key = target_key(device.key, device.device_kind, topology, str(count), spec)
+        findings = CompileFindings(folder / "deviceless", key)
     # One chip of the smallest TPU slice libtpu builds (v5e:1x1 is refused): the first `count`.
-    return Target(device, count, found[:count])
+    return Target(device, count, found[:count], findings)
 
 
 def local_target(device: str | None = None) -> Target:
@@ -177,7 +192,7 @@ def plan_report(
         say(f"train step: does not compile ({step.error})")
         return result
     if step.error is None:
-        say(f"train step: compiles ({step.seconds:.1f} s)")
+        say(f"train step: compiles ({step.took})")
         if step.note:
             say(f"  note: {step.note}")
     else:
@@ -213,7 +228,7 @@ def plan_report(
     else:
         assert evaluated.peak is not None
         say(
-            f"eval step: compiles in {evaluated.seconds:.1f} s; {evaluated.peak / GIB:.2f} GiB "
+            f"eval step: compiles in {evaluated.took}; {evaluated.peak / GIB:.2f} GiB "
             f"per device for a batch of {eval_rows(fitted)}"
         )
     data["eval"] = {"compiles": evaluated.error is None, "peak_bytes": evaluated.peak}
@@ -239,7 +254,7 @@ def _programs(
             result.error = result.error or f"{flag} {text}: the {label} does not compile"
             continue
         assert one.peak is not None
-        say(f"{label}: compiles in {one.seconds:.1f} s; {one.peak / GIB:.2f} GiB per device")
+        say(f"{label}: compiles in {one.took}; {one.peak / GIB:.2f} GiB per device")
         if one.peak > budget:
             result.error = result.error or (
                 f"{flag} {text}: the {label} needs {one.peak / GIB:.2f} GiB per device, more "

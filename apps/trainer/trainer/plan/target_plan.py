@@ -192,7 +192,7 @@ def compile_rollout(
                    f"{r.old_from_decode})" if overlap else "")  # fmt: skip
             one = cache.get(key) if cache is not None and key else None
             if one is None:
-                one = metrics.compile_lowered(lowered, label)
+                one = metrics.compile_lowered(lowered, label, findings=target.findings)
                 if cache is not None and key:
                     cache[key] = one
             if resident and one.peak is not None:
@@ -241,7 +241,7 @@ def compile_train(run: StepConfig, target: Target, label: str, *, train: bool = 
             refs = dpo.reference_args(b.state)  # DPO's frozen reference params, if any
             return b.eval_step.lower(b.state.model_tree(), b.eval_batch, *refs)
 
-        return metrics.compile_lowered(lower, label, started)
+        return metrics.compile_lowered(lower, label, started, target.findings)
 
 
 def plan_vocab(run: Config) -> Config:
@@ -275,7 +275,11 @@ def plan_from_args(args: argparse.Namespace) -> int:
             resolved = init_from.start_config(resolved, args.init_from)
         check_split(resolved, args.plan)
         with quiet_native_stderr():
-            target = open_target(args.plan, parallel.abstract_devices)
+            target = open_target(
+                args.plan,
+                parallel.abstract_devices,
+                compilation_cache=resolved.train.compilation_cache,
+            )
             say = functools.partial(print, flush=True)
             result = plan(plan_vocab(resolved), target, args.plan, say)
     except (ValueError, ImportError) as err:  # a ConfigError, or a target that cannot be planned

@@ -253,7 +253,7 @@ def test_apply_turns_float8_off_with_its_settings():
 
 def on_cpu(monkeypatch, memory: int | None = None) -> None:
     """The command line's target is this machine's first CPU device as a v5e; plans in-process."""
-    opened = lambda text, devices, flag="--plan": target(1, memory)
+    opened = lambda text, devices, flag="--plan", **_: target(1, memory)
     monkeypatch.setattr(target_plan, "open_target", opened)
     monkeypatch.setattr(search_cli, "WORKERS", 0)
 
@@ -637,7 +637,7 @@ def test_an_rl_search_where_no_rollout_batch_fits_is_one_line(capsys, in_tmp, mo
 def on_8(monkeypatch, memory: int) -> None:
     """As `on_cpu`, with 8 of this machine's devices as the target (``--plan 8xh100``)."""
     monkeypatch.setattr(target_plan, "open_target",
-                        lambda text, devices, flag="--plan": target(8, memory))  # fmt: skip
+                        lambda text, devices, flag="--plan", **_: target(8, memory))  # fmt: skip
     monkeypatch.setattr(search_cli, "WORKERS", 0)
 
 

@@ -200,7 +200,7 @@ def test_the_whole_report_on_this_machines_devices(capsys, tmp_path, monkeypatch
 
 def on_this_machine(monkeypatch, key: str = "v5e") -> None:
     """``--plan`` opens this machine's first CPU device as if it were ``key``'s."""
-    opened = lambda text, devices, flag="--plan": target(key)
+    opened = lambda text, devices, flag="--plan", **_: target(key)
     monkeypatch.setattr(target_plan, "open_target", opened)
 
 

@@ -149,7 +149,11 @@ def search_from_args(args: argparse.Namespace) -> int:
             samplers = rl.parse_samplers(
                 args.search_samplers, target_plan.target_count(args.plan), args.plan
             )
-            target = target_plan.open_target(args.plan, parallel.abstract_devices)
+            target = target_plan.open_target(
+                args.plan,
+                parallel.abstract_devices,
+                compilation_cache=run.train.compilation_cache,
+            )
             if winner is None:  # the default: named after the run and the target
                 name = f"{run.name}-{args.plan}-search.yaml"
                 winner = output_file(name, "--search-out", "search.yaml")

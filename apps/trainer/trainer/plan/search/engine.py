@@ -32,7 +32,7 @@ from typing import Any
 import jax
 
 from tjx import kernels, parallel
-from tjx.metrics import Target
+from tjx.metrics import CompileFindings, Target
 from trainer.config.typed import Config
 from trainer.plan import target_plan
 from trainer.plan.search.candidates import Candidate, MeshChoice, Space, apply, candidate_of
@@ -126,10 +126,12 @@ _WORKER: dict[str, Any] = {}
 Work = Callable[[Config], Outcome]
 
 
-def _open_worker(text: str) -> None:
+def _open_worker(text: str, findings: CompileFindings | None) -> None:
     _WORKER["text"] = text
     try:
-        _WORKER["target"] = target_plan.open_target(text, parallel.abstract_devices)
+        opened = target_plan.open_target(text, parallel.abstract_devices)
+        # The search's own folder of compiles' findings (its run's setting), not the default's
+        _WORKER["target"] = dataclasses.replace(opened, findings=findings)
     except (ValueError, ImportError) as err:  # each candidate then fails with this line
         _WORKER["error"] = f"failed: a worker cannot open {text}: {err}"
 
@@ -140,14 +142,16 @@ def _evaluate_in_worker(run: Config) -> Outcome:
     return evaluate(run, _WORKER["target"], _WORKER["text"])
 
 
-def _serve(conn: Connection, text: str, work: Work, log: str) -> None:
+def _serve(
+    conn: Connection, text: str, findings: CompileFindings | None, work: Work, log: str
+) -> None:
     """A worker process: open the target, then plan each run the parent sends until it sends
     None. Its stderr (start-up chatter, and a Python error's traceback if it dies) goes to
     ``log``, which the parent reads when the process dies."""
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)
     os.close(fd)
-    _open_worker(text)
+    _open_worker(text, findings)
     while (run := conn.recv()) is not None:
         conn.send(work(run))
 
@@ -203,7 +207,9 @@ class Planner:
         os.close(fd)
         conn, child = self.context.Pipe()
         process = self.context.Process(
-            target=_serve, args=(child, self.text, self.work, log), daemon=True
+            target=_serve,
+            args=(child, self.text, self.target.findings, self.work, log),
+            daemon=True,
         )
         process.start()
         child.close()

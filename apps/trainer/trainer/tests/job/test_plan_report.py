@@ -213,6 +213,20 @@ def test_a_target_opens_the_abstract_devices_of_its_platform(monkeypatch):
     assert calls == [("tpu", "v5e:2x2", []), ("cuda", "1x1x2", ["target_config"])]
 
 
+def test_a_target_keeps_its_compiles_in_the_compilation_cache_setting_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(deviceless, "_find", lambda module: True)
+    monkeypatch.setenv("TJX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+    opened = lambda text, **kw: open_target(text, lambda *a, **k: ["d0", "d1"], **kw)
+    one, two, tpu = opened("h100"), opened("2xh100"), opened("v5e")
+    assert one.findings is not None and two.findings is not None and tpu.findings is not None
+    assert one.findings.folder == tmp_path / "env" / "deviceless"
+    assert len({one.findings.target, two.findings.target, tpu.findings.target}) == 3
+    named = opened("h100", compilation_cache=str(tmp_path / "named")).findings
+    assert named is not None and named.folder == tmp_path / "named" / "deviceless"
+    assert named.target == one.findings.target  # the same target, another folder
+    assert opened("h100", compilation_cache="off").findings is None
+
+
 def test_a_target_that_cannot_be_opened_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match="^--plan: unknown target 'h800'; known: h100"):
         open_target("h800", lambda *a, **k: [])

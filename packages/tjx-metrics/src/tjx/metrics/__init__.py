@@ -22,8 +22,9 @@
   own GPU spec for a deviceless compile). A plan for a device that is not here: :class:`Target`,
   :func:`check_packages`, :func:`use_cpu_platform`, :func:`quiet_native_stderr`; each step's
   :func:`compile_lowered` (a :class:`Compiled` finding, never raised) fitted by
-  :func:`fit_compiled` to :func:`budget_bytes`; :func:`estimate` says the roofline in a plan's
-  lines (:func:`f32_dots`, :func:`grouped_notes`).
+  :func:`fit_compiled` to :func:`budget_bytes` (a target's :class:`CompileFindings`, keyed with
+  :func:`target_key`, keeps what each deviceless compile found for the next plan);
+  :func:`estimate` says the roofline in a plan's lines (:func:`f32_dots`, :func:`grouped_notes`).
   Where a GPU was measured, the estimate is calibrated: :func:`calibrated_seconds` adds to each
   kernel a launch floor and its class's achieved bandwidth and FLOP rate (:func:`calibration_for`:
   the fitted :class:`Calibration` of a device, shipped as ``calibrations.json``), over a step's
@@ -66,6 +67,7 @@ from tjx.metrics.calibration import (
 )
 from tjx.metrics.calibration_fit import read_profile, refit
 from tjx.metrics.classification import classification_metrics
+from tjx.metrics.compile_findings import CompileFindings, target_key
 from tjx.metrics.compiled import (
     CUBLAS_NOTE,
     UNTUNED_GEMM,
@@ -236,12 +238,14 @@ __all__ = [
     "read_jsonl",
     "resolve_wandb_mode",
     "select_weights",
+    "target_key",
     "to_standard_json",
     "transformer_flops_per_token",
     "weights_to_host",
     "with_bits_per_byte",
     "CUBLAS_NOTE",
     "UNTUNED_GEMM",
+    "CompileFindings",
     "Compiled",
     "compile_lowered",
     "first_line",

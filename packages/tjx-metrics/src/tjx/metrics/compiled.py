@@ -6,7 +6,8 @@ compile cannot autotune) gives each Triton GEMM a minimal tile config that a few
 take; such a program is compiled again with cuBLAS GEMMs (:data:`CUBLAS_NOTE` says so), as a GPU
 would autotune past it. :func:`fit_compiled` is a plan's memory fit: the step as configured, else
 each lighter step in turn (full remat, more micro-batches...), until one fits the device's
-:func:`budget_bytes`.
+:func:`budget_bytes`. Given a :class:`~tjx.metrics.compile_findings.CompileFindings`, a program
+compiled before for the same target is read from it instead of compiled again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tjx.metrics.compile_findings import CompileFindings, Found
 from tjx.metrics.memory import GIB, budget_bytes, peak_bytes, refused_text
 
 __all__ = [
@@ -55,6 +57,9 @@ class Compiled:
         Bytes per device (XLA's memory analysis; None when refused).
     note : str or None
         How it was compiled when not as usual (:data:`CUBLAS_NOTE`).
+    kept : bool
+        Read from a :class:`~tjx.metrics.compile_findings.CompileFindings` (compiled before):
+        ``compiled`` is then its :class:`~tjx.metrics.compile_findings.CompiledText`.
     """
 
     label: str
@@ -63,6 +68,12 @@ class Compiled:
     error: str | None = None
     peak: int | None = None
     note: str | None = None
+    kept: bool = False
+
+    @property
+    def took(self) -> str:
+        """``"12.3 s"``, or ``"0.4 s, compiled before"`` when :attr:`kept`."""
+        return f"{self.seconds:.1f} s" + (", compiled before" if self.kept else "")
 
     @property
     def out_of_memory(self) -> bool:
@@ -82,7 +93,12 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def compile_lowered(lower: Callable[[], Any], label: str, started: float | None = None) -> Compiled:
+def compile_lowered(
+    lower: Callable[[], Any],
+    label: str,
+    started: float | None = None,
+    findings: CompileFindings | None = None,
+) -> Compiled:
     """Lower (``lower()``) and compile a step; a failure is the result's ``error``, not raised.
 
     Parameters
@@ -94,6 +110,9 @@ def compile_lowered(lower: Callable[[], Any], label: str, started: float | None 
     started : float, optional
         ``time.perf_counter()`` when the work began (a caller that built the step first counts
         that too); now by default.
+    findings : CompileFindings, optional
+        A deviceless target's kept findings: a program compiled before is read from it (the
+        result's ``kept``), a new one is compiled and kept (and so is a refusal for memory).
 
     Returns
     -------
@@ -101,20 +120,41 @@ def compile_lowered(lower: Callable[[], Any], label: str, started: float | None 
         The program and its peak, or the first line of why it did not lower or compile.
     """
     started = time.perf_counter() if started is None else started
-    note = None
     try:
         lowered = lower()
+    except Exception as err:  # a failure is a finding: one line in the plan
+        return Compiled(label, time.perf_counter() - started, error=first_line(err))
+    key = findings.key(lowered) if findings is not None else None
+    kept = findings.load(key) if findings is not None and key is not None else None
+    if kept is not None:
+        found, was_kept = kept, True
+    else:
+        found, was_kept = _compile(lowered), False
+        # A refusal for memory is the compiler's answer for this program; another failure (a
+        # missing tool, a crash) may not be: it is compiled again next time.
+        answer = found.compiled is not None or (found.error or "").startswith("RESOURCE_EXHAUSTED")
+        if findings is not None and key is not None and answer:
+            findings.store(key, found)
+    took = time.perf_counter() - started
+    if found.compiled is None:
+        return Compiled(label, took, error=found.error, note=found.note, kept=was_kept)
+    peak = peak_bytes(found.compiled)["peak"]
+    return Compiled(label, took, found.compiled, peak=peak, note=found.note, kept=was_kept)
+
+
+def _compile(lowered: Any) -> Found:
+    """``lowered`` compiled (once more without Triton GEMMs when XLA's untuned tiles refuse a
+    shape), or the first line of why not."""
+    try:
         try:
-            compiled = lowered.compile()
+            return Found(lowered.compile())
         except Exception as err:  # retried once without Triton GEMMs, else reported
             if UNTUNED_GEMM not in str(err):
                 raise
-            compiled = lowered.compile(compiler_options={"xla_gpu_enable_triton_gemm": False})
-            note = CUBLAS_NOTE
+            options = {"xla_gpu_enable_triton_gemm": False}
+            return Found(lowered.compile(compiler_options=options), note=CUBLAS_NOTE)
     except Exception as err:  # a failure is a finding: one line in the plan
-        return Compiled(label, time.perf_counter() - started, error=first_line(err))
-    took = time.perf_counter() - started
-    return Compiled(label, took, compiled, peak=peak_bytes(compiled)["peak"], note=note)
+        return Found(None, error=first_line(err))
 
 
 def fit_compiled(

@@ -8,7 +8,8 @@ the installed jax. Neither needs the device: with JAX on its CPU platform
 spec (:func:`gpu_target_config`), and a caller's mesh library hands back the slice's abstract
 devices. :func:`check_packages` names what to install in one line; :func:`quiet_native_stderr`
 keeps the native libraries' start-up chatter (libtpu's missing-metadata warnings, the CUDA stub's
-"no driver") off the terminal.
+"no driver") off the terminal. A target's :class:`~tjx.metrics.compile_findings.CompileFindings`
+keeps what each compile found, so a second plan of the same program reads it back.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from tjx.metrics.compile_findings import CompileFindings
 
 __all__ = ["Target", "check_packages", "quiet_native_stderr", "use_cpu_platform"]
 
@@ -38,11 +41,15 @@ class Target:
         Devices in the mesh.
     devices : list
         Abstract (or real) ``jax.Device`` objects, ``count`` of them.
+    findings : CompileFindings or None
+        Where abstract devices' compiles are kept (None: compiled every time; this machine's
+        own devices use JAX's compilation cache instead).
     """
 
     device: Any
     count: int
     devices: list[Any]
+    findings: CompileFindings | None = None
 
     @property
     def kernel_target(self) -> tuple[str, str, tuple[int, int] | None]:

@@ -72,7 +72,9 @@ def test_what_the_compile_reads_is_in_the_key(tmp_path, monkeypatch):
     assert key(options={"xla_gpu_enable_triton_gemm": False}) != base
     assert key(on=CompileFindings(tmp_path, target_key("other"))) != base
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_autotune_level=0")
-    assert key() != base
+    flagged = key()
+    monkeypatch.setenv("LIBTPU_INIT_ARGS", "--xla_tpu_enable_latency_hiding_scheduler=true")
+    assert len({base, flagged, key()}) == 3
 
 
 def test_source_locations_are_not_in_the_key_but_op_names_are(tmp_path):

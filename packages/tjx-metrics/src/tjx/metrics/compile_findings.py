@@ -7,11 +7,11 @@ a Client to call DeserializeLoadedExecutable"), so every ``--plan h100`` compile
 again (a DeepSeek-V3.2 plan: minutes). A plan needs only what the compile found — the optimized
 HLO text and XLA's memory analysis, or a refusal for memory — so that is what
 :class:`CompileFindings` keeps, keyed by everything the compile reads: the lowered program with its
-op names, the compile options, ``XLA_FLAGS``, the versions of jax, jaxlib and every compiler
-plugin, and the target (:func:`target_key`). A changed program, flag, version or target is a new
-key; nothing is ever looked up by name alone. Source locations are left out of the key (they
-change with every edit above a line, and with the folder a clone is in, never the program): a kept
-program's metadata may name the lines of the compile that wrote it.
+op names, the compile options, ``XLA_FLAGS`` and ``LIBTPU_INIT_ARGS``, the versions of jax, jaxlib
+and every compiler plugin, and the target (:func:`target_key`). A changed program, flag, version
+or target is a new key; nothing is ever looked up by name alone. Source locations are left out of
+the key (they change with every edit above a line, and with the folder a clone is in, never the
+program): a kept program's metadata may name the lines of the compile that wrote it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ __all__ = [
 FORMAT = 1
 #: Compiler packages whose versions change what XLA emits for a target.
 COMPILER_PACKAGES = ("jax-cuda12-plugin", "jax-cuda12-pjrt", "libtpu", "nvidia-cuda-nvcc-cu12")
+#: Environment variables the target's compiler reads its flags from.
+COMPILER_VARIABLES = ("XLA_FLAGS", "LIBTPU_INIT_ARGS")
 #: A source location (``"/src/layer.py":12:3 to :30``): not part of the key (its op name is).
 _SOURCE = re.compile(r'"[^"\n]*":\d+:\d+(?: to (?:\d+)?:\d+)?')
 
@@ -149,7 +151,7 @@ class CompileFindings:
             f"format={FORMAT}",
             self.target,
             *_versions(),
-            f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}",
+            *(f"{v}={os.environ.get(v, '')}" for v in COMPILER_VARIABLES),
             json.dumps(options or {}, sort_keys=True, default=str),
             program,
         ]

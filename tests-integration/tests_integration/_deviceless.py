@@ -171,6 +171,7 @@ def check_preset_plan(data: dict[str, Any], preset: str, target: str, kernel: st
     # The compile's time (deviceless: no autotuning, so a floor of a GPU's; #52), in CI's log.
     seconds = data["train"]["compile_s"]
     assert seconds > 0
-    print(f"deviceless compile: {preset} on {target} ({chosen}): train step {seconds:.1f} s",
+    kept = " (compiled before: lowering only)" if data["train"]["compiled_before"] else ""
+    print(f"deviceless compile: {preset} on {target} ({chosen}): train step {seconds:.1f} s{kept}",
           file=sys.stderr)  # fmt: skip
     return chosen

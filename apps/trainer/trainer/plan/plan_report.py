@@ -207,6 +207,7 @@ def plan_report(
     data["train"] = {
         "compiles": chosen.compiled is not None,
         "compile_s": chosen.seconds,
+        "compiled_before": chosen.kept,  # read from the target's findings: compile_s is lowering
         "peak_bytes": chosen.peak,
         "changes": chosen.label,
         "f32_dots": f32_dots(hlo),

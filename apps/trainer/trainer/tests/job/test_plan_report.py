@@ -105,9 +105,10 @@ def test_a_plan_that_fits_says_each_finding_and_records_it():
     }  # fmt: skip
     train = data["train"]
     assert list(train) == [
-        "compiles", "compile_s", "peak_bytes", "changes", "f32_dots", "gemm_operands", "note",
-        "remat", "accumulation_steps", "custom_calls",
+        "compiles", "compile_s", "compiled_before", "peak_bytes", "changes", "f32_dots",
+        "gemm_operands", "note", "remat", "accumulation_steps", "custom_calls",
     ]  # fmt: skip
+    assert train["compiled_before"] is False
     assert train["remat"] == "none" and train["accumulation_steps"] == 1
     assert train["gemm_operands"] == {}  # the stand-in step's HLO has no GEMM
     assert train["custom_calls"] == {"tiny_add": 1} and "custom_calls" not in data["estimate"]

@@ -20,8 +20,9 @@ from tjx.nn.position_config import POSITIONS
 
 
 @dataclass(frozen=True, kw_only=True)
-class BertConfig(TransformerConfig):
-    """BERT encoder: post-LN, exact GELU, learned positions + token types, MLM head."""
+class _EncoderConfig(TransformerConfig):
+    """An encoder alone (BERT, ViT): bidirectional self-attention only, exact GELU, residual
+    projections initialised unscaled."""
 
     bidirectional: ClassVar[bool] = True
     attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
@@ -29,6 +30,15 @@ class BertConfig(TransformerConfig):
         **TransformerConfig.part_defaults,
         "mlp.activation": "gelu_exact",
         "init.scaled_residual": False,
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class BertConfig(_EncoderConfig):
+    """BERT encoder: post-LN, exact GELU, learned positions + token types, MLM head."""
+
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        **_EncoderConfig.part_defaults,
         "norm.eps": 1e-12,
         "norm.position": "post",
     }
@@ -59,17 +69,10 @@ class BertConfig(TransformerConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ViTConfig(TransformerConfig):
+class ViTConfig(_EncoderConfig):
     """Vision Transformer on ``[b, h, w, c]`` images: patch embedding, class token, classifier."""
 
-    bidirectional: ClassVar[bool] = True
-    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
-    part_defaults: ClassVar[Mapping[str, Any]] = {
-        **TransformerConfig.part_defaults,
-        "mlp.activation": "gelu_exact",
-        "init.scaled_residual": False,
-        "norm.eps": 1e-6,
-    }
+    part_defaults: ClassVar[Mapping[str, Any]] = {**_EncoderConfig.part_defaults, "norm.eps": 1e-6}
 
     vocab_size: int = 0
     image_size: int = setting(224, help="ViT: the images' side in pixels")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tjx.core.config.values import choice, positive
 from tjx.core.fields import setting
 from tjx.kernels.layer_kernels import LAYER_IMPLEMENTATIONS
+from tjx.nn.layer_impl import layer_impl_setting
 
 #: The activations ``mlp.activation`` may name.
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu", "swiglu_clamped")
@@ -37,13 +38,7 @@ class MLPConfig:
         help="MLP activation (swiglu, geglu, swiglu_clamped: gated); None: the family's",
     )
 
-    impl: str = setting(
-        "auto",
-        choices=LAYER_IMPLEMENTATIONS,
-        resumable=True,
-        help="who runs a gated MLP's unit: xla (tjx's), tokamax (its Mosaic GPU kernel, opt-in); "
-        "auto: tokamax only where a GPU measured it faster (the launch table), else xla",
-    )
+    impl: str = layer_impl_setting("a gated MLP's unit", "Mosaic GPU")
 
     def __post_init__(self) -> None:
         choice("MLPConfig", "impl", self.impl, LAYER_IMPLEMENTATIONS)

@@ -15,6 +15,7 @@ from typing import TypeVar
 from tjx.core.config.values import choice
 from tjx.core.fields import setting
 from tjx.kernels.layer_kernels import LAYER_IMPLEMENTATIONS
+from tjx.nn.layer_impl import layer_impl_setting
 
 T = TypeVar("T")
 
@@ -42,13 +43,7 @@ class NormConfig:
         help="pre: x+f(n(x)); post: n(x+f(x)); sandwich: x+n(f(n(x))); output: x+n(f(x))",
     )
     plus_one: bool = setting(False, help="norms scale by 1 + weight, weight from 0 (Gemma)")
-    impl: str = setting(
-        "auto",
-        choices=LAYER_IMPLEMENTATIONS,
-        resumable=True,
-        help="who runs the model-wide norms: xla (tjx's), tokamax (its Triton kernel, opt-in); "
-        "auto: tokamax only where a GPU measured it faster (the launch table), else xla",
-    )
+    impl: str = layer_impl_setting("the model-wide norms", "Triton")
 
     def __post_init__(self) -> None:
         choice("NormConfig", "impl", self.impl, LAYER_IMPLEMENTATIONS)

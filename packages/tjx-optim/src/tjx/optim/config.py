@@ -224,12 +224,6 @@ class OptimizerConfig:
             number("OptimizerConfig.clip_norm", self.clip_norm, low=0.0, low_open=True)
         choice("OptimizerConfig.loss_scale", self.loss_scale, LOSS_SCALES)
         number("OptimizerConfig.loss_scale_init", self.loss_scale_init, low=1.0)
-        number(
-            "OptimizerConfig.loss_scale_growth_interval",
-            self.loss_scale_growth_interval,
-            low=1,
-            integer=True,
-        )
         number("OptimizerConfig.loss_scale_min", self.loss_scale_min, low=0.0, low_open=True)
         number("OptimizerConfig.loss_scale_max", self.loss_scale_max, low=1.0)
         if not self.loss_scale_min <= self.loss_scale_init <= self.loss_scale_max:
@@ -243,7 +237,6 @@ class OptimizerConfig:
                 "OptimizerConfig.skip_nonfinite=False with loss_scale='dynamic'; allowed values: "
                 "skip_nonfinite=True (an overflowed step must be skipped)"
             )
-        number("OptimizerConfig.accumulation_steps", self.accumulation_steps, low=1, integer=True)
         choice("OptimizerConfig.accumulation_mode", self.accumulation_mode, ACCUMULATION_MODES)
         choice("OptimizerConfig.flat_update", self.flat_update, FLAT_UPDATES)
         if self.flat_update == "on" and self.name not in ELEMENTWISE_OPTIMIZERS:
@@ -255,13 +248,13 @@ class OptimizerConfig:
         regex("OptimizerConfig.decay_mask_regex", self.decay_mask_regex)
         regex("OptimizerConfig.no_decay_regex", self.no_decay_regex)
         regex("OptimizerConfig.muon_exclude_regex", self.muon_exclude_regex)
-        number(
-            "OptimizerConfig.adafactor_min_dim_size_to_factor",
-            self.adafactor_min_dim_size_to_factor,
-            low=1,
-            integer=True,
-        )
-        number("OptimizerConfig.muon_ns_steps", self.muon_ns_steps, low=1, integer=True)
+        for field in (
+            "loss_scale_growth_interval",
+            "accumulation_steps",
+            "adafactor_min_dim_size_to_factor",
+            "muon_ns_steps",
+        ):
+            number(f"OptimizerConfig.{field}", getattr(self, field), low=1, integer=True)
         number(
             "OptimizerConfig.muon_adam_lr_ratio", self.muon_adam_lr_ratio, low=0.0, low_open=True
         )

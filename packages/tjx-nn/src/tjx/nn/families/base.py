@@ -5,7 +5,7 @@ naming it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
@@ -34,6 +34,31 @@ def reads(
     ) -> tuple[LlamaConfig, HFMapping]:
         config = config_from_hf(hf, **overrides)
         return config, mapping(config)
+
+    return read
+
+
+def reads_text_model(
+    config_from_hf: Callable[..., LlamaConfig],
+    mapping: Callable[[LlamaConfig], HFMapping],
+    *,
+    image_text: str,
+    text_config: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    skip: Callable[[Callable[[str], bool]], Callable[[str], bool]],
+) -> Read:
+    """The ``read`` of a family whose image-text folders (model type ``image_text``) are read as
+    their text model: the config of ``text_config(hf)``, the same tensor mapping with ``skip``
+    added to its ignored names (the towers beside the language model, said in one line); its
+    text model's folders as `reads` reads them."""
+    text_model = reads(config_from_hf, mapping)
+
+    def read(
+        hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
+    ) -> tuple[LlamaConfig, HFMapping]:
+        if model_type != image_text:
+            return text_model(hf, model_type, overrides)
+        config, text = text_model(text_config(hf), model_type, overrides)
+        return config, replace(text, ignored=skip(text.ignored))
 
     return read
 

@@ -190,14 +190,16 @@ def check_switches(
         )
 
 
-def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
+def common_to_hf(config: LlamaConfig, *, rope_theta: bool = True) -> dict[str, Any]:
     """The ``config.json`` keys every family writes alike.
 
     The token ids are written as null: tjx does not know the tokenizer's, and transformers'
     defaults for a family (Phi-3's pad id 32000 ...) may not even fit the vocabulary. They live
-    in ``generation_config.json``, which ``save_hf(..., tokenizer_from=)`` copies.
+    in ``generation_config.json``, which ``save_hf(..., tokenizer_from=)`` copies. With
+    ``rope_theta=False`` there is no top-level ``rope_theta``: the families whose
+    ``rope_parameters`` hold it (transformers 5's form) write it there.
     """
-    return {
+    out: dict[str, Any] = {
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
@@ -209,3 +211,6 @@ def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "attention_dropout": config.attention.dropout,
         "initializer_range": config.init.std,
     }
+    if not rope_theta:
+        del out["rope_theta"]
+    return out

@@ -318,8 +318,7 @@ def hybrid_to_hf(
     """
     c = config
     refuse_mismatches(mismatches(c, needs), f"model_type {model_type!r} cannot express this model")
-    out = common_to_hf(c)
-    theta = out.pop("rope_theta")
+    out = common_to_hf(c, rope_theta=False)
     sizes = dict(zip(("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
                       "linear_value_head_dim"), (c.delta.key_heads, c.delta.value_heads,
                       c.delta.key_dim, c.delta.value_dim), strict=True))  # fmt: skip
@@ -334,7 +333,7 @@ def hybrid_to_hf(
         "attention_bias": False,
         "rope_parameters": {
             "rope_type": "default",
-            "rope_theta": theta,
+            "rope_theta": c.position.rope_theta,
             "partial_rotary_factor": c.position.rope_fraction,
         },
         "layer_types": [LAYER_TYPE_OF[m] for m in c.layer_mixers()],

@@ -66,7 +66,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     out = {
         "architectures": [ARCHITECTURE],
         "model_type": GEMMA4,
-        **common_to_hf(c),
+        **common_to_hf(c, rope_theta=False),
         "hidden_activation": "gelu_pytorch_tanh",
         "attention_bias": False,
         "final_logit_softcapping": c.final_logit_softcap,
@@ -88,7 +88,6 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
             "top_k_experts": c.moe.experts_per_token,
             "moe_intermediate_size": expert_mlp_dim(c),
         }
-    del out["rope_theta"]
     if g.global_values_from_keys:
         out["num_global_key_value_heads"] = g.global_kv_heads or c.num_kv_heads
     return out

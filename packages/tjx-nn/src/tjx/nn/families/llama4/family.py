@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
-
-from tjx.nn.configs import LlamaConfig
-from tjx.nn.families.base import Family, writes
+from tjx.nn.families.base import Family, reads_text_model, writes
 from tjx.nn.families.llama4.hf import LLAMA4
 from tjx.nn.families.llama4.hf_image_text import (
     IMAGE_TEXT,
@@ -19,28 +14,20 @@ from tjx.nn.families.llama4.hf_read import SPEC, llama4_config_from_hf
 from tjx.nn.families.llama4.hf_tensors import llama4_mapping
 from tjx.nn.families.llama4.hf_write import is_llama4, llama4_config_to_hf
 from tjx.nn.family_config import LLAMA4_SWITCHES
-from tjx.nn.hf.mapping import HFMapping
 
-
-def _read(
-    hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
-) -> tuple[LlamaConfig, HFMapping]:
-    """A llama4_text folder's config and mapping; an image-text one's text model, its vision
-    tower skipped in one line."""
-    if model_type != IMAGE_TEXT:
-        config = llama4_config_from_hf(hf, **overrides)
-        return config, llama4_mapping(config)
-    config = llama4_config_from_hf(llama4_text_config(hf), **overrides)
-    mapping = llama4_mapping(config)
-    return config, replace(mapping, ignored=skip_vision(mapping.ignored))
-
-
-#: Llama 4: llama4_text, and the image-text llama4 read as its text model (``language_model.*``).
+#: Llama 4: llama4_text, and the image-text llama4 read as its text model (``language_model.*``),
+#: its vision tower skipped in one line.
 FAMILY = Family(
     name="llama4",
     model_types=(LLAMA4, IMAGE_TEXT),
     spec=SPEC,
-    read=_read,
+    read=reads_text_model(
+        llama4_config_from_hf,
+        llama4_mapping,
+        image_text=IMAGE_TEXT,
+        text_config=llama4_text_config,
+        skip=skip_vision,
+    ),
     claims=is_llama4,
     write=writes(llama4_config_to_hf, llama4_mapping),
     stored_names={IMAGE_TEXT: text_name},

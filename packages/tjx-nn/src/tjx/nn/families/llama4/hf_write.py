@@ -8,8 +8,7 @@ from typing import Any
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.families.llama4.hf import ARCHITECTURE, LLAMA4, MOE_NEEDS, NEEDS
 from tjx.nn.families.llama4.hf_read import SPEC
-from tjx.nn.hf.config import llama_sizes_to_hf
-from tjx.nn.hf.family_base import mismatches, refuse_mismatches
+from tjx.nn.hf.family_base import common_to_hf, mismatches, refuse_mismatches
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 
@@ -60,20 +59,12 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     return {
         "architectures": [ARCHITECTURE],
         "model_type": LLAMA4,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
-        **llama_sizes_to_hf(c),
+        **common_to_hf(c, rope_theta=False),
         "intermediate_size": expert_mlp_dim(c) if c.moe.num_experts else c.mlp.dim,
         "intermediate_size_mlp": c.mlp.dim,
         "hidden_act": "silu",
-        "max_position_embeddings": c.max_seq_len,
-        "rms_norm_eps": c.norm.eps,
         "rope_parameters": rope_params,
-        "tie_word_embeddings": c.tie_embeddings,
         "attention_bias": False,
-        "attention_dropout": c.attention.dropout,
-        "initializer_range": c.init.std,
         "num_local_experts": c.moe.num_experts or 1,
         "num_experts_per_tok": c.moe.experts_per_token if c.moe.num_experts else 1,
         "moe_layers": [i for i, m in enumerate(kinds) if m],

@@ -8,8 +8,7 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.families.minimax_m2.hf import ARCHITECTURE, MINIMAX_M2, MOE_NEEDS, NEEDS
-from tjx.nn.hf.config import llama_sizes_to_hf
-from tjx.nn.hf.family_base import mismatches, refuse_mismatches
+from tjx.nn.hf.family_base import common_to_hf, mismatches, refuse_mismatches
 from tjx.nn.moe.config import expert_mlp_dim
 
 
@@ -73,20 +72,12 @@ def minimax_m2_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     return {
         "architectures": [ARCHITECTURE],
         "model_type": MINIMAX_M2,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
-        **llama_sizes_to_hf(c),
+        **common_to_hf(c, rope_theta=False),
         "intermediate_size": expert_mlp_dim(c),  # the experts' (no dense MLP)
         "hidden_act": "silu",
-        "max_position_embeddings": c.max_seq_len,
-        "rms_norm_eps": c.norm.eps,
         "rope_parameters": rope
         | {"rope_theta": c.position.rope_theta, "partial_rotary_factor": fraction},
         "rotary_dim": int(c.head_dim * fraction),
-        "tie_word_embeddings": c.tie_embeddings,
-        "attention_dropout": c.attention.dropout,
-        "initializer_range": c.init.std,
         "num_local_experts": c.moe.num_experts,
         "num_experts_per_tok": c.moe.experts_per_token,
         "router_aux_loss_coef": c.moe.router_aux_loss,

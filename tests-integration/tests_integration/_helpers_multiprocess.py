@@ -6,6 +6,7 @@ and kill whatever is left.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_integration._helpers_apps import app_env, train_losses
+from tests_integration._helpers_apps import app_env, check_ok, train, train_losses
 from tjx import ckpt
 from tjx.parallel.arguments import VARIABLES
 
@@ -54,6 +55,28 @@ sys.addaudithook(hook)
 sys.argv = ["trainer", *sys.argv[1:]]
 runpy.run_module("trainer", run_name="__main__", alter_sys=True)
 """
+
+
+#: The 1-process references trained in this test process: settings → (run folder, its process).
+_ONE_PROCESS: dict[tuple[str, ...], tuple[Path, subprocess.CompletedProcess[str]]] = {}
+
+
+def one_process_run(cwd: Path, sets: list[str]) -> subprocess.CompletedProcess[str]:
+    """``cwd/"one"``: the uninterrupted 1-process, 8-device run of ``sets`` that multi-process
+    runs are compared with (it exited 0), and its process. Trained once per test process and
+    copied for each test that asks for the same ``sets``: test_train_multiprocess.py and
+    test_train_multiprocess_object_store.py compare with the same run, and Pants runs their
+    batch in one process (a trainer process saved)."""
+    key = tuple(sets)
+    if key not in _ONE_PROCESS or not (_ONE_PROCESS[key][0] / "final.json").exists():
+        proc = train(cwd, "one", [*sets, "mesh.data=-1"], devices=8, env=mp_env(8))
+        check_ok(proc)
+        _ONE_PROCESS[key] = (cwd / "one", proc)
+        return proc
+    folder, proc = _ONE_PROCESS[key]
+    if folder != cwd / "one":
+        shutil.copytree(folder, cwd / "one")
+    return proc
 
 
 def free_port() -> int:

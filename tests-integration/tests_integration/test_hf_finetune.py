@@ -3,17 +3,18 @@
 transformers (scratch venv) saves a random tiny Llama, or a tiny Qwen3.5 (``qwen3_5_text``: Gated
 DeltaNet layers beside attention, tjx's ``llama`` kind with a ``mixer_pattern``), with GPT-2's
 vocabulary; the folder gets GPT-2's ``tokenizer.json`` and ``data.tokenizer`` names the folder
-(the model's own vocabulary). ``--init-from`` fine-tunes it on Shakespeare (20 steps; the
-Qwen3.5 4) and samples after the last step; ``python -m eval --export-hf`` writes the run as a HF
-folder; transformers loads it and gives the logits of tjx's final parameters (1e-4 relative).
-``python -m eval --checkpoint HF_FOLDER`` scores and samples the HF folder directly, and a
-family other than ``model.kind`` is refused in one line (both in the Llama case only: neither
-depends on the model).
+(the model's own vocabulary). ``--init-from`` fine-tunes it on Shakespeare (4 steps: the logits
+move by far more than the 1e-3 asserted) and samples after the last step; ``python -m eval
+--export-hf`` writes the run as a HF folder; transformers loads it and gives the logits of tjx's
+final parameters (1e-4 relative). ``python -m eval --checkpoint HF_FOLDER`` scores and samples
+the HF folder directly, and a family other than ``model.kind`` is refused in one line (both in
+the Llama case only: neither depends on the model).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,7 @@ QWEN3_5 = dict(
 )
 #: HF config, transformers' class name, fine-tuning steps.
 CASES = {
-    "llama": (CONFIG, "LlamaForCausalLM", 20),
+    "llama": (CONFIG, "LlamaForCausalLM", 4),
     "qwen3_5": (QWEN3_5, "Qwen3_5ForCausalLM", 4),
 }
 SETS = [
@@ -73,14 +74,26 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each case's folder as transformers saves it (scored in ``peer.npz``), with GPT-2's
+    ``tokenizer.json``: made in one peer process (torch and transformers imported once)."""
+    root = tmp_path_factory.mktemp("made")
+    jobs = [
+        {"make": {"config": config, "tokens": TOKENS.tolist(), "new": 4}, "out": str(root / case)}
+        for case, (config, _, _) in sorted(CASES.items())
+    ]
+    run_peer(jobs, root)
+    for case in CASES:
+        data.load_tokenizer("gpt2").save(root / case)  # type: ignore[attr-defined]
+    return {case: root / case for case in CASES}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fine_tuned_hf_model_exports_with_tjx_final_logits(tmp_path, case: str):
-    config, arch, steps = CASES[case]
-    hf = tmp_path / "hf"
+def test_fine_tuned_hf_model_exports_with_tjx_final_logits(made, tmp_path, case: str):
+    _, arch, steps = CASES[case]
+    hf = made[case]
     np.save(tmp_path / "tokens.npy", TOKENS)
-    job = {"config": config, "tokens": TOKENS.tolist(), "new": 4}
-    run_peer([{"make": job, "out": str(hf)}], tmp_path)
-    data.load_tokenizer("gpt2").save(hf)  # type: ignore[attr-defined]
     if case == "llama":  # the refusal is the family's, not the model's: checked once
         wrong = train(tmp_path, "wrong", [f"data.tokenizer={hf}"], "--init-from", str(hf))
         assert wrong.returncode == 2 and "model.kind must be 'llama'" in wrong.stderr

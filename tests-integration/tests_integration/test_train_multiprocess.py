@@ -30,20 +30,14 @@ import jax
 import numpy as np
 import pytest
 
-from tests_integration._helpers_apps import (
-    SMALL,
-    check_ok,
-    read_log,
-    train,
-    val_losses,
-)
+from tests_integration._helpers_apps import SMALL, read_log, val_losses
 from tests_integration._helpers_multiprocess import (
     LAUNCH_TIMEOUT_S,
     REL,
     free_port,
     joining,
     launch,
-    mp_env,
+    one_process_run,
     pair,
     restore,
     resume_and_match_one_process,
@@ -58,8 +52,7 @@ BAD_TIMEOUT_S = 120  # ...which must all be over well within this
 
 
 def test_two_processes_match_one_resume_and_only_process_0_writes(tmp_path):
-    one = train(tmp_path, "one", [*SETS, "mesh.data=-1"], devices=8, env=mp_env(8))
-    check_ok(one)
+    one = one_process_run(tmp_path, SETS)
     assert "devices: 8 ×" in one.stdout
 
     stop_argvs = pair("two", [*SETS, f"train.stop_at={STOP}"])

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests_integration._helpers_apps import SMALL, check_ok, train, train_losses
+from tests_integration._helpers_apps import SMALL, train_losses
 from tests_integration._helpers_multiprocess import (
     LAUNCH_TIMEOUT_S,
     REL,
     launch,
-    mp_env,
+    one_process_run,
     pair,
     tails,
 )
@@ -30,8 +30,7 @@ SETS = [*SMALL, f"train.steps={STEPS}", f"train.eval_every={STOP}"]
 
 
 def test_two_processes_write_one_checkpoint_to_a_store_and_resume_from_it(tmp_path):
-    one = train(tmp_path, "one", [*SETS, "mesh.data=-1"], devices=8, env=mp_env(8))
-    check_ok(one)
+    one_process_run(tmp_path, SETS)
     with serving("gs") as store:
         url = fresh_url(store, "two")
         stopped = launch(tmp_path, "stop", pair(url, [*SETS, f"train.stop_at={STOP}"]), 300)

@@ -2,9 +2,15 @@
 cluster detectors (SLURM, Open MPI) and tjx's reading of a Kubernetes indexed Job fill the
 process count, rank and coordinator (loopback, 4 simulated CPU devices per process).
 
-* Each scheduler-started run exits 0 on both processes, says where its setup came from, and its
-  per-step training losses equal the flag-started run's to ``REL`` (the same global batch and
-  parameters; only gloo's summation order may differ, see test_train_multiprocess.py).
+* Each scheduler-started run exits 0 on both processes and says where its setup came from. The
+  Kubernetes one (tjx's own reading of the variables) trains, and its per-step training losses
+  equal the flag-started run's to ``REL`` (the same global batch and parameters; only gloo's
+  summation order may differ, see test_train_multiprocess.py). SLURM's and Open MPI's (JAX's
+  detectors) ``--resume`` a copy of the finished flag-started run as two processes: the setup
+  they detect must join both processes and restore a checkpoint both wrote, and nothing is
+  left to train (after the setup, the run is the same code whatever set it up: one training run
+  shows it, and each further one cost two trainer processes' steps, evaluation, samples and
+  save).
 * A scheduler whose variables say "2 processes" but whose partner never comes is one error line
   and exit 1 within ``--init-timeout``, never a silent single process; a half-set one (Open MPI 5
   sets no ``OMPI_MCA_orte_hnp_uri``, no coordinator given) is one line and exit 2; neither
@@ -12,6 +18,8 @@ process count, rank and coordinator (loopback, 4 simulated CPU devices per proce
 """
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 
@@ -71,14 +79,24 @@ def test_scheduler_started_runs_match_the_flag_started_run(tmp_path):
     reference = train_losses(tmp_path / "flags")
     assert sorted(reference) == list(range(1, STEPS + 1))
     for name, variables in (("slurm", slurm), ("ompi", ompi), ("k8s", k8s)):
+        trains = name == "k8s"
+        extra = ["--init-timeout", "120"]
+        if not trains:  # the finished run, resumed: the setup alone (the module doc)
+            shutil.copytree(tmp_path / "flags", tmp_path / name)
+            extra.append("--resume")
         port = free_port()
-        argvs = [trainer_args(name, SETS, "--init-timeout", "120") for _ in (0, 1)]
+        argvs = [trainer_args(name, SETS, *extra) for _ in (0, 1)]
         envs = [variables(rank, port) for rank in (0, 1)]
         results = launch(tmp_path, name, argvs, LAUNCH_TIMEOUT_S, envs=envs)
         for rank, r in enumerate(results):
             assert r["rc"] == 0, tails(results)
             assert f"multi-host: process {rank} of 2" in r["out"], tails(results)
             assert f"setup from {name})" in r["out"], tails(results)
+            if not trains:
+                assert f"resumed from step {STEPS}" in r["out"], tails(results)
+                assert f"already at step {STEPS} of {STEPS}" in r["out"], tails(results)
+        if not trains:
+            continue
         losses = train_losses(tmp_path / name)
         assert sorted(losses) == sorted(reference), name
         for step, loss in reference.items():

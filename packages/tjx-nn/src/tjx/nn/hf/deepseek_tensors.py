@@ -78,8 +78,11 @@ def _deepseek_layers(c: LlamaConfig, model_type: str, interleaved: bool) -> HFMa
     assert c.mla.kv_latent_dim is not None
     base = llama_mapping(c, model_type)  # everything but the attention, replaced below
     tables = Tables.of(base)
-    for i in range(c.num_layers):
-        tables.drop(f"model.layers.{i}.self_attn.", f"stack.layers.{i}.attn.")
+    layers = range(c.num_layers)
+    tables.drop(
+        tuple(f"model.layers.{i}.self_attn." for i in layers),
+        tuple(f"stack.layers.{i}.attn." for i in layers),
+    )
     shapes, to_tjx, to_hf, same = tables.shapes, tables.to_tjx, tables.to_hf, tables.same
     d, h, hd = c.d_model, c.num_heads, c.head_dim
     rope, r = c.mla.qk_rope_head_dim, c.mla.kv_latent_dim

@@ -374,6 +374,11 @@ def hybrid_mapping(c: LlamaConfig, base: HFMapping, *, fused: bool) -> HFMapping
     tables = Tables.of(base)
     assert c.head_dim is not None
     d, h, hd = c.d_model, c.num_heads, c.head_dim
+    delta = [i for i, mixer in enumerate(c.layer_mixers()) if mixer != "attention"]
+    tables.drop(
+        tuple(f"model.layers.{i}.self_attn." for i in delta),
+        tuple(f"stack.layers.{i}.attn." for i in delta),
+    )
     for i, mixer in enumerate(c.layer_mixers()):
         p, t = f"model.layers.{i}.", f"stack.layers.{i}."
         if mixer == "attention":
@@ -384,7 +389,6 @@ def hybrid_mapping(c: LlamaConfig, base: HFMapping, *, fused: bool) -> HFMapping
             tables.to_tjx[gate] = _query_half(q_proj, 1, (d, h, hd))
             tables.to_hf[q_proj] = _query_and_gate(query, gate)
             continue
-        tables.drop(p + "self_attn.", t + "attn.")
         _delta_tensors(c, p + "linear_attn.", t + "delta.", tables, fused)
     return tables.mapping(base.ignored)
 

@@ -111,9 +111,10 @@ class Tables:
             [(t + ".kernel", n) for (t, _), n in zip(parts, sizes, strict=True)]
         )
 
-    def drop(self, hf_prefix: str, tjx_prefix: str) -> None:
+    def drop(self, hf_prefix: str | tuple[str, ...], tjx_prefix: str | tuple[str, ...]) -> None:
         """Forget every entry under ``hf_prefix`` (HF names) and ``tjx_prefix`` (tjx names): a
-        part another layout replaces."""
+        part another layout replaces. Each may be a tuple of prefixes: one pass over the tables
+        for all the layers a layout replaces (a 512-expert model's tables hold ~10^5 names)."""
         for table in (self.shapes, self.to_hf):
             for name in [n for n in table if n.startswith(hf_prefix)]:
                 del table[name]

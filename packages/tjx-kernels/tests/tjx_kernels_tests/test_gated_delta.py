@@ -89,17 +89,21 @@ def test_the_gradients_of_the_chunked_rule_are_the_recurrences():
         w = jnp.asarray(rng.normal(size=(2, 9, 3, 5)))
         ws = jnp.asarray(rng.normal(size=(2, 3, 4, 5)))
 
+        # The random weights w and ws are arguments (not constants): the same programs on every
+        # run, which the persistent compilation cache then serves.
         def objective(fn):
             def f(*args):
                 o, s = fn(*args[:5], initial_state=args[5])
-                return jnp.sum(o * w) + jnp.sum(s * ws)
+                return jnp.sum(o * args[6]) + jnp.sum(s * args[7])
 
             return f
 
         every = tuple(range(6))
         chunked = jax.jit(jax.grad(objective(lambda *a, **kw: _rule(*a, chunk_size=4, **kw)),
-                                   argnums=every))(*xs, s0)  # fmt: skip
-        recurrent = jax.jit(jax.grad(objective(gated_delta_recurrent), argnums=every))(*xs, s0)
+                                   argnums=every))(*xs, s0, w, ws)  # fmt: skip
+        recurrent = jax.jit(jax.grad(objective(gated_delta_recurrent), argnums=every))(
+            *xs, s0, w, ws
+        )
         for got, want in zip(chunked, recurrent, strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-10)
         # ... and the recurrence's own gradient is the NumPy reference's (central differences).
@@ -181,11 +185,11 @@ def test_the_pallas_kernels_gradients_are_the_xla_paths_in_float64():
         ws = jnp.asarray(rng.normal(size=(2, 3, 4, 5)))
 
         def grads(impl: str) -> tuple[jax.Array, ...]:
-            def f(*args):
+            def f(*args):  # w and ws as arguments: the same program every run, cached
                 o, s = _rule(*args[:5], chunk_size=4, initial_state=args[5], implementation=impl)
-                return jnp.sum(o * w) + jnp.sum(s * ws)
+                return jnp.sum(o * args[6]) + jnp.sum(s * args[7])
 
-            return jax.jit(jax.grad(f, argnums=tuple(range(6))))(*xs, s0)
+            return jax.jit(jax.grad(f, argnums=tuple(range(6))))(*xs, s0, w, ws)
 
         for got, want in zip(grads("pallas"), grads("xla"), strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-10)

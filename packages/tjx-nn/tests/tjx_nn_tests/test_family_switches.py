@@ -16,6 +16,13 @@ from tjx.nn.kv_cache import topk_decode_attention
 
 from ._family_reference import reference_logits
 
+# The models run jitted, one program per config and shape: run eagerly, each of a model's ops was
+# traced, lowered and looked up in the compilation cache on its own (most of these tests' time).
+_forward = nnx.jit(lambda model, tokens: model(tokens))
+_forward_cached = nnx.jit(
+    lambda model, tokens, cache, pos: model.forward_cached(tokens, cache, pos)
+)
+
 BASE = dict(vocab_size=40, max_seq_len=32, d_model=24, num_layers=2, num_heads=4, num_kv_heads=2)
 FAMILIES = {
     # Gemma 2: sandwich norms (1 + w), scaled embeddings, GeGLU, query scale, both soft caps.
@@ -102,7 +109,7 @@ def test_each_family_matches_a_float64_reference(family):
     with jax.enable_x64(True):
         model, config = _model(family, precision=tnn.Precision(jnp.float64, jnp.float64))
         tokens = _tokens()
-        got = np.asarray(model(jnp.asarray(tokens)))
+        got = np.asarray(_forward(model, jnp.asarray(tokens)))
         want = reference_logits(tnn.get_flat_params(model), config, tokens)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     if config.final_logit_softcap is not None:
@@ -115,7 +122,7 @@ def test_each_switch_changes_the_logits():
     if the reference ignored it too): turning it off moves the logits."""
     tokens = jnp.asarray(_tokens())
     model, config = _model("gemma2")
-    base = np.asarray(model(tokens))
+    base = np.asarray(_forward(model, tokens))
     flat = tnn.get_flat_params(model)
     for change in (
         dict(scale_embeddings=False),
@@ -125,7 +132,7 @@ def test_each_switch_changes_the_logits():
     ):
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
         tnn.set_flat_params(other, flat)
-        assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
+        assert np.abs(np.asarray(_forward(other, tokens)) - base).max() > 1e-3, change
 
 
 def test_local_layers_rotate_at_their_own_base_and_see_only_their_window():
@@ -133,7 +140,7 @@ def test_local_layers_rotate_at_their_own_base_and_see_only_their_window():
     each): the local base, and the window."""
     tokens = jnp.asarray(_tokens())
     model, config = _model("gemma3-local")
-    base = np.asarray(model(tokens))
+    base = np.asarray(_forward(model, tokens))
     flat = tnn.get_flat_params(model)
     no_window = {
         "position.rope_local_theta": None,
@@ -143,7 +150,7 @@ def test_local_layers_rotate_at_their_own_base_and_see_only_their_window():
     for change in ({"position.rope_local_theta": None}, no_window):
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
         tnn.set_flat_params(other, flat)
-        assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
+        assert np.abs(np.asarray(_forward(other, tokens)) - base).max() > 1e-3, change
 
 
 @pytest.mark.parametrize("family", ["gemma2", "olmo2", "gemma3-local", "gptoss"])
@@ -152,7 +159,9 @@ def test_scanned_and_remat_stacks_compute_the_same(family):
     tokens = jnp.asarray(_tokens())
     scanned = tnn.Llama(config.replace(scan_layers=True, remat="full"), rngs=nnx.Rngs(1))
     tnn.set_flat_params(scanned, tnn.get_flat_params(model))
-    np.testing.assert_allclose(scanned(tokens), model(tokens), rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(
+        _forward(scanned, tokens), _forward(model, tokens), rtol=2e-5, atol=2e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -166,12 +175,12 @@ def test_cached_decoding_matches_the_full_forward(family):
     name = "gemma3-local" if family == "gemma3-mla" else family.removesuffix("-mla")
     model, _ = _model(name, **mla)
     tokens = jnp.asarray(_tokens(9))
-    full = np.asarray(model(tokens))
+    full = np.asarray(_forward(model, tokens))
     cache = model.init_cache(2, 16)
-    logits, cache = model.forward_cached(tokens[:, :6], cache, jnp.zeros((2,), jnp.int32))
+    logits, cache = _forward_cached(model, tokens[:, :6], cache, jnp.zeros((2,), jnp.int32))
     steps = [np.asarray(logits)]
     for i in range(6, 9):
-        logits, cache = model.forward_cached(tokens[:, i : i + 1], cache, jnp.full((2,), i))
+        logits, cache = _forward_cached(model, tokens[:, i : i + 1], cache, jnp.full((2,), i))
         steps.append(np.asarray(logits))
     np.testing.assert_allclose(np.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
 
@@ -361,7 +370,8 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
         names = set(tnn.get_flat_params(other))  # the same, but the sinks when they are off
         tnn.set_flat_params(other, {k: v for k, v in flat.items() if k in names})
-        assert np.abs(np.asarray(other(tokens)) - np.asarray(model(tokens))).max() > 1e-3, change
+        moved = np.asarray(_forward(other, tokens)) - np.asarray(_forward(model, tokens))
+        assert np.abs(moved).max() > 1e-3, change
 
 
 def test_a_model_with_sinks_resolves_the_xla_kernel():

@@ -112,12 +112,14 @@ def test_float32_gradients_match_float64_and_reach_every_parameter():
             cast = jax.tree.map(lambda w, dtype=dtype: jnp.asarray(w, dtype), weights)
             nnx.replace_by_pure_dict(params, cast)
 
-            def loss(p, graphdef=graphdef, dtype=dtype):
-                return jnp.sum(nnx.merge(graphdef, p)(jnp.asarray(x, dtype)) ** 2)
+            def loss(p, x, graphdef=graphdef):
+                return jnp.sum(nnx.merge(graphdef, p)(x) ** 2)
 
             # Jitted: one compile per precision (called eagerly, each of the chunked rule's
-            # hundreds of small ops was compiled on its own, in each precision).
-            grad = jax.jit(jax.grad(loss))(params)
+            # hundreds of small ops was compiled on its own, in each precision). The random
+            # input is an argument, not a constant: the same program on every run, which the
+            # persistent compilation cache then serves.
+            grad = jax.jit(jax.grad(loss))(params, jnp.asarray(x, dtype))
             grads[name] = jax.tree.map(np.asarray, nnx.to_pure_dict(grad))
     for a, b in zip(jax.tree.leaves(grads["f32"]), jax.tree.leaves(grads["f64"]), strict=True):
         assert np.abs(b).max() > 0  # every parameter is used
@@ -142,14 +144,17 @@ def test_a_packed_row_mixes_each_document_as_if_alone(chunk):
         layer = _layer(seed, chunk=chunk)
         x = jnp.asarray(np.random.default_rng(seed).standard_normal((1, sum(lengths), 16)))
         # Jitted: one compile per length (eagerly, each of the chunked rule's ops compiled on its
-        # own for each of the five lengths).
+        # own for each of the five lengths). The layer is an argument: its random weights as
+        # constants would make a new program on every run, which no compilation cache serves.
         packed = np.asarray(
-            jax.jit(lambda x, ids: layer(x, segment_ids=ids))(x, jnp.asarray(ids[None], jnp.int32))
+            nnx.jit(lambda m, x, ids: m(x, segment_ids=ids))(
+                layer, x, jnp.asarray(ids[None], jnp.int32)
+            )
         )
-        forward = jax.jit(lambda x: layer(x))
+        forward = nnx.jit(lambda m, x: m(x))
         start = 0
         for n in lengths:
-            alone = np.asarray(forward(x[:, start : start + n]))
+            alone = np.asarray(forward(layer, x[:, start : start + n]))
             np.testing.assert_allclose(packed[:, start : start + n], alone, rtol=1e-9, atol=1e-10)
             start += n
 
@@ -162,10 +167,11 @@ def test_a_right_padded_prompts_state_is_each_rows_state_after_its_own_tokens():
         layer = _layer(seed)
         x = jnp.asarray(np.random.default_rng(seed).standard_normal((3, 9, 16)))
         lengths = jnp.asarray([9, 5, 2])
-        _, padded = jax.jit(lambda x: layer(x, return_state=True, lengths=lengths))(x)
-        state_of = jax.jit(lambda x: layer(x, return_state=True)[1])  # one compile per length
+        # The layer (random weights) as an argument, not constants: a program the cache serves.
+        _, padded = nnx.jit(lambda m, x, n: m(x, return_state=True, lengths=n))(layer, x, lengths)
+        state_of = nnx.jit(lambda m, x: m(x, return_state=True)[1])  # one compile per length
         for r, n in enumerate([9, 5, 2]):
-            alone = state_of(x[r : r + 1, :n])
+            alone = state_of(layer, x[r : r + 1, :n])
             np.testing.assert_allclose(padded.conv[r], alone.conv[0], rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(
                 padded.recurrent[r], alone.recurrent[0], rtol=1e-10, atol=1e-12

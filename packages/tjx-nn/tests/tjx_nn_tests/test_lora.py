@@ -109,11 +109,18 @@ def test_only_adapters_get_gradients_when_split_apart_and_dropout_uses_its_own_k
     assert all(type(v) is nnx.Param for _, v in nnx.to_flat_state(frozen_state))
     adapters, frozen = nnx.to_pure_dict(lora_state), nnx.to_pure_dict(frozen_state)
 
-    def loss(lora: dict, key: jax.Array) -> jax.Array:
+    # Jitted, with the random weights, RNG state and tokens as arguments (not constants): one
+    # forward and one gradient program, which the persistent compilation cache serves on the next
+    # run (eagerly, each op of the scanned model and its backward pass was compiled on its own).
+    @jax.jit
+    def run(lora: dict, key: jax.Array, frozen: dict, rest: nnx.State, x: jax.Array) -> jax.Array:
         m = nnx.merge(graphdef, lora, frozen, rest)
         return jnp.mean(m(x, deterministic=False, rngs=nnx.Rngs(dropout=key)) ** 2)
 
-    grads = jax.grad(loss)(adapters, jax.random.key(0))
+    def loss(lora: dict, key: jax.Array) -> jax.Array:
+        return run(lora, key, frozen, rest, x)
+
+    grads = jax.jit(jax.grad(run))(adapters, jax.random.key(0), frozen, rest, x)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     # B = 0 at the start, so A's gradient is 0 and B's is not (the update is x·A·B).
     assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads))) > 0

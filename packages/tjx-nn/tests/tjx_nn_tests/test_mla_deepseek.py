@@ -23,6 +23,10 @@ MLA = dict(
     head_dim=12, mlp=tnn.MLPConfig(dim=40), **{"attention.type": "mla"},
     mla=tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
 )  # fmt: skip
+# Whole models run jitted, one program per model and shape: eagerly, each of a model's ops was
+# traced, lowered and looked up in the compilation cache on its own.
+_forward = nnx.jit(lambda model, tokens: model(tokens))
+
 MOE = tnn.MoEConfig(
     num_experts=8, experts_per_token=2, expert_mlp_dim=12, num_shared_experts=1, first_dense=1
 )
@@ -108,7 +112,7 @@ def test_decoding_with_the_latent_cache_matches_the_full_forward():
     model = tnn.Llama(config, rngs=nnx.Rngs(1))
     prompt = jnp.asarray(np.random.default_rng(2).integers(0, 48, (2, 5)))
     out = tnn.generate(model, prompt, max_new_tokens=8, temperature=0)
-    logits = model(out)
+    logits = _forward(model, out)
     # Each generated token is the full forward's argmax at the position before it.
     np.testing.assert_array_equal(np.argmax(logits[:, 4:-1], -1), out[:, 5:])
 
@@ -230,7 +234,9 @@ def test_a_deepseek_export_loads_back_as_the_same_model(tmp_path, fields, model_
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 48, (1, 9)))
-    np.testing.assert_allclose(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _forward(loaded, tokens), _forward(model, tokens), rtol=1e-5, atol=1e-5
+    )
 
 
 def _v3_folder(tmp_path, **hf_changes):
@@ -356,7 +362,7 @@ def test_an_rms_norm_eps_other_than_1e6_keeps_the_latent_norms_at_1e6(tmp_path):
     assert (config.norm.eps, config.mla.latent_norm_eps) == (0.5, 1e-6)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, V3["vocab_size"], (1, 6)))
     one_eps, _ = tnn.load_hf(folder, mla=replace(config.mla, latent_norm_eps=None))
-    assert not np.allclose(model(tokens), one_eps(tokens), atol=1e-3)
+    assert not np.allclose(_forward(model, tokens), _forward(one_eps, tokens), atol=1e-3)
     tnn.save_hf(model, tmp_path / "back")
     assert json.loads((tmp_path / "back" / "config.json").read_text())["rms_norm_eps"] == 0.5
     with pytest.raises(ValueError, match="MLAConfig.latent_norm_eps: 0.0 must be > 0"):
@@ -465,8 +471,9 @@ def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
     loaded, _ = tnn.load_hf(tmp_path / "merged")
     tokens = jnp.asarray([[1, 2, 3, 4, 5]])
     bare = tnn.Llama(tnn.make_config(tnn.LlamaConfig, V2), rngs=nnx.Rngs(0))
-    assert np.abs(np.asarray(model(tokens) - bare(tokens))).max() > 1e-3  # the adapters act
-    np.testing.assert_allclose(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+    logits = _forward(model, tokens)
+    assert np.abs(np.asarray(logits - _forward(bare, tokens))).max() > 1e-3  # the adapters act
+    np.testing.assert_allclose(_forward(loaded, tokens), logits, rtol=1e-5, atol=1e-5)
 
 
 def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monkeypatch):

@@ -106,8 +106,9 @@ def test_mtp_loss_is_deepseeks_equations_in_float64():
     tokens = rs.integers(0, TINY["vocab_size"], (2, 12))
     batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
     graphdef, state = nnx.split(model)  # one compile: eagerly every op compiles on its own
-    out = jax.jit(lambda st: tnn.objective_loss(nnx.merge(graphdef, st), batch, chunked=False))(
-        state
+    # The random batch is an argument, not a constant: the same program on every run, cached.
+    out = jax.jit(lambda st, b: tnn.objective_loss(nnx.merge(graphdef, st), b, chunked=False))(
+        state, batch
     )
     p = {k: np.asarray(v, np.float64) for k, v in tnn.get_flat_params(model).items()}
     refs = [_reference(p, model.config, tokens[r, :-1], tokens[r, 1:]) for r in range(2)]

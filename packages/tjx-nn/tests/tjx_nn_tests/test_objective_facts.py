@@ -14,6 +14,11 @@ from tjx_nn_tests._helpers import build, gpt2_tiny, llama_tiny
 
 V = 30  # the tokenizer's ids (BERT's model vocabulary adds its extra ids)
 SMALL = dict(max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
+# Jitted, as the trainer and evaluator run it (``objective_logits_fn``): one program per model
+# and shape, where eagerly each of the model's ops was traced, lowered and looked up on its own.
+_objective_logits = nnx.jit(
+    lambda model, batch, key: tnn.objective_logits(model, batch, key=key, mask_prob=0.3)
+)
 
 
 def _configs():
@@ -54,7 +59,7 @@ def test_units_per_window_are_the_label_positions_the_objective_returns(kind, se
     assert objective is tnn.objective_of(tnn.MODEL_KINDS[kind])
     rng = np.random.default_rng(seq_len)
     batch = _batch(config, rng, 3, seq_len)
-    _, labels = tnn.objective_logits(model, batch, key=jax.random.key(seq_len), mask_prob=0.3)
+    _, labels = _objective_logits(model, batch, jax.random.key(seq_len))
     per_row = int(np.prod(labels.shape[1:], dtype=np.int64))
     assert labels.shape[0] == 3 and per_row == objective.units_per_window(seq_len)
     scored = int((np.asarray(labels) != -100).sum())
@@ -72,7 +77,8 @@ def test_the_seq2seq_window_is_continue_halves_cut(seq_len):
     model = build(tnn.EncoderDecoderConfig(vocab_size=V, **SMALL))
     rng = np.random.default_rng(seq_len)
     batch = _batch(model.config, rng, 2, seq_len)
-    out, labels = model.continue_halves(batch["inputs"], batch["targets"])
+    halves = nnx.jit(lambda m, inputs, targets: m.continue_halves(inputs, targets))  # as above
+    out, labels = halves(model, batch["inputs"], batch["targets"])
     got = tnn.objective_of(model).units_per_window(seq_len)
     assert out.shape[1] == labels.shape[1] == got
     np.testing.assert_array_equal(labels, batch["targets"][:, seq_len - got :])
@@ -89,7 +95,7 @@ def test_bert_masks_with_the_id_after_the_tokenizers():
         "segment_ids": jnp.ones((2, 12), jnp.int32),
     }
     key = jax.random.key(5)
-    logits, labels = tnn.objective_logits(model, batch, key=key, mask_prob=0.3)
+    logits, labels = _objective_logits(model, batch, key)
     masked, want_labels = tnn.mlm_mask(
         batch["inputs"],
         key,

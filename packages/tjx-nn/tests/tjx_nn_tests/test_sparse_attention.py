@@ -208,7 +208,7 @@ def _grads(weight, batch):
     model = tnn.Llama(_loss_config(weight), rngs=nnx.Rngs(3))
     graph, params = nnx.split(model, nnx.Param)
 
-    def both(p):
+    def both(p, batch):  # the random batch an argument: the same program every run, cached
         def total(p):
             out = tnn.objective_loss(nnx.merge(graph, p), batch)
             return out.loss, out.moe
@@ -222,7 +222,7 @@ def _grads(weight, batch):
         (g, stats), g_kl = jax.grad(total, has_aux=True)(p), jax.grad(kl, has_aux=True)(p)[0]
         return g, g_kl, stats
 
-    g, g_kl, stats = jax.jit(both)(params)
+    g, g_kl, stats = jax.jit(both)(params, batch)
     return _flat(g), _flat(g_kl), stats
 
 

@@ -69,7 +69,10 @@ def _through_tokamax_xla(monkeypatch):
 
 def _loss_and_grads(model, tokens):
     batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1)}
-    value, grad = nnx.jit(nnx.value_and_grad(lambda m: tnn.objective_loss(m, batch).loss))(model)
+    # The random batch an argument, not a constant: the same program every run, cached.
+    value, grad = nnx.jit(nnx.value_and_grad(lambda m, b: tnn.objective_loss(m, b).loss))(
+        model, batch
+    )
     nnx.update(model, grad)
     return float(value), tnn.get_flat_params(model)
 

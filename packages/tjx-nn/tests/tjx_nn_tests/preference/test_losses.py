@@ -156,12 +156,15 @@ def test_dpo_with_lora_takes_the_base_as_reference_and_trains_only_the_adapters(
     graphdef, lora, frozen, rest = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
     lora, frozen = nnx.to_pure_dict(lora), nnx.to_pure_dict(frozen)
 
-    def loss(adapters: dict) -> jax.Array:
+    def loss(adapters: dict, frozen: dict, batch: dict) -> jax.Array:
         return tnn.preference_loss(
             nnx.merge(graphdef, adapters, frozen, rest), batch, beta=0.2
         ).loss
 
-    value, grads = jax.value_and_grad(loss)(lora)
+    # Jitted, with the random weights and batch as arguments: one program, which the persistent
+    # compilation cache serves on the next run (eagerly, each op of the forward and backward
+    # pass was traced, lowered and looked up on its own).
+    value, grads = jax.jit(jax.value_and_grad(loss))(lora, frozen, batch)
     # The same loss from the pieces: the base model's log-probabilities as constants.
     policy, _ = tnn.sequence_logprobs(model, batch)
     base, _ = tnn.sequence_logprobs(tnn.adapters_off(model), batch)

@@ -77,7 +77,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.16.4"
+__version__ = "0.16.5"
 
 __all__ = [
     "ADAPTER_NAMES",

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jax
-import jaxlib
 
 __all__ = [
     "CompileFindings",
@@ -42,8 +41,14 @@ __all__ = [
 
 #: The entry's layout: a new layout is a new key, never a misread entry.
 FORMAT = 1
-#: Compiler packages whose versions change what XLA emits for a target.
-COMPILER_PACKAGES = ("jax-cuda12-plugin", "jax-cuda12-pjrt", "libtpu", "nvidia-cuda-nvcc-cu12")
+#: Compiler packages whose versions change what XLA emits for a target (jaxlib holds XLA).
+COMPILER_PACKAGES = (
+    "jaxlib",
+    "jax-cuda12-plugin",
+    "jax-cuda12-pjrt",
+    "libtpu",
+    "nvidia-cuda-nvcc-cu12",
+)
 #: Environment variables the target's compiler reads its flags from.
 COMPILER_VARIABLES = ("XLA_FLAGS", "LIBTPU_INIT_ARGS")
 #: A source location (``"/src/layer.py":12:3 to :30``): not part of the key (its op name is).
@@ -108,7 +113,7 @@ def target_key(*parts: str) -> str:
 
 
 def _versions() -> list[str]:
-    found = [f"jax={jax.__version__}", f"jaxlib={jaxlib.__version__}"]
+    found = [f"jax={jax.__version__}"]
     for name in COMPILER_PACKAGES:
         try:
             found.append(f"{name}={importlib.metadata.version(name)}")

@@ -19,7 +19,7 @@ import time
 import jax
 import pytest
 
-from tjx.metrics import GIB, Target, accelerator
+from tjx.metrics import GIB, CompileFindings, Target, accelerator
 from trainer.cli import main
 from trainer.config.settings import apply_overrides, load_config, load_config_data
 from trainer.config.typed import read_config, resolve
@@ -632,6 +632,22 @@ def test_an_rl_search_where_no_rollout_batch_fits_is_one_line(capsys, in_tmp, mo
         "grpo.max_new_tokens or data.seq_len, or plan more devices"
     )
     assert not list(in_tmp.iterdir())  # no winner file
+
+
+def test_a_search_worker_keeps_its_compiles_in_the_runs_folder(monkeypatch, tmp_path):
+    """A worker process opens the target itself (jax does not cross a spawn), but with the
+    findings folder of the parent's run (its train.compilation_cache), not the default's."""
+    default = CompileFindings(tmp_path / "default", "t")
+    opened = lambda text, devices, flag="--plan", **_: dataclasses.replace(
+        target(1), findings=default
+    )
+    monkeypatch.setattr(target_plan, "open_target", opened)
+    monkeypatch.setattr(engine, "_WORKER", {})
+    runs = CompileFindings(tmp_path / "run", "t")
+    engine._open_worker("h100", runs)
+    assert engine._WORKER["target"].findings == runs and engine._WORKER["text"] == "h100"
+    engine._open_worker("h100", None)  # the run's setting is off
+    assert engine._WORKER["target"].findings is None
 
 
 def on_8(monkeypatch, memory: int) -> None:

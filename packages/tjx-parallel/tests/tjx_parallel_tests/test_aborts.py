@@ -63,6 +63,32 @@ def test_an_abort_becomes_one_line_and_status_1() -> None:
     assert done.stderr == "demo: error: what happened\n"
 
 
+def _terminate_child(cpp_logs: str | None) -> subprocess.CompletedProcess[str]:
+    """A child that guards aborts, then ends in ``std::terminate`` as gloo's thread does when a
+    peer drops in the middle of a collective."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.pop(aborts.CPP_LOGS_ENV, None)
+    if cpp_logs is not None:
+        env[aborts.CPP_LOGS_ENV] = cpp_logs
+    terminate = 'import ctypes; ctypes.CDLL("libstdc++.so.6")._ZSt9terminatev()'
+    child = _CHILD.replace("os.abort()", terminate)
+    return subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="libstdc++'s std::terminate: Linux only")
+def test_a_cpp_terminate_is_the_same_one_line_without_the_exception() -> None:
+    done = _terminate_child(None)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "demo: error: what happened\n"  # not "terminate called after ..."
+    kept = _terminate_child("1")  # the C++ log asked for: libstdc++'s own words come first
+    assert kept.returncode == 1, kept.stderr
+    assert kept.stderr.startswith("terminate called without an active exception"), kept.stderr
+    assert kept.stderr.endswith("demo: error: what happened\n"), kept.stderr
+
+
 def test_a_failing_report_still_ends_with_status_1() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)

@@ -236,6 +236,51 @@ def test_wait_dead_returns_when_a_peer_dies_meanwhile() -> None:
     assert watch.wait_dead() == message  # stopped: at once
 
 
+def _never_asked() -> bool:
+    raise AssertionError("process 0 hosts the coordinator: never probed")
+
+
+def test_an_abort_waits_for_the_watch_to_name_the_dead_peer() -> None:
+    """gloo aborts process 0 the moment process 1 is killed mid-collective, 15 s before the
+    silence names it: the abort's line is the watch's verdict, not "jax's runtime aborted"."""
+    client = FakeClient()
+    watch, said = _watch(client, rank=0, silence_s=0.4, interval_s=0.02)
+    peer = BeatingPeer(client, 1)
+    with watch.start():
+        time.sleep(0.1)
+        peer.stop()  # killed: the abort comes now, long before the silence is over
+        start = time.monotonic()
+        line = watch.abort_line(_never_asked)
+        assert line == said[0] and line.startswith("process 1 of 2 stopped responding"), line
+        assert time.monotonic() - start >= 0.3
+
+
+def test_an_abort_with_nobody_dead_is_jaxs_after_the_wait() -> None:
+    client = FakeClient()
+    watch, said = _watch(client, rank=0, silence_s=0.3, interval_s=0.02)
+    peer = BeatingPeer(client, 1)
+    try:
+        with watch.start():
+            line = watch.abort_line(_never_asked)
+            assert said == [] and line.startswith("jax's runtime aborted process 0 of 2"), line
+    finally:
+        peer.stop()
+
+
+def test_an_abort_with_the_coordinator_gone_says_so_at_once() -> None:
+    client = FakeClient()
+    watch, said = _watch(client, rank=1, silence_s=5.0, interval_s=0.02)
+    peer = BeatingPeer(client, 0)
+    try:
+        with watch.start():
+            start = time.monotonic()
+            line = watch.abort_line(lambda: False)  # process 0's port refuses
+            assert time.monotonic() - start < 2.0 and said == []
+            assert line.startswith("lost the coordinator (process 0 of 2): its connection"), line
+    finally:
+        peer.stop()
+
+
 def test_single_process_watch_is_idle() -> None:
     threads = threading.active_count()
     watch = watch_peers()  # pytest runs one process: jax.distributed is not initialised

@@ -29,7 +29,7 @@ from tjx.parallel.arguments import (
     resolve_distributed,
 )
 
-__version__ = "0.20.0"
+__version__ = "0.20.1"
 
 # The names whose modules import jax, imported on first use.
 with lazy_api(globals()):

@@ -7,6 +7,9 @@ a Python signal handler never runs. So :func:`guard_aborts` turns absl's C++ log
 (``TJX_CPP_LOGS=1`` keeps it) and gives SIGABRT a C-level handler (ctypes) that runs on the
 aborting thread, reports the line of the moment (not joined; the peer watch's verdict; a lost
 coordinator when process 0's port refuses; else jax's runtime) and ends the process with status 1.
+A C++ exception that escapes a thread (gloo's, when a peer drops in the middle of a collective)
+ends in ``std::terminate``, whose default handler prints the exception before it aborts: with the
+log off, it aborts at once instead, so the same one line is all that is said.
 """
 
 from __future__ import annotations
@@ -68,6 +71,16 @@ def abort_message(dead: str | None, rank: int, n: int, reachable: Callable[[], b
     )
 
 
+def _terminate_by_abort() -> None:
+    """``std::terminate`` calls libc's ``abort`` without printing the exception first (libstdc++,
+    which jaxlib loads on Linux; elsewhere the print stays: it is the only difference)."""
+    with contextlib.suppress(OSError, AttributeError):
+        set_terminate = ctypes.CDLL("libstdc++.so.6")._ZSt13set_terminatePFvvE
+        set_terminate.restype = ctypes.c_void_p
+        set_terminate.argtypes = [ctypes.c_void_p]
+        set_terminate(ctypes.cast(ctypes.CDLL(None).abort, ctypes.c_void_p))
+
+
 def guard_aborts(describe: Callable[[], str], report: Callable[[str], None]) -> None:
     """From now on a SIGABRT runs ``report(describe())`` on the aborting thread, then
     ``os._exit(1)``; jax's C++ log is off unless ``TJX_CPP_LOGS=1``. A later call replaces what
@@ -75,6 +88,7 @@ def guard_aborts(describe: Callable[[], str], report: Callable[[str], None]) -> 
     _guard["describe"], _guard["report"] = describe, report
     if os.environ.get(CPP_LOGS_ENV, "") in ("", "0"):
         set_cpp_log_level(1000)  # absl's kInfinity: nothing is logged, FATAL included
+        _terminate_by_abort()
     if "callback" in _guard:
         return
 

@@ -187,6 +187,17 @@ class PeerWatch:
         )
         return self._dead
 
+    def abort_line(self, reachable: Callable[[], bool]) -> str:
+        """What a C++ abort of this process means (for :func:`guard_aborts`). A peer killed in
+        the middle of a collective aborts the survivors' (gloo's exception, ``std::terminate``)
+        long before its silence is over, so the watch gets that time to name it
+        (:meth:`wait_dead`) unless ``reachable()`` says process 0's port refuses: then the
+        coordinator is gone and the line says so at once (asked off process 0 only)."""
+        coordinator_up = self._rank == 0 or self._dead is not None or reachable()
+        if coordinator_up:
+            self.wait_dead()
+        return abort_message(self._dead, self._rank, self._n, lambda: coordinator_up)
+
     def report(self, message: str) -> None:
         """Report ``message`` as the watch's own (an earlier report wins) and wait for
         ``on_dead``: the abort handler's way in."""
@@ -261,5 +272,5 @@ def watch_peers(
         client, rank, n, silence_s=silence_s, interval_s=interval_s, on_dead=on_dead
     ).start()
     reachable = partial(coordinator_reachable, joined_setup()[0])
-    guard_aborts(lambda: abort_message(watch.dead, rank, n, reachable), watch.report)
+    guard_aborts(partial(watch.abort_line, reachable), watch.report)
     return watch

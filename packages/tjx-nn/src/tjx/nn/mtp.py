@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.kernels import AttentionMask, CrossEntropyOutput
-from tjx.nn.block import Block, model_norm
+from tjx.nn.block import Block, LayerInputs, model_norm
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import Dense, split_key
@@ -86,17 +86,16 @@ class MTPLayer(nnx.Module):
         block's cache (a prefill or decode step, as `Block`'s; ``extend``: of ``s`` tokens)
         and MoE statistics."""
         joined = jnp.concatenate([self.enorm(embedded), self.hnorm(hidden)], axis=-1)
-        return self.block(  # type: ignore[no-any-return]
-            self.eh_proj(joined),
+        inputs = LayerInputs(
             positions=positions,
             mask=AttentionMask(segment_ids=segment_ids),
             deterministic=deterministic,
-            rng=rng,
-            cache=cache,
             cache_pos=cache_pos,
-            local=False,
             lengths=lengths,
             extend=extend,
+        )
+        return self.block(  # type: ignore[no-any-return]
+            self.eh_proj(joined), inputs=inputs, rng=rng, cache=cache, local=False
         )
 
 

@@ -207,7 +207,7 @@ def test_the_stack_builds_one_mask_that_every_layer_refines_for_its_kernel(monke
     block_call, attention = tnn.Block.__call__, tjx.kernels.attention
 
     def seen_block(self, x, **kw):
-        blocks.append(kw["mask"])
+        blocks.append(kw["inputs"].mask)
         return block_call(self, x, **kw)
 
     def seen_attention(q, k, v, mask=None, **kw):

@@ -181,7 +181,7 @@ def test_an_moe_depth_adds_its_router_losses_to_the_mtp_loss():
         m = nnx.merge(graphdef, st)
         out = tnn.objective_loss(m, batch)
         prenorm, _ = m.trunk(batch["inputs"])
-        _, stats = mtp_hidden(m, prenorm, batch["inputs"])
+        _, stats = mtp_hidden(m, prenorm, batch)
         return out, tnn.router_penalty(stats, m.config)
 
     out, penalty = jax.jit(run)(state)
@@ -342,4 +342,4 @@ def test_mtp_is_refused_where_it_cannot_run():
     # A split sequence: depth k's tokens k places on may sit on another device.
     split = object()  # any split: the refusal comes before the split is used
     with tnn.sequence_parallel(split), pytest.raises(ValueError, match="sequence_parallel split"):
-        mtp_hidden(model, jnp.zeros((1, 4, 16)), jnp.zeros((1, 4), jnp.int32))
+        mtp_hidden(model, jnp.zeros((1, 4, 16)), {"inputs": jnp.zeros((1, 4), jnp.int32)})

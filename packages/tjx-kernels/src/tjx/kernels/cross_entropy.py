@@ -312,50 +312,56 @@ def _row_kernel_grad(
     return ce_rows(y, labels, g, out_dtype, lse=lse)
 
 
-def _sums_fwd_impl(
-    hc: Array,
-    w: Array,
-    lc: Array,
-    ignore_index: int,
-    softcap: float | None,
-    stored: Any,
-    products: HeadProducts,
-) -> tuple[Sums, Array]:
+@dataclass(frozen=True)
+class _Head:
+    """One call's settings of the chunked head: what every chunk's pass reads alike, and the
+    custom VJP's one non-differentiable argument (hashable, as ``products`` must be).
+
+    ``stored``: the dtype the logits' product writes (`_chunk_logits`). ``fused``: the caller
+    differentiates the sum of CE only (no z-loss), so the forward pass under differentiation
+    also forms its gradient (`_sums_and_grads`). ``row_kernel``: each chunk's statistics and
+    gradient by `tjx.kernels.ce_rows`'s kernel (no soft-cap)."""
+
+    ignore_index: int
+    softcap: float | None
+    stored: Any
+    products: HeadProducts
+    fused: bool = False
+    row_kernel: bool = False
+
+    def logits(self, h_c: Array, w: Array) -> tuple[Array, Array | None, Any]:
+        """`_chunk_logits` of one chunk with these settings."""
+        return _chunk_logits(h_c, w, self.softcap, self.stored, self.products)
+
+
+def _sums_fwd_impl(hc: Array, w: Array, lc: Array, head: _Head) -> tuple[Sums, Array]:
     def step(acc: Acc, xs: tuple[Array, Array]) -> tuple[Acc, Array]:
         h_c, (valid, safe) = xs[0], _unpack(xs[1])
-        logits, _, _ = _chunk_logits(h_c, w, softcap, stored, products)  # [c, vocab], dropped
+        logits, _, _ = head.logits(h_c, w)  # [c, vocab], dropped
         ce, lse, valid, correct = _chunk_stats(logits, safe, valid)
         return _add_acc(acc, ce, lse, valid, correct), lse
 
-    acc, lse = jax.lax.scan(step, _zero_acc(lc.shape[1]), (hc, _labels(lc, ignore_index)))
+    acc, lse = jax.lax.scan(step, _zero_acc(lc.shape[1]), (hc, _labels(lc, head.ignore_index)))
     return _total(acc), lse
 
 
-def _sums_and_grads(
-    hc: Array,
-    w: Array,
-    lc: Array,
-    ignore_index: int,
-    softcap: float | None,
-    stored: Any,
-    products: HeadProducts,
-    row_kernel: bool = False,
-) -> tuple[Sums, Array, Array]:
+def _sums_and_grads(hc: Array, w: Array, lc: Array, head: _Head) -> tuple[Sums, Array, Array]:
     """The sums and, in the same pass over the chunks, d(sum of CE)/d(hc, w).
 
     Without z-loss the sum of CE is the only differentiable output the loss uses, so its
     gradient is known up to the scalar cotangent before the backward pass starts: forming it
     here, while each chunk's logits exist anyway, saves the backward's recomputation of every
     chunk's logits (one of the head's four ``[tokens, d] x [d, vocab]`` products per step;
-    Liger-Kernel's fused linear cross-entropy does the same on GPUs). ``row_kernel``: each
-    chunk's statistics and gradient by `_row_kernel_grad` (no soft-cap).
+    Liger-Kernel's fused linear cross-entropy does the same on GPUs). ``head.row_kernel``:
+    each chunk's statistics and gradient by `_row_kernel_grad` (no soft-cap).
     """
+    products = head.products
     one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
 
     def kernel_step(carry: tuple[Acc, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
         acc, dw = carry
         h_c, (valid, safe) = xs[0], _unpack(xs[1])
-        y, res = products.forward(h_c, w, stored)  # read as stored: the kernel upcasts
+        y, res = products.forward(h_c, w, head.stored)  # read as stored: the kernel upcasts
         dlabels = jnp.where(valid, safe, -1)  # the kernel zeroes the rows of ignored tokens
         out_dtype = jnp.promote_types(h_c.dtype, w.dtype)
         g = jnp.stack([one, zero])
@@ -367,7 +373,7 @@ def _sums_and_grads(
     def step(carry: tuple[Acc, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
         acc, dw = carry
         h_c, (valid, safe) = xs[0], _unpack(xs[1])
-        logits, t, res = _chunk_logits(h_c, w, softcap, stored, products)
+        logits, t, res = head.logits(h_c, w)
         ce, lse, valid, correct = _chunk_stats(logits, safe, valid)
         dlabels = jnp.where(valid, safe, -1)  # _dlogits zeroes the rows of ignored tokens
         dlogits = uncap_grad(_dlogits(logits, dlabels, lse, one, zero), cap_derivative(t))
@@ -375,74 +381,40 @@ def _sums_and_grads(
         return (_add_acc(acc, ce, lse, valid, correct), dw + dw_c), dh
 
     start = (_zero_acc(lc.shape[1]), jnp.zeros(w.shape, jnp.float32))
-    body = kernel_step if row_kernel else step
-    (acc, dw), dh = jax.lax.scan(body, start, (hc, _labels(lc, ignore_index)))
+    body = kernel_step if head.row_kernel else step
+    (acc, dw), dh = jax.lax.scan(body, start, (hc, _labels(lc, head.ignore_index)))
     return _total(acc), dh, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
-def _ce_sums(
-    hc: Array,
-    w: Array,
-    lc: Array,
-    ignore_index: int,
-    fused: bool,
-    softcap: float | None,
-    stored: Any,
-    products: HeadProducts,
-    row_kernel: bool,
-) -> Sums:
-    """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``.
-
-    ``fused``: the caller differentiates the sum of CE only (no z-loss), so the forward pass
-    under differentiation also forms its gradient (`_sums_and_grads`). ``row_kernel``: the
-    gradient's per-chunk passes are `tjx.kernels.ce_rows`'s kernel."""
-    del fused, row_kernel
-    sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored, products)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _ce_sums(hc: Array, w: Array, lc: Array, head: _Head) -> Sums:
+    """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``
+    (``head.fused`` and ``head.row_kernel`` shape the gradient's passes: `_Head`)."""
+    sums, _ = _sums_fwd_impl(hc, w, lc, head)
     return sums
 
 
-def _ce_sums_fwd(
-    hc: Array,
-    w: Array,
-    lc: Array,
-    ignore_index: int,
-    fused: bool,
-    softcap: float | None,
-    stored: Any,
-    products: HeadProducts,
-    row_kernel: bool,
-) -> tuple[Sums, tuple[Array, ...]]:
-    if fused:
-        sums, dh, dw = _sums_and_grads(
-            hc, w, lc, ignore_index, softcap, stored, products, row_kernel
-        )
+def _ce_sums_fwd(hc: Array, w: Array, lc: Array, head: _Head) -> tuple[Sums, tuple[Array, ...]]:
+    if head.fused:
+        sums, dh, dw = _sums_and_grads(hc, w, lc, head)
         # Empty arrays carry the inputs' dtypes to the backward (residuals are arrays only).
         return sums, (dh, dw, jnp.zeros((0,), hc.dtype), jnp.zeros((0,), w.dtype))
-    sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored, products)
+    sums, lse = _sums_fwd_impl(hc, w, lc, head)
     return sums, (hc, w, lc, lse)
 
 
-def _ce_sums_bwd(
-    ignore_index: int,
-    fused: bool,
-    softcap: float | None,
-    stored: Any,
-    products: HeadProducts,
-    row_kernel: bool,
-    res: tuple[Array, ...],
-    cts: Sums,
-) -> tuple[Array, Array, None]:
+def _ce_sums_bwd(head: _Head, res: tuple[Array, ...], cts: Sums) -> tuple[Array, Array, None]:
     g_ce = cts[0].astype(jnp.float32)
     g_z = cts[1].astype(jnp.float32)
-    if fused:  # g_z is zero: the caller's loss has no z-loss term
+    products, ignore_index = head.products, head.ignore_index
+    if head.fused:  # g_z is zero: the caller's loss has no z-loss term
         dh, dw, h_dtype, w_dtype = res
         return (g_ce * dh).astype(h_dtype.dtype), (g_ce * dw).astype(w_dtype.dtype), None
     hc, w, lc, lsec = res
 
     def step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         h_c, l_c, lse_c = xs
-        logits, t, fwd = _chunk_logits(h_c, w, softcap, stored, products)
+        logits, t, fwd = head.logits(h_c, w)
         labels = jnp.where(l_c != ignore_index, l_c, -1)
         dlogits = uncap_grad(_dlogits(logits, labels, lse_c, g_ce, g_z), cap_derivative(t))
         dh, dw_c = products.backward(fwd, dlogits)
@@ -450,7 +422,7 @@ def _ce_sums_bwd(
 
     def kernel_step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         h_c, l_c, lse_c = xs
-        y, fwd = products.forward(h_c, w, stored)
+        y, fwd = products.forward(h_c, w, head.stored)
         labels = jnp.where(l_c != ignore_index, l_c, -1)
         out_dtype = jnp.promote_types(h_c.dtype, w.dtype)
         g = jnp.stack([g_ce, g_z])
@@ -458,7 +430,7 @@ def _ce_sums_bwd(
         dh, dw_c = products.backward(fwd, dlogits)
         return dw + dw_c, dh.astype(hc.dtype)
 
-    body = kernel_step if row_kernel else step
+    body = kernel_step if head.row_kernel else step
     dw, dh = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (hc, lc, lsec))
     return dh, dw.astype(w.dtype), None
 
@@ -587,9 +559,8 @@ def chunked_cross_entropy(
     dots: HeadProducts = DOT_PRODUCTS if products is None else products
     if vocab_major:
         dots = VocabMajor(dots)
-    s_ce, s_z, n_tok, n_ok = _ce_sums(
-        hc, unembedding, lc, int(ignore_index), fused, cap, stored, dots, bool(row_kernel)
-    )
+    head = _Head(int(ignore_index), cap, stored, dots, fused=fused, row_kernel=bool(row_kernel))
+    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, head)
     denom = jnp.maximum(n_tok, 1).astype(jnp.float32)
     loss = (s_ce + jnp.float32(z_loss) * s_z) / denom
     return CrossEntropyOutput(loss=loss, sum_loss=s_ce, num_tokens=n_tok, num_correct=n_ok)

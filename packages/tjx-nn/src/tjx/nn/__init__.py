@@ -20,7 +20,7 @@ from tjx.nn import probes
 from tjx.nn.attention import Attention
 from tjx.nn.attention_config import LAYER_KINDS, AttentionConfig
 from tjx.nn.bert import BERT
-from tjx.nn.block import Block, residual_std
+from tjx.nn.block import Block, LayerInputs, residual_std
 from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ATTENTION_IMPLS,
@@ -194,6 +194,7 @@ __all__ = [
     "InitConfig",
     "LOGICAL_AXES",
     "LORA_ROLES",
+    "LayerInputs",
     "LayerNorm",
     "Llama",
     "LlamaConfig",

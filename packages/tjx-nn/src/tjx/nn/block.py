@@ -4,6 +4,7 @@ sandwich) or on its output only (OLMo 2)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -78,6 +79,50 @@ def model_norm(config: TransformerConfig, *, rngs: nnx.Rngs) -> LayerNorm | RMSN
         plus_one=c.norm.plus_one,
         impl=c.norm.impl,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInputs:
+    """What every layer of one stack call reads alike: the stack builds it once and hands the
+    same value to each `Block` (each layer's own inputs, its cache and keys, stay keywords).
+
+    Attributes
+    ----------
+    positions : Array, optional
+        int ``[b, s]`` absolute positions (RoPE/ALiBi).
+    mask, context_mask : tjx.kernels.AttentionMask, optional
+        The segment ids of the self- and cross-attention; the attention layers add their own
+        parts (causal, window, chunk, sinks) and a delta layer reads ``mask``'s segment ids.
+    context : Array, optional
+        ``[b, s_ctx, d_model]``: what the cross-attention attends to.
+    deterministic : bool
+        Disable dropout.
+    cache_pos : Array, optional
+        int ``[b]``: where a prefill or decode step writes each row's cache (see `Attention`).
+    bias : Array, optional
+        The stack's T5 relative position bias, for the self-attention only: cross-attention has
+        no relative positions, as in T5.
+    lengths : Array, optional
+        A prefill's real tokens per row (a rolling cache keeps each row's last ones).
+    extend : bool
+        With a cache, a decode step of the ``s`` tokens (see `Attention`): a delta layer steps
+        its state through them one by one, an MoE layer routes them without a capacity (a
+        one-token step drops none either).
+    """
+
+    positions: Array | None = None
+    mask: AttentionMask | None = None
+    context: Array | None = None
+    context_mask: AttentionMask | None = None
+    deterministic: bool = True
+    cache_pos: Array | None = None
+    bias: Array | None = None
+    lengths: Array | None = None
+    extend: bool = False
+
+
+#: A call without any (no positions, mask, context or cache; dropout off).
+NO_INPUTS = LayerInputs()
 
 
 class Block(nnx.Module):
@@ -191,42 +236,31 @@ class Block(nnx.Module):
     def __call__(
         self,
         x: Array,
+        inputs: LayerInputs = NO_INPUTS,
         *,
-        positions: Array | None = None,
-        mask: AttentionMask | None = None,
-        context: Array | None = None,
-        context_mask: AttentionMask | None = None,
-        deterministic: bool = True,
         rng: Array | None = None,
         cache: LayerCache | None = None,
-        cache_pos: Array | None = None,
         context_kv: LayerCache | None = None,
-        bias: Array | None = None,
         local: Any = None,
-        lengths: Array | None = None,
         per_layer_input: Array | None = None,
         shared_kv: LayerCache | None = None,
-        extend: bool = False,
     ) -> tuple[Array, LayerCache | None, MoEStats | None]:
         """Apply the layer; returns ``(x, updated cache, MoE statistics or None)``.
 
-        ``mask`` and ``context_mask`` (`tjx.kernels.AttentionMask`, built once by the stack:
-        the segment ids of the self- and cross-attention) go to the attention layers, which add
-        their own parts (causal, window, chunk, sinks); a delta layer reads ``mask``'s segment
-        ids. ``bias`` (the stack's T5 relative position bias) goes to the self-attention only:
-        cross-attention has no relative positions, as in T5.
-
+        ``inputs`` is what every layer of the call reads alike (`LayerInputs`, built once by
+        the stack); the keywords are this layer's own. ``rng`` draws its dropout keys.
         ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
-        ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
-        ``local`` switches the self-attention's sliding window for this layer and ``lengths``
-        gives a prefill's real tokens per row (see ``Attention``). ``per_layer_input``
-        is this layer's PLE ``[b, s, P]``; ``shared_kv`` the keys and values of the layer this
-        one reads (``kv_shared_layers``); a layer others read returns its own in its cache slot
-        under ``KEPT``. ``extend``: with a cache, a decode step of the ``s`` tokens (see
-        `Attention`): a delta layer steps its state through them one by one, an MoE layer
-        routes them without a capacity (a one-token step drops none either).
+        ``inputs.context`` in the cross-attention (incremental decoding of an encoder-decoder).
+        ``local`` switches the self-attention's sliding window for this layer (see
+        ``Attention``). ``per_layer_input`` is this layer's PLE ``[b, s, P]``; ``shared_kv`` the
+        keys and values of the layer this one reads (``kv_shared_layers``); a layer others read
+        returns its own in its cache slot under ``KEPT``.
         """
-        step = cache is not None and cache_pos is not None and (x.shape[1] == 1 or extend)
+        step = (
+            cache is not None
+            and inputs.cache_pos is not None
+            and (x.shape[1] == 1 or inputs.extend)
+        )
         keys = split_key(rng, 6)
         lora_keys = split_key(keys[5], 2)  # LoRA adapters' dropout (tjx.nn.add_lora)
 
@@ -235,10 +269,10 @@ class Block(nnx.Module):
         ) -> Array:
             if self.post_ln:
                 assert norm is not None
-                return norm(x + dropout(fn(x), self.rate, key, deterministic=deterministic))
+                return norm(x + dropout(fn(x), self.rate, key, deterministic=inputs.deterministic))
             h = fn(x if norm is None else norm(x))
             h = h if post is None else post(h)
-            return x + dropout(h, self.rate, key, deterministic=deterministic)
+            return x + dropout(h, self.rate, key, deterministic=inputs.deterministic)
 
         new_cache: list[LayerCache | None] = [cache]
         kept: LayerCache | None = {} if self.keeps_kv else None
@@ -246,25 +280,25 @@ class Block(nnx.Module):
 
         def self_attn(h: Array, out_bias: bool = True) -> Array:
             if self.delta is not None:
-                ids = None if mask is None else mask.segment_ids
-                out, new_cache[0] = _delta_mix(self.delta, h, ids, cache, step, lengths)
+                ids = None if inputs.mask is None else inputs.mask.segment_ids
+                out, new_cache[0] = _delta_mix(self.delta, h, ids, cache, step, inputs.lengths)
                 return out
             assert self.attn is not None
             out, new_cache[0] = self.attn(
                 h,
                 shared=shared_kv,
                 kv_out=kept,
-                positions=positions,
-                mask=mask,
-                deterministic=deterministic,
+                positions=inputs.positions,
+                mask=inputs.mask,
+                deterministic=inputs.deterministic,
                 dropout_rng=keys[0],
                 cache=cache,
-                cache_pos=cache_pos,
-                bias=bias,
+                cache_pos=inputs.cache_pos,
+                bias=inputs.bias,
                 lora_rng=lora_keys[0],
                 local=local,
-                lengths=lengths,
-                extend=extend,
+                lengths=inputs.lengths,
+                extend=inputs.extend,
                 out_bias=out_bias,
                 index_out=index,
             )
@@ -280,7 +314,7 @@ class Block(nnx.Module):
             out, stats[0] = moe(h, no_capacity=step)
             return out
 
-        if self._fuses_residual_norm(deterministic):
+        if self._fuses_residual_norm(inputs.deterministic):
             x = self._fused_pre_ln(x, self_attn, ffn)
             return self._tail(x, per_layer_input, kept, new_cache[0], _with(stats[0], index))
         x = sub(x, self.attn_norm, self.attn_post_norm, self_attn, keys[1])
@@ -290,9 +324,9 @@ class Block(nnx.Module):
             def cross(h: Array) -> Array:
                 out, _ = cross_attn(
                     h,
-                    mask=context_mask,
-                    context=context,
-                    deterministic=deterministic,
+                    mask=inputs.context_mask,
+                    context=inputs.context,
+                    deterministic=inputs.deterministic,
                     dropout_rng=keys[2],
                     kv=None if context_kv is None else (context_kv["k"], context_kv["v"]),
                 )

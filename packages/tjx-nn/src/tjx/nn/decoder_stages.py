@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.kernels import AttentionMask
+from tjx.nn.block import LayerInputs
 from tjx.nn.decoder import DecoderLM, head_cross_entropy
 from tjx.nn.stack import remat_policy
 
@@ -119,7 +120,7 @@ def decoder_stages(
         # mask is built from this microbatch's segment ids, as `Stack.run` builds it.
         mask = AttentionMask(segment_ids=side["segment_ids"])
         block = nnx.merge(block_def, p)
-        out, _, _ = block(h, positions=side["positions"], mask=mask, deterministic=True)
+        out, _, _ = block(h, inputs=LayerInputs(positions=side["positions"], mask=mask))
         return out  # type: ignore[no-any-return]
 
     if c.remat != "none":

@@ -21,6 +21,7 @@ DeepSeek's paper, SGLang or Megatron): the first position's draft of a prompt ma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.kernels import AttentionMask, CrossEntropyOutput
-from tjx.nn.block import Block, model_norm
+from tjx.nn.block import Block, LayerInputs, model_norm
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import Dense, split_key
@@ -86,17 +87,16 @@ class MTPLayer(nnx.Module):
         block's cache (a prefill or decode step, as `Block`'s; ``extend``: of ``s`` tokens)
         and MoE statistics."""
         joined = jnp.concatenate([self.enorm(embedded), self.hnorm(hidden)], axis=-1)
-        return self.block(  # type: ignore[no-any-return]
-            self.eh_proj(joined),
+        inputs = LayerInputs(
             positions=positions,
             mask=AttentionMask(segment_ids=segment_ids),
             deterministic=deterministic,
-            rng=rng,
-            cache=cache,
             cache_pos=cache_pos,
-            local=False,
             lengths=lengths,
             extend=extend,
+        )
+        return self.block(  # type: ignore[no-any-return]
+            self.eh_proj(joined), inputs=inputs, rng=rng, cache=cache, local=False
         )
 
 
@@ -144,10 +144,8 @@ def mtp_labels(targets: Array, k: int, segment_ids: Array | None = None) -> Arra
 def mtp_hidden(
     model: Any,
     prenorm: Array,
-    tokens: Array,
+    batch: Mapping[str, Array],
     *,
-    positions: Array | None = None,
-    segment_ids: Array | None = None,
     deterministic: bool = True,
     rng: Array | None = None,
 ) -> tuple[list[Array], MoEStats | None]:
@@ -160,10 +158,10 @@ def mtp_hidden(
         A model with ``mtp`` (``mtp.depths > 0``).
     prenorm : Array
         ``[b, s, d]``: ``h^0``, the stack's output (``DecoderLM.trunk``).
-    tokens : Array
-        int ``[b, s]``: the model's inputs (depth ``k`` embeds them ``k`` places on).
-    positions, segment_ids : Array, optional
-        As the stack's (default ``0..s-1``, one document).
+    batch : Mapping
+        The packed batch the stack read, as `mtp_loss` takes it: its ``inputs`` int ``[b, s]``
+        (depth ``k`` embeds them ``k`` places on), and its ``positions`` and ``segment_ids``
+        where it has them (default ``0..s-1``, one document); other keys are not read.
     deterministic : bool
         Disable dropout.
     rng : Array, optional
@@ -174,6 +172,7 @@ def mtp_hidden(
             "mtp.depths: multi-token prediction shifts tokens along the sequence, which a "
             "sequence_parallel split cuts; train it without the split (or set mtp.depths=0)"
         )
+    tokens, positions = batch["inputs"], batch.get("positions")
     b, s = tokens.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
@@ -185,7 +184,7 @@ def mtp_hidden(
             h,
             embedded,
             positions=positions,
-            segment_ids=segment_ids,
+            segment_ids=batch.get("segment_ids"),
             deterministic=deterministic,
             rng=keys[k - 1],
         )
@@ -211,16 +210,8 @@ def mtp_loss(
     ``score(hidden, labels) -> CrossEntropyOutput`` is the main head's loss (the objective's
     ``token_loss`` with its settings), so each depth is scored as the model's own next token.
     """
+    hidden, stats = mtp_hidden(model, prenorm, batch, deterministic=deterministic, rng=rng)
     segment_ids = batch.get("segment_ids")
-    hidden, stats = mtp_hidden(
-        model,
-        prenorm,
-        batch["inputs"],
-        positions=batch.get("positions"),
-        segment_ids=segment_ids,
-        deterministic=deterministic,
-        rng=rng,
-    )
     outs: list[CrossEntropyOutput] = [
         score(h, mtp_labels(batch["targets"], k, segment_ids))
         for k, h in enumerate(hidden, start=1)

@@ -22,7 +22,7 @@ from flax import nnx
 
 from tjx.kernels import AttentionMask
 from tjx.nn import probes
-from tjx.nn.block import KEPT, Block
+from tjx.nn.block import KEPT, Block, LayerInputs
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
 from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_attention
 from tjx.nn.kv_cache import (
@@ -205,7 +205,7 @@ class Stack(nnx.Module):
         ``segment_ids`` and ``context_segment_ids`` (a pair ``(q_ids, kv_ids)``) become the
         layers' `tjx.kernels.AttentionMask` of the self- and cross-attention, built here once.
         """
-        kw: dict[str, Any] = dict(
+        inputs = LayerInputs(
             bias=self._relative_bias(x, positions, cache, cache_pos, extend),
             positions=positions,
             mask=AttentionMask(segment_ids=segment_ids),
@@ -228,8 +228,8 @@ class Stack(nnx.Module):
                 switch = flag if local is None else local
                 more = {} if extra is None else extra
                 out, new, stats = block(
-                    h, rng=key, cache=layer_cache, context_kv=ctx_kv, local=switch,
-                    per_layer_input=more.get("ple"), shared_kv=more.get("shared"), **kw,
+                    h, inputs=inputs, rng=key, cache=layer_cache, context_kv=ctx_kv,
+                    local=switch, per_layer_input=more.get("ple"), shared_kv=more.get("shared"),
                 )  # fmt: skip
                 return out, (new, stats)
 

@@ -20,11 +20,14 @@ import pytest
 import tjx_teststores as teststores
 
 from tests_integration._helpers_apps import (
-    SMALL,
+    RESUMED,
+    RESUMED_EVERY,
+    RESUMED_STEPS,
     app_env,
     call_app,
     check_ok,
     final,
+    reference_run,
     run_app,
     train,
     train_losses,
@@ -38,15 +41,10 @@ from tests_integration._helpers_stores import (
 )
 from tjx.ckpt import objects
 
+# 20 steps, dropout, a checkpoint every 4 (test_train_resume.py's run: one reference for both).
 # 12 steps after the kill: room for the poll to see step 8's save start before the run ends.
-STEPS, EVERY, KILL_AT = 20, 4, 8
-SETS = [
-    *SMALL,
-    f"train.steps={STEPS}",
-    "train.eval_every=0",
-    f"train.checkpoint_every={EVERY}",
-    "model.dropout=0.1",
-]
+STEPS, EVERY, KILL_AT = RESUMED_STEPS, RESUMED_EVERY, 8
+SETS = RESUMED
 
 
 @pytest.fixture(scope="module", params=["gs", "s3"])
@@ -57,10 +55,8 @@ def store(request: pytest.FixtureRequest) -> Iterator[teststores.LocalStore]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run, in a local folder (trained once per module)."""
-    root = tmp_path_factory.mktemp("reference")
-    check_ok(train(root, "ref", SETS))
-    return root / "ref"
+    """The uninterrupted run, in a local folder (trained once per test process)."""
+    return reference_run(tmp_path_factory.mktemp("reference"), SETS)
 
 
 def _kill_mid_save(tmp_path: Path, url: str) -> None:

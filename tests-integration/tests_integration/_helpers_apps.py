@@ -146,14 +146,28 @@ def call_app(
     return subprocess.CompletedProcess([app, *args], code, out.getvalue(), err.getvalue())
 
 
+def train_args(run_dir: str, sets: list[str], *extra: str, config: str = "tiny") -> list[str]:
+    """The trainer's arguments ``--config CONFIG --run-dir RUN_DIR --set ... EXTRA``."""
+    args = ["--config", config, "--run-dir", run_dir]
+    for item in sets:
+        args += ["--set", item]
+    return [*args, *extra]
+
+
 def train(
     cwd: Path, run_dir: str, sets: list[str], *extra: str, config: str = "tiny", **kw: Any
 ) -> subprocess.CompletedProcess[str]:
     """``python -m trainer --config CONFIG --run-dir RUN_DIR --set ...``."""
-    args = ["--config", config, "--run-dir", run_dir]
-    for item in sets:
-        args += ["--set", item]
-    return run_app("trainer", [*args, *extra], cwd, **kw)
+    return run_app("trainer", train_args(run_dir, sets, *extra, config=config), cwd, **kw)
+
+
+def call_train(
+    cwd: Path, run_dir: str, sets: list[str], *extra: str, config: str = "tiny"
+) -> subprocess.CompletedProcess[str]:
+    """`train` as a call of the trainer's ``main`` in this process (`call_app`): for a run that
+    a test only needs finished or refused, where the process itself (its exit status, signals,
+    several processes) is not what is tested; it saves the interpreter's start and imports."""
+    return call_app("trainer", train_args(run_dir, sets, *extra, config=config), cwd)
 
 
 def check_ok(proc: subprocess.CompletedProcess[str]) -> None:
@@ -188,7 +202,31 @@ def final(run_dir: Path) -> dict[str, Any]:
     return RunDir(run_dir).read(RunDir.FINAL_FILE)
 
 
+#: A 20-step small run with dropout and a checkpoint every 4 steps: the uninterrupted run that
+#: test_train_resume.py and test_train_object_store.py resume against (`reference_run`).
+RESUMED_STEPS, RESUMED_EVERY = 20, 4
+RESUMED = [
+    *SMALL,
+    f"train.steps={RESUMED_STEPS}",
+    "train.eval_every=0",
+    f"train.checkpoint_every={RESUMED_EVERY}",
+    "model.dropout=0.1",
+]
+
 _TRAINED: dict[str, Path] = {}
+_REFERENCES: dict[tuple[str, ...], Path] = {}
+
+
+def reference_run(root: Path, sets: list[str]) -> Path:
+    """The finished, uninterrupted run of ``sets`` (a trainer process; it exited 0), trained once
+    per test process in ``root/"ref"`` and read, never written, by the tests that compare with it:
+    Pants runs test_train_*.py as one batch in one process, so the files that resume against the
+    same run share it."""
+    key = tuple(sets)
+    if key not in _REFERENCES or not (_REFERENCES[key] / "final.json").exists():
+        check_ok(train(root, "ref", sets))
+        _REFERENCES[key] = root / "ref"
+    return _REFERENCES[key]
 
 
 def trained_small_run(root: Path) -> Path:

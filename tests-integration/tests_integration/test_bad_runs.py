@@ -9,7 +9,8 @@ whose config changes what the checkpoints hold (model, optimizer state, data str
 Every file of the copy is hashed (and its modification time taken) before and after. The cases
 call the app's ``main`` in this process (`call_app`) but for ``AS_PROCESSES``, which run as
 ``python -m APP`` (the exit status a shell sees). A second trainer in a run directory another one
-is training in is refused the same way (`test_a_second_trainer_in_a_live_run_dir_...`).
+is training in is refused the same way (`test_a_second_trainer_in_a_live_run_dir_...`). The
+resumes that are accepted (but the one a fault stops) call the trainer's ``main`` here too.
 """
 
 from __future__ import annotations
@@ -315,7 +316,7 @@ def test_a_resume_that_changes_nothing_writes_nothing(tmp_path, trained):
     run = tmp_path / "r"
     shutil.copytree(trained, run)
     before = _snapshot(tmp_path)
-    proc = run_app(T, resume_with(), tmp_path, timeout=300)
+    proc = call_app(T, resume_with(), tmp_path)  # in this process: no interpreter to start
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nothing to do: the run is already at step 30 of 30" in proc.stdout
     assert _snapshot(tmp_path) == before
@@ -328,7 +329,7 @@ def test_a_resume_says_which_training_settings_change(tmp_path, trained):
     argv = resume_with(
         "train.steps=32", "optimizer.schedule.peak_lr=0.002", "logging.sinks=[jsonl]"
     )
-    proc = run_app(T, argv, tmp_path, timeout=300)
+    proc = call_app(T, argv, tmp_path)  # in this process, as the resume after a fault below
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (
         "resume: changed settings: optimizer.schedule.peak_lr 0.005 → 0.002, train.steps 30 → 32"
@@ -417,7 +418,7 @@ def test_a_second_trainer_in_a_live_run_dir_exits_2_and_changes_nothing(tmp_path
     # The killed trainer's lock file is still there (naming it); the kernel released its flock.
     assert f'"pid": {first.pid}' in (run / ".tjx-lock").read_text()
     steps = f"train.steps={latest + 2}"  # a training setting a resume may change
-    proc = run_app(T, resume_with("train.checkpoint_every=2", steps), tmp_path, timeout=600)
+    proc = call_app(T, resume_with("train.checkpoint_every=2", steps), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
         f"resumed from step {latest}" in proc.stdout and f"done: {latest + 2} steps" in proc.stdout

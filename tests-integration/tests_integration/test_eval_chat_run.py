@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests_integration._helpers_apps import check_ok, run_app, train, val_losses
+from tests_integration._helpers_apps import call_app, check_ok, train, val_losses
 from tjx import data, nn
 
 SETS = [
@@ -80,21 +80,23 @@ def test_a_lora_chat_run_from_a_hf_folder_evaluates_and_exports_as_trained(tmp_p
 
     val = val_losses(run)[8]
     flags = ["--batch-size", "8", "--max-batches", "2", "--attention-png", "none"]
-    proc = run_app("eval", ["--checkpoint", str(run), *flags], tmp_path)
+    # The evaluator's main in this process (the same command line and lines; no interpreter to
+    # start and import for each of its three calls).
+    proc = call_app("eval", ["--checkpoint", str(run), *flags], tmp_path)
     check_ok(proc)
     loss = float(re.search(r"^loss\s+([0-9.]+)", proc.stdout, re.M).group(1))
     assert loss == pytest.approx(val, abs=1e-4)  # the table prints 4 decimals
     assert "held-out assistant tokens" in proc.stdout
 
     ask = ["--generate", "What is 12 + 30?", "--chat", "--temperature", "0"]
-    proc = run_app("eval", ["--checkpoint", str(run), *flags, *ask], tmp_path)
+    proc = call_app("eval", ["--checkpoint", str(run), *flags, *ask], tmp_path)
     check_ok(proc)
     header, reply = proc.stdout.split("--- reply (", 1)[1].split("\n", 1)
     assert "user 'What is 12 + 30?'; greedy" in header
     assert "<|im_start|>" not in reply and "<|im_end|>" not in reply and "What is" not in reply
 
     out = tmp_path / "merged"
-    check_ok(run_app("eval", ["--checkpoint", str(run), "--export-hf", str(out)], tmp_path))
+    check_ok(call_app("eval", ["--checkpoint", str(run), "--export-hf", str(out)], tmp_path))
     merged, _ = nn.load_hf(out)
     assert not nn.has_lora(merged)
     from eval import load_run

@@ -8,7 +8,9 @@ move by far more than the 1e-3 asserted) and samples after the last step; ``pyth
 --export-hf`` writes the run as a HF folder; transformers loads it and gives the logits of tjx's
 final parameters (1e-4 relative). ``python -m eval --checkpoint HF_FOLDER`` scores and samples
 the HF folder directly, and a family other than ``model.kind`` is refused in one line (both in
-the Llama case only: neither depends on the model).
+the Llama case only: neither depends on the model). The fine-tune is a trainer process; the
+refusal and the evaluator's calls run the apps' ``main`` in this process (`call_app`: no
+interpreter to start and import for each).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests_integration._helpers_apps import check_ok, run_app, train
+from tests_integration._helpers_apps import call_app, call_train, check_ok, train
 from tests_integration._hf_peer import run_peer
 from tjx import ckpt, data, nn
 
@@ -95,7 +97,7 @@ def test_fine_tuned_hf_model_exports_with_tjx_final_logits(made, tmp_path, case:
     hf = made[case]
     np.save(tmp_path / "tokens.npy", TOKENS)
     if case == "llama":  # the refusal is the family's, not the model's: checked once
-        wrong = train(tmp_path, "wrong", [f"data.tokenizer={hf}"], "--init-from", str(hf))
+        wrong = call_train(tmp_path, "wrong", [f"data.tokenizer={hf}"], "--init-from", str(hf))
         assert wrong.returncode == 2 and "model.kind must be 'llama'" in wrong.stderr
         assert wrong.stderr.count("\n") == 1 and not (tmp_path / "wrong").exists()
 
@@ -106,7 +108,7 @@ def test_fine_tuned_hf_model_exports_with_tjx_final_logits(made, tmp_path, case:
     assert (tmp_path / "ft" / "samples" / f"step_{steps:07d}.txt").is_file()
     run = tmp_path / "ft"
     out = tmp_path / "exported"
-    check_ok(run_app("eval", ["--checkpoint", str(run), "--export-hf", str(out)], tmp_path))
+    check_ok(call_app("eval", ["--checkpoint", str(run), "--export-hf", str(out)], tmp_path))
     assert (out / "tokenizer.json").is_file()
     back = tmp_path / "back.npz"
     run_peer(
@@ -131,7 +133,7 @@ def test_fine_tuned_hf_model_exports_with_tjx_final_logits(made, tmp_path, case:
     if case != "llama":  # reading a HF folder is the family's: checked once
         return
 
-    scored = run_app(
+    scored = call_app(
         "eval",
         [
             "--checkpoint",

@@ -1,5 +1,8 @@
 """The masked-LM, image and encoder-decoder runs end to end: train a few steps, then evaluate.
 
+The trainer runs as a process; the evaluator's ``main`` is called in this process (`call_app`: the
+same command line and printed lines, without a second interpreter to start and import).
+
 ``bert_tiny``'s run used to crash the evaluator (it called BERT with a decoder's arguments) and
 ``vit_digits``'s asked the Hugging Face hub for a tokenizer called "none"; the image run logged
 language-model names (perplexity, tokens/s, top-10 of 10 classes).
@@ -12,7 +15,7 @@ import json
 import pytest
 import yaml
 
-from tests_integration._helpers_apps import check_ok, read_log, run_app, train
+from tests_integration._helpers_apps import call_app, check_ok, read_log, train
 
 
 def read_config(run_dir):
@@ -47,7 +50,7 @@ def test_bert_tiny_trains_and_evaluates_on_masked_tokens(tmp_path):
         "--batch-size",
         "16",
     ]  # as eval.batch_size
-    proc = run_app("eval", argv, tmp_path)
+    proc = call_app("eval", argv, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out masked tokens" in proc.stdout and "perplexity" in proc.stdout
     # The evaluator masks as the trainer's evaluation does: on the same two batches, one loss.
@@ -78,7 +81,7 @@ def test_vit_digits_logs_image_metrics_and_the_evaluator_prints_the_same(tmp_pat
     assert got["accuracy"] == val["val_accuracy"] and got["top5"] == val["val_top5"]
     assert got["loss"] == pytest.approx(val["val_loss"], rel=1e-6)
     argv = ["--checkpoint", "vit", "--batch-size", str(size), "--max-batches", "2"]
-    proc = run_app("eval", argv, tmp_path)
+    proc = call_app("eval", argv, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = {ln.split()[0]: ln.split()[1] for ln in proc.stdout.splitlines() if ln.strip()}
     assert printed["accuracy"] == f"{val['val_accuracy']:.4f}"
@@ -108,7 +111,7 @@ def test_the_encoder_decoder_trains_from_the_command_line(tmp_path):
     assert model["class"] == "EncoderDecoderConfig"
     argv = ["--checkpoint", "encdec", "--max-batches", "2", "--batch-size", "16"]
     argv += ["--generate", "ROMEO:", "--max-new-tokens", "5", "--temperature", "0"]
-    proc = run_app("eval", argv, tmp_path)
+    proc = call_app("eval", argv, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "544 held-out tokens continuing the first half of their window" in proc.stdout
     # The evaluator scores the continuation as the trainer's evaluation does: one loss.

@@ -4,13 +4,14 @@ process count, rank and coordinator (loopback, 4 simulated CPU devices per proce
 
 * Each scheduler-started run exits 0 on both processes and says where its setup came from. The
   Kubernetes one (tjx's own reading of the variables) trains, and its per-step training losses
-  equal the flag-started run's to ``REL`` (the same global batch and parameters; only gloo's
-  summation order may differ, see test_train_multiprocess.py). SLURM's and Open MPI's (JAX's
-  detectors) ``--resume`` a copy of the finished flag-started run as two processes: the setup
-  they detect must join both processes and restore a checkpoint both wrote, and nothing is
-  left to train (after the setup, the run is the same code whatever set it up: one training run
-  shows it, and each further one cost two trainer processes' steps, evaluation, samples and
-  save).
+  equal those of the uninterrupted 1-process, 8-device run to ``REL`` (the same global batch and
+  parameters; only gloo's summation order may differ, see test_train_multiprocess.py, whose
+  flag-started runs match that same run: `one_process_run`, trained once for both files when
+  Pants runs their batch in one process). SLURM's and Open MPI's (JAX's detectors) ``--resume``
+  a copy of the finished Kubernetes-started run as two processes: the setup they detect must
+  join both processes and restore a checkpoint both wrote, and nothing is left to train (after
+  the setup, the run is the same code whatever set it up: one training run shows it, and each
+  further one cost two trainer processes' steps, evaluation, samples and save).
 * A scheduler whose variables say "2 processes" but whose partner never comes is one error line
   and exit 1 within ``--init-timeout``, never a silent single process; a half-set one (Open MPI 5
   sets no ``OMPI_MCA_orte_hnp_uri``, no coordinator given) is one line and exit 2; neither
@@ -29,13 +30,15 @@ from tests_integration._helpers_multiprocess import (
     REL,
     free_port,
     launch,
-    pair,
+    one_process_run,
     tails,
     trainer_args,
 )
 
-STEPS = 2
-SETS = [*SMALL, f"train.steps={STEPS}", f"train.eval_every={STEPS}"]
+# test_train_multiprocess.py's run (6 steps, evaluations at 3 and 6): its 1-process reference
+# is shared (`one_process_run` keys it on these settings).
+STEPS = 6
+SETS = [*SMALL, f"train.steps={STEPS}", "train.eval_every=3"]
 INIT_TIMEOUT_S = 8
 
 
@@ -73,16 +76,15 @@ def k8s(rank: int, port: int) -> dict[str, str]:
     }
 
 
-def test_scheduler_started_runs_match_the_flag_started_run(tmp_path):
-    flagged = launch(tmp_path, "flags", pair("flags", SETS), LAUNCH_TIMEOUT_S)
-    assert [r["rc"] for r in flagged] == [0, 0], tails(flagged)
-    reference = train_losses(tmp_path / "flags")
+def test_scheduler_started_runs_match_the_one_process_run(tmp_path):
+    one_process_run(tmp_path, SETS)
+    reference = train_losses(tmp_path / "one")
     assert sorted(reference) == list(range(1, STEPS + 1))
-    for name, variables in (("slurm", slurm), ("ompi", ompi), ("k8s", k8s)):
+    for name, variables in (("k8s", k8s), ("slurm", slurm), ("ompi", ompi)):
         trains = name == "k8s"
         extra = ["--init-timeout", "120"]
-        if not trains:  # the finished run, resumed: the setup alone (the module doc)
-            shutil.copytree(tmp_path / "flags", tmp_path / name)
+        if not trains:  # the finished k8s run, resumed: the setup alone (the module doc)
+            shutil.copytree(tmp_path / "k8s", tmp_path / name)
             extra.append("--resume")
         port = free_port()
         argvs = [trainer_args(name, SETS, *extra) for _ in (0, 1)]

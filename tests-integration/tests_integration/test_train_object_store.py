@@ -20,10 +20,14 @@ import pytest
 import tjx_teststores as teststores
 
 from tests_integration._helpers_apps import (
-    SMALL,
+    RESUMED,
+    RESUMED_EVERY,
+    RESUMED_STEPS,
     app_env,
+    call_app,
     check_ok,
     final,
+    reference_run,
     run_app,
     train,
     train_losses,
@@ -37,15 +41,10 @@ from tests_integration._helpers_stores import (
 )
 from tjx.ckpt import objects
 
+# 20 steps, dropout, a checkpoint every 4 (test_train_resume.py's run: one reference for both).
 # 12 steps after the kill: room for the poll to see step 8's save start before the run ends.
-STEPS, EVERY, KILL_AT = 20, 4, 8
-SETS = [
-    *SMALL,
-    f"train.steps={STEPS}",
-    "train.eval_every=0",
-    f"train.checkpoint_every={EVERY}",
-    "model.dropout=0.1",
-]
+STEPS, EVERY, KILL_AT = RESUMED_STEPS, RESUMED_EVERY, 8
+SETS = RESUMED
 
 
 @pytest.fixture(scope="module", params=["gs", "s3"])
@@ -56,10 +55,8 @@ def store(request: pytest.FixtureRequest) -> Iterator[teststores.LocalStore]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run, in a local folder (trained once per module)."""
-    root = tmp_path_factory.mktemp("reference")
-    check_ok(train(root, "ref", SETS))
-    return root / "ref"
+    """The uninterrupted run, in a local folder (trained once per test process)."""
+    return reference_run(tmp_path_factory.mktemp("reference"), SETS)
 
 
 def _kill_mid_save(tmp_path: Path, url: str) -> None:
@@ -119,9 +116,11 @@ def test_a_run_on_a_store_resumes_bit_exact_after_kill_9_mid_save_and_evaluates(
         assert not any(secret.encode() in data for secret in secrets), name
     assert not any(secret in resumed.stdout + resumed.stderr for secret in secrets)
 
-    # The evaluator reads the run from the store (the newest step) and scores it.
+    # The evaluator reads the run from the store (the newest step) and scores it: its main in
+    # this process (the command line and the store's clients are the same; no interpreter to
+    # start and import for it).
     args = ["--checkpoint", url, "--batch-size", "8", "--max-batches", "2"]
-    evaluated = run_app("eval", [*args, "--attention-png", "none"], tmp_path)
+    evaluated = call_app("eval", [*args, "--attention-png", "none"], tmp_path)
     check_ok(evaluated)
     assert f"run {url} at step {STEPS}" in evaluated.stdout
     assert any(line.split()[:1] == ["loss"] for line in evaluated.stdout.splitlines())
@@ -131,7 +130,7 @@ def test_a_run_on_a_store_resumes_bit_exact_after_kill_9_mid_save_and_evaluates(
     before = objects.file_sizes(url)
     out = tmp_path / "replayed"
     args = ["--replay", url, "--steps", f"{KILL_AT + 1}:{KILL_AT + 2}", "--probe", "grad_norms"]
-    replayed = run_app("trainer", [*args, "--out", str(out)], tmp_path)
+    replayed = call_app("trainer", [*args, "--out", str(out)], tmp_path)  # in this process too
     check_ok(replayed)
     assert "logged losses replayed bit for bit" in replayed.stdout
     assert (out / "report.md").is_file() and objects.file_sizes(url) == before
@@ -154,19 +153,21 @@ def test_a_store_the_apps_cannot_use_is_one_line_and_exit_2(
     store: teststores.LocalStore, tmp_path: Path
 ) -> None:
     bucket = f"{store.scheme}://no-such-bucket-tjx"
+    # A missing bucket: the trainer's main in this process. No credentials: a process (its
+    # environment lacks variables this one has), which is also the exit status a shell sees.
+    args = ["--config", "tiny", "--set", SETS[0], "--run-dir"]
+    missing = call_app("trainer", [*args, f"{bucket}/run"], tmp_path)
+    bare = run_app("trainer", [*args, store.url("run")], tmp_path, env=_bare(store, tmp_path))
     cases = [
-        (["--run-dir", f"{bucket}/run"], None, f"--run-dir: bucket {bucket} does not exist"),
-        (["--run-dir", store.url("run")], _bare(store, tmp_path), "--run-dir: cannot use "),
+        (missing, f"--run-dir: bucket {bucket} does not exist"),
+        (bare, "--run-dir: cannot use "),
     ]
-    for args, env, line in cases:
-        proc = run_app(
-            "trainer", ["--config", "tiny", *args, "--set", *SETS[:1]], tmp_path, env=env
-        )
+    for proc, line in cases:
         assert proc.returncode == 2, proc.stderr[-3000:]
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and line in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr and teststores.FAKE_SECRET not in proc.stderr
-    evaluated = run_app("eval", ["--checkpoint", f"{bucket}/run"], tmp_path)
+    evaluated = call_app("eval", ["--checkpoint", f"{bucket}/run"], tmp_path)
     assert evaluated.returncode == 2, evaluated.stderr[-3000:]
     assert evaluated.stderr.strip().splitlines() == [
         f"eval: error: bucket {bucket} does not exist (cannot read {bucket}/run): create it "
@@ -176,7 +177,7 @@ def test_a_store_the_apps_cannot_use_is_one_line_and_exit_2(
 
 
 def test_a_url_scheme_tjx_cannot_serve_is_one_line(tmp_path: Path) -> None:
-    proc = run_app("trainer", ["--config", "tiny", "--run-dir", "hdfs://nn/run"], tmp_path)
+    proc = call_app("trainer", ["--config", "tiny", "--run-dir", "hdfs://nn/run"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [
         "trainer: error: --run-dir: 'hdfs://nn/run': tjx cannot write to hdfs:// URLs; use a "

@@ -1,5 +1,9 @@
 """SIGTERM mid-run: the trainer saves, exits 0; ``--resume`` ends with the uninterrupted params.
-SIGTERM during the final save: the save finishes, one line, exit 0, and ``--resume`` finishes."""
+SIGTERM during the final save: the save finishes, one line, exit 0, and ``--resume`` finishes.
+
+The signals go to trainer processes; the resumes that only have to finish (after a second Ctrl-C,
+after the cut final save) call the trainer's ``main`` in this process, while the one compared bit
+for bit with an uninterrupted run is a process as that run is."""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ import time
 from tests_integration._helpers_apps import (
     SMALL,
     app_env,
+    call_train,
     check_ok,
     final,
     read_log,
     train,
+    train_args,
     train_losses,
 )
 from tests_integration._helpers_faults import run_with_fault
@@ -80,7 +86,7 @@ def test_second_ctrl_c_stops_at_once_in_one_line_and_the_run_resumes(tmp_path):
     assert len(errors) == 1 and "interrupted: stopped at once" in errors[0], err
     assert "the last checkpoint is step" in errors[0] and "--resume" in errors[0]
     assert not (tmp_path / "int" / "final.json").exists() or final(tmp_path / "int")  # whole
-    check_ok(train(tmp_path, "int", SETS, "--resume"))
+    check_ok(call_train(tmp_path, "int", SETS, "--resume"))
     assert final(tmp_path / "int")["step"] == STEPS
     assert not (tmp_path / "int" / "checkpoints" / "_deleted").exists()
 
@@ -90,10 +96,7 @@ def test_sigterm_during_the_final_save_lets_it_finish_in_one_line(tmp_path):
     there killed the process (exit 143, no word) and left the last checkpoint half-written.
     Here two SIGTERMs land while the last step's commit runs in orbax's thread."""
     sets = [*SMALL, "train.steps=4", "train.eval_every=0"]
-    args = ["--config", "tiny", "--run-dir", "r"]
-    for item in sets:
-        args += ["--set", item]
-    proc = run_with_fault("sigterm", 4, "trainer", args, tmp_path, timeout=300)
+    proc = run_with_fault("sigterm", 4, "trainer", train_args("r", sets), tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.splitlines() == [
         "trainer: SIGTERM: stopping after this step and saving a checkpoint"
@@ -102,7 +105,7 @@ def test_sigterm_during_the_final_save_lets_it_finish_in_one_line(tmp_path):
     run = tmp_path / "r"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4"]  # committed, whole
     assert not (run / "final.json").exists()  # its evaluation and samples were cut short
-    again = train(tmp_path, "r", sets, "--resume")
+    again = call_train(tmp_path, "r", sets, "--resume")
     check_ok(again)
     assert "rebuilt samples/step_0000004.txt, final.json" in again.stdout, again.stdout
     assert final(run)["step"] == 4 and final(run)["interrupted_by"] is None

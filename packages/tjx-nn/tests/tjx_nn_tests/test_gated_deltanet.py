@@ -14,6 +14,13 @@ from flax import nnx
 from tjx.nn import DeltaState, GatedDeltaNet, Precision
 
 F64 = Precision(param_dtype=jnp.float64, compute_dtype=jnp.float64, logits_dtype=jnp.float64)
+# The layer runs jitted, one program per shape, with the layer (random weights) and the inputs
+# as arguments: eagerly, each of the chunked rule's hundreds of small ops was compiled on its own;
+# as constants, the random weights would make a new program on every run, which no compilation
+# cache serves.
+_forward = nnx.jit(lambda m, x: m(x))
+_prefix = nnx.jit(lambda m, x: m(x, return_state=True))
+_step = nnx.jit(lambda m, x, state: m.step(x, state))
 
 
 def _layer(seed: int, *, hk: int = 2, hv: int = 4, dk: int = 8, dv: int = 6, kernel: int = 4,
@@ -73,7 +80,7 @@ def test_the_mixer_is_transformers_computation_in_float64(hk, hv, kernel, s):
     with jax.enable_x64(True):
         layer = _layer(seed, hk=hk, hv=hv, kernel=kernel)
         x = np.random.default_rng(seed + 1).standard_normal((2, s, 16))
-        got = np.asarray(layer(jnp.asarray(x)))
+        got = np.asarray(_forward(layer, jnp.asarray(x)))
         np.testing.assert_allclose(got, _reference(layer, x), rtol=1e-10, atol=1e-12)
 
 
@@ -82,18 +89,18 @@ def test_a_prompts_state_then_one_token_at_a_time_is_the_whole_sequence():
     with jax.enable_x64(True):
         layer = _layer(seed)
         x = jnp.asarray(np.random.default_rng(seed).standard_normal((2, 9, 16)))
-        whole = np.asarray(layer(x))
-        head, state = layer(x[:, :5], return_state=True)
+        whole = np.asarray(_forward(layer, x))
+        head, state = _prefix(layer, x[:, :5])
         assert isinstance(state, DeltaState) and state.conv.shape == (2, 3, layer.conv_dim)
         outs = [np.asarray(head)]
         for t in range(5, 9):
-            y, state = layer.step(x[:, t : t + 1], state)
+            y, state = _step(layer, x[:, t : t + 1], state)
             outs.append(np.asarray(y))
         np.testing.assert_allclose(np.concatenate(outs, axis=1), whole, rtol=1e-10, atol=1e-12)
         # From nothing: the zero state's steps are the sequence too.
         state, outs = layer.init_state(2), []
         for t in range(9):
-            y, state = layer.step(x[:, t : t + 1], state)
+            y, state = _step(layer, x[:, t : t + 1], state)
             outs.append(np.asarray(y))
         np.testing.assert_allclose(np.concatenate(outs, axis=1), whole, rtol=1e-10, atol=1e-12)
 
@@ -151,10 +158,9 @@ def test_a_packed_row_mixes_each_document_as_if_alone(chunk):
                 layer, x, jnp.asarray(ids[None], jnp.int32)
             )
         )
-        forward = nnx.jit(lambda m, x: m(x))
         start = 0
         for n in lengths:
-            alone = np.asarray(forward(layer, x[:, start : start + n]))
+            alone = np.asarray(_forward(layer, x[:, start : start + n]))
             np.testing.assert_allclose(packed[:, start : start + n], alone, rtol=1e-9, atol=1e-10)
             start += n
 

@@ -193,8 +193,12 @@ def test_a_length_dependent_rope_scaling_is_refused_for_several_tokens():
     )
     cache = model.init_cache(1, 8)
     tokens = jnp.zeros((1, 2), jnp.int32)
+    # Jitted, the model an argument (eagerly, each of its ops was compiled on its own): the
+    # refusal comes as the step is traced.
+    many = nnx.jit(lambda m, t, c, p: m.forward_cached(t, c, p, extend=True))
     with pytest.raises(ValueError, match="rope_scaling \\(dynamic or longrope\\) turns"):
-        model.forward_cached(tokens, cache, jnp.zeros((1,), jnp.int32), extend=True)
+        many(model, tokens, cache, jnp.zeros((1,), jnp.int32))
     # One token per step stays served (the path generate takes).
-    logits, _ = model.forward_cached(tokens[:, :1], cache, jnp.zeros((1,), jnp.int32))
+    one = nnx.jit(lambda m, t, c, p: m.forward_cached(t, c, p))
+    logits, _ = one(model, tokens[:, :1], cache, jnp.zeros((1,), jnp.int32))
     assert logits.shape == (1, 1, 32)

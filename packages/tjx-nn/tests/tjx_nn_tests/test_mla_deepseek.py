@@ -26,6 +26,10 @@ MLA = dict(
 # Whole models run jitted, one program per model and shape: eagerly, each of a model's ops was
 # traced, lowered and looked up in the compilation cache on its own.
 _forward = nnx.jit(lambda model, tokens: model(tokens))
+# A layer alone as well: jitted, with the layer and its inputs as arguments (the same program on
+# every run, which the persistent compilation cache serves).
+_attend = nnx.jit(lambda attn, x: attn(x)[0])
+_prefill = nnx.jit(lambda attn, x, cache, pos: attn(x, cache=cache, cache_pos=pos))
 
 MOE = tnn.MoEConfig(
     num_experts=8, experts_per_token=2, expert_mlp_dim=12, num_shared_experts=1, first_dense=1
@@ -101,7 +105,7 @@ def test_deepseek_attention_matches_a_float64_reference(extra):
     config = tnn.make_config(tnn.LlamaConfig, extra)
     attn = Attention(config, rngs=nnx.Rngs(3), causal=True)
     x = np.random.default_rng(0).normal(size=(1, 10, 32)).astype(np.float32)
-    got = np.asarray(attn(jnp.asarray(x))[0])[0]
+    got = np.asarray(_attend(attn, jnp.asarray(x)))[0]
     want = _reference(attn, config, x[0].astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
 
@@ -496,11 +500,13 @@ def test_the_absorbed_decode_step_equals_up_projecting_every_latent(monkeypatch,
     rng = np.random.default_rng(1)
     prompt, step = (jnp.asarray(rng.normal(size=(2, n, 32)), jnp.float32) for n in (6, 1))
     empty = {k: v[0] for k, v in tnn.init_cache(config, batch=2, max_len=8).items()}
-    _, cache = attn(prompt, cache=empty, cache_pos=jnp.zeros((2,), jnp.int32))
+    _, cache = _prefill(attn, prompt, empty, jnp.zeros((2,), jnp.int32))
     pos = jnp.full((2,), 6, jnp.int32)
 
     def decode():
-        return attn(step, positions=pos[:, None], cache=cache, cache_pos=pos)
+        # A new jitted function each time: traced again, so that it reads ``mla.absorbable``.
+        run = nnx.jit(lambda a, x, c, p: a(x, positions=p[:, None], cache=c, cache_pos=p))
+        return run(attn, step, cache, pos)
 
     assert mla.absorbable(attn)
     absorbed, new = decode()

@@ -27,7 +27,7 @@ COMPILED_LINE = rf"compiled the train step in \d+\.\d s({re.escape(FROM_CACHE)})
 #: Tiny sizes for every preset (each keeps its own structure: norms, positions, MLP, tying).
 TINY = [
     "model.d_model=16",
-    "model.num_layers=2",
+    "model.num_layers=1",
     "model.num_heads=2",
     "model.mlp.dim=32",
     "model.max_seq_len=16",

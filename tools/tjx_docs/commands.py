@@ -23,11 +23,14 @@ SHELL_LANGS = frozenset({"", "bash", "sh", "shell", "console", "zsh"})
 #: Markers and what they mean.
 MARKERS = ("run", "ci", "gpu-only", "network")
 MARKER = re.compile(r"^\s*<!--\s*([a-z-]+)\s*(?::\s*(.*?))?\s*-->\s*$")
-#: A trainer command's shrink, put before its own flags so that what the block sets wins.
+#: A trainer command's shrink, put before its own flags so that what the block sets wins. One
+#: layer: a tiny run's CPU time is mostly tracing and lowering, which grow with the layers (a
+#: Pallas run on CPU interprets its kernel per layer: 42 -> 25 CPU-s for kernels.md's, 2026-11-29).
 TRAIN_SHRINK = (
     "--set", "train.steps=4", "--set", "train.log_every=1", "--set", "train.eval_every=2",
     "--set", "train.eval_batches=1", "--set", "train.checkpoint_every=2",
     "--set", "train.sample_every=4", "--set", "sampling.max_new_tokens=8",
+    "--set", "model.num_layers=1",
 )  # fmt: skip
 #: An evaluator command's shrink (the same rule).
 EVAL_SHRINK = ("--max-batches", "2", "--max-new-tokens", "16")

@@ -5,6 +5,7 @@ in a fresh folder; ``ci`` blocks are commands CI runs itself; an unmarked block 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tests_integration._deviceless import scratch_env
 from tests_integration._helpers_apps import app_env
 from tjx_docs.commands import (
     Block,
+    Invocation,
     MarkerError,
     blocks,
     commands,
@@ -97,24 +99,53 @@ def _run_pages() -> list[str]:
     return sorted({b.page for b in _blocks("run")})
 
 
+#: The folders a page's first command left, by that command (its argv and environment).
+Launched = dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], Path]
+
+
+@pytest.fixture(scope="module")
+def launched() -> Launched:
+    """Where each page's first command ran, for the pages after it that start the same way.
+
+    Four guides start with the same shrunk ``python -m trainer --config tiny`` in an empty
+    folder: one process trains it, and each later page starts from a copy of the folder as that
+    command left it (the files the same command would write there again), not a process more."""
+    return {}
+
+
+def _launch(run: Invocation, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = app_env()
+    if run.plans:  # a deviceless compile: jax's CUDA plugin, the deviceless tests' copy
+        env = {k: v for k, v in env.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+        env["PYTHONPATH"] += os.pathsep + str(scratch_env("cuda12")[0])
+    env.update(run.env)
+    return subprocess.run(
+        run.argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+
+
 @pytest.mark.parametrize("page", _run_pages())
-def test_the_run_blocks_of_a_guide_run(page: str, tmp_path: Path) -> None:
+def test_the_run_blocks_of_a_guide_run(
+    page: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, launched: Launched
+) -> None:
     text = (ROOT / page).read_text(encoding="utf-8")
+    first = True  # the folder is empty
     for block in shell_blocks(text, page):
         if block.marker != "run":
             continue
         for command in commands(block):
             run = invocation(command, ROOT)
-            env = app_env()
-            if run.plans:  # a deviceless compile: jax's CUDA plugin, the deviceless tests' copy
-                env = {k: v for k, v in env.items() if not k.startswith("JAX_COMPILATION_CACHE")}
-                env["PYTHONPATH"] += os.pathsep + str(scratch_env("cuda12")[0])
-            env.update(run.env)
-            done = subprocess.run(
-                run.argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-                check=False,
-            )  # fmt: skip
+            key = (tuple(run.argv), tuple(sorted(run.env.items())))
+            if first and key in launched:  # this very command ran before from an empty folder
+                shutil.copytree(launched[key], tmp_path, symlinks=True, dirs_exist_ok=True)
+                first = False
+                continue
+            done = _launch(run, tmp_path)
             assert done.returncode == 0, (
                 f"{block.where}: {command!r} exited {done.returncode}:\n"
                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             )
+            if first:
+                launched[key] = tmp_path_factory.mktemp("launched")
+                shutil.copytree(tmp_path, launched[key], symlinks=True, dirs_exist_ok=True)
+            first = False

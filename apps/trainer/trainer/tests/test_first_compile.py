@@ -27,7 +27,7 @@ COMPILED_LINE = rf"compiled the train step in \d+\.\d s({re.escape(FROM_CACHE)})
 #: Tiny sizes for every preset (each keeps its own structure: norms, positions, MLP, tying).
 TINY = [
     "model.d_model=16",
-    "model.num_layers=2",
+    "model.num_layers=1",
     "model.num_heads=2",
     "model.mlp.dim=32",
     "model.max_seq_len=16",
@@ -70,9 +70,9 @@ def train_step_compiles(argv: list[str]) -> tuple[int, list[str]]:
     return code, names
 
 
-def programs_before_step_1(argv: list[str], monkeypatch) -> tuple[int, list[str]]:
+def programs_before_step_1(argv: list[str], monkeypatch) -> tuple[int, list[str], list[str]]:
     """(exit code, the names of every XLA compile from ``main(argv)``'s start to the first call
-    of the train step)."""
+    of the train step, and of every one while it ran)."""
     import trainer.plan.first_compile as first_compile
 
     names: list[str] = []
@@ -99,7 +99,7 @@ def programs_before_step_1(argv: list[str], monkeypatch) -> tuple[int, list[str]
         code = main(argv)
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
-    return code, before[0] if before else names
+    return code, before[0] if before else names, names
 
 
 def argv(preset: str, corpus, *sets: str, run_dir: str = "run") -> list[str]:
@@ -109,10 +109,19 @@ def argv(preset: str, corpus, *sets: str, run_dir: str = "run") -> list[str]:
     return out
 
 
+def assert_compiled_once(code: int, names: list[str], out: str, err: str) -> None:
+    """The run ended at its stop with one XLA compile of its train step, said in one line."""
+    assert code == 0, out + err
+    assert len([n for n in names if "train_step" in n]) == 1, names
+    assert "train.stop_at: saved step 1" in out
+    compiled = [ln for ln in out.splitlines() if ln.startswith("compiled the train step in")]
+    assert len(compiled) == 1 and re.fullmatch(COMPILED_LINE, compiled[0])
+
+
 @pytest.mark.parametrize(
     "preset,sets",
     [
-        ("tiny", ()),
+        # tiny as it is: test_the_start_is_one_program_before_step_1's run
         ("tiny", ("model.attention_impl=pallas",)),  # the kernel choice compiles it
         ("gpt2_small", ()),
         ("llama_small", ("model.remat=full", "model.num_kv_heads=1")),
@@ -120,12 +129,7 @@ def argv(preset: str, corpus, *sets: str, run_dir: str = "run") -> list[str]:
 )
 def test_the_train_step_is_compiled_once(preset, sets, corpus, in_tmp, capsys):
     code, names = train_step_compiles(argv(preset, corpus, *sets))
-    out, err = capsys.readouterr()
-    assert code == 0, out + err
-    assert len(names) == 1, names
-    assert "train.stop_at: saved step 1" in out
-    compiled = [ln for ln in out.splitlines() if ln.startswith("compiled the train step in")]
-    assert len(compiled) == 1 and re.fullmatch(COMPILED_LINE, compiled[0])
+    assert_compiled_once(code, names, *capsys.readouterr())
 
 
 @pytest.mark.parametrize("sets", [(), ("lora.enabled=true",)], ids=["tiny", "tiny-lora"])
@@ -134,13 +138,14 @@ def test_the_start_is_one_program_before_step_1(sets, corpus, in_tmp, capsys, mo
     whole start: parameters, LoRA adapters, optimizer state and step (it was 33 eager programs,
     one per initializer, shape and flat buffer); the rest is the step's base key. A run that
     starts from that run's checkpoint (``--init-from RUN``) draws no weight: one program again,
-    beside the eager sum of a LoRA run's adapters into its weights (as the run saved them)."""
-    code, names = programs_before_step_1(argv("tiny", corpus, *sets), monkeypatch)
-    assert code == 0, capsys.readouterr()
+    beside the eager sum of a LoRA run's adapters into its weights (as the run saved them).
+    The first run compiles its train step once (test_the_train_step_is_compiled_once's rule)."""
+    code, names, every = programs_before_step_1(argv("tiny", corpus, *sets), monkeypatch)
+    assert_compiled_once(code, every, *capsys.readouterr())
     assert sorted(set(names) - KEY_PROGRAMS) == ["jit(create)", "jit(train_step)"], names
     assert len(names) <= 4, names
     again = [*argv("tiny", corpus, *sets, run_dir="again"), "--init-from", "run"]
-    code, names = programs_before_step_1(again, monkeypatch)
+    code, names, _ = programs_before_step_1(again, monkeypatch)
     assert code == 0, capsys.readouterr()
     merge = {"jit(dot_general)", "jit(multiply)", "jit(add)", "jit(convert_element_type)"}
     assert sorted(set(names) - KEY_PROGRAMS - merge) == ["jit(create)", "jit(train_step)"], names

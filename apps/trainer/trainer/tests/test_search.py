@@ -30,7 +30,7 @@ from trainer.plan.search.candidates import Candidate, MeshChoice, Space, apply, 
 from trainer.plan.search.engine import Outcome, search
 from trainer.step.state import make_mesh
 
-TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
+TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=1"]
 
 
 def run_of(*sets: str):

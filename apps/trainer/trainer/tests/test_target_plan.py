@@ -35,7 +35,7 @@ from trainer.plan.plan_report import does_not_fit
 from trainer.plan.run_plan import output_file
 from trainer.step.state import abstract_state
 
-TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
+TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=1"]
 
 
 def run_of(*sets: str, preset: str = "tiny"):

@@ -198,6 +198,12 @@ class BeatingPeer:
         self.halt.set()
         self.thread.join()
 
+    def __enter__(self) -> BeatingPeer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
 
 def test_an_error_waits_for_the_verdict_then_leaves_judging() -> None:
     client = FakeClient()
@@ -249,36 +255,25 @@ def test_an_abort_waits_for_the_watch_to_name_the_dead_peer() -> None:
     with watch.start():
         time.sleep(0.1)
         peer.stop()  # killed: the abort comes now, long before the silence is over
-        start = time.monotonic()
         line = watch.abort_line(_never_asked)
         assert line == said[0] and line.startswith("process 1 of 2 stopped responding"), line
-        assert time.monotonic() - start >= 0.3
 
 
 def test_an_abort_with_nobody_dead_is_jaxs_after_the_wait() -> None:
     client = FakeClient()
     watch, said = _watch(client, rank=0, silence_s=0.3, interval_s=0.02)
-    peer = BeatingPeer(client, 1)
-    try:
-        with watch.start():
-            line = watch.abort_line(_never_asked)
-            assert said == [] and line.startswith("jax's runtime aborted process 0 of 2"), line
-    finally:
-        peer.stop()
+    with BeatingPeer(client, 1), watch.start():
+        line = watch.abort_line(_never_asked)
+        assert said == [] and line.startswith("jax's runtime aborted process 0 of 2"), line
 
 
-def test_an_abort_with_the_coordinator_gone_says_so_at_once() -> None:
-    client = FakeClient()
-    watch, said = _watch(client, rank=1, silence_s=5.0, interval_s=0.02)
-    peer = BeatingPeer(client, 0)
-    try:
-        with watch.start():
-            start = time.monotonic()
-            line = watch.abort_line(lambda: False)  # process 0's port refuses
-            assert time.monotonic() - start < 2.0 and said == []
-            assert line.startswith("lost the coordinator (process 0 of 2): its connection"), line
-    finally:
-        peer.stop()
+def test_an_abort_with_the_coordinator_gone_says_so_without_waiting() -> None:
+    client = FakeClient()  # process 0 never beats: a watch that waited would name it silent
+    watch, said = _watch(client, rank=1, silence_s=0.3, interval_s=0.02)
+    with watch.start():
+        line = watch.abort_line(lambda: False)  # process 0's port refuses
+        assert said == [], said
+        assert line.startswith("lost the coordinator (process 0 of 2): its connection"), line
 
 
 def test_single_process_watch_is_idle() -> None:

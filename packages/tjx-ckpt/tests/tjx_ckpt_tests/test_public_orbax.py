@@ -1,7 +1,8 @@
 """tjx-ckpt uses orbax's public API, but for one module: what it takes from orbax is still where
 orbax exports it, so an orbax upgrade that moves one fails here, naming it, and only
-``tjx/ckpt/orbax_s3.py`` reaches into ``orbax.checkpoint._src`` (orbax has no public way to give
-its arrays tensorstore's s3 store), for the symbols named below."""
+``tjx/ckpt/orbax_internals.py`` reaches into ``orbax.checkpoint._src`` (orbax has no public way to
+give its arrays tensorstore's s3 store, nor to build its array handler's metadata store), for the
+symbols named below."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ USED = [
     "options.AtomicityOptions",
     "options.AtomicityMode.COMMIT_FILE",
 ]
-#: The private orbax functions ``orbax_s3`` replaces for s3:// paths.
+#: The private orbax functions ``orbax_internals`` replaces for s3:// paths.
 PRIVATE = [
     "orbax.checkpoint._src.serialization.tensorstore_utils._normalize_path",
     "orbax.checkpoint._src.serialization.tensorstore_utils._use_gcs_driver",
@@ -41,19 +42,19 @@ def test_each_orbax_name_is_public(name: str) -> None:
         value = getattr(value, part)
 
 
-def test_only_orbax_s3_imports_orbax_internals() -> None:
+def test_only_orbax_internals_imports_orbax_internals() -> None:
     package = pathlib.Path(tjx.ckpt.__file__).parent
     for path in sorted(package.glob("*.py")):
-        if path.name != "orbax_s3.py":
+        if path.name != "orbax_internals.py":
             assert "orbax.checkpoint._src" not in path.read_text(), path.name
 
 
 @pytest.mark.parametrize("name", PRIVATE)
-def test_each_private_orbax_function_orbax_s3_replaces_is_still_there(name: str) -> None:
+def test_each_private_orbax_function_orbax_internals_replaces_is_still_there(name: str) -> None:
     module, _, attr = name.rpartition(".")
     assert callable(
         getattr(importlib.import_module(module), attr)
-    ), f"orbax {ocp.__version__} moved {name}: tjx.ckpt.orbax_s3 must follow it"
-    from tjx.ckpt import orbax_s3
+    ), f"orbax {ocp.__version__} moved {name}: tjx.ckpt.orbax_internals must follow it"
+    from tjx.ckpt import orbax_internals
 
-    assert [f"{m.__name__}.{n}" for m, n in orbax_s3.PATCHED] == PRIVATE
+    assert [f"{m.__name__}.{n}" for m, n in orbax_internals.PATCHED] == PRIVATE

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import jax
 import orbax.checkpoint as ocp
 
-from tjx.ckpt import objects, orbax_s3, storage
+from tjx.ckpt import objects, orbax_internals, storage
 from tjx.ckpt.durable import TMP_DIR_SUFFIX
 from tjx.ckpt.errors import (
     CheckpointError,
@@ -125,7 +125,7 @@ class CheckpointManager:
         if self.remote:
             storage.check_remote(self.directory, write=not read_only)
             if storage.scheme_of(self.directory) == "s3":
-                orbax_s3.install()
+                orbax_internals.install()
         else:
             self.directory = Path(self.directory).absolute()
             if self.directory.exists() and not self.directory.is_dir():
@@ -157,7 +157,12 @@ class CheckpointManager:
             async_save=async_save,
         )
         with _quiet_read_only():  # asked for: orbax's own line about it says nothing new
-            self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+            self._mgr = ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_names=_ITEMS,
+                item_handlers={STATE: orbax_internals.state_handler()},
+            )
 
     def _exists(self) -> bool:
         if self.remote:  # no directories on a store: a checkpoint directory is its objects

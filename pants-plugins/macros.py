@@ -24,3 +24,14 @@ def tjx_distribution(package, description, extras_require=None):
         wheel=True,
         sdist=False,
     )
+
+
+# Line coverage is each package's own tests' (tools/ci_summary.py's floor: 90 % a package). The
+# apps', tools' and integration tests run the packages again, and coverage's tracer costs them
+# dearly: on CPython 3.11 it is `sys.settrace`, which takes every traced process off the
+# interpreter's fast path, tjx's modules or not (measured 2026-11-29, CPU seconds: the trainer's
+# test_sft_run 28 -> 44, eval's test_eval_inprocess 39 -> 64, tests-integration's test_train_resume,
+# whose runs are subprocesses, 51 -> 53). Their targets run pytest without it: a batch of them
+# writes no coverage data (Pants says so in one warning line, pytest-cov in another), and the apps
+# and tools are not measured.
+WITHOUT_COVERAGE = ("PYTEST_ADDOPTS=--no-cov",)

@@ -4,6 +4,7 @@ in a fresh folder; ``ci`` blocks are commands CI runs itself; an unmarked block 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -99,18 +100,32 @@ def _run_pages() -> list[str]:
     return sorted({b.page for b in _blocks("run")})
 
 
-#: The folders a page's first command left, by that command (its argv and environment).
-Launched = dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], Path]
+#: The folders a command left, by that command (its argv and environment) and the files of the
+#: folder it started from (`_files`).
+Launched = dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...], str], Path]
 
 
 @pytest.fixture(scope="module")
 def launched() -> Launched:
-    """Where each page's first command ran, for the pages after it that start the same way.
+    """Where each command ran, for the pages after it that run it again on the same files.
 
     Four guides start with the same shrunk ``python -m trainer --config tiny`` in an empty
-    folder: one process trains it, and each later page starts from a copy of the folder as that
-    command left it (the files the same command would write there again), not a process more."""
+    folder, and two of them then evaluate that run with the same ``python -m eval``: one process
+    runs each, and each later page goes on from a copy of the folder as that command left it (the
+    files the same command would write there again), not a process more."""
     return {}
+
+
+def _files(folder: Path) -> str:
+    """One digest of every file under ``folder``: its path, its bytes, its links."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        if path.is_symlink():
+            digest.update(b"->" + os.readlink(path).encode())
+        elif path.is_file():
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _launch(run: Invocation, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -129,23 +144,20 @@ def test_the_run_blocks_of_a_guide_run(
     page: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, launched: Launched
 ) -> None:
     text = (ROOT / page).read_text(encoding="utf-8")
-    first = True  # the folder is empty
     for block in shell_blocks(text, page):
         if block.marker != "run":
             continue
         for command in commands(block):
             run = invocation(command, ROOT)
-            key = (tuple(run.argv), tuple(sorted(run.env.items())))
-            if first and key in launched:  # this very command ran before from an empty folder
-                shutil.copytree(launched[key], tmp_path, symlinks=True, dirs_exist_ok=True)
-                first = False
+            key = (tuple(run.argv), tuple(sorted(run.env.items())), _files(tmp_path))
+            if key in launched:  # this very command ran before on these very files
+                shutil.rmtree(tmp_path)
+                shutil.copytree(launched[key], tmp_path, symlinks=True)
                 continue
             done = _launch(run, tmp_path)
             assert done.returncode == 0, (
                 f"{block.where}: {command!r} exited {done.returncode}:\n"
                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             )
-            if first:
-                launched[key] = tmp_path_factory.mktemp("launched")
-                shutil.copytree(tmp_path, launched[key], symlinks=True, dirs_exist_ok=True)
-            first = False
+            launched[key] = tmp_path_factory.mktemp("launched")
+            shutil.copytree(tmp_path, launched[key], symlinks=True, dirs_exist_ok=True)

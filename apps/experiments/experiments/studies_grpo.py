@@ -123,7 +123,7 @@ SFT_SETS = {
 ARM_SETS = {
     "smoke": (*_SMOKE_MODEL, "train.steps=2", "train.eval_every=1", "train.eval_batches=1",
               "eval.batch_size=8", "train.checkpoint_every=2", "train.log_every=1",
-              "optimizer.schedule.warmup_steps=1"),  # fmt: skip
+              "optimizer.schedule.warmup_steps=1", "sampling.max_new_tokens=1"),  # fmt: skip
     "cpu": ("train.steps=60", "train.eval_every=10", "train.eval_batches=8",
             "train.checkpoint_every=60", "train.log_every=5"),  # fmt: skip
     "gpu": ("train.steps=60", "train.eval_every=10", "train.eval_batches=8",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval import harness
@@ -13,13 +15,22 @@ from eval.tests.harness_support import TASK_DIR, TASKS, make_run, write_task_dat
 from tjx.core import standard_json
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, rng):
-    """A run and the local tasks' data in the working folder (the YAMLs name it relatively)."""
-    run, _ = make_run(tmp_path)
-    write_task_data(tmp_path, rng)
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture(scope="module")
+def harness_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run and the local tasks' data for the module (each test only reads the run; the
+    files a test writes beside it are its own: the results JSON, an exported folder)."""
+    root = tmp_path_factory.mktemp("harness")
+    run, _ = make_run(root)
+    write_task_data(root, np.random.default_rng(1234))
     return run
+
+
+@pytest.fixture()
+def workdir(harness_run, monkeypatch):
+    """The module's run, in its folder as the working folder (the YAMLs name the data
+    relatively)."""
+    monkeypatch.chdir(harness_run.parent)
+    return harness_run
 
 
 def _bare_token(token: str) -> None:

@@ -28,9 +28,10 @@ SMALL = [
 ]
 
 
-def _argv(tmp, preset, run, *sets):
+def _argv(tmp, preset, run, *sets, cache=None):
+    """The command line of a run in ``tmp``; ``cache``: the data cache (default ``tmp/cache``)."""
     argv = ["--config", preset, "--run-dir", str(tmp / run)]
-    for item in [*SMALL, f"data.cache_dir={tmp / 'cache'}", *sets]:
+    for item in [*SMALL, f"data.cache_dir={cache or tmp / 'cache'}", *sets]:
         argv += ["--set", item]
     return argv
 
@@ -109,20 +110,22 @@ def test_dpo_from_an_sft_run_raises_held_out_preference_accuracy_and_resumes_exa
     assert json.loads((in_tmp / "dpo2" / "init.json").read_text())["step"] == 150
 
 
-def _setup(tmp, *sets):
+def _setup(tmp, cache, *sets):
+    """A built DPO step of dpo_tiny's arithmetic pairs (``cache``: prepared once a session)."""
     import trainer.step.data_setup as data_setup
     import trainer.step.state as state
 
-    cfg = plan_argv(_argv(tmp, "dpo_tiny", "run", "data.batch_size=4", *sets)).config
+    argv = _argv(tmp, "dpo_tiny", "run", "data.batch_size=4", *sets, cache=cache)
+    cfg = plan_argv(argv).config
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
     return cfg, state.build(step_config(cfg)), next(data_setup.train_loader(bundle, cfg))
 
 
-def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tmp):
+def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tmp, data_cache):
     from trainer.step.train_step import jit_train_step
 
-    cfg, setup, batch = _setup(in_tmp)
+    cfg, setup, batch = _setup(in_tmp, data_cache)
     st = setup.state
     params = jax.device_get(st.param_tree())
     assert ckpt.params_sha256(st.reference) == ckpt.params_sha256(params)
@@ -138,18 +141,25 @@ def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tm
     assert float(metrics["pairs"]) == 4.0 and 0.0 <= float(metrics["rewards/accuracies"]) <= 1.0
 
 
-def test_accumulated_micro_batches_weigh_by_their_pairs(in_tmp):
-    from trainer.step.train_step import jit_train_step
+def test_accumulated_micro_batches_weigh_by_their_pairs(in_tmp, data_cache):
+    import dataclasses
 
+    from trainer.step.train_step import make_train_step
+
+    # One build: the micro-batches are the step's own (make_train_step reads
+    # optimizer.accumulation_steps of its StepConfig; the optimizer and state do not).
+    cfg, setup, batch = _setup(in_tmp, data_cache, "data.batch_size=8")
+    batch = {k: np.array(v) for k, v in batch.items()}
+    # Pairs 0-4 real, 5-7 padding: the interleaved micro-batches (pairs 0, 2, 4, 6 and
+    # 1, 3, 5, 7; each pair's two rows together) hold 3 and 2 real pairs.
+    batch["targets"][10:] = -100
+    base = setup.step_config
     norms = []
     for micro in (1, 2):
-        sets = ("data.batch_size=8", f"optimizer.accumulation_steps={micro}")
-        cfg, setup, batch = _setup(in_tmp, *sets)
-        batch = {k: np.array(v) for k, v in batch.items()}
-        # Pairs 0-4 real, 5-7 padding: the interleaved micro-batches (pairs 0, 2, 4, 6 and
-        # 1, 3, 5, 7; each pair's two rows together) hold 3 and 2 real pairs.
-        batch["targets"][10:] = -100
-        _, metrics = jit_train_step(setup)(setup.state, batch)
+        optimizer = dataclasses.replace(base.optimizer, accumulation_steps=micro)
+        sc = dataclasses.replace(base, optimizer=optimizer)
+        step = make_train_step(setup.graphdef, setup.rest, setup.tx, sc, setup.split, setup.experts)
+        _, metrics = jax.jit(step)(setup.state, batch)
         assert float(metrics["pairs"]) == 5.0
         norms.append(float(metrics["grad_norm"]))
     # Equal micro-batch weights would give each pair of the second micro-batch 3/2 the share of
@@ -163,12 +173,12 @@ def _without_adapters(tree):
     return {k: _without_adapters(v) for k, v in tree.items() if k != "lora"}
 
 
-def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp):
+def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp, data_cache):
     from flax import nnx
 
     from trainer.step.train_step import make_loss_fn
 
-    cfg, setup, batch = _setup(in_tmp, "lora.enabled=true", "lora.rank=2")
+    cfg, setup, batch = _setup(in_tmp, data_cache, "lora.enabled=true", "lora.rank=2")
     assert setup.state.reference is None  # no second copy of the weights
     params = jax.tree.map(np.array, setup.state.param_tree())
     rng = np.random.default_rng()
@@ -266,13 +276,14 @@ def test_bad_dpo_inputs_are_one_line_exit_2_and_write_nothing(in_tmp, capsys):
     assert "set data.tokenizer=/elsewhere" in err[0] and not (in_tmp / "run").exists()
 
 
-def test_a_lora_sft_run_starts_dpo_with_its_adapters_merged_into_the_weights(in_tmp):
+def test_a_lora_sft_run_starts_dpo_with_its_adapters_merged_into_the_weights(in_tmp, data_cache):
     from flax import nnx
 
     from trainer.step import init_from
 
     sft = ["train.steps=3", "lora.enabled=true", "lora.rank=2", "lora.targets=[q,v]"]
-    assert main(_argv(in_tmp, "sft_tiny", "sft", *sft, "data.batch_size=8")) == 0
+    argv = _argv(in_tmp, "sft_tiny", "sft", *sft, "data.batch_size=8", cache=data_cache)
+    assert main(argv) == 0
     vocab = json.loads((in_tmp / "sft" / "data.json").read_text())["vocab_size"]
     cfg = resolve(plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config, vocab)
     loaded, step = init_from.load_run(cfg.train.seed, cfg.model, str(in_tmp / "sft"))

@@ -25,9 +25,10 @@ VARIED = ("grpo.iterations=1", "grpo.rewards=[length]", "grpo.max_new_tokens=16"
 OVERLAP = ("grpo.overlap=1", "grpo.sampler_devices=4")
 
 
-def _argv(tmp, run, *sets):
+def _argv(tmp, cache, run, *sets):
+    """The command line of a run in ``tmp`` (``cache``: the session's data cache)."""
     argv = ["--config", "grpo_tiny", "--run-dir", str(tmp / run)]
-    for item in [*SMALL, f"data.cache_dir={tmp / 'cache'}", *VARIED, *sets]:
+    for item in [*SMALL, f"data.cache_dir={cache}", *VARIED, *sets]:
         argv += ["--set", item]
     return argv
 
@@ -57,9 +58,9 @@ TODAY_SHAS = {
 }
 
 
-def test_without_overlap_a_run_is_todays_bit_for_bit(in_tmp):
+def test_without_overlap_a_run_is_todays_bit_for_bit(in_tmp, data_cache):
     sets = ("train.steps=3", "train.checkpoint_every=1000", "grpo.overlap=0")
-    assert main(_argv(in_tmp, "run", *sets)) == 0
+    assert main(_argv(in_tmp, data_cache, "run", *sets)) == 0
     got = [(x["step"], x["loss"], x["reward"]) for x in _lines(in_tmp / "run")]
     assert got == TODAY
     assert _sha(in_tmp / "run") in TODAY_SHAS
@@ -126,12 +127,14 @@ def _spy_on_the_sampler(monkeypatch):
     return seen
 
 
-def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, monkeypatch, capsys):
+def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(
+    in_tmp, data_cache, monkeypatch, capsys
+):
     # A large step size: one step moves the policy enough that the lag shows (clipped ratios).
     sets = ("train.steps=4", "train.checkpoint_every=2", "optimizer.schedule.peak_lr=0.01")
     with monkeypatch.context() as spied:
         seen = _spy_on_the_sampler(spied)
-        assert main(_argv(in_tmp, "whole", *sets, *OVERLAP)) == 0
+        assert main(_argv(in_tmp, data_cache, "whole", *sets, *OVERLAP)) == 0
     # The sampler's 4 devices split the rollout's rows (data.batch_size = 8: 2 per device):
     # every program of the rollout reads its rows sharded over all 4 (none idles). π_old's
     # log-probabilities are the decode's (grpo.old_logps: auto): no pass of its own there (the
@@ -160,8 +163,8 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
     assert lines[3]["clip_ratio/region_mean"] > 0
     # Stopped at the checkpoint of step 2 and resumed: the rollout of step 2 is resampled from
     # the saved weights, as the uninterrupted run sampled it (a checkpoint's step never lags).
-    assert main(_argv(in_tmp, "parts", *sets, *OVERLAP, "train.stop_at=2")) == 0
-    assert main([*_argv(in_tmp, "parts", *sets, *OVERLAP), "--resume"]) == 0
+    assert main(_argv(in_tmp, data_cache, "parts", *sets, *OVERLAP, "train.stop_at=2")) == 0
+    assert main([*_argv(in_tmp, data_cache, "parts", *sets, *OVERLAP), "--resume"]) == 0
     assert _sha(in_tmp / "whole") == _sha(in_tmp / "parts")
     again = [x for x in _lines(in_tmp / "parts") if x["step"] > 2]
     assert [(x["loss"], x["reward"]) for x in again] == [
@@ -180,7 +183,7 @@ def test_overlap_trains_as_the_sequential_lag_and_resumes_bit_for_bit(in_tmp, mo
     # rounding of those (~1e-7 each) shows: atol 1e-6 (measured up to 5e-8 with the whole
     # batch on each sampler device; without the lag, step 4's loss is 8e-4 against 8e-5).
     _lagged_reference(monkeypatch, every=2)
-    assert main(_argv(in_tmp, "reference", *sets, *OVERLAP)) == 0
+    assert main(_argv(in_tmp, data_cache, "reference", *sets, *OVERLAP)) == 0
     want = _lines(in_tmp / "reference")
     for key in ("reward", "clip_ratio/region_mean"):
         assert [x[key] for x in lines] == [x[key] for x in want], key
@@ -210,7 +213,9 @@ def test_the_overlap_estimate_is_the_longer_side_plus_the_copy():
     assert est.speedup == pytest.approx((rollout + update) / (max(rollout, update) + copy))
 
 
-def test_a_split_into_3_sampler_and_5_trainer_devices_trains(in_tmp, monkeypatch, capsys):
+def test_a_split_into_3_sampler_and_5_trainer_devices_trains(
+    in_tmp, data_cache, monkeypatch, capsys
+):
     """Neither side a power of two: the trainer's mesh is data parallel over the first 5
     devices, the sampler splits the rollout's rows over the other 3 (15 completions: 5 prompts
     × 3, 3 rows each on the trainer's devices, 5 on the sampler's; the held-out batch 5 rows,
@@ -222,7 +227,7 @@ def test_a_split_into_3_sampler_and_5_trainer_devices_trains(in_tmp, monkeypatch
             "grpo.sampler_devices=3", "grpo.old_logps=recompute")  # fmt: skip
     with monkeypatch.context() as spied:
         seen = _spy_on_the_sampler(spied)
-        assert main(_argv(in_tmp, "run", *sets)) == 0
+        assert main(_argv(in_tmp, data_cache, "run", *sets)) == 0
     out = capsys.readouterr().out
     assert "× data 5 ×" in out and ", rollouts on the other 3 (dp, 8 devices)" in out, out
     sampler = set(jax.devices()[5:])

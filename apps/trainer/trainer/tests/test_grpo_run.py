@@ -37,9 +37,10 @@ SMALL = [
 ]
 
 
-def _argv(tmp, run, *sets):
+def _argv(tmp, cache, run, *sets):
+    """The command line of a run in ``tmp`` (``cache``: the session's data cache)."""
     argv = ["--config", "grpo_tiny", "--run-dir", str(tmp / run)]
-    for item in [*SMALL, f"data.cache_dir={tmp / 'cache'}", *sets]:
+    for item in [*SMALL, f"data.cache_dir={cache}", *sets]:
         argv += ["--set", item]
     return argv
 
@@ -48,11 +49,11 @@ def _metrics(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp, capsys):
+def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp, data_cache, capsys):
     from trainer.start.startup import RL_FROM_SCRATCH
 
     sets = ("train.steps=4", "train.checkpoint_every=2")
-    assert main(_argv(in_tmp, "whole", *sets)) == 0
+    assert main(_argv(in_tmp, data_cache, "whole", *sets)) == 0
     # Started fresh without --init-from: one warning line saying so (issue #72).
     warned = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
     assert warned == [f"trainer: warning: {RL_FROM_SCRATCH}"]
@@ -69,9 +70,9 @@ def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp, capsys):
     val = [x for x in _metrics(in_tmp / "whole") if "val_reward" in x]
     assert val and val[-1]["val_prompts"] >= 1
     # Stopped at the rollout boundary, resumed: the same rollouts (keys, prompts), the same end.
-    assert main(_argv(in_tmp, "parts", *sets, "train.stop_at=2")) == 0
+    assert main(_argv(in_tmp, data_cache, "parts", *sets, "train.stop_at=2")) == 0
     capsys.readouterr()
-    assert main([*_argv(in_tmp, "parts", *sets), "--resume"]) == 0
+    assert main([*_argv(in_tmp, data_cache, "parts", *sets), "--resume"]) == 0
     assert "warning" not in capsys.readouterr().err  # a resume continues a run: no warning
     done = [json.loads((in_tmp / r / "final.json").read_text()) for r in ("whole", "parts")]
     assert done[0]["params_sha256"] == done[1]["params_sha256"]
@@ -91,7 +92,7 @@ GSPO = (
 )
 
 
-def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
+def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp, data_cache):
     import dataclasses
 
     import trainer.step.data_setup as data_setup
@@ -100,7 +101,7 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
     from trainer.step.grpo import batch_shapes as grpo_batch_shapes
     from trainer.step.train_step import make_loss_fn
 
-    cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2", *GSPO)).config
+    cfg = plan_argv(_argv(in_tmp, data_cache, "run", "train.steps=2", *GSPO)).config
     assert cfg.grpo.importance_sampling_level == "sequence" and cfg.grpo.entropy_coef == 0.01
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
@@ -154,7 +155,7 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
     np.testing.assert_array_equal(np.asarray(masked["mask"]), want_mask)
 
 
-def test_an_update_in_micro_batches_is_the_whole_batchs_for_each_loss_type(in_tmp):
+def test_an_update_in_micro_batches_is_the_whole_batchs_for_each_loss_type(in_tmp, data_cache):
     """#72: ``optimizer.accumulation_steps`` k ∈ {2, 4} gives the loss, TRL's metrics and every
     parameter's gradient of the unaccumulated step within 1e-6, on a rollout of the loop with
     random advantages and a π_old off the policy (so the clips bite), for bnpo (a token mean
@@ -167,7 +168,9 @@ def test_an_update_in_micro_batches_is_the_whole_batchs_for_each_loss_type(in_tm
     from trainer.step.grpo import Rollouts
     from trainer.step.train_step import PROBED, make_train_step
 
-    cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2", "grpo.entropy_coef=0.01")).config
+    cfg = plan_argv(
+        _argv(in_tmp, data_cache, "run", "train.steps=2", "grpo.entropy_coef=0.01")
+    ).config
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
     setup = state.build(step_config(cfg))
@@ -204,15 +207,15 @@ def test_an_update_in_micro_batches_is_the_whole_batchs_for_each_loss_type(in_tm
                                        atol=1e-6, err_msg=f"{loss_type} k={k}")  # fmt: skip
 
 
-def test_a_grpo_run_in_micro_batches_resumes_bit_for_bit(in_tmp, capsys):
+def test_a_grpo_run_in_micro_batches_resumes_bit_for_bit(in_tmp, data_cache, capsys):
     """#72: with ``optimizer.accumulation_steps: 2`` a run stopped at a rollout boundary and
     resumed ends with the uninterrupted run's weights and losses."""
     # 16 completions: 2 micro-batches of 8, one row a device.
     sets = ("train.steps=4", "train.checkpoint_every=2", "optimizer.accumulation_steps=2",
             "data.batch_size=16")  # fmt: skip
-    assert main(_argv(in_tmp, "whole", *sets)) == 0
-    assert main(_argv(in_tmp, "parts", *sets, "train.stop_at=2")) == 0
-    assert main([*_argv(in_tmp, "parts", *sets), "--resume"]) == 0
+    assert main(_argv(in_tmp, data_cache, "whole", *sets)) == 0
+    assert main(_argv(in_tmp, data_cache, "parts", *sets, "train.stop_at=2")) == 0
+    assert main([*_argv(in_tmp, data_cache, "parts", *sets), "--resume"]) == 0
     capsys.readouterr()
     done = [json.loads((in_tmp / r / "final.json").read_text()) for r in ("whole", "parts")]
     assert done[0]["params_sha256"] == done[1]["params_sha256"]
@@ -244,7 +247,9 @@ def test_group_advantages_of_the_loop_are_group_normalised_rewards():
     np.testing.assert_allclose(adv, ref.reshape(-1), rtol=1e-5, atol=1e-6)
 
 
-def test_a_reward_that_fails_on_a_completion_ends_the_run_in_one_line(in_tmp, capsys, monkeypatch):
+def test_a_reward_that_fails_on_a_completion_ends_the_run_in_one_line(
+    in_tmp, data_cache, capsys, monkeypatch
+):
     from tjx import data
 
     def picky(completion, example):  # passes the probe (the answer itself), fails on the rest
@@ -253,7 +258,14 @@ def test_a_reward_that_fails_on_a_completion_ends_the_run_in_one_line(in_tmp, ca
         return 1.0
 
     monkeypatch.setitem(data.REWARDS, "picky", picky)
-    argv = _argv(in_tmp, "run", "train.steps=2", "train.checkpoint_every=2", "grpo.rewards=[picky]")
+    argv = _argv(
+        in_tmp,
+        data_cache,
+        "run",
+        "train.steps=2",
+        "train.checkpoint_every=2",
+        "grpo.rewards=[picky]",
+    )
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     err = [x for x in err if not x.startswith("trainer: warning: GRPO (data.format=prompts)")]
@@ -263,20 +275,20 @@ def test_a_reward_that_fails_on_a_completion_ends_the_run_in_one_line(in_tmp, ca
 
 
 def test_init_from_run_at_step_starts_from_that_checkpoint_and_a_missing_step_is_one_line(
-    in_tmp, capsys
+    in_tmp, data_cache, capsys
 ):
     from tjx import ckpt
     from trainer.step.init_from import load_run
 
     # The start: an SFT run of the same model on the same task (so the same ChatML BPE).
     sft = ["--config", "sft_tiny", "--run-dir", str(in_tmp / "start")]
-    for item in [*SMALL[:7], "data.source=reverse", f"data.cache_dir={in_tmp / 'cache'}",
+    for item in [*SMALL[:7], "data.source=reverse", f"data.cache_dir={data_cache}",
                  "train.steps=4", "train.checkpoint_every=2", "train.eval_every=0",
                  "optimizer.schedule.warmup_steps=1", "sampling.max_new_tokens=2"]:  # fmt: skip
         sft += ["--set", item]
     assert main(sft) == 0
     start = in_tmp / "start"
-    argv = [*_argv(in_tmp, "bad", "train.steps=1"), "--init-from", f"{start}@3"]
+    argv = [*_argv(in_tmp, data_cache, "bad", "train.steps=1"), "--init-from", f"{start}@3"]
     assert main(argv) == 2
     line = capsys.readouterr().err.strip().splitlines()
     assert line == [
@@ -295,6 +307,9 @@ def test_init_from_run_at_step_starts_from_that_checkpoint_and_a_missing_step_is
     moved = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), got, steps[4])
     assert all(jax.tree.leaves(same)) and not all(jax.tree.leaves(moved))
     # The run records where it started: the run's folder and the step, not "RUN@2".
-    assert main([*_argv(in_tmp, "from2", "train.steps=1"), "--init-from", f"{start}@2"]) == 0
+    assert (
+        main([*_argv(in_tmp, data_cache, "from2", "train.steps=1"), "--init-from", f"{start}@2"])
+        == 0
+    )
     init = json.loads((in_tmp / "from2" / "init.json").read_text())
     assert init == {"init_from": str(start.resolve()), "kind": "tjx-run", "step": 2}

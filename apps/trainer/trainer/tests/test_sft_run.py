@@ -27,19 +27,20 @@ SMALL = [
 ]
 
 
-def _argv(tmp, *sets):
+def _argv(tmp, cache, *sets):
+    """The command line of a run in ``tmp`` (``cache``: the session's data cache)."""
     argv = ["--config", "sft_tiny", "--run-dir", str(tmp / "run")]
-    for item in [*SMALL, f"data.cache_dir={tmp / 'cache'}", *sets]:
+    for item in [*SMALL, f"data.cache_dir={cache}", *sets]:
         argv += ["--set", item]
     return argv
 
 
-def test_the_loss_counts_the_assistant_tokens_only(in_tmp):
+def test_the_loss_counts_the_assistant_tokens_only(in_tmp, data_cache):
     import trainer.step.data_setup as data_setup
     import trainer.step.state as state
     from trainer.step.train_step import make_loss_fn
 
-    cfg = plan_argv(_argv(in_tmp)).config
+    cfg = plan_argv(_argv(in_tmp, data_cache)).config
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
     setup = state.build(step_config(cfg))
@@ -71,9 +72,9 @@ def test_the_loss_counts_the_assistant_tokens_only(in_tmp):
     assert abs(ce[real].mean() - ce[trained].mean()) > 1e-3
 
 
-def test_sft_tiny_loss_falls_and_the_run_says_what_the_truncation_did(in_tmp, capsys):
+def test_sft_tiny_loss_falls_and_the_run_says_what_the_truncation_did(in_tmp, data_cache, capsys):
     sets = ["train.steps=40", "train.log_every=5", "train.eval_every=20", "train.eval_batches=2"]
-    assert main(_argv(in_tmp, *sets)) == 0
+    assert main(_argv(in_tmp, data_cache, *sets)) == 0
     out = capsys.readouterr().out
     assert "chat rows kept, 0 cut to data.seq_len + 1, 0 dropped" in out
     run = in_tmp / "run"
@@ -93,7 +94,9 @@ def test_chat_data_on_a_model_it_cannot_train_and_an_unknown_format_are_refused(
         read_config({"data": {"format": "dpo"}})
 
 
-def test_a_resume_with_another_chat_template_is_one_line_and_writes_nothing(in_tmp, capsys):
+def test_a_resume_with_another_chat_template_is_one_line_and_writes_nothing(
+    in_tmp, data_cache, capsys
+):
     import shutil
 
     from tjx import data
@@ -103,21 +106,21 @@ def test_a_resume_with_another_chat_template_is_one_line_and_writes_nothing(in_t
         "bpe",
         kind="chat",
         seq_len=64,
-        cache_dir=in_tmp / "cache",
+        cache_dir=data_cache,
         tokenizer_vocab=400,
     )
     folder = in_tmp / "tok"
     shutil.copytree(made.tokenizer_dir, folder)
     sets = [f"data.tokenizer={folder}", "train.steps=4", "train.checkpoint_every=2"]
     sets += ["train.eval_every=0", "train.sample_every=0"]
-    assert main(_argv(in_tmp, *sets, "train.stop_at=2")) == 0
+    assert main(_argv(in_tmp, data_cache, *sets, "train.stop_at=2")) == 0
     run = in_tmp / "run"
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["chat_template"] = config["chat_template"].replace("<|im_start|>", "<|im_start|> ")
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     capsys.readouterr()
-    assert main([*_argv(in_tmp, *sets), "--resume"]) == 2
+    assert main([*_argv(in_tmp, data_cache, *sets), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
         "trainer: error: --resume: the chat template in data.tokenizer"

@@ -11,6 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests_integration._deviceless import scratch_env
+from tests_integration._helpers_apps import app_env
 from tjx_docs.commands import (
     Block,
     Invocation,
@@ -21,9 +24,6 @@ from tjx_docs.commands import (
     shell_blocks,
     unmarked,
 )
-
-from tests_integration._deviceless import scratch_env
-from tests_integration._helpers_apps import app_env
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The guides: docs/ but the records of past studies and GPU sessions (docs/experiments,

@@ -73,7 +73,7 @@ def abort_message(dead: str | None, rank: int, n: int, reachable: Callable[[], b
 
 def _terminate_by_abort() -> None:
     """``std::terminate`` calls libc's ``abort`` without printing the exception first (libstdc++,
-    which jax's C++ runtime loads on Linux; elsewhere the print stays: it is the only difference)."""
+    which jax's C++ runtime loads on Linux; elsewhere the print stays: the only difference)."""
     with contextlib.suppress(OSError, AttributeError):
         set_terminate = ctypes.CDLL("libstdc++.so.6")._ZSt13set_terminatePFvvE
         set_terminate.restype = ctypes.c_void_p

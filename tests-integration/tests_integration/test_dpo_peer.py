@@ -118,11 +118,14 @@ def test_lora_dpo_loss_gradient_and_metrics_equal_trls(run: dict[str, Any]):
     lora, frozen = nnx.to_pure_dict(lora), nnx.to_pure_dict(frozen)
     batch = _tjx_batch(peer)
 
-    def loss(adapters: dict) -> tuple[jax.Array, nn.PreferenceOutput]:
+    def loss(
+        adapters: dict, frozen: dict, rest: nnx.State
+    ) -> tuple[jax.Array, nn.PreferenceOutput]:
         out = nn.preference_loss(nnx.merge(graphdef, adapters, frozen, rest), batch, beta=BETA)
         return out.loss, out
 
-    (value, out), grads = jax.value_and_grad(loss, has_aux=True)(lora)
+    # One program (eager, the gradient is many small ones); the weights are its arguments.
+    (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(lora, frozen, rest)
     assert abs(float(value) - float(peer["loss"])) <= 1e-5
     assert float(jnp.abs(out.chosen_rewards).max()) > 1e-3  # policy and reference differ
     # tjx's gradients in PEFT's layout: written through the exporter itself.
@@ -143,14 +146,16 @@ def test_full_fine_tuning_ipo_loss_gradient_and_metrics_equal_trls(run: dict[str
     reference, _ = nn.load_hf(work / "base")
     graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
     params = nnx.to_pure_dict(params)
+    ref_graphdef, ref_state = nnx.split(reference)
     batch = _tjx_batch(peer)
 
-    def loss(p: dict) -> tuple[jax.Array, nn.PreferenceOutput]:
+    def loss(p: dict, rest: nnx.State, ref: nnx.State) -> tuple[jax.Array, nn.PreferenceOutput]:
         out = nn.preference_loss(nnx.merge(graphdef, p, rest), batch, beta=BETA, loss_type="ipo",
-                                 reference=reference)  # fmt: skip
+                                 reference=nnx.merge(ref_graphdef, ref))  # fmt: skip
         return out.loss, out
 
-    (value, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    # One program, as the LoRA case's.
+    (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, rest, ref_state)
     assert abs(float(value) - float(peer["loss"])) <= 1e-5 * max(1.0, float(peer["loss"]))
     holder = nnx.merge(graphdef, grads, rest)
     nn.save_hf(holder, work / "grads-full")

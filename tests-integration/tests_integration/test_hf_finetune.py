@@ -8,9 +8,10 @@ move by far more than the 1e-3 asserted) and samples after the last step; ``pyth
 --export-hf`` writes the run as a HF folder; transformers loads it and gives the logits of tjx's
 final parameters (1e-4 relative). ``python -m eval --checkpoint HF_FOLDER`` scores and samples
 the HF folder directly, and a family other than ``model.kind`` is refused in one line (both in
-the Llama case only: neither depends on the model). The fine-tune is a trainer process; the
-refusal and the evaluator's calls run the apps' ``main`` in this process (`call_app`: no
-interpreter to start and import for each).
+the Llama case only: neither depends on the model). The fine-tunes, the refusal and the
+evaluator's calls run the apps' ``main`` in this process (`call_app`: no interpreter to start and
+import for each; none of them is about the command line), and one peer process scores both
+exports (torch and transformers imported once).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests_integration._helpers_apps import call_app, call_train, check_ok, train
+from tests_integration._helpers_apps import call_app, call_train, check_ok
 from tests_integration._hf_peer import run_peer
 from tjx import ckpt, data, nn
 
@@ -91,31 +92,43 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {case: root / case for case in CASES}
 
 
+@pytest.fixture(scope="module")
+def tuned(made: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each case fine-tuned from its folder (``CASE/ft``) and exported (``CASE/exported``), and
+    transformers' scores of the exports (``CASE/back.npz``): one peer process for both."""
+    root = tmp_path_factory.mktemp("tuned")
+    np.save(root / "tokens.npy", TOKENS)
+    scores = []
+    for case in sorted(CASES):
+        steps, work = CASES[case][2], root / case
+        work.mkdir()
+        sets = [*SETS, f"train.steps={steps}", f"train.checkpoint_every={steps}"]
+        proc = call_train(work, "ft", [*sets, f"data.tokenizer={made[case]}"], "--init-from",
+                          str(made[case]))  # fmt: skip
+        check_ok(proc)
+        out = ["--checkpoint", str(work / "ft"), "--export-hf", str(work / "exported")]
+        check_ok(call_app("eval", out, work))
+        scores.append({"score": str(work / "exported"), "tokens": str(root / "tokens.npy"),
+                       "out": str(work / "back.npz"), "new": 4})  # fmt: skip
+    run_peer(scores, root)
+    return {case: root / case for case in CASES}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fine_tuned_hf_model_exports_with_tjx_final_logits(made, tmp_path, case: str):
+def test_fine_tuned_hf_model_exports_with_tjx_final_logits(made, tuned, tmp_path, case: str):
     _, arch, steps = CASES[case]
     hf = made[case]
-    np.save(tmp_path / "tokens.npy", TOKENS)
     if case == "llama":  # the refusal is the family's, not the model's: checked once
         wrong = call_train(tmp_path, "wrong", [f"data.tokenizer={hf}"], "--init-from", str(hf))
         assert wrong.returncode == 2 and "model.kind must be 'llama'" in wrong.stderr
         assert wrong.stderr.count("\n") == 1 and not (tmp_path / "wrong").exists()
 
-    sets = [*SETS, f"train.steps={steps}", f"train.checkpoint_every={steps}"]
-    proc = train(tmp_path, "ft", [*sets, f"data.tokenizer={hf}"], "--init-from", str(hf))
-    check_ok(proc)
     # The last step's samples: the generation cache of every layer kind, on 8 CPU devices.
-    assert (tmp_path / "ft" / "samples" / f"step_{steps:07d}.txt").is_file()
-    run = tmp_path / "ft"
-    out = tmp_path / "exported"
-    check_ok(call_app("eval", ["--checkpoint", str(run), "--export-hf", str(out)], tmp_path))
+    run = tuned[case] / "ft"
+    assert (run / "samples" / f"step_{steps:07d}.txt").is_file()
+    out = tuned[case] / "exported"
     assert (out / "tokenizer.json").is_file()
-    back = tmp_path / "back.npz"
-    run_peer(
-        [{"score": str(out), "tokens": str(tmp_path / "tokens.npy"), "out": str(back), "new": 4}],
-        tmp_path,
-    )
-    peer = dict(np.load(back))
+    peer = dict(np.load(tuned[case] / "back.npz"))
     assert str(peer["arch"]) == arch
 
     config = nn.config_from_dict(json.loads((run / "model.json").read_text()))

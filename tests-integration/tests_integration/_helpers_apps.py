@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +113,11 @@ def run_app(
 
 
 def call_app(
-    app: str, args: list[str], cwd: Path, *, env: dict[str, str] | None = None
+    app: str, args: list[str], cwd: Path, *, env: Mapping[str, str | None] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`run_app` as a call of ``APP.cli.main(ARGS)`` in this process (in ``cwd``, with ``env``'s
-    variables set for the call): the same exit code and lines, without a new interpreter.
+    variables set for the call, a ``None`` one unset): the same exit code and lines, without a
+    new interpreter.
 
     For the bad-input tables, where each case starts the app only to see it refuse: a process
     pays Python's and the app's imports (~5 CPU seconds on the 2-core machine, 2026-11-26) for
@@ -128,7 +130,11 @@ def call_app(
     out, err = io.StringIO(), io.StringIO()
     saved = {k: os.environ.get(k) for k in env or {}}
     here = os.getcwd()
-    os.environ.update(env or {})
+    for key, value in (env or {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -162,12 +168,18 @@ def train(
 
 
 def call_train(
-    cwd: Path, run_dir: str, sets: list[str], *extra: str, config: str = "tiny"
+    cwd: Path,
+    run_dir: str,
+    sets: list[str],
+    *extra: str,
+    config: str = "tiny",
+    env: Mapping[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`train` as a call of the trainer's ``main`` in this process (`call_app`): for a run that
-    a test only needs finished or refused, where the process itself (its exit status, signals,
-    several processes) is not what is tested; it saves the interpreter's start and imports."""
-    return call_app("trainer", train_args(run_dir, sets, *extra, config=config), cwd)
+    """`train` as a call of the trainer's ``main`` in this process (`call_app`, ``env`` as
+    there): for a run that a test only needs finished or refused, where the process itself (its
+    exit status, signals, several processes) is not what is tested; it saves the interpreter's
+    start and imports."""
+    return call_app("trainer", train_args(run_dir, sets, *extra, config=config), cwd, env=env)
 
 
 def check_ok(proc: subprocess.CompletedProcess[str]) -> None:

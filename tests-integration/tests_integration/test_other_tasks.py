@@ -1,7 +1,9 @@
 """The masked-LM, image and encoder-decoder runs end to end: train a few steps, then evaluate.
 
-The trainer runs as a process; the evaluator's ``main`` is called in this process (`call_app`: the
-same command line and printed lines, without a second interpreter to start and import).
+The masked-LM and image runs call the trainer's ``main`` in this process (`call_train`), as the
+evaluator's is called (`call_app`): the same command line and printed lines, without another
+interpreter to start and import; the encoder-decoder run is a trainer process (the command as a
+shell runs it).
 
 ``bert_tiny``'s run used to crash the evaluator (it called BERT with a decoder's arguments) and
 ``vit_digits``'s asked the Hugging Face hub for a tokenizer called "none"; the image run logged
@@ -15,7 +17,7 @@ import json
 import pytest
 import yaml
 
-from tests_integration._helpers_apps import call_app, check_ok, read_log, train
+from tests_integration._helpers_apps import call_app, call_train, check_ok, read_log, train
 
 
 def read_config(run_dir):
@@ -37,7 +39,7 @@ FEW = [
 
 def test_bert_tiny_trains_and_evaluates_on_masked_tokens(tmp_path):
     sets = [*FEW, "model.d_model=32", "model.mlp.dim=64", "data.seq_len=32", "data.batch_size=8"]
-    check_ok(train(tmp_path, "bert", [*sets, "model.max_seq_len=32"], config="bert_tiny"))
+    check_ok(call_train(tmp_path, "bert", [*sets, "model.max_seq_len=32"], config="bert_tiny"))
     log = read_log(tmp_path / "bert")
     val = [r for r in log if "val_loss" in r]
     assert [r["step"] for r in val] == [3, 6] and val[-1]["val_num_tokens"] > 0
@@ -63,7 +65,7 @@ def test_vit_digits_logs_image_metrics_and_the_evaluator_prints_the_same(tmp_pat
     evaluator's numbers of the last checkpoint on the trainer's batches are its val_* ones."""
     from eval import evaluate_run, load_run
 
-    check_ok(train(tmp_path, "vit", FEW, config="vit_digits"))
+    check_ok(call_train(tmp_path, "vit", FEW, config="vit_digits"))
     log = read_log(tmp_path / "vit")
     steps = [r for r in log if "loss" in r and "val_loss" not in r]
     assert all("images_per_s" in r and "tokens_per_s" not in r for r in steps)

@@ -21,7 +21,9 @@ from tests_integration._helpers_apps import SMALL
 from tests_integration._helpers_multiprocess import LAUNCH_TIMEOUT_S, launch, pair, tails
 from tjx import ckpt
 
-STEPS = 40
+# The kill follows step 5's commit; 15 steps after it (1.5 s or more: ~0.1 s a step) leave the
+# run going when it lands, polled every 10 ms; the resume trains them, as two processes.
+STEPS = 20
 SETS = [*SMALL, f"train.steps={STEPS}", "train.eval_every=0", "train.checkpoint_every=5"]
 DETECTION_LIMIT_S = 30.0
 

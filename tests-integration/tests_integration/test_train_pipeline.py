@@ -9,7 +9,9 @@
 * The trainer with ``mesh.pipeline=2`` logs the losses of the same run without it (1e-5 relative,
   as the data-parallel test), for ``tiny`` (GPT-2) and a scaled-down ``llama_small``, and a
   checkpoint saved on the pipeline mesh resumes on a plain mesh and back (tjx-ckpt's resharding
-  restore) with the uninterrupted run's losses.
+  restore) with the uninterrupted run's losses. These runs call the trainer's ``main`` in this
+  process (`call_train`): they are about the losses, not the command line, and a process each
+  paid the interpreter's start and imports again.
 * Bad pipeline settings: one error line, exit status 2, nothing written (the trainer's ``main``
   called in this process).
 """
@@ -23,7 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests_integration._helpers_apps import SMALL, call_app, check_ok, final, train, train_losses
+from tests_integration._helpers_apps import (
+    SMALL,
+    call_app,
+    call_train,
+    check_ok,
+    final,
+    train_losses,
+)
 
 VOCAB = 97
 MODEL = [
@@ -104,7 +113,7 @@ PIPE = ["mesh.pipeline=2", "mesh.microbatches=2"]
 
 
 def test_trainer_pipeline_matches_plain_and_checkpoints_move_between_meshes(tmp_path):
-    plain = train(tmp_path, "plain", RUN)
+    plain = call_train(tmp_path, "plain", RUN)
     check_ok(plain)
     want = train_losses(tmp_path / "plain")
     assert sorted(want) == [1, 2, 3, 4]
@@ -114,14 +123,14 @@ def test_trainer_pipeline_matches_plain_and_checkpoints_move_between_meshes(tmp_
     # plain: each gives the uninterrupted plain run's loss. (An uninterrupted pipelined run
     # beside it would run the same pipelined steps and evaluation once more.)
     piped = [*RUN, *PIPE, "mesh.schedule=1f1b"]
-    check_ok(train(tmp_path, "moved", [*piped, "train.stop_at=2"]))
-    plain_resume = train(tmp_path, "moved", [*RUN, "train.stop_at=3"], "--resume")
+    check_ok(call_train(tmp_path, "moved", [*piped, "train.stop_at=2"]))
+    plain_resume = call_train(tmp_path, "moved", [*RUN, "train.stop_at=3"], "--resume")
     check_ok(plain_resume)
     assert "resumed from step 2" in plain_resume.stdout
     # The optimizer runs per leaf on the pipeline mesh and flat on the plain one (#51): the
     # checkpoint's state is converted, and said so.
     assert "optimizer state is per leaf; converted to flat buffers" in plain_resume.stdout
-    back = train(tmp_path, "moved", piped, "--resume")
+    back = call_train(tmp_path, "moved", piped, "--resume")
     check_ok(back)
     assert "resumed from step 3" in back.stdout
     assert "optimizer state is flat; converted to per leaf" in back.stdout
@@ -139,8 +148,8 @@ def test_llama_small_trains_pipelined_to_the_losses_of_the_plain_mesh(tmp_path):
     llama = [*RUN, "model.num_kv_heads=1", "model.precision.compute_dtype=float32"]
     llama += ["model.precision.logits_dtype=float32"]  # the preset's are bf16 (#51)
     llama += ["data.tokenizer=byte", "model.vocab_size=null"]  # no 50k-row embedding to train
-    check_ok(train(tmp_path, "plain", llama, config="llama_small"))
-    check_ok(train(tmp_path, "piped", [*llama, *PIPE], config="llama_small"))
+    check_ok(call_train(tmp_path, "plain", llama, config="llama_small"))
+    check_ok(call_train(tmp_path, "piped", [*llama, *PIPE], config="llama_small"))
     want, got = train_losses(tmp_path / "plain"), train_losses(tmp_path / "piped")
     assert sorted(want) == sorted(got) == [1, 2, 3, 4]
     for s in want:

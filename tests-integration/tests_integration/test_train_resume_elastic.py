@@ -23,6 +23,7 @@ from tests_integration._helpers_multiprocess import (
     REL,
     launch,
     mp_env,
+    one_process_here,
     pair,
     tails,
 )
@@ -39,9 +40,10 @@ def _matches_reference(tmp_path, name: str) -> None:
 
 
 def test_a_resume_on_another_process_count_or_mesh_continues_the_run(tmp_path):
-    check_ok(train(tmp_path, "ref", SETS, devices=8, env=mp_env(8)))
+    # The reference and the run stopped on one process: 8 devices, in this process.
+    one_process_here(tmp_path, "ref", SETS)
     stop = [*SETS, f"train.stop_at={STOP}"]
-    check_ok(train(tmp_path, "one", stop, devices=8, env=mp_env(8)))
+    one_process_here(tmp_path, "one", stop)
     shutil.copytree(tmp_path / "one", tmp_path / "other_batch")
     stopped = launch(tmp_path, "stop", pair("two_to_one", stop), LAUNCH_TIMEOUT_S)
     assert [r["rc"] for r in stopped] == [0, 0], tails(stopped)

@@ -13,20 +13,25 @@ import sys
 import time
 
 from tests_integration._helpers_apps import (
+    RESUMED,
+    RESUMED_STEPS,
     SMALL,
     app_env,
     call_train,
     check_ok,
     final,
     read_log,
+    reference_run,
     train,
     train_args,
     train_losses,
 )
 from tests_integration._helpers_faults import run_with_fault
 
-STEPS = 30
-SETS = [*SMALL, f"train.steps={STEPS}", "train.eval_every=0", "train.checkpoint_every=4"]
+# test_train_resume.py's run (20 steps, dropout, a checkpoint every 4): the uninterrupted run is
+# `reference_run`'s, trained once for the files of CI's batch that resume against it. 14 steps
+# are left after the first signal's step 6: room for it to land mid-run.
+STEPS, SETS = RESUMED_STEPS, RESUMED
 
 
 def _start(tmp_path, run_dir):
@@ -54,12 +59,12 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     stopped = final(tmp_path / "int")
     assert stopped["interrupted_by"] == "SIGTERM" and 6 <= stopped["step"] < STEPS
     check_ok(train(tmp_path, "int", SETS, "--resume"))
-    check_ok(train(tmp_path, "ref", SETS))
+    ref = reference_run(tmp_path, SETS)
     assert final(tmp_path / "int")["step"] == STEPS
-    assert final(tmp_path / "int")["params_sha256"] == final(tmp_path / "ref")["params_sha256"]
-    assert train_losses(tmp_path / "int") == train_losses(tmp_path / "ref")
-    for run in ("int", "ref"):  # old steps were removed through checkpoints/_deleted/, which went
-        assert not (tmp_path / run / "checkpoints" / "_deleted").exists()
+    assert final(tmp_path / "int")["params_sha256"] == final(ref)["params_sha256"]
+    assert train_losses(tmp_path / "int") == train_losses(ref)
+    for run in (tmp_path / "int", ref):  # old steps were removed through checkpoints/_deleted/,
+        assert not (run / "checkpoints" / "_deleted").exists()  # which went
 
 
 def test_second_ctrl_c_stops_at_once_in_one_line_and_the_run_resumes(tmp_path):

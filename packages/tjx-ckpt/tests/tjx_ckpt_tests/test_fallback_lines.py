@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orbax.checkpoint as ocp
 import pytest
 
 from tjx.ckpt import CorruptCheckpointWarning, corrupt_fallback_lines, fallback
@@ -128,3 +129,21 @@ def test_debris_that_arrives_before_the_failure_is_seen_is_dropped_too(
         assert manager.restore(target=state).step == 1
     assert passed_on == []
     assert out.getvalue().count("\n") == 1
+
+
+def test_an_unawaited_orbax_read_says_nothing_and_anyone_elses_does() -> None:
+    # A failed read's cut-off orbax coroutine, reachable only through a reference cycle (so the
+    # collection decides when it ends), inside a caller's own warnings context.
+    async def own_read() -> None:
+        return None
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for coroutine in (ocp.type_handlers.ArrayHandler().metadata([]), own_read()):
+            cycle: list[Any] = [coroutine]
+            cycle.append(cycle)
+        del coroutine, cycle
+        fallback.collect_failed_read()
+    unawaited = [str(w.message) for w in caught if "was never awaited" in str(w.message)]
+    assert unawaited == [f"coroutine '{own_read.__qualname__}' was never awaited"]
+    assert "ArrayHandler.metadata" in fallback._orbax_coroutine_names()

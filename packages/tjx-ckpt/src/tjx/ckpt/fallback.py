@@ -10,17 +10,22 @@ futures are garbage-collected: asyncio's ``Future exception was never retrieved`
 traceback of the same error the warning names), callbacks aimed at orbax's closed event loop
 (``RuntimeError: Event loop is closed``, reported as unraisable) and orbax's own read coroutines,
 closed at collection while still holding the read's error (``Exception ignored in: <coroutine
-…>``, reported as unraisable with the whole tensorstore spec). :func:`silence_failed_reads` drops
-exactly those three kinds of message, for the rest of the process; the manager installs it
-before its first fallback read, because the debris can arrive from tensorstore's threads before
-the failed read's exception reaches the manager.
+…>``, reported as unraisable with the whole tensorstore spec), and orbax's reads that the failure
+cut off before they started (its array metadata read beside the arrays', scheduled but not yet
+run when orbax's loop ended: ``RuntimeWarning: coroutine 'Store._get_array_metadatas' was never
+awaited`` at collection). :func:`silence_failed_reads` drops exactly those kinds of message (the
+last only for coroutines that orbax's modules define), for the rest of the process; the manager
+installs it before its first fallback read, because the debris can arrive from tensorstore's
+threads before the failed read's exception reaches the manager.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -28,6 +33,7 @@ from typing import Any, TextIO
 
 __all__ = [
     "CorruptCheckpointWarning",
+    "collect_failed_read",
     "corrupt_fallback_lines",
     "silence_failed_reads",
     "warn_skipped",
@@ -50,6 +56,8 @@ class _FailedReadDebris(logging.Filter):
 
 
 _installed = False
+#: The message pattern of orbax's unawaited coroutines (None: not made yet).
+_unawaited: str | None = None
 
 
 def silence_failed_reads() -> None:
@@ -70,6 +78,53 @@ def silence_failed_reads() -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
+    _ignore_unawaited_orbax_reads()
+
+
+def collect_failed_read() -> None:
+    """Collect a failed read's abandoned coroutines now, their "never awaited" warnings dropped:
+    here, not at a later collection, which a caller's ``warnings.catch_warnings`` (whose filters
+    end with it) may leave without the filter of :func:`silence_failed_reads`."""
+    with warnings.catch_warnings():
+        _ignore_unawaited_orbax_reads()
+        gc.collect()
+
+
+def _ignore_unawaited_orbax_reads() -> None:
+    """A warnings filter that drops "coroutine '…' was never awaited" for orbax's coroutines.
+
+    No collection runs until the filter is in place (gathering the names and compiling the
+    pattern allocate enough to start one), or it could end an abandoned read unfiltered.
+    """
+    global _unawaited
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if _unawaited is None:  # made once orbax is loaded (the manager's module imports it)
+            names = sorted(re.escape(name) for name in _orbax_coroutine_names())
+            if not names:
+                return
+            _unawaited = f"coroutine '(?:{'|'.join(names)})' was never awaited"
+        warnings.filterwarnings("ignore", message=_unawaited, category=RuntimeWarning)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _orbax_coroutine_names() -> set[str]:
+    """The qualified names of the coroutine functions (and methods) of orbax's loaded modules:
+    what Python's "coroutine '…' was never awaited" names."""
+    names: set[str] = set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("orbax.checkpoint") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            members = [value, *vars(value).values()] if inspect.isclass(value) else [value]
+            for member in members:
+                function = getattr(member, "__func__", member)  # static and class methods
+                if inspect.iscoroutinefunction(function) and function.__module__ == name:
+                    names.add(function.__qualname__)
+    return names
 
 
 def _is_orbax_coroutine(obj: Any) -> bool:

@@ -28,7 +28,7 @@ from tjx.ckpt.errors import (
     CorruptCheckpointError,
     StepExistsError,
 )
-from tjx.ckpt.fallback import silence_failed_reads, warn_skipped
+from tjx.ckpt.fallback import collect_failed_read, silence_failed_reads, warn_skipped
 from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.metadata import collect_metadata, to_json
 from tjx.ckpt.options import TRASH_DIR, finite, orbax_options, positive_or_none
@@ -445,6 +445,7 @@ class CheckpointManager:
                 return step, read_step(self._mgr, step, target=target, subtree=subtree), ()
             except CorruptCheckpointError:
                 self._corrupt.add(step)  # so that saving this step again may replace it
+                collect_failed_read()
                 raise
         failures: list[tuple[int, CorruptCheckpointError]] = []
         # Installed before the first read, not after a failure: the in-flight reads of a failed
@@ -457,6 +458,7 @@ class CheckpointManager:
             except CorruptCheckpointError as err:
                 self._corrupt.add(candidate)
                 failures.append((candidate, err))
+                collect_failed_read()
                 continue
             warn_skipped(failures, f"; using step {candidate}")
             return candidate, contents, tuple(step for step, _ in failures)

@@ -35,7 +35,7 @@ TOOL = Path(trainer_walk.__file__).resolve()
 MAX_FILES = {"train.steps": 10, "model.attention_impl": 26}
 #: The whole walk's bound (files, returns) to the first train step: what holds today, #69's goal
 #: being 70 files and 90 returns.
-MAX_FIRST_STEP = (138, 258)
+MAX_FIRST_STEP = (138, 257)
 SUMMARY = re.compile(r"^walk (.+?): (\d+) files, (\d+) calls, (\d+) returns$")
 
 

@@ -61,10 +61,13 @@ def test_each_private_orbax_function_orbax_internals_replaces_is_still_there(nam
 
 
 def test_the_private_array_metadata_store_is_still_there() -> None:
-    """``orbax_internals.state_handler`` builds orbax's array handler with it (its
-    ``array_metadatas/`` files), as orbax's default handler does."""
+    """``options.state_handler`` builds orbax's array handler with it (its ``array_metadatas/``
+    files), as orbax's default handler does; ``orbax_internals`` names it."""
     from orbax.checkpoint._src.metadata import array_metadata_store
+
+    from tjx.ckpt import orbax_internals
 
     assert callable(
         array_metadata_store.Store
     ), f"orbax {ocp.__version__} moved its array metadata store: orbax_internals must follow"
+    assert orbax_internals.ArrayMetadataStore is array_metadata_store.Store

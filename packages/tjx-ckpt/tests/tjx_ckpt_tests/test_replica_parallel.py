@@ -1,10 +1,10 @@
-"""A replicated state is saved by one replica, whole, except on TPUs.
+"""A replicated state is saved by one replica, whole, in one process off TPUs.
 
 orbax's default cuts a replicated array into one slice per replica, each an eager ``lax.slice``
 compiled on its own device at a run's first save (80+ programs for a small model on 8 devices).
-tjx-ckpt keeps that for TPUs only (``orbax_internals.state_handler``): the first save compiles
-nothing, writes the same folders (orbax's ``array_metadatas/`` included) and reads back the same
-values.
+tjx-ckpt keeps that on TPUs and across processes, where the replicas' writing is spread
+(``tjx.ckpt.options.state_handler``); in one process elsewhere the first save compiles nothing,
+writes the same folders (orbax's ``array_metadatas/`` included) and reads back the same values.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tjx.ckpt import CheckpointManager, orbax_internals
+from tjx.ckpt import CheckpointManager, options
 
 
 class _Lines(logging.Handler):
@@ -79,15 +79,21 @@ def test_a_replicated_state_saves_without_compiling_off_tpu(
     assert (tmp_path / "run" / "1" / "state" / "array_metadatas").is_dir()
 
 
-def test_on_a_tpu_the_replicas_share_the_save(
-    tmp_path: Path, mesh8: Mesh, compile_lines: list[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("platform", "processes", "rows"), [("tpu", 1, 24), ("cpu", 2, 40)], ids=["tpu", "processes"]
+)
+def test_on_a_tpu_or_across_processes_the_replicas_share_the_save(
+    tmp_path: Path,
+    mesh8: Mesh,
+    compile_lines: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    platform: str,
+    processes: int,
+    rows: int,
 ) -> None:
-    monkeypatch.setattr(
-        orbax_internals,
-        "state_handler",
-        functools.partial(orbax_internals.state_handler, "tpu"),
-    )
+    handler = functools.partial(options.state_handler, platform, processes)
+    monkeypatch.setattr(options, "state_handler", handler)
     # Shapes no other test saves, so that jax's in-memory cache holds none of the slices.
-    state = _state(mesh8, rows=24)
+    state = _state(mesh8, rows=rows)
     compiled = _save(tmp_path / "run", state, compile_lines)
     assert any("jit(slice)" in line for line in compiled), compiled

@@ -31,7 +31,12 @@ from tjx.ckpt.errors import (
 from tjx.ckpt.fallback import collect_failed_read, silence_failed_reads, warn_skipped
 from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.metadata import collect_metadata, to_json
-from tjx.ckpt.options import TRASH_DIR, finite, orbax_options, positive_or_none
+from tjx.ckpt.options import (
+    TRASH_DIR,
+    finite,
+    orbax_manager,
+    positive_or_none,
+)
 from tjx.ckpt.reader import (
     CONFIG,
     DATA_STATE,
@@ -52,7 +57,6 @@ from tjx.ckpt.write_failure import held_save_logs, write_failure
 CORRUPT_DIR = "_corrupt"  # a corrupt step is moved here when its step number is saved again
 #: The prefix of the folder each save makes and removes first, to learn that it can write.
 PROBE_PREFIX = ".tjx-write-probe-"
-_ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
 
 
 class _ReadOnlyLine(logging.Filter):
@@ -147,21 +151,16 @@ class CheckpointManager:
         self._purge_trash()
         if self.remote and not read_only and jax.process_index() == 0:
             objects.remove_uncommitted(self.directory)  # what a crash left (never listed)
-        options = orbax_options(
-            remote=self.remote,
-            read_only=read_only,
-            keep_last=keep_last,
-            keep_best=keep_best,
-            best_fn=best_fn,
-            best_mode=best_mode,
-            async_save=async_save,
-        )
         with _quiet_read_only():  # asked for: orbax's own line about it says nothing new
-            self._mgr = ocp.CheckpointManager(
+            self._mgr = orbax_manager(
                 self.directory,
-                options=options,
-                item_names=_ITEMS,
-                item_handlers={STATE: orbax_internals.state_handler()},
+                remote=self.remote,
+                read_only=read_only,
+                keep_last=keep_last,
+                keep_best=keep_best,
+                best_fn=best_fn,
+                best_mode=best_mode,
+                async_save=async_save,
             )
 
     def _exists(self) -> bool:

@@ -1,18 +1,24 @@
-"""orbax's options for a tjx-ckpt manager, local disk or object store, and option checks."""
+"""orbax's manager under a tjx-ckpt one (options, items, state handler), and option checks."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from tjx.ckpt import remote as _remote
 from tjx.ckpt.durable import DurableAtomicRenameTemporaryPath
+from tjx.ckpt.orbax_internals import ArrayMetadataStore
+from tjx.ckpt.reader import CONFIG, DATA_STATE, MANIFEST, STATE
 from tjx.ckpt.stepfiles import CheckedNameFormat
 
 TRASH_DIR = "_deleted"  # old steps are renamed here (atomic), then removed with the folder
+#: A step's items, each a folder of the step.
+ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
 
 
 def positive_or_none(name: str, value: int | None) -> None:
@@ -30,7 +36,8 @@ def finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def orbax_options(
+def orbax_manager(
+    directory: Any,
     *,
     remote: bool,
     read_only: bool,
@@ -39,8 +46,8 @@ def orbax_options(
     best_fn: Any,
     best_mode: str,
     async_save: bool,
-) -> Any:
-    """orbax's ``CheckpointManagerOptions``.
+) -> ocp.CheckpointManager:
+    """orbax's manager of ``directory``: its options, its items and the state's handler.
 
     On a local disk orbax's policies delete old steps (renamed into ``_deleted/`` first) and the
     commit is a durable rename (`tjx.ckpt.durable`). On an object store the commit is the marker
@@ -60,7 +67,7 @@ def orbax_options(
     step_class: Any = (
         _remote.CommitMarkerTemporaryPath if remote else DurableAtomicRenameTemporaryPath
     )
-    return ocp.CheckpointManagerOptions(
+    options = ocp.CheckpointManagerOptions(
         preservation_policy=ocm.AnyPreservationPolicy(policies),
         best_fn=best_fn,
         best_mode=best_mode,
@@ -84,6 +91,44 @@ def orbax_options(
         # orbax warns when read_only meets the default interval of 1.
         save_interval_steps=0 if read_only else 1,
     )
+    return ocp.CheckpointManager(
+        directory, options=options, item_names=ITEMS, item_handlers={STATE: state_handler()}
+    )
 
 
-__all__ = ["TRASH_DIR", "finite", "orbax_options", "positive_or_none"]
+def state_handler(
+    platform: str | None = None, processes: int | None = None
+) -> ocp.PyTreeCheckpointHandler:
+    """The train state's orbax handler: orbax's default one, with replica-parallel saving only on
+    TPUs or across processes.
+
+    The type handlers are orbax's defaults for the leaves a stored state can hold (jax and numpy
+    arrays, and orbax's scalars and strings); only the jax array handler's
+    ``use_replica_parallel`` differs, so the files written are the same.
+
+    Parameters
+    ----------
+    platform
+        The devices' platform; default jax's default backend.
+    processes
+        The run's process count; default ``jax.process_count()``.
+    """
+    shared = (platform or jax.default_backend()) == "tpu" or (processes or jax.process_count()) > 1
+    scalars = ocp.type_handlers.ScalarHandler()
+    arrays = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=shared,
+        array_metadata_store=ArrayMetadataStore(),
+    )
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (int, scalars),
+        (float, scalars),
+        (bytes, scalars),
+        (np.number, scalars),
+        (np.ndarray, ocp.type_handlers.NumpyHandler()),
+        (jax.Array, arrays),
+        (str, ocp.type_handlers.StringHandler()),
+    )
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+__all__ = ["ITEMS", "TRASH_DIR", "finite", "orbax_manager", "positive_or_none", "state_handler"]

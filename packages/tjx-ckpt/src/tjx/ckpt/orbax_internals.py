@@ -17,14 +17,16 @@ Everything else orbax does on ``s3://`` (its JSON files, listings, the commit ma
 through `etils.epath` and s3fs, publicly.
 
 **Replica-parallel saving.** A replicated array (data parallelism's parameters) is, by orbax's
-default, cut into one slice per replica so that each device copies its part to the host. Each
-slice is an eager ``lax.slice`` with its own offsets: a program of its own, traced, lowered and
-compiled at a run's first save (measured: 80+ programs, ~1.5 s of a small model's first save on 8
-CPU devices). Where the devices' memory is the host's (CPU) there is no copy to share; orbax
-already turns it off for GPUs when ``JAX_PLATFORMS`` names one, but not when the platform is
-found by default. :func:`state_handler` keeps it for TPUs, where it is meant to pay, and turns it
-off elsewhere. orbax's array handler needs its metadata store (the ``array_metadatas/`` files of
-every checkpoint), which orbax does not export.
+default, cut into one slice per replica so that each replica writes its part. Each slice is an
+eager ``lax.slice`` with its own offsets: a program of its own, traced, lowered and compiled at a
+run's first save (measured: 80+ programs, ~1.5 s of a small model's first save on 8 CPU devices).
+It pays where the replicas' writing is spread: over several hosts (each host writes its share of
+the bytes rather than the first host all of them) and on TPUs, where it is meant to pay. In one
+process on CPUs or GPUs it buys nothing (one host's memory and disk; orbax already turns it off
+for GPUs when ``JAX_PLATFORMS`` names one, but not when the platform is found by default), so
+`tjx.ckpt.options.state_handler` turns it off there. orbax's array handler needs its metadata
+store (the ``array_metadatas/`` files of every checkpoint), which orbax does not export:
+:data:`ArrayMetadataStore`.
 
 ``test_public_orbax.py`` names these private symbols, so an orbax upgrade that moves one fails
 there; this is the only module that imports ``orbax.checkpoint._src``.
@@ -34,9 +36,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store as _array_metadata_store
 from orbax.checkpoint._src.path import gcs_utils as _gcs_utils
 from orbax.checkpoint._src.serialization import tensorstore_utils as _ts_utils
@@ -81,29 +80,9 @@ def install() -> None:
     assert _gcs_utils.get_kvstore_for_gcs is get_kvstore_for_gcs  # the same module object
 
 
-def state_handler(platform: str | None = None) -> ocp.PyTreeCheckpointHandler:
-    """The train state's orbax handler: orbax's default one, with replica-parallel saving only on
-    TPUs (``platform``, default jax's default backend).
-
-    The type handlers are orbax's defaults for the leaves a stored state can hold (jax and numpy
-    arrays, and orbax's scalars and strings); only the jax array handler's
-    ``use_replica_parallel`` differs, so the files written are the same.
-    """
-    scalars = ocp.type_handlers.ScalarHandler()
-    arrays = ocp.type_handlers.ArrayHandler(
-        use_replica_parallel=(platform or jax.default_backend()) == "tpu",
-        array_metadata_store=_array_metadata_store.Store(),
-    )
-    registry = ocp.type_handlers.create_type_handler_registry(
-        (int, scalars),
-        (float, scalars),
-        (bytes, scalars),
-        (np.number, scalars),
-        (np.ndarray, ocp.type_handlers.NumpyHandler()),
-        (jax.Array, arrays),
-        (str, ocp.type_handlers.StringHandler()),
-    )
-    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+#: orbax's array metadata store (the ``array_metadatas/`` files of every checkpoint), which its
+#: array handler needs and orbax does not export (`tjx.ckpt.options.state_handler` builds one).
+ArrayMetadataStore = _array_metadata_store.Store
 
 
-__all__ = ["PATCHED", "install", "state_handler"]
+__all__ = ["PATCHED", "ArrayMetadataStore", "install"]

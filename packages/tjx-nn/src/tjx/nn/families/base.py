@@ -12,8 +12,11 @@ from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.keys import Spec
 from tjx.nn.hf.mapping import HFMapping
 
-#: ``read``: (config.json dict, model type, overrides) → (config, tensor mapping).
-Read = Callable[[Mapping[str, Any], str, Mapping[str, Any]], tuple[LlamaConfig, HFMapping]]
+#: A tensor mapping made when it is asked for: a plan reads a checkpoint's config alone, and a
+#: large release's mapping (a name per expert and projection) takes seconds to build.
+MappingOf = Callable[[], HFMapping]
+#: ``read``: (config.json dict, model type, overrides) → (config, its tensor mapping on demand).
+Read = Callable[[Mapping[str, Any], str, Mapping[str, Any]], tuple[LlamaConfig, MappingOf]]
 #: ``write``: config → (config.json dict, tensor mapping).
 Write = Callable[[LlamaConfig], tuple[dict[str, Any], HFMapping]]
 
@@ -31,9 +34,9 @@ def reads(
 
     def read(
         hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
-    ) -> tuple[LlamaConfig, HFMapping]:
+    ) -> tuple[LlamaConfig, MappingOf]:
         config = config_from_hf(hf, **overrides)
-        return config, mapping(config)
+        return config, lambda: mapping(config)
 
     return read
 
@@ -54,11 +57,16 @@ def reads_text_model(
 
     def read(
         hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
-    ) -> tuple[LlamaConfig, HFMapping]:
+    ) -> tuple[LlamaConfig, MappingOf]:
         if model_type != image_text:
             return text_model(hf, model_type, overrides)
         config, text = text_model(text_config(hf), model_type, overrides)
-        return config, replace(text, ignored=skip(text.ignored))
+
+        def skipped() -> HFMapping:
+            mapping = text()
+            return replace(mapping, ignored=skip(mapping.ignored))
+
+        return config, skipped
 
     return read
 
@@ -90,8 +98,8 @@ class Family:
         Every ``config.json`` key the text model's import reads (`tjx.nn.hf.keys`).
     read : callable
         ``(config.json dict, model_type, overrides) -> (config, mapping)``: the tjx config of a
-        checkpoint of one of ``model_types`` and its tensor mapping, refusing what tjx would
-        ignore (one line each).
+        checkpoint of one of ``model_types``, refusing what tjx would ignore (one line each), and
+        its tensor mapping as a function of no arguments (`MappingOf`: built when asked for).
     claims : callable
         ``(config, asked model_type or None) -> bool``: whether ``save_hf`` saves ``config`` as
         this family (asked for, or a switch only this family computes is on); raises for a

@@ -63,7 +63,8 @@ def load_hf(
     """
     folder = resolve(path_or_hub)
     hf = _read(folder)
-    config, cls, mapping = _plan(hf, overrides)
+    config, cls, mapping_of = _plan(hf, overrides)
+    mapping = mapping_of()
     with LazyWeights(folder) as stored:
         # Quantized tensors are dequantized into the param dtype as the model asks for them.
         weights = open_dequantized(stored, hf, jnp.dtype(config.precision.param_dtype))
@@ -98,10 +99,10 @@ def check_hf_weights(path_or_hub: str | os.PathLike[str]) -> None:
     """
     folder = resolve(path_or_hub)
     hf = _read(folder)
-    config, _, mapping = _plan(hf, {})
+    config, _, mapping_of = _plan(hf, {})
     with LazyWeights(folder) as stored:
         weights = open_dequantized(stored, hf, jnp.dtype(config.precision.param_dtype))
-        _checked_names(weights, hf, mapping)
+        _checked_names(weights, hf, mapping_of())
 
 
 def _checked_names(weights: Tensors, hf: dict[str, Any], mapping: HFMapping) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
+from tjx.nn.families.base import MappingOf
 from tjx.nn.families.registry import FAMILIES, family_of, model_types, saved_as
 from tjx.nn.hf.config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
 from tjx.nn.hf.deepseek import (
@@ -222,61 +223,67 @@ def _kind(hf: dict[str, Any]) -> str:
     return HF_MODEL_TYPES[model_type]
 
 
-def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], HFMapping]:
-    # A component section's setting (``delta.impl``, ``mtp.depths``) reaches the readers by its
-    # dotted key, laid over the section the checkpoint describes (`make_config`), so the tensor
-    # mapping follows it.
-    return _plan_fields(hf, overrides)
+def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], MappingOf]:
+    """The config, model class and tensor mapping (built when called: a plan needs the config
+    alone, and a large release's mapping takes seconds) of a checkpoint's ``config.json``.
 
-
-def _plan_fields(
-    hf: dict[str, Any], overrides: dict[str, Any]
-) -> tuple[Any, type[DecoderLM], HFMapping]:
-    # A quantized folder is the unquantized model's: its weights are dequantized as they load
-    # (`tjx.nn.hf.quantized`). Its quantization_config is checked here, so a plan refuses what a
-    # load would.
+    A component section's setting (``delta.impl``, ``mtp.depths``) reaches the readers by its
+    dotted key, laid over the section the checkpoint describes (`make_config`), so the tensor
+    mapping follows it. A quantized folder is the unquantized model's: its weights are
+    dequantized as they load (`tjx.nn.hf.quantized`). Its quantization_config is checked here,
+    so a plan refuses what a load would. What a mapping reads of ``config.json`` beside the
+    config (its multi-token-prediction layers) is read here too, for the same reason.
+    """
     _kind(hf)
     quantization_from_hf(hf)
     hf = without_quantization(hf)
     if _kind(hf) == "gpt2":
         gpt2 = config_from_hf(hf, **overrides)
-        return gpt2, GPT2, gpt2_mapping(gpt2)
+        return gpt2, GPT2, lambda: gpt2_mapping(gpt2)
     model_type = str(hf.get("model_type"))
     if model_type in FAMILY_TYPES:
         family = family_config_from_hf(hf, **overrides)
-        return family, Llama, family_mapping(family, model_type)
+        return family, Llama, lambda: family_mapping(family, model_type)
     folder_family = family_of(model_type)
     if folder_family is not None:
         config, mapping = folder_family.read(hf, model_type, overrides)
         return config, Llama, mapping
     if model_type == GPT_OSS:
         oss = gpt_oss_config_from_hf(hf, **overrides)
-        return oss, Llama, gpt_oss_mapping(oss)
+        return oss, Llama, lambda: gpt_oss_mapping(oss)
     if model_type in (QWEN3_5, IMAGE_TEXT, QWEN3_NEXT):
         image_text = model_type == IMAGE_TEXT
         text = image_text_config(hf) if image_text else hf
         if model_type == QWEN3_NEXT:
             qwen = qwen3_next_config_from_hf(text, **overrides)
-            mapping = qwen3_next_mapping(qwen)
+            qwen_mapping = qwen3_next_mapping
         else:
             qwen = qwen3_5_config_from_hf(text, **overrides)
-            mapping = qwen3_5_mapping(qwen)
-        return qwen, Llama, replace(mapping, ignored=skip_modules(mapping.ignored, image_text))
+            qwen_mapping = qwen3_5_mapping
+
+        def skipped() -> HFMapping:
+            mapping = qwen_mapping(qwen)
+            return replace(mapping, ignored=skip_modules(mapping.ignored, image_text))
+
+        return qwen, Llama, skipped
     if model_type == GLM4_MOE:
         glm = glm4_moe_config_from_hf(hf, **overrides)
-        return glm, Llama, glm4_moe_mapping(glm, mtp=glm4_mtp_layers(hf))
+        glm_mtp = glm4_mtp_layers(hf)
+        return glm, Llama, lambda: glm4_moe_mapping(glm, mtp=glm_mtp)
     if model_type in DEEPSEEK_TYPES:
         deepseek = deepseek_config_from_hf(hf, **overrides)
         interleaved = model_type == "deepseek_v2" or bool(hf.get("rope_interleave", True))
-        mapping = deepseek_mapping(
-            deepseek, model_type, interleaved=interleaved, mtp=mtp_layers(hf)
+        mtp = mtp_layers(hf)
+        return (
+            deepseek,
+            Llama,
+            lambda: deepseek_mapping(deepseek, model_type, interleaved=interleaved, mtp=mtp),
         )
-        return deepseek, Llama, mapping
     if hf.get("model_type") in MOE_TYPES:
         moe = moe_config_from_hf(hf, **overrides)
-        return moe, Llama, llama_mapping(moe, hf["model_type"])
+        return moe, Llama, lambda: llama_mapping(moe, hf["model_type"])
     llama = llama_config_from_hf(hf, **overrides)
-    return llama, Llama, llama_mapping(llama)
+    return llama, Llama, lambda: llama_mapping(llama)
 
 
 def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], HFMapping]:

@@ -26,7 +26,7 @@ reads the low-rank query's latent), and V3's own refusals.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
@@ -149,7 +149,9 @@ def deepseek_v32_mapping(c: LlamaConfig, *, mtp: int | None = None) -> HFMapping
 
 def read(
     hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
-) -> tuple[LlamaConfig, HFMapping]:
-    """A deepseek_v32 folder's config and tensor mapping (`tjx.nn.families.base.Family.read`)."""
+) -> tuple[LlamaConfig, Callable[[], HFMapping]]:
+    """A deepseek_v32 folder's config and its tensor mapping on demand
+    (`tjx.nn.families.base.Family.read`)."""
     config = deepseek_v32_config_from_hf(hf, **overrides)
-    return config, deepseek_v32_mapping(config, mtp=mtp_layers(hf))
+    mtp = mtp_layers(hf)
+    return config, lambda: deepseek_v32_mapping(config, mtp=mtp)

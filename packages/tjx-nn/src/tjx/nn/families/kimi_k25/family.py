@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.families.base import Family
+from tjx.nn.families.base import Family, MappingOf
 from tjx.nn.families.kimi_k25.hf import (
     IMAGE_TEXT,
     KIMI_K2,
@@ -25,21 +25,22 @@ from tjx.nn.hf.mapping import HFMapping
 
 def _read(
     hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
-) -> tuple[LlamaConfig, HFMapping]:
+) -> tuple[LlamaConfig, MappingOf]:
     """A kimi_k2 folder as DeepSeek-V3; a kimi_k25 one's text model, its vision tower skipped in
     one line and its multi-token-prediction layers too (transformers' image-text model builds
     none)."""
-    if model_type == KIMI_K2:
-        text = kimi_k2_text_config(hf)
-        config = deepseek_config_from_hf(text, **overrides)
-        interleaved = bool(text.get("rope_interleave", True))
-        return config, deepseek_mapping(config, TEXT, interleaved=interleaved, mtp=mtp_layers(text))
-    text = kimi_k25_text_config(hf)
-    config = deepseek_config_from_hf(text, **{"mtp.depths": 0, **overrides})
-    mapping = deepseek_mapping(
-        config, TEXT, interleaved=bool(text.get("rope_interleave", True)), mtp=mtp_layers(text)
+    kimi_k2 = model_type == KIMI_K2
+    text = kimi_k2_text_config(hf) if kimi_k2 else kimi_k25_text_config(hf)
+    config = deepseek_config_from_hf(
+        text, **(overrides if kimi_k2 else {"mtp.depths": 0, **overrides})
     )
-    return config, replace(mapping, ignored=skip_vision(mapping.ignored))
+    interleaved, mtp = bool(text.get("rope_interleave", True)), mtp_layers(text)
+
+    def mapping() -> HFMapping:
+        tensors = deepseek_mapping(config, TEXT, interleaved=interleaved, mtp=mtp)
+        return tensors if kimi_k2 else replace(tensors, ignored=skip_vision(tensors.ignored))
+
+    return config, mapping
 
 
 def _claims(config: LlamaConfig, model_type: str | None) -> bool:

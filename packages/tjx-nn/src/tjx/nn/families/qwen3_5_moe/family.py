@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.families.base import Family, writes
+from tjx.nn.families.base import Family, MappingOf, writes
 from tjx.nn.families.qwen3_5_moe.hf import (
     FUSED,
     QWEN3_5_MOE,
@@ -30,7 +30,7 @@ IMAGE_TEXT = "qwen3_5_moe"
 
 def _read(
     hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
-) -> tuple[LlamaConfig, HFMapping]:
+) -> tuple[LlamaConfig, MappingOf]:
     """A qwen3_5_moe_text folder's config and mapping, or an image-text one's text model; the
     multi-token-prediction module and the vision tower skipped in one line each."""
     image_text = model_type == IMAGE_TEXT
@@ -41,10 +41,14 @@ def _read(
             hf, image_text=IMAGE_TEXT, text=QWEN3_5_MOE, keys=IMAGE_TEXT_KEYS, tied=False, spec=SPEC
         )
     config = qwen3_5_moe_config_from_hf(hf, **overrides)
-    mapping = qwen3_5_moe_mapping(config)
-    if fused:  # the published layout (`fused_experts`)
-        mapping = fused_experts(mapping, config)
-    return config, replace(mapping, ignored=skip_modules(mapping.ignored, image_text))
+
+    def mapping() -> HFMapping:
+        tensors = qwen3_5_moe_mapping(config)
+        if fused:  # the published layout (`fused_experts`)
+            tensors = fused_experts(tensors, config)
+        return replace(tensors, ignored=skip_modules(tensors.ignored, image_text))
+
+    return config, mapping
 
 
 #: Qwen3.5-MoE: qwen3_5_moe_text, and the image-text qwen3_5_moe read as its text model.

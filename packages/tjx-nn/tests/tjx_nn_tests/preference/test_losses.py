@@ -196,12 +196,15 @@ def test_the_sft_loss_is_the_mean_over_the_batchs_assistant_tokens_not_per_seque
     rng = np.random.default_rng()
     model = llama(False)
     inputs = jnp.asarray(rng.integers(0, 40, (2, 12)), jnp.int32)
+    logits = model(inputs).astype(jnp.float32)
+    # The short answer is the model's likeliest tokens, the long one its least likely: their
+    # mean losses differ whatever the draw (random targets' could nearly tie, and then the
+    # per-token and per-sequence averages too).
     targets = np.full((2, 12), -100)
-    targets[0, 2:4] = rng.integers(0, 40, 2)  # a short answer
-    targets[1, 1:11] = rng.integers(0, 40, 10)  # a long one
+    targets[0, 2:4] = np.asarray(jnp.argmax(logits[0, 2:4], -1))  # a short answer
+    targets[1, 1:11] = np.asarray(jnp.argmin(logits[1, 1:11], -1))  # a long one
     batch = {"inputs": inputs, "targets": jnp.asarray(targets, jnp.int32)}
     out = tnn.objective_loss(model, batch, chunked=False)
-    logits = model(inputs).astype(jnp.float32)
     picked = jnp.maximum(batch["targets"], 0)[..., None]
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), picked, -1)[..., 0]
     mask = batch["targets"] != -100
@@ -209,5 +212,5 @@ def test_the_sft_loss_is_the_mean_over_the_batchs_assistant_tokens_not_per_seque
     np.testing.assert_allclose(float(out.loss), float(per_token), rtol=1e-5)
     assert int(out.num_tokens) == 12
     per_sequence = np.mean([float(tnn.masked_mean(nll[i], mask[i])) for i in range(2)])
-    assert abs(per_sequence - float(per_token)) > 1e-4  # the two averages differ here
+    assert abs(per_sequence - float(per_token)) > 1e-3  # the two averages differ here
     assert float(tnn.masked_mean(nll, jnp.zeros_like(mask))) == 0.0

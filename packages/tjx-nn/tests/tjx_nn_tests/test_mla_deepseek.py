@@ -266,6 +266,8 @@ def test_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, capsy
     assert model.mtp is None
     with pytest.raises(ValueError, match="mtp.depths=2: the checkpoint stores 1"):
         tnn.load_hf(folder, **{"mtp.depths": 2})
+    with pytest.raises(ValueError, match="mtp.depths=2: the checkpoint stores 1"):
+        tnn.read_hf_config(folder, **{"mtp.depths": 2})  # a plan refuses it as the load does
 
 
 def test_mtp_layers_a_config_counts_but_the_folder_lacks_load_as_none_with_one_line(

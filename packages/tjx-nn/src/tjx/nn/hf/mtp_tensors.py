@@ -84,6 +84,24 @@ _COPIES = {
 }
 
 
+def stored_depths(c: LlamaConfig, stored: int, key: str = "num_nextn_predict_layers") -> int:
+    """``stored``, the multi-token-prediction layers a checkpoint holds (its config.json's
+    ``key``), once checked against ``c``'s ``mtp.depths``: what a plan reads with the config, so
+    that it refuses what the load would.
+
+    Raises
+    ------
+    ValueError
+        ``c`` has more depths than the checkpoint stores.
+    """
+    if c.mtp.depths > stored:
+        raise ValueError(
+            f"mtp.depths={c.mtp.depths}: the checkpoint stores {stored} multi-token-prediction "
+            f"layer(s) ({key}); set mtp.depths <= {stored}"
+        )
+    return stored
+
+
 def mtp_mapping(
     c: LlamaConfig,
     build: Callable[[LlamaConfig], HFMapping],
@@ -111,12 +129,7 @@ def mtp_mapping(
         A config with more depths than the checkpoint stores.
     """
     n, depths = c.num_layers, c.mtp.depths
-    have = depths if stored is None else stored
-    if depths > have:
-        raise ValueError(
-            f"mtp.depths={depths}: the checkpoint stores {have} multi-token-prediction layer(s) "
-            f"({key}); set mtp.depths <= {have}"
-        )
+    have = depths if stored is None else stored_depths(c, stored, key)
     if not depths:
         base = build(c)
         return HFMapping(base.shapes, base.to_tjx, base.to_hf, skip_mtp(base.ignored, n, have, key))

@@ -64,6 +64,7 @@ from tjx.nn.hf.io import read_config, resolve
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
+from tjx.nn.hf.mtp_tensors import stored_depths
 from tjx.nn.hf.quantized import quantization_from_hf, without_quantization
 from tjx.nn.hf.qwen3_5 import (
     IMAGE_TEXT,
@@ -231,8 +232,9 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     dotted key, laid over the section the checkpoint describes (`make_config`), so the tensor
     mapping follows it. A quantized folder is the unquantized model's: its weights are
     dequantized as they load (`tjx.nn.hf.quantized`). Its quantization_config is checked here,
-    so a plan refuses what a load would. What a mapping reads of ``config.json`` beside the
-    config (its multi-token-prediction layers) is read here too, for the same reason.
+    so a plan refuses what a load would; for the same reason the multi-token-prediction layers a
+    checkpoint stores are read and checked against the config here (`stored_depths`), not in the
+    mapping.
     """
     _kind(hf)
     quantization_from_hf(hf)
@@ -268,12 +270,12 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
         return qwen, Llama, skipped
     if model_type == GLM4_MOE:
         glm = glm4_moe_config_from_hf(hf, **overrides)
-        glm_mtp = glm4_mtp_layers(hf)
+        glm_mtp = stored_depths(glm, glm4_mtp_layers(hf))
         return glm, Llama, lambda: glm4_moe_mapping(glm, mtp=glm_mtp)
     if model_type in DEEPSEEK_TYPES:
         deepseek = deepseek_config_from_hf(hf, **overrides)
         interleaved = model_type == "deepseek_v2" or bool(hf.get("rope_interleave", True))
-        mtp = mtp_layers(hf)
+        mtp = stored_depths(deepseek, mtp_layers(hf))
         return (
             deepseek,
             Llama,

@@ -35,7 +35,7 @@ from tjx.nn.hf.deepseek import SPECS, deepseek_config_from_hf, deepseek_config_t
 from tjx.nn.hf.deepseek_tensors import deepseek_mapping
 from tjx.nn.hf.keys import Spec, layer_list, size
 from tjx.nn.hf.mapping import HFMapping
-from tjx.nn.hf.mtp_tensors import mtp_mapping
+from tjx.nn.hf.mtp_tensors import mtp_mapping, stored_depths
 from tjx.nn.hf.tables import Tables
 from tjx.nn.mla_config import MLAConfig
 
@@ -153,5 +153,5 @@ def read(
     """A deepseek_v32 folder's config and its tensor mapping on demand
     (`tjx.nn.families.base.Family.read`)."""
     config = deepseek_v32_config_from_hf(hf, **overrides)
-    mtp = mtp_layers(hf)
+    mtp = stored_depths(config, mtp_layers(hf))
     return config, lambda: deepseek_v32_mapping(config, mtp=mtp)

@@ -21,6 +21,7 @@ from tjx.nn.families.kimi_k25.hf import (
 from tjx.nn.hf.deepseek import deepseek_config_from_hf, mtp_layers
 from tjx.nn.hf.deepseek_tensors import deepseek_mapping
 from tjx.nn.hf.mapping import HFMapping
+from tjx.nn.hf.mtp_tensors import stored_depths
 
 
 def _read(
@@ -34,7 +35,8 @@ def _read(
     config = deepseek_config_from_hf(
         text, **(overrides if kimi_k2 else {"mtp.depths": 0, **overrides})
     )
-    interleaved, mtp = bool(text.get("rope_interleave", True)), mtp_layers(text)
+    interleaved = bool(text.get("rope_interleave", True))
+    mtp = stored_depths(config, mtp_layers(text))
 
     def mapping() -> HFMapping:
         tensors = deepseek_mapping(config, TEXT, interleaved=interleaved, mtp=mtp)

@@ -31,12 +31,7 @@ from tjx.ckpt.errors import (
 from tjx.ckpt.fallback import collect_failed_read, silence_failed_reads, warn_skipped
 from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.metadata import collect_metadata, to_json
-from tjx.ckpt.options import (
-    TRASH_DIR,
-    finite,
-    orbax_manager,
-    positive_or_none,
-)
+from tjx.ckpt.options import TRASH_DIR, finite, orbax_manager, positive_or_none
 from tjx.ckpt.reader import (
     CONFIG,
     DATA_STATE,

@@ -96,16 +96,19 @@ def test_the_shrunk_preset_compiles_for_the_device_without_it(
 def test_tokamax_attention_compiles_for_an_h100_and_is_priced_as_attention(envs, tmp_path):
     """#68: ``attention_impl: tokamax`` (OpenXLA tokamax's Pallas Mosaic GPU flash attention,
     tjx-kernels' ``gpu`` extra, here from tests-support's scratch folder) compiles for an H100
-    without one: llama_small (scanned layers, GQA 12/4, causal), forward and backward, each
-    layer's attention three Mosaic GPU calls (``mosaic_gpu_v2``: forward, dQ, dK/dV) in the
-    program XLA built, no other attention kernel; the estimate prices them as attention (tjx's
-    flash formulas, named as tokamax's), never as calls counted by their operands."""
+    without one: llama_small shrunk to 2 layers of 2 × 128 tokens (scanned layers, GQA 12/4,
+    causal; the preset as shipped took 124 s of CI's time, 2.3× this size's), forward and
+    backward, each layer's attention three Mosaic GPU calls (``mosaic_gpu_v2``: forward, dQ,
+    dK/dV) in the program XLA built, no other attention kernel; the estimate prices them as
+    attention (tjx's flash formulas, named as tokamax's), never as calls counted by their
+    operands."""
     from tjx_tokamax_env import tokamax_env
 
     folder, seconds = tokamax_env()
     if seconds is not None:
         print(f"tokamax: installed in {seconds:.1f} s", file=sys.stderr)
-    data = plan("llama_small", "h100", "tokamax", envs["cuda12"], tmp_path, more=(folder,))
+    sets = TPU_SMALL  # 2 layers of 2 × 128 tokens: each layer's calls are what is checked
+    data = plan("llama_small", "h100", "tokamax", envs["cuda12"], tmp_path, sets, (folder,))
     assert data["attention"]["kernel"] == "tokamax"
     assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
     calls = data["train"]["custom_calls"]  # by the estimate's names: tokamax's, priced

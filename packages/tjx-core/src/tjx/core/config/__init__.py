@@ -6,8 +6,6 @@ field's metadata (`check_field`, `convert`) and writes them back; `ConfigFiles` 
 presets and YAML files with ``base:`` inheritance; `load_yaml` is PyYAML's safe loader that refuses
 a key given twice (`DuplicateKeyError`). Every problem is one `ConfigError` naming the user's key
 path. Standard library and PyYAML only: an app's command line is checked before it pays for jax.
-
-Moved from tjx-ckpt in 0.14 (its re-exports warned until tjx-ckpt 0.16, which removed them).
 """
 
 from __future__ import annotations

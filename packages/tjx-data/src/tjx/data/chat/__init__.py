@@ -6,6 +6,5 @@ Modules: ``template`` (`ChatTemplate`, a folder's chat template rendered in the 
 ``store`` (encoded sequences on disk), ``prepare`` (rows read and encoded into the shared cache),
 ``packing`` (whole sequences packed into rows), ``loader`` (`ChatLoader`, `PreferenceLoader`),
 ``tasks`` (the generated arithmetic task) and ``run`` (`ChatRunData`, a chat or preference
-run's data). Their public names are `tjx.data`'s. Before tjx-data 0.14 these were
-``tjx.data.chat_<name>``, paths that no longer import (since 0.17.1).
+run's data). Their public names are `tjx.data`'s.
 """

@@ -6,6 +6,5 @@ between its fields and the model, its local sources, a resumed chat run's templa
 ``prepare`` (a source, a weighted mixture or the digits images prepared into a `RunData`),
 ``data`` (`RunData`: the run's loaders, validation batches and ``data.json``) and ``setup``
 (a `DataConfig`'s data prepared and its training loader, as an app calls them). Their public names
-are `tjx.data`'s. Before tjx-data 0.16 these were ``tjx.data.run_<name>``, paths that no longer
-import (since 0.17.1).
+are `tjx.data`'s.
 """

@@ -121,3 +121,18 @@ def test_encoder_decoder_causal_decoder_and_source_padding():
         cfg.replace(tie_embeddings=False, scan_layers=True, **{"position.kind": "learned"})
     )
     assert _call(untied, src, tgt).shape == (2, 5, 64) and untied.unembedding().shape == (32, 64)
+
+
+@pytest.mark.parametrize(
+    ("model", "wanted"),
+    [
+        (tnn.BERT, "BERT needs a BertConfig; got GPT2Config"),
+        (tnn.ViT, "ViT needs a ViTConfig; got GPT2Config"),
+        (tnn.EncoderDecoder, "EncoderDecoder needs an EncoderDecoderConfig; got GPT2Config"),
+        (tnn.Llama, "Llama needs a LlamaConfig; got GPT2Config"),
+    ],
+)
+def test_a_model_built_from_another_models_config_is_refused_naming_both(model, wanted):
+    with pytest.raises(ValueError) as info:
+        model(tnn.GPT2Config(**SMALL), rngs=nnx.Rngs(0))
+    assert str(info.value) == wanted

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.block import model_norm
+from tjx.nn.configs import model_config
 from tjx.nn.decoder import check_length
 from tjx.nn.embeddings import Embed, lookup_table
 from tjx.nn.encoder_configs import BertConfig
@@ -28,9 +29,7 @@ class BERT(nnx.Module):
     def __init__(
         self, config: BertConfig, *, rngs: nnx.Rngs, attention: ModelAttention | None = None
     ) -> None:
-        if not isinstance(config, BertConfig):
-            raise ValueError(f"BERT needs a BertConfig; got {type(config).__name__}")
-        c = self.config = config
+        c = self.config = model_config(self, config, BertConfig)
         p = c.precision
         self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=p)
         # BERT always has learned positions and token types.

@@ -13,7 +13,7 @@ from flax import nnx
 
 from tjx.kernels import CrossEntropyOutput, linear_cross_entropy, soft_cap
 from tjx.nn.block import model_norm
-from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
+from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig, model_config
 from tjx.nn.cross_checks import check_index_loss
 from tjx.nn.embeddings import (
     Embed,
@@ -200,13 +200,8 @@ class DecoderLM(nnx.Module):
         rngs: nnx.Rngs,
         attention: ModelAttention | None = None,
     ) -> None:
-        if not isinstance(config, self.config_type):
-            raise ValueError(
-                f"{type(self).__name__} needs a {self.config_type.__name__}; got "
-                f"{type(config).__name__}"
-            )
-        check_index_loss(config, type(config).__name__)  # the indexer's loss: what it needs
-        c = self.config = config
+        c = self.config = model_config(self, config, self.config_type)
+        check_index_loss(c, type(c).__name__)  # the indexer's loss: what it needs
         self.embed = Embed(
             c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=c.precision
         )

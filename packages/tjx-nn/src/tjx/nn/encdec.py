@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.block import model_norm
+from tjx.nn.configs import model_config
 from tjx.nn.decoder import check_length, head_logits, head_unembedding, output_head
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.encoder_configs import EncoderDecoderConfig
@@ -51,11 +52,7 @@ class EncoderDecoder(nnx.Module):
         rngs: nnx.Rngs,
         attention: ModelAttention | None = None,
     ) -> None:
-        if not isinstance(config, EncoderDecoderConfig):
-            raise ValueError(
-                f"EncoderDecoder needs an EncoderDecoderConfig; got {type(config).__name__}"
-            )
-        c = self.config = config
+        c = self.config = model_config(self, config, EncoderDecoderConfig)
         p = c.precision
         assert c.num_encoder_layers is not None and c.num_decoder_layers is not None
         self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=p)

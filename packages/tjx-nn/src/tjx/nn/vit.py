@@ -8,6 +8,7 @@ from einops import rearrange
 from flax import nnx
 
 from tjx.nn.block import model_norm
+from tjx.nn.configs import model_config
 from tjx.nn.embeddings import add_positions, learned_positions
 from tjx.nn.encoder_configs import ViTConfig
 from tjx.nn.kernel_choice import ModelAttention
@@ -25,9 +26,7 @@ class ViT(nnx.Module):
     def __init__(
         self, config: ViTConfig, *, rngs: nnx.Rngs, attention: ModelAttention | None = None
     ) -> None:
-        if not isinstance(config, ViTConfig):
-            raise ValueError(f"ViT needs a ViTConfig; got {type(config).__name__}")
-        c = self.config = config
+        c = self.config = model_config(self, config, ViTConfig)
         p = c.precision
         patch_dim = c.patch_size * c.patch_size * c.num_channels
         self.patch_embed = Dense(

@@ -4,9 +4,8 @@ Modules: ``layer`` (`MoE`: router, routed and shared experts, `MoEStats`, `route
 ``config`` (the MoE settings' checks, `moe_layers`, expert widths and capacity), ``dispatch``
 (tokens to their experts and back as grouped matmuls: dropless or capacity) and ``parallel``
 (`expert_parallel_scope`, the hook tjx-parallel's expert parallelism sets). The router
-functions are ``tjx.nn.routers``. Before tjx-nn 0.20 these were ``tjx.nn.moe`` (now ``layer``)
-and ``tjx.nn.moe_<name>``. Since 0.25 the old paths no longer import and the package serves only
-the names below (another name of the old module: import it from ``layer``).
+functions are ``tjx.nn.routers``. The package serves the names below; any other name of its
+modules is imported from the module (``layer``'s from ``tjx.nn.moe.layer``).
 """
 
 from __future__ import annotations

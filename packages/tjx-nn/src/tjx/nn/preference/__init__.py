@@ -3,9 +3,8 @@
 Modules: ``config`` (`PreferenceConfig`, config-only), ``losses`` (`sequence_logprobs`,
 `dpo_loss`, `preference_loss`, held-out means), ``steps`` (`preference_loss_fn`,
 `preference_sums_fn`: pure functions of the params for ``jax.jit``) and ``rules``
-(`check_preference_run`). Before tjx-nn 0.20 these were ``tjx.nn.preference`` (now ``losses``)
-and ``tjx.nn.preference_<name>``. Since 0.25 the old paths no longer import and the package serves
-only the names below (another name of the old module: import it from ``losses``).
+(`check_preference_run`). The package serves the names below; any other name of its modules is
+imported from the module (``losses``'s from ``tjx.nn.preference.losses``).
 """
 
 from __future__ import annotations

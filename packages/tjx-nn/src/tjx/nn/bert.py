@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.block import model_norm
-from tjx.nn.configs import model_config
+from tjx.nn.cross_checks import model_config
 from tjx.nn.decoder import check_length
 from tjx.nn.embeddings import Embed, lookup_table
 from tjx.nn.encoder_configs import BertConfig

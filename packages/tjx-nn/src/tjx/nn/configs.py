@@ -436,29 +436,3 @@ def make_config(cls: type[C], fields: Mapping[str, Any]) -> C:
             base = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         kwargs[section] = dataclasses.replace(base, **values)
     return cls(**kwargs)
-
-
-def model_config(model: object, config: object, kind: type[C]) -> C:
-    """``config``, which ``model`` (a model being built) needs to be a ``kind``: else a
-    ``ValueError`` naming the model's class, ``kind`` and what was given.
-
-    Parameters
-    ----------
-    model : nnx.Module
-        The model whose ``__init__`` reads ``config`` (its class names it in the error).
-    config : object
-        What the caller passed.
-    kind : type
-        The config class the model is built from.
-
-    Returns
-    -------
-    TransformerConfig
-        ``config``, typed as ``kind``.
-    """
-    if not isinstance(config, kind):
-        article = "an" if kind.__name__[:1] in "AEIOU" else "a"
-        raise ValueError(
-            f"{type(model).__name__} needs {article} {kind.__name__}; got {type(config).__name__}"
-        )
-    return config

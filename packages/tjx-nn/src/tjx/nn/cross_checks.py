@@ -2,16 +2,17 @@
 calls them), each a ``ValueError`` naming ``Class.field``: sizes, RoPE and its scaling, sliding
 windows and T5's relative bias, the token mixers, MLA, the decoder families' switches
 (``check_family``; :mod:`tjx.nn.family_config` says what they are) and the fields a family never
-reads (``check_unused``). A section checks its own values when built; these check what one needs
-of the rest of the model. Multi-token prediction's, float8's and a family folder's option
-section's live with them (:mod:`tjx.nn.family_config`, :mod:`tjx.nn.fp8`, the folder's
-``options.check_model``).
+reads (``check_unused``); as a model is built, that it was given its own config class
+(``model_config``) and what the indexer's loss needs (``check_index_loss``). A section checks its
+own values when built; these check what one needs of the rest of the model. Multi-token
+prediction's, float8's and a family folder's option section's live with them
+(:mod:`tjx.nn.family_config`, :mod:`tjx.nn.fp8`, the folder's ``options.check_model``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from tjx.core.config.values import choice, positive, positive_float
 from tjx.kernels.ce_choice import CE_KERNEL_NAMES
@@ -19,6 +20,9 @@ from tjx.nn.config_keys import setting_default, setting_value
 from tjx.nn.family_config import DECODER_NORM_POSITIONS
 from tjx.nn.gated_deltanet import DELTA_SIZES
 from tjx.nn.mla_config import DEEPSEEK_MLA
+
+#: A model's config class (`model_config`).
+M = TypeVar("M")
 
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
@@ -272,6 +276,32 @@ def check_unused(config: Any, cls: str) -> None:
         value, default = setting_value(config, name), setting_default(config, name)
         if value != default:
             raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {default!r}")
+
+
+def model_config(model: object, config: object, kind: type[M]) -> M:
+    """``config``, which ``model`` (a model being built) needs to be a ``kind``: else a
+    ``ValueError`` naming the model's class, ``kind`` and what was given.
+
+    Parameters
+    ----------
+    model : nnx.Module
+        The model whose ``__init__`` reads ``config`` (its class names it in the error).
+    config : object
+        What the caller passed.
+    kind : type
+        The config class the model is built from.
+
+    Returns
+    -------
+    object
+        ``config``, typed as ``kind``.
+    """
+    if not isinstance(config, kind):
+        article = "an" if kind.__name__[:1] in "AEIOU" else "a"
+        raise ValueError(
+            f"{type(model).__name__} needs {article} {kind.__name__}; got {type(config).__name__}"
+        )
+    return config
 
 
 def check_index_loss(config: Any, cls: str) -> None:

@@ -13,8 +13,8 @@ from flax import nnx
 
 from tjx.kernels import CrossEntropyOutput, linear_cross_entropy, soft_cap
 from tjx.nn.block import model_norm
-from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig, model_config
-from tjx.nn.cross_checks import check_index_loss
+from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
+from tjx.nn.cross_checks import check_index_loss, model_config
 from tjx.nn.embeddings import (
     Embed,
     add_positions,

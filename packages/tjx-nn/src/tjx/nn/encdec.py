@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.block import model_norm
-from tjx.nn.configs import model_config
+from tjx.nn.cross_checks import model_config
 from tjx.nn.decoder import check_length, head_logits, head_unembedding, output_head
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.encoder_configs import EncoderDecoderConfig

@@ -8,7 +8,7 @@ from einops import rearrange
 from flax import nnx
 
 from tjx.nn.block import model_norm
-from tjx.nn.configs import model_config
+from tjx.nn.cross_checks import model_config
 from tjx.nn.embeddings import add_positions, learned_positions
 from tjx.nn.encoder_configs import ViTConfig
 from tjx.nn.kernel_choice import ModelAttention

@@ -31,6 +31,13 @@ LLAMA_SWITCHES: dict[str, Any] = (
     | {"norm.position": "pre", "norm.plus_one": False}
     | {"mlp.activation": "swiglu"}
 )
+#: A plain LLaMA block as a family's export needs checks it: its switches on multi-head attention
+#: with RoPE and RMSNorm (what `check_exportable` checks for the families of this module).
+LLAMA_BLOCK: dict[str, Any] = LLAMA_SWITCHES | {
+    "attention.type": "mha",
+    "position.kind": "rope",
+    "norm.kind": "rmsnorm",
+}
 
 
 #: ``auto_map`` entries naming the modelling code that transformers itself ships for the model

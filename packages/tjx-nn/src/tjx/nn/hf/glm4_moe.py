@@ -44,6 +44,7 @@ from tjx.nn.hf.config import (
     unsupported,
 )
 from tjx.nn.hf.family_base import (
+    LLAMA_BLOCK,
     deepseek_moe_fields,
     deepseek_moe_to_hf,
     mismatches,
@@ -105,23 +106,13 @@ SPEC = LLAMA.but(
         ("topk_group", "<=", "n_group"),
     ),
 )
-#: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with.
-NEEDS: dict[str, Any] = (
-    dict(
-        **{"attention.type": "mha"},
-        use_bias=False,
-        **{"attention.qk_norm_scope": "head"},
-        scale_embeddings=False,
-        **{"attention.query_pre_attn_scalar": None},
-        **{"attention.logit_softcap": None},
-        final_logit_softcap=None,
-        **{"attention.sliding_window": None},
-        **{"attention.sinks": False},
-    )
-    | {"position.kind": "rope", "position.rope_local_theta": None}
-    | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
-    | {"mlp.activation": "swiglu"}
-)
+#: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with
+#: (a plain LLaMA block, its per-head q/k norm optional: ``use_qk_norm``).
+NEEDS: dict[str, Any] = {k: v for k, v in LLAMA_BLOCK.items() if k != "attention.qk_norm"} | {
+    "use_bias": False,
+    "attention.sliding_window": None,
+    "attention.sinks": False,
+}
 #: What its ``moe`` section must have: `MoEConfig` field → the value GLM-4.5 computes with.
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid",

@@ -43,10 +43,10 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, unsupported
-from tjx.nn.hf.family_base import refuse_mismatches
+from tjx.nn.hf.family_base import deepseek_moe_fields, deepseek_moe_to_hf, refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
 from tjx.nn.mla_config import MLAConfig
-from tjx.nn.moe.config import MoEConfig, expert_mlp_dim
+from tjx.nn.moe.config import MoEConfig
 
 DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
 ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -192,18 +192,8 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     grouped = model_type == "deepseek_v3" or hf.get("topk_method") == "group_limited_greedy"
     if model_type == "deepseek_v2" and hf.get("norm_topk_prob"):
         raise unsupported("norm_topk_prob", True, "transformers' deepseek_v2 never renormalises")
-    moe: dict[str, Any] = dict(
-        num_experts=hf["n_routed_experts"],
-        experts_per_token=hf["num_experts_per_tok"],
-        expert_mlp_dim=hf["moe_intermediate_size"],
-        num_shared_experts=shared,
-        first_dense=hf["first_k_dense_replace"],
-        router=scoring,
-        router_norm_topk=hf["norm_topk_prob"] and model_type == "deepseek_v3",
-        router_scale=float(hf["routed_scaling_factor"]),
-        router_groups=(hf["n_group"] or 1) if grouped else 1,
-        router_topk_groups=(hf["topk_group"] or 1) if grouped else 1,
-    )
+    norm_topk = hf["norm_topk_prob"] and model_type == "deepseek_v3"
+    moe = deepseek_moe_fields(hf, router=scoring, norm_topk=norm_topk, grouped=grouped)
     if hf.get("aux_loss_alpha") is not None:  # a training setting (logits do not change)
         moe["router_aux_loss"] = float(hf["aux_loss_alpha"])
     fields |= dict(
@@ -280,15 +270,7 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
         qk_nope_head_dim=c.head_dim - c.mla.qk_rope_head_dim,
         qk_rope_head_dim=c.mla.qk_rope_head_dim,
         v_head_dim=c.mla.v_head_dim or c.head_dim,
-        n_routed_experts=c.moe.num_experts,
-        num_experts_per_tok=c.moe.experts_per_token,
-        moe_intermediate_size=expert_mlp_dim(c),
-        n_shared_experts=c.moe.num_shared_experts,
-        first_k_dense_replace=c.moe.first_dense,
-        routed_scaling_factor=c.moe.router_scale,
-        n_group=c.moe.router_groups,
-        topk_group=c.moe.router_topk_groups,
-        norm_topk_prob=c.moe.router_norm_topk,
+        **deepseek_moe_to_hf(c),
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=None,

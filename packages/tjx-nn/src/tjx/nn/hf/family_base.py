@@ -1,5 +1,6 @@
 """What the Hugging Face imports of Qwen3, OLMo 2, Phi-3 and Gemma 2/3 share: the keys every
-family maps, RoPE's base, the sliding-window rule, the common fields and the export checks.
+family maps, RoPE's base, the sliding-window rule, the common fields and the export checks; and
+DeepSeek's MoE keys, which DeepSeek-V2/V3 and GLM-4.5 share (``deepseek_moe_*``).
 
 Sliding windows map onto ``sliding_window`` and ``window_pattern`` (which layers slide, as
 transformers decides per family: ``windows`` reads them, ``layer_types`` writes them). Not yet
@@ -14,6 +15,7 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS, check_known, llama_sizes_to_hf
+from tjx.nn.moe.config import expert_mlp_dim
 
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
 LLAMA_SWITCHES: dict[str, Any] = (
@@ -29,6 +31,13 @@ LLAMA_SWITCHES: dict[str, Any] = (
     | {"norm.position": "pre", "norm.plus_one": False}
     | {"mlp.activation": "swiglu"}
 )
+#: A plain LLaMA block as a family's export needs checks it: its switches on multi-head attention
+#: with RoPE and RMSNorm (what `check_exportable` checks for the families of this module).
+LLAMA_BLOCK: dict[str, Any] = LLAMA_SWITCHES | {
+    "attention.type": "mha",
+    "position.kind": "rope",
+    "norm.kind": "rmsnorm",
+}
 
 
 #: ``auto_map`` entries naming the modelling code that transformers itself ships for the model
@@ -214,3 +223,43 @@ def common_to_hf(config: LlamaConfig, *, rope_theta: bool = True) -> dict[str, A
     if not rope_theta:
         del out["rope_theta"]
     return out
+
+
+def deepseek_moe_fields(
+    hf: Mapping[str, Any], *, router: str, norm_topk: bool, grouped: bool = True
+) -> dict[str, Any]:
+    """The `MoEConfig` fields of DeepSeek's MoE keys (``n_routed_experts``, ``n_group`` ...),
+    which DeepSeek-V2/V3 and GLM-4.5 share, from ``hf`` as the type's `keys.Spec` has read it.
+
+    ``router`` and ``norm_topk`` are what the type computes; without ``grouped`` the top-k is
+    over one group whatever ``n_group`` says (DeepSeek-V2's greedy one).
+    """
+    return dict(
+        num_experts=hf["n_routed_experts"],
+        experts_per_token=hf["num_experts_per_tok"],
+        expert_mlp_dim=hf["moe_intermediate_size"],
+        num_shared_experts=hf["n_shared_experts"],
+        first_dense=hf["first_k_dense_replace"],
+        router=router,
+        router_norm_topk=norm_topk,
+        router_scale=float(hf["routed_scaling_factor"]),
+        router_groups=(hf["n_group"] or 1) if grouped else 1,
+        router_topk_groups=(hf["topk_group"] or 1) if grouped else 1,
+    )
+
+
+def deepseek_moe_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """DeepSeek's MoE keys of ``config``'s ``moe`` section, as DeepSeek-V2/V3 and GLM-4.5 write
+    them (the inverse of `deepseek_moe_fields`)."""
+    moe = config.moe
+    return dict(
+        n_routed_experts=moe.num_experts,
+        num_experts_per_tok=moe.experts_per_token,
+        moe_intermediate_size=expert_mlp_dim(config),
+        n_shared_experts=moe.num_shared_experts,
+        first_k_dense_replace=moe.first_dense,
+        routed_scaling_factor=moe.router_scale,
+        n_group=moe.router_groups,
+        topk_group=moe.router_topk_groups,
+        norm_topk_prob=moe.router_norm_topk,
+    )

@@ -43,7 +43,13 @@ from tjx.nn.hf.config import (
     partial_rotary_factor,
     unsupported,
 )
-from tjx.nn.hf.family_base import mismatches, refuse_mismatches
+from tjx.nn.hf.family_base import (
+    LLAMA_BLOCK,
+    deepseek_moe_fields,
+    deepseek_moe_to_hf,
+    mismatches,
+    refuse_mismatches,
+)
 from tjx.nn.hf.keys import ABSENT, Key, count, flag, positive, size
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mapping import HFMapping
@@ -100,23 +106,13 @@ SPEC = LLAMA.but(
         ("topk_group", "<=", "n_group"),
     ),
 )
-#: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with.
-NEEDS: dict[str, Any] = (
-    dict(
-        **{"attention.type": "mha"},
-        use_bias=False,
-        **{"attention.qk_norm_scope": "head"},
-        scale_embeddings=False,
-        **{"attention.query_pre_attn_scalar": None},
-        **{"attention.logit_softcap": None},
-        final_logit_softcap=None,
-        **{"attention.sliding_window": None},
-        **{"attention.sinks": False},
-    )
-    | {"position.kind": "rope", "position.rope_local_theta": None}
-    | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
-    | {"mlp.activation": "swiglu"}
-)
+#: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with
+#: (a plain LLaMA block, its per-head q/k norm optional: ``use_qk_norm``).
+NEEDS: dict[str, Any] = {k: v for k, v in LLAMA_BLOCK.items() if k != "attention.qk_norm"} | {
+    "use_bias": False,
+    "attention.sliding_window": None,
+    "attention.sinks": False,
+}
 #: What its ``moe`` section must have: `MoEConfig` field → the value GLM-4.5 computes with.
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid",
@@ -158,23 +154,14 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     if hf.get("scoring_func", "sigmoid") != "sigmoid":  # never in the config class: refused
         raise _refuse("scoring_func", hf["scoring_func"], "GLM-4.5 routes by sigmoid scores")
     fields = llama_fields(rest, GLM4_MOE, handled=KEYS)
+    # Always grouped: GLM-4.5's Spec reads a null n_group or topk_group as 1.
+    moe = deepseek_moe_fields(hf, router="sigmoid", norm_topk=hf["norm_topk_prob"])
     fields |= (
         dict(
             use_bias=False,
             **{"attention.qkv_bias": hf["attention_bias"]},
             **{"attention.qk_norm": hf["use_qk_norm"]},
-            moe=MoEConfig(
-                num_experts=hf["n_routed_experts"],
-                experts_per_token=hf["num_experts_per_tok"],
-                expert_mlp_dim=hf["moe_intermediate_size"],
-                num_shared_experts=hf["n_shared_experts"],
-                first_dense=hf["first_k_dense_replace"],
-                router="sigmoid",
-                router_norm_topk=hf["norm_topk_prob"],
-                router_scale=float(hf["routed_scaling_factor"]),
-                router_groups=hf["n_group"],
-                router_topk_groups=hf["topk_group"],
-            ),
+            moe=MoEConfig(**moe),
         )
         | {"position.rope_fraction": partial_rotary_factor(partial)}
         | {"mtp.depths": mtp_layers(hf)}
@@ -216,15 +203,7 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "rope_parameters": rope | {"partial_rotary_factor": c.position.rope_fraction},
         "attention_bias": c.attention.qkv_bias,
         "use_qk_norm": c.attention.qk_norm,
-        "moe_intermediate_size": expert_mlp_dim(c),
-        "num_experts_per_tok": c.moe.experts_per_token,
-        "n_shared_experts": c.moe.num_shared_experts,
-        "n_routed_experts": c.moe.num_experts,
-        "routed_scaling_factor": c.moe.router_scale,
-        "n_group": c.moe.router_groups,
-        "topk_group": c.moe.router_topk_groups,
-        "first_k_dense_replace": c.moe.first_dense,
-        "norm_topk_prob": c.moe.router_norm_topk,
+        **deepseek_moe_to_hf(c),
         "num_nextn_predict_layers": c.mtp.depths,
         "bos_token_id": None,
         "eos_token_id": None,

@@ -45,7 +45,7 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, unsupported
-from tjx.nn.hf.family_base import layer_types, mismatches
+from tjx.nn.hf.family_base import LLAMA_BLOCK, layer_types, mismatches
 from tjx.nn.hf.keys import ATTENTION_KINDS, flag, layer_list, nonneg, positive, size
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Tables, llama_sizes, transposed
@@ -95,22 +95,14 @@ SPEC = LLAMA.but(
     attention_bias=flag(True),
     rules=(("num_experts_per_tok", "<=", "num_local_experts"),),
 )
-#: What a config must have to be written as gpt-oss: field → (the value gpt-oss computes with).
-NEEDS: dict[str, Any] = (
-    dict(
-        **{"attention.type": "mha"},
-        use_bias=True,
-        **{"attention.sinks": True},
-        **{"attention.qk_norm": False},
-        scale_embeddings=False,
-        **{"attention.query_pre_attn_scalar": None},
-        **{"attention.logit_softcap": None},
-        final_logit_softcap=None,
-    )
-    | {"position.kind": "rope", "position.rope_local_theta": None, "position.rope_fraction": 1.0}
-    | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
-    | {"mlp.activation": "swiglu_clamped"}
-)
+#: What a config must have to be written as gpt-oss: field → (the value gpt-oss computes with):
+#: a plain LLaMA block but its biases, sinks, whole-head RoPE and clamped SwiGLU.
+NEEDS: dict[str, Any] = LLAMA_BLOCK | {
+    "use_bias": True,
+    "attention.sinks": True,
+    "position.rope_fraction": 1.0,
+    "mlp.activation": "swiglu_clamped",
+}
 #: What its ``moe`` section must have: `MoEConfig` field → the value gpt-oss computes with.
 MOE_NEEDS: dict[str, Any] = dict(
     router="softmax",

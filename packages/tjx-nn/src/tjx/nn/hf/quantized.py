@@ -53,7 +53,7 @@ not of 16 bytes, packed INT4 words the ``group_size`` does not fit, a ``weight_s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,16 +186,35 @@ class Dequantized:
     def _refuse(self, name: str, what: str) -> ValueError:
         return ValueError(f"{self._weights.path(name)}: tensor {name} {what}")
 
+    def _missing(self, name: str, what: str) -> ValueError:
+        """``name`` refused for a part of its format that the folder lacks (``what``): a folder
+        copied in part, so the fix is the whole checkpoint."""
+        return self._refuse(name, f"{what}; {_FIX} with all its files")
+
+    def _check_unique(self, base: str, stored: set[str], how: str) -> None:
+        """Refuse ``base`` when the folder stores it unquantized beside its quantized parts
+        (``how``: the form they take): the two would give the one tensor twice."""
+        if base in stored:
+            raise self._refuse(base, f"is stored both whole and {how}; {_FIX}")
+
+    def _check_dtypes(self, layout: str, parts: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        """Refuse the first of ``parts`` (a stored tensor, the dtypes ``layout`` stores it in)
+        that is stored in another dtype."""
+        for part, dtypes in parts:
+            dtype = self._weights.dtype(part)
+            if dtype not in dtypes:
+                raise self._refuse(
+                    part, f"is stored as {dtype}; {layout} stores {' or '.join(dtypes)}; {_FIX}"
+                )
+
     def _pair_fp8(self, stored: set[str]) -> None:
         w, block = self._weights, self._quantization.block
         assert block is not None
         for name in sorted(n for n in stored if w.dtype(n) in FP8_DTYPES):
             scale = name + "_scale_inv"  # X.weight → X.weight_scale_inv, as transformers names it
             if scale not in stored:
-                raise self._refuse(
-                    name,
-                    f"is stored in FP8 ({w.dtype(name)}) without its scales {scale}; {_FIX} "
-                    "with all its files",
+                raise self._missing(
+                    name, f"is stored in FP8 ({w.dtype(name)}) without its scales {scale}"
                 )
             if w.dtype(scale) not in FP8_SCALE_DTYPES:
                 raise self._refuse(
@@ -229,20 +248,9 @@ class Dequantized:
             base = name.removesuffix("_blocks")
             scales = base + "_scales"
             if scales not in stored:
-                raise self._refuse(
-                    name, f"holds MXFP4 blocks without their scales {scales}; {_FIX} with all "
-                    "its files",
-                )  # fmt: skip
-            if base in stored:
-                raise self._refuse(
-                    base, f"is stored both whole and as MXFP4 blocks ({name}); {_FIX}"
-                )
-            for part, dtypes in ((name, ("U8",)), (scales, MXFP4_SCALE_DTYPES)):
-                if w.dtype(part) not in dtypes:
-                    raise self._refuse(
-                        part, f"is stored as {w.dtype(part)}; MXFP4 stores {' or '.join(dtypes)}; "
-                        f"{_FIX}",
-                    )  # fmt: skip
+                raise self._missing(name, f"holds MXFP4 blocks without their scales {scales}")
+            self._check_unique(base, stored, f"as MXFP4 blocks ({name})")
+            self._check_dtypes("MXFP4", ((name, ("U8",)), (scales, MXFP4_SCALE_DTYPES)))
             shape = w.shape(name)
             if len(shape) != 4 or shape[-1] != MX_BYTES:
                 raise self._refuse(
@@ -258,10 +266,8 @@ class Dequantized:
             self._shapes[base] = (shape[0], shape[2] * MX_BLOCK, shape[1])
         used = {scales for _, scales in self._parts.values()}
         for name in sorted(n for n in stored if n.endswith("_scales") and n not in used):
-            raise self._refuse(
-                name, f"holds MXFP4 scales without their blocks "
-                f"{name.removesuffix('_scales')}_blocks; {_FIX} with all its files",
-            )  # fmt: skip
+            blocks = name.removesuffix("_scales") + "_blocks"
+            raise self._missing(name, f"holds MXFP4 scales without their blocks {blocks}")
 
     def _pair_packed(self, stored: set[str]) -> None:
         w, group = self._weights, self._quantization.group
@@ -272,24 +278,19 @@ class Dequantized:
             scale, shape_name, zero = base + "_scale", base + "_shape", base + "_zero_point"
             for part in (scale, shape_name):
                 if part not in stored:
-                    raise self._refuse(
-                        name, f"holds packed INT4 weights ({CT_FORMAT}) without {part}; {_FIX} "
-                        "with all its files",
-                    )  # fmt: skip
-            if base in stored:
-                raise self._refuse(base, f"is stored both whole and packed ({name}); {_FIX}")
+                    raise self._missing(
+                        name, f"holds packed INT4 weights ({CT_FORMAT}) without {part}"
+                    )
+            self._check_unique(base, stored, f"packed ({name})")
             if zero in stored:
                 raise self._refuse(
                     zero, "is a zero point (an asymmetric scheme): tjx reads symmetric INT4, as "
                     "quantization_config says; load an unquantized conversion of the checkpoint",
                 )  # fmt: skip
-            for part, dtypes in ((name, ("I32",)), (scale, CT_SCALE_DTYPES),
-                                 (shape_name, CT_SHAPE_DTYPES)):  # fmt: skip
-                if w.dtype(part) not in dtypes:
-                    raise self._refuse(
-                        part, f"is stored as {w.dtype(part)}; {CT_FORMAT} stores "
-                        f"{' or '.join(dtypes)}; {_FIX}",
-                    )  # fmt: skip
+            self._check_dtypes(
+                CT_FORMAT,
+                ((name, ("I32",)), (scale, CT_SCALE_DTYPES), (shape_name, CT_SHAPE_DTYPES)),
+            )
             packed, scales = w.shape(name), w.shape(scale)
             if len(packed) < 2 or w.shape(shape_name) != (len(packed),):
                 raise self._refuse(
@@ -311,10 +312,9 @@ class Dequantized:
         used = {scale for _, scale in self._parts.values()} | self._aux
         for name in sorted(stored - used):
             if name.endswith(("weight_scale", "weight_shape")):
-                raise self._refuse(
-                    name, f"belongs to packed INT4 weights {name[:-6]}_packed, which are not "
-                    f"stored; {_FIX} with all its files",
-                )  # fmt: skip
+                raise self._missing(
+                    name, f"belongs to packed INT4 weights {name[:-6]}_packed, which are not stored"
+                )
 
     def _check_shape(self, name: str) -> None:
         """``name``'s stored ``weight_shape`` (read: a few integers) is the shape its packed words

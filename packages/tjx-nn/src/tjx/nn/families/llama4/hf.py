@@ -37,26 +37,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from tjx.nn.hf.family_base import LLAMA_SWITCHES
+from tjx.nn.hf.family_base import LLAMA_BLOCK
 
 LLAMA4 = "llama4_text"
 ARCHITECTURE = "Llama4ForCausalLM"
 #: What a config must have to be written as Llama 4 (beside its MoE layers' `MOE_NEEDS`).
 NEEDS: dict[str, Any] = (
     dict(
-        LLAMA_SWITCHES,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
+        LLAMA_BLOCK,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
         use_bias=False,
         mixer_pattern=None,
     )
     | {
-        "attention.type": "mha",
         "attention.qkv_bias": False,
         "attention.sinks": False,
         "attention.output_gate": False,
         "attention.sliding_window": None,
     }
-    | {"position.kind": "rope", "position.rope_fraction": 1.0}
-    | {"norm.kind": "rmsnorm"}
+    | {"position.rope_fraction": 1.0}
 )
 #: What Llama 4's MoE layers compute: the import builds them with it, the export checks it.
 MOE_NEEDS: dict[str, Any] = dict(

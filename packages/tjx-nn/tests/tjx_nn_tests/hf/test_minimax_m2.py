@@ -132,6 +132,7 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
         ({"moe.router_scale": 2.0}, "moe.router_scale=2.0 .needs 1.0."),
         ({"attention.qk_norm_scope": "head"}, "qk_norm_scope='head' .needs 'projection'."),
         ({"mtp.depths": 1}, "mtp.depths=1 .needs 0."),
+        ({"norm.kind": "layernorm"}, "norm.kind='layernorm' .needs 'rmsnorm'."),
         ({"moe": tnn.MoEConfig()}, r"moe.num_experts=0 .needs '> 0'."),
     ],
 )

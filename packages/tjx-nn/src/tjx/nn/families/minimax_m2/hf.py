@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tjx.nn.hf.family_base import LLAMA_SWITCHES
+from tjx.nn.hf.family_base import LLAMA_BLOCK
 
 MINIMAX_M2 = "minimax_m2"
 ARCHITECTURE = "MiniMaxM2ForCausalLM"
@@ -52,25 +52,20 @@ UPSTREAMED = {
     "AutoModelForCausalLM": "modeling_minimax_m2.MiniMaxM2ForCausalLM",
 }
 #: What a config must have to be written as minimax_m2 (beside its MoE layers' `MOE_NEEDS`).
-NEEDS: dict[str, Any] = (
-    dict(
-        LLAMA_SWITCHES,
-        use_bias=False,
-        mixer_pattern=None,
-        qk_l2_norm=False,
-    )
-    | {
-        "attention.type": "mha",
-        "attention.qkv_bias": False,
-        "attention.qk_norm": True,
-        "attention.qk_norm_scope": "projection",
-        "attention.sinks": False,
-        "attention.output_gate": False,
-        "attention.sliding_window": None,
-        "attention.chunk": None,
-    }
-    | {"position.kind": "rope"}
-)
+NEEDS: dict[str, Any] = dict(
+    LLAMA_BLOCK,  # Llama's block (RMSNorm, RoPE, multi-head); its q/k norm is set below
+    use_bias=False,
+    mixer_pattern=None,
+    qk_l2_norm=False,
+) | {
+    "attention.qkv_bias": False,
+    "attention.qk_norm": True,
+    "attention.qk_norm_scope": "projection",
+    "attention.sinks": False,
+    "attention.output_gate": False,
+    "attention.sliding_window": None,
+    "attention.chunk": None,
+}
 #: What MiniMax-M2's MoE layers compute: the import builds them with it, the export checks it.
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid",

@@ -33,7 +33,7 @@ from tjx.kernels.ce_launch import DEFAULT_CE_LAUNCH, padded_dim
 from tjx.kernels.choice import AutoChoice, Target, current_target
 from tjx.kernels.costs import ce_cost
 from tjx.kernels.cross_entropy import HeadProducts, auto_chunk_size
-from tjx.kernels.launch import load_launch_tables, norm_kind
+from tjx.kernels.launch import dtype_name, measured_bucket
 
 #: ``cross_entropy_impl``: ``"xla"`` is `chunked_cross_entropy`, ``"pallas"`` the fused kernel,
 #: ``"pallas_rows"`` the chunked one with its per-chunk passes in one kernel (`ce_rows`).
@@ -42,7 +42,6 @@ CE_IMPLEMENTATIONS = ("auto", "xla", "pallas", "pallas_rows")
 _MEASURED = CE_IMPLEMENTATIONS[1:]
 #: The kernels' names in a refusal.
 CE_KERNEL_NAMES = {"pallas": "fused (pallas)", "pallas_rows": "row-kernel (pallas_rows)"}
-_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 def chunked_ce_bytes(tokens: int, d: int, vocab: int, item: int, chunk: int | None = None) -> float:
@@ -61,7 +60,7 @@ def fused_ce_bytes(tokens: int, d: int, vocab: int, dtype: Any) -> float:
     fitted = launch.fitted(dp)
     t = -(-tokens // fitted.block_t) * fitted.block_t
     v = -(-vocab // fitted.block_v) * fitted.block_v
-    name = {"bf16": "bf16", "fp16": "f16", "fp32": "f32"}[_NAMES[jnp.dtype(dtype).name]]
+    name = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}[jnp.dtype(dtype).name]
     ops = [(name, (t, dp)), (name, (dp, v)), ("s32", (t,))]
     grids = {
         "tjx_ce_fwd": (t // fitted.block_t,),
@@ -73,13 +72,8 @@ def fused_ce_bytes(tokens: int, d: int, vocab: int, dtype: Any) -> float:
 
 def measured_ce_timings(device_kind: str, dtype: Any) -> dict[str, float]:
     """Implementation → measured forward+backward ms on ``device_kind`` (empty: none)."""
-    key = f"ce-{_NAMES.get(jnp.dtype(dtype).name, '')}"
-    found: dict[str, float] = {}
-    for kind, table in load_launch_tables().items():
-        if norm_kind(kind) == norm_kind(device_kind):
-            times = table.timings.get(key, {})
-            found.update({k: v for k, v in times.items() if k in _MEASURED})
-    return found
+    name = dtype_name(dtype)
+    return {} if name is None else measured_bucket(f"ce-{name}", device_kind, _MEASURED)
 
 
 def ce_auto_order(
@@ -90,7 +84,7 @@ def ce_auto_order(
     if not t.cuda:
         return AutoChoice(("xla",), f"the fused kernel is CUDA-only; XLA on {t.platform}")
     kind = t.device_kind or "this GPU"
-    if jnp.dtype(dtype).name not in _NAMES:
+    if dtype_name(dtype) is None:
         return AutoChoice(("xla",), f"no fused kernel for {jnp.dtype(dtype).name}")
     times = measured_ce_timings(kind, dtype)
     if times:

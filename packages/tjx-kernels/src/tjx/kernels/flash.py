@@ -195,7 +195,7 @@ class CallSetup(NamedTuple):
 def setup_call(
     shapes: AttentionShapes,
     dtype: Any,
-    mask: AttentionMask,
+    mask: AttentionMask | None,
     *,
     scale: float | None,
     softcap: float | None,
@@ -205,9 +205,10 @@ def setup_call(
     launch: LaunchDefaults | None,
 ) -> CallSetup | None:
     """Check one call past its inputs' shapes (the checks every flash entry makes: a
-    ``ValueError`` naming the argument and what is supported) and make its kernel config (scale
-    ``None``: ``1/sqrt(head_dim)``); None when either length is 0 (nothing to tile: no query
-    rows, or no key for any row to see)."""
+    ``ValueError`` naming the argument and what is supported) and make its kernel config (mask
+    ``None``: every key; scale ``None``: ``1/sqrt(head_dim)``); None when either length is 0
+    (nothing to tile: no query rows, or no key for any row to see)."""
+    mask = AttentionMask() if mask is None else mask
     check_mask(mask)
     check_segment_ids(mask.segment_ids, shapes)
     for part in ("kv_lengths", "chunk", "sinks"):
@@ -257,17 +258,18 @@ def prepare_call(
     q: Array,
     k: Array,
     v: Array,
-    mask: AttentionMask,
+    mask: AttentionMask | None,
     *,
     scale: float | None,
-    block_q: int | None,
-    block_k: int | None,
+    block_q: int | None = None,
+    block_k: int | None = None,
     interpret: bool | None,
     launch: LaunchDefaults | None,
     softcap: float | None = None,
 ) -> Padded | AttentionShapes:
-    """Validate one call and pad it to the kernel's tiles; the bare shapes when either length is
-    0 (nothing to tile: no query rows, or no key for any row to see)."""
+    """Validate one call (as :func:`setup_call`; block sizes ``None``: the launch's) and pad it
+    to the kernel's tiles; the bare shapes when either length is 0 (nothing to tile: no query
+    rows, or no key for any row to see)."""
     shapes = check_qkv(q, k, v)
     setup = setup_call(
         shapes,
@@ -352,7 +354,7 @@ def flash_attention(
         q,
         k,
         v,
-        AttentionMask() if mask is None else mask,
+        mask,
         scale=scale,
         block_q=block_q,
         block_k=block_k,

@@ -34,6 +34,7 @@ buffer, passed to it as an input aliased to its output.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -111,20 +112,15 @@ def _dot_parts(a: list[Array], b: list[Array]) -> Array:
     return functools.reduce(lambda x, y: x + y, map(dot_nt, a, b))
 
 
-def dkdv_sums(
-    q_ref: Any,
-    k_ref: Any,
-    v_ref: Any,
-    do_ref: Any,
-    lse_ref: Any,
-    delta_ref: Any,
-    qid_ref: Any,
-    kid_ref: Any,
-    cfg: KernelConfig,
-) -> tuple[Array, Array]:
+#: The refs both backward kernels read: q, k, v, dO, lse, δ, query and key segment ids.
+Refs = tuple[Any, Any, Any, Any, Any, Any, Any, Any]
+
+
+def dkdv_sums(refs: Refs, cfg: KernelConfig) -> tuple[Array, Array]:
     """One dK/dV program's float32 sums (dK scaled) over the query blocks its key block meets:
     the ``[block_k, head_dim / n]`` tiles its caller stores (as separate arrays, or into the
     key and value slots of one stacked gradient, :mod:`tjx.kernels.flash_qkv`)."""
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qid_ref, kid_ref = refs
     bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
     j, cols = _split_program(cfg, k_ref.shape[-1])
     k: Any = k_ref[...] if cols is None else [k_ref[:, c] for c in cols]
@@ -161,26 +157,17 @@ def dkdv_sums(
 
 
 def _dkdv_kernel(*refs: Any, cfg: KernelConfig) -> None:
-    q, k, v, do, lse, delta, qid, kid, dk_ref, dv_ref = refs
-    dk, dv = dkdv_sums(q, k, v, do, lse, delta, qid, kid, cfg)
+    dk_ref, dv_ref = refs[8:]
+    dk, dv = dkdv_sums(refs[:8], cfg)
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def dq_kernel(
-    q_ref: Any,
-    k_ref: Any,
-    v_ref: Any,
-    do_ref: Any,
-    lse_ref: Any,
-    delta_ref: Any,
-    qid_ref: Any,
-    kid_ref: Any,
-    dq_ref: Any,
-    *,
-    cfg: KernelConfig,
-) -> None:
-    """One dQ program: its query block's ``head_dim / n`` columns of dQ, written to ``dq_ref``."""
+def dq_sums(refs: Refs, cfg: KernelConfig) -> Array:
+    """One dQ program's float32 sum (scaled) over the key blocks its query block meets: the
+    ``[block_q, head_dim / n]`` tile its caller stores (as an array of its own, or into the
+    query slot of one stacked gradient)."""
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qid_ref, kid_ref = refs
     bq, bk = cfg.dq_blocks()
     i, cols = _split_program(cfg, q_ref.shape[-1])
     q = [q_ref[...]] if cols is None else [q_ref[:, c] for c in cols]
@@ -202,7 +189,25 @@ def dq_kernel(
 
     dq = jnp.zeros((bq, q_ref.shape[-1] // cfg.head_split_bwd), jnp.float32)
     dq = walk(*kv_block_range(cfg, i, bq, bk), body, dq, *key_walk(cfg))
-    dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
+    return dq * cfg.scale
+
+
+def _dq_kernel(*refs: Any, cfg: KernelConfig) -> None:
+    dq_ref = refs[8]
+    dq_ref[...] = dq_sums(refs[:8], cfg).astype(dq_ref.dtype)
+
+
+def _delta(out: Array, d_out: Array) -> Array:
+    """``δ = rowsum(dO ∘ O)`` ``[b, h, s_q]`` in float32, both backward kernels' input."""
+    return jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), d_out.astype(jnp.float32))
+
+
+def _grid_maps(n: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """(block index, output column slice) of grid axis 0 under a head split of ``n`` programs
+    per block (``n = 1``: the axis is the block index, one slice)."""
+    if n == 1:
+        return (lambda x: x), (lambda x: 0)
+    return (lambda x: x // n), (lambda x: x % n)
 
 
 def flash_backward(
@@ -220,15 +225,10 @@ def flash_backward(
     b, s_q, h, d = q.shape
     s_k, h_kv = k.shape[1], k.shape[2]
     bq, bk, g = cfg.block_q_bwd, cfg.block_k_bwd, cfg.groups
-    delta = jnp.einsum(
-        "bqhd,bqhd->bhq", out.astype(jnp.float32), d_out.astype(jnp.float32)
-    )  # [b, h, s_q]
-    d_out = d_out.astype(q.dtype)
+    delta, d_out = _delta(out, d_out), d_out.astype(q.dtype)
     args = (q, k, v, d_out, lse, delta, q_ids, kv_ids)
-
     n = cfg.head_split_bwd
-    blk = (lambda x: x) if n == 1 else (lambda x: x // n)  # grid axis 0 → block index
-    col = (lambda x: 0) if n == 1 else (lambda x: x % n)  # grid axis 0 → output column slice
+    blk, col = _grid_maps(n)
 
     # dK, dV: grid over key blocks (× column slices); queries, dO, lse, delta whole.
     full_q = pl.BlockSpec((None, s_q, None, d), lambda j, bi, hi: (bi, 0, hi, 0))
@@ -266,7 +266,7 @@ def flash_backward(
     row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, blk(i)))
     full_kv = pl.BlockSpec((None, s_k, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0))
     dq = pl.pallas_call(
-        functools.partial(dq_kernel, cfg=cfg),
+        functools.partial(_dq_kernel, cfg=cfg),
         grid=(s_q // bq * n, b, h),
         in_specs=[
             q_blk,
@@ -287,9 +287,6 @@ def flash_backward(
     return dq, dk, dv
 
 
-Refs = tuple[Any, Any, Any, Any, Any, Any, Any, Any]
-
-
 def _with_biases(refs: tuple[Any, ...]) -> Refs:
     """The stacked backward's refs ``q, k, v, dO, lse, δ, ids, ids, q/k/v biases`` as the
     separate-array kernels take them: q, k, v reading their biases (none: unchanged)."""
@@ -300,8 +297,7 @@ def _with_biases(refs: tuple[Any, ...]) -> Refs:
 def _dkdv_qkv_kernel(*refs: Any, cfg: KernelConfig) -> None:
     """dK/dV into the key and value slots of the stacked gradient's ``[block_k, 3, d / n]``
     block (its query slot is the dQ kernel's, :func:`flash_backward_qkv`)."""
-    q, k, v, do, lse, delta, qid, kid = _with_biases(refs)
-    dk, dv = dkdv_sums(q, k, v, do, lse, delta, qid, kid, cfg)
+    dk, dv = dkdv_sums(_with_biases(refs), cfg)
     out = refs[11]
     out[:, K_SLOT, :] = dk.astype(out.dtype)
     out[:, V_SLOT, :] = dv.astype(out.dtype)
@@ -310,8 +306,8 @@ def _dkdv_qkv_kernel(*refs: Any, cfg: KernelConfig) -> None:
 def _dq_qkv_kernel(*refs: Any, cfg: KernelConfig) -> None:
     """dQ into the query slot of the stacked gradient the dK/dV kernel made (``refs[11]``, the
     same buffer as the output ``refs[12]``; never read)."""
-    q, k, v, do, lse, delta, qid, kid = _with_biases(refs)
-    dq_kernel(q, k, v, do, lse, delta, qid, kid, refs[12], cfg=cfg)
+    out = refs[12]
+    out[...] = dq_sums(_with_biases(refs), cfg).astype(out.dtype)
 
 
 def flash_backward_qkv(
@@ -333,17 +329,12 @@ def flash_backward_qkv(
     (``input_output_aliases``) and fills the query slot. Nothing is stacked or concatenated
     after them; the caller's projection reads the buffer as it is (``[b·s, 3·h·d]``)."""
     b, s, _, h, d = qkv.shape
-    delta = jnp.einsum(
-        "bqhd,bqhd->bhq", out.astype(jnp.float32), d_out.astype(jnp.float32)
-    )  # [b, h, s]
-    d_out = d_out.astype(qkv.dtype)
     biases = (q_bias, k_bias, v_bias)
     flat, head = slot_view(qkv)  # the tiles are read through the [b, s, 3·h, d] view
+    delta, d_out = _delta(out, d_out), d_out.astype(qkv.dtype)
     args = (flat, flat, flat, d_out, lse, delta, q_ids, kv_ids, *biases)
-
     n = cfg.head_split_bwd
-    blk = (lambda x: x) if n == 1 else (lambda x: x // n)  # grid axis 0 → block index
-    col = (lambda x: 0) if n == 1 else (lambda x: x % n)  # grid axis 0 → output column slice
+    blk, col = _grid_maps(n)
 
     # dK, dV: grid over key blocks (× column slices); queries, dO, lse, delta whole.
     bk = cfg.block_k_bwd

@@ -11,39 +11,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tjx.kernels._checks import AttentionShapes
 from tjx.kernels.flash import LN2, Padded, pad_rows, prepare_call
 from tjx.kernels.launch import LaunchDefaults
 from tjx.kernels.mask import AttentionMask
 from tjx.kernels.partition import partitioned_backward, partitioned_forward
 
 Array = jax.Array
-
-
-def _prepare(
-    q: Array,
-    k: Array,
-    v: Array,
-    mask: AttentionMask | None,
-    scale: float | None,
-    interpret: bool | None,
-    launch: LaunchDefaults | None,
-    softcap: float | None,
-) -> Padded | AttentionShapes:
-    """Both halves' call, validated and padded as ``flash_attention``'s, at the launch's tiles
-    (a block's halves take no tile overrides)."""
-    return prepare_call(
-        q,
-        k,
-        v,
-        AttentionMask() if mask is None else mask,
-        scale=scale,
-        block_q=None,
-        block_k=None,
-        interpret=interpret,
-        launch=launch,
-        softcap=softcap,
-    )
 
 
 def flash_forward_lse(
@@ -63,7 +36,9 @@ def flash_forward_lse(
     logits (capped ones under ``softcap``), ``-inf`` for a row that sees no key. Arguments as
     :func:`flash_attention`.
     """
-    p = _prepare(q, k, v, mask, scale, interpret, launch, softcap)
+    p = prepare_call(
+        q, k, v, mask, scale=scale, interpret=interpret, launch=launch, softcap=softcap
+    )
     if not isinstance(p, Padded):
         b, s_q, h, _ = q.shape
         return jnp.zeros(q.shape, q.dtype), jnp.full((b, h, s_q), -jnp.inf, jnp.float32)
@@ -92,7 +67,9 @@ def flash_backward_lse(
     """The backward kernels alone: ``(dq, dk, dv)`` of the rows' softmax given by ``out`` and
     ``lse`` (natural log, ``-inf`` for empty rows), which may be those of a longer attention this
     call is one block of (ring attention): the probabilities are ``exp(s - lse)``."""
-    p = _prepare(q, k, v, mask, scale, interpret, launch, softcap)
+    p = prepare_call(
+        q, k, v, mask, scale=scale, interpret=interpret, launch=launch, softcap=softcap
+    )
     if not isinstance(p, Padded):
         return jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v)
     s_q, d = p.shapes.q_len, p.shapes.head_dim

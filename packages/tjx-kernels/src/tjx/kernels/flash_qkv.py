@@ -156,7 +156,6 @@ def flash_attention_qkv(
     biases = _check_biases(qkv_bias, qkv)
     if biases is not None and not biases_in_kernel(qkv.dtype, shapes.head_dim):
         qkv, biases = qkv + jnp.stack(biases)[None, None], None  # XLA's one loop
-    mask = AttentionMask() if mask is None else mask
     b, s, _, h, d = qkv.shape
     setup = setup_call(
         shapes,

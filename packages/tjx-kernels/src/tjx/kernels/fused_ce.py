@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from tjx.kernels.ce_launch import DEFAULT_CE_LAUNCH, CELaunch, padded_dim
 from tjx.kernels.cross_entropy import CrossEntropyOutput, check_ce_args
 from tjx.kernels.flash import resolve_interpret
-from tjx.kernels.fused_ce_kernels import ce_dw, ce_dx, ce_forward
+from tjx.kernels.fused_ce_kernels import ce_backward, ce_forward
 
 Array = jax.Array
 Sums = tuple[Array, Array, Array, Array]
@@ -73,8 +73,7 @@ def _fused_bwd(
 ) -> tuple[Array, Array, None]:
     h, w, lab, lse = res
     g = jnp.stack([cts[0], cts[1]]).astype(jnp.float32)  # d/d(Σ CE), d/d(Σ lse²)
-    dh = ce_dx(h, w, lab, lse, g, vocab, launch, interpret)
-    dw = ce_dw(h, w, lab, lse, g, vocab, launch, interpret)
+    dh, dw = ce_backward(h, w, lab, lse, g, vocab, launch, interpret)
     return dh, dw, None
 
 

@@ -137,33 +137,6 @@ def _dx_kernel(
     dx_ref[...] = acc.astype(dx_ref.dtype)
 
 
-def ce_dx(
-    h: Array, w: Array, labels: Array, lse: Array, g: Array, vocab: int, launch: CELaunch,
-    interpret: bool,
-) -> Array:  # fmt: skip
-    """``dx [T, D]`` (``h``'s dtype) of padded inputs; ``g`` = float32 ``[g_ce, g_z]``."""
-    (t, d), v = h.shape, w.shape[1]
-    bt, bd = launch.block_t, launch.block_d
-    kw = _sizes(h, w, vocab, launch)
-    row = pl.BlockSpec((bt,), lambda i, di: (i,))
-    return pl.pallas_call(  # type: ignore[no-any-return]
-        functools.partial(_dx_kernel, **kw),
-        grid=(t // bt, d // bd),
-        in_specs=[
-            pl.BlockSpec((bt, d), lambda i, di: (i, 0)),
-            pl.BlockSpec((d, v), lambda i, di: (0, 0)),
-            row,
-            row,
-            pl.BlockSpec((2,), lambda i, di: (0,)),
-        ],
-        out_specs=pl.BlockSpec((bt, bd), lambda i, di: (i, di)),
-        out_shape=out_struct(h.shape, h.dtype, h, w, labels, lse, g),
-        compiler_params=_params(launch, backward=True),
-        interpret=interpret,
-        name="tjx_ce_dx",
-    )(h, w, labels, lse, g)
-
-
 def _dw_kernel(
     h_ref: Any, w_ref: Any, lab_ref: Any, lse_ref: Any, g_ref: Any, dw_ref: Any, **kw: Any
 ) -> None:
@@ -182,28 +155,59 @@ def _dw_kernel(
     dw_ref[...] = acc.astype(dw_ref.dtype)
 
 
-def ce_dw(
+def ce_backward(
     h: Array, w: Array, labels: Array, lse: Array, g: Array, vocab: int, launch: CELaunch,
     interpret: bool,
-) -> Array:  # fmt: skip
-    """``dw [D, V]`` (``w``'s dtype) of padded inputs; ``g`` = float32 ``[g_ce, g_z]``."""
+) -> tuple[Array, Array]:  # fmt: skip
+    """``(dx [T, D], dw [D, V])`` (``h``'s and ``w``'s dtypes) of padded inputs, one launch of
+    the dx and one of the dw kernel; ``g`` = float32 ``[g_ce, g_z]``."""
     (t, d), v = h.shape, w.shape[1]
-    bv, bd = launch.block_v, launch.block_d
+    bt, bv, bd = launch.block_t, launch.block_v, launch.block_d
     kw = _sizes(h, w, vocab, launch)
-    whole = pl.BlockSpec((t,), lambda di, j: (0,))
-    return pl.pallas_call(  # type: ignore[no-any-return]
-        functools.partial(_dw_kernel, **kw),
-        grid=(d // bd, v // bv),
-        in_specs=[
+    args = (h, w, labels, lse, g)
+
+    def call(kernel: Any, name: str, grid: tuple[int, int], specs: list[Any], like: Array) -> Any:
+        """One backward launch over ``args``: ``specs`` are its inputs' then its output's."""
+        return pl.pallas_call(
+            functools.partial(kernel, **kw),
+            grid=grid,
+            in_specs=specs[:-1],
+            out_specs=specs[-1],
+            out_shape=out_struct(like.shape, like.dtype, *args),
+            compiler_params=_params(launch, backward=True),
+            interpret=interpret,
+            name=name,
+        )(*args)
+
+    g_all = pl.BlockSpec((2,), lambda *_: (0,))  # both kernels read all of g
+    row = pl.BlockSpec((bt,), lambda i, di: (i,))  # dx: its token tile's labels and lse
+    dx = call(
+        _dx_kernel,
+        "tjx_ce_dx",
+        (t // bt, d // bd),
+        [
+            pl.BlockSpec((bt, d), lambda i, di: (i, 0)),
+            pl.BlockSpec((d, v), lambda i, di: (0, 0)),
+            row,
+            row,
+            g_all,
+            pl.BlockSpec((bt, bd), lambda i, di: (i, di)),
+        ],
+        h,
+    )
+    whole = pl.BlockSpec((t,), lambda di, j: (0,))  # dw: every token's labels and lse
+    dw = call(
+        _dw_kernel,
+        "tjx_ce_dw",
+        (d // bd, v // bv),
+        [
             pl.BlockSpec((t, d), lambda di, j: (0, 0)),
             pl.BlockSpec((d, bv), lambda di, j: (0, j)),
             whole,
             whole,
-            pl.BlockSpec((2,), lambda di, j: (0,)),
+            g_all,
+            pl.BlockSpec((bd, bv), lambda di, j: (di, j)),
         ],
-        out_specs=pl.BlockSpec((bd, bv), lambda di, j: (di, j)),
-        out_shape=out_struct(w.shape, w.dtype, h, w, labels, lse, g),
-        compiler_params=_params(launch, backward=True),
-        interpret=interpret,
-        name="tjx_ce_dw",
-    )(h, w, labels, lse, g)
+        w,
+    )
+    return dx, dw

@@ -97,8 +97,8 @@ def test_tokamax_attention_compiles_for_an_h100_and_is_priced_as_attention(envs,
     """#68: ``attention_impl: tokamax`` (OpenXLA tokamax's Pallas Mosaic GPU flash attention,
     tjx-kernels' ``gpu`` extra, here from tests-support's scratch folder) compiles for an H100
     without one: llama_small shrunk to 2 layers of 2 × 128 tokens (scanned layers, GQA 12/4,
-    causal; the preset as shipped took 124 s of CI's time, 2.3× this size's), forward and
-    backward, each layer's attention three Mosaic GPU calls (``mosaic_gpu_v2``: forward, dQ,
+    causal; the preset as shipped took 124 s in a CI run, this size 37 s in a local one), forward
+    and backward, each layer's attention three Mosaic GPU calls (``mosaic_gpu_v2``: forward, dQ,
     dK/dV) in the program XLA built, no other attention kernel; the estimate prices them as
     attention (tjx's flash formulas, named as tokamax's), never as calls counted by their
     operands."""

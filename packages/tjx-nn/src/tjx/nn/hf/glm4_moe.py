@@ -38,6 +38,7 @@ from typing import Any
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import (
     LLAMA,
+    OTHER_MOE_OPTIONS,
     llama_common_to_hf,
     llama_fields,
     partial_rotary_factor,
@@ -114,7 +115,7 @@ NEEDS: dict[str, Any] = {k: v for k, v in LLAMA_BLOCK.items() if k != "attention
     "attention.sinks": False,
 }
 #: What its ``moe`` section must have: `MoEConfig` field → the value GLM-4.5 computes with.
-MOE_NEEDS: dict[str, Any] = dict(
+MOE_NEEDS: dict[str, Any] = OTHER_MOE_OPTIONS | dict(
     router="sigmoid",
     router_logit_bias=False,
     shared_expert_gate=False,

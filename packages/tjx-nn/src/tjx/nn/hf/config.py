@@ -13,50 +13,35 @@ else than ``model_type`` says.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig, make_config, setting_value
-from tjx.nn.families.gemma4.options import Gemma4Options
+from tjx.nn.family_config import OTHER_MOE_OPTIONS, OTHER_SWITCHES
 from tjx.nn.hf.keys import ABSENT, ATTENTION_KINDS, LLAMA, Spec, count, flag, layer_list, size
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
-#: The switches of the shared decoder that a LLaMA block lacks and only some families compute, at
-#: their off value: every family's export needs each of them off but those it writes, so that a
-#: switch no written key says is refused by name, never dropped (a checkpoint that would load as
-#: another model). Llama 4's weightless q/k norm, NoPE layers and chunks; gpt-oss's sinks;
-#: Qwen3-Next's and Qwen3.5's output gate and delta layers; Gemma 4's options. (The
-#: multi-token-prediction layers, which only some types store, ``save_hf`` checks for all.)
-OTHER_SWITCHES: dict[str, Any] = {
-    "qk_l2_norm": False,
-    "llama4.global_nope": False,
-    "attention.chunk": None,
-    "attention.sinks": False,
-    "attention.output_gate": False,
-    "mixer_pattern": None,
-    **{f"gemma4.{f.name}": f.default for f in dataclasses.fields(Gemma4Options)},
-}
-#: The MoE options (`MoEConfig` fields) only some families compute, at their off value
-#: (`OTHER_SWITCHES`' rule, for a config with experts): gpt-oss's router bias, Llama 4's
-#: input-scaled experts, Gemma 4's block beside the MLP with its router's input norm and
-#: per-expert scale; and the capacity limit no family has (transformers routes every token, where
-#: tjx drops those past it).
-OTHER_MOE_OPTIONS: dict[str, Any] = dict(
-    router_logit_bias=False,
-    router_scales_input=False,
-    beside_mlp=False,
-    router_input_norm=False,
-    router_expert_scale=False,
-    capacity_factor=None,
-)
 
 
 def other_switches(config: Any, own: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """`OTHER_SWITCHES` (and `OTHER_MOE_OPTIONS` when ``config`` has experts) but ``own``: what
-    a family's export needs off, the family writing the settings ``own`` names."""
+    """The switches a LLaMA block lacks at their off value (`family_config.OTHER_SWITCHES`, and
+    its `OTHER_MOE_OPTIONS` when ``config`` has experts) but ``own``: what a family's export
+    needs off, so that none is dropped without a word (the family writes those ``own`` names).
+
+    Parameters
+    ----------
+    config : LlamaConfig
+        The config being exported.
+    own : frozenset of str
+        The switches (dotted keys) the family's ``config.json`` says.
+
+    Returns
+    -------
+    dict
+        Dotted key → the value the export needs.
+    """
     moe = {f"moe.{k}": v for k, v in OTHER_MOE_OPTIONS.items()} if config.moe.num_experts else {}
     needs = OTHER_SWITCHES | moe
     return {k: v for k, v in needs.items() if k not in own}
@@ -375,9 +360,8 @@ def check_llama_shape(config: LlamaConfig) -> None:
     if wrong:
         got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
         raise ValueError(
-            f"this config cannot be saved as a LLaMA-family checkpoint: {got}; no written key "
-            "says it (other model types, such as gpt_oss, glm4_moe, llama4_text or qwen3_5_text, "
-            "write some of these)"
+            f"this config cannot be saved as a LLaMA-family checkpoint: {got}; none of its keys "
+            "says that (other model types write some of these: save_hf's model_type)"
         )
     if config.mlp.activation != "swiglu" or config.norm.position != "pre":
         raise ValueError(

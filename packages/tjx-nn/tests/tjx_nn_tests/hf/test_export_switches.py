@@ -77,6 +77,7 @@ GPT2 = dict(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2
         (SIZES | GPT_OSS, {"moe.capacity_factor": 1.5}, None, "moe.capacity_factor=1.5"),
         (SIZES | GLM, {"moe.capacity_factor": 1.5}, None, "moe.capacity_factor=1.5"),
         (SIZES | GLM, {"moe.router_scales_input": True}, "glm4_moe", "router_scales_input=True"),
+        (SIZES | GLM, {"moe.num_shared_experts": 0}, None, "num_shared_experts=0 (needs '> 0')"),
         (DEEPSEEK, {"attention.chunk": 4}, "deepseek_v3", "attention.chunk=4 (needs None)"),
         (DEEPSEEK, {"moe.router_logit_bias": True}, None, "moe.router_logit_bias=True"),
         (SPARSE, {"attention.output_gate": True}, None, "attention.output_gate=True"),

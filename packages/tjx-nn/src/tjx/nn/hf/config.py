@@ -231,7 +231,7 @@ def partial_rotary_factor(value: Any) -> float:
     return float(value)
 
 
-def _longest(scaling: RopeScaling | None, max_len: int) -> int:
+def longest_sequence(scaling: RopeScaling | None, max_len: int) -> int:
     """tjx's ``max_seq_len`` (the longest sequence it accepts) for a checkpoint whose config says
     ``max_position_embeddings = max_len``: yarn's extended context ``factor × original`` when
     longer, dynamic NTK's ``factor × max_len`` (it scales past ``max_len``), else ``max_len``."""
@@ -309,7 +309,7 @@ def llama_fields(
     return (
         dict(
             vocab_size=hf["vocab_size"],
-            max_seq_len=_longest(scaling, max_len),
+            max_seq_len=longest_sequence(scaling, max_len),
             d_model=hf["hidden_size"],
             num_layers=layers,
             num_heads=heads,
@@ -444,7 +444,7 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "architectures": [ARCHITECTURES[chosen]],
         "model_type": chosen,
         **llama_sizes_to_hf(config),
-        "max_position_embeddings": _max_position(config),
+        "max_position_embeddings": max_position_to_hf(config),
         "rms_norm_eps": config.norm.eps,
         "rope_theta": config.position.rope_theta,
         "hidden_act": "silu",
@@ -452,16 +452,27 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "attention_dropout": config.attention.dropout,
         "initializer_range": config.init.std,
     }
-    if config.position.rope_scaling is not None:
-        fields = config.position.rope_scaling.as_dict()
-        kind = fields.pop("type")
-        if kind == "dynamic":  # its original length is max_position_embeddings (written above)
-            fields.pop("original_max_position_embeddings")
-        out["rope_scaling"] = {"rope_type": kind, **fields}
+    scaling = rope_scaling_to_hf(config)
+    if scaling is not None:
+        out["rope_scaling"] = scaling
     return out
 
 
-def _max_position(config: LlamaConfig) -> int:
+def rope_scaling_to_hf(config: Any) -> dict[str, Any] | None:
+    """The ``rope_scaling`` (or ``rope_parameters``) entry of ``config``'s RoPE scaling as
+    `rope_from_hf` reads it back, None without one: ``rope_type`` and the scaling's fields, but
+    dynamic NTK's original length, which transformers takes from ``max_position_embeddings``
+    (written as `max_position_to_hf` says: a second one would be ignored, not read)."""
+    if config.position.rope_scaling is None:
+        return None
+    fields = config.position.rope_scaling.as_dict()
+    kind = fields.pop("type")
+    if kind == "dynamic":
+        fields.pop("original_max_position_embeddings")
+    return {"rope_type": kind, **fields}
+
+
+def max_position_to_hf(config: Any) -> int:
     """``max_position_embeddings`` to write: tjx's ``max_seq_len``, except for dynamic NTK,
     whose formula scales from it (tjx keeps that length in the scaling's original)."""
     scaling = config.position.rope_scaling

@@ -20,6 +20,7 @@ from tjx.nn.hf.config import (
     OTHER_SWITCHES,
     check_known,
     llama_sizes_to_hf,
+    max_position_to_hf,
     other_switches,
 )
 from tjx.nn.moe.config import expert_mlp_dim
@@ -229,7 +230,7 @@ def common_to_hf(config: LlamaConfig, *, rope_theta: bool = True) -> dict[str, A
         "eos_token_id": None,
         "pad_token_id": None,
         **llama_sizes_to_hf(config),
-        "max_position_embeddings": config.max_seq_len,
+        "max_position_embeddings": max_position_to_hf(config),  # dynamic NTK: its original
         "rms_norm_eps": config.norm.eps,
         "rope_theta": config.position.rope_theta,
         "tie_word_embeddings": config.tie_embeddings,

@@ -190,6 +190,8 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     wrong = mismatches(c, NEEDS) | mismatches(c, MOE_NEEDS, "moe")
     if not c.moe.num_experts:
         wrong["moe.num_experts"] = (0, "> 0")
+    if not c.moe.num_shared_experts:  # transformers' GLM-4.5 always has its shared experts
+        wrong["moe.num_shared_experts"] = (0, "> 0")
     shared = c.moe.num_shared_experts * expert_mlp_dim(c)
     if c.moe.shared_expert_mlp_dim not in (None, shared):
         wrong["moe.shared_expert_mlp_dim"] = (c.moe.shared_expert_mlp_dim, f"None or {shared}")

@@ -65,6 +65,7 @@ switches are the ``moe`` section's:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -83,6 +84,34 @@ LLAMA4_SWITCHES = (
     "qk_l2_norm",
     "llama4.nope_temperature_floor",
     "llama4.nope_temperature_scale",
+)
+#: The switches a plain LLaMA block lacks and only some families compute, at their off value: every
+#: family's Hugging Face export needs each off but those its ``config.json`` says
+#: (`tjx.nn.hf.config.other_switches`), so that a switch is refused by name, never dropped (the
+#: checkpoint would load as another model): Llama 4's above, gpt-oss's sinks, Qwen3-Next's and
+#: Qwen3.5's output gate and delta layers, Gemma 4's section. (The multi-token-prediction
+#: modules, which only some types store, ``save_hf`` checks for every type.)
+OTHER_SWITCHES: dict[str, Any] = {
+    "attention.chunk": None,
+    "llama4.global_nope": False,  # its temperature is refused without it (the section's check)
+    "qk_l2_norm": False,
+    "attention.sinks": False,
+    "attention.output_gate": False,
+    "mixer_pattern": None,
+    **{f"gemma4.{f.name}": f.default for f in dataclasses.fields(gemma4_options.Gemma4Options)},
+}
+#: The MoE options (`MoEConfig` fields) only some families compute, at their off value
+#: (`OTHER_SWITCHES`' rule, for a config with experts): gpt-oss's router bias, Llama 4's
+#: input-scaled experts, Gemma 4's block beside the MLP with its router's input norm and
+#: per-expert scale; and the capacity limit no family has (transformers routes every token, where
+#: tjx drops those past it).
+OTHER_MOE_OPTIONS: dict[str, Any] = dict(
+    router_logit_bias=False,
+    router_scales_input=False,
+    beside_mlp=False,
+    router_input_norm=False,
+    router_expert_scale=False,
+    capacity_factor=None,
 )
 #: The family sections' old flat keys in a model section → their dotted keys (the ``gemma4``
 #: section's before tjx-nn 0.30 were flat fields).

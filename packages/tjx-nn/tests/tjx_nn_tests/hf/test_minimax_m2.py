@@ -147,3 +147,14 @@ def test_only_its_own_switches_or_its_name_save_a_config_as_minimax_m2():
     assert not is_minimax_m2(config, "glm4_moe")
     per_head = config.replace(**{"attention.qk_norm_scope": "head"})
     assert not is_minimax_m2(per_head, None)  # GLM-4.5's and Qwen3-MoE's q/k norms
+
+
+def test_a_dynamic_ntk_scaling_is_saved_with_its_original_length():
+    """transformers' dynamic NTK scales from ``max_position_embeddings`` (the written config's
+    ``original_max_position_embeddings`` is not read): the export writes the original there."""
+    scaling = dict(type="dynamic", factor=2.0, original_max_position_embeddings=8)
+    config = tnn.make_config(tnn.LlamaConfig, MINIMAX | {"position.rope_scaling": scaling})
+    hf = json.loads(json.dumps(minimax_m2_config_to_hf(config)))
+    assert hf["max_position_embeddings"] == 8
+    assert "original_max_position_embeddings" not in hf["rope_parameters"]
+    assert minimax_m2_config_from_hf(hf) == config

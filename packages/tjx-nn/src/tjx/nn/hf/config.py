@@ -18,10 +18,35 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig, make_config, setting_value
+from tjx.nn.family_config import OTHER_MOE_OPTIONS, OTHER_SWITCHES
 from tjx.nn.hf.keys import ABSENT, ATTENTION_KINDS, LLAMA, Spec, count, flag, layer_list, size
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
+
+
+def other_switches(config: Any, own: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The switches a LLaMA block lacks at their off value (`family_config.OTHER_SWITCHES`, and
+    its `OTHER_MOE_OPTIONS` when ``config`` has experts) but ``own``: what a family's export
+    needs off, so that none is dropped without a word (the family writes those ``own`` names).
+
+    Parameters
+    ----------
+    config : LlamaConfig
+        The config being exported.
+    own : frozenset of str
+        The switches (dotted keys) the family's ``config.json`` says.
+
+    Returns
+    -------
+    dict
+        Dotted key → the value the export needs.
+    """
+    moe = {f"moe.{k}": v for k, v in OTHER_MOE_OPTIONS.items()} if config.moe.num_experts else {}
+    needs = OTHER_SWITCHES | moe
+    return {k: v for k, v in needs.items() if k not in own}
+
+
 #: The keys each type's import reads (`keys.Spec`), with transformers 5.24's defaults: Llama's
 #: (``keys.LLAMA``), and the windows tjx reads for every LLaMA type (transformers' Llama has none
 #: but reads a ``layer_types``), Mistral's and Qwen2's where they differ.
@@ -206,7 +231,7 @@ def partial_rotary_factor(value: Any) -> float:
     return float(value)
 
 
-def _longest(scaling: RopeScaling | None, max_len: int) -> int:
+def longest_sequence(scaling: RopeScaling | None, max_len: int) -> int:
     """tjx's ``max_seq_len`` (the longest sequence it accepts) for a checkpoint whose config says
     ``max_position_embeddings = max_len``: yarn's extended context ``factor × original`` when
     longer, dynamic NTK's ``factor × max_len`` (it scales past ``max_len``), else ``max_len``."""
@@ -284,7 +309,7 @@ def llama_fields(
     return (
         dict(
             vocab_size=hf["vocab_size"],
-            max_seq_len=_longest(scaling, max_len),
+            max_seq_len=longest_sequence(scaling, max_len),
             d_model=hf["hidden_size"],
             num_layers=layers,
             num_heads=heads,
@@ -328,15 +353,16 @@ def check_llama_shape(config: LlamaConfig) -> None:
             f"norm.kind 'rmsnorm'); got {config.attention.type!r}, {config.position.kind!r}, "
             f"{config.norm.kind!r}"
         )
-    # gpt-oss's and GLM-4.5's switches: their own model types (gpt_oss, glm4_moe) write them.
-    for name, plain in (("attention.sinks", False), ("moe.router_logit_bias", False),
-                        ("position.rope_fraction", 1.0)):  # fmt: skip
-        if setting_value(config, name) != plain:
-            raise ValueError(
-                f"this config cannot be saved as a LLaMA-family checkpoint: {name}="
-                f"{setting_value(config, name)!r} (needs {plain!r}); gpt_oss and glm4_moe write "
-                "those"
-            )
+    # Other families' switches (GLM-4.5's partial RoPE too): their own model types write them.
+    needs = other_switches(config) | {"position.rope_fraction": 1.0}
+    wrong = {k: (setting_value(config, k), v) for k, v in needs.items()}
+    wrong = {k: pair for k, pair in wrong.items() if pair[0] != pair[1]}
+    if wrong:
+        got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
+        raise ValueError(
+            f"this config cannot be saved as a LLaMA-family checkpoint: {got}; none of its keys "
+            "says that (other model types write some of these: save_hf's model_type)"
+        )
     if config.mlp.activation != "swiglu" or config.norm.position != "pre":
         raise ValueError(
             "only LLaMA-shaped configs export (mlp.activation 'swiglu', norm.position 'pre'); "
@@ -418,7 +444,7 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "architectures": [ARCHITECTURES[chosen]],
         "model_type": chosen,
         **llama_sizes_to_hf(config),
-        "max_position_embeddings": _max_position(config),
+        "max_position_embeddings": max_position_to_hf(config),
         "rms_norm_eps": config.norm.eps,
         "rope_theta": config.position.rope_theta,
         "hidden_act": "silu",
@@ -426,16 +452,27 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "attention_dropout": config.attention.dropout,
         "initializer_range": config.init.std,
     }
-    if config.position.rope_scaling is not None:
-        fields = config.position.rope_scaling.as_dict()
-        kind = fields.pop("type")
-        if kind == "dynamic":  # its original length is max_position_embeddings (written above)
-            fields.pop("original_max_position_embeddings")
-        out["rope_scaling"] = {"rope_type": kind, **fields}
+    scaling = rope_scaling_to_hf(config)
+    if scaling is not None:
+        out["rope_scaling"] = scaling
     return out
 
 
-def _max_position(config: LlamaConfig) -> int:
+def rope_scaling_to_hf(config: Any) -> dict[str, Any] | None:
+    """The ``rope_scaling`` (or ``rope_parameters``) entry of ``config``'s RoPE scaling as
+    `rope_from_hf` reads it back, None without one: ``rope_type`` and the scaling's fields, but
+    dynamic NTK's original length, which transformers takes from ``max_position_embeddings``
+    (written as `max_position_to_hf` says: a second one would be ignored, not read)."""
+    if config.position.rope_scaling is None:
+        return None
+    fields = config.position.rope_scaling.as_dict()
+    kind = fields.pop("type")
+    if kind == "dynamic":
+        fields.pop("original_max_position_embeddings")
+    return {"rope_type": kind, **fields}
+
+
+def max_position_to_hf(config: Any) -> int:
     """``max_position_embeddings`` to write: tjx's ``max_seq_len``, except for dynamic NTK,
     whose formula scales from it (tjx keeps that length in the scaling's original)."""
     scaling = config.position.rope_scaling

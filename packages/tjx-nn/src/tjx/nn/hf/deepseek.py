@@ -41,8 +41,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig, make_config
-from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, unsupported
+from tjx.nn.configs import LlamaConfig, make_config, setting_value
+from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, other_switches, unsupported
 from tjx.nn.hf.family_base import deepseek_moe_fields, deepseek_moe_to_hf, refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
 from tjx.nn.mla_config import MLAConfig
@@ -240,6 +240,7 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         "attention.logit_softcap": (c.attention.logit_softcap, None),
         "attention.query_pre_attn_scalar": (c.attention.query_pre_attn_scalar, None),
     }
+    needs |= {k: (setting_value(c, k), v) for k, v in other_switches(c).items()}
     if chosen == "deepseek_v2":
         needs["moe.router_norm_topk"] = (c.moe.router_norm_topk, False)
     if not c.moe.num_experts or not c.moe.num_shared_experts:

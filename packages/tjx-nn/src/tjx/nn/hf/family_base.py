@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig, setting_value
-from tjx.nn.hf.config import BASE_KEYS, HARMLESS, check_known, llama_sizes_to_hf
+from tjx.nn.hf.config import (
+    BASE_KEYS,
+    HARMLESS,
+    OTHER_SWITCHES,
+    check_known,
+    llama_sizes_to_hf,
+    max_position_to_hf,
+    other_switches,
+)
 from tjx.nn.moe.config import expert_mlp_dim
 
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
@@ -32,12 +40,17 @@ LLAMA_SWITCHES: dict[str, Any] = (
     | {"mlp.activation": "swiglu"}
 )
 #: A plain LLaMA block as a family's export needs checks it: its switches on multi-head attention
-#: with RoPE and RMSNorm (what `check_exportable` checks for the families of this module).
-LLAMA_BLOCK: dict[str, Any] = LLAMA_SWITCHES | {
-    "attention.type": "mha",
-    "position.kind": "rope",
-    "norm.kind": "rmsnorm",
-}
+#: with RoPE and RMSNorm, the other families' switches off (`OTHER_SWITCHES`: a family drops those
+#: it writes); what `check_exportable` checks for the families of this module.
+LLAMA_BLOCK: dict[str, Any] = (
+    LLAMA_SWITCHES
+    | OTHER_SWITCHES
+    | {
+        "attention.type": "mha",
+        "position.kind": "rope",
+        "norm.kind": "rmsnorm",
+    }
+)
 
 
 #: ``auto_map`` entries naming the modelling code that transformers itself ships for the model
@@ -139,9 +152,12 @@ def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> None:
+def check_exportable(
+    config: LlamaConfig, rope_types: tuple[str, ...] = (), own: frozenset[str] = frozenset()
+) -> None:
     """What every family's export needs: MHA with RoPE, RMSNorm, no biases, no RoPE scaling but
-    of ``rope_types`` (those the family writes)."""
+    of ``rope_types`` (those the family writes), and the other families' switches off
+    (`other_switches`) but ``own``, those the family writes."""
     scaling = config.position.rope_scaling
     if scaling is not None and scaling.type in rope_types:
         scaling = None
@@ -158,6 +174,7 @@ def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> N
         ),  # GLM-4.5's partial RoPE: glm4_moe
         "attention.sinks": (config.attention.sinks, False),  # gpt-oss's: gpt_oss
     }
+    needs |= {k: (setting_value(config, k), v) for k, v in other_switches(config, own).items()}
     refuse_mismatches(
         {k: v for k, v in needs.items() if v[0] != v[1]},
         "this config cannot be saved as a Hugging Face family checkpoint",
@@ -213,7 +230,7 @@ def common_to_hf(config: LlamaConfig, *, rope_theta: bool = True) -> dict[str, A
         "eos_token_id": None,
         "pad_token_id": None,
         **llama_sizes_to_hf(config),
-        "max_position_embeddings": config.max_seq_len,
+        "max_position_embeddings": max_position_to_hf(config),  # dynamic NTK: its original
         "rms_norm_eps": config.norm.eps,
         "rope_theta": config.position.rope_theta,
         "tie_word_embeddings": config.tie_embeddings,

@@ -38,6 +38,7 @@ from typing import Any
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import (
     LLAMA,
+    OTHER_MOE_OPTIONS,
     llama_common_to_hf,
     llama_fields,
     partial_rotary_factor,
@@ -114,7 +115,7 @@ NEEDS: dict[str, Any] = {k: v for k, v in LLAMA_BLOCK.items() if k != "attention
     "attention.sinks": False,
 }
 #: What its ``moe`` section must have: `MoEConfig` field → the value GLM-4.5 computes with.
-MOE_NEEDS: dict[str, Any] = dict(
+MOE_NEEDS: dict[str, Any] = OTHER_MOE_OPTIONS | dict(
     router="sigmoid",
     router_logit_bias=False,
     shared_expert_gate=False,
@@ -189,6 +190,8 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     wrong = mismatches(c, NEEDS) | mismatches(c, MOE_NEEDS, "moe")
     if not c.moe.num_experts:
         wrong["moe.num_experts"] = (0, "> 0")
+    if not c.moe.num_shared_experts:  # transformers' GLM-4.5 always has its shared experts
+        wrong["moe.num_shared_experts"] = (0, "> 0")
     shared = c.moe.num_shared_experts * expert_mlp_dim(c)
     if c.moe.shared_expert_mlp_dim not in (None, shared):
         wrong["moe.shared_expert_mlp_dim"] = (c.moe.shared_expert_mlp_dim, f"None or {shared}")

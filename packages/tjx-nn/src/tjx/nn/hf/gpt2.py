@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import GPT2Config, make_config, setting_value
-from tjx.nn.hf.config import check_known
+from tjx.nn.hf.config import OTHER_SWITCHES, check_known
+from tjx.nn.hf.family_base import LLAMA_SWITCHES, mismatches, refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
 from tjx.nn.hf.mapping import HFMapping, Read, concat, take
 
@@ -49,6 +50,14 @@ HF_GPT2_FIXED: Mapping[str, Any] = {
     "tie_embeddings": True,
 }
 
+#: The switches GPT-2's block lacks, off (LLaMA's families' and the others' but the activation,
+#: which GPT-2's ``activation_function`` says): no GPT-2 key says any of them, so an export refuses
+#: a config with one on rather than drop it.
+GPT2_BLOCK: dict[str, Any] = (
+    {k: v for k, v in LLAMA_SWITCHES.items() if k != "mlp.activation"}
+    | OTHER_SWITCHES
+    | {"attention.qkv_bias": False, "attention.sliding_window": None, "moe.num_experts": 0}
+)
 #: Keys GPT-2's ``config.json`` may hold: sizes, dropouts, bookkeeping, generation defaults and
 #: the double-heads model's ``summary_*`` (no tensor of the LM uses them).
 _GPT2_KEYS = frozenset(
@@ -226,6 +235,9 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
             f"only GPT-2-shaped configs export to HF GPT-2: {conflicts} must be {gpt2} "
             "(num_kv_heads None: == num_heads)"
         )
+    refuse_mismatches(
+        mismatches(config, GPT2_BLOCK), "only GPT-2-shaped configs export to HF GPT-2"
+    )
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",

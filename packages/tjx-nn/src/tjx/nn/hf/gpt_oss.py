@@ -44,7 +44,13 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig, make_config
-from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, unsupported
+from tjx.nn.hf.config import (
+    LLAMA,
+    OTHER_MOE_OPTIONS,
+    llama_common_to_hf,
+    llama_fields,
+    unsupported,
+)
 from tjx.nn.hf.family_base import LLAMA_BLOCK, layer_types, mismatches
 from tjx.nn.hf.keys import ATTENTION_KINDS, flag, layer_list, nonneg, positive, size
 from tjx.nn.hf.mapping import HFMapping
@@ -104,7 +110,7 @@ NEEDS: dict[str, Any] = LLAMA_BLOCK | {
     "mlp.activation": "swiglu_clamped",
 }
 #: What its ``moe`` section must have: `MoEConfig` field → the value gpt-oss computes with.
-MOE_NEEDS: dict[str, Any] = dict(
+MOE_NEEDS: dict[str, Any] = OTHER_MOE_OPTIONS | dict(
     router="softmax",
     router_norm_topk=True,
     router_logit_bias=True,

@@ -38,6 +38,7 @@ from tjx.nn.hf.config import (
     llama_fields,
     unsupported,
 )
+from tjx.nn.hf.family_base import LLAMA_SWITCHES, mismatches, refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, Spec, count, flag, int_list, nonneg, positive, size
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
 
@@ -209,6 +210,14 @@ def moe_export_type(config: LlamaConfig, model_type: str | None) -> str:
     if chosen not in MOE_TYPES:
         raise ValueError(f"model_type must be one of {MOE_TYPES} for an MoE model; got {chosen!r}")
     check_llama_shape(c)
+    # Llama's switches (the q/k norm: qwen3_moe's, checked below) and its plain router: none of
+    # these types says a scale or groups of experts.
+    plain = {k: v for k, v in LLAMA_SWITCHES.items() if k != "attention.qk_norm"} | {
+        "moe.router_scale": 1.0,
+        "moe.router_groups": 1,
+        "moe.router_topk_groups": 1,
+    }
+    refuse_mismatches(mismatches(c, plain), f"model_type {chosen!r} cannot express this model")
 
     def need(ok: bool, what: str) -> None:
         if not ok:

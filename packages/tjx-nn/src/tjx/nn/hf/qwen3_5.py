@@ -43,7 +43,7 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.gated_deltanet import DeltaConfig
-from tjx.nn.hf.config import partial_rotary_factor
+from tjx.nn.hf.config import OTHER_SWITCHES, partial_rotary_factor
 from tjx.nn.hf.family_base import (
     base_fields,
     check_keys,
@@ -117,6 +117,8 @@ SPEC = BASE.but(
     rules=(("linear_num_key_heads", "divides", "linear_num_value_heads"),),
 )
 LAYER_TYPE_OF = {v: k for k, v in MIXER_OF.items()}
+#: Qwen3.5's switches of those a LLaMA block has off (`tjx.nn.hf.config.OTHER_SWITCHES`).
+QWEN3_5_OWN = ("attention.output_gate", "mixer_pattern")
 #: What a config must have to be written as Qwen3.5: field → the value Qwen3.5 computes with.
 NEEDS: dict[str, Any] = (
     dict(
@@ -137,6 +139,8 @@ NEEDS: dict[str, Any] = (
     | {"position.kind": "rope", "position.rope_local_theta": None, "position.rope_scaling": None}
     | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": True}
     | {"mlp.activation": "swiglu"}
+    # The other families' switches off (Qwen3.5's own: the output gate and delta layers).
+    | {k: v for k, v in OTHER_SWITCHES.items() if k not in QWEN3_5_OWN}
 )
 #: The RoPE entry's keys of the image model's positions (equal for text: no number changes).
 _MROPE = ("mrope_section", "mrope_interleaved")

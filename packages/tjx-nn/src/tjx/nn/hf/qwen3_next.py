@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig, make_config
+from tjx.nn.hf.config import OTHER_MOE_OPTIONS
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.keys import count, flag, int_list, nonneg, size
 from tjx.nn.hf.llama import llama_mapping
@@ -76,7 +77,7 @@ SPEC = QWEN3_5_SPEC.but(
 #: What a config must have to be written as Qwen3-Next: Qwen3.5's decoder, any MoE placement,
 #: and (checked beside, when it has experts) Qwen2-MoE's router and gated shared expert.
 NEEDS = {k: v for k, v in QWEN3_5_NEEDS.items() if k != "moe.num_experts"} | {"mtp.depths": 0}
-MOE_NEEDS: dict[str, Any] = dict(
+MOE_NEEDS: dict[str, Any] = OTHER_MOE_OPTIONS | dict(
     router="softmax",
     router_scale=1.0,
     router_groups=1,

@@ -99,6 +99,7 @@ def deepseek_v32_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     plain = config.replace(mla=MLAConfig(
         kv_latent_dim=m.kv_latent_dim, q_lora_rank=m.q_lora_rank,
         qk_rope_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim,
+        latent_norm_eps=m.latent_norm_eps,  # V3's export checks it (transformers' is fixed)
     ))  # fmt: skip
     assert isinstance(plain, LlamaConfig)
     out = deepseek_config_to_hf(plain, "deepseek_v3")

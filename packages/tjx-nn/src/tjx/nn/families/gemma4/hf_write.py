@@ -39,7 +39,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         ``config`` computes something Gemma 4 cannot express (every such field named).
     """
     c = config
-    check_exportable(c)
+    check_exportable(c, own=frozenset(OWN))  # the other families' switches off but Gemma 4's
     g = c.gemma4
     wrong = mismatches(c, NEEDS)
     if c.moe.num_experts:

@@ -37,14 +37,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from tjx.nn.hf.config import OTHER_MOE_OPTIONS
 from tjx.nn.hf.family_base import LLAMA_BLOCK
 
 LLAMA4 = "llama4_text"
 ARCHITECTURE = "Llama4ForCausalLM"
+#: Llama 4's own switches of those a LLaMA block has off (`family_base.OTHER_SWITCHES`).
+OWN = ("qk_l2_norm", "llama4.global_nope", "attention.chunk")
 #: What a config must have to be written as Llama 4 (beside its MoE layers' `MOE_NEEDS`).
 NEEDS: dict[str, Any] = (
     dict(
-        LLAMA_BLOCK,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
+        # Llama's own block (its q/k norm is Llama 4's weightless one, not this), and its own
+        # switches (chunks, NoPE layers, the weightless q/k norm) as it writes them.
+        {k: v for k, v in LLAMA_BLOCK.items() if k not in OWN},
         use_bias=False,
         mixer_pattern=None,
     )
@@ -57,7 +62,7 @@ NEEDS: dict[str, Any] = (
     | {"position.rope_fraction": 1.0}
 )
 #: What Llama 4's MoE layers compute: the import builds them with it, the export checks it.
-MOE_NEEDS: dict[str, Any] = dict(
+MOE_NEEDS: dict[str, Any] = OTHER_MOE_OPTIONS | dict(
     router="sigmoid_plain",
     router_norm_topk=False,
     router_scales_input=True,

@@ -50,6 +50,9 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     if c.attention.chunk is not None and any(r != on for r, on in zip(rope, locals_, strict=True)):
         # transformers chunks exactly the RoPE layers: a global layer must be a NoPE one.
         refuse_mismatches({"llama4.global_nope": (c.llama4.global_nope, True)}, what)
+    if c.llama4.global_nope and c.attention.chunk is None:
+        # tjx reads NoPE layers only beside chunked RoPE ones: its import would refuse the file.
+        refuse_mismatches({"attention.chunk": (None, "a chunk size beside NoPE layers")}, what)
     rope_params: dict[str, Any] = {"rope_type": "default", "rope_theta": c.position.rope_theta}
     if c.position.rope_scaling is not None:
         fields = c.position.rope_scaling.as_dict()

@@ -21,6 +21,7 @@ from tjx.nn.hf.config import (
     BASE_KEYS,
     HARMLESS,
     check_known,
+    longest_sequence,
     partial_rotary_factor,
     rope_from_hf,
     unsupported,
@@ -139,7 +140,7 @@ def minimax_m2_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaC
     fields: dict[str, Any] = (
         dict(
             vocab_size=get["vocab_size"],
-            max_seq_len=max_len,
+            max_seq_len=longest_sequence(scaling, max_len),  # dynamic NTK scales past it
             d_model=get["hidden_size"],
             num_layers=get["num_hidden_layers"],
             num_heads=heads,

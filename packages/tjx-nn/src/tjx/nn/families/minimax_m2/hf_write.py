@@ -8,6 +8,7 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.families.minimax_m2.hf import ARCHITECTURE, MINIMAX_M2, MOE_NEEDS, NEEDS
+from tjx.nn.hf.config import rope_scaling_to_hf
 from tjx.nn.hf.family_base import common_to_hf, mismatches, refuse_mismatches
 from tjx.nn.moe.config import expert_mlp_dim
 
@@ -64,10 +65,8 @@ def minimax_m2_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         wrong["mtp.depths"] = (c.mtp.depths, 0)
     refuse_mismatches(wrong, f"model_type {MINIMAX_M2!r} cannot express this model")
     assert c.head_dim is not None
-    rope: dict[str, Any] = {"rope_type": "default"}
-    if c.position.rope_scaling is not None:
-        rope = c.position.rope_scaling.as_dict()
-        rope["rope_type"] = rope.pop("type")
+    # Dynamic NTK's original length is max_position_embeddings (common_to_hf writes it so).
+    rope: dict[str, Any] = rope_scaling_to_hf(c) or {"rope_type": "default"}
     fraction = c.position.rope_fraction
     return {
         "architectures": [ARCHITECTURE],

@@ -156,3 +156,19 @@ def test_exports_refuse_what_hf_cannot_express_and_full_folders(tmp_path):
     with pytest.raises(ValueError, match="is not an empty folder"):
         tnn.save_hf(tnn.Llama(config, rngs=nnx.Rngs(0)), tmp_path / "full")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
+
+
+@pytest.mark.parametrize("read", [tnn.read_hf_config, tnn.load_hf])
+def test_mtp_depths_for_a_family_tjx_reads_no_mtp_layers_of_is_refused_naming_the_type(
+    tmp_path, read
+):
+    """A Llama checkpoint has no multi-token-prediction layers and its mapping none to fill:
+    ``mtp.depths`` is refused in one line as the config is read (a plan) and as it loads, not a
+    KeyError when the load reaches the first of them."""
+    folder = _llama(tmp_path)
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        read(folder, **{"mtp.depths": 1})
+    assert str(info.value) == (
+        "mtp.depths=1: tjx reads no multi-token-prediction layers from a 'llama' checkpoint; "
+        "set mtp.depths=0"
+    )

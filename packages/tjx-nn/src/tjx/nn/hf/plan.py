@@ -64,7 +64,7 @@ from tjx.nn.hf.io import read_config, resolve
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
-from tjx.nn.hf.mtp_tensors import stored_depths
+from tjx.nn.hf.mtp_tensors import reads_no_mtp, stored_depths
 from tjx.nn.hf.quantized import quantization_from_hf, without_quantization
 from tjx.nn.hf.qwen3_5 import (
     IMAGE_TEXT,
@@ -224,9 +224,32 @@ def _kind(hf: dict[str, Any]) -> str:
     return HF_MODEL_TYPES[model_type]
 
 
+#: The model types whose reader maps multi-token-prediction layers and checks ``mtp.depths``
+#: against what a checkpoint stores (the family folders': `Family.reads_mtp`).
+_READS_MTP = frozenset({*DEEPSEEK_TYPES, GLM4_MOE, QWEN3_5, IMAGE_TEXT, QWEN3_NEXT})
+
+
 def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], MappingOf]:
     """The config, model class and tensor mapping (built when called: a plan needs the config
     alone, and a large release's mapping takes seconds) of a checkpoint's ``config.json``.
+
+    Any ``mtp.depths`` is refused for a family whose multi-token-prediction layers tjx does not
+    read (`reads_no_mtp`: a family's own modules, which tjx does not map, or none), as a plan:
+    its mapping has no tensor to fill them with, and a load never leaves them at their random
+    values.
+    """
+    config, cls, mapping = _family_plan(hf, overrides)
+    model_type = str(hf.get("model_type"))
+    family = family_of(model_type)
+    if model_type not in _READS_MTP and not (family is not None and family.reads_mtp):
+        reads_no_mtp(config, hf, model_type)
+    return config, cls, mapping
+
+
+def _family_plan(
+    hf: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[Any, type[DecoderLM], MappingOf]:
+    """`_plan` as the checkpoint's family reads it.
 
     A component section's setting (``delta.impl``, ``mtp.depths``) reaches the readers by its
     dotted key, laid over the section the checkpoint describes (`make_config`), so the tensor

@@ -152,8 +152,10 @@ def _read(folder: Path) -> dict[str, Any]:
     """``folder``'s config.json (`read_config`), less the multi-token-prediction layers it counts
     but does not hold, said in one line: transformers' DeepSeek-V3 and GLM-4.5 keep
     ``num_nextn_predict_layers`` in the config but neither load nor save those layers, so a folder
-    it saved (a fine-tune, a conversion) holds none. Some of their tensors without the rest is
-    damage, which `check_tensors` names. A family folder's config as its tensor names complete
+    it saved (a fine-tune, a conversion) holds none; a folder holding only the first depths
+    counts those (`_held_depths`), so that ``mtp.depths`` above them is refused as the config is
+    read, not at the first missing tensor. Some of a depth's tensors without the rest is damage,
+    which `check_tensors` names. A family folder's config as its tensor names complete
     it (`Family.layout`)."""
     hf = read_config(folder)
     family = family_of(hf.get("model_type"))
@@ -171,16 +173,37 @@ def _read(folder: Path) -> dict[str, Any]:
     key = next((k for k in MTP_KEYS if checked.get(k)), None)
     if key is None:
         return hf
-    first = f"model.layers.{checked['num_hidden_layers']}."
-    if any(name.startswith(first) for name in _listed_names(folder)):
+    n, count = checked["num_hidden_layers"], checked[key]
+    names = _listed_names(folder)
+    held = _held_depths(names, n, count)
+    if held == count:
         return hf
-    print(
-        f"tjx: config.json counts {hf[key]} multi-token-prediction layer(s) ({key}) but the "
-        f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
-        "the model without them (mtp.depths=0)",
-        file=sys.stderr,
-    )
-    return {**hf, key: 0}
+    first = f"model.layers.{n}."
+    if held:  # the first depths whole (a missing tensor of theirs: `check_tensors`), not the rest
+        span = first + "*" + (f" to model.layers.{n + held - 1}.*" if held > 1 else "")
+        print(
+            f"tjx: config.json counts {count} multi-token-prediction layer(s) ({key}) but the "
+            f"checkpoint holds the first {held} ({span}; none of model.layers.{n + held}.*): "
+            f"reading it as {held} (mtp.depths <= {held})",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"tjx: config.json counts {count} multi-token-prediction layer(s) ({key}) but the "
+            f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
+            "the model without them (mtp.depths=0)",
+            file=sys.stderr,
+        )
+    return {**hf, key: held}
+
+
+def _held_depths(names: set[str], num_layers: int, count: int) -> int:
+    """How many of ``count`` multi-token-prediction depths stored after ``num_layers`` layers
+    (DeepSeek-V3's layout) a checkpoint holding tensors ``names`` holds: those before the first
+    of which it holds no tensor. The count the plan checks ``mtp.depths`` against
+    (`stored_depths`), so that a depth the checkpoint lacks is refused as the config is read."""
+    layers = {name.split(".")[2] for name in names if name.startswith("model.layers.")}
+    return next((j for j in range(count) if str(num_layers + j) not in layers), count)
 
 
 def _listed_names(folder: Path) -> set[str]:

@@ -62,7 +62,7 @@ def load_hf(
         non-float tensors (each named, with its file).
     """
     folder = resolve(path_or_hub)
-    hf = _read(folder)
+    hf = _read(folder, overrides)
     config, cls, mapping_of = _plan(hf, overrides)
     mapping = mapping_of()
     with LazyWeights(folder) as stored:

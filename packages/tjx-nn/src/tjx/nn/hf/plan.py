@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> Tra
     ValueError
         As ``load_hf`` for the folder and its ``config.json``.
     """
-    config, _, _ = _plan(_read(resolve(path_or_hub)), overrides)
+    config, _, _ = _plan(_read(resolve(path_or_hub), overrides), overrides)
     return config  # type: ignore[no-any-return]
 
 
@@ -148,7 +149,7 @@ def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> Tra
 MTP_KEYS = ("num_nextn_predict_layers", "num_mtp_layers")
 
 
-def _read(folder: Path) -> dict[str, Any]:
+def _read(folder: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``folder``'s config.json (`read_config`), less the multi-token-prediction layers it counts
     but does not hold, said in one line: transformers' DeepSeek-V3 and GLM-4.5 keep
     ``num_nextn_predict_layers`` in the config but neither load nor save those layers, so a folder
@@ -156,9 +157,11 @@ def _read(folder: Path) -> dict[str, Any]:
     counts those (`_held_depths`), so that ``mtp.depths`` above them is refused as the config is
     read, not at the first missing tensor. Some of a depth's tensors without the rest is damage,
     which `check_tensors` names. A family folder's config as its tensor names complete
-    it (`Family.layout`)."""
+    it (`Family.layout`). ``overrides``' ``mtp.depths`` (`_module_held`): Qwen3.5's module asked
+    of a folder that holds none of it is refused here, as a plan, not at the load."""
     hf = read_config(folder)
     family = family_of(hf.get("model_type"))
+    _module_held(folder, hf, _asked_depths(overrides or {}))
     if family is not None and family.layout is not None:
         try:
             names = _listed_names(folder)
@@ -195,6 +198,47 @@ def _read(folder: Path) -> dict[str, Any]:
             file=sys.stderr,
         )
     return {**hf, key: held}
+
+
+#: config.json's count of Qwen3.5's multi-token-prediction module's layers (stored under ``mtp.``).
+MODULE_KEY = "mtp_num_hidden_layers"
+
+
+def _asked_depths(overrides: Mapping[str, Any]) -> int:
+    """The ``mtp.depths`` a read's ``overrides`` ask for (by its dotted key or the section); 0
+    for a value that is no count, which the config refuses by name as it is made."""
+    asked = overrides.get("mtp.depths", getattr(overrides.get("mtp"), "depths", 0))
+    return asked if isinstance(asked, int) else 0
+
+
+def _module_held(folder: Path, hf: Mapping[str, Any], asked: int) -> None:
+    """Refuse ``asked`` multi-token-prediction depths of a folder whose config.json (``hf``, or
+    its ``text_config``) counts Qwen3.5's module (`MODULE_KEY`, read only when asked:
+    `tjx.nn.hf.qwen3_5.mtp_fields`) but which holds none of its tensors (``mtp.*``): transformers
+    keeps the count in a folder it saves and drops the module. A family that reads no such module
+    is left to `_plan`.
+
+    Raises
+    ------
+    ValueError
+        ``asked`` above 0 and no ``mtp.*`` tensor listed.
+    """
+    family = family_of(hf.get("model_type"))
+    reads = hf.get("model_type") in (QWEN3_5, IMAGE_TEXT) or (family and family.reads_mtp)
+    text = hf.get("text_config")
+    count = (text if isinstance(text, Mapping) else hf).get(MODULE_KEY)
+    if not (asked and reads and isinstance(count, int) and count > 0):
+        return
+    try:
+        names = _listed_names(folder)
+    except ValueError:  # an unreadable header: the load names it
+        return
+    if not any(name.startswith("mtp.") for name in names):
+        raise ValueError(
+            f"mtp.depths={asked}: config.json counts {count} multi-token-prediction layer(s) "
+            f"({MODULE_KEY}) but the checkpoint holds none of their tensors (mtp.*; transformers "
+            "saves none); set mtp.depths=0"
+        )
 
 
 def _held_depths(names: set[str], num_layers: int, count: int) -> int:

@@ -172,3 +172,32 @@ def test_mtp_depths_for_a_family_tjx_reads_no_mtp_layers_of_is_refused_naming_th
         "mtp.depths=1: tjx reads no multi-token-prediction layers from a 'llama' checkpoint; "
         "set mtp.depths=0"
     )
+
+
+def test_a_parameter_no_tensor_maps_to_is_refused_naming_it_before_any_is_read(
+    tmp_path, monkeypatch
+):
+    """The loader's own check beneath the plan's (`reads_no_mtp`): a mapping that leaves a model
+    parameter without a tensor (here one taken out of Llama's) is refused in one line naming it,
+    before a tensor is read: no parameter keeps its random value, and no KeyError stops the load
+    halfway."""
+    from dataclasses import replace
+
+    from tjx.nn.hf import plan
+
+    folder = _llama(tmp_path)
+    real, dropped = plan.llama_mapping, []
+
+    def lacking(config, *args):
+        mapping = real(config, *args)
+        dropped.append(sorted(mapping.to_tjx)[-1])
+        kept = {k: v for k, v in mapping.to_tjx.items() if k != dropped[-1]}
+        return replace(mapping, to_tjx=kept)
+
+    monkeypatch.setattr(plan, "llama_mapping", lacking)
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        tnn.load_hf(folder)
+    assert str(info.value) == (
+        f"no tensor of the 'llama' checkpoint maps to parameter(s) {dropped[0]}: they would keep "
+        "their random values; set the model as its config.json describes it (mtp.depths...)"
+    )

@@ -153,7 +153,8 @@ def _read(folder: Path, overrides: Mapping[str, Any] | None = None) -> dict[str,
     """``folder``'s config.json (`read_config`), less the multi-token-prediction layers it counts
     but does not hold, said in one line: transformers' DeepSeek-V3 and GLM-4.5 keep
     ``num_nextn_predict_layers`` in the config but neither load nor save those layers, so a folder
-    it saved (a fine-tune, a conversion) holds none; a folder holding only the first depths
+    it saved (a fine-tune, a conversion) holds none (and so of a family folder that reads them,
+    `Family.reads_mtp`, storing the text model's names); a folder holding only the first depths
     counts those (`_held_depths`), so that ``mtp.depths`` above them is refused as the config is
     read, not at the first missing tensor. Some of a depth's tensors without the rest is damage,
     which `check_tensors` names. A family folder's config as its tensor names complete
@@ -169,7 +170,10 @@ def _read(folder: Path, overrides: Mapping[str, Any] | None = None) -> dict[str,
             names = set()
         return family.layout(hf, names)
     specs = {**DEEPSEEK_SPECS, GLM4_MOE: GLM4_MOE_SPEC}
-    if hf.get("model_type") not in specs:
+    model_type = str(hf.get("model_type"))
+    if family is not None and family.reads_mtp and model_type not in family.stored_names:
+        specs[model_type] = family.spec  # DeepSeek-V3's layers, under the text model's names
+    if model_type not in specs:
         return hf
     # The counts below read as the import reads them (one line for a damaged one).
     checked = specs[hf["model_type"]].read(hf)

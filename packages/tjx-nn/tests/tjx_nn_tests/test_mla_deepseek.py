@@ -292,6 +292,48 @@ def test_mtp_layers_a_config_counts_but_the_folder_lacks_load_as_none_with_one_l
         tnn.load_hf(folder)
 
 
+def test_a_config_counting_more_mtp_layers_than_the_folder_holds_refuses_the_rest_as_it_reads(
+    tmp_path, capsys
+):
+    """num_nextn_predict_layers 2 over a folder holding depth 0 alone (model.layers.3.*, none of
+    model.layers.4.*): the checkpoint stores 1, said in one line; mtp.depths 2 is refused as the
+    config is read (a plan) and as it loads, naming the setting, not at the first tensor the
+    load lacks; the depth it holds loads whole, and mtp.depths=0 loads the causal LM alone."""
+    from safetensors.numpy import load_file
+
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**V3, "mtp": tnn.MTPConfig(depths=1)}),
+        rngs=nnx.Rngs(1),
+    )
+    folder = tmp_path / "v3"
+    tnn.save_hf(model, folder)
+    hf = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(hf | {"num_nextn_predict_layers": 2}))
+    assert not any(n.startswith("model.layers.4.") for n in load_file(folder / "model.safetensors"))
+    for read in (tnn.read_hf_config, tnn.load_hf):
+        with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+            read(folder, **{"mtp.depths": 2})
+        assert str(info.value) == (
+            "mtp.depths=2: the checkpoint stores 1 multi-token-prediction layer(s) "
+            "(num_nextn_predict_layers); set mtp.depths <= 1"
+        )
+    capsys.readouterr()
+    loaded, config = tnn.load_hf(folder)
+    said = capsys.readouterr().err.splitlines()
+    assert said == [
+        "tjx: config.json counts 2 multi-token-prediction layer(s) (num_nextn_predict_layers) but "
+        "the checkpoint holds the first 1 (model.layers.3.*; none of model.layers.4.*): reading "
+        "it as 1 (mtp.depths <= 1)"
+    ]
+    assert config.mtp.depths == 1
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    trunk, config = tnn.load_hf(folder, **{"mtp.depths": 0})
+    assert config.mtp.depths == 0 and trunk.mtp is None
+
+
 def test_multi_token_prediction_round_trips_exactly(tmp_path):
     """V3 with an MTP depth (an MoE block, as DeepSeek-V3's): written in DeepSeek's layout (the
     shared embedding and head as copies), read back to the same parameters, written again to

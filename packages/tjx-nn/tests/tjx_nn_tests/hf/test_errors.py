@@ -156,3 +156,48 @@ def test_exports_refuse_what_hf_cannot_express_and_full_folders(tmp_path):
     with pytest.raises(ValueError, match="is not an empty folder"):
         tnn.save_hf(tnn.Llama(config, rngs=nnx.Rngs(0)), tmp_path / "full")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
+
+
+@pytest.mark.parametrize("read", [tnn.read_hf_config, tnn.load_hf])
+def test_mtp_depths_for_a_family_tjx_reads_no_mtp_layers_of_is_refused_naming_the_type(
+    tmp_path, read
+):
+    """A Llama checkpoint has no multi-token-prediction layers and its mapping none to fill:
+    ``mtp.depths`` is refused in one line as the config is read (a plan) and as it loads, not a
+    KeyError when the load reaches the first of them."""
+    folder = _llama(tmp_path)
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        read(folder, **{"mtp.depths": 1})
+    assert str(info.value) == (
+        "mtp.depths=1: tjx reads no multi-token-prediction layers from a 'llama' checkpoint; "
+        "set mtp.depths=0"
+    )
+
+
+def test_a_parameter_no_tensor_maps_to_is_refused_naming_it_before_any_is_read(
+    tmp_path, monkeypatch
+):
+    """The loader's own check beneath the plan's (`reads_no_mtp`): a mapping that leaves a model
+    parameter without a tensor (here one taken out of Llama's) is refused in one line naming it,
+    before a tensor is read: no parameter keeps its random value, and no KeyError stops the load
+    halfway."""
+    from dataclasses import replace
+
+    from tjx.nn.hf import plan
+
+    folder = _llama(tmp_path)
+    real, dropped = plan.llama_mapping, []
+
+    def lacking(config, *args):
+        mapping = real(config, *args)
+        dropped.append(sorted(mapping.to_tjx)[-1])
+        kept = {k: v for k, v in mapping.to_tjx.items() if k != dropped[-1]}
+        return replace(mapping, to_tjx=kept)
+
+    monkeypatch.setattr(plan, "llama_mapping", lacking)
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        tnn.load_hf(folder)
+    assert str(info.value) == (
+        f"no tensor of the 'llama' checkpoint maps to parameter(s) {dropped[0]}: they would keep "
+        "their random values; set the model as its config.json describes it (mtp.depths...)"
+    )

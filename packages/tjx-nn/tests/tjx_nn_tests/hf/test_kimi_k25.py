@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import save_file
 
 from tjx import nn as tnn
@@ -132,3 +133,47 @@ def test_what_tjx_cannot_read_is_refused_in_one_line(tmp_path, change, needle):
     with pytest.raises(ValueError) as info:
         tnn.read_hf_config(folder)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def _family_with_mtp(name):
+    """(config of one MTP depth, model_type) of a family folder storing DeepSeek-V3's layers."""
+    if name == "kimi_k2":
+        return tnn.make_config(tnn.LlamaConfig, KIMI), "kimi_k2"
+    from tjx_nn_tests.test_sparse_attention import _v32_config
+
+    return _v32_config(), "deepseek_v32"
+
+
+@pytest.mark.parametrize("name", ["kimi_k2", "deepseek_v32"])
+@pytest.mark.parametrize("held", [0, 1])
+def test_a_family_folder_counting_more_mtp_layers_than_it_holds_reads_those_it_holds(
+    tmp_path, capsys, name, held
+):
+    """kimi_k2 and deepseek_v32 folders store DeepSeek-V3's multi-token-prediction layers after
+    the causal LM's, as V3's do: num_nextn_predict_layers above the depths the index holds (none:
+    as transformers saves a folder; or the first) reads as those it holds, said in one line, so
+    that mtp.depths above them is refused as the config is read and as it loads, and a default
+    load fills every depth it builds from the folder's tensors."""
+    config, model_type = _family_with_mtp(name)
+    model = tnn.Llama(config.replace(**{"mtp.depths": held}), rngs=nnx.Rngs(0))
+    folder = tmp_path / name
+    tnn.save_hf(model, folder)
+    hf = json.loads((folder / "config.json").read_text())
+    hf |= {"model_type": model_type, "num_nextn_predict_layers": held + 1}
+    (folder / "config.json").write_text(json.dumps(hf))
+    fix = "mtp.depths <= 1" if held else "mtp.depths=0"
+    for read in (tnn.read_hf_config, tnn.load_hf):
+        with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+            read(folder, **{"mtp.depths": held + 1})
+        assert str(info.value) == (
+            f"mtp.depths={held + 1}: the checkpoint stores {held} multi-token-prediction layer(s) "
+            f"(num_nextn_predict_layers); set {fix}"
+        )
+    capsys.readouterr()
+    loaded, read_config = tnn.load_hf(folder)
+    said = capsys.readouterr().err
+    assert read_config.mtp.depths == held and said.count("multi-token-prediction") == 1
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    assert set(want) == set(got)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -158,3 +158,27 @@ def test_a_dynamic_ntk_scaling_is_saved_with_its_original_length():
     assert hf["max_position_embeddings"] == 8
     assert "original_max_position_embeddings" not in hf["rope_parameters"]
     assert minimax_m2_config_from_hf(hf) == config
+
+
+def test_a_config_asking_for_mtp_depths_of_a_minimax_m2_checkpoint_is_refused_naming_its_count(
+    tmp_path,
+):
+    """The released config counts 3 multi-token-prediction modules (``num_mtp_modules``) that
+    neither its folders (their index lists the causal LM's tensors alone) nor transformers' model
+    nor tjx's hold: ``mtp.depths`` above 0 is refused as the config is read (a plan) and as the
+    weights load, in one line, instead of a model whose modules no tensor fills; 0 loads."""
+    model, _ = saved_random(tmp_path / "ck", tnn.make_config(tnn.LlamaConfig, MINIMAX))
+    hf = json.loads((tmp_path / "ck" / "config.json").read_text())
+    legacy = dict(use_mtp=True, num_mtp_modules=3, mtp_transformer_layers=1)
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(hf | legacy))
+    for depths in (1, 2):
+        for read in (tnn.read_hf_config, tnn.load_hf):
+            with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+                read(tmp_path / "ck", **{"mtp.depths": depths})
+            assert str(info.value) == (
+                f"mtp.depths={depths}: tjx reads no multi-token-prediction layers from a "
+                "'minimax_m2' checkpoint (config.json's num_mtp_modules 3 counts modules tjx does "
+                "not read); set mtp.depths=0"
+            )
+    loaded, config = tnn.load_hf(tmp_path / "ck", **{"mtp.depths": 0})
+    assert config == model.config and loaded.mtp is None

@@ -162,3 +162,36 @@ def test_the_dense_models_multi_token_prediction_module_round_trips_when_asked(t
     assert set(want) == set(got)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@pytest.mark.parametrize("image_text", [False, True], ids=["text", "image-text"])
+def test_mtp_depths_of_a_folder_counting_the_module_but_holding_none_is_refused_as_it_reads(
+    tmp_path, capsys, image_text
+):
+    """transformers keeps ``mtp_num_hidden_layers`` in a folder it saves and drops the module:
+    ``mtp.depths=1`` is refused in one line naming the count as the config is read (a plan) and
+    as it loads, not at the first ``mtp.*`` tensor the load lacks; the causal LM loads without a
+    word about it (the module is read only when asked)."""
+    model, folder, hf = _saved(tmp_path)
+    text = json.loads((folder / "config.json").read_text()) | {"mtp_num_hidden_layers": 1}
+    if image_text:
+        folder = tmp_path / "image-text"
+        folder.mkdir()
+        config = dict(model_type="qwen3_5", text_config=text, tie_word_embeddings=False)
+        (folder / "config.json").write_text(json.dumps(config))
+        stored = {n.replace("model.", "model.language_model.", 1): v for n, v in hf.items()}
+        save_file(stored, str(folder / "model.safetensors"))
+    else:
+        (folder / "config.json").write_text(json.dumps(text))
+    for read in (tnn.read_hf_config, tnn.load_hf):
+        with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+            read(folder, **{"mtp.depths": 1})
+        assert str(info.value) == (
+            "mtp.depths=1: config.json counts 1 multi-token-prediction layer(s) "
+            "(mtp_num_hidden_layers) but the checkpoint holds none of their tensors (mtp.*; "
+            "transformers saves none); set mtp.depths=0"
+        )
+    capsys.readouterr()
+    loaded, config = tnn.load_hf(folder)
+    assert config == model.config and loaded.mtp is None
+    assert "multi-token" not in capsys.readouterr().err

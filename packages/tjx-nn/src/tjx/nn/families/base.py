@@ -121,6 +121,11 @@ class Family:
         Whether a model read from one of ``model_types`` saves back as ``model_types[0]`` when
         no type is asked (`tjx.nn.families.registry.saved_as`): true where ``claims`` holds only
         when asked, its switches computing what another family saves by default.
+    reads_mtp : bool
+        Whether ``read`` maps multi-token-prediction layers and checks ``mtp.depths`` against
+        what a checkpoint stores itself (`tjx.nn.hf.mtp_tensors.stored_depths`); False: the
+        loader refuses any ``mtp.depths`` above 0 for its checkpoints
+        (`tjx.nn.hf.mtp_tensors.reads_no_mtp`), which its mapping could not fill.
     """
 
     name: str
@@ -133,6 +138,7 @@ class Family:
     fixed: tuple[str, ...] = ()
     layout: Callable[[Mapping[str, Any], Collection[str]], dict[str, Any]] | None = None
     saves_as_read: bool = False
+    reads_mtp: bool = False
 
     def text_name(self, model_type: str) -> Callable[[str], str]:
         """The stored name → text model name of a folder of ``model_type``."""

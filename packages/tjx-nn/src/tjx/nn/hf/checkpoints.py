@@ -62,7 +62,7 @@ def load_hf(
         non-float tensors (each named, with its file).
     """
     folder = resolve(path_or_hub)
-    hf = _read(folder)
+    hf = _read(folder, overrides)
     config, cls, mapping_of = _plan(hf, overrides)
     mapping = mapping_of()
     with LazyWeights(folder) as stored:
@@ -74,6 +74,7 @@ def load_hf(
             return weights.get(names[name])
 
         model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+        _check_filled(model, mapping, str(hf.get("model_type")))
         fill_params(model, lambda name: mapping.to_tjx[name](read))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     return nnx.merge(graphdef, params, concrete_state(rest)), config
@@ -103,6 +104,27 @@ def check_hf_weights(path_or_hub: str | os.PathLike[str]) -> None:
     with LazyWeights(folder) as stored:
         weights = open_dequantized(stored, hf, jnp.dtype(config.precision.param_dtype))
         _checked_names(weights, hf, mapping_of())
+
+
+def _check_filled(model: nnx.Module, mapping: HFMapping, model_type: str) -> None:
+    """Refuse, before a tensor is read, a ``model`` with parameters that no tensor of the
+    checkpoint maps to (``mapping.to_tjx``): loaded, each would keep its random initialisation
+    (multi-token-prediction modules of a checkpoint that stores none, which the plan refuses
+    first: `tjx.nn.hf.mtp_tensors.reads_no_mtp`), or a KeyError stop the load halfway.
+
+    Raises
+    ------
+    ValueError
+        One line naming up to five such parameters.
+    """
+    unread = sorted(set(param_readers(model)) - set(mapping.to_tjx))
+    if unread:
+        more = f" (+{len(unread) - 5} more)" if len(unread) > 5 else ""
+        raise ValueError(
+            f"no tensor of the {model_type!r} checkpoint maps to parameter(s) "
+            f"{', '.join(unread[:5])}{more}: they would keep their random values; set the model "
+            "as its config.json describes it (mtp.depths...)"
+        )
 
 
 def _checked_names(weights: Tensors, hf: dict[str, Any], mapping: HFMapping) -> dict[str, str]:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
@@ -95,11 +95,49 @@ def stored_depths(c: LlamaConfig, stored: int, key: str = "num_nextn_predict_lay
         ``c`` has more depths than the checkpoint stores.
     """
     if c.mtp.depths > stored:
+        fix = f"mtp.depths <= {stored}" if stored else "mtp.depths=0"
         raise ValueError(
             f"mtp.depths={c.mtp.depths}: the checkpoint stores {stored} multi-token-prediction "
-            f"layer(s) ({key}); set mtp.depths <= {stored}"
+            f"layer(s) ({key}); set {fix}"
         )
     return stored
+
+
+#: config.json keys that count a checkpoint's multi-token-prediction layers or modules, in the
+#: families that have them (DeepSeek-V3's and GLM-4.5's, Qwen3.5's and Qwen3-Next's, and a family
+#: folder's own ``num_mtp_modules``).
+COUNT_KEYS = (
+    "num_nextn_predict_layers",
+    "num_mtp_layers",
+    "mtp_num_hidden_layers",
+    "num_mtp_modules",
+)
+
+
+def reads_no_mtp(c: Any, hf: Mapping[str, Any], model_type: str) -> None:
+    """Refuse ``c``'s ``mtp.depths`` above 0 for a checkpoint of ``model_type`` (``hf`` its
+    ``config.json``), whose multi-token-prediction layers tjx does not read (`stored_depths`
+    checks those of the families it reads them from): a plan refuses what the load could not
+    fill (its mapping has no tensor for them), and no model keeps modules at their random
+    initialisation. A count config.json keeps of modules of its own that tjx does not map
+    (``num_mtp_modules``) is named.
+
+    Raises
+    ------
+    ValueError
+        ``c`` asks for multi-token-prediction depths.
+    """
+    mtp = getattr(c, "mtp", None)
+    if mtp is None or not mtp.depths:
+        return
+    counted = [f"{k} {hf[k]}" for k in COUNT_KEYS if hf.get(k)]
+    own = (
+        f" (config.json's {', '.join(counted)} counts modules tjx does not read)" if counted else ""
+    )
+    raise ValueError(
+        f"mtp.depths={mtp.depths}: tjx reads no multi-token-prediction layers from a "
+        f"{model_type!r} checkpoint{own}; set mtp.depths=0"
+    )
 
 
 def mtp_mapping(

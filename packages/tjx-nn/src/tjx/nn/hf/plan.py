@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ from tjx.nn.hf.io import read_config, resolve
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
-from tjx.nn.hf.mtp_tensors import stored_depths
+from tjx.nn.hf.mtp_tensors import reads_no_mtp, stored_depths
 from tjx.nn.hf.quantized import quantization_from_hf, without_quantization
 from tjx.nn.hf.qwen3_5 import (
     IMAGE_TEXT,
@@ -140,7 +141,7 @@ def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> Tra
     ValueError
         As ``load_hf`` for the folder and its ``config.json``.
     """
-    config, _, _ = _plan(_read(resolve(path_or_hub)), overrides)
+    config, _, _ = _plan(_read(resolve(path_or_hub), overrides), overrides)
     return config  # type: ignore[no-any-return]
 
 
@@ -148,15 +149,20 @@ def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> Tra
 MTP_KEYS = ("num_nextn_predict_layers", "num_mtp_layers")
 
 
-def _read(folder: Path) -> dict[str, Any]:
+def _read(folder: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``folder``'s config.json (`read_config`), less the multi-token-prediction layers it counts
     but does not hold, said in one line: transformers' DeepSeek-V3 and GLM-4.5 keep
     ``num_nextn_predict_layers`` in the config but neither load nor save those layers, so a folder
-    it saved (a fine-tune, a conversion) holds none. Some of their tensors without the rest is
-    damage, which `check_tensors` names. A family folder's config as its tensor names complete
-    it (`Family.layout`)."""
+    it saved (a fine-tune, a conversion) holds none (and so of a family folder that reads them,
+    `Family.reads_mtp`, storing the text model's names); a folder holding only the first depths
+    counts those (`_held_depths`), so that ``mtp.depths`` above them is refused as the config is
+    read, not at the first missing tensor. Some of a depth's tensors without the rest is damage,
+    which `check_tensors` names. A family folder's config as its tensor names complete
+    it (`Family.layout`). ``overrides``' ``mtp.depths`` (`_module_held`): Qwen3.5's module asked
+    of a folder that holds none of it is refused here, as a plan, not at the load."""
     hf = read_config(folder)
     family = family_of(hf.get("model_type"))
+    _module_held(folder, hf, _asked_depths(overrides or {}))
     if family is not None and family.layout is not None:
         try:
             names = _listed_names(folder)
@@ -164,23 +170,88 @@ def _read(folder: Path) -> dict[str, Any]:
             names = set()
         return family.layout(hf, names)
     specs = {**DEEPSEEK_SPECS, GLM4_MOE: GLM4_MOE_SPEC}
-    if hf.get("model_type") not in specs:
+    model_type = str(hf.get("model_type"))
+    if family is not None and family.reads_mtp and model_type not in family.stored_names:
+        specs[model_type] = family.spec  # DeepSeek-V3's layers, under the text model's names
+    if model_type not in specs:
         return hf
     # The counts below read as the import reads them (one line for a damaged one).
     checked = specs[hf["model_type"]].read(hf)
     key = next((k for k in MTP_KEYS if checked.get(k)), None)
     if key is None:
         return hf
-    first = f"model.layers.{checked['num_hidden_layers']}."
-    if any(name.startswith(first) for name in _listed_names(folder)):
+    n, count = checked["num_hidden_layers"], checked[key]
+    names = _listed_names(folder)
+    held = _held_depths(names, n, count)
+    if held == count:
         return hf
-    print(
-        f"tjx: config.json counts {hf[key]} multi-token-prediction layer(s) ({key}) but the "
-        f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
-        "the model without them (mtp.depths=0)",
-        file=sys.stderr,
-    )
-    return {**hf, key: 0}
+    first = f"model.layers.{n}."
+    if held:  # the first depths whole (a missing tensor of theirs: `check_tensors`), not the rest
+        span = first + "*" + (f" to model.layers.{n + held - 1}.*" if held > 1 else "")
+        print(
+            f"tjx: config.json counts {count} multi-token-prediction layer(s) ({key}) but the "
+            f"checkpoint holds the first {held} ({span}; none of model.layers.{n + held}.*): "
+            f"reading it as {held} (mtp.depths <= {held})",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"tjx: config.json counts {count} multi-token-prediction layer(s) ({key}) but the "
+            f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
+            "the model without them (mtp.depths=0)",
+            file=sys.stderr,
+        )
+    return {**hf, key: held}
+
+
+#: config.json's count of Qwen3.5's multi-token-prediction module's layers (stored under ``mtp.``).
+MODULE_KEY = "mtp_num_hidden_layers"
+
+
+def _asked_depths(overrides: Mapping[str, Any]) -> int:
+    """The ``mtp.depths`` a read's ``overrides`` ask for (by its dotted key or the section); 0
+    for a value that is no count, which the config refuses by name as it is made."""
+    asked = overrides.get("mtp.depths", getattr(overrides.get("mtp"), "depths", 0))
+    return asked if isinstance(asked, int) else 0
+
+
+def _module_held(folder: Path, hf: Mapping[str, Any], asked: int) -> None:
+    """Refuse ``asked`` multi-token-prediction depths of a folder whose config.json (``hf``, or
+    its ``text_config``) counts Qwen3.5's module (`MODULE_KEY`, read only when asked:
+    `tjx.nn.hf.qwen3_5.mtp_fields`) but which holds none of its tensors (``mtp.*``): transformers
+    keeps the count in a folder it saves and drops the module. A family that reads no such module
+    is left to `_plan`.
+
+    Raises
+    ------
+    ValueError
+        ``asked`` above 0 and no ``mtp.*`` tensor listed.
+    """
+    family = family_of(hf.get("model_type"))
+    reads = hf.get("model_type") in (QWEN3_5, IMAGE_TEXT) or (family and family.reads_mtp)
+    text = hf.get("text_config")
+    count = (text if isinstance(text, Mapping) else hf).get(MODULE_KEY)
+    if not (asked and reads and isinstance(count, int) and count > 0):
+        return
+    try:
+        names = _listed_names(folder)
+    except ValueError:  # an unreadable header: the load names it
+        return
+    if not any(name.startswith("mtp.") for name in names):
+        raise ValueError(
+            f"mtp.depths={asked}: config.json counts {count} multi-token-prediction layer(s) "
+            f"({MODULE_KEY}) but the checkpoint holds none of their tensors (mtp.*; transformers "
+            "saves none); set mtp.depths=0"
+        )
+
+
+def _held_depths(names: set[str], num_layers: int, count: int) -> int:
+    """How many of ``count`` multi-token-prediction depths stored after ``num_layers`` layers
+    (DeepSeek-V3's layout) a checkpoint holding tensors ``names`` holds: those before the first
+    of which it holds no tensor. The count the plan checks ``mtp.depths`` against
+    (`stored_depths`), so that a depth the checkpoint lacks is refused as the config is read."""
+    layers = {name.split(".")[2] for name in names if name.startswith("model.layers.")}
+    return next((j for j in range(count) if str(num_layers + j) not in layers), count)
 
 
 def _listed_names(folder: Path) -> set[str]:
@@ -224,9 +295,32 @@ def _kind(hf: dict[str, Any]) -> str:
     return HF_MODEL_TYPES[model_type]
 
 
+#: The model types whose reader maps multi-token-prediction layers and checks ``mtp.depths``
+#: against what a checkpoint stores (the family folders': `Family.reads_mtp`).
+_READS_MTP = frozenset({*DEEPSEEK_TYPES, GLM4_MOE, QWEN3_5, IMAGE_TEXT, QWEN3_NEXT})
+
+
 def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], MappingOf]:
     """The config, model class and tensor mapping (built when called: a plan needs the config
     alone, and a large release's mapping takes seconds) of a checkpoint's ``config.json``.
+
+    Any ``mtp.depths`` is refused for a family whose multi-token-prediction layers tjx does not
+    read (`reads_no_mtp`: a family's own modules, which tjx does not map, or none), as a plan:
+    its mapping has no tensor to fill them with, and a load never leaves them at their random
+    values.
+    """
+    config, cls, mapping = _family_plan(hf, overrides)
+    model_type = str(hf.get("model_type"))
+    family = family_of(model_type)
+    if model_type not in _READS_MTP and not (family is not None and family.reads_mtp):
+        reads_no_mtp(config, hf, model_type)
+    return config, cls, mapping
+
+
+def _family_plan(
+    hf: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[Any, type[DecoderLM], MappingOf]:
+    """`_plan` as the checkpoint's family reads it.
 
     A component section's setting (``delta.impl``, ``mtp.depths``) reaches the readers by its
     dotted key, laid over the section the checkpoint describes (`make_config`), so the tensor

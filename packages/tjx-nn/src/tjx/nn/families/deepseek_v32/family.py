@@ -22,4 +22,5 @@ FAMILY = Family(
     claims=is_deepseek_v32,
     write=writes(deepseek_v32_config_to_hf, deepseek_v32_mapping),
     fixed=OWN,
+    reads_mtp=True,  # DeepSeek-V3's layers (`stored_depths`)
 )

@@ -73,4 +73,5 @@ FAMILY = Family(
     # The latent norms' own epsilon (Kimi-K2.5's rms_norm_eps is 1e-5, transformers' latent
     # norms keep 1e-6): a checkpoint fixes it as it fixes the rest of its MLA.
     fixed=("mla.latent_norm_eps",),
+    reads_mtp=True,  # DeepSeek-V3's layers (`stored_depths`)
 )

@@ -29,7 +29,9 @@ The released folders' legacy keys are checked, not ignored: ``use_qk_norm`` true
 transformers computes; anything else is a variant it does not (MiniMax-01's lightning-attention
 layers, per-head q/k norms, a shared expert) and is refused by name. Their multi-token-prediction
 modules (``use_mtp``, ``num_mtp_modules``, ``mtp_transformer_layers``) are not part of
-transformers' model (nor of tjx's): the keys change nothing it computes.
+transformers' model (nor of tjx's), nor of the released folders' tensors: the keys change nothing
+it computes, and ``mtp.depths`` above 0 is refused as the config is read
+(`tjx.nn.hf.mtp_tensors.reads_no_mtp`).
 
 Modules: ``hf_read`` (config.json → config: transformers' defaults, what is refused),
 ``hf_write`` (config → config.json), ``hf_tensors`` (the tensor names).

@@ -62,4 +62,5 @@ FAMILY = Family(
     stored_names={IMAGE_TEXT: text_name},
     layout=folder_layout,
     saves_as_read=True,  # its switches are Qwen3-Next's, which save_hf writes unless asked
+    reads_mtp=True,  # Qwen3.5's module (`tjx.nn.hf.qwen3_5.mtp_fields`)
 )

@@ -184,6 +184,16 @@ def train(
             manager.close()
             return error_exit(f"--resume: {err}")
         start = int(restored.step)
+        stop_at = cfg.train.stop_at
+        if stop_at is not None and stop_at <= start < cfg.train.steps:
+            # It would stop again before a step, and say "resume with --resume": a run resumed
+            # with its stopped config.yaml (which holds the stop) would never go on.
+            manager.close()
+            return error_exit(
+                f"--resume: train.stop_at={stop_at} is not after the checkpoint's step {start}, "
+                "so the run would stop again without training a step; resume with "
+                "--set train.stop_at=null (or a later step)"
+            )
         carried = (restored.metrics or {}).get(CARRIED)
         if primary:
             write_run_files(plan, setup, bundle)  # the config may hold new training settings

@@ -50,6 +50,18 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     compiled = [i for i, line in enumerate(lines) if re.fullmatch(COMPILED_LINE, line)]
     assert said[0] < ready[0] < said[1] < compiled[0], out
     assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2
+    # The stopped run's config.yaml holds its stop: resumed with it, one line, nothing written
+    # (it stopped again at once, saying "resume with --resume", for ever).
+    log = (in_tmp / "run" / "metrics.jsonl").read_text()
+    stopped = ["--config", str(in_tmp / "run" / "config.yaml"), "--run-dir", "run", "--resume"]
+    assert main(stopped) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "trainer: error: --resume: train.stop_at=2 is not after the checkpoint's step 2, so the "
+        "run would stop again without training a step; resume with --set train.stop_at=null "
+        "(or a later step)"
+    ]
+    assert (in_tmp / "run" / "metrics.jsonl").read_text() == log
     assert main(_argv(text, "--set", cache, "--resume")) == 0
     out = capsys.readouterr().out
     assert "resumed from step 2" in out and "done: 4 steps" in out

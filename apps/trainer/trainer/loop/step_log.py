@@ -10,6 +10,7 @@ from typing import Any
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
@@ -80,6 +81,31 @@ class StepLog:
             old = self._moe
             self._moe = moe if old is None else jax.tree.map(lambda a, b: a + b, old, moe)
         return metrics
+
+    def unlogged(self) -> dict[str, Any] | None:
+        """The router sums of the steps since the last line, as plain data (a checkpoint's:
+        `resume` adds them back, so the first line after a resume covers the steps the
+        uninterrupted run's line did); None: none held."""
+        if self._moe is None:
+            return None
+        sums = jax.device_get(self._moe)
+        # (a statistic the model does not keep is None: DeepSeek's indexer's without one)
+        return {
+            "moe": {
+                k: None if v is None else {"dtype": str(v.dtype), "values": np.asarray(v).tolist()}
+                for k, v in sums.items()
+            }
+        }
+
+    def resume(self, unlogged: dict[str, Any] | None) -> None:
+        """Hold a checkpoint's `unlogged` sums again, as saved (bit for bit: each value is a
+        float32 or an integer, which JSON keeps exactly); None: nothing."""
+        if unlogged and "moe" in unlogged:
+            moe = unlogged["moe"]
+            self._moe = {
+                k: None if v is None else jnp.asarray(np.asarray(v["values"], v["dtype"]))
+                for k, v in moe.items()
+            }
 
     def scalars(self, metrics: dict[str, chex.ArrayTree]) -> dict[str, float]:
         """A log line: the step's ``metrics`` as floats, then ``bits_per_byte``, ``{unit}_per_s``,

@@ -45,6 +45,10 @@ CURVES = (("loss", "val_loss"),)
 #: The console's line per log step, in order (images/s for a classifier; MFU where it is known).
 CONSOLE = ("loss", "learning_rate", "grad_norm", "{unit}_per_s", "mfu")
 
+#: The key of a checkpoint's metrics that holds what a resume continues of the log lines
+#: (`Training._carried`): the router sums since the last line and the loss-spike window.
+CARRIED = "carried"
+
 #: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
 DIVERGED_ADVICE = (
     "lower optimizer.schedule.peak_lr, raise optimizer.schedule.warmup_steps or set "
@@ -167,7 +171,7 @@ def train(
         )
     folder = RunDir(run_dir).checkpoints
     manager = ckpt.CheckpointManager(folder, **cfg.checkpoint.manager_options(), mesh=setup.mesh)
-    st, start = setup.state, 0
+    st, start, carried = setup.state, 0, None
     if plan.resume:
         try:
             # A corrupt newest step is skipped in one warning line; the state is placed as `st`.
@@ -180,6 +184,17 @@ def train(
             manager.close()
             return error_exit(f"--resume: {err}")
         start = int(restored.step)
+        stop_at = cfg.train.stop_at
+        if stop_at is not None and stop_at <= start < cfg.train.steps:
+            # It would stop again before a step, and say "resume with --resume": a run resumed
+            # with its stopped config.yaml (which holds the stop) would never go on.
+            manager.close()
+            return error_exit(
+                f"--resume: train.stop_at={stop_at} is not after the checkpoint's step {start}, "
+                "so the run would stop again without training a step; resume with "
+                "--set train.stop_at=null (or a later step)"
+            )
+        carried = (restored.metrics or {}).get(CARRIED)
         if primary:
             write_run_files(plan, setup, bundle)  # the config may hold new training settings
         print(f"resumed from step {start} ({folder})", flush=True)
@@ -197,7 +212,7 @@ def train(
         # W&B never reaches for the network unless asked: offline is the default mode.
         wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
     )
-    training = Training(plan, bundle, setup, loader, manager, logger, st, start, primary)
+    training = Training(plan, bundle, setup, loader, manager, logger, st, start, primary, carried)
     training.compiled_step = step
     return training.loop()
 
@@ -215,10 +230,12 @@ class Training:
     state: TrainState
     start: int
     primary: bool
+    carried: dict[str, Any] | None = None  # the checkpoint's CARRIED: what the log lines carry
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
     compiled_step: TrainStep | None = None  # compiled before step 1 (trainer.plan.first_compile)
     extras_done: bool = False  # the last step's evaluation and samples ran to their end
+    bar: ProgressBar | None = None  # the loop's, while it runs
 
     def __post_init__(self) -> None:
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
@@ -232,6 +249,18 @@ class Training:
         self.log = StepLog.on_devices(
             flops, model.precision.compute_dtype, unit=unit, bytes_per_token=bpt, moe_layers=moe
         )
+        # train.spike_sigma: a loss spike is logged as loss_spike (--replay RUN --spikes)
+        self.spikes = None
+        if self.cfg.train.spike_sigma is not None:
+            self.spikes = metrics.SpikeDetector(
+                self.cfg.train.spike_sigma, self.cfg.train.spike_window
+            )
+        # A resume continues the steps between log lines and the spike window where the
+        # checkpoint left them: its lines are the uninterrupted run's (`save`).
+        carried = self.carried or {}
+        self.log.resume(carried.get("unlogged"))
+        if self.spikes is not None and carried.get("spike_window") is not None:
+            self.spikes.resume(carried["spike_window"])
         # GRPO: the step's batch is a rollout of the prompts (trainer.step.grpo), made in the loop.
         self.rollouts = None
         if is_grpo(self.cfg.data):
@@ -260,15 +289,13 @@ class Training:
             advice=DIVERGED_ADVICE,
             end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale else 0,
         )
-        # train.spike_sigma: a loss spike is logged as loss_spike (--replay RUN --spikes)
-        spikes = None
-        if cfg.train.spike_sigma is not None:
-            spikes = metrics.SpikeDetector(cfg.train.spike_sigma, cfg.train.spike_window)
+        spikes = self.spikes
         stopped_by: str | None = None
         failed: list[ExtraError] = []  # what of a boundary's evaluation and samples failed
         step_done, profile = start, ProfileWindow(self.run_dir / "profile", plan.profile)
         # tjx-metrics' bar; plain lines with logging.progress: false or off a terminal.
         with progress_bar(start, total, enabled=cfg.logging.progress) as bar:
+            self.bar = bar  # a save's spike note (`_carried`)
             for step in range(start, total):
                 stopped_by = agreement.decide(step, stop.signal_name)
                 if stopped_by or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
@@ -319,14 +346,17 @@ class Training:
             return self._diverged(guard.diverged)
         return self._finish(step_done, stopped_by or stop.signal_name)  # a last step's signal too
 
-    def _mark_spike(self, spike: metrics.Spike | None, bar: ProgressBar) -> None:
+    def _mark_spike(self, spike: metrics.Spike | None, bar: ProgressBar | None) -> None:
         """Log a spike as ``loss_spike`` (its deviations above the mean) at its step."""
         if spike is None:
             return
         self.logger.log_scalars(spike.step, {"loss_spike": spike.sigmas})
         # (--replay RUN --spikes replays it; one short line, as a console wraps at 80)
         said = f"{spike.loss:.4f}, {spike.sigmas:.1f} σ above the mean"
-        bar.note(f"step {spike.step}: loss spike {said}")
+        if bar is not None:
+            bar.note(f"step {spike.step}: loss spike {said}")
+        else:
+            print(f"step {spike.step}: loss spike {said}", flush=True)
 
     def _compile(self) -> TrainStep:
         setup = self.setup
@@ -435,18 +465,33 @@ class Training:
                 self.manager.wait_until_finished()
             return
         self.saved = step
-        val = {"val_loss": self.last_eval["loss"]} if "loss" in self.last_eval else None
+        val = {"val_loss": self.last_eval["loss"]} if "loss" in self.last_eval and ranked else {}
         self.manager.save(
             step,
             state=self.state.tree(),
             data_state=self.loader.state_dict(),
             config=self.cfg.to_dict(),
-            metrics=val if ranked else None,
+            metrics=val | self._carried() or None,
             force=force,
         )
         if commit:
             self.manager.wait_until_finished()
         self.logger.flush()  # a log in object storage is uploaded with each checkpoint
+
+    def _carried(self) -> dict[str, Any]:
+        """What the log lines after this step need of the steps before it (``{CARRIED: ...}``,
+        saved with the checkpoint's metrics, which ``keep_best`` reads by name only): the router
+        sums since the last line (`StepLog.unlogged`) and the spike window. The step held for
+        judging is judged now (its loss is computed: the save reads the state it came with), so
+        the window is whole and the resumed run judges no step twice."""
+        carried: dict[str, Any] = {}
+        if self.spikes is not None:
+            self._mark_spike(self.spikes.flush(), self.bar)
+            carried["spike_window"] = self.spikes.history
+        unlogged = self.log.unlogged()
+        if unlogged is not None:
+            carried["unlogged"] = unlogged
+        return {CARRIED: carried} if carried else {}
 
     def _close(self) -> None:
         self.manager.wait_until_finished()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
+
 from trainer.cli import main
 from trainer.plan.first_compile import FROM_CACHE
 from trainer.tests._tiny import TINY_RUN
@@ -48,6 +50,18 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     compiled = [i for i, line in enumerate(lines) if re.fullmatch(COMPILED_LINE, line)]
     assert said[0] < ready[0] < said[1] < compiled[0], out
     assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2
+    # The stopped run's config.yaml holds its stop: resumed with it, one line, nothing written
+    # (it stopped again at once, saying "resume with --resume", for ever).
+    log = (in_tmp / "run" / "metrics.jsonl").read_text()
+    stopped = ["--config", str(in_tmp / "run" / "config.yaml"), "--run-dir", "run", "--resume"]
+    assert main(stopped) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "trainer: error: --resume: train.stop_at=2 is not after the checkpoint's step 2, so the "
+        "run would stop again without training a step; resume with --set train.stop_at=null "
+        "(or a later step)"
+    ]
+    assert (in_tmp / "run" / "metrics.jsonl").read_text() == log
     assert main(_argv(text, "--set", cache, "--resume")) == 0
     out = capsys.readouterr().out
     assert "resumed from step 2" in out and "done: 4 steps" in out
@@ -147,3 +161,39 @@ def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp
         == [f"compilation cache: {tmp_path / 'cache'} (train.compilation_cache; off to " "disable)"]
         * 2
     )
+
+
+def _logged(run) -> list[dict]:
+    """``metrics.jsonl``'s rows without what a clock measures (their times and rates)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time" and not k.endswith("_per_s")} for r in rows]
+
+
+def test_a_resume_marks_the_loss_spikes_of_the_run_that_went_through(in_tmp, capsys):
+    """train.spike_sigma judges a step against the window of the steps before it: the stop's
+    checkpoint keeps that window, so the step just after a resume is judged as the run that went
+    through judged it (a fresh window would only fill up there, marking nothing). Unshuffled text
+    of one sentence a line, with fresh random characters at the lines step 3's batch reads: the
+    sentence is learnt at a high rate in steps 1 and 2, and step 3's loss is a spike."""
+    rng = np.random.default_rng()
+    lines = ["the cat sat on the mat."] * 200
+    for i in range(11, 17):  # bytes 264..407: step 3's batch (8 rows of 16 bytes a step)
+        lines[i] = "".join(rng.choice(list("QZXJKVWYqzxjkvwy0123456789#%&@$"), 23))
+    text = in_tmp / "corpus.txt"
+    text.write_text("\n".join(lines) + "\n")
+    sets = ["data.shuffle=false", "train.steps=5", "train.eval_every=0", "train.sample_every=0"]
+    sets += ["train.checkpoint_every=0", "optimizer.schedule.warmup_steps=0"]
+    sets += ["optimizer.schedule.peak_lr=0.05", "train.spike_sigma=0.5", "train.spike_window=2"]
+    sets += [f"data.cache_dir={in_tmp / 'cache'}"]
+
+    def argv(run, *extra):
+        args = _argv(text, *(a for s in sets for a in ("--set", s)), *extra)
+        return [*args[:3], str(run), *args[4:]]  # its own --run-dir
+
+    assert main(argv(in_tmp / "whole")) == 0
+    assert main(argv(in_tmp / "split", "--set", "train.stop_at=2")) == 0
+    assert main(argv(in_tmp / "split", "--resume")) == 0
+    capsys.readouterr()
+    whole = _logged(in_tmp / "whole")
+    assert [r["step"] for r in whole if "loss_spike" in r] == [3]
+    assert _logged(in_tmp / "split") == whole  # losses and the spike's row, bit for bit

@@ -148,3 +148,13 @@ def test_a_run_written_with_flat_moe_keys_resumes_bit_for_bit(in_tmp, capsys):
     a, b = (json.loads((d / "final.json").read_text()) for d in (whole, run))
     assert a["params_sha256"] == b["params_sha256"] and a["val_loss"] == b["val_loss"]
     assert np.isfinite(a["val_loss"])
+    # Every logged number too: step 4's line sums the routers over steps 1-4, those of steps 1
+    # and 2 carried by the stop's checkpoint (a resume that dropped them logged 3-4's).
+    logged = [_logged(d) for d in (whole, run)]
+    assert logged[0] == logged[1] and "moe_load_max" in logged[0][0]
+
+
+def _logged(run: Path) -> list[dict]:
+    """``metrics.jsonl``'s rows without what a clock measures (their times and rates)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time" and not k.endswith("_per_s")} for r in rows]

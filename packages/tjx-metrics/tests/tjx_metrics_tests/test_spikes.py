@@ -43,6 +43,25 @@ def test_warmup_nonfinite_and_device_values():
     assert [s.step for s in found] == [8]
 
 
+def test_a_resumed_detector_marks_what_the_uninterrupted_one_marks():
+    """Stopped after step k (flushed, its window kept as a checkpoint keeps it) and resumed in a
+    new detector: the same spikes as one detector over all the steps, on fresh noise with a
+    spike planted just after the stop (inside the warmup a fresh detector would need)."""
+    rng = np.random.default_rng()
+    losses = list(3.0 + rng.normal(0, 0.02, 60))
+    stop = int(rng.integers(20, 50))
+    losses[stop] += 1.0  # step stop + 1
+    whole = _marked(SpikeDetector(sigma=6.0, window=10), losses)
+    first = SpikeDetector(sigma=6.0, window=10)
+    found = _marked(first, losses[:stop])
+    again = SpikeDetector(sigma=6.0, window=10)
+    again.resume(first.history)
+    found += [s for i, x in enumerate(losses[stop:], stop + 1) if (s := again.push(i, x))]
+    found += [s for s in [again.flush()] if s]
+    assert found == whole and stop + 1 in [s.step for s in whole]
+    assert len(first.history) == 10  # the window's length, whatever the steps before
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"sigma": 0.0}, "sigma must be > 0"), ({"sigma": 1.0, "window": 1}, "window must be >= 2")],

@@ -5,13 +5,16 @@ Like `tjx.metrics.DivergenceGuard`, :class:`SpikeDetector` reads each step's los
 after the next step is dispatched, so marking spikes costs the device no wait. A spike is left
 out of the window (a spike does not widen the band the next one is judged by), and so is a
 non-finite loss (the divergence guard's business). The first ``warmup`` steps only fill the
-window: the fast fall of the first steps is no spike.
+window: the fast fall of the first steps is no spike. A checkpoint keeps the window
+(:attr:`SpikeDetector.history`) and a resumed run continues it (:meth:`SpikeDetector.resume`):
+the steps after a resume are judged as the uninterrupted run judged them.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -81,6 +84,24 @@ class SpikeDetector:
         """Judge the held step now (waits for it): the `Spike` it was, or None."""
         previous, self._pending = self._pending, None
         return None if previous is None else self._judge(*previous)
+
+    @property
+    def history(self) -> list[float]:
+        """The window's losses, oldest first (the held step's not among them: `flush` first)."""
+        return list(self._losses)
+
+    def resume(self, history: Sequence[float]) -> None:
+        """Continue after ``history`` (a checkpoint's `history`): the window holds its last
+        ``window`` losses, so a resumed run judges its next steps against the steps before the
+        stop, not after a fresh warmup.
+
+        Parameters
+        ----------
+        history : sequence of float
+            The losses, oldest first.
+        """
+        self._losses.clear()
+        self._losses.extend(float(x) for x in history)  # deque(maxlen): keeps the last ones
 
     def _judge(self, step: int, loss: Any) -> Spike | None:
         value = float(np.asarray(jax.device_get(loss)))

@@ -149,7 +149,7 @@ from tjx.metrics.roofline_report import (
 from tjx.metrics.spikes import Spike, SpikeDetector
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.23.0"
+__version__ = "0.24.0"
 
 #: Names that moved to the trainer app in 0.18 (a package never imports an app, so no shim).
 __getattr__ = moved_out(

@@ -25,7 +25,7 @@ from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
 
 
-def other_switches(config: Any, own: frozenset[str] = frozenset()) -> dict[str, Any]:
+def other_switches(config: LlamaConfig, own: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The switches a LLaMA block lacks at their off value (`family_config.OTHER_SWITCHES`, and
     its `OTHER_MOE_OPTIONS` when ``config`` has experts) but ``own``: what a family's export
     needs off, so that none is dropped without a word (the family writes those ``own`` names).

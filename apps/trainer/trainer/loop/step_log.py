@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import chex
 import jax
@@ -18,6 +18,21 @@ from tjx.metrics.accumulate import bits_per_byte
 from tjx.metrics.devices import compute_peak_flops
 from tjx.metrics.moe import moe_metrics
 from tjx.metrics.throughput import ThroughputMeter
+
+
+class SavedSum(TypedDict):
+    """One router sum as a checkpoint's JSON keeps it, exactly: its dtype's name and its values
+    (nested lists, as ``numpy.ndarray.tolist`` gives them)."""
+
+    dtype: str
+    values: object
+
+
+class Unlogged(TypedDict):
+    """What `StepLog.unlogged` saves: the router sums by statistic (None: one the model does not
+    keep)."""
+
+    moe: dict[str, SavedSum | None]
 
 
 class StepLog:
@@ -82,7 +97,7 @@ class StepLog:
             self._moe = moe if old is None else jax.tree.map(lambda a, b: a + b, old, moe)
         return metrics
 
-    def unlogged(self) -> dict[str, Any] | None:
+    def unlogged(self) -> Unlogged | None:
         """The router sums of the steps since the last line, as plain data (a checkpoint's:
         `resume` adds them back, so the first line after a resume covers the steps the
         uninterrupted run's line did); None: none held."""
@@ -97,7 +112,7 @@ class StepLog:
             }
         }
 
-    def resume(self, unlogged: dict[str, Any] | None) -> None:
+    def resume(self, unlogged: Unlogged | None) -> None:
         """Hold a checkpoint's `unlogged` sums again, as saved (bit for bit: each value is a
         float32 or an integer, which JSON keeps exactly); None: nothing."""
         if unlogged and "moe" in unlogged:

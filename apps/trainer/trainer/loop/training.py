@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import chex
 import jax
@@ -32,7 +32,7 @@ from trainer.config.folder import RunDir, final_summary
 from trainer.config.grpo_settings import is_grpo
 from trainer.config.typed import units_per_step
 from trainer.loop.progress import ProgressBar, progress_bar
-from trainer.loop.step_log import ProfileWindow, StepLog
+from trainer.loop.step_log import ProfileWindow, StepLog, Unlogged
 from trainer.plan.run_plan import RunPlan, error_exit, stop_on_signals, warning_line
 from trainer.step import init_from
 from trainer.step.data_setup import Bundle, TrainLoader
@@ -48,6 +48,14 @@ CONSOLE = ("loss", "learning_rate", "grad_norm", "{unit}_per_s", "mfu")
 #: The key of a checkpoint's metrics that holds what a resume continues of the log lines
 #: (`Training._carried`): the router sums since the last line and the loss-spike window.
 CARRIED = "carried"
+
+
+class Carried(TypedDict, total=False):
+    """A checkpoint's `CARRIED`: the loss-spike window and the router sums since the last line."""
+
+    spike_window: list[float]
+    unlogged: Unlogged
+
 
 #: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
 DIVERGED_ADVICE = (
@@ -230,7 +238,7 @@ class Training:
     state: TrainState
     start: int
     primary: bool
-    carried: dict[str, Any] | None = None  # the checkpoint's CARRIED: what the log lines carry
+    carried: Carried | None = None  # the checkpoint's CARRIED: what the log lines carry
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
     compiled_step: TrainStep | None = None  # compiled before step 1 (trainer.plan.first_compile)
@@ -471,20 +479,20 @@ class Training:
             state=self.state.tree(),
             data_state=self.loader.state_dict(),
             config=self.cfg.to_dict(),
-            metrics=val | self._carried() or None,
+            metrics={**val, **self._carried()} or None,
             force=force,
         )
         if commit:
             self.manager.wait_until_finished()
         self.logger.flush()  # a log in object storage is uploaded with each checkpoint
 
-    def _carried(self) -> dict[str, Any]:
+    def _carried(self) -> dict[str, Carried]:
         """What the log lines after this step need of the steps before it (``{CARRIED: ...}``,
         saved with the checkpoint's metrics, which ``keep_best`` reads by name only): the router
         sums since the last line (`StepLog.unlogged`) and the spike window. The step held for
         judging is judged now (its loss is computed: the save reads the state it came with), so
         the window is whole and the resumed run judges no step twice."""
-        carried: dict[str, Any] = {}
+        carried: Carried = {}
         if self.spikes is not None:
             self._mark_spike(self.spikes.flush(), self.bar)
             carried["spike_window"] = self.spikes.history

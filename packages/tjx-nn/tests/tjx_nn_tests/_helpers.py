@@ -1,6 +1,7 @@
 """Tiny configs and helpers shared by the tjx.nn tests (d_model 32, 2 layers, vocab 64)."""
 
 import numpy as np
+import pytest
 from flax import nnx
 from safetensors import safe_open
 
@@ -19,6 +20,18 @@ def llama_tiny(**kw) -> tnn.LlamaConfig:
     return tnn.make_config(
         tnn.LlamaConfig, {**TINY, "num_kv_heads": 2, "mlp": tnn.MLPConfig(dim=48), **kw}
     )
+
+
+def mtp_refusal(folder, depths: int) -> str:
+    """The one line that refuses ``mtp.depths=depths`` over the saved ``folder``, raised alike as
+    its config is read (a plan) and as its weights load (each a ``ValueError`` of one line)."""
+    said = []
+    for read in (tnn.read_hf_config, tnn.load_hf):
+        with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+            read(folder, **{"mtp.depths": depths})
+        said.append(str(info.value))
+    assert said[0] == said[1], said
+    return said[0]
 
 
 def build(cfg, seed: int = 0):

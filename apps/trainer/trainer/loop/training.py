@@ -51,10 +51,12 @@ CARRIED = "carried"
 
 
 class Carried(TypedDict, total=False):
-    """A checkpoint's `CARRIED`: the loss-spike window and the router sums since the last line."""
+    """A checkpoint's `CARRIED`: the loss-spike window, the router sums since the last line and
+    the last evaluation (what the checkpoints saved before the next one are ranked by)."""
 
     spike_window: list[float]
     unlogged: Unlogged
+    last_eval: dict[str, float]
 
 
 #: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
@@ -269,6 +271,7 @@ class Training:
         self.log.resume(carried.get("unlogged"))
         if self.spikes is not None and carried.get("spike_window") is not None:
             self.spikes.resume(carried["spike_window"])
+        self.last_eval = dict(carried.get("last_eval", self.last_eval))
         # GRPO: the step's batch is a rollout of the prompts (trainer.step.grpo), made in the loop.
         self.rollouts = None
         if is_grpo(self.cfg.data):
@@ -489,7 +492,8 @@ class Training:
     def _carried(self) -> dict[str, Carried]:
         """What the log lines after this step need of the steps before it (``{CARRIED: ...}``,
         saved with the checkpoint's metrics, which ``keep_best`` reads by name only): the router
-        sums since the last line (`StepLog.unlogged`) and the spike window. The step held for
+        sums since the last line (`StepLog.unlogged`), the spike window and the last evaluation
+        (the loss the next checkpoints are saved with, as ranked by ``keep_best``). The step held for
         judging is judged now (its loss is computed: the save reads the state it came with), so
         the window is whole and the resumed run judges no step twice."""
         carried: Carried = {}
@@ -499,6 +503,8 @@ class Training:
         unlogged = self.log.unlogged()
         if unlogged is not None:
             carried["unlogged"] = unlogged
+        if self.last_eval:
+            carried["last_eval"] = self.last_eval
         return {CARRIED: carried} if carried else {}
 
     def _close(self) -> None:

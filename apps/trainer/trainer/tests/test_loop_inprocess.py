@@ -197,3 +197,38 @@ def test_a_resume_marks_the_loss_spikes_of_the_run_that_went_through(in_tmp, cap
     whole = _logged(in_tmp / "whole")
     assert [r["step"] for r in whole if "loss_spike" in r] == [3]
     assert _logged(in_tmp / "split") == whole  # losses and the spike's row, bit for bit
+
+
+def _saved_metrics(run) -> dict[int, dict | None]:
+    """Each checkpoint's metrics as saved (its manifest's), by step."""
+    folders = (p for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    return {
+        int(p.name): json.loads((p / "manifest" / "metadata").read_text())["metrics"]
+        for p in folders
+    }
+
+
+def test_a_resume_ranks_its_checkpoints_by_the_evaluation_the_run_that_went_through_had(
+    in_tmp, capsys
+):
+    """A checkpoint between evaluations is saved with the last validation loss, which
+    checkpoint.keep_best ranks it by (a step saved without it is kept only among the newest). The
+    stop's checkpoint keeps that evaluation, so the step saved after a resume and before the next
+    evaluation carries the loss the run that went through saved with it (it carried none)."""
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
+    sets = ["train.steps=5", "train.checkpoint_every=1", "checkpoint.keep_last=10"]
+    sets += ["train.sample_every=0", f"data.cache_dir={in_tmp / 'cache'}"]
+
+    def argv(run, *extra):
+        args = _argv(text, *(a for s in sets for a in ("--set", s)), *extra)
+        return [*args[:3], str(run), *args[4:]]  # its own --run-dir
+
+    assert main(argv(in_tmp / "whole")) == 0
+    assert main(argv(in_tmp / "split", "--set", "train.stop_at=2")) == 0
+    assert main(argv(in_tmp / "split", "--resume")) == 0
+    capsys.readouterr()
+    whole = _saved_metrics(in_tmp / "whole")
+    assert sorted(whole) == [1, 2, 3, 4, 5]
+    assert whole[3]["val_loss"] == whole[2]["val_loss"] > 0  # evaluated at 2 (eval_every=2)
+    assert _saved_metrics(in_tmp / "split") == whole

@@ -477,12 +477,13 @@ class Training:
             return
         self.saved = step
         val = {"val_loss": self.last_eval["loss"]} if "loss" in self.last_eval and ranked else {}
+        saved = {**val, **self._carried()}
         self.manager.save(
             step,
             state=self.state.tree(),
             data_state=self.loader.state_dict(),
             config=self.cfg.to_dict(),
-            metrics={**val, **self._carried()} or None,
+            metrics=saved or None,
             force=force,
         )
         if commit:
@@ -493,9 +494,9 @@ class Training:
         """What the log lines after this step need of the steps before it (``{CARRIED: ...}``,
         saved with the checkpoint's metrics, which ``keep_best`` reads by name only): the router
         sums since the last line (`StepLog.unlogged`), the spike window and the last evaluation
-        (the loss the next checkpoints are saved with, as ranked by ``keep_best``). The step held for
-        judging is judged now (its loss is computed: the save reads the state it came with), so
-        the window is whole and the resumed run judges no step twice."""
+        (the loss the next checkpoints are saved with, as ranked by ``keep_best``). The step held
+        for judging is judged now (its loss is computed: the save reads the state it came with),
+        so the window is whole and the resumed run judges no step twice."""
         carried: Carried = {}
         if self.spikes is not None:
             self._mark_spike(self.spikes.flush(), self.bar)

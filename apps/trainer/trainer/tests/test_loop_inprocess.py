@@ -169,6 +169,19 @@ def _logged(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time" and not k.endswith("_per_s")} for r in rows]
 
 
+def _went_through_and_resumed(text, root, sets) -> None:
+    """The run of ``sets`` over ``text`` twice: in ``root/whole`` straight, in ``root/split``
+    stopped at step 2 by ``train.stop_at`` and resumed."""
+
+    def argv(run, *extra):
+        args = _argv(text, *(a for s in sets for a in ("--set", s)), *extra)
+        return [*args[:3], str(run), *args[4:]]  # its own --run-dir
+
+    assert main(argv(root / "whole")) == 0
+    assert main(argv(root / "split", "--set", "train.stop_at=2")) == 0
+    assert main(argv(root / "split", "--resume")) == 0
+
+
 def test_a_resume_marks_the_loss_spikes_of_the_run_that_went_through(in_tmp, capsys):
     """train.spike_sigma judges a step against the window of the steps before it: the stop's
     checkpoint keeps that window, so the step just after a resume is judged as the run that went
@@ -185,14 +198,7 @@ def test_a_resume_marks_the_loss_spikes_of_the_run_that_went_through(in_tmp, cap
     sets += ["train.checkpoint_every=0", "optimizer.schedule.warmup_steps=0"]
     sets += ["optimizer.schedule.peak_lr=0.05", "train.spike_sigma=0.5", "train.spike_window=2"]
     sets += [f"data.cache_dir={in_tmp / 'cache'}"]
-
-    def argv(run, *extra):
-        args = _argv(text, *(a for s in sets for a in ("--set", s)), *extra)
-        return [*args[:3], str(run), *args[4:]]  # its own --run-dir
-
-    assert main(argv(in_tmp / "whole")) == 0
-    assert main(argv(in_tmp / "split", "--set", "train.stop_at=2")) == 0
-    assert main(argv(in_tmp / "split", "--resume")) == 0
+    _went_through_and_resumed(text, in_tmp, sets)
     capsys.readouterr()
     whole = _logged(in_tmp / "whole")
     assert [r["step"] for r in whole if "loss_spike" in r] == [3]
@@ -219,14 +225,7 @@ def test_a_resume_ranks_its_checkpoints_by_the_evaluation_the_run_that_went_thro
     text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
     sets = ["train.checkpoint_every=1", "checkpoint.keep_last=10", "train.sample_every=0"]
     sets += [f"data.cache_dir={in_tmp / 'cache'}"]  # 4 steps, evaluated at 2 and 4
-
-    def argv(run, *extra):
-        args = _argv(text, *(a for s in sets for a in ("--set", s)), *extra)
-        return [*args[:3], str(run), *args[4:]]  # its own --run-dir
-
-    assert main(argv(in_tmp / "whole")) == 0
-    assert main(argv(in_tmp / "split", "--set", "train.stop_at=2")) == 0
-    assert main(argv(in_tmp / "split", "--resume")) == 0
+    _went_through_and_resumed(text, in_tmp, sets)
     capsys.readouterr()
     whole = _saved_metrics(in_tmp / "whole")
     assert sorted(whole) == [1, 2, 3, 4]

@@ -45,8 +45,8 @@ CURVES = (("loss", "val_loss"),)
 #: The console's line per log step, in order (images/s for a classifier; MFU where it is known).
 CONSOLE = ("loss", "learning_rate", "grad_norm", "{unit}_per_s", "mfu")
 
-#: The key of a checkpoint's metrics that holds what a resume continues of the log lines
-#: (`Training._carried`): the router sums since the last line and the loss-spike window.
+#: The key of a checkpoint's metrics that holds what a resume continues from the steps before
+#: it (`Training._carried`; its parts: `Carried`).
 CARRIED = "carried"
 
 

@@ -84,6 +84,21 @@ def test_a_null_peak_rate_compares_as_the_optimizers_own_rate():
     assert with_schedule_defaults(set_rate) == {**set_rate, "b2": 0.999}
 
 
+def test_with_a_schedule_the_unused_constant_rate_is_no_difference_between_optimizers():
+    """A resume that changes the optimizer is refused by the settings it changes: with a schedule
+    those are the name and the schedule's peak (when left to the optimizer), not the constant
+    rate the run never used (it was listed as ``0.0003 (adamw's default) → 0.0001 (lion's
+    default)``)."""
+    adamw, lion = (
+        with_schedule_defaults({"name": n, "learning_rate": None, "schedule": {"peak_lr": p}})
+        for n, p in (("adamw", 0.01), ("lion", 0.01))
+    )
+    assert adamw["learning_rate"] is None and lion["learning_rate"] is None
+    assert adamw["schedule"] == lion["schedule"]
+    constant = with_schedule_defaults({"name": "lion", "learning_rate": None, "schedule": None})
+    assert constant["learning_rate"] == DEFAULT_LEARNING_RATES["lion"]
+
+
 def test_the_old_lr_key_moves_to_the_schedules_peak_and_may_not_be_set_twice():
     old = {"name": "adamw", "lr": 0.1, "schedule": {"warmup_steps": 5}}
     assert migrate_section(old) == {

@@ -77,7 +77,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.16.5"
+__version__ = "0.16.6"
 
 __all__ = [
     "ADAPTER_NAMES",

@@ -90,13 +90,18 @@ def with_own_defaults(
 
 def with_schedule_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
     """`with_own_defaults` of an optimizer section, and a ``schedule`` mapping's null ``peak_lr``
-    as the optimizer's own rate: what a comparison of two sections sees."""
+    as the optimizer's own rate: what a comparison of two sections sees. With a schedule the
+    constant ``learning_rate`` is unused (the two are exclusive) and stays as given, so that a
+    comparison names the rate the optimizer uses, the schedule's peak."""
     out = with_own_defaults(settings)
     schedule = out.get("schedule")
-    if isinstance(schedule, dict) and schedule.get("peak_lr") is None:
-        name = out.get("name", OptimizerConfig.name)
-        own = with_own_defaults({"name": name, "learning_rate": None})
-        out["schedule"] = {**schedule, "peak_lr": own["learning_rate"]}
+    if isinstance(schedule, dict):
+        if "learning_rate" in settings:
+            out["learning_rate"] = settings["learning_rate"]
+        if schedule.get("peak_lr") is None:
+            name = out.get("name", OptimizerConfig.name)
+            own = with_own_defaults({"name": name, "learning_rate": None})
+            out["schedule"] = {**schedule, "peak_lr": own["learning_rate"]}
     return out
 
 

@@ -18,6 +18,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
 from trainer.config.schema import ConfigError, keyed
 from trainer.config.settings import (
     apply_overrides,
+    for_new_run,
     load_config_data,
     parse_pair,
     preset_names,
@@ -165,6 +166,11 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         check_chat_template(run_dir, cfg)
         if cfg.train.fit_memory and changes.get("model.remat") == ("full", "none"):
             del changes["model.remat"]  # the memory fit chose full remat, and will again
+    else:
+        settings, read_otherwise = for_new_run(settings)  # multi_steps as scan
+        if read_otherwise:
+            cfg = read_config(settings)
+            notes.extend(read_otherwise)
     if args.init_from is not None:
         init_from.check_init_from(cfg, args.init_from)
     export_peft = None

@@ -13,7 +13,7 @@ from trainer.config.changes import describe_changes as describe_changes_of
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError, kind_of
 from trainer.config.seams import ConfigData
-from trainer.config.settings import migrate
+from trainer.config.settings import for_new_run, migrate, trains_multi_steps
 from trainer.config.typed import SCHEMA, Config, read_config
 from trainer.loop.location import resumed_config
 
@@ -42,14 +42,26 @@ def as_written(saved: ConfigData) -> ConfigData:
 def as_trained(settings: ConfigData, run_dir: Path) -> tuple[ConfigData, list[str]]:
     """``settings`` (plain data) of a resume of ``run_dir``, with each setting newer than the
     run whose default would train otherwise (`_added_since`) at what the run did, unless the
-    settings name it; and a line for each such setting, to print."""
-    added = _added_since(resumed_config(run_dir))
+    settings name it; and a line for each such setting, to print. A run that accumulated with
+    ``multi_steps`` (started before a new run read it as ``scan``) goes on as it trained, said in
+    one line; any other reads ``settings`` as a new run does (`for_new_run`)."""
+    saved = resumed_config(run_dir)
+    lines: list[str] = []
+    if trains_multi_steps(saved) and trains_multi_steps(settings):
+        lines.append(
+            "resume: optimizer.accumulation_mode=multi_steps, as the run trained (started "
+            "before a new run read it as scan): one update of every "
+            f"{saved['optimizer']['accumulation_steps']} steps, its schedule counting updates"
+        )
+    else:
+        settings, lines = for_new_run(settings)
+    added = _added_since(saved)
     kept: dict[str, dict[str, object]] = {}
     for section, values in added.items():
         given = settings.get(section)
         named = given if isinstance(given, dict) else {}
         kept[section] = {k: v for k, v in values.items() if k not in named}
-    lines = [
+    lines += [
         f"resume: {section}.{key}={value}, as the run trained (it was written before the "
         f"setting existed); --set {section}.{key}=... to change it"
         for section, values in kept.items()

@@ -15,6 +15,7 @@ from tjx.parallel.arguments import distributed_from_args
 from trainer.cli import _launch_flags, build_parser, main, parse_profile, plan_run
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
+from trainer.config.settings import load_config
 from trainer.start.replay.request import parse_steps
 
 
@@ -331,6 +332,50 @@ def test_an_overlapped_grpo_run_written_before_old_logps_resumes_as_it_trained(i
     assert plan.config.rollout.old_from_decode
     assert plan.resume_changes == {"grpo.old_logps": ("recompute", "decode")}
     assert "grpo.old_logps=recompute" not in capsys.readouterr().err
+
+
+MULTI_STEPS = ["--set", "optimizer.accumulation_mode=multi_steps"]
+MULTI_STEPS += ["--set", "optimizer.accumulation_steps=2"]
+
+
+def test_a_new_run_reads_multi_steps_as_one_update_a_step_and_says_so(in_tmp, capsys):
+    """Under the trainer multi_steps made one update of every k steps (each step already sums
+    its k micro-batches) and stopped the schedule at 1/k: a new run, its plan and a resume of a
+    run that started as scan read it as scan, in one line."""
+    plan = _plan("--config", "tiny", *MULTI_STEPS)
+    assert plan.config.optimizer.accumulation_mode == "scan"
+    assert plan.config.optimizer.accumulation_steps == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optimizer.accumulation_mode=multi_steps is read as scan: ")
+    assert err.count("\n") == 1 and "1/2 of its length" in err
+    assert load_config("tiny", MULTI_STEPS[1::2]).optimizer.accumulation_mode == "scan"
+    assert "is read as scan" in capsys.readouterr().err
+    (in_tmp / "r" / "checkpoints" / "4").mkdir(parents=True)
+    RunDir(in_tmp / "r").create(plan.config.to_dict())  # the run it started
+    plan = _plan("--config", "tiny", *MULTI_STEPS, "--run-dir", "r", "--resume")
+    assert plan.config.optimizer.accumulation_mode == "scan" and plan.resume_changes == {}
+    assert "is read as scan" in capsys.readouterr().err
+
+
+def test_a_run_started_with_multi_steps_resumes_as_it_trained(in_tmp, capsys):
+    """Its checkpoints hold optax.MultiSteps' state and its steps the updates they made: it goes
+    on with multi_steps, said in one line; a resume asking for scan is refused (another
+    optimizer state)."""
+    saved = _plan("--config", "tiny", "--run-dir", "x").config.to_dict()
+    saved["optimizer"] |= {"accumulation_mode": "multi_steps", "accumulation_steps": 2}
+    (in_tmp / "r" / "checkpoints" / "4").mkdir(parents=True)
+    RunDir(in_tmp / "r").create(saved)
+    capsys.readouterr()
+    plan = _plan("--config", "tiny", *MULTI_STEPS, "--run-dir", "r", "--resume")
+    assert plan.config.optimizer.accumulation_mode == "multi_steps"
+    assert plan.resume_changes == {}
+    err = capsys.readouterr().err
+    assert err.startswith("resume: optimizer.accumulation_mode=multi_steps, as the run trained")
+    assert err.count("\n") == 1
+    with pytest.raises(ConfigError, match="optimizer.accumulation_mode 'multi_steps' → 'scan'"):
+        _plan("--config", "tiny", "--run-dir", "r", "--resume")
+    own = _plan("--config", str(in_tmp / "r" / "config.yaml"), "--run-dir", "r", "--resume")
+    assert own.config.optimizer.accumulation_mode == "multi_steps"  # what the refusal says
 
 
 def test_run_dir_that_is_a_file(in_tmp, capsys):

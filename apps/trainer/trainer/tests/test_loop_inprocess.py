@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
 import numpy as np
 
+import trainer.cli as cli
 from trainer.cli import main
 from trainer.plan.first_compile import FROM_CACHE
 from trainer.tests._tiny import TINY_RUN
@@ -169,17 +171,45 @@ def _logged(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time" and not k.endswith("_per_s")} for r in rows]
 
 
-def _went_through_and_resumed(text, root, sets) -> None:
+def _went_through_and_resumed(text, root, sets, stop_at=2, started=contextlib.nullcontext):
     """The run of ``sets`` over ``text`` twice: in ``root/whole`` straight, in ``root/split``
-    stopped at step 2 by ``train.stop_at`` and resumed."""
+    stopped at step ``stop_at`` by ``train.stop_at`` and resumed; the straight run and the
+    stopped one inside ``started()`` (the trainer that started them)."""
 
     def argv(run, *extra):
         args = _argv(text, *(a for s in sets for a in ("--set", s)), *extra)
         return [*args[:3], str(run), *args[4:]]  # its own --run-dir
 
-    assert main(argv(root / "whole")) == 0
-    assert main(argv(root / "split", "--set", "train.stop_at=2")) == 0
+    with started():
+        assert main(argv(root / "whole")) == 0
+        assert main(argv(root / "split", "--set", f"train.stop_at={stop_at}")) == 0
     assert main(argv(root / "split", "--resume")) == 0
+
+
+def test_a_run_an_earlier_trainer_started_with_multi_steps_resumes_bit_for_bit(
+    in_tmp, capsys, monkeypatch
+):
+    """An earlier trainer started runs with optimizer.accumulation_mode=multi_steps as given
+    (one update of every 2 steps; a new run now reads it as scan): stopped between the two steps
+    of an update and resumed by this one, it logs what it logged going through."""
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
+    sets = ["optimizer.accumulation_mode=multi_steps", "optimizer.accumulation_steps=2"]
+    sets += ["data.batch_size=16"]  # 8 rows a micro-batch: one on each of the 8 devices
+    sets += ["train.sample_every=0", f"data.cache_dir={in_tmp / 'cache'}"]
+
+    @contextlib.contextmanager
+    def earlier():  # the trainer before it read multi_steps as scan
+        with monkeypatch.context() as patched:
+            patched.setattr(cli, "for_new_run", lambda data: (data, []))
+            yield
+
+    _went_through_and_resumed(text, in_tmp, sets, stop_at=3, started=earlier)
+    assert "as the run trained" in capsys.readouterr().err
+    manifest = in_tmp / "split" / "checkpoints" / "3" / "manifest" / "metadata"
+    leaves = json.loads(manifest.read_text())["leaves"]
+    assert "opt_state/inner/mini_step" in leaves  # optax.MultiSteps' state, mid-update
+    assert _logged(in_tmp / "split") == _logged(in_tmp / "whole")
 
 
 def test_a_resume_marks_the_loss_spikes_of_the_run_that_went_through(in_tmp, capsys):

@@ -8,6 +8,7 @@
       data.json          what rebuilds the data (tjx.data's description)
       final.json         the last step's summary, once the run ended (`final_summary`)
       init.json          where the run started, if not from scratch (`RunDir.write_init`)
+      wandb.json         the run's W&B run, logged to by every resume (`RunDir.wandb_run`)
       loss_curve.png     the loss plot
       samples/step_0000012.txt
       checkpoints/       a CheckpointManager's directory: one folder per step
@@ -26,6 +27,7 @@ directory before it pays for jax, and after a Ctrl-C cut that import short.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ClassVar
@@ -34,6 +36,7 @@ import yaml  # type: ignore[import-untyped]
 
 from tjx.ckpt import (
     CheckpointError,
+    RunFileError,
     RunFileNotFoundError,
     RunFolder,
     RunLock,
@@ -136,6 +139,7 @@ class RunDir(RunFolder):
     DATA_FILE: ClassVar[str] = "data.json"
     FINAL_FILE: ClassVar[str] = "final.json"
     INIT_FILE: ClassVar[str] = "init.json"
+    WANDB_FILE: ClassVar[str] = "wandb.json"
     CURVE_FILE: ClassVar[str] = "loss_curve.png"
     SAMPLES_DIR: ClassVar[str] = "samples"
 
@@ -229,6 +233,34 @@ class RunDir(RunFolder):
             return self.read(self.INIT_FILE)
         except RunFileNotFoundError:
             return None
+
+    def wandb_run(self) -> tuple[str, str]:
+        """The run's W&B run, ``(id, name)``: ``wandb.json``'s, or a new id and the folder's name,
+        written there at the first ask. Every segment of a resumed run logs to the one W&B run
+        its start made (a run an older app wrote has none: its resumes log to a new one from
+        here on).
+
+        Raises
+        ------
+        RunFileError
+            The file cannot be read, or holds no id and name as text.
+        """
+        try:
+            record = self.read(self.WANDB_FILE)
+        except RunFileNotFoundError:
+            # W&B's own ids are 8 letters and digits; 12 hex digits do not meet another by chance.
+            # The name: the folder's own (`--run-dir .` is the folder it names).
+            local = not storage.is_remote(self.path)
+            run = (
+                secrets.token_hex(6),
+                Path(self.path).resolve().name if local else self.path.name,
+            )
+            self.write_json(self.WANDB_FILE, {"id": run[0], "name": run[1]})
+            return run
+        run_id, name = record.get("id"), record.get("name")
+        if not isinstance(run_id, str) or not run_id or not isinstance(name, str):
+            raise RunFileError(self.path / self.WANDB_FILE, "no W&B run id and name as text")
+        return run_id, name
 
     def write_samples(self, step: int, text: str) -> StoragePath:
         """Write ``text`` as the samples of ``step``; returns the file."""

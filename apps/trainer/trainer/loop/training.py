@@ -211,7 +211,20 @@ def train(
     if start >= cfg.train.steps:
         manager.close()
         return finish_again(plan, setup, bundle, st, start)
+    # W&B: one run for the whole run, every resume logging to the one its start made.
+    wandb_id = wandb_name = None
+    if primary and "wandb" in cfg.logging.sinks:
+        try:
+            wandb_id, wandb_name = RunDir(run_dir).wandb_run()
+        except ckpt.RunFileError as err:
+            manager.close()
+            return error_exit(
+                f"--resume: {err}; restore it, or delete it to log the rest of the run to a new "
+                "W&B run"
+            )
     # The log sinks open their files only now: a resume that failed above touched none of them.
+    # A resume logs again the steps after its checkpoint that the stopped run had logged: the
+    # JSONL log moves those records aside first, TensorBoard drops them (tjx.metrics).
     logger = metrics.make_logger(
         list(cfg.logging.sinks),
         str(run_dir),
@@ -219,9 +232,20 @@ def train(
         console_keys=[k.format(unit=cfg.objective.unit) for k in CONSOLE],
         console_total=cfg.train.steps,
         project=cfg.logging.project,
+        run_id=wandb_id,
+        run_name=wandb_name,
         # W&B never reaches for the network unless asked: offline is the default mode.
         wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
+        resumed_at=start if plan.resume else None,
     )
+    rewound = sum(s.rewound for s in logger.loggers if isinstance(s, metrics.JsonlLogger))
+    if rewound:
+        side = metrics.rewound_path(metrics.JSONL_NAME)  # beside it, in the run directory
+        print(
+            f"resume: {rewound} records the run logged after step {start} before it stopped "
+            f"(it trains those steps again) moved from {metrics.JSONL_NAME} to {side}",
+            flush=True,
+        )
     training = Training(plan, bundle, setup, loader, manager, logger, st, start, primary, carried)
     training.compiled_step = step
     return training.loop()

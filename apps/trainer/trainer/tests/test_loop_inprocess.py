@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import json
 import re
+import shutil
+import sys
+import types
 
 import numpy as np
 
 import trainer.cli as cli
+from tjx.metrics.loggers import wandb_logger
 from trainer.cli import main
 from trainer.plan.first_compile import FROM_CACHE
 from trainer.tests._tiny import TINY_RUN
@@ -261,3 +266,55 @@ def test_a_resume_ranks_its_checkpoints_by_the_evaluation_the_run_that_went_thro
     assert sorted(whole) == [1, 2, 3, 4]
     assert whole[3]["val_loss"] == whole[2]["val_loss"] > 0  # evaluated at 2 (eval_every=2)
     assert _saved_metrics(in_tmp / "split") == whole
+
+
+class _FakeWandb:
+    """wandb as the trainer's W&B logger calls it (wandb itself is not in the tests' sandbox):
+    each ``init``'s keywords, recorded."""
+
+    def __init__(self) -> None:
+        self.inits: list[dict] = []
+        self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)  # the logger check's find
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return types.SimpleNamespace(log=lambda data, step: None, finish=lambda: None)
+
+    def Settings(self, **kwargs):  # noqa: N802 (wandb's names)
+        return kwargs
+
+    def Table(self, **kwargs):  # noqa: N802
+        return kwargs
+
+
+def test_a_resume_logs_each_step_once_and_to_the_w_and_b_run_its_start_made(
+    in_tmp, capsys, monkeypatch
+):
+    """A run killed after logging steps 3 and 4 but before saving step 4 resumes from step 2 and
+    logs 3 and 4 again: metrics.jsonl then holds every step once, as a run that went straight
+    through logged it, the stopped run's rows of 3 and 4 are kept in metrics.rewound.jsonl, and
+    both segments log to one W&B run (its id kept in wandb.json; each segment was a new W&B run)."""
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr(wandb_logger, "_import_wandb", lambda: fake)
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
+    sets = ["train.sample_every=0", "logging.sinks=[jsonl,wandb]", "logging.wandb_mode=offline"]
+    argv = _argv(
+        text, *(a for s in [*sets, f"data.cache_dir={in_tmp / 'cache'}"] for a in ("--set", s))
+    )
+    assert main(argv) == 0
+    straight = _logged(in_tmp / "run")
+    shutil.rmtree(in_tmp / "run" / "checkpoints" / "4")  # killed before step 4's save
+    assert main([*argv, "--resume"]) == 0
+    out = capsys.readouterr().out
+    again = [r for r in straight if r["step"] > 2]
+    assert f"resume: {len(again)} records the run logged after step 2 before it stopped" in out
+    assert _logged(in_tmp / "run") == straight  # each step once, as the straight run logged it
+    rewound = [json.loads(line) for line in (in_tmp / "run" / "metrics.rewound.jsonl").open()]
+    assert [
+        {k: v for k, v in r.items() if k != "time" and not k.endswith("_per_s")} for r in rewound
+    ] == again
+    ids = {(init["id"], init["name"], init["resume"]) for init in fake.inits}
+    kept = json.loads((in_tmp / "run" / "wandb.json").read_text())
+    assert len(fake.inits) == 2 and ids == {(kept["id"], "run", "allow")}

@@ -14,7 +14,7 @@ import pytest
 import tjx_teststores as teststores
 
 from tjx.ckpt import storage
-from tjx.metrics import JsonlLogger, make_logger, read_jsonl
+from tjx.metrics import JsonlLogger, make_logger, read_jsonl, rewound_path
 from tjx.metrics.plots import plot_run
 
 
@@ -59,3 +59,21 @@ def test_make_logger_and_plot_run_on_a_store(store: teststores.LocalStore) -> No
     assert plot_run(store.url("nothing-here"), store.url("nothing-here", "x.png")) is None
     with pytest.raises(ValueError, match="tensorboard write.s. files into a local folder"):
         make_logger(["jsonl", "tensorboard"], run)
+
+
+def test_a_resumed_log_in_a_store_moves_the_steps_after_its_checkpoint_aside(
+    store: teststores.LocalStore,
+) -> None:
+    run = store.url(uuid.uuid4().hex)
+    url = f"{run}/metrics.jsonl"
+    with JsonlLogger(url) as logger:
+        for step in range(1, 6):
+            logger.log_scalars(step, {"loss": 1.0 / step})
+    with JsonlLogger(url, rewind_after=3) as resumed:
+        assert resumed.rewound == 2
+        resumed.log_scalars(4, {"loss": 0.25})
+    steps = [(r["step"], r["loss"]) for r in read_jsonl(url)]
+    assert steps == [(1, 1.0), (2, 1 / 2), (3, 1 / 3), (4, 0.25)]  # each step once
+    side = rewound_path(url)
+    assert side == f"{run}/metrics.rewound.jsonl"
+    assert [(r["step"], r["loss"]) for r in read_jsonl(side)] == [(4, 1 / 4), (5, 1 / 5)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tjx.ckpt import RunFolder
+from tjx.ckpt import RunFileError, RunFolder
 from trainer.config.folder import RunDir
 
 
@@ -87,3 +87,20 @@ def test_a_run_is_a_folder_with_its_model_and_config_files(
     (tmp_path / "half" / RunDir.MODEL_FILE).write_text("{}")  # a model without its config
     assert not RunDir.is_run(str(tmp_path / "half"))
     assert not RunDir.is_run(None) and not RunDir.is_run(str(tmp_path / "missing"))
+
+
+def test_the_w_and_b_run_is_made_once_and_read_back_by_every_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for folder in ("gpt2-long", "other"):  # made by the run's first files
+        (tmp_path / folder).mkdir()
+    run = RunDir(tmp_path / "gpt2-long")
+    run_id, name = run.wandb_run()
+    assert name == "gpt2-long" and len(run_id) == 12 and int(run_id, 16) >= 0
+    assert RunDir(tmp_path / "gpt2-long").wandb_run() == (run_id, name)  # a resume's
+    assert RunDir(tmp_path / "other").wandb_run()[0] != run_id  # another run: another id
+    monkeypatch.chdir(tmp_path / "gpt2-long")
+    assert RunDir(".").wandb_run() == (run_id, name)  # --run-dir . names the same folder
+    (run.path / RunDir.WANDB_FILE).write_text('{"id": 7}')
+    with pytest.raises(RunFileError, match="wandb.json: no W&B run id and name as text"):
+        run.wandb_run()

@@ -101,6 +101,7 @@ from tjx.metrics.kernel_cost import CustomCall, Kernel
 from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
 from tjx.metrics.loggers import (
     HISTOGRAM_BINS,
+    JSONL_NAME,
     LOGGER_NAMES,
     NONFINITE_KEY,
     ConsoleLogger,
@@ -117,6 +118,8 @@ from tjx.metrics.loggers import (
     make_logger,
     read_jsonl,
     resolve_wandb_mode,
+    rewind_jsonl,
+    rewound_path,
     select_weights,
     to_standard_json,
     weights_to_host,
@@ -149,7 +152,7 @@ from tjx.metrics.roofline_report import (
 from tjx.metrics.spikes import Spike, SpikeDetector
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.24.0"
+__version__ = "0.25.0"
 
 #: Names that moved to the trainer app in 0.18 (a package never imports an app, so no shim).
 __getattr__ = moved_out(
@@ -180,6 +183,7 @@ __all__ = [
     "SpikeDetector",
     "GIB",
     "HISTOGRAM_BINS",
+    "JSONL_NAME",
     "HloModule",
     "JsonlLogger",
     "Kernel",
@@ -237,6 +241,8 @@ __all__ = [
     "roofline",
     "read_jsonl",
     "resolve_wandb_mode",
+    "rewind_jsonl",
+    "rewound_path",
     "select_weights",
     "target_key",
     "to_standard_json",

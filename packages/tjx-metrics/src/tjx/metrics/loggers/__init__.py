@@ -12,12 +12,19 @@ from tjx.metrics.loggers.base import Logger, MultiLogger, select_weights
 from tjx.metrics.loggers.console import ConsoleLogger
 from tjx.metrics.loggers.factory import LOGGER_NAMES, check_logger_packages, make_logger
 from tjx.metrics.loggers.histograms import HISTOGRAM_BINS, histogram_summary, weights_to_host
-from tjx.metrics.loggers.jsonl import JsonlLogger, read_jsonl
+from tjx.metrics.loggers.jsonl import (
+    JSONL_NAME,
+    JsonlLogger,
+    read_jsonl,
+    rewind_jsonl,
+    rewound_path,
+)
 from tjx.metrics.loggers.tensorboard import TensorBoardLogger
 from tjx.metrics.loggers.wandb_logger import WandbLogger, resolve_wandb_mode
 
 __all__ = [
     "HISTOGRAM_BINS",
+    "JSONL_NAME",
     "LOGGER_NAMES",
     "NONFINITE_KEY",
     "ConsoleLogger",
@@ -34,6 +41,8 @@ __all__ = [
     "make_logger",
     "read_jsonl",
     "resolve_wandb_mode",
+    "rewind_jsonl",
+    "rewound_path",
     "select_weights",
     "to_standard_json",
     "weights_to_host",

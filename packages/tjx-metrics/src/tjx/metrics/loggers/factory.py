@@ -89,6 +89,7 @@ def make_logger(
     console_total: int | None = None,
     jsonl_name: str = JSONL_NAME,
     primary_only: bool = True,
+    resumed_at: int | None = None,
 ) -> MultiLogger:
     """Build one logger that fans out to several backends.
 
@@ -116,6 +117,11 @@ def make_logger(
     primary_only
         Log only on JAX process 0 (other hosts get a logger that drops everything), so a
         multi-host run writes one log.
+    resumed_at
+        A resumed run's checkpoint step: what the run logged after it before it stopped is
+        logged again, so the JSONL log first moves those records to ``metrics.rewound.jsonl``
+        (`JsonlLogger`'s ``rewind_after``; its ``rewound`` counts them) and TensorBoard drops
+        them (``purge_step``). W&B resumes by ``run_id``. None: a run from its start.
 
     Returns
     -------
@@ -154,11 +160,15 @@ def make_logger(
             if name == "console":
                 loggers.append(ConsoleLogger(keys=console_keys, total_steps=console_total))
             elif name == "jsonl":
-                loggers.append(JsonlLogger(f"{base}/{jsonl_name}" if remote else base / jsonl_name))
+                path = f"{base}/{jsonl_name}" if remote else base / jsonl_name
+                loggers.append(JsonlLogger(path, rewind_after=resumed_at))
             elif name == "tensorboard":
                 from tjx.metrics.loggers.tensorboard import TensorBoardLogger
 
-                loggers.append(TensorBoardLogger(base / "tensorboard", config=config))
+                purge = None if resumed_at is None else resumed_at + 1
+                loggers.append(
+                    TensorBoardLogger(base / "tensorboard", config=config, purge_step=purge)
+                )
             else:
                 from tjx.metrics.loggers.wandb_logger import WandbLogger, resolve_wandb_mode
 

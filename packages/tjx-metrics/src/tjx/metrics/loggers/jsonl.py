@@ -25,6 +25,12 @@ what an older tjx left when it appended after one: :func:`read_jsonl` reads the 
 follows the torn part on that line; any other line that is not a record is damage, named by its
 line number.
 
+A resumed run goes back to its checkpoint's step: the records a run logged after it, before it
+stopped (a kill between two saves), are the steps the resume trains again. Opened with
+``rewind_after=STEP``, the logger first moves every record of a later step to the rewound log
+beside it (``metrics.rewound.jsonl``, appended to: nothing is dropped), so the log holds each step
+once, as the run that went on logged it (`rewind_jsonl`; the file is replaced whole, atomically).
+
 In object storage (a ``gs://`` / ``s3://`` path) nothing can be appended: the logger keeps the
 log's text in memory (a resumed run first reads the object back) and writes it as one whole
 object, at most every ``upload_every`` seconds (60 by default) when a record came, and at every
@@ -50,7 +56,7 @@ from tjx.metrics.loggers.base import Logger, Scalar
 from tjx.metrics.loggers.histograms import HISTOGRAM_BINS, histogram_summary
 from tjx.metrics.loggers.urls import is_url, read_bytes, write_bytes
 
-__all__ = ["JSONL_NAME", "JsonlLogger", "read_jsonl"]
+__all__ = ["JSONL_NAME", "JsonlLogger", "read_jsonl", "rewind_jsonl", "rewound_path"]
 
 #: The log's file name in a run's folder (``make_logger``'s ``jsonl_name`` default).
 JSONL_NAME = "metrics.jsonl"
@@ -72,6 +78,9 @@ class JsonlLogger(Logger):
         Equal-width bins of each histogram record.
     upload_every
         Object storage: the most seconds between two uploads while records come.
+    rewind_after
+        A resumed run's step: the records of later steps already in the log are moved to the
+        rewound log first (`rewind_jsonl`); ``rewound`` is how many. None: none moved.
     """
 
     name = "jsonl"
@@ -83,6 +92,7 @@ class JsonlLogger(Logger):
         fsync: bool = False,
         bins: int = HISTOGRAM_BINS,
         upload_every: float = UPLOAD_EVERY,
+        rewind_after: int | None = None,
     ) -> None:
         if bins < 1:
             raise ValueError(f"bins must be >= 1; got {bins}")
@@ -93,6 +103,8 @@ class JsonlLogger(Logger):
         self._lines: list[str] | None = None
         self._pending = False
         self._uploaded = time.monotonic()
+        #: Records of steps after ``rewind_after`` moved to the rewound log on opening.
+        self.rewound = 0 if rewind_after is None else rewind_jsonl(path, rewind_after)
         if is_url(path):
             self.path: Any = os.fspath(path)
             try:
@@ -152,6 +164,73 @@ class JsonlLogger(Logger):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def rewound_path(path: str | os.PathLike[str]) -> str | Path:
+    """Where `rewind_jsonl` moves a log's records: ``metrics.jsonl`` → ``metrics.rewound.jsonl``
+    beside it (a URL stays a URL)."""
+    if is_url(path):
+        text = os.fspath(path)
+        head, dot, tail = text.rpartition(".")
+        return f"{head}.rewound.{tail}" if dot and "/" not in tail else f"{text}.rewound"
+    local = Path(path)
+    return local.with_name(f"{local.stem}.rewound{local.suffix}")
+
+
+def rewind_jsonl(path: str | os.PathLike[str], after: int) -> int:
+    """Move the records of steps after ``after`` from the JSONL log at ``path`` to the end of
+    its rewound log (`rewound_path`), and return how many moved (0: the log is left untouched,
+    also when there is none).
+
+    A resumed run calls it with its checkpoint's step: what the run logged after that step,
+    before it stopped, is trained again, and the log then holds each step once. The rewound
+    records are appended to the rewound log (flushed to disk) before the log is replaced whole
+    (a local log atomically, by a rename), so a crash in between leaves them in both places, never
+    in neither. A torn last line (a killed writer's) is cut off first, as `JsonlLogger` does; a
+    line that is not a record stays where it is.
+    """
+    if is_url(path):
+        try:
+            data = read_bytes(path)
+        except FileNotFoundError:
+            return 0
+    else:
+        local = Path(path)
+        _end_torn_line(local)
+        try:
+            data = local.read_bytes()
+        except FileNotFoundError:
+            return 0
+    kept: list[bytes] = []
+    moved: list[bytes] = []
+    for line in data.splitlines(keepends=True):
+        line = line if line.endswith(b"\n") else line + b"\n"
+        record = _record(line) or _after_torn(line.rstrip(b"\n"))
+        step = None if record is None else record.get("step")
+        later = isinstance(step, int) and not isinstance(step, bool) and step > after
+        (moved if later else kept).append(line)
+    if not moved:
+        return 0
+    side = rewound_path(path)
+    if isinstance(side, Path):
+        with side.open("ab") as handle:
+            handle.write(b"".join(moved))
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary = side.with_name(f".{Path(path).name}.rewinding")
+        with temporary.open("wb") as handle:
+            handle.write(b"".join(kept))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    else:
+        try:
+            before = read_bytes(side)
+        except FileNotFoundError:
+            before = b""
+        write_bytes(side, before + b"".join(moved))
+        write_bytes(path, b"".join(kept))
+    return len(moved)
 
 
 #: How a record's line starts (`JsonlLogger` writes ``step`` first): where a whole record may

@@ -41,6 +41,10 @@ class TensorBoardLogger(Logger):
         Optional run config, written once as JSON text under the tag ``config``.
     flush_secs
         How often tensorboardX flushes in the background; :meth:`flush` / :meth:`close` force it.
+    purge_step
+        A resumed run's first step: TensorBoard drops the events of this step and later ones
+        that earlier event files of the folder hold (a run that stopped between two saves logged
+        them, and the resume logs them again), so each step shows once. None: nothing dropped.
     """
 
     name = "tensorboard"
@@ -51,11 +55,14 @@ class TensorBoardLogger(Logger):
         *,
         config: Any = None,
         flush_secs: int = 30,
+        purge_step: int | None = None,
     ) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         writer_cls = _import_summary_writer()
-        self.writer = writer_cls(logdir=str(self.log_dir), flush_secs=flush_secs)
+        self.writer = writer_cls(
+            logdir=str(self.log_dir), flush_secs=flush_secs, purge_step=purge_step
+        )
         if config is not None:
             text = json.dumps(config_to_dict(config), indent=2, sort_keys=True)
             # Four-space indent: TensorBoard renders text as markdown, so this shows as code.

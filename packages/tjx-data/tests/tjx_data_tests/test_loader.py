@@ -119,6 +119,11 @@ def test_state_from_other_settings_is_refused(shards):
     other = PackedLoader(shards, seq_len=S, batch_size=B, seed=2, prefetch=0)
     with pytest.raises(DataError, match="seed: saved 1, now 2"):
         other.load_state_dict(state)
+    with pytest.raises(DataError, match="resume with the data and settings it was saved with"):
+        other.load_state_dict(state)
+    grown = {**state, "seed": 2, "tokens": state["tokens"] - 2}  # the text changed since
+    with pytest.raises(DataError, match=r"tokens: saved \d+, now \d+ \(the split's tokens: its "):
+        other.load_state_dict(grown)
     with pytest.raises(DataError, match="version"):
         other.load_state_dict({**state, "version": 99})
     with pytest.raises(DataError, match="step"):

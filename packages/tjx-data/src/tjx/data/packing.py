@@ -171,6 +171,14 @@ class PackingPlan:
         }
 
 
+#: What a loader state's data keys stand for, said where they differ (the settings' keys say it
+#: themselves): a source whose text changed since the state was saved is a new token stream.
+_MEANING = {
+    "fingerprint": " (the tokenizer: another one reads other ids)",
+    "tokens": " (the split's tokens: its source changed since the state was saved)",
+}
+
+
 def resume_position(
     state: dict[str, Any],
     mine: dict[str, Any],
@@ -207,10 +215,13 @@ def resume_position(
     """
     if state.get("version") != mine["version"]:
         raise DataError(f"{name} state version {state.get('version')!r} is not supported")
-    wrong = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}" for k in must_match
-             if state.get(k) != mine[k]]  # fmt: skip
+    wrong = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}{_MEANING.get(k, '')}"
+             for k in must_match if state.get(k) != mine[k]]  # fmt: skip
     if wrong:
-        raise DataError(f"{name} state does not match this loader: " + "; ".join(wrong))
+        raise DataError(
+            f"{name} state does not match this loader: {'; '.join(wrong)}; it would not continue "
+            "the saved sequence of batches: resume with the data and settings it was saved with"
+        )
     step = int(state["step"])
     if not 0 <= step < steps_per_epoch:
         raise DataError(f"{name} state step {step} outside [0, {steps_per_epoch})")

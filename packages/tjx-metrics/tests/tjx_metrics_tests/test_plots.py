@@ -89,6 +89,13 @@ def test_plot_run_never_raises(tmp_path, capsys):
     # No log (nothing logged yet, or no JSONL sink): nothing to plot and nothing to say.
     assert plot_run(tmp_path, tmp_path / "c.png") is None
     assert capsys.readouterr().err == "" and not (tmp_path / "c.png").exists()
+    # A log of no scalar yet (a run stopped before its first log step: its samples only): the
+    # same. It was a warning line ending in "it has: " and nothing.
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "text": {"s": "hi"}}) + "\n")
+    assert plot_run(tmp_path, tmp_path / "c.png") is None
+    assert capsys.readouterr().err == "" and not (tmp_path / "c.png").exists()
+    with pytest.raises(ValueError, match="holds no scalar yet"):  # asked for, it is an error
+        plot_curves(tmp_path / "metrics.jsonl", tmp_path / "c.png")
     # A log without the keys: one warning line instead of plot_curves' ValueError.
     (tmp_path / "other.jsonl").write_text(json.dumps({"step": 1, "accuracy": 0.5}) + "\n")
     assert plot_run(tmp_path, tmp_path / "c.png", jsonl_name="other.jsonl") is None

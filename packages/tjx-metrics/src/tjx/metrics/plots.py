@@ -48,6 +48,10 @@ def load_curves(
     }
 
 
+class NothingLoggedError(ValueError):
+    """The log holds no scalar at all (a run stopped before its first logged step)."""
+
+
 def plot_curves(
     jsonl_path: str | os.PathLike[str],
     png_path: str | os.PathLike[str],
@@ -85,7 +89,8 @@ def plot_curves(
     FileNotFoundError
         If the log does not exist.
     ValueError
-        If none of the keys has a numeric value in the log (the message lists the keys it has).
+        If none of the keys has a numeric value in the log (the message lists the keys it has;
+        `NothingLoggedError` when it has none).
     """
     if not keys:
         raise ValueError("keys must name at least one scalar to plot")
@@ -103,6 +108,8 @@ def plot_curves(
                 if k not in ("step", "time") and isinstance(v, int | float)
             }
         )
+        if not available:  # a run stopped before its first log step
+            raise NothingLoggedError(f"{jsonl_path} holds no scalar yet (keys {flat})")
         raise ValueError(
             f"none of the keys {flat} has values in {jsonl_path}; it has: {', '.join(available)}"
         )
@@ -177,8 +184,8 @@ def plot_run(
     -------
     Path, str or None
         ``png_path`` (``run_dir`` and ``png_path`` may be ``gs://`` / ``s3://`` URLs); ``None``
-        when the run has no log (nothing was logged, or no JSONL sink: nothing is said) or the
-        plot failed (none of the keys logged, a full disk: one
+        when the run has no log or no scalar in it (nothing was logged yet, or no JSONL sink:
+        nothing is said) or the plot failed (none of the keys logged, a full disk: one
         ``warning: could not plot ...`` line on stderr).
     """
     if is_url(run_dir):
@@ -193,6 +200,8 @@ def plot_run(
             return None
     try:
         return plot_curves(jsonl, png_path, keys, title=title)
+    except NothingLoggedError:  # stopped before its first log step: no picture, nothing wrong
+        return None
     except Exception as err:  # the plot is a convenience; never fail a finished run over it
         name = os.fspath(png_path).rstrip("/").rsplit("/", 1)[-1]
         print(f"warning: could not plot {name}: {err}", file=sys.stderr)

@@ -18,14 +18,13 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
 from trainer.config.schema import ConfigError, keyed
 from trainer.config.settings import (
     apply_overrides,
-    for_new_run,
     load_config_data,
     parse_pair,
     preset_names,
     renamed,
     render,
 )
-from trainer.config.typed import SCHEMA, read_config
+from trainer.config.typed import SCHEMA, for_new_run, read_config
 from trainer.loop.location import start_location
 from trainer.loop.resume import as_trained, check_chat_template, check_resume, describe_changes
 from trainer.plan.run_plan import RunPlan, error_exit, interrupted_exit
@@ -139,6 +138,9 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     # typed by its field, an old key name read as today's (said once the command line is valid)
     settings = config.apply_overrides(SCHEMA, preset, overrides, renamed, notes.append)
     keys = config.changed(SCHEMA, preset, settings)  # the first screen names only these
+    if not resume:  # a resume reads them as its run trained (`as_trained`, below)
+        settings, read_otherwise = for_new_run(settings)  # multi_steps as scan
+        notes.extend(read_otherwise)
     cfg = read_config(settings)
     if args.data is not None and cfg.data.sources is not None:
         raise ConfigError(
@@ -166,11 +168,6 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         check_chat_template(run_dir, cfg)
         if cfg.train.fit_memory and changes.get("model.remat") == ("full", "none"):
             del changes["model.remat"]  # the memory fit chose full remat, and will again
-    else:
-        settings, read_otherwise = for_new_run(settings)  # multi_steps as scan
-        if read_otherwise:
-            cfg = read_config(settings)
-            notes.extend(read_otherwise)
     if args.init_from is not None:
         init_from.check_init_from(cfg, args.init_from)
     export_peft = None

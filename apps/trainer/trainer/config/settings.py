@@ -16,7 +16,7 @@ from tjx.core import config
 from tjx.core.config import ConfigError, deep_merge, keyed, value_text
 from tjx.core.lazy import lazy_imports
 from trainer.config.seams import ConfigData
-from trainer.config.typed import SCHEMA, Config, read_config
+from trainer.config.typed import SCHEMA, Config, for_new_run, read_config
 
 with lazy_imports(globals()):  # they load jax, which the command line must not wait for
     from tjx import nn, optim
@@ -50,41 +50,6 @@ def migrate(data: ConfigData) -> ConfigData:
         if isinstance(optimizer, dict):
             out["optimizer"] = optim.migrate_section(optimizer)
     return out
-
-
-def trains_multi_steps(data: ConfigData) -> bool:
-    """Whether config ``data`` asks for ``optimizer.accumulation_mode=multi_steps`` with
-    ``optimizer.accumulation_steps`` over 1 (`for_new_run`)."""
-    optimizer = data.get("optimizer") if isinstance(data, dict) else None
-    if not isinstance(optimizer, dict) or optimizer.get("accumulation_mode") != "multi_steps":
-        return False
-    return int(optimizer.get("accumulation_steps") or 1) > 1
-
-
-def for_new_run(data: ConfigData) -> tuple[ConfigData, list[str]]:
-    """Config ``data`` as a run that starts today reads it, and a line for each setting read
-    otherwise than an earlier trainer did, to print.
-
-    ``optimizer.accumulation_mode=multi_steps`` with k micro-batches is read as ``scan``. Under
-    the trainer it wrapped the chain in ``optax.MultiSteps`` while each step already summed its k
-    micro-batches: one update came of k steps (k × ``data.batch_size`` sequences), and the
-    schedule, which counts updates, stopped at 1/k of its length at ``train.steps``, against
-    what ``train.steps`` (optimizer steps) and ``data.batch_size`` (sequences per optimizer
-    step) say. ``scan`` makes each step one update of ``data.batch_size`` sequences in the same
-    k micro-batches (the same memory). A run started with it resumes as it trained
-    (`trainer.loop.resume.as_trained`)."""
-    if not trains_multi_steps(data):
-        return data, []
-    optimizer = data["optimizer"]
-    k = int(optimizer["accumulation_steps"])
-    line = (
-        "optimizer.accumulation_mode=multi_steps is read as scan: under the trainer it made one "
-        f"update of every {k} steps ({k} × data.batch_size sequences) while train.steps and the "
-        f"schedule count updates, so the schedule stopped at 1/{k} of its length; scan makes each "
-        f"step one update of data.batch_size in {k} micro-batches, in the same memory (a run "
-        "started with multi_steps resumes as it trained)"
-    )
-    return {**data, "optimizer": {**optimizer, "accumulation_mode": "scan"}}, [line]
 
 
 def configs_dir() -> Path:

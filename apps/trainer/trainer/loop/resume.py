@@ -13,8 +13,8 @@ from trainer.config.changes import describe_changes as describe_changes_of
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError, kind_of
 from trainer.config.seams import ConfigData
-from trainer.config.settings import for_new_run, migrate, trains_multi_steps
-from trainer.config.typed import SCHEMA, Config, read_config
+from trainer.config.settings import migrate
+from trainer.config.typed import SCHEMA, Config, for_new_run, read_config, trains_multi_steps
 from trainer.loop.location import resumed_config
 
 with lazy_imports(globals()):  # they load jax, which the command line must not wait for

@@ -308,7 +308,8 @@ def trains_multi_steps(data: ConfigData) -> bool:
     optimizer = data.get("optimizer") if isinstance(data, dict) else None
     if not isinstance(optimizer, dict) or optimizer.get("accumulation_mode") != "multi_steps":
         return False
-    return int(optimizer.get("accumulation_steps") or 1) > 1
+    steps = optimizer.get("accumulation_steps", 1)  # not a number: read_config says so
+    return isinstance(steps, int) and not isinstance(steps, bool) and steps > 1
 
 
 def for_new_run(data: ConfigData) -> tuple[ConfigData, list[str]]:
@@ -326,7 +327,7 @@ def for_new_run(data: ConfigData) -> tuple[ConfigData, list[str]]:
     if not trains_multi_steps(data):
         return data, []
     optimizer = data["optimizer"]
-    k = int(optimizer["accumulation_steps"])
+    k = optimizer["accumulation_steps"]
     line = (
         "optimizer.accumulation_mode=multi_steps is read as scan: under the trainer it made one "
         f"update of every {k} steps ({k} × data.batch_size sequences) while train.steps and the "

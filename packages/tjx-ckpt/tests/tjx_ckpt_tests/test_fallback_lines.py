@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import os
@@ -147,3 +148,32 @@ def test_an_unawaited_orbax_read_says_nothing_and_anyone_elses_does() -> None:
     unawaited = [str(w.message) for w in caught if "was never awaited" in str(w.message)]
     assert unawaited == [f"coroutine '{own_read.__qualname__}' was never awaited"]
     assert "ArrayHandler.metadata" in fallback._orbax_coroutine_names()
+
+
+def test_the_orbax_filter_outlasts_the_warnings_context_a_restore_ran_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # restore_placed restores inside corrupt_fallback_lines, whose catch_warnings ended the filter
+    # the restore put in place: an orbax read the restore left unawaited, collected later (at a
+    # failed save of a resumed run), printed "coroutine ... was never awaited" above the run's one
+    # error line. Anyone else's unawaited coroutine still says so.
+    async def own_read() -> None:
+        return None
+
+    monkeypatch.setattr(fallback, "_installed", False)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # put back after the test
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    with corrupt_fallback_lines("demo", io.StringIO()):
+        fallback.silence_failed_reads()  # what a restore in the block does first
+    shown: list[str] = []
+    monkeypatch.setattr(
+        warnings, "showwarning", lambda message, *rest, **kw: shown.append(str(message))
+    )
+    for coroutine in (ocp.type_handlers.ArrayHandler().metadata([]), own_read()):
+        cycle: list[Any] = [coroutine]
+        cycle.append(cycle)
+    del coroutine, cycle
+    gc.collect()
+    assert [m for m in shown if "was never awaited" in m] == [
+        f"coroutine '{own_read.__qualname__}' was never awaited"
+    ]

@@ -61,23 +61,29 @@ _unawaited: str | None = None
 
 
 def silence_failed_reads() -> None:
-    """From now on, drop the messages a failed checkpoint read leaves behind (idempotent)."""
+    """From now on, drop the messages a failed checkpoint read leaves behind (idempotent).
+
+    The log filter and the unraisable hook are installed once; the warnings filter is put back
+    at every call: a caller's ``warnings.catch_warnings`` (`corrupt_fallback_lines`' own, around
+    a restore) drops it with its other filters at its end, and an orbax read a restore left
+    unawaited then said "coroutine … was never awaited" whenever a later collection came (a
+    resumed run's failed save printed it above its one error line)."""
     global _installed
-    if _installed:
-        return
-    _installed = True
-    logging.getLogger("asyncio").addFilter(_FailedReadDebris())
-    previous = sys.unraisablehook
+    if not _installed:
+        _installed = True
+        logging.getLogger("asyncio").addFilter(_FailedReadDebris())
+        previous = sys.unraisablehook
 
-    def hook(unraisable: Any) -> None:
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            return  # a tensorstore callback to orbax's finished loop: nothing left to do
-        if _is_orbax_coroutine(getattr(unraisable, "object", None)) and isinstance(exc, Exception):
-            return  # an abandoned read of the failed step, collected: its error was reported
-        previous(unraisable)
+        def hook(unraisable: Any) -> None:
+            exc = unraisable.exc_value
+            if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+                return  # a tensorstore callback to orbax's finished loop: nothing left to do
+            orbax_read = _is_orbax_coroutine(getattr(unraisable, "object", None))
+            if orbax_read and isinstance(exc, Exception):
+                return  # an abandoned read of the failed step, collected: its error was reported
+            previous(unraisable)
 
-    sys.unraisablehook = hook
+        sys.unraisablehook = hook
     _ignore_unawaited_orbax_reads()
 
 
@@ -157,16 +163,20 @@ def corrupt_fallback_lines(prog: str, stream: TextIO | None = None) -> Iterator[
 
     Other warnings are shown as before.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", CorruptCheckpointWarning)
-        shown = warnings.showwarning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", CorruptCheckpointWarning)
+            shown = warnings.showwarning
 
-        def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
-            if not issubclass(category, CorruptCheckpointWarning):
-                shown(message, category, *args, **kwargs)
-                return
-            out = stream if stream is not None else sys.stderr
-            print(f"{prog}: warning: {message}", file=out, flush=True)
+            def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+                if not issubclass(category, CorruptCheckpointWarning):
+                    shown(message, category, *args, **kwargs)
+                    return
+                out = stream if stream is not None else sys.stderr
+                print(f"{prog}: warning: {message}", file=out, flush=True)
 
-        warnings.showwarning = show
-        yield
+            warnings.showwarning = show
+            yield
+    finally:
+        if _installed:  # a restore in the block silenced orbax's reads: its filter went with ours
+            _ignore_unawaited_orbax_reads()

@@ -170,9 +170,9 @@ def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp
     )
 
 
-def _logged(run) -> list[dict]:
-    """``metrics.jsonl``'s rows without what a clock measures (their times and rates)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def _logged(run, log="metrics.jsonl") -> list[dict]:
+    """The rows of the run's ``log`` without what a clock measures (their times and rates)."""
+    rows = [json.loads(line) for line in (run / log).read_text().splitlines()]
     return [{k: v for k, v in r.items() if k != "time" and not k.endswith("_per_s")} for r in rows]
 
 
@@ -311,10 +311,7 @@ def test_a_resume_logs_each_step_once_and_to_the_w_and_b_run_its_start_made(
     again = [r for r in straight if r["step"] > 2]
     assert f"resume: {len(again)} records the run logged after step 2 before it stopped" in out
     assert _logged(in_tmp / "run") == straight  # each step once, as the straight run logged it
-    rewound = [json.loads(line) for line in (in_tmp / "run" / "metrics.rewound.jsonl").open()]
-    assert [
-        {k: v for k, v in r.items() if k != "time" and not k.endswith("_per_s")} for r in rewound
-    ] == again
+    assert _logged(in_tmp / "run", "metrics.rewound.jsonl") == again  # the stopped run's rows
     ids = {(init["id"], init["name"], init["resume"]) for init in fake.inits}
     kept = json.loads((in_tmp / "run" / "wandb.json").read_text())
     assert len(fake.inits) == 2 and ids == {(kept["id"], "run", "allow")}

@@ -86,7 +86,6 @@ def test_a_crash_while_rewinding_leaves_the_records_in_the_log_or_both(tmp_path,
 
 
 def test_make_logger_rewinds_the_jsonl_log_and_purges_tensorboard_after_a_resume(tmp_path):
-    pytest.importorskip("tensorboardX")
     with make_logger(["jsonl", "tensorboard"], tmp_path) as logger:
         for step in range(1, 6):
             logger.log_scalars(step, {"loss": 1.0 / step})

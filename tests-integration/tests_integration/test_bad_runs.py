@@ -277,6 +277,29 @@ def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
     }
 
 
+def _wait_until_stopped(pid: int, timeout_s: float = 60) -> None:
+    """Return once every thread of ``pid`` is stopped (state ``T``).
+
+    ``kill(SIGSTOP)`` returns before the threads stop: one inside a system call (orbax's async
+    save writing a file) stops only when the call returns, so a snapshot taken at once can miss
+    that last write.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                # "tid (comm) S ...": the name may hold spaces or parentheses, the state follows
+                # the last ")".
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+                continue
+        if states and all(state in "Tt" for state in states):
+            return
+        assert time.monotonic() < deadline, f"pid {pid} did not stop: thread states {states}"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     return trained_small_run(tmp_path_factory.mktemp("trained"))
@@ -404,6 +427,7 @@ def test_a_second_trainer_in_a_live_run_dir_exits_2_and_changes_nothing(tmp_path
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.2)
         first.send_signal(signal.SIGSTOP)
+        _wait_until_stopped(first.pid)  # a thread mid-write finishes it before it stops
         before = _snapshot(tmp_path)
         refused = [
             # A resume, as a real process (before the lock it restored and trained: a timeout).

@@ -69,6 +69,16 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
         "(or a later step)"
     ]
     assert (in_tmp / "run" / "metrics.jsonl").read_text() == log
+    # The corpus edited to the same token count (one line's number changed) is another token
+    # stream: a resume on it is one line, and writes nothing into the run.
+    original = text.read_text()
+    text.write_text(original.replace("Line 5:", "Line 6:", 1))
+    assert main(_argv(text, "--set", cache, "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("trainer: error: "), err
+    assert "digest: saved '" in err[0] and "though not its token count" in err[0], err
+    assert (in_tmp / "run" / "metrics.jsonl").read_text() == log
+    text.write_text(original)  # the same text again, in a file of another time: it resumes
     assert main(_argv(text, "--set", cache, "--resume")) == 0
     out = capsys.readouterr().out
     assert "resumed from step 2" in out and "done: 4 steps" in out

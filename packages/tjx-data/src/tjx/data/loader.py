@@ -31,7 +31,7 @@ SWITCH_AFTER = 8
 # A thread's gain must beat its cost per batch: a queue hand-off and a GIL switch (~10-30 µs).
 _HANDOFF_S = 50e-6
 _MUST_MATCH = ("seq_len", "batch_size", "seed", "shuffle", "drop_last", "process_index",
-               "process_count", "fingerprint", "tokens")  # fmt: skip
+               "process_count", "fingerprint", "tokens", "digest")  # fmt: skip
 
 
 def _advance(plan: PackingPlan, epoch: int, step: int) -> tuple[int, int]:
@@ -315,6 +315,7 @@ class PackedLoader(PlannedLoader):
             **self.plan.settings(),
             "fingerprint": self.index.fingerprint,
             "tokens": self.index.tokens,
+            "digest": self.index.digest,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -158,6 +158,7 @@ class MixtureLoader:
             "seed": self.seed,
             "global_batch": self.global_batch,
             "fingerprints": [index.fingerprint for index in self.indexes],
+            "digests": [index.digest for index in self.indexes],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -175,8 +176,21 @@ class MixtureLoader:
                 "fingerprints")  # fmt: skip
         wrong = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}" for k in keys
                  if state.get(k) != mine[k]]  # fmt: skip
+        # A source's digest (tjx-data 0.21; a state or shards made before have none): a source
+        # edited since the state was saved is another token stream, whatever its length.
+        saved = state.get("digests") or [None] * len(self.names)
+        wrong += [
+            f"{name}: its source changed since the state was saved (its tokens' digest was "
+            f"{old[:12]}..., now {new[:12]}...)"
+            for name, old, new in zip(self.names, saved, mine["digests"], strict=False)
+            if old is not None and new is not None and old != new
+        ]
         if wrong:
-            raise DataError("mixture state does not match this mixture: " + "; ".join(wrong))
+            raise DataError(
+                f"mixture state does not match this mixture: {'; '.join(wrong)}; it would not "
+                "continue the saved sequence of batches: resume with the sources and settings it "
+                "was saved with"
+            )
         self.rule.load(state)
         self.step = int(state["step"])
 

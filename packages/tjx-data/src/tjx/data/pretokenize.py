@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import multiprocessing
 import os
@@ -196,6 +197,7 @@ def _write(
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     shards: list[dict[str, Any]] = []
     tokens = documents = empty = num_bytes = 0
+    stream = hashlib.sha256()  # of the bytes written, as they are written: no second read
     handle = None
     table = DocumentTable()  # where each kept document starts, and where it came from
     bar = _progress(progress, f"pretokenize {source}")
@@ -220,6 +222,7 @@ def _write(
                     # closed on rollover and in `finally`: one file stays open across chunks
                     handle = open(staging / shards[-1]["file"], "wb")  # noqa: SIM115
                 flat.tofile(handle)
+                stream.update(np.ascontiguousarray(flat).data)
                 shards[-1]["tokens"] += int(flat.size)
             tokens += int(flat.size)
             documents, empty, num_bytes = documents + n_docs, empty + n_empty, num_bytes + n_bytes
@@ -240,7 +243,8 @@ def _write(
         )
     tok_info: dict[str, object] = {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint}
     tok_info |= {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
-    index = ShardIndex(split, source, dtype, tokens, documents, empty, num_bytes, tok_info, shards)
+    index = ShardIndex(split, source, dtype, tokens, documents, empty, num_bytes, tok_info, shards,
+                       stream.hexdigest())  # fmt: skip
     table.save(staging)
     index.save(staging)  # last: a folder with index.json is complete
 

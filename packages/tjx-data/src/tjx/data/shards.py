@@ -54,6 +54,10 @@ class ShardIndex:
         ``name``, ``fingerprint``, ``vocab_size``, ``eos_id`` of the tokenizer used.
     shards:
         ``[{"file": "shard_00000.bin", "tokens": n}, ...]`` in stream order.
+    digest:
+        SHA-256 (hex) of the token stream as stored: what a loader's saved position is only
+        valid with, so a source edited to the same token count is not read as the same data.
+        ``None`` for shards made before tjx-data 0.21.
     """
 
     split: str
@@ -65,6 +69,7 @@ class ShardIndex:
     bytes: int
     tokenizer: dict[str, Any]
     shards: list[dict[str, Any]]
+    digest: str | None = None
     format: str = FORMAT
     path: Path = field(default=Path("."), compare=False)
 

@@ -29,7 +29,8 @@ __all__ = ["ChatLoader", "PreferenceLoader", "PromptLoader", "chat_validation_ba
 Batch = dict[str, np.ndarray]
 STATE_VERSION = 1
 _MUST_MATCH = ("kind", "seq_len", "batch_size", "seed", "shuffle", "drop_last", "process_index",
-               "process_count", "fingerprint", "template", "sequences", "tokens")  # fmt: skip
+               "process_count", "fingerprint", "template", "sequences", "tokens",
+               "digest")  # fmt: skip
 
 
 class _RowLoader(PlannedLoader):
@@ -160,6 +161,7 @@ class _RowLoader(PlannedLoader):
             "template": index.template,
             "sequences": index.sequences,
             "tokens": index.tokens,
+            "digest": index.digest,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

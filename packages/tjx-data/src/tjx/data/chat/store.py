@@ -19,6 +19,7 @@ when a loader reads the split.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,9 @@ class SequenceIndex:
         ``name``, ``fingerprint``, ``vocab_size`` of the tokenizer used.
     template:
         The chat template's fingerprint (``None`` when the encoder had none: plain text only).
+    digest:
+        SHA-256 (hex) of the sequences as stored (each one's length, ids and mask): what a
+        loader's saved position is only valid with. ``None`` for splits made before tjx-data 0.21.
     """
 
     split: str
@@ -80,6 +84,7 @@ class SequenceIndex:
     trained_tokens: int
     tokenizer: dict[str, Any]
     template: str | None
+    digest: str | None = None
     format: str = FORMAT
     path: Path = field(default=Path("."), compare=False)
 
@@ -205,6 +210,7 @@ def write_sequences(
     def build(staging: Path) -> None:
         handles = {name: open(staging / name, "wb") for name in _FILES}  # noqa: SIM115
         offsets, tokens, trained, count = [0], 0, 0, 0
+        stored = hashlib.sha256()  # of what is written, as it is written
         kept: list[Any] | None = [] if kind == "prompts" else None
         try:
             for where, sequences in _encoded(rows, encoder, kind, kept):
@@ -212,8 +218,11 @@ def write_sequences(
                 for seq in sequences:
                     if seq.ids.size and (seq.ids.min() < 0 or seq.ids.max() >= tok.vocab_size):
                         raise DataError(f"{where}: an id lies outside the vocabulary")
-                    seq.ids.astype(dtype).tofile(handles["tokens.bin"])
-                    seq.mask.astype(np.uint8).tofile(handles["mask.bin"])
+                    ids, mask = seq.ids.astype(dtype), seq.mask.astype(np.uint8)
+                    ids.tofile(handles["tokens.bin"])
+                    mask.tofile(handles["mask.bin"])
+                    for part in (np.int64(ids.size), ids, mask):
+                        stored.update(np.ascontiguousarray(part).data)
                     tokens += int(seq.ids.size)
                     trained += int(seq.mask.sum())
                     offsets.append(tokens)
@@ -229,7 +238,7 @@ def write_sequences(
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
         info = {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
         SequenceIndex(split, source, kind, dtype, tokens, len(offsets) - 1, count, trained, info,
-                      template).save(staging)  # fmt: skip
+                      template, stored.hexdigest()).save(staging)  # fmt: skip
 
     template = encoder.template.fingerprint if encoder.template is not None else None
     atomic_prepare(final, build, replace=replace)

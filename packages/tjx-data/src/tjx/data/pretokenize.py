@@ -244,7 +244,7 @@ def _write(
     tok_info: dict[str, object] = {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint}
     tok_info |= {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
     index = ShardIndex(split, source, dtype, tokens, documents, empty, num_bytes, tok_info, shards,
-                       stream.hexdigest())  # fmt: skip
+                       digest=stream.hexdigest())  # fmt: skip
     table.save(staging)
     index.save(staging)  # last: a folder with index.json is complete
 

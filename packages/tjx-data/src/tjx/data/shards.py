@@ -69,8 +69,8 @@ class ShardIndex:
     bytes: int
     tokenizer: dict[str, Any]
     shards: list[dict[str, Any]]
-    digest: str | None = None
     format: str = FORMAT
+    digest: str | None = None
     path: Path = field(default=Path("."), compare=False)
 
     @property

@@ -84,8 +84,8 @@ class SequenceIndex:
     trained_tokens: int
     tokenizer: dict[str, Any]
     template: str | None
-    digest: str | None = None
     format: str = FORMAT
+    digest: str | None = None
     path: Path = field(default=Path("."), compare=False)
 
     @property
@@ -238,7 +238,7 @@ def write_sequences(
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
         info = {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
         SequenceIndex(split, source, kind, dtype, tokens, len(offsets) - 1, count, trained, info,
-                      template, stored.hexdigest()).save(staging)  # fmt: skip
+                      template, digest=stored.hexdigest()).save(staging)  # fmt: skip
 
     template = encoder.template.fingerprint if encoder.template is not None else None
     atomic_prepare(final, build, replace=replace)

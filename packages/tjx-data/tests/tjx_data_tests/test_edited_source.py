@@ -28,17 +28,12 @@ from tjx_data_tests.chat.test_template import random_conversation
 S, B = 8, 2
 
 
+#: Small chunks and shards: a split of several shards, so the digest spans files.
+SMALL = {"num_workers": 1, "progress": False, "chunk_chars": 200, "shard_tokens": 300}
+
+
 def _shards(docs: list[str], root: Path) -> Path:
-    pretokenize(
-        docs,
-        ByteTokenizer(),
-        root,
-        split="train",
-        num_workers=1,
-        progress=False,
-        chunk_chars=200,
-        shard_tokens=300,
-    )  # fmt: skip  (several shards)
+    pretokenize(docs, ByteTokenizer(), root, split="train", **SMALL)
     return root
 
 

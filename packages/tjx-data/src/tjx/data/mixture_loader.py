@@ -20,7 +20,7 @@ import numpy as np
 from tjx.data.errors import DataError
 from tjx.data.loader import validation_batches
 from tjx.data.mixture import MixtureRule
-from tjx.data.packing import IGNORE_INDEX, PackingPlan, TokenStream, make_batch
+from tjx.data.packing import IGNORE_INDEX, PackingPlan, TokenStream, differs, make_batch
 from tjx.data.shards import ShardIndex, load_index
 
 __all__ = ["STATE_KIND", "MixtureLoader", "mixture_validation_batches"]
@@ -183,7 +183,7 @@ class MixtureLoader:
             f"{name}: its source changed since the state was saved (its tokens' digest was "
             f"{old[:12]}..., now {new[:12]}...)"
             for name, old, new in zip(self.names, saved, mine["digests"], strict=False)
-            if old is not None and new is not None and old != new
+            if differs("digest", old, new)
         ]
         if wrong:
             raise DataError(

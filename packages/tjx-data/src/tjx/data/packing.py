@@ -184,15 +184,17 @@ _MEANING = {
 _KNOWN_SINCE_0_21 = ("digest",)
 
 
-def _differs(key: str, saved: Any, now: Any) -> bool:
+def differs(key: str, saved: Any, now: Any) -> bool:
+    """Whether a loader state's ``key`` was ``saved`` otherwise than it is ``now`` (a key made
+    in 0.21, such as ``digest``, only where both sides have it)."""
     if key in _KNOWN_SINCE_0_21 and (saved is None or now is None):
         return False
     return bool(saved != now)
 
 
-def _shown(value: Any) -> str:
+def _shown(key: str, value: Any) -> str:
     # A digest is 64 hex digits: its first 12 tell two apart.
-    return repr(value[:12] + "...") if isinstance(value, str) and len(value) == 64 else repr(value)
+    return repr(value[:12] + "...") if key == "digest" and isinstance(value, str) else repr(value)
 
 
 def resume_position(
@@ -231,10 +233,10 @@ def resume_position(
     """
     if state.get("version") != mine["version"]:
         raise DataError(f"{name} state version {state.get('version')!r} is not supported")
-    differ = [k for k in must_match if _differs(k, state.get(k), mine[k])]
+    differ = [k for k in must_match if differs(k, state.get(k), mine[k])]
     if "digest" in differ and {"tokens", "sequences"} & set(differ):
         differ.remove("digest")  # the same change: said once
-    wrong = [f"{k}: saved {_shown(state.get(k))}, now {_shown(mine[k])}{_MEANING.get(k, '')}"
+    wrong = [f"{k}: saved {_shown(k, state.get(k))}, now {_shown(k, mine[k])}{_MEANING.get(k, '')}"
              for k in differ]  # fmt: skip
     if wrong:
         raise DataError(

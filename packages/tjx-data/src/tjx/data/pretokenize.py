@@ -222,7 +222,7 @@ def _write(
                     # closed on rollover and in `finally`: one file stays open across chunks
                     handle = open(staging / shards[-1]["file"], "wb")  # noqa: SIM115
                 flat.tofile(handle)
-                stream.update(np.ascontiguousarray(flat).data)
+                stream.update(flat.data)  # 1-D and contiguous: its bytes as written
                 shards[-1]["tokens"] += int(flat.size)
             tokens += int(flat.size)
             documents, empty, num_bytes = documents + n_docs, empty + n_empty, num_bytes + n_bytes

@@ -221,8 +221,8 @@ def write_sequences(
                     ids, mask = seq.ids.astype(dtype), seq.mask.astype(np.uint8)
                     ids.tofile(handles["tokens.bin"])
                     mask.tofile(handles["mask.bin"])
-                    for part in (np.int64(ids.size), ids, mask):
-                        stored.update(np.ascontiguousarray(part).data)
+                    for part in (np.int64(ids.size).tobytes(), ids.data, mask.data):
+                        stored.update(part)
                     tokens += int(seq.ids.size)
                     trained += int(seq.mask.sum())
                     offsets.append(tokens)

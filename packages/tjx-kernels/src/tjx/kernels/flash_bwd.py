@@ -210,6 +210,76 @@ def _grid_maps(n: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     return (lambda x: x // n), (lambda x: x % n)
 
 
+def _whole(x: Any) -> Any:
+    """Row block of an operand every program reads whole: the first (and only) one."""
+    return 0
+
+
+def _grid_head(hi: Any) -> Any:
+    """Head of an operand laid out as the grid's heads (dO, separate queries)."""
+    return hi
+
+
+def _in_specs(
+    d: int,
+    q_rows: int,
+    q_at: Callable[[Any], Any],
+    k_rows: int,
+    k_at: Callable[[Any], Any],
+    heads: tuple[Callable[[Any], Any], ...],
+    q_ids: Array | None,
+    kv_ids: Array | None,
+) -> list[pl.BlockSpec | None]:
+    """Block specs of the `Refs` both backward kernels read, separate or stacked, on a grid
+    (block × column slices, batch row, head): ``q_rows`` query rows (dO, lse and δ likewise) at
+    row block ``q_at(grid axis 0)``, ``k_rows`` key and value rows at ``k_at(...)`` (the walked
+    side whole: `_whole`), of the ``heads`` of q, k and v (dO's are the grid's)."""
+    q_head, k_head, v_head = heads
+
+    def tile(rows: int, at: Callable[[Any], Any], head: Callable[[Any], Any]) -> pl.BlockSpec:
+        return pl.BlockSpec((None, rows, None, d), lambda x, bi, hi: (bi, at(x), head(hi), 0))
+
+    def ids(x: Array | None, rows: int, at: Callable[[Any], Any]) -> pl.BlockSpec | None:
+        return None if x is None else pl.BlockSpec((None, rows), lambda y, bi, hi: (bi, at(y)))
+
+    row = pl.BlockSpec((None, None, q_rows), lambda x, bi, hi: (bi, hi, q_at(x)))
+    return [
+        tile(q_rows, q_at, q_head),
+        tile(k_rows, k_at, k_head),
+        tile(k_rows, k_at, v_head),
+        tile(q_rows, q_at, _grid_head),
+        row,
+        row,
+        ids(q_ids, q_rows, q_at),
+        ids(kv_ids, k_rows, k_at),
+    ]
+
+
+def _backward_call(
+    kernel: Callable[..., None],
+    name: str,
+    cfg: KernelConfig,
+    grid: tuple[int, int, int],
+    in_specs: list[pl.BlockSpec | None],
+    out_specs: Any,
+    out_shape: Any,
+    **params: Any,
+) -> Any:
+    """One backward kernel's ``pallas_call`` with ``cfg`` and its backward launch parameters
+    (``params``: further ``pallas_call`` arguments)."""
+    return pl.pallas_call(
+        functools.partial(kernel, cfg=cfg),
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=cfg.compiler_params(backward=True),
+        interpret=cfg.interpret,
+        name=name,
+        **params,
+    )
+
+
 def flash_backward(
     q: Array,
     k: Array,
@@ -224,36 +294,29 @@ def flash_backward(
     """Gradients (dq, dk, dv) of padded flash attention; dk/dv have k's shape and dtype."""
     b, s_q, h, d = q.shape
     s_k, h_kv = k.shape[1], k.shape[2]
-    bq, bk, g = cfg.block_q_bwd, cfg.block_k_bwd, cfg.groups
+    g = cfg.groups
     delta, d_out = _delta(out, d_out), d_out.astype(q.dtype)
     args = (q, k, v, d_out, lse, delta, q_ids, kv_ids)
     n = cfg.head_split_bwd
     blk, col = _grid_maps(n)
 
+    def kv_head(hi: Any) -> Any:  # the group's key and value head
+        return hi // g
+
+    heads = (_grid_head, kv_head, kv_head)
+
     # dK, dV: grid over key blocks (× column slices); queries, dO, lse, delta whole.
-    full_q = pl.BlockSpec((None, s_q, None, d), lambda j, bi, hi: (bi, 0, hi, 0))
-    full_row = pl.BlockSpec((None, None, s_q), lambda j, bi, hi: (bi, hi, 0))
-    kv_blk = pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, blk(j), hi // g, 0))
+    bk = cfg.block_k_bwd
     out_kv = pl.BlockSpec((None, bk, None, d // n), lambda j, bi, hi: (bi, blk(j), hi, col(j)))
     kv_dtype = k.dtype if g == 1 else jnp.float32
-    dk, dv = pl.pallas_call(
-        functools.partial(_dkdv_kernel, cfg=cfg),
-        grid=(s_k // bk * n, b, h),
-        in_specs=[
-            full_q,
-            kv_blk,
-            kv_blk,
-            full_q,
-            full_row,
-            full_row,
-            None if q_ids is None else pl.BlockSpec((None, s_q), lambda j, bi, hi: (bi, 0)),
-            None if kv_ids is None else pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, blk(j))),
-        ],
-        out_specs=[out_kv, out_kv],
-        out_shape=[out_struct((b, s_k, h, d), kv_dtype, *args)] * 2,
-        compiler_params=cfg.compiler_params(backward=True),
-        interpret=cfg.interpret,
-        name="tjx_flash_bwd_dkdv",
+    dk, dv = _backward_call(
+        _dkdv_kernel,
+        "tjx_flash_bwd_dkdv",
+        cfg,
+        (s_k // bk * n, b, h),
+        _in_specs(d, s_q, _whole, bk, blk, heads, q_ids, kv_ids),
+        [out_kv, out_kv],
+        [out_struct((b, s_k, h, d), kv_dtype, *args)] * 2,
     )(*args)
     if g > 1:
         dk = dk.reshape(b, s_k, h_kv, g, d).sum(axis=3).astype(k.dtype)
@@ -261,28 +324,15 @@ def flash_backward(
 
     # dQ: grid over query blocks (× column slices); keys and values whole.
     bq, bk = cfg.dq_blocks()
-    q_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, blk(i), hi, 0))
     out_q = pl.BlockSpec((None, bq, None, d // n), lambda i, bi, hi: (bi, blk(i), hi, col(i)))
-    row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, blk(i)))
-    full_kv = pl.BlockSpec((None, s_k, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0))
-    dq = pl.pallas_call(
-        functools.partial(_dq_kernel, cfg=cfg),
-        grid=(s_q // bq * n, b, h),
-        in_specs=[
-            q_blk,
-            full_kv,
-            full_kv,
-            q_blk,
-            row_blk,
-            row_blk,
-            None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, blk(i))),
-            None if kv_ids is None else pl.BlockSpec((None, s_k), lambda i, bi, hi: (bi, 0)),
-        ],
-        out_specs=out_q,
-        out_shape=out_struct(q.shape, q.dtype, *args),
-        compiler_params=cfg.compiler_params(backward=True),
-        interpret=cfg.interpret,
-        name="tjx_flash_bwd_dq",
+    dq = _backward_call(
+        _dq_kernel,
+        "tjx_flash_bwd_dq",
+        cfg,
+        (s_q // bq * n, b, h),
+        _in_specs(d, bq, blk, s_k, _whole, heads, q_ids, kv_ids),
+        out_q,
+        out_struct(q.shape, q.dtype, *args),
     )(*args)
     return dq, dk, dv
 
@@ -335,73 +385,43 @@ def flash_backward_qkv(
     args = (flat, flat, flat, d_out, lse, delta, q_ids, kv_ids, *biases)
     n = cfg.head_split_bwd
     blk, col = _grid_maps(n)
+    heads = (
+        functools.partial(head, Q_SLOT),
+        functools.partial(head, K_SLOT),
+        functools.partial(head, V_SLOT),
+    )
+    bias = bias_specs(biases, d, lambda x, bi, hi: hi)
 
     # dK, dV: grid over key blocks (× column slices); queries, dO, lse, delta whole.
     bk = cfg.block_k_bwd
-    full_q = pl.BlockSpec((None, s, None, d), lambda j, bi, hi: (bi, 0, head(Q_SLOT, hi), 0))
-    full_do = pl.BlockSpec((None, s, None, d), lambda j, bi, hi: (bi, 0, hi, 0))
-    full_row = pl.BlockSpec((None, None, s), lambda j, bi, hi: (bi, hi, 0))
-
-    def kv_blk(slot: int) -> pl.BlockSpec:
-        return pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, blk(j), head(slot, hi), 0))
-
     # All three slots of the key block's rows (the kernel stores the key and value ones).
     out_kv = pl.BlockSpec(
         (None, bk, 3, None, d // n), lambda j, bi, hi: (bi, blk(j), 0, hi, col(j))
     )
-    d_qkv = pl.pallas_call(
-        functools.partial(_dkdv_qkv_kernel, cfg=cfg),
-        grid=(s // bk * n, b, h),
-        in_specs=[
-            full_q,
-            kv_blk(K_SLOT),
-            kv_blk(V_SLOT),
-            full_do,
-            full_row,
-            full_row,
-            None if q_ids is None else pl.BlockSpec((None, s), lambda j, bi, hi: (bi, 0)),
-            None if kv_ids is None else pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, blk(j))),
-            *bias_specs(biases, d, lambda j, bi, hi: hi),
-        ],
-        out_specs=out_kv,
-        out_shape=out_struct(qkv.shape, qkv.dtype, *args),
-        compiler_params=cfg.compiler_params(backward=True),
-        interpret=cfg.interpret,
-        name="tjx_flash_qkv_bwd_dkdv",
+    d_qkv = _backward_call(
+        _dkdv_qkv_kernel,
+        "tjx_flash_qkv_bwd_dkdv",
+        cfg,
+        (s // bk * n, b, h),
+        [*_in_specs(d, s, _whole, bk, blk, heads, q_ids, kv_ids), *bias],
+        out_kv,
+        out_struct(qkv.shape, qkv.dtype, *args),
     )(*args)
 
     # dQ: grid over query blocks (× column slices); keys and values whole.
     bq, bk = cfg.dq_blocks()
-    q_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, blk(i), head(Q_SLOT, hi), 0))
-    do_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, blk(i), hi, 0))
     out_q = pl.BlockSpec(
         (None, bq, None, None, d // n), lambda i, bi, hi: (bi, blk(i), Q_SLOT, hi, col(i))
     )
-    row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, blk(i)))
-
-    def full_kv(slot: int) -> pl.BlockSpec:
-        return pl.BlockSpec((None, s, None, d), lambda i, bi, hi: (bi, 0, head(slot, hi), 0))
-
     alias = len(jax.tree.leaves(args))  # d_qkv's place among the call's (flat) operands
-    return pl.pallas_call(  # type: ignore[no-any-return]
-        functools.partial(_dq_qkv_kernel, cfg=cfg),
-        grid=(s // bq * n, b, h),
-        in_specs=[
-            q_blk,
-            full_kv(K_SLOT),
-            full_kv(V_SLOT),
-            do_blk,
-            row_blk,
-            row_blk,
-            None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, blk(i))),
-            None if kv_ids is None else pl.BlockSpec((None, s), lambda i, bi, hi: (bi, 0)),
-            *bias_specs(biases, d, lambda i, bi, hi: hi),
-            out_q,  # the aliased buffer: never read (its block is the output's)
-        ],
-        out_specs=out_q,
-        out_shape=out_struct(qkv.shape, qkv.dtype, *args, d_qkv),
+    return _backward_call(  # type: ignore[no-any-return]
+        _dq_qkv_kernel,
+        "tjx_flash_qkv_bwd_dq",
+        cfg,
+        (s // bq * n, b, h),
+        # The aliased buffer last: never read (its block is the output's).
+        [*_in_specs(d, bq, blk, s, _whole, heads, q_ids, kv_ids), *bias, out_q],
+        out_q,
+        out_struct(qkv.shape, qkv.dtype, *args, d_qkv),
         input_output_aliases={alias: 0},
-        compiler_params=cfg.compiler_params(backward=True),
-        interpret=cfg.interpret,
-        name="tjx_flash_qkv_bwd_dq",
     )(*args, d_qkv)

@@ -160,6 +160,8 @@ def prepare(plan: RunPlan) -> Prepared:
     parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
     # This process's share of each batch on the mesh; a corpus too small for a batch fails here
     loader = data_setup.section_loader(bundle, section, steps=steps, seed=cfg.train.seed, mesh=mesh)
+    if plan.resume:  # data that does not fit the checkpoint: refused before the compile
+        data_setup.check_resume(loader, RunDir(plan.run_dir).checkpoints, mesh)
     cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
     # A resumed --init-from run: the checkpoint's architecture again (its model.json).
     from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)

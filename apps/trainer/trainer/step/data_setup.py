@@ -3,6 +3,7 @@ this process's share of the mesh; every bad input a `ConfigError` naming its key
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeAlias, TypeVar
@@ -11,7 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from tjx import data, parallel
+from tjx import ckpt, data, parallel
+from tjx.ckpt.storage import StoragePath
 from trainer.config.grpo_settings import is_grpo, prompt_section
 from trainer.config.schema import ConfigError
 from trainer.config.typed import Config
@@ -148,6 +150,33 @@ def restore_loader(
 ) -> None:
     """Continue ``loader`` from a checkpoint's (process 0's) loader state on this process."""
     data.restore_loader_state(loader, state, process_index=shares(mesh)["process_index"])
+
+
+def check_resume(loader: TrainLoader, checkpoints: StoragePath, mesh: Mesh | None = None) -> None:
+    """Refuse a resume whose data does not fit its newest checkpoint's loader state, before the
+    compile and the restore (minutes on a large model): that state alone is read (tjx.ckpt's
+    ``data_state``, no array) and ``loader`` checked against it as the restore does, then left
+    where it was.
+
+    A step that cannot be read is left to the restore (it skips a corrupt newest step, or says
+    why none reads); a state that does not fit is a ``ValueError`` (``--resume: ...``) in the
+    restore's words.
+    """
+    try:
+        with contextlib.closing(ckpt.CheckpointManager(checkpoints, read_only=True)) as manager:
+            state = manager.data_state()
+    except ckpt.CheckpointError:
+        return  # none, or a newest step the restore skips or names: its own words, later
+    if state is None:
+        return
+    before = loader.state_dict()
+    try:
+        restore_loader(loader, state, mesh)
+    except ValueError as err:  # tjx.data's DataError, as the restore's
+        raise ValueError(f"--resume: {err}") from None
+    # Checked only: the restore continues the loader from the step it reads (the newest may be
+    # skipped as corrupt), so it is put back as it was.
+    restore_loader(loader, before, mesh)
 
 
 def val_batches(

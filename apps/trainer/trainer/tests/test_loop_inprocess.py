@@ -74,9 +74,11 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     original = text.read_text()
     text.write_text(original.replace("Line 5:", "Line 6:", 1))
     assert main(_argv(text, "--set", cache, "--resume")) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("trainer: error: "), err
+    said = capsys.readouterr()
+    err = said.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("trainer: error: --resume: "), err
     assert "digest: saved '" in err[0] and "though not its token count" in err[0], err
+    assert "compiling the train step" not in said.out  # refused before the compile and restore
     assert (in_tmp / "run" / "metrics.jsonl").read_text() == log
     text.write_text(original)  # the same text again, in a file of another time: it resumes
     assert main(_argv(text, "--set", cache, "--resume")) == 0

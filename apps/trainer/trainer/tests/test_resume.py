@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tjx import nn
+import trainer.step.data_setup as data_setup
+from tjx import ckpt, data, nn
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
 from trainer.config.settings import apply_overrides, load_config_data
@@ -417,3 +419,34 @@ def test_a_newer_setting_is_read_at_what_an_older_run_did_where_its_default_woul
     del sequential["grpo"]["old_logps"]
     assert resume.as_written(sequential)["grpo"]["old_logps"] == "auto"
     assert resume.as_written(_config().to_dict()) == _config().to_dict()  # no grpo section read
+
+
+class _Loader:
+    """A loader's state contract: a position, and a digest the saved state must match."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest, self.step = digest, 0
+
+    def state_dict(self) -> dict[str, object]:
+        return {"step": self.step, "digest": self.digest}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        if state["digest"] != self.digest:
+            raise data.DataError(f"digest: saved {state['digest']!r}, now {self.digest!r}")
+        self.step = int(state["step"])  # type: ignore[call-overload]
+
+
+def test_a_resume_checks_its_data_against_the_newest_step_and_moves_nothing(tmp_path):
+    folder = tmp_path / "checkpoints"
+    loader = _Loader("aa")
+    data_setup.check_resume(loader, folder)  # no checkpoint yet: the restore says so, later
+    with ckpt.CheckpointManager(folder, async_save=False) as manager:
+        manager.save(2, state={"w": np.zeros(2)}, data_state={"step": 2, "digest": "aa"})
+        manager.save(4, state={"w": np.ones(2)}, data_state={"step": 4, "digest": "bb"})
+    with pytest.raises(ValueError) as err:
+        data_setup.check_resume(loader, folder)
+    assert str(err.value) == "--resume: digest: saved 'bb', now 'aa'"  # the newest step's
+    assert loader.step == 0
+    fits = _Loader("bb")
+    data_setup.check_resume(fits, folder)
+    assert fits.step == 0  # checked, and left where it was: the restore sets its own step

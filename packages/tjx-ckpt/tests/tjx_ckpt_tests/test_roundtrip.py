@@ -11,7 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.ckpt import CheckpointError, CheckpointManager, StepExistsError, __version__
+from tjx.ckpt import (
+    CheckpointError,
+    CheckpointManager,
+    CorruptCheckpointError,
+    StepExistsError,
+    __version__,
+)
 from tjx_ckpt_tests._states import assert_bit_exact, make_state
 
 
@@ -180,3 +186,33 @@ def test_restore_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert_bit_exact(restored.state, state)
     assert_bit_exact(params, state["params"])
     assert restored.data_state == {"pos": 4} and restored.config == {"d": 1}
+
+
+def test_a_steps_loader_state_reads_alone_without_its_arrays(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path / "run", async_save=False)
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        manager.data_state()
+    manager.save(3, state=make_state(3), data_state={"epoch": 0, "step": 3})
+    manager.save(5, state=make_state(5), data_state={"epoch": 1, "step": 5, "digest": "ab"})
+    manager.save(6, state=make_state(6))
+    manager.close()
+    run = tmp_path / "run"
+    # The arrays of every step gone: the loader states still read, so none was opened.
+    for step in (3, 5, 6):
+        for path in (run / str(step) / "state").iterdir():
+            if path.is_dir():
+                for leaf in path.rglob("*"):
+                    if leaf.is_file():
+                        leaf.write_bytes(b"")
+    reader = CheckpointManager(run, read_only=True)
+    assert reader.data_state() is None  # the newest step saved none
+    assert reader.data_state(5) == {"epoch": 1, "step": 5, "digest": "ab"}
+    assert reader.data_state(3) == {"epoch": 0, "step": 3}
+    with pytest.raises(CheckpointError, match="no complete step 4"):
+        reader.data_state(4)
+    with pytest.raises(CheckpointError):  # and the arrays really are unreadable
+        reader.restore(5)
+    for item in (run / "5" / "data_state").iterdir():
+        item.write_text("{not json")
+    with pytest.raises(CorruptCheckpointError, match="step 5 .*loader state cannot be read"):
+        reader.data_state(5)

@@ -42,6 +42,7 @@ from tjx.ckpt.reader import (
     Restored,
     StepContents,
     no_readable_step_error,
+    read_data_state,
     read_step,
 )
 from tjx.ckpt.retention import prune
@@ -498,6 +499,31 @@ class CheckpointManager:
             metrics=manifest.get("metrics"),
             skipped=skipped,
         )
+
+    def data_state(self, step: int | None = None) -> Any:
+        """The loader state saved with ``step`` (default: the newest committed step), read alone.
+
+        Only that JSON item is read, no array: a resume checks its data against it before the
+        compile and the restore (minutes on a large model). The newest step is not checked for
+        corruption beyond its commit (`restore` may still skip it and read an older one).
+
+        Returns
+        -------
+        The state as saved (a mapping), or None when the step saved none.
+
+        Raises
+        ------
+        CheckpointNotFoundError
+            No complete checkpoint (or not ``step``).
+        CorruptCheckpointError
+            The step's loader state cannot be read.
+        """
+        self._finish_pending()  # a pending save first, as `restore`
+        steps = self.all_steps()
+        if not steps or (step is not None and step not in steps):
+            which = "complete checkpoint" if step is None else f"complete step {step}"
+            raise CheckpointNotFoundError(f"no {which} in {self.directory}")
+        return read_data_state(self._mgr, steps[-1] if step is None else step)
 
     def restore_params(
         self, *, target: Any, step: int | None = None, subtree: str = "params"

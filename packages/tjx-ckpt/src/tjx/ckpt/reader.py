@@ -95,6 +95,22 @@ def no_readable_step_error(
     return CorruptCheckpointError(f"no readable checkpoint in {directory}: {listed}")
 
 
+def read_data_state(mgr: ocp.CheckpointManager, step: int) -> Any:
+    """The loader state saved with ``step``, read alone (no array is opened); None if it has none.
+
+    For a check of the data before anything costly (a compile, the arrays' read): the step is
+    checked as committed first; any failure to read it is a `CorruptCheckpointError`.
+    """
+    where = mgr.directory / str(step)
+    if (problem := commit_problem(as_path(str(where)))) is not None:
+        raise corrupt(step, where, problem)
+    try:
+        item = mgr.restore(step, args=ocp.args.Composite(**{DATA_STATE: ocp.args.JsonRestore()}))
+        return item[DATA_STATE]
+    except Exception as err:  # any failure to read a committed step is corruption
+        raise corrupt(step, where, _failed("its loader state cannot be read", err)) from err
+
+
 def read_manifest(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     """The manifest of ``step``; CorruptCheckpointError when missing or malformed."""
     where = mgr.directory / str(step)

@@ -2,4 +2,4 @@
 the package's `__init__` (which imports `metadata`: a circle). The wheel's version and
 `tools/release` read this line."""
 
-__version__ = "0.18.1"
+__version__ = "0.19.0"

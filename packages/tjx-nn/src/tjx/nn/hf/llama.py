@@ -46,11 +46,7 @@ def experts(tables: Tables, c: LlamaConfig, moe_type: str, p: str, t: str) -> No
             tables.shapes[name] = shape[::-1]
             tables.to_hf[name] = _one_expert(f"{t}moe.experts.{tjx}.kernel", k)
     if shared is not None:
-        s = shared_mlp_dim(c)
-        for hf, tjx, i_shape, o_shape in (("gate_proj", "fc_gate", (d,), (s,)),
-                                          ("up_proj", "fc_in", (d,), (s,)),
-                                          ("down_proj", "fc_out", (s,), (d,))):  # fmt: skip
-            tables.linear(f"{p}{block}.{shared}.{hf}", f"{t}moe.shared.{tjx}", i_shape, o_shape)
+        tables.swiglu(f"{p}{block}.{shared}.", t + "moe.shared.", d, shared_mlp_dim(c))
         if c.moe.shared_expert_gate:  # Qwen2-MoE's (DeepSeek's shared experts have none)
             tables.linear(f"{p}{block}.{shared}_gate", f"{t}moe.shared_gate", (d,), (1,))
 

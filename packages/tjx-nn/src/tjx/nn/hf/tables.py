@@ -6,8 +6,12 @@ Every family's mapping module fills the same three tables (``shapes``, ``to_tjx`
 * ``same``: the array itself on both sides (embeddings, norm scales, biases of one shape);
 * ``linear``: an ``nn.Linear``'s ``[out, in]`` weight ↔ a tjx ``Dense`` kernel ``[*in, *out]``
   (heads split out: ``query.kernel`` is ``[d_model, heads, head_dim]``), and its bias if asked;
+* ``swiglu``: a SwiGLU MLP's ``gate_proj``, ``up_proj`` and ``down_proj`` ↔ tjx's ``fc_gate``,
+  ``fc_in`` and ``fc_out``;
 * ``fused``: one HF weight holding several tjx kernels' rows one after another (Phi-3's
-  ``qkv_proj``), split on load and joined on export.
+  ``qkv_proj``), split on load and joined on export;
+* ``fused_experts``: transformers' fused experts of a layer (``gate_up_proj`` ``[E, 2f, d]``,
+  ``down_proj`` ``[E, d, f]``), as some family folders' checkpoints store them.
 
 A module with a layout of its own (DeepSeek's reordered rotary rows, gpt-oss's interleaved
 experts, Qwen3-Next's grouped delta projections) writes those entries itself, into the same
@@ -50,6 +54,17 @@ def rows(hf: str, start: int, stop: int, shape: tuple[int, ...]) -> Convert:
 def joined_rows(parts: list[tuple[str, int]]) -> Convert:
     """The fused HF weight from tjx kernels ``(name, out_features)``, rows in that order."""
     return lambda read: np.concatenate([read(t).reshape(-1, n).T for t, n in parts], axis=0)
+
+
+def _expert_rows(hf: str, start: int, stop: int) -> Convert:
+    """Rows ``[start, stop)`` of each expert's HF ``[E, out, in]`` weight as a tjx ``[E, in, n]``
+    kernel."""
+    return lambda read: read(hf)[:, start:stop].transpose(0, 2, 1)
+
+
+def _joined_experts(*names: str) -> Convert:
+    """tjx's ``[E, in, n]`` expert kernels, their rows joined: the fused HF ``[E, Σn, in]``."""
+    return lambda read: np.concatenate([read(n) for n in names], axis=-1).transpose(0, 2, 1)
 
 
 def llama_sizes(c: LlamaConfig) -> tuple[int, int, int, int, int, int]:
@@ -99,6 +114,12 @@ class Tables:
             self.to_tjx[tjx + ".bias"] = take(hf + ".bias", out_shape)
             self.to_hf[hf + ".bias"] = take(tjx + ".bias", (n_out,))
 
+    def swiglu(self, hf: str, tjx: str, d: int, width: int) -> None:
+        """A SwiGLU MLP's ``<hf>{gate,up,down}_proj`` ↔ tjx's ``<tjx>{fc_gate,fc_in,fc_out}``."""
+        self.linear(hf + "gate_proj", tjx + "fc_gate", (d,), (width,))
+        self.linear(hf + "up_proj", tjx + "fc_in", (d,), (width,))
+        self.linear(hf + "down_proj", tjx + "fc_out", (width,), (d,))
+
     def fused(self, hf: str, parts: Sequence[tuple[str, tuple[int, ...]]], d: int) -> None:
         """``hf`` ``[Σ out, d]`` holds ``parts`` (tjx ``Dense``, its out shape) row after row."""
         sizes = [int(np.prod(out)) for _, out in parts]
@@ -110,6 +131,19 @@ class Tables:
         self.to_hf[hf + ".weight"] = joined_rows(
             [(t + ".kernel", n) for (t, _), n in zip(parts, sizes, strict=True)]
         )
+
+    def fused_experts(self, hf: str, tjx: str, e: int, d: int, f: int) -> None:
+        """transformers' fused experts ``hf`` (``<hf>gate_up_proj`` ``[E, 2f, d]``: each expert's
+        ``f`` gate rows, then its ``f`` up rows; ``<hf>down_proj`` ``[E, d, f]``) ↔ the tjx
+        expert kernels ``<tjx>{fc_gate,fc_in,fc_out}.kernel`` (``[E, d, f]``, ``[E, f, d]``)."""
+        gate_up, down = hf + "gate_up_proj", hf + "down_proj"
+        gate, up, out = (f"{tjx}{n}.kernel" for n in ("fc_gate", "fc_in", "fc_out"))
+        self.shapes[gate_up], self.shapes[down] = (e, 2 * f, d), (e, d, f)
+        self.to_tjx[gate] = _expert_rows(gate_up, 0, f)
+        self.to_tjx[up] = _expert_rows(gate_up, f, 2 * f)
+        self.to_tjx[out] = _expert_rows(down, 0, d)
+        self.to_hf[gate_up] = _joined_experts(gate, up)
+        self.to_hf[down] = _joined_experts(out)
 
     def drop(self, hf_prefix: str | tuple[str, ...], tjx_prefix: str | tuple[str, ...]) -> None:
         """Forget every entry under ``hf_prefix`` (HF names) and ``tjx_prefix`` (tjx names): a

@@ -4,11 +4,10 @@ experts split on load and fused again on export."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.family_tensors import NORMS
 from tjx.nn.hf.mapping import HFMapping
-from tjx.nn.hf.tables import Convert, Tables
+from tjx.nn.hf.tables import Tables
 from tjx.nn.moe.config import expert_mlp_dim
 
 
@@ -35,15 +34,8 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
                 linear(pre + "self_attn.v_proj", t + "attn.value", (d,), (hk, hd))
         else:  # transformers skips these names in a checkpoint (its shared layers have none)
             reads_other |= {pre + f"self_attn.{n}." for n in ("k_proj", "v_proj", "k_norm")}
-        linear(pre + "mlp.gate_proj", t + "mlp.fc_gate", (d,), (m,))
-        linear(pre + "mlp.up_proj", t + "mlp.fc_in", (d,), (m,))
-        linear(pre + "mlp.down_proj", t + "mlp.fc_out", (m,), (d,))
-        for hf_norm, tjx_norm in (
-            ("input_layernorm", "attn_norm"),
-            ("post_attention_layernorm", "attn_post_norm"),
-            ("pre_feedforward_layernorm", "mlp_norm"),
-            ("post_feedforward_layernorm", "mlp_post_norm"),
-        ):
+        tables.swiglu(pre + "mlp.", t + "mlp.", d, m)
+        for hf_norm, tjx_norm in NORMS["sandwich"].items():  # Gemma 2 and 3's names
             same(f"{pre}{hf_norm}.weight", f"{t}{tjx_norm}.scale", (d,))
         if c.moe.num_experts:
             _moe_tensors(tables, c, pre, t)
@@ -72,24 +64,6 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
     return tables.mapping(ignored)
 
 
-def _gate_up(name: str, half: int, part: int) -> Convert:
-    """One half of HF's fused ``experts.gate_up_proj`` ``[E, 2f, d]`` (gate rows first) as a tjx
-    ``[E, d, f]`` kernel."""
-    return lambda read: read(name)[:, part * half : (part + 1) * half].transpose(0, 2, 1)
-
-
-def _fused_gate_up(gate: str, up: str) -> Convert:
-    """tjx's gate and up ``[E, d, f]`` kernels as HF's ``[E, 2f, d]`` ``gate_up_proj``."""
-    return lambda read: np.concatenate(
-        [read(gate).transpose(0, 2, 1), read(up).transpose(0, 2, 1)], axis=1
-    )
-
-
-def _transposed_experts(name: str) -> Convert:
-    """``[E, a, b]`` ↔ ``[E, b, a]`` (HF's ``down_proj`` ``[E, d, f]``, tjx's ``[E, f, d]``)."""
-    return lambda read: read(name).transpose(0, 2, 1)
-
-
 def _moe_tensors(tables: Tables, c: LlamaConfig, pre: str, t: str) -> None:
     """Layer ``pre``'s (tjx ``t``'s) MoE block beside its MLP: the router (its projection,
     input scale and per-expert scale), the fused experts and the block's three extra norms."""
@@ -97,15 +71,7 @@ def _moe_tensors(tables: Tables, c: LlamaConfig, pre: str, t: str) -> None:
     tables.linear(pre + "router.proj", t + "moe.router", (d,), (e,))
     tables.same(pre + "router.scale", t + "moe.router.input_scale", (d,))
     tables.same(pre + "router.per_expert_scale", t + "moe.router.expert_scale", (e,))
-    gate_up, down = pre + "experts.gate_up_proj", pre + "experts.down_proj"
-    gate, up, out = (f"{t}moe.experts.{n}.kernel" for n in ("fc_gate", "fc_in", "fc_out"))
-    tables.shapes[gate_up] = (e, 2 * f, d)
-    tables.to_tjx[gate] = _gate_up(gate_up, f, 0)
-    tables.to_tjx[up] = _gate_up(gate_up, f, 1)
-    tables.to_hf[gate_up] = _fused_gate_up(gate, up)
-    tables.shapes[down] = (e, d, f)
-    tables.to_tjx[out] = _transposed_experts(down)
-    tables.to_hf[down] = _transposed_experts(out)
+    tables.fused_experts(pre + "experts.", t + "moe.experts.", e, d, f)
     for hf_norm, tjx_norm in (
         ("post_feedforward_layernorm_1", "mlp_mid_norm"),
         ("pre_feedforward_layernorm_2", "moe_norm"),

@@ -67,11 +67,11 @@ def llama4_mapping(c: LlamaConfig) -> HFMapping:
         tables.same(p + "post_attention_layernorm.weight", t + "mlp_norm.scale", (d,))
         ff = p + "feed_forward."
         if not kinds[i]:
-            _mlp(tables, ff, t + "mlp.", d, m)
+            tables.swiglu(ff, t + "mlp.", d, m)
             continue
         e, f = c.moe.num_experts, expert_mlp_dim(c)
         tables.linear(ff + "router", t + "moe.router", (d,), (e,))
-        _mlp(tables, ff + "shared_expert.", t + "moe.shared.", d, shared_mlp_dim(c))
+        tables.swiglu(ff + "shared_expert.", t + "moe.shared.", d, shared_mlp_dim(c))
         x = t + "moe.experts."
         gate_up = ff + "experts.gate_up_proj"
         tables.shapes[gate_up] = (e, d, 2 * f)
@@ -87,10 +87,3 @@ def llama4_mapping(c: LlamaConfig) -> HFMapping:
         return c.tie_embeddings and name == "lm_head.weight"
 
     return tables.mapping(ignored)
-
-
-def _mlp(tables: Tables, hf: str, tjx: str, d: int, width: int) -> None:
-    """A SwiGLU MLP's ``gate_proj``/``up_proj``/``down_proj`` ↔ ``fc_gate``/``fc_in``/``fc_out``."""
-    tables.linear(hf + "gate_proj", tjx + "fc_gate", (d,), (width,))
-    tables.linear(hf + "up_proj", tjx + "fc_in", (d,), (width,))
-    tables.linear(hf + "down_proj", tjx + "fc_out", (width,), (d,))

@@ -37,8 +37,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, flag, nonneg, size
@@ -58,6 +56,7 @@ from tjx.nn.hf.qwen3_5 import (
 from tjx.nn.hf.qwen3_next import MOE_NEEDS as QWEN3_NEXT_MOE_NEEDS
 from tjx.nn.hf.qwen3_next import NEEDS as QWEN3_NEXT_NEEDS
 from tjx.nn.hf.qwen3_next import SPARSE_KEYS
+from tjx.nn.hf.tables import Tables
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
 
 QWEN3_5_MOE = "qwen3_5_moe_text"
@@ -178,7 +177,7 @@ def fused_experts(m: HFMapping, c: LlamaConfig) -> HFMapping:
     expert's ``f`` gate rows, then its ``f`` up rows: transformers' ``Qwen3_5MoeExperts``
     chunks them so) and ``mlp.experts.down_proj`` ``[E, d, f]``."""
     e, f = c.moe.num_experts, expert_mlp_dim(c)
-    shapes, to_tjx, to_hf = dict(m.shapes), dict(m.to_tjx), dict(m.to_hf)
+    tables = Tables.of(m)
     for first in [n for n in m.shapes if n.endswith("mlp.experts.0.gate_proj.weight")]:
         p = first.removesuffix("experts.0.gate_proj.weight")  # "<layer>.mlp."
         layer = p.removesuffix("mlp.")
@@ -187,26 +186,9 @@ def fused_experts(m: HFMapping, c: LlamaConfig) -> HFMapping:
             if layer.startswith("mtp.")
             else layer.replace("model.", "stack.", 1)
         )
-        t = block + "moe.experts."
         for k in range(e):
             for proj in ("gate_proj", "up_proj", "down_proj"):
-                del shapes[f"{p}experts.{k}.{proj}.weight"]
-                to_hf.pop(f"{p}experts.{k}.{proj}.weight", None)
-        gate_up, down = p + "experts.gate_up_proj", p + "experts.down_proj"
-        shapes[gate_up], shapes[down] = (e, 2 * f, c.d_model), (e, c.d_model, f)
-        to_tjx[t + "fc_gate.kernel"] = _rows(gate_up, 0, f)
-        to_tjx[t + "fc_in.kernel"] = _rows(gate_up, f, 2 * f)
-        to_tjx[t + "fc_out.kernel"] = _rows(down, 0, c.d_model)
-        to_hf[gate_up] = _fused(t + "fc_gate.kernel", t + "fc_in.kernel")
-        to_hf[down] = _fused(t + "fc_out.kernel")
-    return replace(m, shapes=shapes, to_tjx=to_tjx, to_hf=to_hf)
-
-
-def _rows(name: str, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of each expert's ``[E, rows, cols]`` tensor as tjx's ``[E, cols, n]``."""
-    return lambda read: read(name)[:, start:stop].transpose(0, 2, 1)
-
-
-def _fused(*names: str) -> Any:
-    """tjx's ``[E, cols, n]`` kernels, their rows joined: the fused ``[E, Σn, cols]``."""
-    return lambda read: np.concatenate([read(n) for n in names], axis=-1).transpose(0, 2, 1)
+                del tables.shapes[f"{p}experts.{k}.{proj}.weight"]
+                tables.to_hf.pop(f"{p}experts.{k}.{proj}.weight", None)
+        tables.fused_experts(p + "experts.", block + "moe.experts.", e, c.d_model, f)
+    return replace(m, shapes=tables.shapes, to_tjx=tables.to_tjx, to_hf=tables.to_hf)

@@ -197,7 +197,7 @@ def test_a_steps_loader_state_reads_alone_without_its_arrays(tmp_path: Path) -> 
     manager.save(6, state=make_state(6))
     manager.close()
     run = tmp_path / "run"
-    # The arrays of every step gone: the loader states still read, so none was opened.
+    # Every step's array files emptied: the loader states still read, so none was opened.
     for step in (3, 5, 6):
         for path in (run / str(step) / "state").iterdir():
             if path.is_dir():

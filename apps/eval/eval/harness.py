@@ -107,6 +107,30 @@ def _indexed(include_path: str | None, stamp: tuple[tuple[str, int], ...]) -> An
     return lm_eval.tasks.TaskManager(include_path=include_path)
 
 
+def load_tasks(manager: Any, names: list[str]) -> list[Any]:
+    """The harness's tasks of ``names`` built with their data (a group whole, a tag as its
+    tasks), for ``simple_evaluate``, which takes them as built.
+
+    A task builds by reading its data: the Hugging Face hub's dataset, or the files its YAML
+    names. Data that cannot be read (the hub out of reach, offline mode with nothing cached, a
+    missing file) is `RunError`'s one line naming the task, before the model is built, instead of
+    the harness's traceback.
+    """
+    built: list[Any] = []
+    for name in names:
+        try:
+            loaded = manager.load([name])
+        except OSError as err:  # datasets: ConnectionError (the hub), FileNotFoundError (a file)
+            raise RunError(
+                f"--tasks: {name}: its data could not be read ({type(err).__name__}: {err}); a "
+                "hub dataset needs the network once (datasets keeps a copy for offline runs, "
+                "HF_DATASETS_OFFLINE=1), a task YAML's data_files must exist"
+            ) from None
+        groups = loaded["groups"]
+        built.extend([groups[name]] if name in groups else loaded["tasks"].values())
+    return built
+
+
 def results_path(run: Any) -> Path:
     """Where the JSON goes: the run directory, next to its other evaluation output."""
     return Path(run.run_dir) / f"lm_eval_step{run.step}.json"
@@ -131,11 +155,12 @@ def run_tasks(args: argparse.Namespace, names: list[str]) -> Path:
     manager = _task_manager(args, names)
     run = load_checkpoint(Path(args.checkpoint), args.step)
     harness_model.check_decoder(run)
+    tasks = load_tasks(manager, names)
     model = harness_model.TjxLM(run=run, batch_size=args.batch_size, seed=args.seed)
     print(f"run {run.run_dir} at step {run.step}: lm-evaluation-harness {', '.join(names)}")
     results = lm_eval.simple_evaluate(
         model=model,
-        tasks=names,
+        tasks=tasks,
         num_fewshot=args.num_fewshot,
         limit=args.limit,
         task_manager=manager,

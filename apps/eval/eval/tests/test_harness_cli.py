@@ -71,6 +71,37 @@ def test_bad_harness_flags_exit_2_and_write_nothing(workdir, capsys, flags, mess
     assert sorted(p.name for p in workdir.iterdir()) == before
 
 
+#: A task whose data cannot be read: a file its YAML names that is not there, and a hub dataset
+#: with the hub out of reach (offline mode, as the tests run: HF_HUB_OFFLINE=1, pants.toml).
+UNREADABLE = {
+    "file": ("dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: not_written.jsonl\n",
+             "FileNotFoundError"),
+    "hub": ("dataset_path: tjx-tests/no-such-dataset\n", "ConnectionError"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("where", sorted(UNREADABLE))
+def test_a_task_whose_data_cannot_be_read_exits_2_in_one_line_and_writes_nothing(
+    workdir, tmp_path, capsys, where
+):
+    """The harness builds a task by reading its data; what cannot be read is one line naming the
+    task and the error (was: the harness's traceback, exit 1, after the model was built)."""
+    dataset, error = UNREADABLE[where]
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "unreadable.yaml").write_text(
+        f"task: unreadable_{where}\n{dataset}test_split: test\noutput_type: loglikelihood\n"
+        'doc_to_text: "{{text}}"\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: acc\n'
+    )
+    before = sorted(p.name for p in workdir.iterdir())
+    argv = ["--checkpoint", str(workdir), "--tasks", f"unreadable_{where}"]
+    assert main([*argv, "--include-path", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"eval: error: --tasks: unreadable_{where}: its data could not be")
+    assert f"({error}: " in err[-1] and "Traceback" not in "\n".join(err)
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
 def test_a_bert_run_is_refused_with_exit_2(tmp_path, capsys, monkeypatch):
     fields = {"vocab_size": 258, "max_seq_len": 32, "d_model": 16, "num_layers": 1, "num_heads": 2}
     run, _ = make_run(tmp_path, model_json={"class": "BertConfig", "fields": fields})

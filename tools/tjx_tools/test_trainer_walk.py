@@ -34,8 +34,10 @@ TOOL = Path(trainer_walk.__file__).resolve()
 #: it was 25 when this walk was 28 (not walked so since).
 MAX_FILES = {"train.steps": 10, "model.attention_impl": 26}
 #: The whole walk's bound (files, returns) to the first train step: what holds today, #69's goal
-#: being 70 files and 90 returns.
-MAX_FIRST_STEP = (138, 257)
+#: being 70 files and 90 returns. 257 → 259 returns (2026-11-30): the data's preparation names a
+#: source folder's files of other types first (tjx.data's left_out_summary, in tjx.data.run.setup,
+#: listing them in tjx.data.sources.local), two more entries into files the walk reads anyway.
+MAX_FIRST_STEP = (138, 259)
 SUMMARY = re.compile(r"^walk (.+?): (\d+) files, (\d+) calls, (\d+) returns$")
 
 

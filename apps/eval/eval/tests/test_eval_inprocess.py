@@ -59,15 +59,18 @@ def test_metrics_match_a_float64_reference(run_dir, tmp_path, capsys):
 
 
 def test_compare_and_other_data(run_dir, tmp_path, capsys):
+    """Two runs on other data: a folder, whose file of another type is named, not skipped."""
     run, _ = run_dir
-    text = tmp_path / "other.txt"
-    text.write_text("a rose by any other name would smell as sweet\n" * 20)
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "other.txt").write_text("a rose by any other name would smell as sweet\n" * 20)
+    (folder / "more.json").write_text('{"text": "by any other word"}\n')
     argv = [
         "--compare",
         str(run),
         str(run),
         "--data",
-        str(text),
+        str(folder),
         "--batch-size",
         "2",
         "--max-batches",
@@ -77,6 +80,8 @@ def test_compare_and_other_data(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert _header(out) == ["metric", "run@3", "run@3"]
     assert _metric(out, "loss", 0) == _metric(out, "loss", 1)
+    note = f"note: --data: left out 1 file(s) of other types: {folder / 'more.json'} ("
+    assert out.count(note) == 1  # once, for both runs
 
 
 @pytest.mark.parametrize("written", [None, "none"])

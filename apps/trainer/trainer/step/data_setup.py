@@ -93,7 +93,12 @@ def prepare_section(
     """Tokenizer and checked shards of both splits (of every mixture source), or the digits
     images (``images``: their size and channels; empty for text), cheap when cached, of a run's
     ``data`` ``section`` for ``steps`` steps. New data is checked to give the run's batches before
-    it is published in the shared cache: data the run refuses leaves the cache as it was."""
+    it is published in the shared cache: data the run refuses leaves the cache as it was. Files
+    of other types in its folders, which are not read, are named first (a ``.json``, a
+    ``.jsonl.gz``: tjx.data's `left_out_summary`), not skipped without a word."""
+    left = _keyed(data.left_out_summary, section)
+    if left is not None:
+        print(f"data: {left}", flush=True)
     # model.vocab_size as set (None: the tokenizer's); tokenizing progress on a terminal
     extra = {"vocab_size": vocab_size, "progress": sys.stderr.isatty(), **images}
 

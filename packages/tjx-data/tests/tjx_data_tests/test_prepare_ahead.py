@@ -75,8 +75,14 @@ def test_prepare_ahead_then_a_run_tokenizes_nothing(tmp_path, text_corpus, monke
     root, _ = text_corpus
     cache = tmp_path / "cache"
     assert main([str(root), "--cache-dir", str(cache), "--max-tokens", "300"]) == 0
-    out = capsys.readouterr().out
-    assert "train: 300 tokens in" in out and "-max300" in out
+    said = capsys.readouterr()
+    assert "train: 300 tokens in" in said.out and "-max300" in said.out
+    # The train folder's notes.csv is not read, and said so (its .hidden.txt is not data).
+    assert said.err.splitlines() == [
+        f"python -m tjx.data: left out 1 file(s) of other types: {root / 'train' / 'notes.csv'} "
+        "(tjx reads .txt, .text, .md, .jsonl, .parquet files; convert them to one of these to "
+        "read them)"
+    ]
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again")

@@ -65,6 +65,8 @@ from tjx.data.run.setup import (
     config_tokenizer,
     config_vocab,
     describe_sources,
+    left_out_note,
+    left_out_summary,
     prepare_run,
     run_loader,
     run_sources,
@@ -75,7 +77,7 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.21.0"
+__version__ = "0.22.0"
 
 __all__ = [
     "read_prompt_rows",
@@ -152,6 +154,8 @@ __all__ = [
     "exclude_ranges",
     "gpt2_tokenizer",
     "image_batches",
+    "left_out_note",
+    "left_out_summary",
     "load_digits",
     "load_documents",
     "load_image_dataset",

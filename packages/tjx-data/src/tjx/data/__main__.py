@@ -17,6 +17,7 @@ import sys
 from tjx.data.cache import staged
 from tjx.data.errors import DataError
 from tjx.data.prepare import prepare_shards
+from tjx.data.run.setup import left_out_note
 from tjx.data.run.tokenizer import run_tokenizer
 
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m tjx.data: error: {flag}: must be >= 1, got {value}", file=sys.stderr)
             return 2
     try:
+        left = left_out_note([args.source])
+        if left is not None:  # a folder's .json or .jsonl.gz: named, not skipped
+            print(f"python -m tjx.data: {left}", file=sys.stderr)
         with staged() as stage:  # a BPE is published only with the shards it made
             tok = run_tokenizer(args.tokenizer, args.source, vocab=args.tokenizer_vocab,
                                 cache_dir=args.cache_dir, staging=stage)  # fmt: skip

@@ -17,19 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer
+from tjx.data.builtin import SPLITS
 from tjx.data.cache import Staging, staged
 from tjx.data.chat.run import ChatRunData, prepare_chat_run_data
+from tjx.data.errors import DataError
 from tjx.data.mixture import MixtureSource, check_mixture
 from tjx.data.run.config import DataConfig
 from tjx.data.run.data import RunData
 from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
 from tjx.data.run.tokenizer import Names, fault, name_of, run_tokenizer
+from tjx.data.sources import is_local_source
+from tjx.data.sources.local import SUFFIXES, left_out_files
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = [
     "config_tokenizer",
     "config_vocab",
     "describe_sources",
+    "left_out_note",
+    "left_out_summary",
     "prepare_run",
     "run_loader",
     "run_sources",
@@ -57,6 +63,38 @@ def describe_sources(config: DataConfig, *, names: Names = None) -> str:
     if parts is None:
         return config.source
     return "a mixture of " + ", ".join(f"{p.name} ({p.weight:g})" for p in parts)
+
+
+def left_out_summary(config: DataConfig, *, names: Names = None) -> str | None:
+    """`left_out_note` of the run's sources (its ``source``, or its mixture's), in one line for
+    the run's output; ``None`` when its folders and globs leave no file out."""
+    parts = run_sources(config, names=names)
+    return left_out_note([config.source] if parts is None else [p.source for p in parts])
+
+
+def left_out_note(sources: list[str]) -> str | None:
+    """The files of other types that the local folders and globs among ``sources`` hold but that
+    are not read (`left_out_files`: a ``.json``, a ``.jsonl.gz``), both splits, in one line for a
+    run's output, so that none is skipped without a word; ``None`` when there are none.
+
+    A source that lists nothing is left to its preparation, which names it.
+    """
+    left: set[Path] = set()
+    for source in sources:
+        for split in SPLITS if is_local_source(source) else ():
+            try:
+                left.update(left_out_files(source, split))
+            except DataError:
+                continue  # a source with no file: its preparation says so, with the fix
+    if not left:
+        return None
+    found = sorted(left)
+    shown = ", ".join(str(path) for path in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f"left out {len(found)} file(s) of other types: {shown}{more} (tjx reads "
+        f"{', '.join(SUFFIXES)} files; convert them to one of these to read them)"
+    )
 
 
 def config_tokenizer(config: DataConfig, *, names: Names = None) -> Tokenizer:

@@ -14,7 +14,14 @@ from typing import Any
 from tjx.data.documents import Origin
 from tjx.data.errors import DataError
 
-__all__ = ["ERRORS", "SUFFIXES", "iter_file", "iter_file_located", "resolve_files"]
+__all__ = [
+    "ERRORS",
+    "SUFFIXES",
+    "iter_file",
+    "iter_file_located",
+    "left_out_files",
+    "resolve_files",
+]
 
 SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".parquet")
 ERRORS = ("strict", "replace")
@@ -34,34 +41,60 @@ def resolve_files(path_or_glob: str, split: str) -> list[Path]:
     """Expand a file, folder or glob (``{split}`` is replaced by the split) to sorted files.
 
     A folder that has a sub-folder named like the split uses that sub-folder. Hidden files and
-    files with other suffixes than ``SUFFIXES`` are ignored in folders and globs.
+    files with other suffixes than ``SUFFIXES`` are ignored in folders and globs (the latter are
+    `left_out_files`, which a run names).
 
     Raises
     ------
     DataError
         If nothing exists there or no supported file matched.
     """
-    spec = path_or_glob.replace("{split}", split)
-    expanded = str(Path(spec).expanduser())
-    if any(ch in expanded for ch in "*?["):
-        candidates = [Path(p) for p in globlib.glob(expanded, recursive=True)]
-    else:
-        path = Path(expanded)
-        if not path.exists():
-            raise DataError(f"no such file or folder: {path}")
-        if path.is_file():
-            if path.suffix not in SUFFIXES:
-                raise DataError(f"{path}: unsupported file type; use one of {SUFFIXES}")
-            return [path]
-        if (path / split).is_dir():
-            path = path / split
-        candidates = list(path.rglob("*"))
+    spec, _, listed = _listed(path_or_glob, split)
     files = sorted(
-        p for p in candidates if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")
+        p for p in listed if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")
     )
     if not files:
         raise DataError(f"{spec}: matched no {'/'.join(SUFFIXES)} files")
     return files
+
+
+def left_out_files(path_or_glob: str, split: str) -> list[Path]:
+    """The files a folder or glob lists that `resolve_files` leaves out for their type (a
+    ``.json``, a ``.jsonl.gz``, a ``.csv``): sorted, for a run to name rather than skip them
+    silently. Hidden files and what hidden folders hold (``.git/``, ``.cache/``) are not data
+    and not listed; a single file lists none (another type is refused there).
+
+    Raises
+    ------
+    DataError
+        As `resolve_files`, if nothing exists there.
+    """
+    _, root, listed = _listed(path_or_glob, split)
+
+    def hidden(path: Path) -> bool:
+        parts = path.relative_to(root).parts if root is not None else (path.name,)
+        return any(part.startswith(".") for part in parts)
+
+    return sorted(p for p in listed if p.is_file() and p.suffix not in SUFFIXES and not hidden(p))
+
+
+def _listed(path_or_glob: str, split: str) -> tuple[str, Path | None, list[Path]]:
+    """``(spec, folder, paths)``: the source with its split, the folder listed (None for a glob)
+    and every path the folder (recursively) or glob lists, or the one supported file named."""
+    spec = path_or_glob.replace("{split}", split)
+    expanded = str(Path(spec).expanduser())
+    if any(ch in expanded for ch in "*?["):
+        return spec, None, [Path(p) for p in globlib.glob(expanded, recursive=True)]
+    path = Path(expanded)
+    if not path.exists():
+        raise DataError(f"no such file or folder: {path}")
+    if path.is_file():
+        if path.suffix not in SUFFIXES:
+            raise DataError(f"{path}: unsupported file type; use one of {SUFFIXES}")
+        return spec, None, [path]
+    if (path / split).is_dir():
+        path = path / split
+    return spec, path, list(path.rglob("*"))
 
 
 def jsonl_rows(

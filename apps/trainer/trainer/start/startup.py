@@ -177,7 +177,15 @@ def prepare(plan: RunPlan) -> Prepared:
         chosen = memory_fit.choose_attention(step_cfg, build=compiler.build)
         step_cfg = memory_fit.fit_memory(chosen, compile_step=compiler.compile)
     plan = dataclasses.replace(plan, config=cfg.with_step(step_cfg))
-    setup = state.build(step_cfg, plan.init_from)
+    # The model's state: one program compiled and run (seconds: on a CPU as long as the train
+    # step's compile), after a start's weights are read (minutes for a large checkpoint). Said,
+    # ticked while it runs and timed, as the data and the compile are.
+    doing = "model: initializing" if plan.init_from is None else f"model: loading {plan.init_from}"
+    print(f"{doing}…", flush=True)
+    started = time.perf_counter()
+    with first_compile.ticking(doing):
+        setup = state.build(step_cfg, plan.init_from)
+    print(f"model: ready in {time.perf_counter() - started:.1f} s", flush=True)
     step = None if rl else compiler.for_run(step_cfg, setup)
     return Prepared(plan, bundle, setup, loader, step)
 

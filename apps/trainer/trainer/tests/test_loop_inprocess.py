@@ -53,9 +53,14 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     # No silent start: each slow phase is said before it starts, with its time once done.
     lines = out.splitlines()
     said = [lines.index(f"data: preparing {text}…"), lines.index("compiling the train step…")]
+    said.append(lines.index("model: initializing…"))  # its parameters, optimizer state: a program
     ready = [i for i, line in enumerate(lines) if re.fullmatch(r"data: ready in \d+\.\d s", line)]
     compiled = [i for i, line in enumerate(lines) if re.fullmatch(COMPILED_LINE, line)]
-    assert said[0] < ready[0] < said[1] < compiled[0], out
+    built = [i for i, line in enumerate(lines) if re.fullmatch(r"model: ready in \d+\.\d s", line)]
+    stopped = next(i for i, line in enumerate(lines) if line.startswith("train.stop_at: saved"))
+    # (the model before the compile on these 8 devices: the memory fit, one device's, is off)
+    assert said[0] < ready[0] < min(said[1], said[2]), out
+    assert said[1] < compiled[0] < stopped and said[2] < built[0] < stopped, out
     assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2
     # The stopped run's config.yaml holds its stop: resumed with it, one line, nothing written
     # (it stopped again at once, saying "resume with --resume", for ever).

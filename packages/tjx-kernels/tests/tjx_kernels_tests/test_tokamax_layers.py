@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,7 @@ def tokamax():
 @pytest.fixture
 def has_tokamax(monkeypatch):
     monkeypatch.setattr(layer_kernels, "installed", lambda: True)
+    monkeypatch.setattr(layer_kernels, "jax_builds_tokamax_glu", lambda: True)
 
 
 # -- the rule ---------------------------------------------------------------------------------
@@ -80,8 +82,41 @@ def test_naming_the_tokamax_glu_where_it_cannot_run_is_one_line(
     assert wanted in str(err.value) and "\n" not in str(err.value)
 
 
+def test_on_a_jax_without_the_glus_transform_naming_the_glu_is_one_line(has_tokamax, monkeypatch):
+    """tokamax 0.0.12's unit needs ``plgpu.TransposeTransform`` (failed on an H200, jax 0.11.2)."""
+    monkeypatch.setattr(layer_kernels, "jax_builds_tokamax_glu", lambda: False)
+    with pytest.raises(ValueError) as err:
+        resolve_glu("tokamax", jnp.bfloat16, target=H200, **GLU)
+    said = str(err.value)
+    assert said == (
+        "mlp.impl 'tokamax': tokamax 0.0.12's gated linear unit is built with jax's "
+        f"plgpu.TransposeTransform, which jax {jax.__version__} does not have (the kernel cannot "
+        "compile); use 'auto' or 'xla'"
+    )
+    assert resolve_norm("tokamax", jnp.bfloat16, target=H200) == "tokamax"  # the norm is Triton's
+    assert resolve_glu("auto", jnp.bfloat16, target=H200, **GLU) == "xla"
+
+
+@pytest.mark.parametrize("module,builds", [("with", True), ("without", False), ("none", False)])
+def test_whether_jax_builds_the_glu_is_read_off_its_mosaic_gpu_module(module, builds, monkeypatch):
+    real = layer_kernels.importlib.import_module
+
+    def fake(name):
+        assert name == "jax.experimental.pallas.mosaic_gpu"
+        if module == "none":
+            raise ImportError("no Mosaic GPU Pallas in this jax")
+        return types.SimpleNamespace(**({"TransposeTransform": object} if module == "with" else {}))
+
+    monkeypatch.setattr(layer_kernels.importlib, "import_module", fake)
+    assert layer_kernels.jax_builds_tokamax_glu() is builds
+    monkeypatch.setattr(layer_kernels.importlib, "import_module", real)
+    plgpu = real("jax.experimental.pallas.mosaic_gpu")
+    assert layer_kernels.jax_builds_tokamax_glu() is hasattr(plgpu, "TransposeTransform")
+
+
 def test_without_the_package_naming_tokamax_says_what_to_install(monkeypatch):
     monkeypatch.setattr(layer_kernels, "installed", lambda: False)
+    monkeypatch.setattr(layer_kernels, "jax_builds_tokamax_glu", lambda: True)
     with pytest.raises(ValueError, match=r"^mlp\.impl 'tokamax' needs the tokamax package: pip "
                        r"install 'tjx-kernels\[gpu\]' \(tokamax==0\.0\.12\)$"):  # fmt: skip
         resolve_glu("tokamax", jnp.bfloat16, target=H100, **GLU)

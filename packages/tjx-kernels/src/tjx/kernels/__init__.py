@@ -65,7 +65,7 @@ with lazy_api(globals()):
     from tjx.kernels.flash_qkv import flash_attention_qkv
     from tjx.kernels.fused_ce import fused_cross_entropy
 
-__version__ = "0.18.4"
+__version__ = "0.18.5"
 
 __all__ = [
     "GATED_DELTA_IMPLEMENTATIONS",

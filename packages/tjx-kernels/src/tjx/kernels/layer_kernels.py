@@ -10,7 +10,10 @@ Two settings of a model, ``norm.impl`` and ``mlp.impl`` (:data:`LAYER_IMPLEMENTA
   serves (sm80 and later) and takes bfloat16, float16 and float32 inputs.
 * ``mlp.impl: tokamax`` runs ``tokamax.gated_linear_unit``'s **Mosaic GPU** kernel (sm90, sm100)
   for ``act(x · W_gate) · (x · W_up)``: SwiGLU and GeGLU (tanh form) only, with no biases, 16-bit
-  compute, ``d_model`` and ``mlp.dim`` multiples of 64 (the kernel's tiles).
+  compute, ``d_model`` and ``mlp.dim`` multiples of 64 (the kernel's tiles). tokamax 0.0.12 builds
+  that kernel with jax's ``plgpu.TransposeTransform``, which jax 0.10.2 (here) does not have and
+  without which the kernel failed on an H200 with jax 0.11.2 (2026-11-30, measured): on such a jax
+  naming it is refused in one line (`jax_builds_tokamax_glu`).
 
 ``auto`` takes tokamax's kernel for a layer only where it was measured faster: on a CUDA GPU whose
 launch table (``launch_tables.json``) holds, for that device kind, a ``norm-<dtype>`` or
@@ -21,8 +24,10 @@ in the table yet, so ``auto`` is XLA everywhere; no estimate chooses a kernel.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from tjx.kernels.choice import (
@@ -40,6 +45,7 @@ __all__ = [
     "GLU_TILE",
     "LAYER_IMPLEMENTATIONS",
     "glu_tokamax_reason",
+    "jax_builds_tokamax_glu",
     "layer_auto",
     "measured_layer_timings",
     "norm_tokamax_reason",
@@ -58,6 +64,25 @@ GLU_ACTIVATIONS: tuple[str, ...] = ("silu", "gelu")
 GLU_TILE = 64
 #: Input dtypes tokamax's Triton norm takes.
 NORM_DTYPES: tuple[jnp.dtype, ...] = (*TOKAMAX_DTYPES, jnp.dtype(jnp.float32))
+
+
+#: The piece of jax's Mosaic GPU Pallas that tokamax 0.0.12's sm90 gated linear unit lays its
+#: shared-memory tiles out with (``pallas_mosaic_gpu_kernel_sm90.py``).
+GLU_NEEDS = "TransposeTransform"
+
+
+def jax_builds_tokamax_glu() -> bool:
+    """Whether this jax has what tokamax's gated linear unit kernel is built with (`GLU_NEEDS`).
+
+    jax 0.10.2 has no ``plgpu.TransposeTransform``, and on an H200 with jax 0.11.2 the kernel
+    failed to build for want of it (``AttributeError``, the GPU suite, 2026-11-30): asked here,
+    without tokamax, so that naming the kernel on such a jax is one line before anything runs.
+    """
+    try:
+        plgpu = importlib.import_module("jax.experimental.pallas.mosaic_gpu")
+    except ImportError:  # a jax without Mosaic GPU Pallas: nothing of it builds
+        return False
+    return hasattr(plgpu, GLU_NEEDS)
 
 
 def _missing(setting: str) -> str:
@@ -136,6 +161,12 @@ def glu_tokamax_reason(
         return (
             f"mlp.impl 'tokamax': d_model ({d_model}) and mlp.dim ({mlp_dim}) must be multiples "
             f"of {GLU_TILE} (the kernel's tiles)"
+        )
+    if not jax_builds_tokamax_glu():
+        return (
+            f"mlp.impl 'tokamax': tokamax {TOKAMAX_VERSION}'s gated linear unit is built with "
+            f"jax's plgpu.{GLU_NEEDS}, which jax {jax.__version__} does not have (the kernel "
+            "cannot compile); use 'auto' or 'xla'"
         )
     return None if installed() else _missing("mlp.impl")
 

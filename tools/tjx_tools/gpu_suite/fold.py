@@ -161,11 +161,16 @@ def fold_launch_tables(docs: Sequence[dict[str, Any]], path: Path) -> list[str]:
             merge_launch_table(path, kind, entries, table["source"])
             kinds.append(kind)
     for doc in docs:  # the kernels' measured times: what "auto" ranks by on that device kind
-        timings = measured_timings(doc)
         kind = doc["meta"].get("device_kind")
+        timings, kept = complete_buckets(measured_timings(doc), _timings(path, kind or ""))
+        for line in kept:
+            print(f"launch tables: {kind}: {line}")
         if timings and kind:
-            # The device's note keeps the launches' source and says where the timings came from.
+            # The device's note keeps the launches' source and says where the timings came from,
+            # the gated delta rule's note after them (their timings stay).
             old = _source(path, kind)
+            delta_note = old[old.index(GDELTA_NOTE) :] if GDELTA_NOTE in old else ""
+            old = old.split(f"; {GDELTA_NOTE}")[0].split(GDELTA_NOTE)[0]
             launches = old.split(TIMINGS_NOTE)[0].rstrip("; ")
             seqs = (
                 f"{attention.TIMING_SEQ}"
@@ -174,6 +179,7 @@ def fold_launch_tables(docs: Sequence[dict[str, Any]], path: Path) -> list[str]:
             )  # `measured_timings`' cells
             note = f"{TIMINGS_NOTE} {seqs}): tjx gpu_suite attention, "
             source = f"{launches}; " * bool(launches) + note + str(doc["meta"].get("date"))
+            source += f"; {delta_note}" * bool(delta_note)
             merge_launch_table(path, kind, {}, source, timings=timings)
             kinds.append(kind)
         delta = delta_timings(doc)
@@ -183,6 +189,31 @@ def fold_launch_tables(docs: Sequence[dict[str, Any]], path: Path) -> list[str]:
             merge_launch_table(path, kind, {}, f"{old}; {note}" if old else note, timings=delta)
             kinds.append(kind)
     return sorted(set(kinds))
+
+
+def complete_buckets(
+    new: dict[str, Any], old: dict[str, dict[str, float]]
+) -> tuple[dict[str, Any], list[str]]:
+    """The buckets of ``new`` that may replace the table's: each must time every kernel the
+    table's bucket of the same key timed. A kernel missing from a run (it failed there: tokamax
+    on 2026-11-30) would otherwise drop out of ``auto``'s ranking because of the harness, not
+    a measurement; such a bucket keeps the table's older timings, all of one run, and is said
+    (second value: one line each)."""
+    taken, kept = {}, []
+    for key, times in new.items():
+        missing = sorted(set(old.get(key, {})) - set(times))
+        if missing:
+            kept.append(f"{key} kept as it was: this run has no timing of {', '.join(missing)}")
+        else:
+            taken[key] = times
+    return taken, kept
+
+
+def _timings(path: Path, kind: str) -> dict[str, dict[str, float]]:
+    """The measured ``timings`` of ``kind``'s table in ``path`` (empty when none)."""
+    tables = load_launch_tables(path) if path.exists() else {}
+    found = (t.timings for k, t in tables.items() if norm_kind(k) == norm_kind(kind))
+    return {b: dict(v) for b, v in (next(found, None) or {}).items()}
 
 
 def _source(path: Path, kind: str) -> str:
@@ -262,10 +293,27 @@ def deviceless_env() -> Path | None:
     return folder if (folder / "tjx-deviceless.json").is_file() else None
 
 
+def tokamax_folder() -> Path | None:
+    """tokamax's scratch folder (tests-support's `tjx_tokamax_env`), None when it is not
+    installed: a step that ran tokamax's attention (``auto`` takes it on an H200) compiles only
+    with tokamax importable, so the fold's compile of the 2026-11-30 cases failed without it."""
+    try:
+        from tjx_tokamax_env import MARKER, cache_root  # pants: no-infer-dep
+    except ImportError:  # tests-support is not on the path
+        return None
+    from tjx.kernels.tokamax_ops import TOKAMAX_VERSION
+
+    folder = cache_root() / f"tokamax{TOKAMAX_VERSION}"
+    return folder if (folder / MARKER).is_file() else None
+
+
 def compile_cases(names: Sequence[str], fixture: Path, env_dir: Path) -> None:
-    """``tools/calibration_fixture.py FIXTURE --only NAME ...``: the cases compiled, deviceless."""
+    """``tools/calibration_fixture.py FIXTURE --only NAME ...``: the cases compiled, deviceless
+    (tokamax's folder last on the path where installed: the project's packages come first)."""
     script = REPO / "tools" / "calibration_fixture.py"
+    tokamax = tokamax_folder()
     paths = [str(env_dir), *(os.path.abspath(p or os.curdir) for p in sys.path)]
+    paths += [str(tokamax)] if tokamax is not None else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "JAX_PLATFORMS": "cpu"}
     argv = [sys.executable, str(script), str(fixture), *(a for n in names for a in ("--only", n))]
     subprocess.run(argv, check=True, env=env, cwd=REPO)

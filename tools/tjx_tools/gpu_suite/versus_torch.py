@@ -164,12 +164,17 @@ def run(sec: Section, smoke: bool, deadline: float, out: Path) -> None:
 
 
 def kernel_rows(b: int, h: int, s: int, d: int, iters: int) -> list[dict[str, Any]]:
-    """tjx's kernels and tokamax's at one cell (``tools/tokamax_gpu.py``'s `measure_cells`):
-    tokamax's tiles autotuned first, each output checked against the float32 XLA reference (a
-    kernel that cannot run here, e.g. tokamax without its carried wheels, is a row with its
-    error)."""
+    """tjx's kernels and tokamax's at one cell (``tools/tokamax_gpu.py``'s `measure_cells`),
+    each output checked against the float32 XLA reference (a kernel that cannot run here, e.g.
+    tokamax without its carried wheels, is a row with its error).
+
+    tokamax runs with its heuristic tiles, untuned: that is what ``attention_impl: tokamax``
+    runs in a step (tjx never calls ``tokamax.autotune``), so it is what ``auto`` must rank by.
+    (tokamax 0.0.12's autotune also fails on jax 0.11.2, reading the program's locations:
+    ``NameLoc`` has no ``is_a_name``; the H200 call of 2026-11-30 lost both tokamax cells so.)
+    """
     found = tokamax_gpu.measure_cells([(s, d)], kernels=(*IMPLS, "tokamax"), batch=b,
-                                      heads=h, iters=iters)  # fmt: skip
+                                      heads=h, iters=iters, autotune=False)  # fmt: skip
     return [{"side": "jax", **r, "layout": "bshd"} for r in found]
 
 

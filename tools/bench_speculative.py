@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -70,7 +71,8 @@ def time_speculative_vs_greedy(
         (greedy's time over speculative's), the first calls' seconds (compile included),
         ``acceptance_rate``, ``drafted``, ``accepted``, the main model's passes of each
         (``greedy_main_passes``, ``speculative_main_passes``, prefill included) and
-        ``same_tokens`` (whether both emitted the same tokens; they should).
+        ``same_tokens`` (whether both emitted the same tokens; they should) and ``divergence``
+        (None, or where they first differ and whether that was a near tie: `first_divergence`).
     """
     ids = np.asarray(prompt, np.int32)
     ids = ids[None, :] if ids.ndim == 1 else ids
@@ -119,7 +121,48 @@ def time_speculative_vs_greedy(
         "greedy_main_passes": new_tokens,  # the prefill, then one step per further token
         "speculative_main_passes": 1 + spec.passes,
         "same_tokens": bool(np.array_equal(plain, drafted_tokens)),
+        "divergence": first_divergence(model, ids.shape[1], plain, drafted_tokens),
     }
+
+
+def first_divergence(
+    model: nn.DecoderLM, prompt_len: int, plain: np.ndarray, drafted: np.ndarray
+) -> dict[str, Any] | None:
+    """Where speculative decoding first left greedy's tokens, and whether that was a near tie.
+
+    In 16-bit compute the two decoders' logits differ in their last bits (a two-token
+    verification pass multiplies other shapes than a one-token step, and a GPU's GEMMs round by
+    shape), so where two tokens' logits are that close the two may pick differently and the
+    rows go their own ways from there: rounding, not a wrong token. At the first position where
+    the outputs differ (the earliest over the rows), the greedy prefix is run once through the
+    model and once through its float32 twin (the same weights): ``margin`` is the float32
+    logit of greedy's token less speculative's, ``noise`` the largest gap between the model's
+    own logits and the float32 ones there. ``near_tie``: ``|margin| <= noise`` (the model's own
+    precision cannot tell the two apart); a wrong token in the speculative loop (a position, a
+    mask, a cache slot) shows a margin far above the noise.
+
+    Returns
+    -------
+    dict or None
+        None when the tokens are the same; else ``row``, ``token`` (the index among the new
+        tokens), ``greedy`` and ``speculative`` (the two ids), ``margin``, ``noise`` and
+        ``near_tie``.
+    """
+    differ = np.argwhere(plain != drafted)
+    if not differ.size:
+        return None
+    t = int(differ[:, 1].min())
+    row = int(differ[differ[:, 1] == t][0, 0])
+    prefix = jnp.asarray(plain[row : row + 1, :t])
+    twin = type(model)(model.config.replace(precision=nn.Precision(jnp.float32, jnp.float32)),
+                       rngs=nnx.Rngs(0))  # fmt: skip
+    nnx.update(twin, nnx.state(model))
+    own = np.asarray(model(prefix)[0, -1], np.float64)
+    exact = np.asarray(twin(prefix)[0, -1], np.float64)
+    greedy, spec = int(plain[row, t]), int(drafted[row, t])
+    margin, noise = float(exact[greedy] - exact[spec]), float(np.max(np.abs(own - exact)))
+    return {"row": row, "token": t - prompt_len, "greedy": greedy, "speculative": spec,
+            "margin": margin, "noise": noise, "near_tie": abs(margin) <= noise}  # fmt: skip
 
 
 def copying_mtp_model(config: nn.TransformerConfig, seed: int = 0) -> nn.Llama:

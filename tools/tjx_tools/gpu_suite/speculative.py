@@ -5,7 +5,8 @@ with one multi-token-prediction depth: random weights (a random model's drafts a
 accepted, so this row is the cost of verifying a rejected draft: one two-token main-model pass
 where greedy makes a one-token one) and the copying model (`copying_mtp_model`: every draft is
 accepted by construction, the best case: half the main-model passes). Both rows check that
-speculative decoding emitted greedy decoding's tokens.
+speculative decoding emitted greedy decoding's tokens, or parted from them only at a near tie
+(`bench_speculative.first_divergence`: bf16 decoders round two-token and one-token passes apart).
 """
 
 from __future__ import annotations
@@ -66,8 +67,16 @@ def run(sec: Section, smoke: bool, deadline: float) -> None:
         rows = measure(smoke)
         for row in rows:
             sec.add_row(row)
-        if not all(row["same_tokens"] for row in rows):
-            sec.fail("speculative decoding emitted other tokens than greedy decoding")
+        # 16-bit decoders may part at a near tie (`bench_speculative.first_divergence`: the
+        # H200 call of 2026-11-30 saw the random model's rows part, unexplained then): only a
+        # divergence the float32 twin can tell apart is a failure.
+        wrong = [r for r in rows if r["divergence"] and not r["divergence"]["near_tie"]]
+        if wrong:
+            sec.fail("speculative decoding emitted other tokens than greedy decoding where float32 "
+                     f"tells them apart: {said(wrong[0])}")  # fmt: skip
+        for row in rows:
+            if row["divergence"] and row["divergence"]["near_tie"]:
+                sec.notes.append(f"{row['model']}: {said(row)}")
         sec.summary = dict(rows[0])
         sec.markdown = (
             ("Smoke run (CPU): a harness check. " if smoke else "**Measured**, one call. ")
@@ -75,11 +84,23 @@ def run(sec: Section, smoke: bool, deadline: float) -> None:
             "verification pass per step; `tools/bench_speculative.py`).\n\n"
             + md_table(
                 ["model", "call", "greedy tokens/s", "speculative tokens/s", "× greedy",
-                 "acceptance", "main passes (greedy / speculative)", "same tokens"],
+                 "acceptance", "main passes (greedy / speculative)", "same tokens as greedy"],
                 [[row["model"], row["call"], fmt(row["greedy_tokens_per_s"], ",.0f"),
                   fmt(row["speculative_tokens_per_s"], ",.0f"), fmt(row["speedup"], ".2f"),
                   fmt(row["acceptance_rate"], ".2f"),
                   f"{row['greedy_main_passes']} / {row['speculative_main_passes']}",
-                  row["same_tokens"]] for row in rows],
+                  said(row)] for row in rows],
             )
         )  # fmt: skip
+
+
+def said(row: dict[str, Any]) -> str:
+    """A row's "same tokens" cell: yes, or where the two first parted and how far apart the two
+    tokens are in float32 against the model's own rounding."""
+    d = row.get("divergence")
+    if row["same_tokens"] or not d:
+        return "yes"
+    kind = "a near tie" if d["near_tie"] else "NOT a near tie"
+    return (f"no: row {d['row']} parts at new token {d['token']} ({d['greedy']} vs "
+            f"{d['speculative']}), {kind}: float32 margin {d['margin']:.2g}, the model's own "
+            f"logits within {d['noise']:.2g} of float32")  # fmt: skip

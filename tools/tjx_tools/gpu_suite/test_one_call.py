@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -25,11 +26,12 @@ from tjx_tools.gpu_suite import (
     environment,
     fold,
     one_call,
+    speculative,
     tokamax_parts,
     train_step,
     versus_torch,
 )
-from tjx_tools.gpu_suite.report import Report
+from tjx_tools.gpu_suite.report import Report, Section
 from tjx_tools.gpu_suite.test_gpu_suite import REPO, smoke_run
 
 PEER_VENV = Path.home() / ".cache" / "tjx" / "torch-peer-venv" / "bin" / "python"
@@ -304,3 +306,93 @@ def test_ratios_on_torch_cudnn_are_taken_per_call_and_back_to_back() -> None:
     assert rows[2]["fwd_bwd_x_torch_cudnn"] == pytest.approx(1.0 / 1.6)
     assert rows[2]["pipelined_x_torch_cudnn"] == pytest.approx(0.9 / 1.2)
     assert rows[3]["fwd_bwd_x_torch_cudnn"] is None and rows[3]["pipelined_x_torch_cudnn"] is None
+
+
+def test_a_run_missing_a_kernel_keeps_that_buckets_timings_and_the_gated_delta_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kernel that failed in a run (tokamax, 2026-11-30) must not drop out of ``auto``'s
+    ranking: its bucket keeps the older timings, all of one run; a complete bucket is replaced,
+    and the gated delta rule's note stays beside the timings it names."""
+    table = tmp_path / "launch.json"
+    kind = "NVIDIA H200"
+    older = {
+        "bf16-64": {"cudnn": 1.5, "pallas": 1.4, "tokamax": 1.3},
+        "bf16-128": {"cudnn": 2.4, "pallas": 4.3},
+        "gdelta-bf16": {"pallas": 5.4, "xla": 9.0},
+    }
+    source = ("tjx gpu_suite tune, old; fwd+bwd timings (causal, seq 1024 at head_dim 64, 4096 at "
+              "128): tjx gpu_suite attention, day 1; gated delta fwd+bwd timings: tjx gpu_suite "
+              "gated_delta, day 1")  # fmt: skip
+    table.write_text(json.dumps({"schema": 1, "devices": {
+        kind: {"source": source, "entries": {}, "timings": older}}}))  # fmt: skip
+    now = {
+        "bf16-64": {"cudnn": 1.3, "pallas": 1.35, "xla": 7.0},  # no tokamax: kept
+        "bf16-128": {"cudnn": 2.42, "pallas": 4.19, "xla": 15.2},  # all of the old: taken
+    }
+    doc = {
+        "meta": {"device_kind": kind, "date": "day 2"},
+        "smoke": False,
+        "sections": {"attention_vs_torch": {"summary": {"timings": now}}},
+    }
+    assert fold.fold_launch_tables([doc], table) == [kind]
+    written = json.loads(table.read_text())["devices"][kind]
+    assert written["timings"]["bf16-64"] == older["bf16-64"]
+    assert written["timings"]["bf16-128"] == now["bf16-128"]
+    assert written["timings"]["gdelta-bf16"] == older["gdelta-bf16"]
+    assert written["source"] == (
+        "tjx gpu_suite tune, old; fwd+bwd timings (causal, seq 1024 at head_dim 64, 4096 at 128): "
+        "tjx gpu_suite attention, day 2; gated delta fwd+bwd timings: tjx gpu_suite gated_delta, "
+        "day 1"
+    )
+    assert capsys.readouterr().out == (
+        "launch tables: NVIDIA H200: bf16-64 kept as it was: this run has no timing of tokamax\n"
+    )
+
+
+@pytest.mark.parametrize("near_tie", [True, False])
+def test_speculative_fails_only_where_float32_tells_the_parted_tokens_apart(
+    near_tie: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The H200's random model parted from greedy (2026-11-30): a near tie is a note, a token
+    float32 can tell apart is a failure; the table says which."""
+    parted = {"row": 3, "token": 17, "greedy": 5, "speculative": 8, "margin": 0.002 if near_tie
+              else 1.5, "noise": 0.01, "near_tie": near_tie}  # fmt: skip
+    rows = [
+        {"model": name, "call": "c", "greedy_tokens_per_s": 1.0, "speculative_tokens_per_s": 1.0,
+         "speedup": 1.0, "acceptance_rate": 0.0, "greedy_main_passes": 4,
+         "speculative_main_passes": 4, "same_tokens": divergence is None,
+         "divergence": divergence}
+        for name, divergence in (("random", parted), ("copying", None))
+    ]  # fmt: skip
+    monkeypatch.setattr(speculative, "measure", lambda smoke: rows)
+    sec = Section("speculative")
+    speculative.run(sec, smoke=False, deadline=float("inf"))
+    cell = ("no: row 3 parts at new token 17 (5 vs 8), "
+            + ("a near tie: float32 margin 0.002" if near_tie else "NOT a near tie: float32 "
+               "margin 1.5") + ", the model's own logits within 0.01 of float32")  # fmt: skip
+    assert cell in sec.markdown and "| yes |" in sec.markdown
+    assert sec.status == ("ok" if near_tie else "FAIL")
+    assert any(cell in note for note in sec.notes)
+
+
+def test_the_fixtures_compile_has_tokamax_on_its_path_where_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that ran tokamax (``auto`` on an H200) compiles only with tokamax importable: the
+    fold's compile of the 2026-11-30 cases failed for want of it."""
+    import tjx_tokamax_env
+
+    from tjx.kernels.tokamax_ops import TOKAMAX_VERSION
+
+    monkeypatch.setenv("TJX_TOKAMAX_CACHE", str(tmp_path))
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr(fold.subprocess, "run", lambda argv, **kw: seen.append(kw["env"]))
+    fold.compile_cases(["a case"], tmp_path / "fixture.json", tmp_path / "deviceless")
+    folder = tmp_path / f"tokamax{TOKAMAX_VERSION}"
+    assert str(folder) not in seen[-1]["PYTHONPATH"].split(os.pathsep)  # not installed: absent
+    folder.mkdir()
+    (folder / tjx_tokamax_env.MARKER).write_text("{}")
+    fold.compile_cases(["a case"], tmp_path / "fixture.json", tmp_path / "deviceless")
+    paths = seen[-1]["PYTHONPATH"].split(os.pathsep)
+    assert paths[0] == str(tmp_path / "deviceless") and paths[-1] == str(folder)

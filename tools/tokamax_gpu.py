@@ -11,10 +11,12 @@ The GPU suite's hooks for ``attention_impl: tokamax`` (#68), kept out of the sui
   ``python tools/tokamax_gpu.py wheels .gpu/whl``.
 * `measure_cells(...)` — there: each tjx kernel and tokamax's forward and forward+backward at
   the issue's cells (causal, bf16: sequence 1,024 with head_dim 64, 4,096 with 128), through
-  ``bench_attention.measure`` (the suite's attention timer), tokamax's tiles autotuned first
-  (``tokamax.autotune``, its public API; the measured cell runs inside the result) unless
-  ``autotune=False``; each kernel's output checked against tjx's float32 XLA reference on the
-  same inputs. `launch_timings(rows)` turns the rows of kernels found correct into the launch
+  ``bench_attention.measure`` (the suite's attention timer), tokamax with its heuristic tiles,
+  as a step runs it (tjx never autotunes it), or with ``autotune=True`` autotuned first
+  (``tokamax.autotune``, its public API; the measured cell runs inside the result: it fails on
+  jax 0.11.2, where tokamax 0.0.12 reads ``NameLoc.is_a_name``, measured on an H200 on
+  2026-11-30); each kernel's output checked against tjx's float32 XLA reference on the same
+  inputs. `launch_timings(rows)` turns the rows of kernels found correct into the launch
   table's ``timings`` (what ``auto`` ranks by: ``tjx.kernels.launch.merge_launch_table``).
   ``python tools/tokamax_gpu.py measure --out tokamax.json``.
 """
@@ -97,7 +99,7 @@ def measure_cells(
     batch: int = 8,
     heads: int = 16,
     iters: int = 20,
-    autotune: bool = True,
+    autotune: bool = False,
 ) -> list[dict[str, Any]]:
     """Each kernel's causal bf16 forward and forward+backward at each (seq, head_dim) cell.
 
@@ -176,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     w.add_argument("dest", type=Path)
     m = sub.add_parser("measure", help="tokamax beside tjx's kernels (on a GPU)")
     m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--no-autotune", action="store_true")
+    m.add_argument(
+        "--autotune", action="store_true", help="tokamax.autotune first (fails on jax 0.11.2)"
+    )
     m.add_argument("--iters", type=int, default=20)
     args = p.parse_args(argv)
     if args.command == "wheels":
@@ -184,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = sum(f.stat().st_size for f in found) / 2**20
         print(f"{len(found)} wheels, {size:.1f} MiB, in {args.dest}")
         return 0
-    rows = measure_cells(autotune=not args.no_autotune, iters=args.iters)
+    rows = measure_cells(autotune=args.autotune, iters=args.iters)
     table = {"rows": rows, "timings": launch_timings(rows)}
     args.out.write_text(json.dumps(table, indent=1) + "\n")
     for r in rows:

@@ -17,7 +17,8 @@ copy back) has its usual cost left (`COST`), else it is listed as skipped, never
     refit) beside nanoGPT's recipe in PyTorch; llama_small's beside a PyTorch Llama of its
     shape (``tools/tjx_tools/torch_peers/torch_llama.py``: torchtitan's Llama structure,
     ``torch.compile``, SDPA, fused AdamW, bf16 autocast). Same card, same call. Then both
-    steps with tokamax's Mosaic GPU attention (``model.attention_impl=tokamax``; GPU only).
+    steps with tokamax's Mosaic GPU attention (``model.attention_impl=tokamax``; GPU only),
+    where ``auto`` did not take it already.
 ``attention_vs_torch``
     attention alone at s 1,024 d 64 and s 4,096 d 128, causal: tjx's kernels against PyTorch's
     SDPA (flash and cuDNN backends), and the HLO of jax's cuDNN attention for the diagnosis
@@ -256,10 +257,15 @@ def run_steps(call: Call, sec: Section, shape: dict[str, Any]) -> None:
     call.peer(sec, "PyTorch Llama", LLAMA_PEER, llama_peer_spec(call.smoke))
     # tokamax's Mosaic GPU attention (wgmma, TMA; sm90/sm100 only) in the whole step, beside
     # ``auto``'s: the Hopper-native kernel #68 asks about. A CPU cannot run it (smoke: a note).
+    # Where ``auto`` took tokamax already (the H200's launch table) its row is that step: not
+    # compiled and timed twice (the 2026-11-30 call spent 148 s so, and skipped five cells).
     if call.smoke:
         sec.notes.append("tokamax rows: GPU only (sm90/sm100), not in the smoke run")
     else:
         for name in ("gpt2", "llama"):
+            if (call.rows.get(f"{name} auto") or {}).get("attention_kernel") == "tokamax":
+                sec.notes.append(f"{name} tokamax: the auto row ran tokamax (not timed twice)")
+                continue
             config, sets = shape[name]
             call.step(sec, f"{name} tokamax", "tokamax", config,
                       [*sets, "model.attention_impl=tokamax"])  # fmt: skip

@@ -396,3 +396,27 @@ def test_the_fixtures_compile_has_tokamax_on_its_path_where_installed(
     fold.compile_cases(["a case"], tmp_path / "fixture.json", tmp_path / "deviceless")
     paths = seen[-1]["PYTHONPATH"].split(os.pathsep)
     assert paths[0] == str(tmp_path / "deviceless") and paths[-1] == str(folder)
+
+
+def test_a_tokamax_row_is_not_timed_again_where_auto_ran_tokamax(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the H200 ``auto`` takes tokamax: its row is the tokamax step (the 2026-11-30 call
+    timed both twice, 148 s, and skipped five cells); where ``auto`` took another kernel the
+    tokamax row is measured."""
+    taken = {"gpt2": "tokamax", "llama": "cudnn"}
+    steps: list[str] = []
+
+    def step(self: one_call.Call, sec: Section, key: str, label: str, *a: Any, **kw: Any) -> Any:
+        steps.append(key)
+        self.rows[key] = {"attention_kernel": taken[key.split()[0]], "label": label}
+        return self.rows[key]
+
+    monkeypatch.setattr(one_call.Call, "step", step)
+    monkeypatch.setattr(one_call.Call, "peer", lambda self, sec, *a: None)
+    monkeypatch.setattr(one_call.train_step, "keep_profile", lambda *a: None)
+    call = one_call.Call(Report(tmp_path, smoke=False, budget_s=1e9), False, {}, tmp_path)
+    sec = Section("steps")
+    one_call.run_steps(call, sec, one_call.shapes(False))
+    assert steps == ["gpt2 auto", "llama auto", "llama tokamax"]
+    assert "gpt2 tokamax: the auto row ran tokamax (not timed twice)" in sec.notes

@@ -35,8 +35,8 @@ from tjx_tools.gpu_suite.report import Report, Section
 from tjx_tools.gpu_suite.test_gpu_suite import REPO, smoke_run
 
 PEER_VENV = Path.home() / ".cache" / "tjx" / "torch-peer-venv" / "bin" / "python"
-SECTIONS = ["environment", "steps", "attention_vs_torch", "tokamax_parts", "ce_rows", "search",
-            "speculative", "kernel_sets", "fp8", "gated_delta"]  # fmt: skip
+SECTIONS = ["environment", "steps", "attention_vs_torch", "speculative", "kernel_sets", "search",
+            "tokamax_parts", "ce_rows", "fp8", "gated_delta"]  # fmt: skip
 COMMAND = (
     "PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false tools/gpu_suite run --part all "
     "--out $OUT"

@@ -143,7 +143,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.38.1"
+__version__ = "0.38.2"
 
 #: Names that moved to the trainer app in 0.21 (a package never imports an app, so no shim).
 __getattr__ = moved_out(

@@ -66,6 +66,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,24 +229,34 @@ def run_all(report: Report, smoke: bool, meta: dict[str, Any], out: Path) -> Non
     # since), the kernel sets' rows no GPU has timed, then what the H200 calls measured
     # (2026-11-30: the search, tokamax's parts, the loss head's row kernel; 2026-11-28: fp8, the
     # gated delta kernels, whose timings are in the launch table already).
-    with report.section("speculative") as sec:
-        if call.starts(sec, "speculative decoding vs greedy", "speculative"):
-            speculative.run(sec, smoke, call.deadline(30.0))
+    module_cell(call, "speculative", "speculative decoding vs greedy", "speculative",
+                speculative.run, 30.0)  # fmt: skip
     with report.section("kernel_sets") as sec:
         run_kernel_sets(call, sec, shape)
     with report.section("search") as sec:
         run_search(call, sec, shape)
-    with report.section("tokamax_parts") as sec:
-        if call.starts(sec, "tokamax's norms and gated linear unit", "tokamax parts"):
-            tokamax_parts.run(sec, smoke, call.deadline(10.0))
-    with report.section("ce_rows") as sec:
-        if call.starts(sec, "the loss head's row kernel", "ce rows"):
-            ce_rows.run(sec, smoke, call.deadline(20.0))
+    module_cell(call, "tokamax_parts", "tokamax's norms and gated linear unit", "tokamax parts",
+                tokamax_parts.run, 10.0)  # fmt: skip
+    module_cell(call, "ce_rows", "the loss head's row kernel", "ce rows", ce_rows.run, 20.0)
     with report.section("fp8") as sec:
         run_fp8(call, sec, shape)
-    with report.section("gated_delta") as sec:
-        if call.starts(sec, "the gated delta kernels", "gated delta"):
-            delta_rule.run(sec, smoke, call.deadline(20.0))
+    module_cell(call, "gated_delta", "the gated delta kernels", "gated delta", delta_rule.run, 20.0)
+
+
+def module_cell(
+    call: Call,
+    name: str,
+    what: str,
+    cost: str,
+    run: Callable[[Section, bool, float], None],
+    reserve: float,
+) -> None:
+    """Section ``name``: one module's ``run(sec, smoke, deadline)``, started only while the budget
+    has ``cost``'s usual time left (else ``what`` is said skipped), its deadline ``reserve``
+    seconds before the budget's end."""
+    with call.report.section(name) as sec:
+        if call.starts(sec, what, cost):
+            run(sec, call.smoke, call.deadline(reserve))
 
 
 def run_steps(call: Call, sec: Section, shape: dict[str, Any]) -> None:

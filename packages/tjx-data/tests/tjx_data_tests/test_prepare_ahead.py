@@ -80,8 +80,8 @@ def test_prepare_ahead_then_a_run_tokenizes_nothing(tmp_path, text_corpus, monke
     # The train folder's notes.csv is not read, and said so (its .hidden.txt is not data).
     assert said.err.splitlines() == [
         f"python -m tjx.data: left out 1 file(s) of other types: {root / 'train' / 'notes.csv'} "
-        "(tjx reads .txt, .text, .md, .jsonl, .parquet files; convert them to one of these to "
-        "read them)"
+        "(tjx reads .txt, .text, .md, .jsonl, .parquet files (.txt, .text, .md, .jsonl, .json "
+        "ones also compressed: .gz, .bz2, .xz); convert them to one of these to read them)"
     ]
 
     def no_tokenizing(*args, **kwargs):

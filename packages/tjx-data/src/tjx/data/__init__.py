@@ -62,6 +62,7 @@ from tjx.data.run.data import RunData, restore_loader_state
 from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
 from tjx.data.run.rules import check_data_config, check_local_sources, check_template
 from tjx.data.run.setup import (
+    compressed_files,
     config_tokenizer,
     config_vocab,
     describe_sources,
@@ -77,7 +78,7 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.22.0"
+__version__ = "0.23.0"
 
 __all__ = [
     "read_prompt_rows",
@@ -146,6 +147,7 @@ __all__ = [
     "check_run_tokenizer",
     "check_template",
     "check_tokenizer",
+    "compressed_files",
     "config_tokenizer",
     "config_vocab",
     "describe_sources",

@@ -5,8 +5,8 @@ do), into the cache a run then finds them in.
         --cache-dir /shared/tjx-cache --num-workers 32
 
 The shards land where `tjx.data.prepare_run_data` (the trainer's ``data`` section with the same
-``source``, ``tokenizer``, ``tokenizer_vocab``, ``max_tokens`` and ``cache_dir``) looks for them,
-so a run started later tokenizes nothing. Bad input: one line, exit 2.
+``source``, ``tokenizer``, ``tokenizer_vocab``, ``max_tokens``, ``compressed`` and ``cache_dir``)
+looks for them, so a run started later tokenizes nothing. Bad input: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -30,18 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="default $TJX_CACHE or ~/.cache/tjx")
     parser.add_argument("--max-tokens", type=int, default=None, help="cap per split")
     parser.add_argument("--num-workers", type=int, default=1, help="encoding processes")
+    parser.add_argument(
+        "--compressed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read a folder's compressed files (.jsonl.gz, ...); --no-compressed as a run "
+        "with data.compressed=false",
+    )
     args = parser.parse_args(argv)
     for flag, value in (("--max-tokens", args.max_tokens), ("--num-workers", args.num_workers)):
         if value is not None and value < 1:
             print(f"python -m tjx.data: error: {flag}: must be >= 1, got {value}", file=sys.stderr)
             return 2
     try:
-        left = left_out_note([args.source])
-        if left is not None:  # a folder's .json or .jsonl.gz: named, not skipped
+        left = left_out_note([args.source], compressed=args.compressed)
+        if left is not None:  # a folder's .json or .csv: named, not skipped
             print(f"python -m tjx.data: {left}", file=sys.stderr)
         with staged() as stage:  # a BPE is published only with the shards it made
             tok = run_tokenizer(args.tokenizer, args.source, vocab=args.tokenizer_vocab,
-                                cache_dir=args.cache_dir, staging=stage)  # fmt: skip
+                                cache_dir=args.cache_dir, staging=stage,
+                                compressed=args.compressed)  # fmt: skip
             shards = prepare_shards(
                 args.source,
                 tok,
@@ -50,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=sys.stderr.isatty(),
                 max_tokens=args.max_tokens,
                 staging=stage,
+                compressed=args.compressed,
             )
     except DataError as err:
         print(f"python -m tjx.data: error: {err}", file=sys.stderr)

@@ -57,7 +57,8 @@ class Origin:
     row : int or None
         Its 0-based row of a Parquet file or a Hugging Face dataset.
     byte : int or None
-        The byte offset in ``file`` where its line (or its text) starts.
+        The byte offset in ``file`` where its line (or its text) starts (in its decompressed
+        text, for a compressed file).
     """
 
     file: str | None = None

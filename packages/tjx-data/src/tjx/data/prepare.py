@@ -110,19 +110,20 @@ def slug(text: str) -> str:
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def shard_key(source: str) -> str:
+def shard_key(source: str, *, compressed: bool = True) -> str:
     """The cache key of a source's shards, without the tokenizer.
 
     Built-in corpora and hub names are keyed by `slug` of the name (their contents are pinned by
     version or by the hub). Local sources add a hash of the resolved path, size and modification
-    time (ns) of every file of both splits, so editing, adding or removing a file changes the key.
+    time (ns) of every file of both splits (as `resolve_files` with ``compressed`` lists them),
+    so editing, adding or removing a file changes the key.
     """
     if not is_local_source(source):
         return slug(source)
     stamps = set()
     for split in SPLITS:
         try:
-            files = resolve_files(source, split)
+            files = resolve_files(source, split, compressed=compressed)
         except DataError:
             continue  # reported, with the fix, when the split is read
         for path in files:
@@ -132,7 +133,7 @@ def shard_key(source: str) -> str:
     return f"{slug(source)}-{signature}"
 
 
-def needs_held_out(source: str) -> bool:
+def needs_held_out(source: str, *, compressed: bool = True) -> bool:
     """Whether ``source`` is local and has no validation split of its own.
 
     True for a file, glob or folder without a ``{split}`` pattern and without a ``validation/``
@@ -145,7 +146,8 @@ def needs_held_out(source: str) -> bool:
     """
     if "{split}" in source or not is_local_source(source):
         return False
-    return resolve_files(source, "train") == resolve_files(source, "validation")
+    train = resolve_files(source, "train", compressed=compressed)
+    return train == resolve_files(source, "validation", compressed=compressed)
 
 
 def held_out(docs: list[str], split: str) -> list[str]:
@@ -181,7 +183,7 @@ def held_out_located(
     return [d for d in out if d[0]]
 
 
-def split_documents(source: str, split: str) -> Documents:
+def split_documents(source: str, split: str, *, compressed: bool = True) -> Documents:
     """The documents of ``split`` of ``source``, as `prepare_shards` tokenizes them.
 
     `load_source`'s split, except for a local source without a validation split
@@ -193,22 +195,22 @@ def split_documents(source: str, split: str) -> Documents:
     DataError
         As `load_source`; or a split other than train/validation of a held-out source.
     """
-    if not needs_held_out(source):
-        return load_source(source, split=split)
+    if not needs_held_out(source, compressed=compressed):
+        return load_source(source, split=split, compressed=compressed)
     if split not in SPLITS:
         raise DataError(f"{source!r} has no split {split!r}; its held-out splits are {SPLITS}")
-    whole = load_source(source, split="train")
+    whole = load_source(source, split="train", compressed=compressed)
     return Documents.of_located(
         f"{source}:{split}", lambda: iter(held_out_located(list(whole.located()), split))
     )
 
 
-def _read_when_built(source: str, split: str) -> Documents:
+def _read_when_built(source: str, split: str, compressed: bool) -> Documents:
     """`split_documents`, opened only when iterated: pretokenize iterates only to build a split,
     so a cached split's text is not read again and a hub dataset whose shards are cached is not
     even opened (that works offline)."""
     return Documents.of_located(
-        f"{source}:{split}", lambda: split_documents(source, split).located()
+        f"{source}:{split}", lambda: split_documents(source, split, compressed=compressed).located()
     )
 
 
@@ -219,6 +221,7 @@ def bpe_tokenizer(
     *,
     progress: bool = False,
     staging: Staging | None = None,
+    compressed: bool = True,
 ) -> Tokenizer:
     """A byte-level BPE trained on ``source``'s train split, trained once and then cached.
 
@@ -241,6 +244,8 @@ def bpe_tokenizer(
     staging:
         Build a new tokenizer there, for its owner to publish once the data made with it passed
         its checks (default: published at once).
+    compressed:
+        Read a local folder's compressed files (`load_source`).
 
     Raises
     ------
@@ -256,7 +261,7 @@ def bpe_tokenizer(
         read = {"chars": 0, "to_the_end": False}
 
         def documents() -> Iterator[str]:
-            for doc in split_documents(source, "train"):
+            for doc in split_documents(source, "train", compressed=compressed):
                 read["chars"] += len(doc)
                 yield doc
             read["to_the_end"] = True
@@ -324,6 +329,7 @@ def prepare_shards(
     progress: bool = False,
     max_tokens: int | None = None,
     staging: Staging | None = None,
+    compressed: bool = True,
 ) -> PreparedShards:
     """Tokenize ``source``'s splits into the shared shard cache, or find them there.
 
@@ -347,6 +353,9 @@ def prepare_shards(
     staging:
         Build missing splits there (`Staging`), for its owner to publish once it has checked
         them (default: published when every split is made).
+    compressed:
+        Read a local folder's or glob's compressed files (`load_source`; False: as tjx-data
+        before 0.23, none).
 
     Returns
     -------
@@ -366,7 +375,7 @@ def prepare_shards(
     splits = tuple(splits)
     if not splits:
         raise ValueError("splits must name at least one split")
-    key = f"{shard_key(source)}-{tokenizer.fingerprint[:12]}"
+    key = f"{shard_key(source, compressed=compressed)}-{tokenizer.fingerprint[:12]}"
     if max_tokens is not None:
         key += f"-max{max_tokens}"
     root = _root(cache_dir) / "shards" / key
@@ -375,7 +384,7 @@ def prepare_shards(
         for split in splits:
             where = stage.place(root / split)
             indexes[split] = pretokenize(
-                _read_when_built(source, split),
+                _read_when_built(source, split, compressed),
                 tokenizer,
                 where.parent,
                 split=split,
@@ -386,4 +395,5 @@ def prepare_shards(
             )
     if staging is None:  # published now: the indexes where they lie
         indexes = {split: load_index(root / split) for split in indexes}
-    return PreparedShards(source, key, root, indexes, needs_held_out(source))
+    held_out = needs_held_out(source, compressed=compressed)
+    return PreparedShards(source, key, root, indexes, held_out)

@@ -1,6 +1,7 @@
 """Chat and preference datasets as rows, and their encoded splits in the shared cache.
 
-Rows come from local ``.jsonl`` (one JSON object per line) or ``.parquet`` files, a folder or a
+Rows come from local ``.jsonl`` (one JSON object per line, compressed too: ``.jsonl.gz``,
+``.json.gz``, as `tjx.data.sources.local.file_type` reads) or ``.parquet`` files, a folder or a
 glob (``{split}`` and ``<folder>/<split>/`` as for text sources), or a Hugging Face hub dataset
 by name (``owner/name`` or ``owner/name:config``). A local source without a validation split of
 its own holds out every 10th row (rows 9, 19, ...), or its last row when it has fewer than 10.
@@ -24,7 +25,7 @@ from tjx.data.errors import DataError
 from tjx.data.prepare import SPLITS, SplitFolders, needs_held_out, shard_key
 from tjx.data.sources import is_local_source
 from tjx.data.sources.hub import hub_error, open_hub_dataset
-from tjx.data.sources.local import jsonl_rows, resolve_files
+from tjx.data.sources.local import file_type, jsonl_rows, resolve_files
 
 __all__ = ["PreparedSequences", "Rows", "load_rows", "prepare_chat_data", "split_rows"]
 
@@ -74,9 +75,9 @@ def _parquet_located(path: Path) -> Located:
         yield f"{path}: row {number}", row
 
 
-def _local_rows(spec: str, split: str) -> list[Path]:
-    files = resolve_files(spec, split)
-    text = [p for p in files if p.suffix not in (".jsonl", ".parquet")]
+def _local_rows(spec: str, split: str, compressed: bool) -> list[Path]:
+    files = resolve_files(spec, split, compressed=compressed)
+    text = [p for p in files if file_type(p) not in (".jsonl", ".parquet")]
     if text:
         raise DataError(
             f"{text[0]}: chat and preference data are rows (.jsonl or .parquet), not text files",
@@ -85,8 +86,12 @@ def _local_rows(spec: str, split: str) -> list[Path]:
     return files
 
 
-def load_rows(name_or_path: str, *, split: str = "train", **hub_kwargs: Any) -> Rows:
-    """The rows of a split of a local or hub dataset (no held-out cut: see `split_rows`).
+def load_rows(
+    name_or_path: str, *, split: str = "train", compressed: bool = True, **hub_kwargs: Any
+) -> Rows:
+    """The rows of a split of a local or hub dataset (no held-out cut: see `split_rows`); a
+    local folder or glob reads its compressed files unless ``compressed`` is False (as tjx-data
+    before 0.23).
 
     Raises
     ------
@@ -96,11 +101,11 @@ def load_rows(name_or_path: str, *, split: str = "train", **hub_kwargs: Any) -> 
     """
     label = f"{name_or_path}:{split}"
     if is_local_source(name_or_path):
-        files = _local_rows(name_or_path, split)
+        files = _local_rows(name_or_path, split, compressed)
 
         def located() -> Located:
             for path in files:
-                read = _jsonl_located if path.suffix == ".jsonl" else _parquet_located
+                read = _jsonl_located if file_type(path) == ".jsonl" else _parquet_located
                 yield from read(path)
 
         return Rows(label, lambda: (row for _, row in located()), located)
@@ -116,13 +121,13 @@ def load_rows(name_or_path: str, *, split: str = "train", **hub_kwargs: Any) -> 
     return Rows(label, hub)
 
 
-def split_rows(source: str, split: str) -> Rows:
+def split_rows(source: str, split: str, *, compressed: bool = True) -> Rows:
     """`load_rows`, with the held-out cut of a local source that has no validation split."""
-    if not needs_held_out(source):
-        return load_rows(source, split=split)
+    if not needs_held_out(source, compressed=compressed):
+        return load_rows(source, split=split, compressed=compressed)
     if split not in SPLITS:
         raise DataError(f"{source!r} has no split {split!r}; its held-out splits are {SPLITS}")
-    whole = load_rows(source, split="train")
+    whole = load_rows(source, split="train", compressed=compressed)
 
     def cut() -> Located:
         rows = list(whole.located())  # the file's own line of each row, through the cut
@@ -141,12 +146,12 @@ def split_rows(source: str, split: str) -> Rows:
     return Rows(f"{source}:{split}", lambda: (row for _, row in cut()), cut)
 
 
-def _lazy(source: str, split: str) -> Rows:
+def _lazy(source: str, split: str, compressed: bool) -> Rows:
     """`split_rows`, resolved only when iterated: a cached split's files are not even listed."""
     return Rows(
         f"{source}:{split}",
-        lambda: iter(split_rows(source, split)),
-        lambda: split_rows(source, split).located(),
+        lambda: iter(split_rows(source, split, compressed=compressed)),
+        lambda: split_rows(source, split, compressed=compressed).located(),
     )
 
 
@@ -181,6 +186,7 @@ def prepare_chat_data(
     kind: str = "chat",
     splits: Iterable[str] = SPLITS,
     staging: Staging | None = None,
+    compressed: bool = True,
 ) -> PreparedSequences:
     """Encode ``source``'s splits into the shared cache, or find them there.
 
@@ -201,6 +207,8 @@ def prepare_chat_data(
         Build missing splits there (`Staging`), for its owner to publish once it has checked
         them (default: published here once every split is made, so a bad row in any split
         leaves the cache as it was).
+    compressed:
+        Read a local folder's or glob's compressed files (`load_rows`).
 
     Raises
     ------
@@ -214,12 +222,13 @@ def prepare_chat_data(
     if not splits:
         raise ValueError("splits must name at least one split")
     template = encoder.template.fingerprint[:12] if encoder.template is not None else "plain"
-    key = f"{shard_key(source)}-{kind}-{encoder.tokenizer.fingerprint[:12]}-{template}"
+    read = shard_key(source, compressed=compressed)
+    key = f"{read}-{kind}-{encoder.tokenizer.fingerprint[:12]}-{template}"
     root = cache_root(cache_dir) / "chat" / key  # what killed preparations left there goes first
     indexes = {}
     with staged(staging) as stage:
         for split in splits:
-            rows = _lazy(source, split)
+            rows = _lazy(source, split, compressed)
             try:
                 indexes[split] = write_sequences(
                     rows, encoder, stage.place(root / split), kind=kind, split=split,
@@ -233,4 +242,5 @@ def prepare_chat_data(
                 raise DataError(f"{rows.source}: {exc}", argument=exc.argument) from None
     if staging is None:  # published now: the indexes where they lie
         indexes = {split: load_sequences(root / split) for split in indexes}
-    return PreparedSequences(source, kind, key, root, indexes, needs_held_out(source))
+    held_out = needs_held_out(source, compressed=compressed)
+    return PreparedSequences(source, kind, key, root, indexes, held_out)

@@ -169,7 +169,7 @@ class ChatRunData:
         }
 
 
-def _rows_text(source: str) -> Iterator[str]:
+def _rows_text(source: str, compressed: bool) -> Iterator[str]:
     """Every string in the source's train rows (what a BPE for it learns from)."""
 
     def strings(value: Any) -> Iterator[str]:
@@ -182,12 +182,17 @@ def _rows_text(source: str) -> Iterator[str]:
             for v in value:
                 yield from strings(v)
 
-    for row in load_rows(source, split="train"):
+    for row in load_rows(source, split="train", compressed=compressed):
         yield " ".join(strings(row))
 
 
 def chatml_tokenizer(
-    source: str, vocab: int, cache_dir: str | Path | None, *, staging: Staging | None = None
+    source: str,
+    vocab: int,
+    cache_dir: str | Path | None,
+    *,
+    staging: Staging | None = None,
+    compressed: bool = True,
 ) -> Path:
     """A ChatML tokenizer folder trained on ``source``'s rows (made once in the cache).
 
@@ -196,11 +201,11 @@ def chatml_tokenizer(
     """
 
     def build(staging: Path) -> None:
-        texts = ["user assistant system", *_rows_text(source)]
+        texts = ["user assistant system", *_rows_text(source, compressed)]
         tok = train_bpe(texts, vocab, special_tokens=CHATML_SPECIALS, show_progress=False)
         write_chatml_folder(tok, staging)
 
-    key = f"{shard_key(source)}-{vocab}"
+    key = f"{shard_key(source, compressed=compressed)}-{vocab}"
     folder = cache_root(cache_dir) / "chatml-bpe" / key
     with staged(staging) as stage:
         atomic_prepare(stage.place(folder), build)
@@ -229,6 +234,7 @@ def prepare_chat_run_data(
     messages_field: str = "messages",
     names: Names = None,
     staging: Staging | None = None,
+    compressed: bool = True,
 ) -> ChatRunData:
     """Tokenizer, chat template and encoded splits of a chat, preference or prompts source.
 
@@ -239,7 +245,7 @@ def prepare_chat_run_data(
     render because the sandbox stopped it, or a chat row without template, names ``tokenizer``. What
     is missing (a ChatML tokenizer, the encoded splits) is built in ``staging`` when given (its
     owner publishes it), else published here once all is made: a refused source leaves the cache as
-    it was.
+    it was. ``compressed``: a local folder's compressed files are read (`load_rows`).
     """
     if kind not in _LOADERS:
         raise ValueError(f"kind must be chat, preference or prompts, got {kind!r}")
@@ -251,7 +257,9 @@ def prepare_chat_run_data(
     with staged(staging) as stage:
         try:
             folder = (
-                chatml_tokenizer(chat, tokenizer_vocab, cache_dir, staging=stage)
+                chatml_tokenizer(
+                    chat, tokenizer_vocab, cache_dir, staging=stage, compressed=compressed
+                )
                 if tokenizer == "bpe"
                 else Path(tokenizer).expanduser()
             )
@@ -265,7 +273,9 @@ def prepare_chat_run_data(
         except DataError as err:
             raise fault(names, "tokenizer", str(err).removeprefix("tokenizer: ")) from None
         try:
-            prepared = prepare_chat_data(path, encoder, cache_dir, kind=kind, staging=stage)
+            prepared = prepare_chat_data(
+                path, encoder, cache_dir, kind=kind, staging=stage, compressed=compressed
+            )
         except DataError as err:  # the template's own fault (the sandbox stopped it) is its key
             key = "tokenizer" if err.argument == "tokenizer" else "source"
             raise fault(names, key, str(err)) from None

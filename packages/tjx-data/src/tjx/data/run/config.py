@@ -45,6 +45,11 @@ class DataConfig:
     batch_size: int = setting(16, min=1, help="global batch (sequences per optimizer step)")
     num_workers: int = setting(1, min=1, max=256, help="processes tokenizing during preparation")
     shuffle: bool = setting(True, help="shuffle the windows each epoch")
+    compressed: bool = setting(
+        True,
+        help="read a local folder's or glob's compressed files (.jsonl.gz, .json.gz, .txt.gz; "
+        ".bz2, .xz); a run started before tjx-data 0.23 read none and resumes so",
+    )
     max_tokens: int | None = setting(
         None, min=1, help="prepare at most this many tokens per split (of each mixture source)"
     )

@@ -38,6 +38,7 @@ def prepare_run_data(
     names: Names = None,
     max_tokens: int | None = None,
     staging: Staging | None = None,
+    compressed: bool = True,
 ) -> RunData:
     """Tokenizer and shards of both splits of ``source``, checked for a run (cheap when cached).
 
@@ -66,6 +67,9 @@ def prepare_run_data(
         Build what is missing (a BPE, shards) there, for its owner to publish once it has
         checked the run (`Staging`); default: published here once every check passed, so a
         refused source leaves the cache as it was.
+    compressed:
+        Read a local folder's or glob's compressed files (`prepare_shards`); False: as tjx-data
+        before 0.23, none (a run started then goes on so).
 
     Raises
     ------
@@ -79,7 +83,13 @@ def prepare_run_data(
         if isinstance(tokenizer, str):
             spec: str | None = tokenizer
             tok = run_tokenizer(
-                tokenizer, source, vocab=tokenizer_vocab, cache_dir=root, names=names, staging=stage
+                tokenizer,
+                source,
+                vocab=tokenizer_vocab,
+                cache_dir=root,
+                names=names,
+                staging=stage,
+                compressed=compressed,
             )
         else:
             spec, tok = ("bytes" if isinstance(tokenizer, ByteTokenizer) else None), tokenizer
@@ -99,6 +109,7 @@ def prepare_run_data(
                 progress=progress,
                 max_tokens=max_tokens,
                 staging=stage,
+                compressed=compressed,
             )
         except DataError as err:
             raise fault(names, "source", str(err)) from None
@@ -137,10 +148,10 @@ def prepare_mixture_run_data(
 
     ``options`` are `prepare_run_data`'s other keyword arguments (``tokenizer_vocab``,
     ``cache_dir``, ``num_workers``, ``vocab_size``, ``progress``, ``max_tokens``: a cap on each
-    source's splits; ``staging``: one `Staging` for every source, else every source's new
-    shards are published together once all passed). A source's problem is a `DataError` with
-    ``argument="sources"`` naming the entry (``data.sources[1].source: ...``); the other
-    arguments' errors are as `prepare_run_data`'s.
+    source's splits; ``compressed``; ``staging``: one `Staging` for every source, else every
+    source's new shards are published together once all passed). A source's problem is a
+    `DataError` with ``argument="sources"`` naming the entry (``data.sources[1].source: ...``);
+    the other arguments' errors are as `prepare_run_data`'s.
     """
     if on_exhausted not in ON_EXHAUSTED:
         raise fault(names, "on_exhausted", f"{on_exhausted!r}; allowed: {', '.join(ON_EXHAUSTED)}")

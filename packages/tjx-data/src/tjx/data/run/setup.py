@@ -27,10 +27,11 @@ from tjx.data.run.data import RunData
 from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
 from tjx.data.run.tokenizer import Names, fault, name_of, run_tokenizer
 from tjx.data.sources import is_local_source
-from tjx.data.sources.local import SUFFIXES, left_out_files
+from tjx.data.sources.local import READ, SUFFIXES, left_out_files
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = [
+    "compressed_files",
     "config_tokenizer",
     "config_vocab",
     "describe_sources",
@@ -69,13 +70,17 @@ def left_out_summary(config: DataConfig, *, names: Names = None) -> str | None:
     """`left_out_note` of the run's sources (its ``source``, or its mixture's), in one line for
     the run's output; ``None`` when its folders and globs leave no file out."""
     parts = run_sources(config, names=names)
-    return left_out_note([config.source] if parts is None else [p.source for p in parts])
+    sources = [config.source] if parts is None else [p.source for p in parts]
+    return left_out_note(sources, compressed=config.compressed, names=names)
 
 
-def left_out_note(sources: list[str]) -> str | None:
+def left_out_note(
+    sources: list[str], *, compressed: bool = True, names: Names = None
+) -> str | None:
     """The files of other types that the local folders and globs among ``sources`` hold but that
-    are not read (`left_out_files`: a ``.json``, a ``.jsonl.gz``), both splits, in one line for a
-    run's output, so that none is skipped without a word; ``None`` when there are none.
+    are not read (`left_out_files`: a ``.json``, a ``.csv``, a ``.jsonl.zst``; with
+    ``compressed=False`` a ``.jsonl.gz`` too), both splits, in one line for a run's output, so
+    that none is skipped without a word; ``None`` when there are none.
 
     A source that lists nothing is left to its preparation, which names it.
     """
@@ -83,7 +88,7 @@ def left_out_note(sources: list[str]) -> str | None:
     for source in sources:
         for split in SPLITS if is_local_source(source) else ():
             try:
-                left.update(left_out_files(source, split))
+                left.update(left_out_files(source, split, compressed=compressed))
             except DataError:
                 continue  # a source with no file: its preparation says so, with the fix
     if not left:
@@ -91,10 +96,29 @@ def left_out_note(sources: list[str]) -> str | None:
     found = sorted(left)
     shown = ", ".join(str(path) for path in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return (
-        f"left out {len(found)} file(s) of other types: {shown}{more} (tjx reads "
-        f"{', '.join(SUFFIXES)} files; convert them to one of these to read them)"
-    )
+    if compressed:
+        reads = f"tjx reads {READ}; convert them to one of these to read them"
+    else:
+        flag = f"{name_of(names, 'compressed')}=false"
+        reads = f"this run reads {', '.join(SUFFIXES)} files and, as {flag}, no compressed one"
+    return f"left out {len(found)} file(s) of other types: {shown}{more} ({reads})"
+
+
+def compressed_files(sources: list[str]) -> list[Path]:
+    """The files that the local folders and globs among ``sources`` read only as they read
+    compressed files (``compressed=True``: ``a.jsonl.gz``), both splits, sorted: what a run
+    started before tjx-data 0.23, which read none, would read now. A source that lists nothing
+    has none.
+    """
+    found: set[Path] = set()
+    for source in sources:
+        for split in SPLITS if is_local_source(source) else ():
+            try:
+                without = left_out_files(source, split, compressed=False)
+                found.update(set(without) - set(left_out_files(source, split)))
+            except DataError:
+                continue  # a source with no file: its preparation says so, with the fix
+    return sorted(found)
 
 
 def config_tokenizer(config: DataConfig, *, names: Names = None) -> Tokenizer:
@@ -108,6 +132,7 @@ def config_tokenizer(config: DataConfig, *, names: Names = None) -> Tokenizer:
         vocab=config.tokenizer_vocab,
         cache_dir=config.cache_dir,
         names=names,
+        compressed=config.compressed,
     )
 
 
@@ -216,6 +241,7 @@ def _prepare_text_or_chat(
             messages_field=config.messages_field,
             names=names,
             staging=stage,
+            compressed=config.compressed,
         )
     common: dict[str, Any] = {
         "seq_len": config.seq_len,
@@ -227,6 +253,7 @@ def _prepare_text_or_chat(
         "max_tokens": config.max_tokens,
         "names": names,
         "staging": stage,
+        "compressed": config.compressed,
     }
     if parts is not None:
         exhausted = config.on_exhausted

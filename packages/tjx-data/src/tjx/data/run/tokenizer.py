@@ -41,6 +41,7 @@ def run_tokenizer(
     cache_dir: str | Path | None = None,
     names: Names = None,
     staging: Staging | None = None,
+    compressed: bool = True,
 ) -> Tokenizer:
     """The tokenizer ``spec`` names for a run on ``source``.
 
@@ -48,7 +49,8 @@ def run_tokenizer(
     cached (`bpe_tokenizer`); anything else goes to `load_tokenizer` (``"byte"``, ``"gpt2"``, a
     path). A corpus the BPE cannot train on is a `DataError` with ``argument="source"``, a
     tokenizer that does not load one with ``argument="tokenizer"``. A new BPE is built in
-    ``staging`` when given (published by its owner once the data passed its checks).
+    ``staging`` when given (published by its owner once the data passed its checks); it reads
+    a local folder's compressed files unless ``compressed`` is False.
     """
     if spec != "bpe":
         try:
@@ -56,7 +58,9 @@ def run_tokenizer(
         except DataError as err:
             raise fault(names, "tokenizer", str(err)) from None
     try:
-        return bpe_tokenizer(source, vocab, cache_root(cache_dir), staging=staging)
+        return bpe_tokenizer(
+            source, vocab, cache_root(cache_dir), staging=staging, compressed=compressed
+        )
     except DataError as err:  # the corpus it trains on is the source
         raise fault(names, "source", str(err)) from None
 

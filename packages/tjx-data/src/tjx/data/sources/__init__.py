@@ -12,7 +12,7 @@ from tjx.data.builtin import BUILTIN_CORPORA, SPLITS, builtin_file, iter_builtin
 from tjx.data.documents import Origin
 from tjx.data.errors import DataError
 from tjx.data.sources.hub import iter_hub_texts, open_hub_dataset
-from tjx.data.sources.local import ERRORS, iter_file_located, resolve_files
+from tjx.data.sources.local import ERRORS, file_type, iter_file_located, resolve_files
 
 #: A document's text and where it was read from.
 Located = tuple[str, Origin | None]
@@ -59,7 +59,7 @@ def is_local_source(spec: str) -> bool:
     """Whether `load_source` reads ``spec`` from local files (not a built-in, not the hub).
 
     Local: an existing path, a glob or ``{split}`` pattern, or a path-like name (``./``, ``/``,
-    ``~``, a text-file suffix) that does not exist yet, so its error says "no such file" rather
+    ``~``, a data file's suffix) that does not exist yet, so its error says "no such file" rather
     than a hub lookup failing.
     """
     if spec in BUILTIN_CORPORA:  # load_source checks these names first, before any path
@@ -69,7 +69,7 @@ def is_local_source(spec: str) -> bool:
         path.exists()
         or any(ch in spec for ch in "*?[{")
         or spec.startswith((".", "/", "~"))
-        or path.suffix in (".txt", ".text", ".md", ".jsonl", ".parquet")
+        or file_type(path) is not None
     )
 
 
@@ -98,6 +98,7 @@ def load_source(
     split: str = "train",
     text_field: str = "text",
     errors: str = "strict",
+    compressed: bool = True,
     **hub_kwargs: Any,
 ) -> Documents:
     """Open a text source as documents.
@@ -116,6 +117,10 @@ def load_source(
         The field holding the text in jsonl rows, parquet and hub datasets.
     errors:
         ``"strict"`` (undecodable bytes raise with file and byte offset) or ``"replace"``.
+    compressed:
+        Whether a local folder or glob reads its compressed files (``.jsonl.gz``, ...:
+        `tjx.data.sources.local.file_type`); False reads them as tjx-data before 0.23 did (not
+        at all).
     **hub_kwargs:
         Passed to ``datasets.load_dataset`` for hub names (e.g. ``streaming=False``).
 
@@ -145,7 +150,7 @@ def load_source(
 
         return Documents.of_located(label, builtin)
     if is_local_source(name_or_path):
-        files = resolve_files(name_or_path, split)
+        files = resolve_files(name_or_path, split, compressed=compressed)
 
         def local() -> Iterator[Located]:
             for path in files:

@@ -1,12 +1,23 @@
 """Local text sources: ``.txt`` (one file = one document), ``.jsonl`` (one row = one document)
-and ``.parquet`` (one row = one document), given as a file, a folder or a glob."""
+and ``.parquet`` (one row = one document), given as a file, a folder or a glob.
+
+Text and JSON Lines may come compressed (`COMPRESSIONS`: ``.gz``, ``.bz2``, ``.xz``, read by the
+standard library): ``notes.txt.gz``, ``rows.jsonl.gz``, and ``.json.gz`` as JSON Lines, which is
+how C4 (``c4-train.00000-of-01024.json.gz``) and Dolma ship. A plain ``.json`` is not read: in a
+dataset's folder it is more often metadata (``dataset_info.json``) than rows.
+"""
 
 from __future__ import annotations
 
+import bz2
 import glob as globlib
+import gzip
+import io
 import itertools
 import json
 import logging
+import lzma
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +26,10 @@ from tjx.data.documents import Origin
 from tjx.data.errors import DataError
 
 __all__ = [
+    "COMPRESSIONS",
     "ERRORS",
     "SUFFIXES",
+    "file_type",
     "iter_file",
     "iter_file_located",
     "left_out_files",
@@ -24,7 +37,64 @@ __all__ = [
 ]
 
 SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".parquet")
+#: The compressions read, by the suffix after a file's own: ``.jsonl.gz`` is ``.jsonl`` gzipped.
+COMPRESSIONS: dict[str, Callable[[Path], io.BufferedIOBase]] = {
+    ".gz": lambda path: gzip.open(path, "rb"),
+    ".bz2": lambda path: bz2.open(path, "rb"),
+    ".xz": lambda path: lzma.open(path, "rb"),
+}
+#: The types that may come compressed, and what each is read as (``.json.gz`` as JSON Lines).
+_COMPRESSED_TYPES = {".txt": ".txt", ".text": ".text", ".md": ".md", ".jsonl": ".jsonl",
+                     ".json": ".jsonl"}  # fmt: skip
+#: What a folder or glob reads, for messages.
+READ = (
+    f"{', '.join(SUFFIXES)} files ({', '.join(_COMPRESSED_TYPES)} ones also compressed: "
+    f"{', '.join(COMPRESSIONS)})"
+)
+#: What a folder or glob reads with ``compressed=False``.
+PLAIN = f"{', '.join(SUFFIXES)} files"
 ERRORS = ("strict", "replace")
+
+
+def file_type(path: Path, *, compressed: bool = True) -> str | None:
+    """The type ``path`` is read as, one of `SUFFIXES` (``rows.json.gz`` is ``".jsonl"``), or
+    None for a file tjx does not read; ``compressed=False`` reads none compressed (as tjx-data
+    before 0.23 did).
+
+    >>> file_type(Path("c4-train.00000-of-01024.json.gz")), file_type(Path("a.parquet.gz"))
+    ('.jsonl', None)
+    """
+    if path.suffix not in COMPRESSIONS:
+        return path.suffix if path.suffix in SUFFIXES else None
+    return _COMPRESSED_TYPES.get(Path(path.stem).suffix) if compressed else None
+
+
+def _open(path: Path) -> io.BufferedIOBase:
+    """``path`` opened for reading its (decompressed) bytes (the caller closes it)."""
+    opener = COMPRESSIONS.get(path.suffix)
+    return open(path, "rb") if opener is None else opener(path)  # noqa: SIM115
+
+
+#: What a compressed file that does not decompress raises (gzip's BadGzipFile is an OSError; a
+#: cut file ends in EOFError).
+_BROKEN = (OSError, EOFError, lzma.LZMAError, zlib.error)
+
+
+def _broken(path: Path, err: BaseException) -> DataError:
+    return DataError(
+        f"{path}: does not decompress as {path.suffix} ({err or type(err).__name__}); replace it "
+        "with a complete copy (gzip -t, bzip2 -t or xz -t checks one)"
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with _open(path) as handle:
+            return handle.read()
+    except _BROKEN as err:
+        if path.suffix not in COMPRESSIONS:
+            raise
+        raise _broken(path, err) from None
 
 
 def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
@@ -37,32 +107,47 @@ def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
         ) from None
 
 
-def resolve_files(path_or_glob: str, split: str) -> list[Path]:
+def resolve_files(path_or_glob: str, split: str, *, compressed: bool = True) -> list[Path]:
     """Expand a file, folder or glob (``{split}`` is replaced by the split) to sorted files.
 
     A folder that has a sub-folder named like the split uses that sub-folder. Hidden files and
-    files with other suffixes than ``SUFFIXES`` are ignored in folders and globs (the latter are
-    `left_out_files`, which a run names).
+    files of other types (`file_type`; with ``compressed=False`` every compressed one) are
+    ignored in folders and globs (they are `left_out_files`, which a run names). A file named
+    alone is read whatever ``compressed`` says.
 
     Raises
     ------
     DataError
-        If nothing exists there or no supported file matched.
+        If nothing exists there, no supported file matched, or a folder or glob lists a file and
+        its compressed copy (``a.jsonl`` and ``a.jsonl.gz``: the same rows twice).
     """
     spec, _, listed = _listed(path_or_glob, split)
     files = sorted(
-        p for p in listed if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")
+        p
+        for p in listed
+        if p.is_file()
+        and file_type(p, compressed=compressed) is not None
+        and not p.name.startswith(".")
     )
     if not files:
-        raise DataError(f"{spec}: matched no {'/'.join(SUFFIXES)} files")
+        raise DataError(f"{spec}: matched no {READ if compressed else PLAIN}")
+    plain = set(files)
+    twice = next(
+        (p for p in files if p.suffix in COMPRESSIONS and p.with_suffix("") in plain), None
+    )
+    if twice is not None:
+        raise DataError(
+            f"{spec}: {twice.with_suffix('')} and its compressed copy {twice.name} would be read "
+            "both (the same data twice); remove or move one of them"
+        )
     return files
 
 
-def left_out_files(path_or_glob: str, split: str) -> list[Path]:
-    """The files a folder or glob lists that `resolve_files` leaves out for their type (a
-    ``.json``, a ``.jsonl.gz``, a ``.csv``): sorted, for a run to name rather than skip them
-    silently. Hidden files and what hidden folders hold (``.git/``, ``.cache/``) are not data
-    and not listed; a single file lists none (another type is refused there).
+def left_out_files(path_or_glob: str, split: str, *, compressed: bool = True) -> list[Path]:
+    """The files a folder or glob lists that `resolve_files` (with ``compressed``) leaves out
+    for their type (a ``.json``, a ``.csv``, a ``.jsonl.zst``): sorted, for a run to name rather
+    than skip them silently. Hidden files and what hidden folders hold (``.git/``, ``.cache/``)
+    are not data and not listed; a single file lists none (another type is refused there).
 
     Raises
     ------
@@ -75,7 +160,11 @@ def left_out_files(path_or_glob: str, split: str) -> list[Path]:
         parts = path.relative_to(root).parts if root is not None else (path.name,)
         return any(part.startswith(".") for part in parts)
 
-    return sorted(p for p in listed if p.is_file() and p.suffix not in SUFFIXES and not hidden(p))
+    return sorted(
+        p
+        for p in listed
+        if p.is_file() and file_type(p, compressed=compressed) is None and not hidden(p)
+    )
 
 
 def _listed(path_or_glob: str, split: str) -> tuple[str, Path | None, list[Path]]:
@@ -89,8 +178,8 @@ def _listed(path_or_glob: str, split: str) -> tuple[str, Path | None, list[Path]
     if not path.exists():
         raise DataError(f"no such file or folder: {path}")
     if path.is_file():
-        if path.suffix not in SUFFIXES:
-            raise DataError(f"{path}: unsupported file type; use one of {SUFFIXES}")
+        if file_type(path) is None:
+            raise DataError(f"{path}: unsupported file type; tjx reads {READ}")
         return spec, None, [path]
     if (path / split).is_dir():
         path = path / split
@@ -113,20 +202,33 @@ def jsonl_rows(
     Raises
     ------
     DataError
-        A line that is not JSON, named by its number.
+        A line that is not JSON, named by its number (the first line of a JSON array says so);
+        a compressed file that does not decompress.
     """
     offset = 0
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            start, offset = offset, offset + len(raw)
-            line = decode(raw, number, start).strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-            yield number, start, row
+    for number, raw in enumerate(_lines(path), start=1):
+        start, offset = offset, offset + len(raw)
+        line = decode(raw, number, start).strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            array = " (a JSON array, not JSON Lines: write one object per line)"
+            hint = array if number == 1 and line.startswith("[") else ""
+            raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg}){hint}") from None
+        yield number, start, row
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    """The (decompressed) lines of ``path``, each with its line break."""
+    try:
+        with _open(path) as handle:
+            yield from handle
+    except _BROKEN as err:
+        if path.suffix not in COMPRESSIONS:
+            raise
+        raise _broken(path, err) from None
 
 
 def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[tuple[str, Origin]]:
@@ -193,10 +295,12 @@ def iter_file_located(
     path: Path, *, text_field: str = "text", errors: str = "strict"
 ) -> Iterator[tuple[str, Origin]]:
     """`iter_file`'s documents, each with its `Origin`: the file (resolved) and a JSON Lines
-    row's line and byte offset, a Parquet row's number; a text file is line 1, byte 0."""
-    if path.suffix == ".jsonl":
+    row's line and byte offset (in the decompressed text of a compressed file), a Parquet row's
+    number; a text file is line 1, byte 0."""
+    kind = file_type(path)
+    if kind == ".jsonl":
         yield from _iter_jsonl(path, text_field, errors)
-    elif path.suffix == ".parquet":
+    elif kind == ".parquet":
         yield from _iter_parquet(path, text_field)
     else:
-        yield _decode(path.read_bytes(), path, 0, errors), Origin(str(path.resolve()), 1, byte=0)
+        yield _decode(_read_bytes(path), path, 0, errors), Origin(str(path.resolve()), 1, byte=0)

@@ -72,14 +72,30 @@ def as_trained(settings: ConfigData, run_dir: Path) -> tuple[ConfigData, list[st
 
 def _added_since(saved: ConfigData) -> dict[str, dict[str, object]]:
     """The settings a saved config lacks, being newer than its run, whose defaults would train
-    it otherwise: ``{section: {key: what the run did}}``. ``grpo.old_logps``: at ``auto`` an
-    overlapped run takes π_old's log-probabilities from the sampler's decode; one written
-    before the setting scored them in a second forward pass (``recompute``), and a resume
-    that goes on as it trained continues the same numbers."""
+    it otherwise: ``{section: {key: what the run did}}``.
+
+    - ``grpo.old_logps``: at ``auto`` an overlapped run takes π_old's log-probabilities from
+      the sampler's decode; one written before the setting scored them in a second forward pass
+      (``recompute``), and a resume that goes on as it trained continues the same numbers.
+    - ``data.compressed``: a run written before tjx-data 0.23 read no compressed file of its
+      folders (``a.jsonl.gz``); where its sources hold some (tjx.data's `compressed_files`), it
+      goes on without them, else its token stream would change under it.
+    """
+    added: dict[str, dict[str, object]] = {}
     grpo = saved.get("grpo")
     if isinstance(grpo, dict) and grpo.get("overlap") and "old_logps" not in grpo:
-        return {"grpo": {"old_logps": "recompute"}}
-    return {}
+        added["grpo"] = {"old_logps": "recompute"}
+    section = saved.get("data")
+    if isinstance(section, dict) and "compressed" not in section:
+        mixture = section.get("sources")
+        sources = (
+            [str(s.get("source")) for s in mixture if isinstance(s, dict)]
+            if isinstance(mixture, list)
+            else [str(section.get("source", data.DataConfig.source))]
+        )
+        if data.compressed_files(sources):
+            added["data"] = {"compressed": False}
+    return added
 
 
 def _with(config: ConfigData, added: dict[str, dict[str, object]]) -> ConfigData:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import socket
 import sys
@@ -332,6 +333,31 @@ def test_an_overlapped_grpo_run_written_before_old_logps_resumes_as_it_trained(i
     assert plan.config.rollout.old_from_decode
     assert plan.resume_changes == {"grpo.old_logps": ("recompute", "decode")}
     assert "grpo.old_logps=recompute" not in capsys.readouterr().err
+
+
+def test_a_run_written_before_compressed_sources_resumes_without_them(in_tmp, capsys):
+    """tjx-data 0.22 read no ``.jsonl.gz`` of a folder; its config.yaml has no
+    ``data.compressed``. Where the folder holds one, the resume goes on reading as the run did
+    (``data.compressed=false``, said in one line; naming ``true`` is another token stream,
+    refused); where it holds none, nothing changes."""
+    folder = in_tmp / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("plain text " * 40, encoding="utf-8")
+    source = ["--set", f"data.source={folder}"]
+    saved = _plan("--config", "tiny", *source, "--run-dir", "x").config.to_dict()
+    del saved["data"]["compressed"]
+    (in_tmp / "r" / "checkpoints" / "4").mkdir(parents=True)
+    RunDir(in_tmp / "r").create(saved)
+    plan = _plan("--config", "tiny", *source, "--run-dir", "r", "--resume")
+    assert plan.config.data.compressed and plan.resume_changes == {}
+    assert "data.compressed" not in capsys.readouterr().err  # no compressed file: as before
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(b'{"text": "rows"}\n'))
+    plan = _plan("--config", "tiny", *source, "--run-dir", "r", "--resume")
+    assert not plan.config.data.compressed and plan.resume_changes == {}
+    assert "resume: data.compressed=False, as the run trained" in capsys.readouterr().err
+    named = ["--set", "data.compressed=true"]  # another token stream: refused, as a new source
+    with pytest.raises(ConfigError, match=r"cannot continue with data\.compressed False → True"):
+        _plan("--config", "tiny", *source, *named, "--run-dir", "r", "--resume")
 
 
 MULTI_STEPS = ["--set", "optimizer.accumulation_mode=multi_steps"]

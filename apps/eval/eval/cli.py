@@ -383,7 +383,7 @@ def _main(argv: list[str] | None) -> int:
             harness.run_tasks(args, tasks)
             return 0
         left = None if args.data is None else data.left_out_note([args.data])
-        if left is not None:  # a folder's .json or .jsonl.gz: named once, not skipped silently
+        if left is not None:  # a folder's .json or .csv: named once, not skipped silently
             print(f"note: --data: {left}")
         if args.compare:
             runs = [load_run(*split_step(p, args.step)) for p in args.compare]

@@ -62,8 +62,8 @@ def as_trained(settings: ConfigData, run_dir: Path) -> tuple[ConfigData, list[st
         named = given if isinstance(given, dict) else {}
         kept[section] = {k: v for k, v in values.items() if k not in named}
     lines += [
-        f"resume: {section}.{key}={value}, as the run trained (it was written before the "
-        f"setting existed); --set {section}.{key}=... to change it"
+        f"resume: {section}.{key}={_as_set(value)}, as the run trained (it was written before "
+        f"the setting existed); --set {section}.{key}=... to change it"
         for section, values in kept.items()
         for key, value in values.items()
     ]
@@ -96,6 +96,11 @@ def _added_since(saved: ConfigData) -> dict[str, dict[str, object]]:
         if data.compressed_files(sources):
             added["data"] = {"compressed": False}
     return added
+
+
+def _as_set(value: object) -> str:
+    """``value`` as ``--set`` and ``config.yaml`` write it (``false``, not ``False``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _with(config: ConfigData, added: dict[str, dict[str, object]]) -> ConfigData:

@@ -20,7 +20,7 @@ from trainer.config.typed import Config
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
 _DATA = ("source", "tokenizer", "seq_len", "batch_size", "max_tokens", "sources", "on_exhausted",
-         "exclude")  # fmt: skip
+         "exclude", "compressed")  # fmt: skip
 KEYS = {k: f"data.{k}" for k in _DATA} | {"data": "data.source"}
 KEYS |= {k: f"model.{k}" for k in ("vocab_size", "image_size", "num_channels")}
 
@@ -95,7 +95,7 @@ def prepare_section(
     ``data`` ``section`` for ``steps`` steps. New data is checked to give the run's batches before
     it is published in the shared cache: data the run refuses leaves the cache as it was. Files
     of other types in its folders, which are not read, are named first (a ``.json``, a
-    ``.jsonl.gz``: tjx.data's `left_out_summary`), not skipped without a word."""
+    ``.csv``: tjx.data's `left_out_summary`), not skipped without a word."""
     left = _keyed(data.left_out_summary, section)
     if left is not None:
         print(f"data: {left}", flush=True)

@@ -11,13 +11,14 @@ import sys
 import pytest
 from tjx_damaged_hf import HOSTILE_HF, damage
 
-from tjx import nn
+from tjx import data, nn
 from tjx.parallel.arguments import distributed_from_args
 from trainer.cli import _launch_flags, build_parser, main, parse_profile, plan_run
 from trainer.config.folder import RunDir
 from trainer.config.schema import ConfigError
 from trainer.config.settings import load_config
 from trainer.start.replay.request import parse_steps
+from trainer.step import data_setup
 
 
 def _plan(*argv):
@@ -342,7 +343,7 @@ def test_a_run_written_before_compressed_sources_resumes_without_them(in_tmp, ca
     refused); where it holds none, nothing changes."""
     folder = in_tmp / "corpus"
     folder.mkdir()
-    (folder / "a.txt").write_text("plain text " * 40, encoding="utf-8")
+    (folder / "a.txt").write_text("plain text " * 400, encoding="utf-8")
     source = ["--set", f"data.source={folder}"]
     saved = _plan("--config", "tiny", *source, "--run-dir", "x").config.to_dict()
     del saved["data"]["compressed"]
@@ -354,7 +355,20 @@ def test_a_run_written_before_compressed_sources_resumes_without_them(in_tmp, ca
     (folder / "b.jsonl.gz").write_bytes(gzip.compress(b'{"text": "rows"}\n'))
     plan = _plan("--config", "tiny", *source, "--run-dir", "r", "--resume")
     assert not plan.config.data.compressed and plan.resume_changes == {}
-    assert "resume: data.compressed=False, as the run trained" in capsys.readouterr().err
+    assert "resume: data.compressed=false, as the run trained" in capsys.readouterr().err
+    cache = ["--set", f"data.cache_dir={in_tmp / 'cache'}"]
+    bundle = data_setup.prepare(
+        _plan("--config", "tiny", *source, *cache, "--run-dir", "r", "--resume").config
+    )
+    alone = in_tmp / "alone"  # what the run read: a.txt alone
+    alone.mkdir()
+    (alone / "a.txt").write_bytes((folder / "a.txt").read_bytes())
+    read = data.prepare_shards(str(alone), data.ByteTokenizer(), in_tmp / "cache").tokens
+    assert data.load_index(bundle.train_dir).tokens == read["train"]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"data: left out 1 file(s) of other types: {folder / 'b.jsonl.gz'} (this run reads .txt, "
+        ".text, .md, .jsonl, .parquet files and, as data.compressed=false, no compressed one)"
+    )
     named = ["--set", "data.compressed=true"]  # another token stream: refused, as a new source
     with pytest.raises(ConfigError, match=r"cannot continue with data\.compressed False → True"):
         _plan("--config", "tiny", *source, *named, "--run-dir", "r", "--resume")

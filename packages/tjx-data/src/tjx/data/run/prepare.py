@@ -82,15 +82,8 @@ def prepare_run_data(
     with staged(staging) as stage:
         if isinstance(tokenizer, str):
             spec: str | None = tokenizer
-            tok = run_tokenizer(
-                tokenizer,
-                source,
-                vocab=tokenizer_vocab,
-                cache_dir=root,
-                names=names,
-                staging=stage,
-                compressed=compressed,
-            )
+            tok = run_tokenizer(tokenizer, source, vocab=tokenizer_vocab, cache_dir=root,
+                                names=names, staging=stage, compressed=compressed)  # fmt: skip
         else:
             spec, tok = ("bytes" if isinstance(tokenizer, ByteTokenizer) else None), tokenizer
         if vocab_size is not None and vocab_size < tok.vocab_size:
@@ -101,16 +94,9 @@ def prepare_run_data(
                 f"leave it unset (the tokenizer's size) or use >= {tok.vocab_size}",
             )
         try:
-            shards = prepare_shards(
-                source,
-                tok,
-                root,
-                num_workers=num_workers,
-                progress=progress,
-                max_tokens=max_tokens,
-                staging=stage,
-                compressed=compressed,
-            )
+            shards = prepare_shards(source, tok, root, num_workers=num_workers, progress=progress,
+                                    max_tokens=max_tokens, staging=stage,
+                                    compressed=compressed)  # fmt: skip
         except DataError as err:
             raise fault(names, "source", str(err)) from None
         for split, tokens in shards.tokens.items():

@@ -84,13 +84,7 @@ def left_out_note(
 
     A source that lists nothing is left to its preparation, which names it.
     """
-    left: set[Path] = set()
-    for source in sources:
-        for split in SPLITS if is_local_source(source) else ():
-            try:
-                left.update(left_out_files(source, split, compressed=compressed))
-            except DataError:
-                continue  # a source with no file: its preparation says so, with the fix
+    left = _left_out(sources, compressed)
     if not left:
         return None
     found = sorted(left)
@@ -110,15 +104,19 @@ def compressed_files(sources: list[str]) -> list[Path]:
     started before tjx-data 0.23, which read none, would read now. A source that lists nothing
     has none.
     """
-    found: set[Path] = set()
+    return sorted(_left_out(sources, False) - _left_out(sources, True))
+
+
+def _left_out(sources: list[str], compressed: bool) -> set[Path]:
+    """`left_out_files` of both splits of the local sources among ``sources``."""
+    left: set[Path] = set()
     for source in sources:
         for split in SPLITS if is_local_source(source) else ():
             try:
-                without = left_out_files(source, split, compressed=False)
-                found.update(set(without) - set(left_out_files(source, split)))
+                left.update(left_out_files(source, split, compressed=compressed))
             except DataError:
                 continue  # a source with no file: its preparation says so, with the fix
-    return sorted(found)
+    return left
 
 
 def config_tokenizer(config: DataConfig, *, names: Names = None) -> Tokenizer:

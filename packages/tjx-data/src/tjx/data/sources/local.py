@@ -112,8 +112,8 @@ def resolve_files(path_or_glob: str, split: str, *, compressed: bool = True) -> 
 
     A folder that has a sub-folder named like the split uses that sub-folder. Hidden files and
     files of other types (`file_type`; with ``compressed=False`` every compressed one) are
-    ignored in folders and globs (they are `left_out_files`, which a run names). A file named
-    alone is read whatever ``compressed`` says.
+    ignored in folders and globs (they are `left_out_files`, which a run names); a compressed
+    file named alone is read, or with ``compressed=False`` matches nothing.
 
     Raises
     ------

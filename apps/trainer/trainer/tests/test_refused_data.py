@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tjx import data
 from tjx.data.bpe import train_bpe
 from tjx.data.chat.tasks import CHATML_SPECIALS, write_chatml_folder
 from trainer.cli import main
+from trainer.config.typed import read_config
+from trainer.step import data_setup
 
 SMALL = [
     "model.d_model=32",
@@ -122,3 +126,27 @@ def test_rows_too_long_for_the_run_name_the_users_file_not_a_staging_folder(in_t
     line = _refused(in_tmp, capsys, "sft_tiny", f"data.source={chat}", "data.seq_len=4")
     assert line.startswith(f"trainer: error: data.seq_len: {chat}:train: all 36 chat row(s) "), line
     assert "staged" not in line and str(in_tmp / "cache") not in line, line
+
+
+def test_rows_whose_text_is_in_another_field_name_it_and_are_read_with_data_text_field(
+    in_tmp, capsys
+):
+    """The Stack's rows hold their text in ``content``: without ``data.text_field`` the run is
+    refused in one line naming the setting and the row's string fields, the cache untouched;
+    with it, its rows are read (every byte of their text, an EOS a document)."""
+    rows = in_tmp / "code.jsonl"
+    rng = np.random.default_rng()
+    code = [f"def f{int(i)}(x):\n    return x * {int(i)}\n" for i in rng.integers(0, 999, 60)]
+    rows.write_text("".join(json.dumps({"content": c, "repo": "a/b"}) + "\n" for c in code))
+    line = _refused(in_tmp, capsys, "tiny", f"data.source={rows}", "data.tokenizer=bpe",
+                    "data.tokenizer_vocab=300")  # fmt: skip
+    assert line == (
+        f"trainer: error: data.text_field: {rows}: line 1: no string field 'text' (its string "
+        "fields: content, repo: name the one that holds the text)"
+    )
+    section = {"source": str(rows), "text_field": "content", "cache_dir": str(in_tmp / "cache")}
+    bundle = data_setup.prepare(read_config({"data": {**section, "seq_len": 16}}))
+    assert bundle.text_field == "content"
+    assert data.load_index(bundle.train_dir).tokens + data.load_index(bundle.val_dir).tokens == (
+        sum(len(c.encode()) + 1 for c in code)  # bytes, and an EOS a document
+    )

@@ -58,7 +58,7 @@ def test_parquet_rows_are_documents(tmp_path):
     path = tmp_path / "d.parquet"
     datasets.Dataset.from_dict({"body": ["x y", "z"], "n": [1, 2]}).to_parquet(str(path))
     assert list(load_source(str(path), text_field="body")) == ["x y", "z"]
-    with pytest.raises(DataError, match="no string column 'text'"):
+    with pytest.raises(DataError, match="no string field 'text'"):
         list(load_source(str(path)))
 
 
@@ -154,7 +154,7 @@ def test_hub_rows_to_texts():
         "a",
         "b",
     ]
-    with pytest.raises(DataError, match="x/y: row 1: no string column 'text'"):
+    with pytest.raises(DataError, match="x/y: row 1: no string field 'text'"):
         list(iter_hub_texts("x/y", [{"text": "a"}, {"text": None}], "text"))
 
 

@@ -5,8 +5,9 @@ do), into the cache a run then finds them in.
         --cache-dir /shared/tjx-cache --num-workers 32
 
 The shards land where `tjx.data.prepare_run_data` (the trainer's ``data`` section with the same
-``source``, ``tokenizer``, ``tokenizer_vocab``, ``max_tokens``, ``compressed`` and ``cache_dir``)
-looks for them, so a run started later tokenizes nothing. Bad input: one line, exit 2.
+``source``, ``tokenizer``, ``tokenizer_vocab``, ``max_tokens``, ``compressed``, ``text_field``
+and ``cache_dir``) looks for them, so a run started later tokenizes nothing. Bad input: one line,
+exit 2.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         help="read a folder's compressed files (.jsonl.gz, ...); --no-compressed as a run "
         "with data.compressed=false",
     )
+    parser.add_argument("--text-field", default="text", help="a row's field holding the text")
     args = parser.parse_args(argv)
     for flag, value in (("--max-tokens", args.max_tokens), ("--num-workers", args.num_workers)):
         if value is not None and value < 1:
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         with staged() as stage:  # a BPE is published only with the shards it made
             tok = run_tokenizer(args.tokenizer, args.source, vocab=args.tokenizer_vocab,
                                 cache_dir=args.cache_dir, staging=stage,
-                                compressed=args.compressed)  # fmt: skip
+                                compressed=args.compressed,
+                                text_field=args.text_field)  # fmt: skip
             shards = prepare_shards(
                 args.source,
                 tok,
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_tokens=args.max_tokens,
                 staging=stage,
                 compressed=args.compressed,
+                text_field=args.text_field,
             )
     except DataError as err:
         print(f"python -m tjx.data: error: {err}", file=sys.stderr)

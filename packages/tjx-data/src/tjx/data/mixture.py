@@ -34,11 +34,13 @@ ON_EXHAUSTED = ("repeat", "drop")
 
 @dataclass(frozen=True)
 class MixtureSource:
-    """One source of a mixture: its name (``val_loss/<name>``), what to prepare and its weight."""
+    """One source of a mixture: its name (``val_loss/<name>``), what to prepare and its weight,
+    and the field of its rows that holds the text where it is not the run's (``None``)."""
 
     name: str
     source: str
     weight: float
+    text_field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ class MixturePart:
 def check_mixture(
     entries: Sequence[Mapping[str, object]], key: str = "sources"
 ) -> list[MixtureSource]:
-    """The mixture ``entries`` (``{source, weight, name}`` each) as checked `MixtureSource`\\ s.
+    """The mixture ``entries`` (``{source, weight, name, text_field}`` each) as checked
+    `MixtureSource`\\ s.
 
     ``name`` defaults to the source's last path part (``"./web/"`` → ``"web"``).
 
@@ -107,11 +110,17 @@ def check_mixture(
                 f"{where}: expected a mapping with a source (and weight, name), got {entry!r}",
                 argument="sources",
             )
-        unknown = sorted(set(entry) - {"source", "weight", "name"})
+        unknown = sorted(set(entry) - {"source", "weight", "name", "text_field"})
         if unknown:
             raise DataError(
-                f"{where}: unknown key(s) {', '.join(unknown)}; allowed: source, weight, name",
+                f"{where}: unknown key(s) {', '.join(unknown)}; allowed: source, weight, name, "
+                "text_field",
                 argument="sources",
+            )
+        field = entry.get("text_field")
+        if field is not None and (not isinstance(field, str) or not field):
+            raise DataError(
+                f"{where}.text_field: must be a field's name, got {field!r}", argument="sources"
             )
         weight = entry.get("weight", 1.0)
         if (
@@ -125,7 +134,7 @@ def check_mixture(
             )
         source = str(entry["source"])
         name = entry.get("name") or source.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-        out.append(MixtureSource(str(name), source, float(weight)))
+        out.append(MixtureSource(str(name), source, float(weight), field))
     seen: dict[str, int] = {}
     for i, item in enumerate(out):
         if item.name in seen:

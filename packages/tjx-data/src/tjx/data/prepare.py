@@ -183,7 +183,9 @@ def held_out_located(
     return [d for d in out if d[0]]
 
 
-def split_documents(source: str, split: str, *, compressed: bool = True) -> Documents:
+def split_documents(
+    source: str, split: str, *, compressed: bool = True, text_field: str = "text"
+) -> Documents:
     """The documents of ``split`` of ``source``, as `prepare_shards` tokenizes them.
 
     `load_source`'s split, except for a local source without a validation split
@@ -196,22 +198,31 @@ def split_documents(source: str, split: str, *, compressed: bool = True) -> Docu
         As `load_source`; or a split other than train/validation of a held-out source.
     """
     if not needs_held_out(source, compressed=compressed):
-        return load_source(source, split=split, compressed=compressed)
+        return load_source(source, split=split, compressed=compressed, text_field=text_field)
     if split not in SPLITS:
         raise DataError(f"{source!r} has no split {split!r}; its held-out splits are {SPLITS}")
-    whole = load_source(source, split="train", compressed=compressed)
+    whole = load_source(source, split="train", compressed=compressed, text_field=text_field)
     return Documents.of_located(
         f"{source}:{split}", lambda: iter(held_out_located(list(whole.located()), split))
     )
 
 
-def _read_when_built(source: str, split: str, compressed: bool) -> Documents:
+def _read_when_built(source: str, split: str, compressed: bool, text_field: str) -> Documents:
     """`split_documents`, opened only when iterated: pretokenize iterates only to build a split,
     so a cached split's text is not read again and a hub dataset whose shards are cached is not
     even opened (that works offline)."""
     return Documents.of_located(
-        f"{source}:{split}", lambda: split_documents(source, split, compressed=compressed).located()
+        f"{source}:{split}",
+        lambda: split_documents(
+            source, split, compressed=compressed, text_field=text_field
+        ).located(),
     )
+
+
+def _field_key(text_field: str) -> str:
+    """The part of a cache key that names the text field: none for ``text`` (so the keys made
+    before another could be named are found again), else ``-field-<slug>``."""
+    return "" if text_field == "text" else f"-field-{slug(text_field)}"
 
 
 def bpe_tokenizer(
@@ -222,6 +233,7 @@ def bpe_tokenizer(
     progress: bool = False,
     staging: Staging | None = None,
     compressed: bool = True,
+    text_field: str = "text",
 ) -> Tokenizer:
     """A byte-level BPE trained on ``source``'s train split, trained once and then cached.
 
@@ -244,8 +256,9 @@ def bpe_tokenizer(
     staging:
         Build a new tokenizer there, for its owner to publish once the data made with it passed
         its checks (default: published at once).
-    compressed:
-        Read a local folder's compressed files (`load_source`).
+    compressed, text_field:
+        How documents are read (`load_source`); a field other than ``text`` has its own
+        tokenizer (``...-field-<slug>``).
 
     Raises
     ------
@@ -254,14 +267,18 @@ def bpe_tokenizer(
     ValueError
         ``vocab_size`` below 257.
     """
-    folder = _root(cache_dir) / "tokenizers" / f"{slug(source)}-bpe{vocab_size}"
+    folder = (
+        _root(cache_dir) / "tokenizers" / f"{slug(source)}-bpe{vocab_size}{_field_key(text_field)}"
+    )
     saved = folder / "tokenizer.json"
 
     def build(staging: Path) -> None:
         read = {"chars": 0, "to_the_end": False}
 
         def documents() -> Iterator[str]:
-            for doc in split_documents(source, "train", compressed=compressed):
+            for doc in split_documents(
+                source, "train", compressed=compressed, text_field=text_field
+            ):
                 read["chars"] += len(doc)
                 yield doc
             read["to_the_end"] = True
@@ -330,6 +347,7 @@ def prepare_shards(
     max_tokens: int | None = None,
     staging: Staging | None = None,
     compressed: bool = True,
+    text_field: str = "text",
 ) -> PreparedShards:
     """Tokenize ``source``'s splits into the shared shard cache, or find them there.
 
@@ -356,6 +374,9 @@ def prepare_shards(
     compressed:
         Read a local folder's or glob's compressed files (`load_source`; False: as tjx-data
         before 0.23, none).
+    text_field:
+        The field (JSON Lines), column (Parquet, hub) holding a document's text (`load_source`);
+        another than ``text`` has its own folder (``...-field-<slug>``).
 
     Returns
     -------
@@ -376,6 +397,7 @@ def prepare_shards(
     if not splits:
         raise ValueError("splits must name at least one split")
     key = f"{shard_key(source, compressed=compressed)}-{tokenizer.fingerprint[:12]}"
+    key += _field_key(text_field)
     if max_tokens is not None:
         key += f"-max{max_tokens}"
     root = _root(cache_dir) / "shards" / key
@@ -384,7 +406,7 @@ def prepare_shards(
         for split in splits:
             where = stage.place(root / split)
             indexes[split] = pretokenize(
-                _read_when_built(source, split, compressed),
+                _read_when_built(source, split, compressed, text_field),
                 tokenizer,
                 where.parent,
                 split=split,

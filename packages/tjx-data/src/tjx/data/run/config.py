@@ -32,6 +32,11 @@ class DataConfig:
         "preference (DPO pairs: prompt, chosen, rejected) or prompts (GRPO: prompt, answer)",
     )
     messages_field: str = setting("messages", help="chat data: the column of a row's turns")
+    text_field: str = setting(
+        "text",
+        help="text data: the field of a JSON Lines row, or the Parquet or hub column, that holds "
+        "a document's text (The Stack's: content); a mixture entry may give its own",
+    )
     tokenizer: str = setting(
         "byte", help="byte | gpt2 | bpe | a tokenizer path (chat data: a folder with a template)"
     )

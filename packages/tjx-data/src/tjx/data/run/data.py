@@ -27,7 +27,7 @@ from tjx.data.loader import PackedLoader, validation_batches
 from tjx.data.mixture import MixturePart
 from tjx.data.mixture_loader import MixtureLoader, mixture_validation_batches
 from tjx.data.prepare import prepare_shards
-from tjx.data.run.tokenizer import Names, fault, name_of
+from tjx.data.run.tokenizer import Names, fault, name_of, source_or_field
 from tjx.data.shards import load_index
 from tjx.data.tokenizers import Tokenizer
 from tjx.data.urls import is_url
@@ -66,6 +66,9 @@ class RunData:
         The prepared sources of a weighted mixture (``source`` then names them all,
         ``train_dir``/``val_dir`` are ``None`` and ``bytes_per_token`` is the weights' mean of
         theirs), and what a source that has given every window does (`MixtureLoader`).
+    text_field:
+        The field or column its rows' text was read from (`prepare_shards`); ``data.json``
+        names it only when it is not ``text``.
     """
 
     source: str
@@ -80,6 +83,7 @@ class RunData:
     images: Mapping[str, ImageDataset] | None = None
     mixture: tuple[MixturePart, ...] | None = None
     on_exhausted: str = "repeat"
+    text_field: str = "text"
 
     # -- loaders -----------------------------------------------------------------------------
     def train_loader(
@@ -240,6 +244,7 @@ class RunData:
             "vocab_size": self.vocab_size,
             "seq_len": self.seq_len,
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            **({} if self.text_field == "text" else {"text_field": self.text_field}),
             **(
                 {}
                 if self.mixture is None
@@ -286,6 +291,7 @@ class RunData:
                 else tuple(MixturePart.from_description(p) for p in info["mixture"])
             ),
             on_exhausted=str(info.get("on_exhausted") or "repeat"),
+            text_field=str(info.get("text_field") or "text"),
         )
 
     def heldout_shards(
@@ -294,9 +300,9 @@ class RunData:
         """Validation shards and bytes/token: the run's own, or ``source``'s with its tokenizer.
 
         ``source`` goes through `prepare_shards` in the run's cache folder exactly as the run's
-        own source did (same folder, same held-out split of a local file, fresh shards after a
-        local file changes). Its errors, and a run without tokenizer, are a `DataError` with
-        ``argument="source"``.
+        own source did (same folder, same held-out split of a local file, the same text field,
+        fresh shards after a local file changes). Its errors, and a run without tokenizer, are a
+        `DataError` with ``argument="source"``.
         """
         if source is None and self.mixture is not None:
             raise fault(
@@ -317,7 +323,8 @@ class RunData:
                 self.cache_dir,
                 splits=("validation",),
                 progress=progress,
+                text_field=self.text_field,
             )
         except DataError as err:
-            raise fault(names, "source", str(err)) from None
+            raise fault(names, source_or_field(err), str(err)) from None
         return shards.dirs["validation"], shards.bytes_per_token["validation"]

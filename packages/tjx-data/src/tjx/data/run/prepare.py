@@ -19,7 +19,7 @@ from tjx.data.images import load_digits
 from tjx.data.mixture import ON_EXHAUSTED, MixturePart, MixtureSource
 from tjx.data.prepare import prepare_shards
 from tjx.data.run.data import RunData
-from tjx.data.run.tokenizer import Names, fault, name_of, run_tokenizer
+from tjx.data.run.tokenizer import Names, fault, name_of, run_tokenizer, source_or_field
 from tjx.data.tokenizers import ByteTokenizer, Tokenizer
 
 __all__ = ["prepare_image_run_data", "prepare_mixture_run_data", "prepare_run_data"]
@@ -39,6 +39,7 @@ def prepare_run_data(
     max_tokens: int | None = None,
     staging: Staging | None = None,
     compressed: bool = True,
+    text_field: str = "text",
 ) -> RunData:
     """Tokenizer and shards of both splits of ``source``, checked for a run (cheap when cached).
 
@@ -70,6 +71,8 @@ def prepare_run_data(
     compressed:
         Read a local folder's or glob's compressed files (`prepare_shards`); False: as tjx-data
         before 0.23, none (a run started then goes on so).
+    text_field:
+        The field or column of a row that holds its text (`prepare_shards`).
 
     Raises
     ------
@@ -83,7 +86,8 @@ def prepare_run_data(
         if isinstance(tokenizer, str):
             spec: str | None = tokenizer
             tok = run_tokenizer(tokenizer, source, vocab=tokenizer_vocab, cache_dir=root,
-                                names=names, staging=stage, compressed=compressed)  # fmt: skip
+                                names=names, staging=stage, compressed=compressed,
+                                text_field=text_field)  # fmt: skip
         else:
             spec, tok = ("bytes" if isinstance(tokenizer, ByteTokenizer) else None), tokenizer
         if vocab_size is not None and vocab_size < tok.vocab_size:
@@ -95,10 +99,10 @@ def prepare_run_data(
             )
         try:
             shards = prepare_shards(source, tok, root, num_workers=num_workers, progress=progress,
-                                    max_tokens=max_tokens, staging=stage,
-                                    compressed=compressed)  # fmt: skip
+                                    max_tokens=max_tokens, staging=stage, compressed=compressed,
+                                    text_field=text_field)  # fmt: skip
         except DataError as err:
-            raise fault(names, "source", str(err)) from None
+            raise fault(names, source_or_field(err), str(err)) from None
         for split, tokens in shards.tokens.items():
             if tokens < seq_len + 1:
                 raise fault(
@@ -117,6 +121,7 @@ def prepare_run_data(
         bytes_per_token=shards.bytes_per_token["validation"],
         seq_len=seq_len,
         cache_dir=root,
+        text_field=text_field,
     )
 
 
@@ -134,8 +139,9 @@ def prepare_mixture_run_data(
 
     ``options`` are `prepare_run_data`'s other keyword arguments (``tokenizer_vocab``,
     ``cache_dir``, ``num_workers``, ``vocab_size``, ``progress``, ``max_tokens``: a cap on each
-    source's splits; ``compressed``; ``staging``: one `Staging` for every source, else every
-    source's new shards are published together once all passed). A source's problem is a
+    source's splits; ``compressed``; ``text_field``: a source's own ``text_field`` wins;
+    ``staging``: one `Staging` for every source, else every source's new shards are published
+    together once all passed). A source's problem is a
     `DataError` with ``argument="sources"`` naming the entry (``data.sources[1].source: ...``);
     the other arguments' errors are as `prepare_run_data`'s.
     """
@@ -150,12 +156,14 @@ def prepare_mixture_run_data(
     with staged(options.pop("staging", None)) as stage:  # every source passes, or none is kept
         for i, item in enumerate(sources):
             own = {**(names or {}), "source": f"{where}[{i}].source"}
+            field = {"text_field": item.text_field} if item.text_field is not None else {}
+            if field:  # its own field, named by its entry
+                own["text_field"] = f"{where}[{i}].text_field"
             try:
-                run = prepare_run_data(
-                    item.source, tok, seq_len=seq_len, names=own, staging=stage, **options
-                )
+                run = prepare_run_data(item.source, tok, seq_len=seq_len, names=own,
+                                       staging=stage, **{**options, **field})  # fmt: skip
             except DataError as err:
-                if err.argument != "source":
+                if err.argument not in ("source", "text_field"):
                     raise
                 raise DataError(str(err), argument="sources") from None
             tok = run.tokenizer or tok  # the first source's tokenizer serves them all
@@ -177,6 +185,7 @@ def prepare_mixture_run_data(
         cache_dir=first.cache_dir,
         mixture=tuple(parts),
         on_exhausted=on_exhausted,
+        text_field=str(options.get("text_field", "text")),
     )
 
 

@@ -23,7 +23,8 @@ def check_data_config(
 
     A cap below one batch (`check_max_tokens`), an invalid mixture (`check_mixture`); chat and
     preference data train a decoder (``task`` ``"lm"``, in the caller's words ``decoders``) on
-    one source; an image model reads no mixture; a mixture reads its windows shuffled.
+    one source; an image model reads no mixture; a mixture reads its windows shuffled; a text
+    field is text data's.
 
     Raises
     ------
@@ -53,6 +54,13 @@ def check_data_config(
             f"{section}.exclude: documents are excluded from one {section}.source of text "
             f"trained as a language model, not from {what}; drop {section}.exclude",
             argument="exclude",
+        )
+    if cfg.text_field != "text" and cfg.format != "text":
+        raise DataError(
+            f"{section}.text_field: {cfg.format} data reads its rows' "
+            f"{section}.messages_field (or prompt/completion, chosen/rejected columns), not a text "
+            f"field; drop {section}.text_field",
+            argument="text_field",
         )
     if cfg.sources is not None and not cfg.shuffle:
         raise DataError(

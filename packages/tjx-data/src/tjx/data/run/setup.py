@@ -124,14 +124,10 @@ def config_tokenizer(config: DataConfig, *, names: Names = None) -> Tokenizer:
     source, or a mixture's first source, and cached) or a path."""
     parts = run_sources(config, names=names)
     source = config.source if parts is None else parts[0].source
-    return run_tokenizer(
-        config.tokenizer,
-        source,
-        vocab=config.tokenizer_vocab,
-        cache_dir=config.cache_dir,
-        names=names,
-        compressed=config.compressed,
-    )
+    field = config.text_field if parts is None else parts[0].text_field or config.text_field
+    return run_tokenizer(config.tokenizer, source, vocab=config.tokenizer_vocab,
+                         cache_dir=config.cache_dir, names=names, compressed=config.compressed,
+                         text_field=field)  # fmt: skip
 
 
 def config_vocab(config: DataConfig) -> int:
@@ -252,6 +248,7 @@ def _prepare_text_or_chat(
         "names": names,
         "staging": stage,
         "compressed": config.compressed,
+        "text_field": config.text_field,
     }
     if parts is not None:
         exhausted = config.on_exhausted

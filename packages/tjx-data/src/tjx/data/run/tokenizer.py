@@ -18,7 +18,7 @@ from tjx.data.prepare import bpe_tokenizer
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = ["Names", "check_run_tokenizer", "fault", "name_of", "run_tokenizer"]
-__all__ += ["same_tokenizer"]
+__all__ += ["same_tokenizer", "source_or_field"]
 
 Names = Mapping[str, str] | None
 
@@ -26,6 +26,12 @@ Names = Mapping[str, str] | None
 def fault(names: Names, argument: str, message: str) -> DataError:
     """``DataError("<name of argument>: message", argument=argument)``."""
     return DataError(f"{name_of(names, argument)}: {message}", argument=argument)
+
+
+def source_or_field(err: DataError) -> str:
+    """The argument a source's `DataError` is said of: ``"text_field"`` for a row without that
+    field (`tjx.data.sources.local.no_text`: the field is what to change), else ``"source"``."""
+    return "text_field" if err.argument == "text_field" else "source"
 
 
 def name_of(names: Names, argument: str) -> str:
@@ -42,6 +48,7 @@ def run_tokenizer(
     names: Names = None,
     staging: Staging | None = None,
     compressed: bool = True,
+    text_field: str = "text",
 ) -> Tokenizer:
     """The tokenizer ``spec`` names for a run on ``source``.
 
@@ -50,7 +57,8 @@ def run_tokenizer(
     path). A corpus the BPE cannot train on is a `DataError` with ``argument="source"``, a
     tokenizer that does not load one with ``argument="tokenizer"``. A new BPE is built in
     ``staging`` when given (published by its owner once the data passed its checks); it reads
-    a local folder's compressed files unless ``compressed`` is False.
+    a local folder's compressed files unless ``compressed`` is False, and each row's
+    ``text_field``.
     """
     if spec != "bpe":
         try:
@@ -58,11 +66,10 @@ def run_tokenizer(
         except DataError as err:
             raise fault(names, "tokenizer", str(err)) from None
     try:
-        return bpe_tokenizer(
-            source, vocab, cache_root(cache_dir), staging=staging, compressed=compressed
-        )
+        return bpe_tokenizer(source, vocab, cache_root(cache_dir), staging=staging,
+                             compressed=compressed, text_field=text_field)  # fmt: skip
     except DataError as err:  # the corpus it trains on is the source
-        raise fault(names, "source", str(err)) from None
+        raise fault(names, source_or_field(err), str(err)) from None
 
 
 def _tokenizer_file(spec: object) -> Path | None:

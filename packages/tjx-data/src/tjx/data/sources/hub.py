@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tjx.data.errors import DataError
+from tjx.data.sources.local import no_text
 
 __all__ = ["hub_error", "open_hub_dataset"]
 
@@ -49,7 +50,7 @@ def iter_hub_texts(name: str, rows: Iterable, text_field: str) -> Iterator[str]:
     try:
         for number, row in enumerate(rows):
             if not isinstance(row.get(text_field), str):
-                raise DataError(f"{name}: row {number}: no string column {text_field!r}")
+                raise no_text(f"{name}: row {number}", text_field, row)
             yield row[text_field]
     except DataError:
         raise

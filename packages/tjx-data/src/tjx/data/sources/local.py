@@ -18,7 +18,7 @@ import json
 import logging
 import lzma
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +231,26 @@ def _lines(path: Path) -> Iterator[bytes]:
         raise _broken(path, err) from None
 
 
+def no_text(where: str, text_field: str, row: object) -> DataError:
+    """The error of a row without a string ``text_field``: ``where`` (``"<file>: line 3"``) and,
+    where the row has string fields, which (The Stack's ``content``: the text field to set).
+    Its ``argument`` is ``"text_field"`` for a row with fields (a run's message names that
+    setting first), ``None`` for a row that is no object (``[1, 2]``: the file is at fault)."""
+    if not isinstance(row, Mapping):
+        return DataError(f"{where}: no string field {text_field!r} (the row is no JSON object)")
+    fields = [str(k) for k, v in row.items() if isinstance(v, str)]
+    hint = ""
+    if fields:
+        shown = ", ".join(fields[:8]) + (", ..." if len(fields) > 8 else "")
+        hint = f" (its string fields: {shown}: name the one that holds the text)"
+    return DataError(f"{where}: no string field {text_field!r}{hint}", argument="text_field")
+
+
 def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[tuple[str, Origin]]:
     name = str(path.resolve())
     for number, start, row in jsonl_rows(path, lambda raw, _, at: _decode(raw, path, at, errors)):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-            raise DataError(f"{path}: line {number}: no string field {text_field!r}")
+            raise no_text(f"{path}: line {number}", text_field, row)
         yield row[text_field], Origin(name, line=number, byte=start)
 
 
@@ -275,7 +290,7 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[tuple[str, Origin]]:
             except StopIteration:
                 return
             if not isinstance(row.get(text_field), str):
-                raise DataError(f"{path}: row {number}: no string column {text_field!r}")
+                raise no_text(f"{path}: row {number}", text_field, row)
             yield row[text_field], Origin(str(path.resolve()), row=number)
     except DataError:
         raise

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from eval import harness, hf_checkpoint
-from eval.runs import RunError, check_run_dir, heldout_dir, load_run, rebuilt
+from eval.runs import RunError, check_run_dir, heldout_dir, load_run, read_as, rebuilt
 from tjx import ckpt, data
 from tjx.ckpt import CheckpointError
 from tjx.core import warning_lines
@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--step applies to both",
     )
     parser.add_argument("--data", default=None, help="held-out text: built-in, hub name or path")
+    parser.add_argument(
+        "--text-field",
+        default=None,
+        help="with --data: the field or column of its rows that holds the text (default: the "
+        "run's data.text_field)",
+    )
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--generate", default=None, metavar="PROMPT", help="sample from PROMPT")
     parser.add_argument(
@@ -102,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.text_field is not None and (args.data is None or not args.text_field):
+        what = "must name a field" if args.data is not None else "applies to --data"
+        raise RunError(f"--text-field: {what}; give the held-out rows with --data")
     for name in ("max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise RunError(f"--{name.replace('_', '-')}: must be >= 1")
@@ -386,7 +395,8 @@ def _main(argv: list[str] | None) -> int:
         if left is not None:  # a folder's .json or .csv: named once, not skipped silently
             print(f"note: --data: {left}")
         if args.compare:
-            runs = [load_run(*split_step(p, args.step)) for p in args.compare]
+            runs = [read_as(load_run(*split_step(p, args.step)), args.text_field)
+                    for p in args.compare]  # fmt: skip
             for one in runs:
                 _check_scoreable(one)
             if len({reward.scores_rewards(one, args.rewards) for one in runs}) > 1:
@@ -402,7 +412,8 @@ def _main(argv: list[str] | None) -> int:
             results = [_metrics(r, args) for r in runs]
             _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
             return 0
-        run = hf_checkpoint.load_checkpoint(location(args.checkpoint), args.step)
+        run = read_as(hf_checkpoint.load_checkpoint(location(args.checkpoint), args.step),
+                      args.text_field)  # fmt: skip
         if hf_checkpoint.is_hf_folder(location(args.checkpoint)):
             args.attention_png = args.attention_png or "none"  # never written into its folder
         if args.export_hf is not None:

@@ -11,6 +11,7 @@ tensor at a time), so the exported folder is an ordinary Hugging Face checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,21 @@ def started_as(run_dir: Path) -> str | None:
     return model_type if isinstance(model_type, str) else None
 
 
+#: How tjx.data's messages about ``--data`` name the flags: its rows' text field is
+#: ``--text-field`` (the run's ``data.text_field`` by default).
+_DATA_FLAGS = {"source": "--data", "text_field": "--text-field"}
+
+
+def read_as(run: LoadedRun, text_field: str | None) -> LoadedRun:
+    """``run`` reading other held-out rows (``--data``) by ``text_field``: the field or column
+    holding their text (``None``: the run's own, its ``data.text_field``)."""
+    if text_field is None or not isinstance(run.run_data, data.RunData):
+        return run
+    return dataclasses.replace(
+        run, run_data=dataclasses.replace(run.run_data, text_field=text_field)
+    )
+
+
 def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:
     """Validation shards and bytes/token: the run's own, or ``source`` with the run's tokenizer.
 
@@ -210,7 +226,7 @@ def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]
         raise RunError("--data: a chat run is scored on its own held-out conversations")
     try:
         return run.run_data.heldout_shards(
-            source, progress=sys.stderr.isatty(), names={"source": "--data"}
+            source, progress=sys.stderr.isatty(), names=_DATA_FLAGS
         )
     except data.DataError as err:
         raise RunError(str(err) if err.argument else f"--checkpoint: {err}") from None

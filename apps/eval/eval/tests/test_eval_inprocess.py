@@ -84,6 +84,33 @@ def test_compare_and_other_data(run_dir, tmp_path, capsys):
     assert out.count(note) == 1  # once, for both runs
 
 
+def test_other_rows_are_read_by_the_text_field_named(run_dir, tmp_path, capsys):
+    """``--data`` rows whose text is in ``content`` score with ``--text-field content`` as the
+    same text in ``text`` does; without it, one line names the flag and the rows' fields."""
+    run, _ = run_dir
+    rng = np.random.default_rng()
+    lines = [f"line {int(i)}: a rose by any other name\n" * 3 for i in rng.integers(0, 99, 30)]
+    for name, field in (("code.jsonl", "content"), ("web.jsonl", "text")):
+        rows = "".join(json.dumps({field: t}) + "\n" for t in lines)
+        (tmp_path / name).write_text(rows, encoding="utf-8")
+    common = ["--checkpoint", str(run), "--batch-size", "2", "--max-batches", "2"]
+    common += ["--attention-png", "none"]
+    assert main([*common, "--data", str(tmp_path / "code.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"eval: error: --text-field: {tmp_path / 'code.jsonl'}: line 1: no string field 'text' "
+        "(its string fields: content: name the one that holds the text)"
+    )
+    named = ["--data", str(tmp_path / "code.jsonl"), "--text-field", "content"]
+    assert main([*common, *named]) == 0
+    first = capsys.readouterr().out
+    assert main([*common, "--data", str(tmp_path / "web.jsonl")]) == 0
+    second = capsys.readouterr().out
+    assert _metric(first, "loss") == _metric(second, "loss")
+    assert _metric(first, "num_tokens") == _metric(second, "num_tokens") > 0
+    assert main([*common, "--text-field", "content"]) == 2
+    assert "--text-field: applies to --data" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("written", [None, "none"])
 def test_a_text_run_without_its_tokenizer_is_one_line(run_dir, capsys, written):
     """Image runs are scored (test_eval_images.py); a text run's data.json must name one."""

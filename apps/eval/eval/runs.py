@@ -225,8 +225,6 @@ def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]
     if not isinstance(run.run_data, data.RunData):  # a chat run's conversations: not shards
         raise RunError("--data: a chat run is scored on its own held-out conversations")
     try:
-        return run.run_data.heldout_shards(
-            source, progress=sys.stderr.isatty(), names=_DATA_FLAGS
-        )
+        return run.run_data.heldout_shards(source, progress=sys.stderr.isatty(), names=_DATA_FLAGS)
     except data.DataError as err:
         raise RunError(str(err) if err.argument else f"--checkpoint: {err}") from None

@@ -28,9 +28,7 @@ from tjx_data_tests._helpers import random_docs
 
 
 def _rows(path, docs, field, **extra):
-    path.write_text(
-        "".join(json.dumps({field: d, **extra}) + "\n" for d in docs), encoding="utf-8"
-    )
+    path.write_text("".join(json.dumps({field: d, **extra}) + "\n" for d in docs), encoding="utf-8")
     return str(path)
 
 

@@ -46,7 +46,9 @@ def _sha(run):
 #: (commit 11a4b1d, jax 0.10.2, 8 simulated devices), and its final parameters' hash: overlap 0
 #: must keep them bit for bit. XLA compiles for the host CPU's features, and the same code's
 #: parameters differ in their last bits between CI machines (the losses do not): one hash per CPU
-#: the CI has run on (the one before 2026-11-29; an AMD EPYC with AVX2, no AVX-512, since).
+#: the CI has run on (the one before 2026-11-29; an AMD EPYC with AVX2, no AVX-512, since; an AMD
+#: EPYC with AVX-512, family 26, since 2026-12-01, its hash that of commit 11a4b1d's code run there
+#: with these settings). On another CPU, record its hash the same way: run 11a4b1d's trainer.
 TODAY = [
     (1, 0.007250192575156689, 0.625),
     (2, 4.0978193283081055e-08, 0.7734375),
@@ -55,6 +57,7 @@ TODAY = [
 TODAY_SHAS = {
     "c7d801029ba4a203f4313000a8e2c1f95d4a64303af31654f443abad740427f0",
     "2e143eb6363f51f0c245d87594d0870dabdf931d130f94605bb2a229beb99c0e",
+    "ff548afa8eccdc2e13cbe62a5fed6cf4d8201d2967dab2ef7030282d8d63d769",
 }
 
 

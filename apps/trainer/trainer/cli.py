@@ -26,7 +26,13 @@ from trainer.config.settings import (
 )
 from trainer.config.typed import SCHEMA, for_new_run, read_config
 from trainer.loop.location import start_location
-from trainer.loop.resume import as_trained, check_chat_template, check_resume, describe_changes
+from trainer.loop.resume import (
+    as_trained,
+    check_chat_template,
+    check_resume,
+    describe_changes,
+    resumed_data,
+)
 from trainer.plan.run_plan import RunPlan, error_exit, interrupted_exit
 
 # They load jax (seconds): `--help` and a bad flag answer first; the modules load on first use.
@@ -147,8 +153,11 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             "--data: this config trains on the mixture data.sources; drop --data, or add "
             "--set data.sources=null to train on --data alone"
         )
+    # a resumed run's relative sources read in another folder than it read them in: said
+    resumed = resumed_data(args.run_dir or f"runs/{cfg.name}") if resume else None
     with keyed(None, data.DataError):  # a local file or folder must exist now (names the key)
-        data.check_local_sources(cfg.data)
+        moved = data.check_local_sources(cfg.data, resumed=resumed)
+    notes.extend([f"resume: {moved}"] if moved else [])
     with keyed("logging.sinks"):  # an optional logger's package (tensorboardX, wandb) is there
         metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=cfg.logging.wandb_mode)
     if args.init_from is not None and resume:  # before the checkpoint checks: the real issue

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tjx import ckpt, data
+from tjx.ckpt.storage import StoragePath
 from tjx.core.lazy import lazy_imports
 from trainer.config.changes import Diff, config_changes
 from trainer.config.changes import describe_changes as describe_changes_of
@@ -206,6 +207,16 @@ def check_resume(run_dir: Path, new: ConfigData) -> Diff:
 def describe_changes(diff: Diff) -> str:
     """The line printed when a resume changes training-only settings."""
     return f"resume: changed settings: {describe_changes_of(diff)}"
+
+
+def resumed_data(run_dir: str | StoragePath) -> dict[str, object] | None:
+    """The ``data.json`` of the run in ``run_dir`` that a command resumes (or replays), for
+    tjx.data's `check_local_sources` to say where its relative sources were read; ``None``
+    where there is none (the run-directory checks say why)."""
+    try:
+        return RunDir(run_dir).read(RunDir.DATA_FILE)
+    except (ckpt.RunFileError, ckpt.UnsupportedURLError):
+        return None
 
 
 def check_chat_template(run_dir: Path, cfg: Config) -> None:

@@ -127,7 +127,11 @@ def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Bundle) -> No
     folder = RunDir(plan.run_dir)
     folder.create(plan.config.to_yaml())
     folder.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
-    folder.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
+    # tjx.data's RunData, and the folder relative local sources were read in (a resume run
+    # elsewhere says so: tjx.data's read_elsewhere)
+    folder.write_json(
+        RunDir.DATA_FILE, {**bundle.describe(plan.run_dir), **data.read_in(plan.config.data)}
+    )
     if plan.init_from is not None:
         kind = "tjx-run" if RunDir.is_run(plan.init_from) else "hugging-face"
         where = RunDir.split_start(plan.init_from)[0]  # RUN@STEP: the run, and its step below

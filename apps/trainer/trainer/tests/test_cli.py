@@ -374,6 +374,46 @@ def test_a_run_written_before_compressed_sources_resumes_without_them(in_tmp, ca
         _plan("--config", "tiny", *source, *named, "--run-dir", "r", "--resume")
 
 
+def test_a_resume_run_in_another_folder_says_its_relative_source_was_read_in_the_runs(
+    in_tmp, monkeypatch, capsys
+):
+    """A relative ``data.source`` names other files in another folder: the run's data.json
+    records where it was read (a new run's), and a resume run elsewhere says so in one line
+    before the data is prepared, or in its error where the source is not there."""
+    for name in ("a", "b", "c"):
+        (in_tmp / name).mkdir()
+    for name in ("a", "b"):
+        (in_tmp / name / "corpus.txt").write_text(f"text of {name} " * 400, encoding="utf-8")
+    monkeypatch.chdir(in_tmp / "a")
+    run = in_tmp / "r"
+    argv = ["--config", "tiny", "--data", "./corpus.txt", "--run-dir", str(run)]
+    plan = _plan(*argv)
+    (run / "checkpoints" / "4").mkdir(parents=True)
+    RunDir(run).create(plan.config.to_dict())
+    RunDir(run).write_json(
+        RunDir.DATA_FILE, {"source": "./corpus.txt", **data.read_in(plan.config.data)}
+    )
+    _plan(*argv, "--resume")  # where the run read it: nothing said
+    assert "relative" not in capsys.readouterr().err
+    monkeypatch.chdir(in_tmp / "b")
+    _plan(*argv, "--resume")
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "resume: data.source ./corpus.txt is a path relative to the folder a command runs in: the "
+        f"run read it in {in_tmp / 'a'}, this command runs in {in_tmp / 'b'}; run it from "
+        f"{in_tmp / 'a'} to read the run's files"
+    )
+    monkeypatch.chdir(in_tmp / "c")
+    with pytest.raises(ConfigError, match=r"^data\.source: no such file or folder '\./corpus\.txt'"
+                       r"; data\.source \./corpus\.txt is a path relative .* this command runs in "
+                       rf"{in_tmp / 'c'};"):  # fmt: skip
+        _plan(*argv, "--resume")
+    # A new run there is refused as before, with no word of a run it does not resume.
+    with pytest.raises(
+        ConfigError, match=r"^data\.source: no such file or folder '\./corpus\.txt'$"
+    ):
+        _plan("--config", "tiny", "--data", "./corpus.txt", "--run-dir", str(in_tmp / "new"))
+
+
 MULTI_STEPS = ["--set", "optimizer.accumulation_mode=multi_steps"]
 MULTI_STEPS += ["--set", "optimizer.accumulation_steps=2"]
 

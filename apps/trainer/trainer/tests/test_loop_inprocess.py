@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def _argv(text, *extra):
 
 
 def test_train_resume_and_finish_in_process(in_tmp, capsys):
-    text = in_tmp / "corpus.txt"
+    text = Path("corpus.txt")  # relative: read in in_tmp, where the run's data.json says it was
     text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
     cache = f"data.cache_dir={in_tmp / 'cache'}"
     assert main(_argv(text, "--set", cache, "--set", "train.stop_at=2")) == 0
@@ -99,6 +100,7 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     assert (run / "loss_curve.png").is_file()
     data = json.loads((run / "data.json").read_text())
     assert data["tokenizer"] == "byte" and data["bytes_per_token"] > 0.9
+    assert data["source"] == "corpus.txt" and data["read_in"] == str(in_tmp)
     assert main(_argv(text, "--set", cache, "--resume")) == 0
     assert "nothing to do" in capsys.readouterr().out
     # Killed after the last checkpoint, before final.json and the plot: --resume makes them.

@@ -142,6 +142,30 @@ def test_a_killed_run_replays_from_its_start(tiny_run, tmp_path, capsys):
     assert "grad_norms" not in values["3"] and len(values["3"]["sequence_loss"]) == 8
 
 
+def test_a_replay_run_elsewhere_than_its_relative_source_was_read_says_so(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    """The run as if trained with ``--data ./corpus.jsonl`` in its own folder's parent: a replay
+    run in another folder, where that path names nothing, is one line that says where the run
+    read it, before anything is prepared."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["source"] = "./corpus.jsonl"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    described = json.loads((run / "data.json").read_text())
+    described.update(source="./corpus.jsonl", read_in=str(tiny_run.parent))
+    (run / "data.json").write_text(json.dumps(described))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--replay", str(run), "--steps", "5:5"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "trainer: error: data.source: no such file or folder './corpus.jsonl'; data.source "
+        "./corpus.jsonl is a path relative to the folder a command runs in: the run read it in "
+        f"{tiny_run.parent}, this command runs in {tmp_path}; run it from {tiny_run.parent} to "
+        "read the run's files"
+    ]
+
+
 def test_spikes_name_the_planted_document_first(tmp_path, capsys):
     """A corpus of one plain sentence a line with a stretch of random characters planted at one
     line: the spike detector (train.spike_sigma) marks the steps whose batch holds it,

@@ -26,6 +26,7 @@ from tjx.core.standard_json import dumps_json, loads_json
 from trainer.config.folder import RunDir
 from trainer.config.grpo_settings import is_grpo
 from trainer.config.schema import ConfigError
+from trainer.loop.resume import resumed_data
 from trainer.plan.run_plan import RunPlan
 from trainer.start.replay import probes as replay_probes
 from trainer.start.replay.request import ReplayRequest, Segment
@@ -181,6 +182,10 @@ def replay(request: ReplayRequest, say: Say = print) -> Replayed:
     """
     started = time.perf_counter()
     try:
+        # a relative data.source read in another folder than the run read it in: said first
+        moved = data.check_local_sources(request.config.data, resumed=resumed_data(request.run_dir))
+        if moved is not None:
+            say(f"replay: {moved}")
         ready = startup.prepare(_plan(request))
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None

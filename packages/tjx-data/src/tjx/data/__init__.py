@@ -60,7 +60,14 @@ from tjx.data.rewards import (
 from tjx.data.run.config import DataConfig
 from tjx.data.run.data import RunData, restore_loader_state
 from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
-from tjx.data.run.rules import check_data_config, check_local_sources, check_template
+from tjx.data.run.rules import (
+    READ_IN,
+    check_data_config,
+    check_local_sources,
+    check_template,
+    read_elsewhere,
+    read_in,
+)
 from tjx.data.run.setup import (
     compressed_files,
     config_tokenizer,
@@ -78,7 +85,7 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.23.0"
+__version__ = "0.24.0"
 
 __all__ = [
     "read_prompt_rows",
@@ -180,6 +187,9 @@ __all__ = [
     "prepare_shards",
     "pretokenize",
     "random_batch",
+    "READ_IN",
+    "read_elsewhere",
+    "read_in",
     "restore_loader_state",
     "run_loader",
     "run_sources",

@@ -1,5 +1,6 @@
 """A DataConfig's rules between its fields and the model it feeds, and a resumed chat run's
-template: each a one-line error naming the caller's keys."""
+template: each a one-line error naming the caller's keys; where a run's relative sources were
+read, and the line a resume run elsewhere says."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tjx.data import DataConfig, DataError, check_data_config, check_local_sources, check_template
+from tjx.data import (
+    READ_IN,
+    DataConfig,
+    DataError,
+    check_data_config,
+    check_local_sources,
+    check_template,
+    read_elsewhere,
+    read_in,
+)
 from tjx.data.chat.template import ChatTemplate
 from tjx_data_tests.conftest import write_chat_folder
 
@@ -89,3 +99,41 @@ def test_a_resumed_chat_run_must_read_the_template_it_trained_with(tmp_path: Pat
         f"(fingerprint other, now {saved})"
     )
     assert err.value.argument == "tokenizer"
+
+
+def test_relative_sources_record_where_they_were_read_and_a_resume_elsewhere_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "a" / "corpus.txt").write_text("text", encoding="utf-8")
+    (tmp_path / "a" / "web").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    one = DataConfig(source="corpus.txt")
+    mix = DataConfig(
+        sources=[{"source": "shakespeare", "weight": 1}, {"source": "./web", "weight": 2}]
+    )
+    absolute = DataConfig(source=str(tmp_path / "a" / "corpus.txt"))
+    assert read_in(one) == read_in(mix) == {READ_IN: str(tmp_path / "a")}
+    # An absolute path, a built-in corpus or a hub name reads the same files from any folder.
+    for cfg in (absolute, DataConfig(source="shakespeare"), DataConfig(source="org/name")):
+        assert read_in(cfg) == {}
+        assert read_elsewhere(cfg, {READ_IN: "/elsewhere"}) is None
+    recorded = read_in(one)
+    assert read_elsewhere(one, recorded) is None  # the same folder
+    assert read_elsewhere(one, {}) is None  # a run written before the record: nothing to say
+    monkeypatch.chdir(tmp_path / "b")  # neither corpus.txt nor web/ is here
+    assert read_elsewhere(one, recorded) == (
+        f"data.source corpus.txt is a path relative to the folder a command runs in: the run read "
+        f"it in {tmp_path / 'a'}, this command runs in {tmp_path / 'b'}; run it from "
+        f"{tmp_path / 'a'} to read the run's files"
+    )
+    said = read_elsewhere(mix, recorded, section="eval")
+    assert said is not None and said.startswith("eval.sources[1].source ./web is a path relative")
+    # check_local_sources of a resumed run's config: the line in its error, or returned
+    with pytest.raises(DataError, match=r"^data\.source: no such file or folder 'corpus\.txt'; "
+                       r"data\.source corpus\.txt is a path relative to the folder"):  # fmt: skip
+        check_local_sources(one, resumed=recorded)
+    (tmp_path / "b" / "corpus.txt").write_text("other text", encoding="utf-8")
+    assert check_local_sources(one, resumed=recorded) == read_elsewhere(one, recorded)
+    assert check_local_sources(one) is None and check_local_sources(one, resumed={}) is None

@@ -1,18 +1,35 @@
 """The rules between a `DataConfig`'s fields and the model it feeds (`check_data_config`), that
-its local sources are there (`check_local_sources`), and whether a resumed chat run still reads
-its template (`check_template`). Messages name the fields as the caller's ``section`` holds them
-(``data.max_tokens``)."""
+its local sources are there (`check_local_sources`), whether a resumed chat run still reads its
+template (`check_template`), and whether a resume reads its relative local sources in the folder
+its run read them in (`read_in`, `read_elsewhere`). Messages name the fields as the caller's
+``section`` holds them (``data.max_tokens``)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tjx.data.builtin import BUILTIN_CORPORA
 from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.mixture import check_mixture
 from tjx.data.prepare import check_max_tokens
 from tjx.data.run.config import DataConfig
-from tjx.data.sources import check_local_source
+from tjx.data.sources import check_local_source, is_local_source
 
-__all__ = ["check_data_config", "check_local_sources", "check_template"]
+__all__ = [
+    "READ_IN",
+    "check_data_config",
+    "check_local_sources",
+    "check_template",
+    "read_elsewhere",
+    "read_in",
+]
+
+#: The key of a run's ``data.json`` that names the folder its relative local sources were read in.
+READ_IN = "read_in"
 
 
 def check_data_config(
@@ -70,9 +87,16 @@ def check_data_config(
         )
 
 
-def check_local_sources(cfg: DataConfig, *, section: str = "data") -> None:
+def check_local_sources(
+    cfg: DataConfig, *, section: str = "data", resumed: Mapping[str, Any] | None = None
+) -> str | None:
     """Refuse a local file or folder that is not there (`check_local_source`), ``source`` or each
     mixture entry's: cheap, so an app calls it while it reads its config, before any set-up.
+
+    ``resumed``: the ``data.json`` of the run a command resumes, whose relative sources it reads
+    in another folder than the run did (`read_elsewhere`): that line is added to the error, or,
+    where the sources are there, returned for the app to print before it prepares them (a
+    folder of the same name elsewhere may hold other files). ``None`` otherwise.
 
     Raises
     ------
@@ -80,14 +104,62 @@ def check_local_sources(cfg: DataConfig, *, section: str = "data") -> None:
         ``"<section>.source: no such file or folder ..."`` (a mixture's:
         ``"<section>.sources[<i>].source: ..."``); ``argument`` as `check_local_source` sets it.
     """
-    named = [(f"{section}.source", cfg.source)] if cfg.sources is None else []
-    for i, entry in enumerate(cfg.sources or []):
-        named.append((f"{section}.sources[{i}].source", str(entry["source"])))
-    for key, spec in named:
+    elsewhere = None if resumed is None else read_elsewhere(cfg, resumed, section=section)
+    for key, spec in _named_sources(cfg, section):
         try:
             check_local_source(spec)
         except DataError as err:
-            raise DataError(f"{key}: {err}", argument=err.argument) from None
+            also = "" if elsewhere is None else f"; {elsewhere}"
+            raise DataError(f"{key}: {err}{also}", argument=err.argument) from None
+    return elsewhere
+
+
+def _named_sources(cfg: DataConfig, section: str) -> list[tuple[str, str]]:
+    """``(key, source)`` of ``cfg``'s ``source``, or of each mixture entry's."""
+    if cfg.sources is None:
+        return [(f"{section}.source", cfg.source)]
+    return [(f"{section}.sources[{i}].source", str(e["source"])) for i, e in enumerate(cfg.sources)]
+
+
+def _relative(spec: str, there: Path | None = None) -> bool:
+    """Whether ``spec`` is a local path given relative to the folder a command runs in: local
+    here (`is_local_source`), or, with ``there``, a file or folder in ``there``."""
+    if spec in BUILTIN_CORPORA or Path(spec).expanduser().is_absolute():
+        return False
+    return is_local_source(spec) or (there is not None and (there / spec).exists())
+
+
+def read_in(cfg: DataConfig) -> dict[str, str]:
+    """What a run's ``data.json`` records of where ``cfg``'s local sources given as relative
+    paths (``./corpus``) were read: ``{READ_IN: this process's folder}``, or nothing when no
+    source is relative, so that a resume run in another folder can say why it reads other
+    files (`read_elsewhere`)."""
+    if any(_relative(spec) for _, spec in _named_sources(cfg, "data")):
+        return {READ_IN: os.getcwd()}
+    return {}
+
+
+def read_elsewhere(
+    cfg: DataConfig, description: Mapping[str, Any], *, section: str = "data"
+) -> str | None:
+    """A line for a resume of the run that ``description`` (its ``data.json``) describes, run in
+    another folder than the one its relative local sources were read in (`read_in`): those
+    paths now name other files, or none, and a resume reads the run's own data or is refused.
+    ``None`` when the folder is the same, no source is relative, or the run recorded no folder
+    (a run written before tjx-data 0.24)."""
+    recorded = description.get(READ_IN)
+    here = os.getcwd()
+    if not isinstance(recorded, str) or Path(recorded) == Path(here):
+        return None
+    named = [(k, s) for k, s in _named_sources(cfg, section) if _relative(s, Path(recorded))]
+    if not named:
+        return None
+    key, spec = named[0]
+    what = f"{key} {spec}" + (f" (and {len(named) - 1} more)" if len(named) > 1 else "")
+    return (
+        f"{what} is a path relative to the folder a command runs in: the run read it in "
+        f"{recorded}, this command runs in {here}; run it from {recorded} to read the run's files"
+    )
 
 
 def check_template(cfg: DataConfig, saved: str | None, *, section: str = "data") -> None:

@@ -30,7 +30,7 @@ REQUIRED = {
     "nn": {"tjx-kernels", "flax", "einops", "jax"},
     "optim": {"optax"},
     "parallel": {"jax"},
-    "data": {"datasets", "tokenizers", "numpy"},
+    "data": {"datasets", "tokenizers", "numpy", "zstandard"},
     "ckpt": {"orbax-checkpoint"},
     "metrics": {"jax", "numpy"},
 }

@@ -81,21 +81,28 @@ def _added_since(saved: ConfigData) -> dict[str, dict[str, object]]:
     - ``data.compressed``: a run written before tjx-data 0.23 read no compressed file of its
       folders (``a.jsonl.gz``); where its sources hold some (tjx.data's `compressed_files`), it
       goes on without them, else its token stream would change under it.
+    - ``data.zstd``: one written before tjx-data 0.24 read no ``.zst`` file; likewise.
     """
     added: dict[str, dict[str, object]] = {}
     grpo = saved.get("grpo")
     if isinstance(grpo, dict) and grpo.get("overlap") and "old_logps" not in grpo:
         added["grpo"] = {"old_logps": "recompute"}
     section = saved.get("data")
-    if isinstance(section, dict) and "compressed" not in section:
-        mixture = section.get("sources")
-        sources = (
-            [str(s.get("source")) for s in mixture if isinstance(s, dict)]
-            if isinstance(mixture, list)
-            else [str(section.get("source", data.DataConfig.source))]
-        )
-        if data.compressed_files(sources):
-            added["data"] = {"compressed": False}
+    if not isinstance(section, dict):
+        return added
+    mixture = section.get("sources")
+    sources = (
+        [str(s.get("source")) for s in mixture if isinstance(s, dict)]
+        if isinstance(mixture, list)
+        else [str(section.get("source", data.DataConfig.source))]
+    )
+    unread: dict[str, object] = {}
+    if "compressed" not in section and data.compressed_files(sources):
+        unread["compressed"] = False
+    if "zstd" not in section and data.compressed_files(sources, among={".zst"}):
+        unread["zstd"] = False
+    if unread:
+        added["data"] = unread
     return added
 
 

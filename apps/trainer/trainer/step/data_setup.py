@@ -20,7 +20,7 @@ from trainer.config.typed import Config
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
 _DATA = ("source", "tokenizer", "seq_len", "batch_size", "max_tokens", "sources", "on_exhausted",
-         "exclude", "compressed", "text_field")  # fmt: skip
+         "exclude", "compressed", "zstd", "text_field")  # fmt: skip
 KEYS = {k: f"data.{k}" for k in _DATA} | {"data": "data.source"}
 KEYS |= {k: f"model.{k}" for k in ("vocab_size", "image_size", "num_channels")}
 

@@ -9,6 +9,7 @@ import socket
 import sys
 
 import pytest
+import zstandard
 from tjx_damaged_hf import HOSTILE_HF, damage
 
 from tjx import data, nn
@@ -372,6 +373,33 @@ def test_a_run_written_before_compressed_sources_resumes_without_them(in_tmp, ca
     named = ["--set", "data.compressed=true"]  # another token stream: refused, as a new source
     with pytest.raises(ConfigError, match=r"cannot continue with data\.compressed False → True"):
         _plan("--config", "tiny", *source, *named, "--run-dir", "r", "--resume")
+
+
+def test_a_run_written_before_zstd_sources_resumes_without_them(in_tmp, capsys):
+    """tjx-data 0.23 read a folder's ``.jsonl.gz`` but no ``.jsonl.zst``; its config.yaml has
+    ``data.compressed`` and no ``data.zstd``. Where the folder holds a ``.zst``, the resume goes
+    on without it (``data.zstd=false``, one line); the data it reads is what the run read."""
+    folder = in_tmp / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("plain text " * 400, encoding="utf-8")
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(b'{"text": "gzipped rows"}\n'))
+    source = ["--set", f"data.source={folder}"]
+    saved = _plan("--config", "tiny", *source, "--run-dir", "x").config.to_dict()
+    del saved["data"]["zstd"]
+    (in_tmp / "r" / "checkpoints" / "4").mkdir(parents=True)
+    RunDir(in_tmp / "r").create(saved)
+    plan = _plan("--config", "tiny", *source, "--run-dir", "r", "--resume")
+    assert plan.config.data.zstd and plan.resume_changes == {}  # no .zst: as before
+    assert "data.zstd" not in capsys.readouterr().err
+    (folder / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "z"}\n'))
+    plan = _plan("--config", "tiny", *source, "--run-dir", "r", "--resume")
+    assert plan.config.data.compressed and not plan.config.data.zstd
+    assert plan.resume_changes == {}
+    err = capsys.readouterr().err
+    assert "resume: data.zstd=false, as the run trained" in err and "compressed=false" not in err
+    assert sorted(data.compressions_of(plan.config.data)) == [".bz2", ".gz", ".xz"]
+    with pytest.raises(ConfigError, match=r"cannot continue with data\.zstd False → True"):
+        _plan("--config", "tiny", *source, "--set", "data.zstd=true", "--run-dir", "r", "--resume")
 
 
 def test_a_resume_run_in_another_folder_says_its_relative_source_was_read_in_the_runs(

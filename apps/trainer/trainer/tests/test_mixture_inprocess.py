@@ -39,14 +39,14 @@ def test_each_source_has_its_validation_loss_and_the_pooled_one_lies_between(in_
     folder = in_tmp / "code"
     folder.mkdir()
     code = code.rename(folder / "code.txt")  # the same one document, from a folder
-    (folder / "more.jsonl.zst").write_bytes(b"(zstd's bytes: no reader in the standard library)")
+    (folder / "more.parquet.gz").write_bytes(b"(Parquet compresses its own columns: not read)")
     assert main(_argv(in_tmp, _mix(web, folder))) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines.index("data: preparing a mixture of web.txt (3), code (1)…") + 1 == lines.index(
-        f"data: left out 1 file(s) of other types: {folder / 'more.jsonl.zst'} (tjx reads .txt, "
+        f"data: left out 1 file(s) of other types: {folder / 'more.parquet.gz'} (tjx reads .txt, "
         ".text, .md, .jsonl, .parquet files (.txt, .text, .md, .jsonl, .json ones also "
-        "compressed: .gz, .bz2, .xz); convert them to one of these to read them)"
+        "compressed: .gz, .bz2, .xz, .zst); convert them to one of these to read them)"
     )
     rows = [
         json.loads(line) for line in (in_tmp / "run" / "metrics.jsonl").read_text().splitlines()

@@ -1,18 +1,21 @@
 """Compressed local sources: a folder's ``.jsonl.gz``, ``.json.gz`` (C4's and Dolma's JSON
-Lines), ``.txt.bz2``, ``.md.xz`` are read as their plain copies are; ``compressed=False`` reads
-none (as tjx-data before 0.23); a file beside its compressed copy, or a file that does not
-decompress, is one line naming it and the fix."""
+Lines), ``.txt.bz2``, ``.md.xz``, ``.jsonl.zst`` (The Pile's, SlimPajama's; one frame or several)
+are read as their plain copies are; ``compressed=False`` reads none (as tjx-data before 0.23),
+the compressions but ``.zst`` what 0.23 read; a file beside its compressed copy, or a file that
+does not decompress (a zstd file cut between frames too), is one line naming it and the fix."""
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import itertools
 import json
 import lzma
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
 from tjx.data import (
     ByteTokenizer,
@@ -24,10 +27,23 @@ from tjx.data import (
     prepare_shards,
 )
 from tjx.data.sources import is_local_source
-from tjx.data.sources.local import file_type, left_out_files, resolve_files
+from tjx.data.sources.local import compressions, file_type, left_out_files, resolve_files
 from tjx_data_tests._helpers import random_docs
 
-PACK = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+PACK = {
+    ".gz": gzip.compress,
+    ".bz2": bz2.compress,
+    ".xz": lzma.compress,
+    ".zst": zstandard.ZstdCompressor().compress,
+}
+#: What tjx-data 0.23 read: every compression but zstd.
+BEFORE_ZSTD = {".gz", ".bz2", ".xz"}
+
+
+def _frames(raw: bytes, parts: int) -> bytes:
+    """``raw`` as ``parts`` zstd frames one after the other (as pzstd and zstd -T write)."""
+    cut = [len(raw) * i // parts for i in range(parts + 1)]
+    return b"".join(PACK[".zst"](raw[a:b]) for a, b in itertools.pairwise(cut))
 
 
 def _jsonl(docs: list[str]) -> bytes:
@@ -37,13 +53,14 @@ def _jsonl(docs: list[str]) -> bytes:
 def _corpus(root: Path, seed: int, *, packed: bool) -> list[str]:
     """The same five files in ``root``, plain or each compressed its own way; the documents a
     reader yields, in the files' sorted order (both namings sort alike)."""
-    docs = random_docs(seed, 12)
+    docs = random_docs(seed, 16)
     files = {
         "a.jsonl": (".gz", _jsonl(docs[:4])),
         "b.json": (".gz", _jsonl(docs[4:8])),  # read as JSON Lines only compressed
         "c.txt": (".bz2", docs[8].encode()),
         "d.md": (".xz", docs[9].encode()),
-        "e.jsonl": (".xz", _jsonl(docs[10:])),
+        "e.jsonl": (".xz", _jsonl(docs[10:12])),
+        "f.jsonl": (".zst", _jsonl(docs[12:])),
     }
     root.mkdir(parents=True)
     for name, (suffix, raw) in files.items():
@@ -98,7 +115,7 @@ def test_compressed_false_reads_none_of_them_as_before(tmp_path):
     assert compressed_files([str(root), "shakespeare", str(tmp_path / "nowhere")]) == packed
     assert compressed_files([str(root / "z.txt")]) == []
     note = left_out_note([str(root)], compressed=False, names={"compressed": "data.compressed"})
-    assert note is not None and note.startswith(f"left out 5 file(s) of other types: {packed[0]}")
+    assert note is not None and note.startswith(f"left out 6 file(s) of other types: {packed[0]}")
     assert note.endswith(
         "(this run reads .txt, .text, .md, .jsonl, .parquet files and, as "
         "data.compressed=false, no compressed one)"
@@ -108,7 +125,7 @@ def test_compressed_false_reads_none_of_them_as_before(tmp_path):
     ):
         load_source(str(root / "*.gz"), compressed=False)
     with pytest.raises(
-        DataError, match=r"matched no .* files \(.* also compressed: .gz, .bz2, .xz\)$"
+        DataError, match=r"matched no .* files \(.* also compressed: .gz, .bz2, .xz, .zst\)$"
     ):
         load_source(str(root / "*.csv"))
 
@@ -121,7 +138,7 @@ def test_compressed_false_reads_none_of_them_as_before(tmp_path):
         ("notes.text.xz", ".text"),
         ("rows.json", None),  # metadata more often than rows: not read plain
         ("a.parquet.gz", None),  # Parquet compresses its own columns
-        ("rows.jsonl.zst", None),  # no zstd reader in the standard library
+        ("rows.jsonl.zst", ".jsonl"),
         ("data.gz", None),
     ],
 )
@@ -156,7 +173,7 @@ def test_a_file_that_does_not_decompress_is_one_error_naming_it(tmp_path, damage
     message = str(err.value)
     assert message.startswith(f"{path}: does not decompress as .gz (")
     assert message.endswith(
-        "); replace it with a complete copy (gzip -t, bzip2 -t or xz -t checks one)"
+        "); replace it with a complete copy (gzip -t, bzip2 -t, xz -t or zstd -t checks one)"
     )
     assert "\n" not in message
     text = tmp_path / "notes.txt.xz"
@@ -188,3 +205,50 @@ def test_chat_rows_are_read_compressed_too(tmp_path):
     assert located[2][0] == f"{tmp_path / 'chat.jsonl.gz'}: line 3"
     with pytest.raises(DataError, match="matched no"):
         load_rows(str(tmp_path), compressed=False)
+
+
+def test_zstd_false_reads_what_tjx_data_0_23_read(tmp_path):
+    """0.23 read every compression but zstd: a run started then goes on without its folders'
+    ``.zst`` files (the trainer's ``data.zstd=false``), which are named, not read."""
+    root = tmp_path / "mixed"
+    docs = _corpus(root, seed=7, packed=True)
+    zst = [root / "f.jsonl.zst"]
+    assert list(load_source(str(root), compressed=BEFORE_ZSTD)) == docs[:12]
+    assert left_out_files(str(root), "train", compressed=BEFORE_ZSTD) == zst
+    assert compressed_files([str(root)], among={".zst"}) == zst
+    note = left_out_note([str(root)], compressed=BEFORE_ZSTD, names={"zstd": "data.zstd"})
+    assert note == (
+        f"left out 1 file(s) of other types: {zst[0]} (this run reads .txt, .text, .md, .jsonl, "
+        ".parquet files, compressed too (.bz2, .gz, .xz) but, as data.zstd=false, no .zst one)"
+    )
+    assert compressions(True) - compressions(BEFORE_ZSTD) == {".zst"}
+    with pytest.raises(DataError, match=r"files \(also compressed: \.bz2, \.gz, \.xz\)$"):
+        load_source(str(root / "*.zst"), compressed=BEFORE_ZSTD)
+
+
+def test_a_zstd_file_of_several_frames_is_read_whole(tmp_path):
+    docs = random_docs(8, 300)
+    raw = _jsonl(docs)
+    (tmp_path / "rows.jsonl.zst").write_bytes(_frames(raw, 5))
+    assert list(load_source(str(tmp_path))) == docs
+    (tmp_path / "rows.jsonl.zst").write_bytes(_frames(raw, 1))
+    assert list(load_source(str(tmp_path))) == docs
+
+
+@pytest.mark.parametrize("damage", ["cut_in_a_frame", "cut_in_the_last_of_five", "not_zstd"])
+def test_a_zstd_file_that_does_not_decompress_is_one_error_naming_it(tmp_path, damage):
+    """zstandard's own reader returns the frames before a cut without a word: a corpus cut
+    short in silence. tjx's says so."""
+    raw = _jsonl(random_docs(9, 200))
+    packed = {
+        "cut_in_a_frame": _frames(raw, 1)[:-20],
+        "cut_in_the_last_of_five": _frames(raw, 5)[:-20],
+        "not_zstd": raw,
+    }[damage]
+    path = tmp_path / "rows.jsonl.zst"
+    path.write_bytes(packed)
+    with pytest.raises(DataError) as err:
+        list(load_source(str(tmp_path)))
+    message = str(err.value)
+    assert message.startswith(f"{path}: does not decompress as .zst (")
+    assert message.endswith("zstd -t checks one)") and "\n" not in message

@@ -5,9 +5,12 @@ ahead into the cache a run then reads without tokenizing again."""
 from __future__ import annotations
 
 import importlib
+import json
+import re
 
 import numpy as np
 import pytest
+import zstandard
 
 from tjx.data import ByteTokenizer, DataError, check_max_tokens, load_index, pretokenize
 from tjx.data.__main__ import main
@@ -81,7 +84,7 @@ def test_prepare_ahead_then_a_run_tokenizes_nothing(tmp_path, text_corpus, monke
     assert said.err.splitlines() == [
         f"python -m tjx.data: left out 1 file(s) of other types: {root / 'train' / 'notes.csv'} "
         "(tjx reads .txt, .text, .md, .jsonl, .parquet files (.txt, .text, .md, .jsonl, .json "
-        "ones also compressed: .gz, .bz2, .xz); convert them to one of these to read them)"
+        "ones also compressed: .gz, .bz2, .xz, .zst); convert them to one of these to read them)"
     ]
 
     def no_tokenizing(*args, **kwargs):
@@ -111,3 +114,32 @@ def test_prepare_ahead_publishes_no_bpe_when_a_split_is_refused(tmp_path, capsys
     assert main(argv) == 2
     assert "not valid UTF-8" in capsys.readouterr().err
     assert sorted(cache.rglob("*")) == []
+
+
+def test_prepare_ahead_without_zstd_prepares_what_such_a_run_reads(tmp_path, capsys):
+    """``--no-zstd`` (a run with ``data.zstd=false``) reads the folder's other files and names
+    its ``.zst`` ones in the left-out line, worded as the flag; by default it reads them too."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    docs = random_docs(11, 30)
+    (root / "a.txt").write_text(docs[0], encoding="utf-8")
+    rows = "".join(json.dumps({"text": d}) + "\n" for d in docs[1:]).encode()
+    (root / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(rows))
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main([str(root), *cache, "--no-zstd"]) == 0
+    said = capsys.readouterr()
+    assert said.err.splitlines() == [
+        f"python -m tjx.data: left out 1 file(s) of other types: {root / 'b.jsonl.zst'} (this "
+        "run reads .txt, .text, .md, .jsonl, .parquet files, compressed too (.bz2, .gz, .xz) "
+        "but, as --no-zstd, no .zst one)"
+    ]
+    assert main([str(root), *cache]) == 0
+    read = capsys.readouterr()
+    assert read.err == "" and _tokens(read.out) > _tokens(said.out) > 0  # the rows too
+    assert main([str(root), *cache, "--no-compressed"]) == 0
+    assert "as --no-compressed, no compressed one" in capsys.readouterr().err
+
+
+def _tokens(out: str) -> int:
+    """The tokens of both splits that ``python -m tjx.data`` says it prepared."""
+    return sum(int(m) for m in re.findall(r"^\w+: ([\d,]+) tokens in", out.replace(",", ""), re.M))

@@ -30,14 +30,14 @@ def test_files_of_other_types_in_a_folder_are_named_not_skipped_silently(tmp_pat
     """A folder's (or glob's) files of another type than the readers' are listed and named in
     one line; hidden files, what hidden folders hold, a named file and non-local sources none."""
     read = ["a.txt", "b.jsonl", "sub/c.md"]
-    other = ["d.json", "e.jsonl.zst", "sub/f.csv", "sub/g"]
+    other = ["d.json", "e.parquet.gz", "sub/f.csv", "sub/g"]
     hidden = [".gitattributes", ".git/objects/ab/cdef", ".cache/x.json"]
     for name in read + other + hidden:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text('{"text": "x"}\n' if name.endswith("l") else "x\n")
     assert left_out_files(str(tmp_path), "train") == sorted(tmp_path / n for n in other)
     assert sorted(load_source(str(tmp_path))) == ["x", "x\n", "x\n"]  # the three read
-    top = [tmp_path / "d.json", tmp_path / "e.jsonl.zst"]
+    top = [tmp_path / "d.json", tmp_path / "e.parquet.gz"]
     assert left_out_files(str(tmp_path / "*"), "train") == top  # a glob's (files, not folders)
     assert left_out_files(str(tmp_path / "a.txt"), "train") == []
     note = left_out_note([str(tmp_path), "shakespeare", "org/name"])
@@ -45,7 +45,7 @@ def test_files_of_other_types_in_a_folder_are_named_not_skipped_silently(tmp_pat
     assert note == (
         f"left out 4 file(s) of other types: {shown} and 1 more (tjx reads .txt, .text, .md, "
         ".jsonl, .parquet files (.txt, .text, .md, .jsonl, .json ones also compressed: .gz, "
-        ".bz2, .xz); convert them to one of these to read them)"
+        ".bz2, .xz, .zst); convert them to one of these to read them)"
     )
     assert left_out_note([str(tmp_path / "a.txt"), "shakespeare"]) is None
     # A source with no file is left to its preparation, which names it.

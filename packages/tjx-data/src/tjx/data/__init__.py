@@ -70,6 +70,7 @@ from tjx.data.run.rules import (
 )
 from tjx.data.run.setup import (
     compressed_files,
+    compressions_of,
     config_tokenizer,
     config_vocab,
     describe_sources,
@@ -155,6 +156,7 @@ __all__ = [
     "check_template",
     "check_tokenizer",
     "compressed_files",
+    "compressions_of",
     "config_tokenizer",
     "config_vocab",
     "describe_sources",

@@ -5,9 +5,9 @@ do), into the cache a run then finds them in.
         --cache-dir /shared/tjx-cache --num-workers 32
 
 The shards land where `tjx.data.prepare_run_data` (the trainer's ``data`` section with the same
-``source``, ``tokenizer``, ``tokenizer_vocab``, ``max_tokens``, ``compressed``, ``text_field``
-and ``cache_dir``) looks for them, so a run started later tokenizes nothing. Bad input: one line,
-exit 2.
+``source``, ``tokenizer``, ``tokenizer_vocab``, ``max_tokens``, ``compressed``, ``zstd``,
+``text_field`` and ``cache_dir``) looks for them, so a run started later tokenizes nothing. Bad
+input: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 from tjx.data.cache import staged
 from tjx.data.errors import DataError
 from tjx.data.prepare import prepare_shards
-from tjx.data.run.setup import left_out_note
+from tjx.data.run.config import DataConfig
+from tjx.data.run.setup import compressions_of, left_out_note
 from tjx.data.run.tokenizer import run_tokenizer
 
 
@@ -39,19 +40,27 @@ def main(argv: list[str] | None = None) -> int:
         "with data.compressed=false",
     )
     parser.add_argument("--text-field", default="text", help="a row's field holding the text")
+    parser.add_argument(
+        "--zstd",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --compressed, read .zst files too; --no-zstd as a run with data.zstd=false",
+    )
     args = parser.parse_args(argv)
+    compressed = compressions_of(DataConfig(compressed=args.compressed, zstd=args.zstd))
     for flag, value in (("--max-tokens", args.max_tokens), ("--num-workers", args.num_workers)):
         if value is not None and value < 1:
             print(f"python -m tjx.data: error: {flag}: must be >= 1, got {value}", file=sys.stderr)
             return 2
     try:
-        left = left_out_note([args.source], compressed=args.compressed)
+        flags = {"compressed": "--compressed", "zstd": "--zstd"}  # said as --no-zstd
+        left = left_out_note([args.source], compressed=compressed, names=flags)
         if left is not None:  # a folder's .json or .csv: named, not skipped
             print(f"python -m tjx.data: {left}", file=sys.stderr)
         with staged() as stage:  # a BPE is published only with the shards it made
             tok = run_tokenizer(args.tokenizer, args.source, vocab=args.tokenizer_vocab,
                                 cache_dir=args.cache_dir, staging=stage,
-                                compressed=args.compressed,
+                                compressed=compressed,
                                 text_field=args.text_field)  # fmt: skip
             shards = prepare_shards(
                 args.source,
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=sys.stderr.isatty(),
                 max_tokens=args.max_tokens,
                 staging=stage,
-                compressed=args.compressed,
+                compressed=compressed,
                 text_field=args.text_field,
             )
     except DataError as err:

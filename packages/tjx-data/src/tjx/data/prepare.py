@@ -28,7 +28,7 @@ from tjx.data.errors import DataError
 from tjx.data.pretokenize import pretokenize
 from tjx.data.shards import ShardIndex, load_index
 from tjx.data.sources import Documents, is_local_source, load_source
-from tjx.data.sources.local import resolve_files
+from tjx.data.sources.local import Compressed, resolve_files
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = [
@@ -110,7 +110,7 @@ def slug(text: str) -> str:
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def shard_key(source: str, *, compressed: bool = True) -> str:
+def shard_key(source: str, *, compressed: Compressed = True) -> str:
     """The cache key of a source's shards, without the tokenizer.
 
     Built-in corpora and hub names are keyed by `slug` of the name (their contents are pinned by
@@ -133,7 +133,7 @@ def shard_key(source: str, *, compressed: bool = True) -> str:
     return f"{slug(source)}-{signature}"
 
 
-def needs_held_out(source: str, *, compressed: bool = True) -> bool:
+def needs_held_out(source: str, *, compressed: Compressed = True) -> bool:
     """Whether ``source`` is local and has no validation split of its own.
 
     True for a file, glob or folder without a ``{split}`` pattern and without a ``validation/``
@@ -184,7 +184,7 @@ def held_out_located(
 
 
 def split_documents(
-    source: str, split: str, *, compressed: bool = True, text_field: str = "text"
+    source: str, split: str, *, compressed: Compressed = True, text_field: str = "text"
 ) -> Documents:
     """The documents of ``split`` of ``source``, as `prepare_shards` tokenizes them.
 
@@ -207,7 +207,7 @@ def split_documents(
     )
 
 
-def _read_when_built(source: str, split: str, compressed: bool, text_field: str) -> Documents:
+def _read_when_built(source: str, split: str, compressed: Compressed, text_field: str) -> Documents:
     """`split_documents`, opened only when iterated: pretokenize iterates only to build a split,
     so a cached split's text is not read again and a hub dataset whose shards are cached is not
     even opened (that works offline)."""
@@ -232,7 +232,7 @@ def bpe_tokenizer(
     *,
     progress: bool = False,
     staging: Staging | None = None,
-    compressed: bool = True,
+    compressed: Compressed = True,
     text_field: str = "text",
 ) -> Tokenizer:
     """A byte-level BPE trained on ``source``'s train split, trained once and then cached.
@@ -346,7 +346,7 @@ def prepare_shards(
     progress: bool = False,
     max_tokens: int | None = None,
     staging: Staging | None = None,
-    compressed: bool = True,
+    compressed: Compressed = True,
     text_field: str = "text",
 ) -> PreparedShards:
     """Tokenize ``source``'s splits into the shared shard cache, or find them there.

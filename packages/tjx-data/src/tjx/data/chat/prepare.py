@@ -25,7 +25,7 @@ from tjx.data.errors import DataError
 from tjx.data.prepare import SPLITS, SplitFolders, needs_held_out, shard_key
 from tjx.data.sources import is_local_source
 from tjx.data.sources.hub import hub_error, open_hub_dataset
-from tjx.data.sources.local import file_type, jsonl_rows, resolve_files
+from tjx.data.sources.local import Compressed, file_type, jsonl_rows, resolve_files
 
 __all__ = ["PreparedSequences", "Rows", "load_rows", "prepare_chat_data", "split_rows"]
 
@@ -75,7 +75,7 @@ def _parquet_located(path: Path) -> Located:
         yield f"{path}: row {number}", row
 
 
-def _local_rows(spec: str, split: str, compressed: bool) -> list[Path]:
+def _local_rows(spec: str, split: str, compressed: Compressed) -> list[Path]:
     files = resolve_files(spec, split, compressed=compressed)
     text = [p for p in files if file_type(p) not in (".jsonl", ".parquet")]
     if text:
@@ -87,7 +87,7 @@ def _local_rows(spec: str, split: str, compressed: bool) -> list[Path]:
 
 
 def load_rows(
-    name_or_path: str, *, split: str = "train", compressed: bool = True, **hub_kwargs: Any
+    name_or_path: str, *, split: str = "train", compressed: Compressed = True, **hub_kwargs: Any
 ) -> Rows:
     """The rows of a split of a local or hub dataset (no held-out cut: see `split_rows`); a
     local folder or glob reads its compressed files unless ``compressed`` is False (as tjx-data
@@ -121,7 +121,7 @@ def load_rows(
     return Rows(label, hub)
 
 
-def split_rows(source: str, split: str, *, compressed: bool = True) -> Rows:
+def split_rows(source: str, split: str, *, compressed: Compressed = True) -> Rows:
     """`load_rows`, with the held-out cut of a local source that has no validation split."""
     if not needs_held_out(source, compressed=compressed):
         return load_rows(source, split=split, compressed=compressed)
@@ -146,7 +146,7 @@ def split_rows(source: str, split: str, *, compressed: bool = True) -> Rows:
     return Rows(f"{source}:{split}", lambda: (row for _, row in cut()), cut)
 
 
-def _lazy(source: str, split: str, compressed: bool) -> Rows:
+def _lazy(source: str, split: str, compressed: Compressed) -> Rows:
     """`split_rows`, resolved only when iterated: a cached split's files are not even listed."""
     return Rows(
         f"{source}:{split}",
@@ -186,7 +186,7 @@ def prepare_chat_data(
     kind: str = "chat",
     splits: Iterable[str] = SPLITS,
     staging: Staging | None = None,
-    compressed: bool = True,
+    compressed: Compressed = True,
 ) -> PreparedSequences:
     """Encode ``source``'s splits into the shared cache, or find them there.
 

@@ -33,6 +33,7 @@ from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.prepare import shard_key
 from tjx.data.run.tokenizer import Names, fault
+from tjx.data.sources.local import Compressed
 
 __all__ = ["DATA_FORMATS", "ChatRunData", "prepare_chat_run_data"]
 
@@ -169,7 +170,7 @@ class ChatRunData:
         }
 
 
-def _rows_text(source: str, compressed: bool) -> Iterator[str]:
+def _rows_text(source: str, compressed: Compressed) -> Iterator[str]:
     """Every string in the source's train rows (what a BPE for it learns from)."""
 
     def strings(value: Any) -> Iterator[str]:
@@ -192,7 +193,7 @@ def chatml_tokenizer(
     cache_dir: str | Path | None,
     *,
     staging: Staging | None = None,
-    compressed: bool = True,
+    compressed: Compressed = True,
 ) -> Path:
     """A ChatML tokenizer folder trained on ``source``'s rows (made once in the cache).
 
@@ -234,7 +235,7 @@ def prepare_chat_run_data(
     messages_field: str = "messages",
     names: Names = None,
     staging: Staging | None = None,
-    compressed: bool = True,
+    compressed: Compressed = True,
 ) -> ChatRunData:
     """Tokenizer, chat template and encoded splits of a chat, preference or prompts source.
 

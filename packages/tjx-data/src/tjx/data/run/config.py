@@ -53,7 +53,13 @@ class DataConfig:
     compressed: bool = setting(
         True,
         help="read a local folder's or glob's compressed files (.jsonl.gz, .json.gz, .txt.gz; "
-        ".bz2, .xz); a run started before tjx-data 0.23 read none and resumes so",
+        ".bz2, .xz; .zst as data.zstd says); a run started before tjx-data 0.23 read none and "
+        "resumes so",
+    )
+    zstd: bool = setting(
+        True,
+        help="with data.compressed, read zstd files too (.jsonl.zst: The Pile's, SlimPajama's); "
+        "a run started before tjx-data 0.24 read none and resumes so",
     )
     max_tokens: int | None = setting(
         None, min=1, help="prepare at most this many tokens per split (of each mixture source)"

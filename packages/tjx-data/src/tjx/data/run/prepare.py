@@ -20,6 +20,7 @@ from tjx.data.mixture import ON_EXHAUSTED, MixturePart, MixtureSource
 from tjx.data.prepare import prepare_shards
 from tjx.data.run.data import RunData
 from tjx.data.run.tokenizer import Names, fault, name_of, run_tokenizer, source_or_field
+from tjx.data.sources.local import Compressed
 from tjx.data.tokenizers import ByteTokenizer, Tokenizer
 
 __all__ = ["prepare_image_run_data", "prepare_mixture_run_data", "prepare_run_data"]
@@ -38,7 +39,7 @@ def prepare_run_data(
     names: Names = None,
     max_tokens: int | None = None,
     staging: Staging | None = None,
-    compressed: bool = True,
+    compressed: Compressed = True,
     text_field: str = "text",
 ) -> RunData:
     """Tokenizer and shards of both splits of ``source``, checked for a run (cheap when cached).

@@ -27,11 +27,12 @@ from tjx.data.run.data import RunData
 from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
 from tjx.data.run.tokenizer import Names, fault, name_of, run_tokenizer
 from tjx.data.sources import is_local_source
-from tjx.data.sources.local import READ, SUFFIXES, left_out_files
+from tjx.data.sources.local import READ, SUFFIXES, Compressed, compressions, left_out_files
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = [
     "compressed_files",
+    "compressions_of",
     "config_tokenizer",
     "config_vocab",
     "describe_sources",
@@ -66,19 +67,31 @@ def describe_sources(config: DataConfig, *, names: Names = None) -> str:
     return "a mixture of " + ", ".join(f"{p.name} ({p.weight:g})" for p in parts)
 
 
+def compressions_of(config: DataConfig) -> Compressed:
+    """The compressed files ``config``'s local sources read: none without ``compressed``, else
+    every kind, or all but ``.zst`` without ``zstd`` (what tjx-data 0.23 read).
+
+    >>> sorted(compressions_of(DataConfig(zstd=False))), compressions_of(DataConfig())
+    (['.bz2', '.gz', '.xz'], True)
+    """
+    if not config.compressed:
+        return False
+    return True if config.zstd else compressions(True) - {".zst"}
+
+
 def left_out_summary(config: DataConfig, *, names: Names = None) -> str | None:
     """`left_out_note` of the run's sources (its ``source``, or its mixture's), in one line for
     the run's output; ``None`` when its folders and globs leave no file out."""
     parts = run_sources(config, names=names)
     sources = [config.source] if parts is None else [p.source for p in parts]
-    return left_out_note(sources, compressed=config.compressed, names=names)
+    return left_out_note(sources, compressed=compressions_of(config), names=names)
 
 
 def left_out_note(
-    sources: list[str], *, compressed: bool = True, names: Names = None
+    sources: list[str], *, compressed: Compressed = True, names: Names = None
 ) -> str | None:
     """The files of other types that the local folders and globs among ``sources`` hold but that
-    are not read (`left_out_files`: a ``.json``, a ``.csv``, a ``.jsonl.zst``; with
+    are not read (`left_out_files`: a ``.json``, a ``.csv``, a ``.parquet.gz``; with
     ``compressed=False`` a ``.jsonl.gz`` too), both splits, in one line for a run's output, so
     that none is skipped without a word; ``None`` when there are none.
 
@@ -90,24 +103,38 @@ def left_out_note(
     found = sorted(left)
     shown = ", ".join(str(path) for path in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    if compressed:
+    read = compressions(compressed)
+    if read == compressions(True):
         reads = f"tjx reads {READ}; convert them to one of these to read them"
-    else:
-        flag = f"{name_of(names, 'compressed')}=false"
+    elif not read:
+        flag = _off(name_of(names, "compressed"))
         reads = f"this run reads {', '.join(SUFFIXES)} files and, as {flag}, no compressed one"
+    else:  # zstd=false: the compressions before tjx-data 0.24
+        flag = _off(name_of(names, "zstd"))
+        reads = (
+            f"this run reads {', '.join(SUFFIXES)} files, compressed too ("
+            f"{', '.join(sorted(read))}) but, as {flag}, no .zst one"
+        )
     return f"left out {len(found)} file(s) of other types: {shown}{more} ({reads})"
 
 
-def compressed_files(sources: list[str]) -> list[Path]:
-    """The files that the local folders and globs among ``sources`` read only as they read
-    compressed files (``compressed=True``: ``a.jsonl.gz``), both splits, sorted: what a run
-    started before tjx-data 0.23, which read none, would read now. A source that lists nothing
-    has none.
+def _off(name: str) -> str:
+    """A switch named ``name`` turned off, as its caller writes it: ``data.zstd=false``, or a
+    command line's ``--no-zstd`` (``name`` ``--zstd``)."""
+    return f"--no-{name[2:]}" if name.startswith("--") else f"{name}=false"
+
+
+def compressed_files(sources: list[str], among: Compressed = True) -> list[Path]:
+    """The files that the local folders and globs among ``sources`` read only as they read the
+    compressed files ``among`` (True: every compression; ``{".zst"}``), both splits, sorted:
+    what a run started before tjx-data 0.23 (which read none), or before 0.24 (which read no
+    ``.zst``), would read now. A source that lists nothing has none.
     """
-    return sorted(_left_out(sources, False) - _left_out(sources, True))
+    without = compressions(True) - compressions(among)
+    return sorted(_left_out(sources, without) - _left_out(sources, True))
 
 
-def _left_out(sources: list[str], compressed: bool) -> set[Path]:
+def _left_out(sources: list[str], compressed: Compressed) -> set[Path]:
     """`left_out_files` of both splits of the local sources among ``sources``."""
     left: set[Path] = set()
     for source in sources:
@@ -126,8 +153,8 @@ def config_tokenizer(config: DataConfig, *, names: Names = None) -> Tokenizer:
     source = config.source if parts is None else parts[0].source
     field = config.text_field if parts is None else parts[0].text_field or config.text_field
     return run_tokenizer(config.tokenizer, source, vocab=config.tokenizer_vocab,
-                         cache_dir=config.cache_dir, names=names, compressed=config.compressed,
-                         text_field=field)  # fmt: skip
+                         cache_dir=config.cache_dir, names=names,
+                         compressed=compressions_of(config), text_field=field)  # fmt: skip
 
 
 def config_vocab(config: DataConfig) -> int:
@@ -235,7 +262,7 @@ def _prepare_text_or_chat(
             messages_field=config.messages_field,
             names=names,
             staging=stage,
-            compressed=config.compressed,
+            compressed=compressions_of(config),
         )
     common: dict[str, Any] = {
         "seq_len": config.seq_len,
@@ -247,7 +274,7 @@ def _prepare_text_or_chat(
         "max_tokens": config.max_tokens,
         "names": names,
         "staging": stage,
-        "compressed": config.compressed,
+        "compressed": compressions_of(config),
         "text_field": config.text_field,
     }
     if parts is not None:

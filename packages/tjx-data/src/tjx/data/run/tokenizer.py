@@ -15,6 +15,7 @@ from tjx.data.bpe import load_tokenizer
 from tjx.data.cache import Staging, cache_root
 from tjx.data.errors import DataError
 from tjx.data.prepare import bpe_tokenizer
+from tjx.data.sources.local import Compressed
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = ["Names", "check_run_tokenizer", "fault", "name_of", "run_tokenizer"]
@@ -47,7 +48,7 @@ def run_tokenizer(
     cache_dir: str | Path | None = None,
     names: Names = None,
     staging: Staging | None = None,
-    compressed: bool = True,
+    compressed: Compressed = True,
     text_field: str = "text",
 ) -> Tokenizer:
     """The tokenizer ``spec`` names for a run on ``source``.

@@ -12,7 +12,7 @@ from tjx.data.builtin import BUILTIN_CORPORA, SPLITS, builtin_file, iter_builtin
 from tjx.data.documents import Origin
 from tjx.data.errors import DataError
 from tjx.data.sources.hub import iter_hub_texts, open_hub_dataset
-from tjx.data.sources.local import ERRORS, file_type, iter_file_located, resolve_files
+from tjx.data.sources.local import ERRORS, Compressed, file_type, iter_file_located, resolve_files
 
 #: A document's text and where it was read from.
 Located = tuple[str, Origin | None]
@@ -98,7 +98,7 @@ def load_source(
     split: str = "train",
     text_field: str = "text",
     errors: str = "strict",
-    compressed: bool = True,
+    compressed: Compressed = True,
     **hub_kwargs: Any,
 ) -> Documents:
     """Open a text source as documents.

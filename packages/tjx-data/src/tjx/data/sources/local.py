@@ -2,8 +2,9 @@
 and ``.parquet`` (one row = one document), given as a file, a folder or a glob.
 
 Text and JSON Lines may come compressed (`COMPRESSIONS`: ``.gz``, ``.bz2``, ``.xz``, read by the
-standard library): ``notes.txt.gz``, ``rows.jsonl.gz``, and ``.json.gz`` as JSON Lines, which is
-how C4 (``c4-train.00000-of-01024.json.gz``) and Dolma ship. A plain ``.json`` is not read: in a
+standard library, and ``.zst``, by zstandard): ``notes.txt.gz``, ``rows.jsonl.gz``, The Pile's and
+SlimPajama's ``.jsonl.zst``, and ``.json.gz`` as JSON Lines, which is how C4
+(``c4-train.00000-of-01024.json.gz``) and Dolma ship. A plain ``.json`` is not read: in a
 dataset's folder it is more often metadata (``dataset_info.json``) than rows.
 """
 
@@ -18,17 +19,21 @@ import json
 import logging
 import lzma
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 from tjx.data.documents import Origin
 from tjx.data.errors import DataError
 
 __all__ = [
     "COMPRESSIONS",
+    "Compressed",
     "ERRORS",
     "SUFFIXES",
+    "compressions",
     "file_type",
     "iter_file",
     "iter_file_located",
@@ -37,12 +42,60 @@ __all__ = [
 ]
 
 SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".parquet")
+
+
+class _ZstdReader(io.RawIOBase):
+    """A zstd file's bytes, frame after frame (pzstd and zstd -T write several). A file that
+    ends inside a frame raises EOFError: zstandard's own reader returns the frames before it
+    without a word, which would cut a corpus short in silence."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self._maker = zstandard.ZstdDecompressor()
+        self._frame: Any = None  # the frame being read (a decompressobj), None between frames
+        self._pending = b""  # the input after a frame's end
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            if not self._fill():
+                return 0
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _fill(self) -> bool:
+        chunk, self._pending = self._pending or self._file.read(1 << 20), b""
+        if not chunk:
+            if self._frame is not None:
+                raise EOFError("the file ends inside a zstd frame")
+            return False
+        if self._frame is None:
+            self._frame = self._maker.decompressobj()
+        self._out = memoryview(self._frame.decompress(chunk))
+        if self._frame.eof:  # the frame ended: what follows starts the next one
+            self._pending, self._frame = self._frame.unused_data, None
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 #: The compressions read, by the suffix after a file's own: ``.jsonl.gz`` is ``.jsonl`` gzipped.
 COMPRESSIONS: dict[str, Callable[[Path], io.BufferedIOBase]] = {
     ".gz": lambda path: gzip.open(path, "rb"),
     ".bz2": lambda path: bz2.open(path, "rb"),
     ".xz": lambda path: lzma.open(path, "rb"),
+    ".zst": lambda path: io.BufferedReader(_ZstdReader(path)),
 }
+#: Which compressed files a source reads: True, each of `COMPRESSIONS`; False, none (as tjx-data
+#: before 0.23); or those suffixes (``COMPRESSIONS`` but ``.zst``: as tjx-data 0.23).
+Compressed = bool | Set[str]
 #: The types that may come compressed, and what each is read as (``.json.gz`` as JSON Lines).
 _COMPRESSED_TYPES = {".txt": ".txt", ".text": ".text", ".md": ".md", ".jsonl": ".jsonl",
                      ".json": ".jsonl"}  # fmt: skip
@@ -56,17 +109,29 @@ PLAIN = f"{', '.join(SUFFIXES)} files"
 ERRORS = ("strict", "replace")
 
 
-def file_type(path: Path, *, compressed: bool = True) -> str | None:
+def compressions(compressed: Compressed) -> frozenset[str]:
+    """The suffixes of `COMPRESSIONS` that ``compressed`` reads.
+
+    >>> sorted(compressions(True)), compressions(False), compressions({".gz"})
+    (['.bz2', '.gz', '.xz', '.zst'], frozenset(), frozenset({'.gz'}))
+    """
+    if isinstance(compressed, bool):
+        return frozenset(COMPRESSIONS) if compressed else frozenset()
+    return frozenset(compressed) & frozenset(COMPRESSIONS)
+
+
+def file_type(path: Path, *, compressed: Compressed = True) -> str | None:
     """The type ``path`` is read as, one of `SUFFIXES` (``rows.json.gz`` is ``".jsonl"``), or
     None for a file tjx does not read; ``compressed=False`` reads none compressed (as tjx-data
-    before 0.23 did).
+    before 0.23), a set of suffixes those (`Compressed`).
 
     >>> file_type(Path("c4-train.00000-of-01024.json.gz")), file_type(Path("a.parquet.gz"))
     ('.jsonl', None)
     """
     if path.suffix not in COMPRESSIONS:
         return path.suffix if path.suffix in SUFFIXES else None
-    return _COMPRESSED_TYPES.get(Path(path.stem).suffix) if compressed else None
+    read = path.suffix in compressions(compressed)
+    return _COMPRESSED_TYPES.get(Path(path.stem).suffix) if read else None
 
 
 def _open(path: Path) -> io.BufferedIOBase:
@@ -77,13 +142,13 @@ def _open(path: Path) -> io.BufferedIOBase:
 
 #: What a compressed file that does not decompress raises (gzip's BadGzipFile is an OSError; a
 #: cut file ends in EOFError).
-_BROKEN = (OSError, EOFError, lzma.LZMAError, zlib.error)
+_BROKEN = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError)
 
 
 def _broken(path: Path, err: BaseException) -> DataError:
     return DataError(
         f"{path}: does not decompress as {path.suffix} ({err or type(err).__name__}); replace it "
-        "with a complete copy (gzip -t, bzip2 -t or xz -t checks one)"
+        "with a complete copy (gzip -t, bzip2 -t, xz -t or zstd -t checks one)"
     )
 
 
@@ -107,7 +172,15 @@ def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
         ) from None
 
 
-def resolve_files(path_or_glob: str, split: str, *, compressed: bool = True) -> list[Path]:
+def _reads(compressed: Compressed) -> str:
+    """What a folder or glob reads with ``compressed``, for messages (`READ`, `PLAIN`)."""
+    read = compressions(compressed)
+    if read == compressions(True):
+        return READ
+    return PLAIN + (f" (also compressed: {', '.join(sorted(read))})" if read else "")
+
+
+def resolve_files(path_or_glob: str, split: str, *, compressed: Compressed = True) -> list[Path]:
     """Expand a file, folder or glob (``{split}`` is replaced by the split) to sorted files.
 
     A folder that has a sub-folder named like the split uses that sub-folder. Hidden files and
@@ -130,7 +203,7 @@ def resolve_files(path_or_glob: str, split: str, *, compressed: bool = True) -> 
         and not p.name.startswith(".")
     )
     if not files:
-        raise DataError(f"{spec}: matched no {READ if compressed else PLAIN}")
+        raise DataError(f"{spec}: matched no {_reads(compressed)}")
     plain = set(files)
     twice = next(
         (p for p in files if p.suffix in COMPRESSIONS and p.with_suffix("") in plain), None
@@ -143,9 +216,9 @@ def resolve_files(path_or_glob: str, split: str, *, compressed: bool = True) -> 
     return files
 
 
-def left_out_files(path_or_glob: str, split: str, *, compressed: bool = True) -> list[Path]:
+def left_out_files(path_or_glob: str, split: str, *, compressed: Compressed = True) -> list[Path]:
     """The files a folder or glob lists that `resolve_files` (with ``compressed``) leaves out
-    for their type (a ``.json``, a ``.csv``, a ``.jsonl.zst``): sorted, for a run to name rather
+    for their type (a ``.json``, a ``.csv``, a ``.parquet.gz``): sorted, for a run to name rather
     than skip them silently. Hidden files and what hidden folders hold (``.git/``, ``.cache/``)
     are not data and not listed; a single file lists none (another type is refused there).
 

@@ -337,19 +337,27 @@ def test_an_overlapped_grpo_run_written_before_old_logps_resumes_as_it_trained(i
     assert "grpo.old_logps=recompute" not in capsys.readouterr().err
 
 
-def test_a_run_written_before_compressed_sources_resumes_without_them(in_tmp, capsys):
-    """tjx-data 0.22 read no ``.jsonl.gz`` of a folder; its config.yaml has no
-    ``data.compressed``. Where the folder holds one, the resume goes on reading as the run did
-    (``data.compressed=false``, said in one line; naming ``true`` is another token stream,
-    refused); where it holds none, nothing changes."""
+def _run_written_without(in_tmp, key):
+    """A folder ``corpus`` of one text file, and a run ``r`` in ``in_tmp`` trained on it whose
+    config.yaml lacks ``data.<key>``, as a trainer before that setting wrote it: ``(the folder,
+    its --set)``."""
     folder = in_tmp / "corpus"
     folder.mkdir()
     (folder / "a.txt").write_text("plain text " * 400, encoding="utf-8")
     source = ["--set", f"data.source={folder}"]
     saved = _plan("--config", "tiny", *source, "--run-dir", "x").config.to_dict()
-    del saved["data"]["compressed"]
+    del saved["data"][key]
     (in_tmp / "r" / "checkpoints" / "4").mkdir(parents=True)
     RunDir(in_tmp / "r").create(saved)
+    return folder, source
+
+
+def test_a_run_written_before_compressed_sources_resumes_without_them(in_tmp, capsys):
+    """tjx-data 0.22 read no ``.jsonl.gz`` of a folder; its config.yaml has no
+    ``data.compressed``. Where the folder holds one, the resume goes on reading as the run did
+    (``data.compressed=false``, said in one line; naming ``true`` is another token stream,
+    refused); where it holds none, nothing changes."""
+    folder, source = _run_written_without(in_tmp, "compressed")
     plan = _plan("--config", "tiny", *source, "--run-dir", "r", "--resume")
     assert plan.config.data.compressed and plan.resume_changes == {}
     assert "data.compressed" not in capsys.readouterr().err  # no compressed file: as before
@@ -379,15 +387,8 @@ def test_a_run_written_before_zstd_sources_resumes_without_them(in_tmp, capsys):
     """tjx-data 0.23 read a folder's ``.jsonl.gz`` but no ``.jsonl.zst``; its config.yaml has
     ``data.compressed`` and no ``data.zstd``. Where the folder holds a ``.zst``, the resume goes
     on without it (``data.zstd=false``, one line); the data it reads is what the run read."""
-    folder = in_tmp / "corpus"
-    folder.mkdir()
-    (folder / "a.txt").write_text("plain text " * 400, encoding="utf-8")
+    folder, source = _run_written_without(in_tmp, "zstd")
     (folder / "b.jsonl.gz").write_bytes(gzip.compress(b'{"text": "gzipped rows"}\n'))
-    source = ["--set", f"data.source={folder}"]
-    saved = _plan("--config", "tiny", *source, "--run-dir", "x").config.to_dict()
-    del saved["data"]["zstd"]
-    (in_tmp / "r" / "checkpoints" / "4").mkdir(parents=True)
-    RunDir(in_tmp / "r").create(saved)
     plan = _plan("--config", "tiny", *source, "--run-dir", "r", "--resume")
     assert plan.config.data.zstd and plan.resume_changes == {}  # no .zst: as before
     assert "data.zstd" not in capsys.readouterr().err

@@ -6,6 +6,7 @@ tokenizer whose template the sandbox stopped)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,32 @@ def test_rows_whose_text_is_in_another_field_name_it_and_are_read_with_data_text
     assert data.load_index(bundle.train_dir).tokens + data.load_index(bundle.val_dir).tokens == (
         sum(len(c.encode()) + 1 for c in code)  # bytes, and an EOS a document
     )
+
+
+def test_a_shard_changed_in_place_after_its_run_trained_is_refused_and_the_run_kept(in_tmp, capsys):
+    """A shard of the cache rewritten to the same size after a run trained on it (tjx-data
+    0.25's ``verified.json``): the ``--resume`` stops in one line that names the shard and the
+    fix, before any step, and the run's folder stays as it was."""
+    corpus = in_tmp / "corpus.txt"
+    rng = np.random.default_rng()
+    corpus.write_text(" ".join(rng.choice(["tea", "milk", "bread", "jam"], 3000)))
+    cache, run = in_tmp / "cache", in_tmp / "run"
+    argv = ["--config", "tiny", "--data", str(corpus), "--run-dir", str(run)]
+    for item in [*SMALL[:-1], f"data.cache_dir={cache}", "train.steps=1",
+                 "train.checkpoint_every=1"]:  # fmt: skip
+        argv += ["--set", item]
+    assert main(argv) == 0
+    (shard,) = (p for p in cache.rglob("shard_00000.bin") if p.parent.name == "train")
+    tokens = bytearray(shard.read_bytes())
+    tokens[int(rng.integers(len(tokens) // 2)) * 2] ^= 0x01  # another token, the size unchanged
+    shard.write_bytes(bytes(tokens))
+    os.utime(shard, ns=(0, shard.stat().st_mtime_ns + 1_000_000_000))
+    kept = _tree(run)
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--set", "train.steps=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"trainer: error: data.source: {shard.parent}: shard_00000.bin "
+                             "changed after the split was made"), err  # fmt: skip
+    assert "delete the folder: a run makes it again from its source" in err[0]
+    assert _tree(run) == kept

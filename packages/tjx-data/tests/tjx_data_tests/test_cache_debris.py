@@ -60,7 +60,7 @@ def test_a_split_that_fails_takes_back_the_splits_this_call_made(tmp_path):
     assert load_index(before.dirs["train"]).tokens == before.tokens["train"]
     assert _everything(before.root) == [
         "train", "train/documents.json", "train/documents.npy", "train/index.json",
-        "train/shard_00000.bin",
+        "train/shard_00000.bin", "train/verified.json",
     ]  # fmt: skip
 
 

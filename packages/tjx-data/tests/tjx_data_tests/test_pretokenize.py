@@ -46,9 +46,11 @@ def test_index_integrity_and_empty_documents(tmp_path):
     again = load_index(tmp_path, "train")
     assert again == index and again.path == tmp_path / "train"
     assert load_index(tmp_path / "train") == index
-    # beside the shards: where each document starts, and where it came from (tjx.data.documents)
+    # beside the shards: where each document starts, and where it came from (tjx.data.documents),
+    # and the shards' sizes and times as made (tjx.data.unchanged)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(
-        ["index.json", "documents.npy", "documents.json"] + [s["file"] for s in index.shards]
+        ["index.json", "documents.npy", "documents.json", "verified.json"]
+        + [s["file"] for s in index.shards]
     )
 
 

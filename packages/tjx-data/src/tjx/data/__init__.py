@@ -86,7 +86,7 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.24.0"
+__version__ = "0.25.0"
 
 __all__ = [
     "read_prompt_rows",

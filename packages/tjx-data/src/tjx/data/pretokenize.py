@@ -19,7 +19,7 @@ import numpy as np
 from tjx.data.cache import atomic_prepare
 from tjx.data.documents import DocumentTable, Origin
 from tjx.data.errors import DataError
-from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
+from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index, record_made
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = ["encode_documents", "pretokenize"]
@@ -246,6 +246,8 @@ def _write(
     index = ShardIndex(split, source, dtype, tokens, documents, empty, num_bytes, tok_info, shards,
                        digest=stream.hexdigest())  # fmt: skip
     table.save(staging)
+    # The files as made match the digest: a later start reads them again only if one moves.
+    record_made(staging, [shard["file"] for shard in shards], stream.hexdigest())
     index.save(staging)  # last: a folder with index.json is complete
 
 

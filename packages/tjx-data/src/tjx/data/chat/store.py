@@ -31,7 +31,7 @@ import numpy as np
 from tjx.data.cache import atomic_prepare
 from tjx.data.chat.encode import ChatEncoder, Encoded
 from tjx.data.errors import DataError
-from tjx.data.shards import dtype_for_vocab
+from tjx.data.shards import check_unchanged, dtype_for_vocab, record_made
 
 __all__ = [
     "FORMAT",
@@ -124,11 +124,25 @@ class SequenceIndex:
                 return np.zeros(0, dtype)
             return np.memmap(self.path / name, dtype=dtype, mode="r", shape=(n,))
 
-        return (
-            mapped("tokens.bin", self.dtype, self.tokens),
-            mapped("mask.bin", "uint8", self.tokens),
-            mapped("offsets.bin", "int64", self.sequences + 1),
+        tokens = mapped("tokens.bin", self.dtype, self.tokens)
+        mask = mapped("mask.bin", "uint8", self.tokens)
+        offsets = mapped("offsets.bin", "int64", self.sequences + 1)
+
+        def stored() -> Iterator[bytes | memoryview]:
+            # As `write_sequences` hashed them: each sequence's length, ids and mask.
+            for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+                yield np.int64(end - start).tobytes()
+                yield tokens[start:end].data
+                yield mask[start:end].data
+
+        check_unchanged(
+            self.path,
+            _FILES,
+            self.digest,
+            stored,
+            remake="prepare it again (delete the folder: a run makes it again from its rows)",
         )
+        return tokens, mask, offsets
 
 
 def load_sequences(folder: str | Path) -> SequenceIndex:
@@ -236,6 +250,7 @@ def write_sequences(
             with open(staging / ROWS, "w", encoding="utf-8") as out:
                 for row in kept:
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        record_made(staging, _FILES, stored.hexdigest())  # see SequenceIndex.open
         info = {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
         SequenceIndex(split, source, kind, dtype, tokens, len(offsets) - 1, count, trained, info,
                       template, digest=stored.hexdigest()).save(staging)  # fmt: skip
